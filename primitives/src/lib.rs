@@ -1,0 +1,100 @@
+//! Bitorch primitives: the types every other crate agrees on.
+//!
+//! Accounts are sr25519 public keys (shown as SS58, prefix 42), hashes are blake2-256, and
+//! everything that is hashed, signed, stored or sent is SCALE-encoded. This crate holds the
+//! block header, the commit certificate that finalizes a block, key handling (secret URIs as in
+//! the Substrate ecosystem) and the binary Merkle root used for a block's extrinsics.
+//! It has no I/O and no heavy dependencies.
+
+pub mod error;
+pub mod header;
+pub mod keys;
+pub mod merkle;
+
+pub use error::Error;
+pub use header::{Commit, CommitSignature, Header};
+pub use keys::{parse_account, AccountId, Pair, Public, Signature};
+pub use sp_core::H256;
+
+/// A balance in base units (1 token = 10^[`TOKEN_DECIMALS`] base units).
+pub type Balance = u128;
+/// A block number (height). Genesis is 0.
+pub type BlockNumber = u64;
+/// A per-account transaction counter.
+pub type Nonce = u64;
+/// A blake2-256 hash.
+pub type Hash = H256;
+
+/// SS58 address format used by Bitorch (the generic Substrate prefix).
+pub const SS58_PREFIX: u16 = 42;
+/// Symbol of the native token.
+pub const TOKEN_SYMBOL: &str = "BTR";
+/// Decimals of the native token.
+pub const TOKEN_DECIMALS: u8 = 12;
+/// One whole token in base units.
+pub const UNIT: Balance = 1_000_000_000_000;
+
+/// blake2-256 of some bytes.
+pub fn blake2_256(data: &[u8]) -> Hash {
+    H256(sp_crypto_hashing::blake2_256(data))
+}
+
+/// Formats a base-unit amount as whole tokens with the symbol, e.g. `1.5 BTR`.
+pub fn format_balance(amount: Balance) -> String {
+    let whole = amount / UNIT;
+    let frac = amount % UNIT;
+    if frac == 0 {
+        format!("{whole} {TOKEN_SYMBOL}")
+    } else {
+        let frac = format!("{frac:012}");
+        format!("{whole}.{} {TOKEN_SYMBOL}", frac.trim_end_matches('0'))
+    }
+}
+
+/// Parses an amount given in whole tokens (`10`, `1.5`, `0.000000000001`) into base units.
+pub fn parse_amount(s: &str) -> Result<Balance, Error> {
+    let bad = || Error::InvalidAmount(s.to_string());
+    let s = s.trim().trim_end_matches(TOKEN_SYMBOL).trim();
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let (whole, frac) = match s.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (s, ""),
+    };
+    if (whole.is_empty() && frac.is_empty())
+        || !whole.chars().all(|c| c.is_ascii_digit())
+        || !frac.chars().all(|c| c.is_ascii_digit())
+        || frac.len() > TOKEN_DECIMALS as usize
+    {
+        return Err(bad());
+    }
+    let whole: Balance = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+    let frac_units: Balance = if frac.is_empty() {
+        0
+    } else {
+        let padded = format!("{frac:0<12}");
+        padded.parse().map_err(|_| bad())?
+    };
+    whole.checked_mul(UNIT).and_then(|w| w.checked_add(frac_units)).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_round_trip() {
+        assert_eq!(parse_amount("10").unwrap(), 10 * UNIT);
+        assert_eq!(parse_amount("1.5").unwrap(), UNIT + UNIT / 2);
+        assert_eq!(parse_amount("0.000000000001").unwrap(), 1);
+        assert_eq!(parse_amount("2 BTR").unwrap(), 2 * UNIT);
+        assert!(parse_amount("1.0000000000001").is_err());
+        assert!(parse_amount("-1").is_err());
+        assert!(parse_amount("abc").is_err());
+        assert!(parse_amount(".").is_err());
+        assert!(parse_amount("999999999999999999999999999999999").is_err());
+        assert_eq!(format_balance(UNIT + UNIT / 2), "1.5 BTR");
+        assert_eq!(format_balance(10 * UNIT), "10 BTR");
+    }
+}
