@@ -6,7 +6,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The database could not be opened.
-    #[error("cannot open the database at {path}: {reason} (is another node using this --base-path?)")]
+    #[error(
+        "cannot open the database at {path}: {reason} (is another node using this --base-path?)"
+    )]
     Open {
         /// Where.
         path: PathBuf,

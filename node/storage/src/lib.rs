@@ -62,10 +62,8 @@ impl Db {
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
         let cfs = COLUMNS.iter().map(|c| ColumnFamilyDescriptor::new(*c, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| Error::Open {
-            path: path.to_path_buf(),
-            reason: e.into_string(),
-        })?;
+        let db = DB::open_cf_descriptors(&opts, path, cfs)
+            .map_err(|e| Error::Open { path: path.to_path_buf(), reason: e.into_string() })?;
         Ok(Self { db, path: path.to_path_buf() })
     }
 
@@ -199,8 +197,13 @@ mod tests {
             let mut changes = BTreeMap::new();
             changes.insert(b"a".to_vec(), Some(b"1".to_vec()));
             changes.insert(b"b".to_vec(), Some(b"2".to_vec()));
-            db.commit(BlockCommit { header: &g, body: &[0], justification: None, changes: &changes })
-                .unwrap();
+            db.commit(BlockCommit {
+                header: &g,
+                body: &[0],
+                justification: None,
+                changes: &changes,
+            })
+            .unwrap();
             let mut changes = BTreeMap::new();
             changes.insert(b"a".to_vec(), None);
             changes.insert(b"c".to_vec(), Some(b"3".to_vec()));

@@ -9,9 +9,9 @@
 //!   (ED). A transfer or fee that would leave 0 < total < ED is rejected; a transfer that would
 //!   create an account with less than ED is rejected. Records are never deleted, so nonces
 //!   (replay protection) survive an account being emptied.
-//! - Fees are paid to the block author (see the runtime for how they are computed); they move
-//!   balance and never change total issuance.
-//! - Total issuance changes only at genesis and when reserved balance is burned (slashing).
+//! - Transaction fees are burned; tips go to the block author (see the runtime for how fees
+//!   are computed).
+//! - Total issuance changes only at genesis, by fees (burned) and by slashing (burned).
 
 use bitorch_pallet_support::{
     self as support, Context, Currency, CurrencyError, Storage, StorageError,
@@ -68,7 +68,10 @@ fn account_key(who: &AccountId) -> Vec<u8> {
 
 impl Pallet {
     /// Reads an account (default when absent).
-    pub fn account<S: Storage + ?Sized>(s: &S, who: &AccountId) -> Result<AccountData, StorageError> {
+    pub fn account<S: Storage + ?Sized>(
+        s: &S,
+        who: &AccountId,
+    ) -> Result<AccountData, StorageError> {
         support::get_or_default(s, &account_key(who))
     }
 
@@ -159,14 +162,27 @@ impl Pallet {
         Ok(())
     }
 
-    /// Charges a transaction fee from `who` and credits it to the block author.
+    /// Charges a transaction's fee: `fee` is burned (total issuance falls) and `tip` goes to
+    /// the block author.
     pub fn pay_fee<S: Storage + ?Sized>(
         s: &mut S,
         who: &AccountId,
         fee: Balance,
+        tip: Balance,
         author: &AccountId,
     ) -> Result<(), CurrencyError> {
-        Self::transfer(s, who, author, fee)
+        let mut acc = Self::account(s, who)?;
+        acc.free = acc
+            .free
+            .checked_sub(fee)
+            .ok_or(CurrencyError::InsufficientBalance { have: acc.free, need: fee })?;
+        Self::check_minimum(s, &acc)?;
+        let issuance = Self::total_issuance(s)?
+            .checked_sub(fee)
+            .ok_or(CurrencyError::InsufficientBalance { have: 0, need: fee })?;
+        Self::set_account(s, who, &acc);
+        Self::set_total_issuance(s, issuance);
+        Self::transfer(s, who, author, tip)
     }
 
     /// Checks that `who` can pay `fee` without changing anything.

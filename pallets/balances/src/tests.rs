@@ -57,7 +57,10 @@ fn rejections_change_nothing() {
     Pallet::inc_nonce(&mut s, &acc(2)).unwrap();
     Pallet::dispatch(&mut s, &acc(2), &Call::Transfer { dest: acc(1), amount: 500 }, &ctx())
         .unwrap();
-    assert_eq!(Pallet::account(&s, &acc(2)).unwrap(), AccountData { nonce: 1, free: 0, reserved: 0 });
+    assert_eq!(
+        Pallet::account(&s, &acc(2)).unwrap(),
+        AccountData { nonce: 1, free: 0, reserved: 0 }
+    );
     check_invariants(&s);
 }
 
@@ -104,4 +107,18 @@ mod proptests {
             prop_assert_eq!(AccountData::decode(&mut &a.encode()[..]).unwrap(), a);
         }
     }
+}
+
+#[test]
+fn fees_are_burned_and_tips_go_to_the_author() {
+    let mut s = setup();
+    Pallet::pay_fee(&mut s, &acc(1), 100, 7, &acc(2)).unwrap();
+    assert_eq!(Pallet::account(&s, &acc(1)).unwrap().free, 893);
+    assert_eq!(Pallet::account(&s, &acc(2)).unwrap().free, 507);
+    assert_eq!(Pallet::total_issuance(&s).unwrap(), 1_400);
+    check_invariants(&s);
+    let before = s.clone();
+    let r = support::transactional(&mut s, |o| Pallet::pay_fee(o, &acc(1), 890, 0, &acc(2)));
+    assert!(r.is_err(), "a fee that leaves dust below the minimum is refused");
+    assert_eq!(s, before);
 }

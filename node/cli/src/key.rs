@@ -1,0 +1,238 @@
+//! `bitorch key`: sr25519 keys with the same fields and output as Substrate's `subkey`.
+
+use anyhow::{bail, Context, Result};
+use bitorch_primitives::keys::{account_of, decode_hex, parse_account, to_ss58, verify};
+use bitorch_primitives::{Pair, Signature};
+use clap::{Subcommand, ValueEnum};
+use serde_json::json;
+use sp_core::crypto::Pair as _;
+
+/// How to print.
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum OutputType {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// JSON.
+    Json,
+}
+
+/// `bitorch key` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Generate a new sr25519 key with a mnemonic.
+    Generate {
+        /// Number of mnemonic words (12, 15, 18, 21 or 24).
+        #[arg(long, short = 'w', default_value_t = 12)]
+        words: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output_type: OutputType,
+    },
+    /// Show the public key and address of a secret URI, or of an address with `--public`.
+    Inspect {
+        /// A secret URI (`//Alice`, a mnemonic, `phrase//hard/soft///password`), or an address.
+        uri: String,
+        /// Treat the input as a public key or SS58 address.
+        #[arg(long)]
+        public: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output_type: OutputType,
+    },
+    /// Sign a message; prints the signature as hex.
+    Sign {
+        /// Secret URI of the signer.
+        #[arg(long)]
+        suri: String,
+        /// The message.
+        #[arg(long)]
+        message: String,
+        /// The message is hex.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Verify a signature.
+    Verify {
+        /// The signature, hex.
+        signature: String,
+        /// The signer's SS58 address or hex public key.
+        address: String,
+        /// The message.
+        #[arg(long)]
+        message: String,
+        /// The message is hex.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Generate a libp2p node key (ed25519); writes the secret as hex and prints the peer id.
+    GenerateNodeKey {
+        /// Write the secret here instead of standard output.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+}
+
+fn message_bytes(message: &str, is_hex: bool) -> Result<Vec<u8>> {
+    if is_hex {
+        Ok(decode_hex(message)?)
+    } else {
+        Ok(message.as_bytes().to_vec())
+    }
+}
+
+fn print_key(
+    pair: &Pair,
+    phrase: Option<&str>,
+    seed: Option<[u8; 32]>,
+    uri: Option<&str>,
+    out: OutputType,
+) {
+    let account = account_of(pair);
+    let public = format!("0x{}", hex::encode(pair.public().0));
+    let address = to_ss58(&account);
+    let seed_hex = seed.map(|s| format!("0x{}", hex::encode(s))).unwrap_or_else(|| "n/a".into());
+    match out {
+        OutputType::Json => {
+            let mut v = json!({
+                "secretSeed": seed_hex,
+                "publicKey": public,
+                "accountId": public,
+                "ss58PublicKey": address,
+                "ss58Address": address,
+                "networkId": "substrate",
+            });
+            if let Some(p) = phrase {
+                v["secretPhrase"] = json!(p);
+            }
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        OutputType::Text => {
+            match (phrase, uri) {
+                (Some(p), _) => println!("Secret phrase:       {p}"),
+                (None, Some(u)) => println!("Secret Key URI `{u}` is account:"),
+                _ => {}
+            }
+            println!("  Network ID:        substrate");
+            println!("  Secret seed:       {seed_hex}");
+            println!("  Public key (hex):  {public}");
+            println!("  Account ID:        {public}");
+            println!("  Public key (SS58): {address}");
+            println!("  SS58 Address:      {address}");
+        }
+    }
+}
+
+/// The libp2p peer id of an ed25519 public key: base58 of the identity multihash of the
+/// protobuf-encoded public key (type Ed25519 = 1, 32 data bytes).
+pub fn peer_id_of_ed25519(public: &[u8; 32]) -> String {
+    let mut proto = vec![0x08, 0x01, 0x12, 0x20];
+    proto.extend_from_slice(public);
+    let mut mh = vec![0x00, proto.len() as u8];
+    mh.extend_from_slice(&proto);
+    bs58::encode(mh).into_string()
+}
+
+/// Runs a key subcommand.
+pub fn run(cmd: KeyCmd) -> Result<()> {
+    match cmd {
+        KeyCmd::Generate { words, output_type } => {
+            if ![12, 15, 18, 21, 24].contains(&words) {
+                bail!("--words must be 12, 15, 18, 21 or 24");
+            }
+            let mut entropy = vec![0u8; words / 3 * 4];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut entropy);
+            let mnemonic = bip39_phrase(&entropy)?;
+            let (pair, seed) =
+                Pair::from_phrase(&mnemonic, None).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            print_key(&pair, Some(&mnemonic), Some(seed), None, output_type);
+        }
+        KeyCmd::Inspect { uri, public, output_type } => {
+            if public || parse_account(&uri).is_ok() {
+                let account = parse_account(&uri)?;
+                let public_hex = format!("0x{}", hex::encode(<[u8; 32]>::from(account.clone())));
+                match output_type {
+                    OutputType::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json!({
+                            "publicKey": public_hex,
+                            "accountId": public_hex,
+                            "ss58PublicKey": to_ss58(&account),
+                            "ss58Address": to_ss58(&account),
+                            "networkId": "substrate",
+                        }))?
+                    ),
+                    OutputType::Text => {
+                        println!("Public Key URI `{uri}` is account:");
+                        println!("  Network ID/Version: substrate");
+                        println!("  Public key (hex):   {public_hex}");
+                        println!("  Account ID:         {public_hex}");
+                        println!("  Public key (SS58):  {}", to_ss58(&account));
+                        println!("  SS58 Address:       {}", to_ss58(&account));
+                    }
+                }
+            } else {
+                let (pair, seed) = Pair::from_string_with_seed(&uri, None)
+                    .map_err(|e| anyhow::anyhow!("invalid secret URI: {e:?}"))?;
+                let is_phrase = !uri.starts_with("//") && !uri.starts_with("0x");
+                let phrase =
+                    is_phrase.then(|| uri.split("//").next().unwrap_or("").trim().to_string());
+                print_key(
+                    &pair,
+                    phrase.as_deref().filter(|_| !uri.contains("//")),
+                    seed,
+                    Some(&uri),
+                    output_type,
+                );
+            }
+        }
+        KeyCmd::Sign { suri, message, hex: is_hex } => {
+            let pair = bitorch_primitives::keys::pair_from_suri(&suri)?;
+            let sig = pair.sign(&message_bytes(&message, is_hex)?);
+            println!("0x{}", hex::encode(sig.0));
+        }
+        KeyCmd::Verify { signature, address, message, hex: is_hex } => {
+            let raw: [u8; 64] = decode_hex(&signature)?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("a signature is 64 bytes"))?;
+            let who = parse_account(&address)?;
+            if verify(&Signature::from_raw(raw), &message_bytes(&message, is_hex)?, &who) {
+                println!("Signature verifies correctly.");
+            } else {
+                bail!("Signature invalid.");
+            }
+        }
+        KeyCmd::GenerateNodeKey { file } => {
+            let (pair, seed) = sp_core::ed25519::Pair::generate();
+            let peer = peer_id_of_ed25519(&pair.public().0);
+            let secret = hex::encode(seed);
+            match file {
+                Some(path) => {
+                    if path.exists() {
+                        bail!("{} already exists; not overwriting a node key", path.display());
+                    }
+                    std::fs::write(&path, &secret)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                None => println!("{secret}"),
+            }
+            eprintln!("{peer}");
+        }
+    }
+    Ok(())
+}
+
+fn bip39_phrase(entropy: &[u8]) -> Result<String> {
+    Ok(bip39::Mnemonic::from_entropy(entropy).map_err(|e| anyhow::anyhow!("{e}"))?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_id_has_libp2p_shape() {
+        let id = peer_id_of_ed25519(&[7u8; 32]);
+        assert!(id.starts_with("12D3KooW"), "{id}");
+    }
+}

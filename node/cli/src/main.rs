@@ -1,0 +1,47 @@
+//! `bitorch`: the Bitorch node and its command-line tools.
+//!
+//! `bitorch node` runs a full node; `bitorch key` manages sr25519 keys the way Substrate's
+//! `subkey` does; `bitorch wallet` signs transactions locally and submits them over JSON-RPC;
+//! `bitorch chain-spec` writes chain specs; `bitorch purge-chain` deletes a chain's data.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod key;
+mod node;
+mod wallet;
+
+/// Bitorch: a peer-to-peer network for AI inference with a proof-of-stake chain that pays for it.
+#[derive(Parser)]
+#[command(name = "bitorch", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Node(node::NodeArgs),
+    /// Generate, inspect and use keys.
+    #[command(subcommand)]
+    Key(key::KeyCmd),
+    /// Query balances and sign transactions against a node's RPC.
+    #[command(subcommand)]
+    Wallet(wallet::WalletCmd),
+    /// Write a chain spec as JSON.
+    ChainSpec(node::ChainSpecArgs),
+    /// Delete a chain's database.
+    PurgeChain(node::PurgeArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Node(args) => node::run(args),
+        Command::Key(cmd) => key::run(cmd),
+        Command::Wallet(cmd) => wallet::run(cmd),
+        Command::ChainSpec(args) => node::chain_spec(args),
+        Command::PurgeChain(args) => node::purge(args),
+    }
+}

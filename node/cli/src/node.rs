@@ -1,0 +1,204 @@
+//! `bitorch node`, `bitorch chain-spec` and `bitorch purge-chain`.
+
+use anyhow::{bail, Context as _, Result};
+use bitorch_chain_spec::ChainSpec;
+use bitorch_primitives::keys::{pair_from_suri, to_ss58};
+use bitorch_rpc::NodeInfo;
+use bitorch_runtime::Staking;
+use bitorch_service::{service, Chain, PoolLimits};
+use clap::Args;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Options of `bitorch node`.
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// Run a one-node development chain: `--chain dev`, author as `//Alice`, and a temporary
+    /// base path unless `--base-path` is given.
+    #[arg(long)]
+    dev: bool,
+    /// Chain spec: `dev`, `local`, or a path to a JSON spec.
+    #[arg(long)]
+    chain: Option<String>,
+    /// Where the node keeps its data.
+    #[arg(long, short = 'd')]
+    base_path: Option<PathBuf>,
+    /// Use a temporary base path, deleted when the node stops.
+    #[arg(long, conflicts_with = "base_path")]
+    tmp: bool,
+    /// JSON-RPC port (HTTP and WebSocket).
+    #[arg(long, default_value_t = 9944)]
+    rpc_port: u16,
+    /// Listen for RPC on all interfaces instead of 127.0.0.1.
+    #[arg(long)]
+    rpc_external: bool,
+    /// Target time between blocks, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    block_time: u64,
+    /// Secret URI of the validator key this node authors with (`--dev` uses `//Alice`).
+    #[arg(long)]
+    validator: Option<String>,
+    /// Node name reported by `system_name`.
+    #[arg(long, default_value = "Bitorch Node")]
+    name: String,
+}
+
+/// Options of `bitorch chain-spec`.
+#[derive(Args, Debug)]
+pub struct ChainSpecArgs {
+    /// `dev` or `local`.
+    #[arg(long, default_value = "dev")]
+    chain: String,
+    /// Number of validators of a `local` spec.
+    #[arg(long, default_value_t = 2)]
+    validators: usize,
+    /// Write to this file instead of standard output.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+}
+
+/// Options of `bitorch purge-chain`.
+#[derive(Args, Debug)]
+pub struct PurgeArgs {
+    /// The node's base path.
+    #[arg(long, short = 'd')]
+    base_path: PathBuf,
+    /// The chain whose data to delete: `dev`, `local` or a spec path.
+    #[arg(long, default_value = "dev")]
+    chain: String,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    yes: bool,
+}
+
+fn db_path(base: &Path, spec: &ChainSpec) -> PathBuf {
+    base.join("chains").join(&spec.id).join("db")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs a node until Ctrl-C or SIGTERM.
+pub fn run(args: NodeArgs) -> Result<()> {
+    init_logging();
+    let chain_name =
+        args.chain.clone().unwrap_or_else(|| if args.dev { "dev".into() } else { "local".into() });
+    let spec = ChainSpec::load(&chain_name)?;
+    let validator_suri = args.validator.clone().or_else(|| args.dev.then(|| "//Alice".to_string()));
+    let mut _tmp = None;
+    let base = match (&args.base_path, args.tmp || (args.dev && args.base_path.is_none())) {
+        (Some(p), _) => p.clone(),
+        (None, true) => {
+            let d = tempfile::Builder::new()
+                .prefix("bitorch-")
+                .tempdir()
+                .context("creating a temporary base path")?;
+            let p = d.path().to_path_buf();
+            _tmp = Some(d);
+            p
+        }
+        (None, false) => default_base_path()?,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let db = db_path(&base, &spec);
+        let chain = Chain::open(&db, spec).with_context(|| format!("opening the chain at {}", db.display()))?;
+        let genesis = chain.genesis();
+        let best = chain.best().number;
+        let chain_name = chain.spec().name.clone();
+        let key = match &validator_suri {
+            None => None,
+            Some(suri) => {
+                let pair = pair_from_suri(suri).context("--validator")?;
+                let me = service::account_of(&pair);
+                let set = Staking::validator_set(chain.state())?;
+                if set != vec![me.clone()] {
+                    bail!(
+                        "validator {} cannot author alone: the validator set has {} member(s); this release produces blocks only for a single-validator chain (use --dev)",
+                        to_ss58(&me),
+                        set.len()
+                    );
+                }
+                Some(pair)
+            }
+        };
+        let cancel = CancellationToken::new();
+        let (handle, service_task) = service::spawn(chain, PoolLimits::default(), cancel.clone());
+        let ip = if args.rpc_external { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::LOCALHOST) };
+        let module = bitorch_rpc::module(handle.clone(), NodeInfo { name: args.name.clone(), version: env!("CARGO_PKG_VERSION").into() })?;
+        let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module).await?;
+        tracing::info!(target: "node", chain = %chain_name, %genesis, best, base_path = %base.display(), "node started");
+        tracing::info!(target: "node", "JSON-RPC listening on http://{addr} and ws://{addr}");
+        let authoring = key.map(|k| {
+            tracing::info!(target: "node", validator = %to_ss58(&service::account_of(&k)), block_time_ms = args.block_time, "authoring blocks");
+            service::spawn_dev_authoring(handle.clone(), k, Duration::from_millis(args.block_time.max(1)), cancel.clone())
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!(target: "node", "interrupted; shutting down"),
+            _ = term.recv() => tracing::info!(target: "node", "terminated; shutting down"),
+            _ = cancel.cancelled() => tracing::error!(target: "node", "a critical task failed; shutting down"),
+        }
+        cancel.cancel();
+        let _ = rpc.stop();
+        if let Some(a) = authoring {
+            let _ = a.await;
+        }
+        let _ = service_task.await;
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+fn default_base_path() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --base-path")?;
+    Ok(PathBuf::from(home).join(".local/share/bitorch"))
+}
+
+/// Writes a chain spec.
+pub fn chain_spec(args: ChainSpecArgs) -> Result<()> {
+    let spec = match args.chain.as_str() {
+        "dev" => ChainSpec::dev()?,
+        "local" => ChainSpec::local(args.validators)?,
+        other => bail!("unknown chain '{other}': use dev or local"),
+    };
+    let json = spec.to_json()?;
+    match args.output {
+        Some(path) => std::fs::write(&path, json + "\n")
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => println!("{json}"),
+    }
+    Ok(())
+}
+
+/// Deletes a chain's database.
+pub fn purge(args: PurgeArgs) -> Result<()> {
+    let spec = ChainSpec::load(&args.chain)?;
+    let db = db_path(&args.base_path, &spec);
+    if !db.exists() {
+        println!("{} does not exist; nothing to purge", db.display());
+        return Ok(());
+    }
+    if !args.yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            bail!("refusing to delete {} without confirmation; pass -y", db.display());
+        }
+        print!("Delete {}? [y/N]: ", db.display());
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            println!("Aborted");
+            return Ok(());
+        }
+    }
+    std::fs::remove_dir_all(&db).with_context(|| format!("deleting {}", db.display()))?;
+    println!("{} removed", db.display());
+    Ok(())
+}

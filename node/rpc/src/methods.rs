@@ -1,0 +1,182 @@
+//! Request-response methods.
+
+use crate::{codes, err, header_json, parse_address, parse_hash, Ctx, Error};
+use bitorch_primitives::{keys, Hash, SS58_PREFIX, TOKEN_DECIMALS, TOKEN_SYMBOL};
+use bitorch_runtime::{Balances, MAX_EXTRINSIC_BYTES};
+use bitorch_service::{pool::PoolError, Error as ServiceError};
+use jsonrpsee::server::RpcModule;
+use jsonrpsee::types::{ErrorObjectOwned, Params};
+use parity_scale_codec::Encode;
+use serde_json::{json, Value};
+
+pub(crate) type RpcResult = Result<Value, ErrorObjectOwned>;
+
+pub(crate) fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
+    err(codes::INTERNAL, e.to_string())
+}
+
+pub(crate) fn service_err(e: ServiceError) -> ErrorObjectOwned {
+    match e {
+        ServiceError::Pool(PoolError::Invalid(t)) => {
+            err(codes::INVALID_TRANSACTION, format!("invalid transaction: {t}"))
+        }
+        ServiceError::Pool(p) => err(codes::POOL, p.to_string()),
+        other => internal(other),
+    }
+}
+
+/// Decodes the hex of an extrinsic, refusing oversized input before decoding it.
+pub(crate) fn decode_extrinsic_hex(s: &str) -> Result<Vec<u8>, ErrorObjectOwned> {
+    let max_hex = 2 + 2 * MAX_EXTRINSIC_BYTES;
+    if s.len() > max_hex {
+        return Err(err(
+            codes::INVALID_TRANSACTION,
+            format!("invalid transaction: {} hex characters; a transaction is at most {MAX_EXTRINSIC_BYTES} bytes", s.len()),
+        ));
+    }
+    keys::decode_hex(s)
+        .map_err(|e| err(codes::INVALID_PARAMS, format!("extrinsic must be 0x-prefixed hex: {e}")))
+}
+
+pub(crate) async fn submit(ctx: &Ctx, bytes: Vec<u8>) -> Result<Hash, ErrorObjectOwned> {
+    ctx.chain.submit(bytes).await.map_err(service_err)
+}
+
+/// Optional positional parameter (absent, or null).
+pub(crate) fn opt<T: serde::de::DeserializeOwned>(
+    p: &Params<'_>,
+    index: usize,
+) -> Result<Option<T>, ErrorObjectOwned> {
+    let all: Vec<Value> = if p.is_object() || p.as_str().is_none() {
+        Vec::new()
+    } else {
+        p.parse()
+            .map_err(|e: ErrorObjectOwned| err(codes::INVALID_PARAMS, e.message().to_string()))?
+    };
+    match all.get(index) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| err(codes::INVALID_PARAMS, format!("parameter {index}: {e}"))),
+    }
+}
+
+pub(crate) fn required<T: serde::de::DeserializeOwned>(
+    p: &Params<'_>,
+    index: usize,
+    what: &str,
+) -> Result<T, ErrorObjectOwned> {
+    opt(p, index)?
+        .ok_or_else(|| err(codes::INVALID_PARAMS, format!("missing parameter {index}: {what}")))
+}
+
+fn parse_number(v: &Value) -> Result<u64, ErrorObjectOwned> {
+    match v {
+        Value::Number(n) => n.as_u64().ok_or_else(|| {
+            err(codes::INVALID_PARAMS, "block number must be a non-negative integer")
+        }),
+        Value::String(s) => {
+            let r = match s.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16),
+                None => s.parse(),
+            };
+            r.map_err(|_| err(codes::INVALID_PARAMS, format!("'{s}' is not a block number")))
+        }
+        _ => Err(err(codes::INVALID_PARAMS, "block number must be a number or hex string")),
+    }
+}
+
+pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
+    method!(m, "system_name", |_p, ctx| Ok(json!(ctx.info.name)));
+    method!(m, "system_version", |_p, ctx| Ok(json!(ctx.info.version)));
+    method!(m, "system_chain", |_p, ctx| {
+        ctx.chain.with(|s| json!(s.chain.spec().name)).await.map_err(internal)
+    });
+    method!(m, "system_chainType", |_p, ctx| {
+        ctx.chain.with(|s| json!(s.chain.spec().chain_type)).await.map_err(internal)
+    });
+    method!(m, "system_properties", |_p, _ctx| Ok(json!({
+        "tokenSymbol": TOKEN_SYMBOL,
+        "tokenDecimals": TOKEN_DECIMALS,
+        "ss58Format": SS58_PREFIX,
+    })));
+    method!(m, "system_health", |_p, _ctx| Ok(json!({
+        "peers": 0,
+        "isSyncing": false,
+        "shouldHavePeers": false,
+    })));
+    method!(m, "system_peers", |_p, _ctx| Ok(json!([])));
+    method!(m, "system_accountNextIndex", |p, ctx| {
+        let who = parse_address(&required::<String>(&p, 0, "account address")?)?;
+        ctx.chain
+            .with(move |s| -> RpcResult {
+                let n = Balances::nonce(s.chain.state(), &who).map_err(internal)?;
+                Ok(json!(s.pool.next_nonce(&who, n)))
+            })
+            .await
+            .map_err(internal)?
+    });
+    method!(m, "chain_getHeader", |p, ctx| {
+        let hash = opt::<String>(&p, 0)?.map(|s| parse_hash(&s)).transpose()?;
+        ctx.chain
+            .with(move |s| -> RpcResult {
+                let h = match hash {
+                    None => Some(s.chain.best().clone()),
+                    Some(h) => s.chain.db().header(&h).map_err(internal)?,
+                };
+                Ok(h.map(|h| header_json(&h)).unwrap_or(Value::Null))
+            })
+            .await
+            .map_err(internal)?
+    });
+    method!(m, "chain_getBlock", |p, ctx| {
+        let hash = opt::<String>(&p, 0)?.map(|s| parse_hash(&s)).transpose()?;
+        ctx.chain
+            .with(move |s| -> RpcResult {
+                let hash = hash.unwrap_or_else(|| s.chain.best().hash());
+                let Some(block) = s.chain.block(&hash).map_err(internal)? else { return Ok(Value::Null) };
+                let justification = s.chain.db().justification(&hash).map_err(internal)?;
+                let xts: Vec<String> = block.extrinsics.iter().map(|x| format!("0x{}", hex::encode(x.encode()))).collect();
+                Ok(json!({
+                    "block": { "header": header_json(&block.header), "extrinsics": xts },
+                    "justifications": justification.map(|j| json!([["BTCM", format!("0x{}", hex::encode(j.encode()))]])),
+                }))
+            })
+            .await
+            .map_err(internal)?
+    });
+    method!(m, "chain_getBlockHash", |p, ctx| {
+        let n = opt::<Value>(&p, 0)?.map(|v| parse_number(&v)).transpose()?;
+        ctx.chain
+            .with(move |s| -> RpcResult {
+                let n = n.unwrap_or(s.chain.best().number);
+                Ok(s.chain
+                    .db()
+                    .hash_at(n)
+                    .map_err(internal)?
+                    .map(|h| json!(h))
+                    .unwrap_or(Value::Null))
+            })
+            .await
+            .map_err(internal)?
+    });
+    method!(m, "chain_getFinalizedHead", |_p, ctx| {
+        ctx.chain.with(|s| json!(s.chain.finalized().hash())).await.map_err(internal)
+    });
+    method!(m, "author_submitExtrinsic", |p, ctx| {
+        let bytes = decode_extrinsic_hex(&required::<String>(&p, 0, "extrinsic hex")?)?;
+        submit(&ctx, bytes).await.map(|h| json!(h))
+    });
+    method!(m, "author_pendingExtrinsics", |_p, ctx| {
+        ctx.chain
+            .with(|s| {
+                let v: Vec<String> =
+                    s.pool.all().iter().map(|x| format!("0x{}", hex::encode(x.encode()))).collect();
+                json!(v)
+            })
+            .await
+            .map_err(internal)
+    });
+    crate::bitorch::register(m)?;
+    Ok(())
+}

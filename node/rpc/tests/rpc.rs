@@ -1,0 +1,273 @@
+//! Drives a node's JSON-RPC the way a wallet would, with a chain whose blocks the test authors
+//! by hand (deterministic), and checks every kind of bad input is refused with a clear error
+//! and changes nothing.
+
+use bitorch_chain_spec::ChainSpec;
+use bitorch_primitives::keys::{account_of, pair_from_suri, to_ss58};
+use bitorch_primitives::{Hash, Pair, UNIT};
+use bitorch_rpc::NodeInfo;
+use bitorch_runtime::{balances, Call, UncheckedExtrinsic};
+use bitorch_service::{service, Chain, Handle, PoolLimits};
+use jsonrpsee::core::client::{ClientT, SubscriptionClientT};
+use jsonrpsee::rpc_params;
+use jsonrpsee::ws_client::{WsClient, WsClientBuilder};
+use parity_scale_codec::Encode;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+struct Node {
+    handle: Handle,
+    client: WsClient,
+    genesis: Hash,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn start() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Chain::open(&dir.path().join("db"), ChainSpec::dev().unwrap()).unwrap();
+    let genesis = chain.genesis();
+    let cancel = CancellationToken::new();
+    let (handle, _task) = service::spawn(chain, PoolLimits::default(), cancel.clone());
+    let module =
+        bitorch_rpc::module(handle.clone(), NodeInfo { name: "test".into(), version: "0".into() })
+            .unwrap();
+    let (server, addr) = bitorch_rpc::start("127.0.0.1:0".parse().unwrap(), module).await.unwrap();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        c.cancelled().await;
+        let _ = server.stop();
+    });
+    let client = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
+    Node { handle, client, genesis, cancel, _dir: dir }
+}
+
+impl Node {
+    async fn author(&self) {
+        let alice = pair_from_suri("//Alice").unwrap();
+        self.handle.with(move |s| s.author_and_import(&alice)).await.unwrap().unwrap();
+    }
+
+    async fn state_root(&self) -> Hash {
+        self.handle.with(|s| s.chain.state().root()).await.unwrap()
+    }
+
+    async fn pool_len(&self) -> usize {
+        self.handle.with(|s| s.pool.len()).await.unwrap()
+    }
+
+    async fn free(&self, who: &Pair) -> u128 {
+        let v: Value = self
+            .client
+            .request("bitorch_account", rpc_params![to_ss58(&account_of(who))])
+            .await
+            .unwrap();
+        v["free"].as_str().unwrap().parse().unwrap()
+    }
+
+    async fn submit_err(&self, hex_xt: String) -> String {
+        let r: Result<Value, _> =
+            self.client.request("author_submitExtrinsic", rpc_params![hex_xt]).await;
+        match r {
+            Err(jsonrpsee::core::ClientError::Call(e)) => e.message().to_string(),
+            other => panic!("expected an RPC error, got {other:?}"),
+        }
+    }
+}
+
+fn transfer(
+    pair: &Pair,
+    genesis: &Hash,
+    nonce: u64,
+    valid_until: u64,
+    to: &Pair,
+    amount: u128,
+) -> String {
+    let call = Call::Balances(balances::Call::Transfer { dest: account_of(to), amount });
+    let xt = UncheckedExtrinsic::sign(pair, genesis, nonce, 0, valid_until, call);
+    format!("0x{}", hex::encode(xt.encode()))
+}
+
+#[tokio::test]
+async fn transfer_is_included_and_watched_to_finality() {
+    let node = start().await;
+    let (alice, bob) = (pair_from_suri("//Alice").unwrap(), pair_from_suri("//Bob").unwrap());
+    let bob_before = node.free(&bob).await;
+    let xt = transfer(&alice, &node.genesis, 0, 100, &bob, 10 * UNIT);
+    let mut sub = node
+        .client
+        .subscribe::<Value, _>(
+            "author_submitAndWatchExtrinsic",
+            rpc_params![xt],
+            "author_unwatchExtrinsic",
+        )
+        .await
+        .unwrap();
+    assert_eq!(sub.next().await.unwrap().unwrap(), Value::from("ready"));
+    let pending: Vec<String> =
+        node.client.request("author_pendingExtrinsics", rpc_params![]).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    let next: u64 = node
+        .client
+        .request("system_accountNextIndex", rpc_params![to_ss58(&account_of(&alice))])
+        .await
+        .unwrap();
+    assert_eq!(next, 1, "the pooled transaction counts toward the next index");
+    node.author().await;
+    let in_block = sub.next().await.unwrap().unwrap();
+    let finalized = sub.next().await.unwrap().unwrap();
+    assert!(in_block.get("inBlock").is_some(), "{in_block}");
+    assert_eq!(in_block["inBlock"], finalized["finalized"]);
+    assert_eq!(node.free(&bob).await, bob_before + 10 * UNIT);
+
+    let block: Value = node.client.request("chain_getBlock", rpc_params![]).await.unwrap();
+    assert_eq!(block["block"]["extrinsics"].as_array().unwrap().len(), 1);
+    assert!(block["justifications"].is_array());
+    let head: Value = node.client.request("chain_getHeader", rpc_params![]).await.unwrap();
+    assert_eq!(head["number"], "0x1");
+    let hash1: Value = node.client.request("chain_getBlockHash", rpc_params![1]).await.unwrap();
+    let fin: Value = node.client.request("chain_getFinalizedHead", rpc_params![]).await.unwrap();
+    assert_eq!(hash1, fin);
+    assert_eq!(hash1, in_block["inBlock"]);
+    let health: Value = node.client.request("system_health", rpc_params![]).await.unwrap();
+    assert_eq!(health["isSyncing"], false);
+    let chain: String = node.client.request("system_chain", rpc_params![]).await.unwrap();
+    assert_eq!(chain, "Bitorch Development");
+    let props: Value = node.client.request("system_properties", rpc_params![]).await.unwrap();
+    assert_eq!(props["ss58Format"], 42);
+}
+
+#[tokio::test]
+async fn new_heads_subscription_streams_blocks() {
+    let node = start().await;
+    let mut sub = node
+        .client
+        .subscribe::<Value, _>(
+            "chain_subscribeNewHeads",
+            rpc_params![],
+            "chain_unsubscribeNewHeads",
+        )
+        .await
+        .unwrap();
+    let mut fin = node
+        .client
+        .subscribe::<Value, _>(
+            "chain_subscribeFinalizedHeads",
+            rpc_params![],
+            "chain_unsubscribeFinalizedHeads",
+        )
+        .await
+        .unwrap();
+    node.author().await;
+    node.author().await;
+    assert_eq!(sub.next().await.unwrap().unwrap()["number"], "0x1");
+    assert_eq!(sub.next().await.unwrap().unwrap()["number"], "0x2");
+    assert_eq!(fin.next().await.unwrap().unwrap()["number"], "0x1");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let node = start().await;
+    let (alice, bob) = (pair_from_suri("//Alice").unwrap(), pair_from_suri("//Bob").unwrap());
+    // Use nonce 0 once so stale nonces exist.
+    let ok = transfer(&alice, &node.genesis, 0, 100, &bob, UNIT);
+    let _: Value = node.client.request("author_submitExtrinsic", rpc_params![ok]).await.unwrap();
+    node.author().await;
+    let root = node.state_root().await;
+    let g = node.genesis;
+
+    // Wrong signature: signed by Bob but claiming Alice.
+    let call = Call::Balances(balances::Call::Transfer { dest: account_of(&bob), amount: UNIT });
+    let mut forged = UncheckedExtrinsic::sign(&bob, &g, 1, 0, 100, call.clone());
+    forged.signer = account_of(&alice);
+    let cases: Vec<(String, &str)> = vec![
+        (format!("0x{}", hex::encode(forged.encode())), "bad signature"),
+        (transfer(&alice, &g, 0, 100, &bob, UNIT), "stale nonce 0"),
+        (transfer(&alice, &g, 1_000, 100, &bob, UNIT), "too far in the future"),
+        (transfer(&alice, &g, 1, 100, &bob, 10_000_000 * UNIT), "insufficient free balance"),
+        (transfer(&alice, &g, 1, 0, &bob, UNIT), "expired"),
+        (transfer(&alice, &Hash::repeat_byte(7), 1, 100, &bob, UNIT), "bad signature"),
+        (format!("0x{}", "ab".repeat(300_000)), "at most"),
+        ("0xzz".to_string(), "hex"),
+        ("0x0102".to_string(), "malformed"),
+        ("0x07".to_string(), "unsupported transaction version"),
+        (transfer(&alice, &g, 1, 100, &alice, UNIT), "cannot transfer to the sending account"),
+    ];
+    for (xt, expected) in cases {
+        let msg = node.submit_err(xt).await;
+        assert!(msg.contains(expected), "expected '{expected}' in '{msg}'");
+        assert_eq!(node.state_root().await, root, "state changed after '{expected}'");
+        assert_eq!(node.pool_len().await, 0, "pool changed after '{expected}'");
+    }
+    // The same via the watching method.
+    let r = node
+        .client
+        .subscribe::<Value, _>(
+            "author_submitAndWatchExtrinsic",
+            rpc_params![transfer(&alice, &g, 0, 100, &bob, UNIT)],
+            "author_unwatchExtrinsic",
+        )
+        .await;
+    assert!(r.is_err());
+
+    // Unknown account formats.
+    for bad in ["hello", "0x1234", "15oF4uVJwmo4TdGW7VfQxNLavjCXviqxT9S1MgbjMNHr6Sp5"] {
+        for method in ["bitorch_account", "system_accountNextIndex"] {
+            let r: Result<Value, _> = node.client.request(method, rpc_params![bad]).await;
+            let Err(jsonrpsee::core::ClientError::Call(e)) = r else {
+                panic!("{method}({bad}) accepted")
+            };
+            assert!(
+                e.message().contains("account") || e.message().contains("prefix"),
+                "{}",
+                e.message()
+            );
+        }
+    }
+    let r: Result<Value, _> = node.client.request("chain_getBlockHash", rpc_params!["nope"]).await;
+    assert!(r.is_err());
+    let r: Result<Value, _> = node.client.request("chain_getHeader", rpc_params!["0x12"]).await;
+    assert!(r.is_err());
+    // A valid transaction still goes through afterwards.
+    let ok = transfer(&alice, &g, 1, 100, &bob, UNIT);
+    let _: Value = node.client.request("author_submitExtrinsic", rpc_params![ok]).await.unwrap();
+    node.author().await;
+    assert_ne!(node.state_root().await, root);
+}
+
+#[tokio::test]
+async fn future_nonce_waits_then_goes_in_order() {
+    let node = start().await;
+    let (alice, bob) = (pair_from_suri("//Alice").unwrap(), pair_from_suri("//Bob").unwrap());
+    let g = node.genesis;
+    let second = transfer(&alice, &g, 1, 100, &bob, UNIT);
+    let mut sub = node
+        .client
+        .subscribe::<Value, _>(
+            "author_submitAndWatchExtrinsic",
+            rpc_params![second],
+            "author_unwatchExtrinsic",
+        )
+        .await
+        .unwrap();
+    assert_eq!(sub.next().await.unwrap().unwrap(), Value::from("future"));
+    node.author().await;
+    assert_eq!(node.pool_len().await, 1, "a future transaction stays queued");
+    let first = transfer(&alice, &g, 0, 100, &bob, UNIT);
+    let _: Value = node.client.request("author_submitExtrinsic", rpc_params![first]).await.unwrap();
+    node.author().await;
+    assert!(sub.next().await.unwrap().unwrap().get("inBlock").is_some());
+    assert_eq!(node.pool_len().await, 0);
+    let v: Value = node
+        .client
+        .request("bitorch_account", rpc_params![to_ss58(&account_of(&alice))])
+        .await
+        .unwrap();
+    assert_eq!(v["nonce"], 2);
+}

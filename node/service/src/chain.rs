@@ -1,0 +1,250 @@
+//! The chain: database, in-memory state and the block import path.
+//!
+//! [`Chain::import_block`] is the one way a block enters the chain, whether this node authored
+//! it or (with the consensus of a later release) a peer did: it checks the parent, the
+//! commit certificate against the validator set of the parent state, executes the block on an
+//! overlay, compares the state root, and writes block, certificate and state changes in one
+//! atomic batch. Only final blocks (with a certificate of more than two thirds of the
+//! validators) are imported, so there is never a fork to choose between.
+
+use crate::error::Error;
+use bitorch_chain_spec::ChainSpec;
+use bitorch_pallet_support::{Context, Overlay, Storage};
+use bitorch_primitives::{AccountId, Commit, CommitSignature, Hash, Header, Pair};
+use bitorch_runtime::{
+    executive,
+    extrinsic::{extrinsics_root, Block, UncheckedExtrinsic},
+    state::StateTree,
+    Staking,
+};
+use bitorch_storage::{BlockCommit, Db};
+use parity_scale_codec::{DecodeLimit, Encode};
+use sp_core::crypto::Pair as _;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Most extrinsics in one block.
+pub const MAX_BLOCK_EXTRINSICS: usize = 20_000;
+/// Most extrinsic bytes in one block.
+pub const MAX_BLOCK_BYTES: usize = 8 * 1024 * 1024;
+
+/// A block that was imported.
+#[derive(Clone, Debug)]
+pub struct Imported {
+    /// Its header.
+    pub header: Header,
+    /// Its hash.
+    pub hash: Hash,
+    /// Hashes of its extrinsics.
+    pub extrinsics: Vec<Hash>,
+}
+
+/// The chain as this node holds it.
+pub struct Chain {
+    db: Db,
+    state: StateTree,
+    genesis: Hash,
+    best: Header,
+    finalized: Header,
+    spec: ChainSpec,
+}
+
+impl Chain {
+    /// Opens the chain at `db_path` for `spec`, writing genesis into an empty database, or
+    /// resuming from the best block of an existing one.
+    pub fn open(db_path: &Path, spec: ChainSpec) -> Result<Self, Error> {
+        let (genesis_state, genesis_header) = spec.build_genesis()?;
+        let genesis = genesis_header.hash();
+        let db = Db::open(db_path)?;
+        match db.genesis()? {
+            None => {
+                let changes: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+                    genesis_state.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+                db.commit(BlockCommit {
+                    header: &genesis_header,
+                    body: &Vec::<UncheckedExtrinsic>::new().encode(),
+                    justification: None,
+                    changes: &changes,
+                })?;
+                tracing::info!(target: "chain", %genesis, "initialized a new chain");
+                Ok(Self {
+                    db,
+                    state: genesis_state,
+                    genesis,
+                    best: genesis_header.clone(),
+                    finalized: genesis_header,
+                    spec,
+                })
+            }
+            Some(stored) if stored != genesis => {
+                Err(Error::GenesisMismatch { stored, spec: genesis })
+            }
+            Some(_) => {
+                let (_, best_hash) = db.best()?.ok_or(Error::Corrupt("no best block".into()))?;
+                let best =
+                    db.header(&best_hash)?.ok_or(Error::Corrupt("best header missing".into()))?;
+                let (_, fin_hash) =
+                    db.finalized()?.ok_or(Error::Corrupt("no finalized block".into()))?;
+                let finalized = db
+                    .header(&fin_hash)?
+                    .ok_or(Error::Corrupt("finalized header missing".into()))?;
+                let state = StateTree::from_pairs(db.state_pairs()?);
+                if state.root() != best.state_root {
+                    return Err(Error::Corrupt(format!(
+                        "stored state root {:?} does not match best block #{} ({:?})",
+                        state.root(),
+                        best.number,
+                        best.state_root
+                    )));
+                }
+                tracing::info!(target: "chain", number = best.number, hash = %best_hash, "resumed from disk");
+                Ok(Self { db, state, genesis, best, finalized, spec })
+            }
+        }
+    }
+
+    /// The genesis hash.
+    pub fn genesis(&self) -> Hash {
+        self.genesis
+    }
+
+    /// The chain spec.
+    pub fn spec(&self) -> &ChainSpec {
+        &self.spec
+    }
+
+    /// The best block header.
+    pub fn best(&self) -> &Header {
+        &self.best
+    }
+
+    /// The last finalized header.
+    pub fn finalized(&self) -> &Header {
+        &self.finalized
+    }
+
+    /// The state at the best block.
+    pub fn state(&self) -> &StateTree {
+        &self.state
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The context of the next block, authored by `author`.
+    pub fn next_context(&self, author: AccountId) -> Context {
+        Context { block_number: self.best.number + 1, genesis_hash: self.genesis, author }
+    }
+
+    /// A full block by hash.
+    pub fn block(&self, hash: &Hash) -> Result<Option<Block>, Error> {
+        let Some(header) = self.db.header(hash)? else { return Ok(None) };
+        let body =
+            self.db.body(hash)?.ok_or(Error::Corrupt(format!("body of {hash:?} missing")))?;
+        let extrinsics = Vec::<UncheckedExtrinsic>::decode_with_depth_limit(
+            bitorch_runtime::DECODE_DEPTH_LIMIT,
+            &mut &body[..],
+        )
+        .map_err(|e| Error::Corrupt(format!("body of {hash:?}: {e}")))?;
+        Ok(Some(Block { header, extrinsics }))
+    }
+
+    /// Builds and signs the next block from `candidates` as the single validator `key`,
+    /// returning it with its commit certificate. Changes nothing: the result still has to go
+    /// through [`Chain::import_block`].
+    pub fn author_block(
+        &self,
+        key: &Pair,
+        candidates: Vec<UncheckedExtrinsic>,
+        timestamp_ms: u64,
+    ) -> Result<(Block, Commit, executive::Built), Error> {
+        let author = AccountId::from(key.public());
+        let ctx = self.next_context(author.clone());
+        let mut overlay = Overlay::new(&self.state);
+        let built = executive::build_block(
+            &mut overlay,
+            &ctx,
+            candidates,
+            MAX_BLOCK_EXTRINSICS,
+            MAX_BLOCK_BYTES,
+        )?;
+        let changes = overlay.into_changes();
+        let header = Header {
+            parent_hash: self.best.hash(),
+            number: ctx.block_number,
+            state_root: self.state.prepare(&changes).root(),
+            extrinsics_root: extrinsics_root(&built.included),
+            author,
+            timestamp_ms,
+        };
+        let hash = header.hash();
+        let payload = Commit::signing_payload(&self.genesis, header.number, 0, &hash);
+        let commit = Commit {
+            height: header.number,
+            round: 0,
+            block_hash: hash,
+            signatures: vec![CommitSignature {
+                validator: AccountId::from(key.public()),
+                signature: key.sign(&payload),
+            }],
+        };
+        let block = Block { header, extrinsics: built.included.clone() };
+        Ok((block, commit, built))
+    }
+
+    /// Imports a final block: checks, executes, and writes it atomically.
+    pub fn import_block(&mut self, block: Block, commit: Commit) -> Result<Imported, Error> {
+        let header = &block.header;
+        let hash = header.hash();
+        let best_hash = self.best.hash();
+        if header.parent_hash != best_hash || header.number != self.best.number + 1 {
+            return Err(Error::NotNextBlock {
+                number: header.number,
+                parent: header.parent_hash,
+                best_number: self.best.number,
+                best: best_hash,
+            });
+        }
+        if commit.block_hash != hash || commit.height != header.number {
+            return Err(Error::CommitForOtherBlock);
+        }
+        let validators = Staking::validator_set(&self.state)?;
+        if !validators.contains(&header.author) {
+            return Err(Error::AuthorNotValidator(header.author.clone()));
+        }
+        commit.verify(&self.genesis, &validators)?;
+        let mut overlay = Overlay::new(&self.state);
+        executive::execute_block(&mut overlay, &block, &self.genesis)?;
+        let changes = overlay.into_changes();
+        let prepared = self.state.prepare(&changes);
+        if prepared.root() != header.state_root {
+            return Err(Error::StateRootMismatch {
+                header: header.state_root,
+                computed: prepared.root(),
+            });
+        }
+        let body = block.extrinsics.encode();
+        self.db.commit(BlockCommit {
+            header,
+            body: &body,
+            justification: Some(&commit),
+            changes: &changes,
+        })?;
+        self.state.commit(changes, prepared);
+        self.best = block.header.clone();
+        self.finalized = block.header.clone();
+        tracing::debug!(target: "chain", number = header.number, %hash, txs = block.extrinsics.len(), "imported");
+        Ok(Imported {
+            header: block.header.clone(),
+            hash,
+            extrinsics: block.extrinsics.iter().map(|x| x.hash()).collect(),
+        })
+    }
+
+    /// Reads a value from the best state.
+    pub fn storage(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.state.get(key)
+    }
+}

@@ -1,0 +1,19 @@
+//! The services of a Bitorch node: the chain (RocksDB-backed state and the block import path),
+//! the transaction pool, and dev block production.
+//!
+//! One task, [`service::spawn`], owns the chain and the pool; others talk to it through a
+//! cloneable [`service::Handle`] that sends closures over a bounded channel and gets answers
+//! on oneshots. Events (new blocks, transaction status) go out on a bounded broadcast channel.
+//! In `--dev`, [`service::spawn_dev_authoring`] authors, imports and finalizes a block every
+//! block time as the single validator; the multi-validator consensus of a later release feeds
+//! decided blocks into the same [`chain::Chain::import_block`].
+
+pub mod chain;
+pub mod error;
+pub mod pool;
+pub mod service;
+
+pub use chain::Chain;
+pub use error::Error;
+pub use pool::{PoolLimits, TxPool};
+pub use service::{Event, Handle, TxStatus};

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs the system packages the build needs (RocksDB's bindings need libclang).
+set -euo pipefail
+if dpkg -s libclang-dev >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1; then
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libclang-dev clang g++ >/dev/null
