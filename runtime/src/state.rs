@@ -22,6 +22,8 @@ const ZERO: [u8; 32] = [0u8; 32];
 /// Buffered state changes: `None` deletes.
 pub type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+type ChangeRef<'a> = (&'a Vec<u8>, &'a Option<Vec<u8>>);
+
 /// In-memory state with an incrementally maintained Merkle root.
 pub struct StateTree {
     buckets: Vec<BTreeMap<Vec<u8>, Vec<u8>>>,
@@ -121,7 +123,7 @@ impl StateTree {
 
     /// Computes the root the state would have after `changes`, without applying them.
     pub fn prepare(&self, changes: &Changes) -> Prepared {
-        let mut by_bucket: BTreeMap<usize, Vec<(&Vec<u8>, &Option<Vec<u8>>)>> = BTreeMap::new();
+        let mut by_bucket: BTreeMap<usize, Vec<ChangeRef<'_>>> = BTreeMap::new();
         for (k, v) in changes {
             by_bucket.entry(bucket_of(k)).or_default().push((k, v));
         }

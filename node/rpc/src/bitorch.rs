@@ -3,9 +3,9 @@
 use crate::methods::{internal, required, RpcResult};
 use crate::{parse_address, Ctx, Error};
 use bitorch_primitives::{format_balance, keys::to_ss58};
-use bitorch_runtime::{Balances, Staking};
+use bitorch_runtime::{jobs, models, Balances, Jobs, Models, Staking};
 use jsonrpsee::server::RpcModule;
-use serde_json::json;
+use serde_json::{json, Value};
 
 pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
     method!(m, "bitorch_account", |p, ctx| {
@@ -49,5 +49,111 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
             .await
             .map_err(internal)?
     });
+    method!(m, "bitorch_job", |p, ctx| {
+        let id: u64 = required(&p, 0, "job id")?;
+        ctx.chain
+            .with(move |s| -> RpcResult {
+                Ok(Jobs::job(s.chain.state(), id)
+                    .map_err(internal)?
+                    .map(|j| job_json(id, &j))
+                    .unwrap_or(Value::Null))
+            })
+            .await
+            .map_err(internal)?
+    });
+    method!(m, "bitorch_models", |_p, ctx| {
+        ctx.chain
+            .with(|s| -> RpcResult {
+                let st = s.chain.state();
+                let mut out = Vec::new();
+                for id in Models::model_ids(st).map_err(internal)? {
+                    if let Some(r) = Models::model(st, &id).map_err(internal)? {
+                        out.push(model_json(&id, &r));
+                    }
+                }
+                Ok(Value::Array(out))
+            })
+            .await
+            .map_err(internal)?
+    });
+    method!(m, "bitorch_model", |p, ctx| {
+        let id = crate::parse_hash(&required::<String>(&p, 0, "model id")?)?;
+        ctx.chain
+            .with(move |s| -> RpcResult {
+                Ok(Models::model(s.chain.state(), &id)
+                    .map_err(internal)?
+                    .map(|r| model_json(&id, &r))
+                    .unwrap_or(Value::Null))
+            })
+            .await
+            .map_err(internal)?
+    });
     Ok(())
+}
+
+fn job_status_json(s: &jobs::JobStatus) -> Value {
+    use jobs::JobStatus::*;
+    match s {
+        Open => json!({ "open": null }),
+        Challenge { settle_at } => json!({ "challenge": { "settleAt": settle_at } }),
+        Settled { paid, refunded } => {
+            json!({ "settled": { "paid": paid.to_string(), "refunded": refunded.to_string() } })
+        }
+        Refunded => json!({ "refunded": null }),
+        Failed { receipt_index, auditor, slashed } => json!({ "failed": {
+            "receiptIndex": receipt_index, "auditor": to_ss58(auditor), "slashed": slashed.to_string()
+        } }),
+        Stuck { reason } => json!({ "stuck": String::from_utf8_lossy(reason) }),
+    }
+}
+
+fn job_json(id: u64, j: &jobs::Job) -> Value {
+    json!({
+        "id": id,
+        "client": to_ss58(&j.client),
+        "model": j.model,
+        "layerCount": j.layer_count,
+        "maxTokens": j.max_tokens,
+        "pricePerLayerToken": j.price_per_layer_token.to_string(),
+        "escrow": j.escrow.to_string(),
+        "claimed": j.claimed.to_string(),
+        "openedAt": j.opened_at,
+        "deadline": j.deadline,
+        "status": job_status_json(&j.status),
+        "receipts": j.receipts.iter().map(|r| json!({
+            "worker": to_ss58(&r.receipt.worker),
+            "layerStart": r.receipt.layer_start,
+            "layerEnd": r.receipt.layer_end,
+            "tokens": r.receipt.tokens,
+            "activationRoot": r.receipt.activation_root,
+            "submittedAt": r.submitted_at,
+            "verdict": r.verdict.as_ref().map(|v| json!({ "auditor": to_ss58(&v.auditor), "passed": v.passed, "at": v.at })),
+            "paid": r.paid.to_string(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn model_json(id: &bitorch_primitives::Hash, r: &models::ModelRecord) -> Value {
+    let m = &r.manifest;
+    json!({
+        "id": id,
+        "owner": to_ss58(&r.owner),
+        "name": String::from_utf8_lossy(&m.name),
+        "architecture": String::from_utf8_lossy(&m.architecture),
+        "layerCount": m.layer_count,
+        "manifestHash": r.manifest_hash,
+        "status": format!("{:?}", r.status),
+        "registeredAt": r.registered_at,
+        "updatedAt": r.updated_at,
+        "hyper": {
+            "hiddenSize": m.hyper.hidden_size,
+            "intermediateSize": m.hyper.intermediate_size,
+            "numAttentionHeads": m.hyper.num_attention_heads,
+            "numKvHeads": m.hyper.num_kv_heads,
+            "vocabSize": m.hyper.vocab_size,
+            "contextLength": m.hyper.context_length,
+        },
+        "tokenizerHash": m.tokenizer_hash,
+        "chunks": m.chunks.len(),
+    })
 }

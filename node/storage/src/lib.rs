@@ -34,6 +34,9 @@ fn number_key(n: BlockNumber) -> Vec<u8> {
     k
 }
 
+/// A state key and its value.
+pub type StatePair = (Vec<u8>, Vec<u8>);
+
 /// A block to write, with the state changes its execution made.
 pub struct BlockCommit<'a> {
     /// The header.
@@ -163,7 +166,7 @@ impl Db {
     }
 
     /// Every state pair, to rebuild the in-memory state at start-up.
-    pub fn state_pairs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    pub fn state_pairs(&self) -> Result<Vec<StatePair>, Error> {
         self.db
             .iterator_cf(self.cf(STATE)?, rocksdb::IteratorMode::Start)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Error::from))

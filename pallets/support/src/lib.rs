@@ -142,11 +142,8 @@ pub fn remove(s: &mut (impl Storage + ?Sized), key: Vec<u8>) {
 }
 
 fn hex_short(key: &[u8]) -> String {
-    let printable: String = key
-        .iter()
-        .take(48)
-        .map(|b| if b.is_ascii_graphic() { *b as char } else { '.' })
-        .collect();
+    let printable: String =
+        key.iter().take(48).map(|b| if b.is_ascii_graphic() { *b as char } else { '.' }).collect();
     printable
 }
 

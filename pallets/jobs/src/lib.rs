@@ -1,0 +1,691 @@
+//! The jobs pallet: the inference market.
+//!
+//! A client opens a job for an active model and escrows `max_tokens × layers × price` credits
+//! (reserved in its own account). Workers run layer ranges of the model and sign compute
+//! receipts that commit (a Merkle root) to the activations they produced; anyone (usually the
+//! gateway) submits them. Active validators audit receipts. After the challenge window the
+//! escrow pays each receipt `(layer_end - layer_start) × tokens × price` and refunds the rest.
+//!
+//! Life cycle of a job ([`JobStatus`]):
+//! - `Open` from [`Call::OpenJob`] until its deadline (`opened_at + job_timeout`); receipts are
+//!   accepted while it is open and before the deadline.
+//! - [`Call::CloseJob`] by the client, or the deadline in [`Pallet::on_initialize`]: with no
+//!   receipts the escrow is refunded at once (`Refunded`); otherwise the job enters
+//!   `Challenge { settle_at }` (`challenge_window` blocks later).
+//! - At `settle_at`, [`Pallet::on_initialize`] pays the workers and refunds the rest
+//!   (`Settled`).
+//! - A failed audit, any time before settlement, slashes the worker's stake by
+//!   `audit_slash_percent` (burned by staking), refunds the client's whole escrow and ends the
+//!   job (`Failed`); nobody is paid.
+//!
+//! Settlement never fails a block: each due job is processed in its own overlay, and a job whose
+//! processing fails is marked `Stuck` with the reason, its escrow left reserved (and counted in
+//! [`Pallet::total_escrow`]). A payment that cannot be made to one worker (its account would be
+//! left below the existential deposit) is refunded to the client instead and recorded as unpaid.
+//!
+//! A `job_timeout` or `challenge_window` of zero is treated as one block: a job always has at
+//! least one block to receive receipts, and settles in a later block than the one that closed
+//! it.
+
+use bitorch_pallet_support::{
+    self as support, Context, Currency, CurrencyError, ModelRegistry, Storage, StorageError,
+    WorkerRegistry,
+};
+use bitorch_primitives::{keys, AccountId, Balance, BlockNumber, Pair, Signature, H256};
+use parity_scale_codec::{Decode, Encode};
+use std::marker::PhantomData;
+
+mod error;
+pub use error::Error;
+
+#[cfg(test)]
+mod tests;
+
+const PALLET: &str = "jobs";
+
+/// A job's id: a counter from 0.
+pub type JobId = u64;
+
+/// Hard cap on receipts per job, whatever `Params::max_receipts` says.
+pub const MAX_RECEIPTS: u32 = 256;
+/// Most jobs scheduled at one block.
+pub const MAX_DUE_PER_BLOCK: u32 = 1_024;
+/// How many blocks past its intended settlement block a job may be pushed when that block's
+/// schedule is full.
+pub const MAX_SCHEDULE_SEARCH: u64 = 1_024;
+/// Longest reason stored with a `Stuck` job.
+pub const MAX_STUCK_REASON: usize = 256;
+
+/// Jobs parameters, set at genesis.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Params {
+    /// Blocks from opening to the deadline (0 is treated as 1).
+    #[codec(compact)]
+    pub job_timeout: BlockNumber,
+    /// Blocks between closing (or the deadline) and settlement (0 is treated as 1).
+    #[codec(compact)]
+    pub challenge_window: BlockNumber,
+    /// Percentage of a worker's stake slashed on a failed audit (above 100 counts as 100).
+    pub audit_slash_percent: u8,
+    /// Most receipts per job (capped at [`MAX_RECEIPTS`]).
+    #[codec(compact)]
+    pub max_receipts: u32,
+}
+
+impl Default for Params {
+    /// Development values: 100-block timeout, 20-block challenge window, 10% slash, 64
+    /// receipts.
+    fn default() -> Self {
+        Self { job_timeout: 100, challenge_window: 20, audit_slash_percent: 10, max_receipts: 64 }
+    }
+}
+
+/// A worker's claim that it ran `layer_start..layer_end` of a job's model for `tokens` tokens.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Receipt {
+    /// The job.
+    pub job: JobId,
+    /// The worker that did the work (and signs the receipt).
+    pub worker: AccountId,
+    /// First layer run.
+    pub layer_start: u32,
+    /// One past the last layer run.
+    pub layer_end: u32,
+    /// Token positions processed.
+    pub tokens: u32,
+    /// Merkle root of the activation commitments (one leaf per token position).
+    pub activation_root: H256,
+}
+
+impl Receipt {
+    /// The bytes the worker signs: `(b"bitorch/receipt/1", genesis, self)` SCALE-encoded.
+    pub fn signing_payload(&self, genesis: &H256) -> Vec<u8> {
+        (b"bitorch/receipt/1", genesis, self).encode()
+    }
+
+    /// Signs the receipt with the worker's key for the chain with this genesis hash.
+    pub fn sign(self, pair: &Pair, genesis: &H256) -> SignedReceipt {
+        use sp_core::crypto::Pair as _;
+        let signature = pair.sign(&self.signing_payload(genesis));
+        SignedReceipt { receipt: self, signature }
+    }
+
+    /// What the receipt earns at `price` per layer-token: `layers × tokens × price`; `None` on
+    /// overflow or an inverted range.
+    pub fn amount(&self, price: Balance) -> Option<Balance> {
+        let layers = self.layer_end.checked_sub(self.layer_start)?;
+        Balance::from(layers).checked_mul(Balance::from(self.tokens))?.checked_mul(price)
+    }
+}
+
+/// A receipt with the worker's sr25519 signature over [`Receipt::signing_payload`].
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct SignedReceipt {
+    /// The receipt.
+    pub receipt: Receipt,
+    /// The worker's signature.
+    pub signature: Signature,
+}
+
+impl SignedReceipt {
+    /// Whether the signature is the worker's over the receipt on the chain `genesis`.
+    pub fn verify(&self, genesis: &H256) -> bool {
+        keys::verify(&self.signature, &self.receipt.signing_payload(genesis), &self.receipt.worker)
+    }
+}
+
+/// An auditor's verdict on a receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Verdict {
+    /// The validator that audited.
+    pub auditor: AccountId,
+    /// Whether the re-execution matched.
+    pub passed: bool,
+    /// Block of the verdict.
+    #[codec(compact)]
+    pub at: BlockNumber,
+}
+
+/// A receipt as the job holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ReceiptRecord {
+    /// The receipt.
+    pub receipt: Receipt,
+    /// Its signature (evidence for audits).
+    pub signature: Signature,
+    /// Block in which it was submitted.
+    #[codec(compact)]
+    pub submitted_at: BlockNumber,
+    /// The audit verdict, if audited.
+    pub verdict: Option<Verdict>,
+    /// What settlement paid the worker (0 until settled, or if the payment could not be made).
+    #[codec(compact)]
+    pub paid: Balance,
+}
+
+/// Where a job is in its life cycle.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum JobStatus {
+    /// Accepting receipts until the deadline.
+    #[codec(index = 0)]
+    Open,
+    /// Closed; audits still accepted; settles at `settle_at`.
+    #[codec(index = 1)]
+    Challenge {
+        /// Block at whose start the job settles.
+        #[codec(compact)]
+        settle_at: BlockNumber,
+    },
+    /// Paid out.
+    #[codec(index = 2)]
+    Settled {
+        /// Paid to workers.
+        #[codec(compact)]
+        paid: Balance,
+        /// Returned to the client.
+        #[codec(compact)]
+        refunded: Balance,
+    },
+    /// Closed with no receipts; the whole escrow returned to the client.
+    #[codec(index = 3)]
+    Refunded,
+    /// A receipt failed its audit: the worker was slashed, the client refunded in full.
+    #[codec(index = 4)]
+    Failed {
+        /// The receipt that failed.
+        #[codec(compact)]
+        receipt_index: u32,
+        /// The auditor.
+        auditor: AccountId,
+        /// Stake slashed (burned) from the worker.
+        #[codec(compact)]
+        slashed: Balance,
+    },
+    /// Processing at its due block failed; the escrow stays reserved. Should never happen.
+    #[codec(index = 5)]
+    Stuck {
+        /// Why (UTF-8, at most [`MAX_STUCK_REASON`] bytes).
+        reason: Vec<u8>,
+    },
+}
+
+impl JobStatus {
+    /// Whether the job still holds its escrow (Open, Challenge or Stuck).
+    pub fn holds_escrow(&self) -> bool {
+        matches!(self, JobStatus::Open | JobStatus::Challenge { .. } | JobStatus::Stuck { .. })
+    }
+}
+
+/// An inference job.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Job {
+    /// The client that opened it and pays.
+    pub client: AccountId,
+    /// The model.
+    pub model: H256,
+    /// The model's layer count when the job opened.
+    pub layer_count: u32,
+    /// Most tokens a receipt may claim.
+    pub max_tokens: u32,
+    /// Price per layer per token.
+    #[codec(compact)]
+    pub price_per_layer_token: Balance,
+    /// Escrowed (reserved from the client): max_tokens × layer_count × price.
+    #[codec(compact)]
+    pub escrow: Balance,
+    /// Block it opened in.
+    #[codec(compact)]
+    pub opened_at: BlockNumber,
+    /// Block at whose start it stops accepting receipts.
+    #[codec(compact)]
+    pub deadline: BlockNumber,
+    /// Where it is in its life cycle.
+    pub status: JobStatus,
+    /// Receipts submitted (at most `max_receipts`).
+    pub receipts: Vec<ReceiptRecord>,
+    /// Sum of what the receipts are worth (never above `escrow`).
+    #[codec(compact)]
+    pub claimed: Balance,
+}
+
+/// Calls of the jobs pallet.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Call {
+    /// Opens a job; the signer is the client and escrows max_tokens × layers × price.
+    #[codec(index = 0)]
+    OpenJob {
+        /// An active model.
+        model: H256,
+        /// Most tokens a receipt may claim.
+        #[codec(compact)]
+        max_tokens: u32,
+        /// Price per layer per token.
+        #[codec(compact)]
+        price_per_layer_token: Balance,
+    },
+    /// Records a worker's signed receipt (any signer may submit it).
+    #[codec(index = 1)]
+    SubmitReceipt {
+        /// The receipt.
+        receipt: SignedReceipt,
+    },
+    /// Closes an open job (client only): refund if it has no receipts, else the challenge
+    /// window starts.
+    #[codec(index = 2)]
+    CloseJob {
+        /// The job.
+        #[codec(compact)]
+        job: JobId,
+    },
+    /// An active validator's verdict on a receipt.
+    #[codec(index = 3)]
+    SubmitAudit {
+        /// The job.
+        #[codec(compact)]
+        job: JobId,
+        /// Index of the receipt in the job.
+        #[codec(compact)]
+        receipt_index: u32,
+        /// Whether re-execution matched the commitment.
+        passed: bool,
+    },
+}
+
+/// The jobs pallet, over a currency `C`, the staking registry `W` (workers, validators,
+/// slashing) and the model registry `M`.
+pub struct Pallet<C, W, M>(PhantomData<(C, W, M)>);
+
+fn job_key(id: JobId) -> Vec<u8> {
+    support::map_key(PALLET, "job", &id)
+}
+
+fn due_key(block: BlockNumber) -> Vec<u8> {
+    support::map_key(PALLET, "due", &block)
+}
+
+fn params_key() -> Vec<u8> {
+    support::value_key(PALLET, "params")
+}
+
+fn next_id_key() -> Vec<u8> {
+    support::value_key(PALLET, "next_job_id")
+}
+
+fn total_escrow_key() -> Vec<u8> {
+    support::value_key(PALLET, "total_escrow")
+}
+
+impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
+    /// The jobs parameters (the [`Params::default`] values when none were set).
+    pub fn params<S: Storage + ?Sized>(s: &S) -> Result<Params, StorageError> {
+        Ok(support::get(s, &params_key())?.unwrap_or_default())
+    }
+
+    /// Genesis: sets the jobs parameters.
+    pub fn set_params<S: Storage + ?Sized>(s: &mut S, params: &Params) {
+        support::put(s, params_key(), params);
+    }
+
+    /// The job with this id.
+    pub fn job<S: Storage + ?Sized>(s: &S, id: JobId) -> Result<Option<Job>, StorageError> {
+        support::get(s, &job_key(id))
+    }
+
+    /// The id the next job will get (also the number of jobs ever opened).
+    pub fn next_job_id<S: Storage + ?Sized>(s: &S) -> Result<JobId, StorageError> {
+        support::get_or_default(s, &next_id_key())
+    }
+
+    /// Sum of the escrow held by jobs that are Open, in Challenge, or Stuck.
+    pub fn total_escrow<S: Storage + ?Sized>(s: &S) -> Result<Balance, StorageError> {
+        support::get_or_default(s, &total_escrow_key())
+    }
+
+    /// Jobs scheduled for processing at the start of `block`.
+    pub fn due<S: Storage + ?Sized>(s: &S, block: BlockNumber) -> Result<Vec<JobId>, StorageError> {
+        support::get_or_default(s, &due_key(block))
+    }
+
+    fn put_job<S: Storage + ?Sized>(s: &mut S, id: JobId, job: &Job) {
+        support::put(s, job_key(id), job);
+    }
+
+    /// Total escrow less `amount`, to write once the escrow has left.
+    fn total_escrow_less<S: Storage + ?Sized>(s: &S, amount: Balance) -> Result<Balance, Error> {
+        Self::total_escrow(s)?.checked_sub(amount).ok_or(Error::Overflow)
+    }
+
+    /// The schedule of `block` with `id` added, or `None` if it is full.
+    fn with_due<S: Storage + ?Sized>(
+        s: &S,
+        block: BlockNumber,
+        id: JobId,
+    ) -> Result<Option<Vec<JobId>>, StorageError> {
+        let mut due = Self::due(s, block)?;
+        if due.contains(&id) {
+            return Ok(Some(due));
+        }
+        if due.len() >= MAX_DUE_PER_BLOCK as usize {
+            return Ok(None);
+        }
+        due.push(id);
+        Ok(Some(due))
+    }
+
+    /// Schedules `id` at the first block from `from` whose schedule has room.
+    fn schedule_near<S: Storage + ?Sized>(
+        s: &mut S,
+        from: BlockNumber,
+        id: JobId,
+    ) -> Result<BlockNumber, Error> {
+        for offset in 0..MAX_SCHEDULE_SEARCH {
+            let block = from.checked_add(offset).ok_or(Error::Overflow)?;
+            if let Some(due) = Self::with_due(s, block, id)? {
+                support::put(s, due_key(block), &due);
+                return Ok(block);
+            }
+        }
+        Err(Error::TooManyJobsDue { block: from })
+    }
+
+    /// Dispatches a call signed by `who`.
+    pub fn dispatch<S: Storage + ?Sized>(
+        s: &mut S,
+        who: &AccountId,
+        call: &Call,
+        ctx: &Context,
+    ) -> Result<(), Error> {
+        match call {
+            Call::OpenJob { model, max_tokens, price_per_layer_token } => {
+                Self::open_job(s, who, model, *max_tokens, *price_per_layer_token, ctx)
+            }
+            Call::SubmitReceipt { receipt } => Self::submit_receipt(s, receipt, ctx),
+            Call::CloseJob { job } => Self::close_job(s, who, *job, ctx),
+            Call::SubmitAudit { job, receipt_index, passed } => {
+                Self::submit_audit(s, who, *job, *receipt_index, *passed, ctx)
+            }
+        }
+    }
+
+    fn open_job<S: Storage + ?Sized>(
+        s: &mut S,
+        client: &AccountId,
+        model: &H256,
+        max_tokens: u32,
+        price: Balance,
+        ctx: &Context,
+    ) -> Result<(), Error> {
+        if max_tokens == 0 {
+            return Err(Error::ZeroMaxTokens);
+        }
+        if price == 0 {
+            return Err(Error::ZeroPrice);
+        }
+        let layer_count = M::active_layer_count(s, model)?.ok_or(Error::ModelNotActive(*model))?;
+        let escrow = Balance::from(max_tokens)
+            .checked_mul(Balance::from(layer_count))
+            .and_then(|v| v.checked_mul(price))
+            .ok_or(Error::EscrowOverflow)?;
+        if escrow == 0 {
+            // Only a model with zero layers, which the registry never accepts.
+            return Err(Error::ModelNotActive(*model));
+        }
+        let params = Self::params(s)?;
+        let id = Self::next_job_id(s)?;
+        let next = id.checked_add(1).ok_or(Error::JobIdOverflow)?;
+        let deadline =
+            ctx.block_number.checked_add(params.job_timeout.max(1)).ok_or(Error::Overflow)?;
+        let due =
+            Self::with_due(s, deadline, id)?.ok_or(Error::TooManyJobsDue { block: deadline })?;
+        let total = Self::total_escrow(s)?.checked_add(escrow).ok_or(Error::Overflow)?;
+        C::reserve(s, client, escrow)?;
+        let job = Job {
+            client: client.clone(),
+            model: *model,
+            layer_count,
+            max_tokens,
+            price_per_layer_token: price,
+            escrow,
+            opened_at: ctx.block_number,
+            deadline,
+            status: JobStatus::Open,
+            receipts: Vec::new(),
+            claimed: 0,
+        };
+        Self::put_job(s, id, &job);
+        support::put(s, next_id_key(), &next);
+        support::put(s, due_key(deadline), &due);
+        support::put(s, total_escrow_key(), &total);
+        Ok(())
+    }
+
+    fn submit_receipt<S: Storage + ?Sized>(
+        s: &mut S,
+        signed: &SignedReceipt,
+        ctx: &Context,
+    ) -> Result<(), Error> {
+        let r = &signed.receipt;
+        let mut job = Self::job(s, r.job)?.ok_or(Error::UnknownJob(r.job))?;
+        if job.status != JobStatus::Open {
+            return Err(Error::JobNotOpen(r.job));
+        }
+        if ctx.block_number >= job.deadline {
+            return Err(Error::PastDeadline { job: r.job, deadline: job.deadline });
+        }
+        if !W::is_worker(s, &r.worker)? {
+            return Err(Error::NotAWorker);
+        }
+        if !signed.verify(&ctx.genesis_hash) {
+            return Err(Error::BadSignature);
+        }
+        if r.layer_start >= r.layer_end || r.layer_end > job.layer_count {
+            return Err(Error::InvalidLayerRange {
+                start: r.layer_start,
+                end: r.layer_end,
+                layer_count: job.layer_count,
+            });
+        }
+        if r.tokens == 0 || r.tokens > job.max_tokens {
+            return Err(Error::InvalidTokens { tokens: r.tokens, max_tokens: job.max_tokens });
+        }
+        if job.receipts.iter().any(|x| {
+            x.receipt.worker == r.worker
+                && x.receipt.layer_start == r.layer_start
+                && x.receipt.layer_end == r.layer_end
+        }) {
+            return Err(Error::DuplicateReceipt);
+        }
+        let max = Self::params(s)?.max_receipts.min(MAX_RECEIPTS);
+        if job.receipts.len() >= max as usize {
+            return Err(Error::TooManyReceipts { max });
+        }
+        let available = job.escrow.saturating_sub(job.claimed);
+        let amount = r.amount(job.price_per_layer_token);
+        let claimed = amount.and_then(|a| job.claimed.checked_add(a)).filter(|c| *c <= job.escrow);
+        let Some(claimed) = claimed else {
+            return Err(Error::ClaimExceedsEscrow {
+                amount: amount.unwrap_or(Balance::MAX),
+                available,
+            });
+        };
+        job.claimed = claimed;
+        job.receipts.push(ReceiptRecord {
+            receipt: r.clone(),
+            signature: signed.signature,
+            submitted_at: ctx.block_number,
+            verdict: None,
+            paid: 0,
+        });
+        Self::put_job(s, r.job, &job);
+        Ok(())
+    }
+
+    fn close_job<S: Storage + ?Sized>(
+        s: &mut S,
+        who: &AccountId,
+        id: JobId,
+        ctx: &Context,
+    ) -> Result<(), Error> {
+        let mut job = Self::job(s, id)?.ok_or(Error::UnknownJob(id))?;
+        if &job.client != who {
+            return Err(Error::NotClient);
+        }
+        if job.status != JobStatus::Open {
+            return Err(Error::JobNotOpen(id));
+        }
+        if job.receipts.is_empty() {
+            Self::refund(s, id, &mut job)?;
+        } else {
+            let window = Self::params(s)?.challenge_window.max(1);
+            let settle_at = ctx.block_number.checked_add(window).ok_or(Error::Overflow)?;
+            let due = Self::with_due(s, settle_at, id)?
+                .ok_or(Error::TooManyJobsDue { block: settle_at })?;
+            support::put(s, due_key(settle_at), &due);
+            job.status = JobStatus::Challenge { settle_at };
+            Self::put_job(s, id, &job);
+        }
+        Ok(())
+    }
+
+    /// Returns the whole escrow to the client; the job becomes `Refunded`.
+    fn refund<S: Storage + ?Sized>(s: &mut S, id: JobId, job: &mut Job) -> Result<(), Error> {
+        let total = Self::total_escrow_less(s, job.escrow)?;
+        C::unreserve(s, &job.client, job.escrow)?;
+        support::put(s, total_escrow_key(), &total);
+        job.status = JobStatus::Refunded;
+        Self::put_job(s, id, job);
+        Ok(())
+    }
+
+    fn submit_audit<S: Storage + ?Sized>(
+        s: &mut S,
+        auditor: &AccountId,
+        id: JobId,
+        receipt_index: u32,
+        passed: bool,
+        ctx: &Context,
+    ) -> Result<(), Error> {
+        if !W::is_validator(s, auditor)? {
+            return Err(Error::NotAValidator);
+        }
+        let mut job = Self::job(s, id)?.ok_or(Error::UnknownJob(id))?;
+        if !matches!(job.status, JobStatus::Open | JobStatus::Challenge { .. }) {
+            return Err(Error::AuditWindowClosed(id));
+        }
+        let index =
+            usize::try_from(receipt_index).map_err(|_| Error::UnknownReceipt(receipt_index))?;
+        let record = job.receipts.get(index).ok_or(Error::UnknownReceipt(receipt_index))?;
+        if record.verdict.is_some() {
+            return Err(Error::AlreadyAudited(receipt_index));
+        }
+        if &record.receipt.worker == auditor || &job.client == auditor {
+            return Err(Error::AuditorIsParty);
+        }
+        let worker = record.receipt.worker.clone();
+        let verdict = Some(Verdict { auditor: auditor.clone(), passed, at: ctx.block_number });
+        if passed {
+            if let Some(record) = job.receipts.get_mut(index) {
+                record.verdict = verdict;
+            }
+            Self::put_job(s, id, &job);
+            return Ok(());
+        }
+        let percent = Self::params(s)?.audit_slash_percent;
+        let total = Self::total_escrow_less(s, job.escrow)?;
+        C::unreserve(s, &job.client, job.escrow)?;
+        support::put(s, total_escrow_key(), &total);
+        let slashed = W::slash_percent(s, &worker, percent, ctx)?;
+        if let Some(record) = job.receipts.get_mut(index) {
+            record.verdict = verdict;
+        }
+        job.status = JobStatus::Failed { receipt_index, auditor: auditor.clone(), slashed };
+        Self::put_job(s, id, &job);
+        Ok(())
+    }
+
+    /// Start of block: processes the jobs scheduled at `ctx.block_number`. Jobs reaching their
+    /// deadline are refunded (no receipts) or enter the challenge window; jobs at the end of
+    /// their challenge window settle. Each job is processed on its own: one that fails is
+    /// marked `Stuck` and the others proceed. Fails only on a corrupt schedule.
+    pub fn on_initialize<S: Storage + ?Sized>(
+        s: &mut S,
+        ctx: &Context,
+    ) -> Result<(), StorageError> {
+        let ids = Self::due(s, ctx.block_number)?;
+        support::remove(s, due_key(ctx.block_number));
+        for id in ids {
+            if let Err(e) = support::transactional(s, |o| Self::process_due(o, id, ctx)) {
+                Self::mark_stuck(s, id, &e);
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_stuck<S: Storage + ?Sized>(s: &mut S, id: JobId, e: &Error) {
+        if let Ok(Some(mut job)) = Self::job(s, id) {
+            let mut reason = e.to_string();
+            let mut end = reason.len().min(MAX_STUCK_REASON);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            job.status = JobStatus::Stuck { reason: reason.into_bytes() };
+            Self::put_job(s, id, &job);
+        }
+    }
+
+    fn process_due<S: Storage + ?Sized>(s: &mut S, id: JobId, ctx: &Context) -> Result<(), Error> {
+        let Some(mut job) = Self::job(s, id)? else {
+            return Ok(());
+        };
+        let now = ctx.block_number;
+        match job.status {
+            JobStatus::Open if now >= job.deadline => {
+                if job.receipts.is_empty() {
+                    Self::refund(s, id, &mut job)
+                } else {
+                    let window = Self::params(s)?.challenge_window.max(1);
+                    let from = now.checked_add(window).ok_or(Error::Overflow)?;
+                    let settle_at = Self::schedule_near(s, from, id)?;
+                    job.status = JobStatus::Challenge { settle_at };
+                    Self::put_job(s, id, &job);
+                    Ok(())
+                }
+            }
+            JobStatus::Challenge { settle_at } if settle_at <= now => Self::settle(s, id, job),
+            _ => Ok(()),
+        }
+    }
+
+    /// Pays every receipt from the client's escrow and refunds the rest.
+    fn settle<S: Storage + ?Sized>(s: &mut S, id: JobId, mut job: Job) -> Result<(), Error> {
+        let mut paid: Balance = 0;
+        for record in job.receipts.iter_mut() {
+            let amount = record.receipt.amount(job.price_per_layer_token).ok_or(Error::Overflow)?;
+            let worker = &record.receipt.worker;
+            match support::transactional(s, |o| {
+                C::repatriate_reserved(o, &job.client, worker, amount)
+            }) {
+                Ok(()) => {
+                    record.paid = amount;
+                    paid = paid.checked_add(amount).ok_or(Error::Overflow)?;
+                }
+                // Corrupt state is not the worker's fault, but it is not a payment problem
+                // either: the job must not settle.
+                Err(CurrencyError::Storage(e)) => return Err(e.into()),
+                // The payment cannot be made (e.g. it would leave the worker's account below
+                // the existential deposit): the share goes back to the client.
+                Err(_) => {}
+            }
+        }
+        let refunded = job.escrow.checked_sub(paid).ok_or(Error::Overflow)?;
+        let total = Self::total_escrow_less(s, job.escrow)?;
+        if refunded > 0 {
+            C::unreserve(s, &job.client, refunded)?;
+        }
+        support::put(s, total_escrow_key(), &total);
+        job.status = JobStatus::Settled { paid, refunded };
+        Self::put_job(s, id, &job);
+        Ok(())
+    }
+}

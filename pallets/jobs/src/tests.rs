@@ -1,0 +1,650 @@
+use super::*;
+use bitorch_pallet_models::example_manifest;
+use bitorch_pallet_staking::Params as StakingParams;
+use bitorch_pallet_support::MemoryState;
+use bitorch_primitives::keys::{account_of, pair_from_suri};
+use std::sync::OnceLock;
+
+type Balances = bitorch_pallet_balances::Pallet;
+type Staking = bitorch_pallet_staking::Pallet<Balances>;
+type Models = bitorch_pallet_models::Pallet;
+type Jobs = Pallet<Balances, Staking, Models>;
+
+const CLIENT: u8 = 1;
+const CLIENT2: u8 = 2;
+const VALIDATOR: u8 = 3;
+const VALIDATOR2: u8 = 4;
+const OWNER: u8 = 8;
+const GATEWAY: u8 = 99;
+
+fn acc(n: u8) -> AccountId {
+    AccountId::new([n; 32])
+}
+
+/// Worker 1, worker 2 (also a validator), and an outsider that is no worker.
+fn pairs() -> &'static [Pair; 3] {
+    static PAIRS: OnceLock<[Pair; 3]> = OnceLock::new();
+    PAIRS.get_or_init(|| {
+        ["//Worker1", "//Worker2", "//Outsider"].map(|s| pair_from_suri(s).expect("dev key"))
+    })
+}
+
+fn w(i: usize) -> AccountId {
+    account_of(&pairs()[i])
+}
+
+fn genesis() -> H256 {
+    H256::repeat_byte(7)
+}
+
+fn ctx(block_number: BlockNumber) -> Context {
+    Context { block_number, genesis_hash: genesis(), author: acc(GATEWAY) }
+}
+
+fn all_accounts() -> Vec<AccountId> {
+    [CLIENT, CLIENT2, VALIDATOR, VALIDATOR2, OWNER, GATEWAY]
+        .map(acc)
+        .into_iter()
+        .chain((0..3).map(w))
+        .collect()
+}
+
+fn jobs_params() -> Params {
+    Params { job_timeout: 10, challenge_window: 5, audit_slash_percent: 20, max_receipts: 4 }
+}
+
+struct Env {
+    s: MemoryState,
+    now: BlockNumber,
+    model: H256,
+    retired: H256,
+}
+
+fn setup() -> Env {
+    let mut s = MemoryState::default();
+    let c0 = ctx(0);
+    Balances::set_existential_deposit(&mut s, 1);
+    for n in [CLIENT, CLIENT2] {
+        Balances::mint(&mut s, &acc(n), 10_000).unwrap();
+    }
+    for who in [acc(VALIDATOR), acc(VALIDATOR2), w(0), w(1), w(2)] {
+        Balances::mint(&mut s, &who, 5_000).unwrap();
+    }
+    Staking::set_params(
+        &mut s,
+        &StakingParams {
+            min_validator_bond: 1_000,
+            min_worker_bond: 500,
+            unbonding_delay: 10,
+            max_validators: 10,
+        },
+    );
+    Staking::genesis_stake(&mut s, &acc(VALIDATOR), 2_000, true, false, &c0).unwrap();
+    Staking::genesis_stake(&mut s, &acc(VALIDATOR2), 2_000, true, false, &c0).unwrap();
+    Staking::genesis_stake(&mut s, &w(0), 1_000, false, true, &c0).unwrap();
+    Staking::genesis_stake(&mut s, &w(1), 1_000, true, true, &c0).unwrap();
+    let model = Models::register(&mut s, &acc(OWNER), example_manifest(4), &c0).unwrap();
+    let retired = Models::register(&mut s, &acc(OWNER), example_manifest(2), &c0).unwrap();
+    Models::dispatch(
+        &mut s,
+        &acc(OWNER),
+        &bitorch_pallet_models::Call::Retire { id: retired },
+        &c0,
+    )
+    .unwrap();
+    Jobs::set_params(&mut s, &jobs_params());
+    check_invariants(&s);
+    Env { s, now: 1, model, retired }
+}
+
+/// Escrow held by jobs that hold it, per the job records.
+fn escrow_held(s: &MemoryState) -> Balance {
+    let mut held = 0;
+    for id in 0..Jobs::next_job_id(s).unwrap() {
+        let job = Jobs::job(s, id).unwrap().expect("every id below next_job_id exists");
+        assert!(job.claimed <= job.escrow);
+        assert!(job.receipts.len() <= jobs_params().max_receipts as usize);
+        let claimed: Balance =
+            job.receipts.iter().map(|r| r.receipt.amount(job.price_per_layer_token).unwrap()).sum();
+        assert_eq!(claimed, job.claimed);
+        if job.status.holds_escrow() {
+            held += job.escrow;
+        }
+    }
+    held
+}
+
+fn check_invariants(s: &MemoryState) {
+    let mut total = 0;
+    let mut reserved = 0;
+    let mut staked = 0;
+    for who in all_accounts() {
+        let a = Balances::account(s, &who).unwrap();
+        total += a.total();
+        reserved += a.reserved;
+        staked += Staking::ledger(s, &who).unwrap().total();
+    }
+    assert_eq!(Balances::total_issuance(s).unwrap(), total, "issuance != sum of balances");
+    let held = escrow_held(s);
+    assert_eq!(Jobs::total_escrow(s).unwrap(), held, "total_escrow != escrow of open jobs");
+    assert_eq!(reserved, staked + held, "reserved != stake + escrow");
+}
+
+impl Env {
+    fn call(&mut self, who: u8, c: Call) -> Result<(), Error> {
+        self.call_as(&acc(who), c)
+    }
+
+    fn call_as(&mut self, who: &AccountId, c: Call) -> Result<(), Error> {
+        let at = ctx(self.now);
+        let before = self.s.clone();
+        let r = support::transactional(&mut self.s, |o| Jobs::dispatch(o, who, &c, &at));
+        if r.is_err() {
+            assert_eq!(self.s, before, "rejected {c:?} changed state");
+        }
+        check_invariants(&self.s);
+        r
+    }
+
+    fn open(&mut self, client: u8, max_tokens: u32, price: Balance) -> JobId {
+        let id = Jobs::next_job_id(&self.s).unwrap();
+        let model = self.model;
+        self.call(client, Call::OpenJob { model, max_tokens, price_per_layer_token: price })
+            .unwrap();
+        id
+    }
+
+    fn receipt(&mut self, worker: usize, job: JobId, range: (u32, u32), tokens: u32) {
+        let r = signed(worker, job, range, tokens);
+        self.call(GATEWAY, Call::SubmitReceipt { receipt: r }).unwrap();
+    }
+
+    fn advance_to(&mut self, to: BlockNumber) {
+        while self.now < to {
+            self.now += 1;
+            Jobs::on_initialize(&mut self.s, &ctx(self.now)).unwrap();
+            check_invariants(&self.s);
+        }
+    }
+
+    fn job(&self, id: JobId) -> Job {
+        Jobs::job(&self.s, id).unwrap().unwrap()
+    }
+
+    fn account(&self, who: &AccountId) -> (Balance, Balance) {
+        let a = Balances::account(&self.s, who).unwrap();
+        (a.free, a.reserved)
+    }
+}
+
+fn unsigned(worker: usize, job: JobId, (start, end): (u32, u32), tokens: u32) -> Receipt {
+    Receipt {
+        job,
+        worker: w(worker),
+        layer_start: start,
+        layer_end: end,
+        tokens,
+        activation_root: H256::repeat_byte(start as u8 + 1),
+    }
+}
+
+fn signed(worker: usize, job: JobId, range: (u32, u32), tokens: u32) -> SignedReceipt {
+    unsigned(worker, job, range, tokens).sign(&pairs()[worker], &genesis())
+}
+
+#[test]
+fn full_life_cycle_pays_workers_and_refunds_the_rest() {
+    let mut e = setup();
+    let issuance = Balances::total_issuance(&e.s).unwrap();
+    let (w0_free, _) = e.account(&w(0));
+    let (w1_free, _) = e.account(&w(1));
+
+    let id = e.open(CLIENT, 10, 3);
+    assert_eq!(id, 0);
+    assert_eq!(Jobs::next_job_id(&e.s).unwrap(), 1);
+    let job = e.job(id);
+    assert_eq!((job.escrow, job.layer_count, job.opened_at, job.deadline), (120, 4, 1, 11));
+    assert_eq!(job.status, JobStatus::Open);
+    assert_eq!(e.account(&acc(CLIENT)), (9_880, 120));
+    assert_eq!(Jobs::total_escrow(&e.s).unwrap(), 120);
+    assert_eq!(Jobs::due(&e.s, 11).unwrap(), vec![id]);
+
+    e.advance_to(2);
+    e.receipt(0, id, (0, 2), 10); // 2 × 10 × 3 = 60
+    e.receipt(1, id, (2, 4), 5); // 2 × 5 × 3 = 30
+    assert_eq!(e.job(id).claimed, 90);
+    e.advance_to(3);
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: true }).unwrap();
+    e.call(CLIENT, Call::CloseJob { job: id }).unwrap();
+    assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 8 });
+    // Audits are accepted inside the challenge window.
+    e.advance_to(5);
+    e.call(VALIDATOR2, Call::SubmitAudit { job: id, receipt_index: 1, passed: true }).unwrap();
+    let job = e.job(id);
+    assert_eq!(
+        job.receipts[1].verdict,
+        Some(Verdict { auditor: acc(VALIDATOR2), passed: true, at: 5 })
+    );
+    e.advance_to(7);
+    assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 8 });
+    e.advance_to(8);
+    let job = e.job(id);
+    assert_eq!(job.status, JobStatus::Settled { paid: 90, refunded: 30 });
+    assert_eq!((job.receipts[0].paid, job.receipts[1].paid), (60, 30));
+    assert_eq!(e.account(&acc(CLIENT)), (9_910, 0));
+    assert_eq!(e.account(&w(0)).0, w0_free + 60);
+    assert_eq!(e.account(&w(1)).0, w1_free + 30);
+    assert_eq!(Jobs::total_escrow(&e.s).unwrap(), 0);
+    // The deadline entry is ignored once settled.
+    e.advance_to(12);
+    assert_eq!(e.job(id).status, JobStatus::Settled { paid: 90, refunded: 30 });
+    assert_eq!(Balances::total_issuance(&e.s).unwrap(), issuance);
+    assert_eq!(Jobs::due(&e.s, 8).unwrap(), Vec::<JobId>::new());
+}
+
+#[test]
+fn deadline_without_receipts_refunds_in_full() {
+    let mut e = setup();
+    let id = e.open(CLIENT, 5, 2);
+    assert_eq!(e.account(&acc(CLIENT)), (9_960, 40));
+    e.advance_to(10);
+    assert_eq!(e.job(id).status, JobStatus::Open);
+    e.advance_to(11);
+    assert_eq!(e.job(id).status, JobStatus::Refunded);
+    assert_eq!(e.account(&acc(CLIENT)), (10_000, 0));
+    // Closing with no receipts refunds at once too.
+    let id = e.open(CLIENT2, 5, 2);
+    e.call(CLIENT2, Call::CloseJob { job: id }).unwrap();
+    assert_eq!(e.job(id).status, JobStatus::Refunded);
+    assert_eq!(e.account(&acc(CLIENT2)), (10_000, 0));
+    e.advance_to(30);
+}
+
+#[test]
+fn deadline_with_receipts_starts_challenge_then_settles() {
+    let mut e = setup();
+    let id = e.open(CLIENT, 10, 1);
+    e.advance_to(5);
+    e.receipt(0, id, (0, 4), 7); // 28
+    e.advance_to(11);
+    assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 16 });
+    e.advance_to(15);
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: true }).unwrap();
+    e.advance_to(16);
+    assert_eq!(e.job(id).status, JobStatus::Settled { paid: 28, refunded: 12 });
+    assert_eq!(e.account(&acc(CLIENT)), (10_000 - 28, 0));
+}
+
+#[test]
+fn failed_audit_slashes_worker_and_refunds_client() {
+    let mut e = setup();
+    let issuance = Balances::total_issuance(&e.s).unwrap();
+    let id = e.open(CLIENT, 10, 3);
+    e.receipt(0, id, (0, 2), 10);
+    e.receipt(1, id, (2, 4), 10);
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 1, passed: true }).unwrap();
+    e.call(CLIENT, Call::CloseJob { job: id }).unwrap();
+    e.advance_to(4);
+    let (w0_free, _) = e.account(&w(0));
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }).unwrap();
+    let job = e.job(id);
+    assert_eq!(
+        job.status,
+        JobStatus::Failed { receipt_index: 0, auditor: acc(VALIDATOR), slashed: 200 }
+    );
+    assert_eq!(
+        job.receipts[0].verdict,
+        Some(Verdict { auditor: acc(VALIDATOR), passed: false, at: 4 })
+    );
+    // 20% of the 1,000 bond is burned; the worker keeps its role (800 >= 500).
+    assert_eq!(Staking::ledger(&e.s, &w(0)).unwrap().bonded, 800);
+    assert_eq!(e.account(&w(0)), (w0_free, 800));
+    assert_eq!(Balances::total_issuance(&e.s).unwrap(), issuance - 200);
+    assert!(Staking::is_worker(&e.s, &w(0)).unwrap());
+    assert_eq!(e.account(&acc(CLIENT)), (10_000, 0));
+    // Nothing is paid later, and no more verdicts are taken.
+    e.advance_to(20);
+    assert!(matches!(e.job(id).status, JobStatus::Failed { .. }));
+    assert_eq!(e.account(&acc(CLIENT)), (10_000, 0));
+    assert_eq!(
+        e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 1, passed: false }),
+        Err(Error::AuditWindowClosed(id))
+    );
+
+    // A second failure takes the worker below the minimum: it is no longer a worker.
+    let id = e.open(CLIENT, 10, 3);
+    e.receipt(0, id, (0, 1), 1);
+    Jobs::set_params(&mut e.s, &Params { audit_slash_percent: 50, ..jobs_params() });
+    e.call(VALIDATOR2, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }).unwrap();
+    assert_eq!(Staking::ledger(&e.s, &w(0)).unwrap().bonded, 400);
+    assert!(!Staking::is_worker(&e.s, &w(0)).unwrap());
+    let id = e.open(CLIENT, 10, 3);
+    assert_eq!(
+        e.call(GATEWAY, Call::SubmitReceipt { receipt: signed(0, id, (0, 1), 1) }),
+        Err(Error::NotAWorker)
+    );
+}
+
+#[test]
+fn every_rejection_changes_nothing() {
+    let mut e = setup();
+    // Job 0: open, receipts from both workers, the first audited.
+    let j0 = e.open(CLIENT, 10, 3);
+    e.receipt(0, j0, (0, 2), 10);
+    e.receipt(1, j0, (2, 4), 5);
+    e.call(VALIDATOR, Call::SubmitAudit { job: j0, receipt_index: 0, passed: true }).unwrap();
+    // Job 1: in its challenge window.
+    let j1 = e.open(CLIENT, 10, 3);
+    e.receipt(0, j1, (0, 1), 1);
+    e.call(CLIENT, Call::CloseJob { job: j1 }).unwrap();
+    // Job 2: refunded.
+    let j2 = e.open(CLIENT, 10, 3);
+    e.call(CLIENT, Call::CloseJob { job: j2 }).unwrap();
+    // Job 3: full of receipts.
+    let j3 = e.open(CLIENT, 10, 3);
+    for l in 0..4 {
+        e.receipt(0, j3, (l, l + 1), 1);
+    }
+    // Job 4: escrow of 8, all claimed.
+    let j4 = e.open(CLIENT2, 2, 1);
+    e.receipt(0, j4, (0, 4), 2);
+    // Job 5: opened by a validator.
+    let j5 = e.open(VALIDATOR, 10, 3);
+    e.receipt(0, j5, (0, 1), 1);
+
+    let model = e.model;
+    let open =
+        |max_tokens, price| Call::OpenJob { model, max_tokens, price_per_layer_token: price };
+    let submit = |receipt| Call::SubmitReceipt { receipt };
+    let audit = |job, receipt_index| Call::SubmitAudit { job, receipt_index, passed: false };
+    let mut forged = signed(1, j0, (0, 1), 1);
+    forged.signature = signed(0, j0, (0, 1), 1).signature;
+    let other_chain = unsigned(1, j0, (0, 1), 1).sign(&pairs()[1], &H256::repeat_byte(8));
+    let mut tampered = signed(1, j0, (0, 1), 1);
+    tampered.receipt.tokens = 2;
+
+    let cases: Vec<(u8, Call, BlockNumber, Error)> = vec![
+        (CLIENT, open(0, 3), 2, Error::ZeroMaxTokens),
+        (CLIENT, open(10, 0), 2, Error::ZeroPrice),
+        (
+            CLIENT,
+            Call::OpenJob { model: H256::zero(), max_tokens: 1, price_per_layer_token: 1 },
+            2,
+            Error::ModelNotActive(H256::zero()),
+        ),
+        (
+            CLIENT,
+            Call::OpenJob { model: e.retired, max_tokens: 1, price_per_layer_token: 1 },
+            2,
+            Error::ModelNotActive(e.retired),
+        ),
+        (CLIENT, open(u32::MAX, Balance::MAX / 2), 2, Error::EscrowOverflow),
+        (
+            CLIENT2,
+            open(1_000, 1_000),
+            2,
+            Error::Currency(CurrencyError::InsufficientBalance { have: 9_992, need: 4_000_000 }),
+        ),
+        (GATEWAY, submit(signed(0, 99, (0, 1), 1)), 2, Error::UnknownJob(99)),
+        (GATEWAY, submit(signed(1, j1, (1, 2), 1)), 2, Error::JobNotOpen(j1)),
+        (GATEWAY, submit(signed(1, j2, (1, 2), 1)), 2, Error::JobNotOpen(j2)),
+        (
+            GATEWAY,
+            submit(signed(1, j0, (0, 1), 1)),
+            11,
+            Error::PastDeadline { job: j0, deadline: 11 },
+        ),
+        (GATEWAY, submit(signed(2, j0, (0, 1), 1)), 2, Error::NotAWorker),
+        (GATEWAY, submit(forged), 2, Error::BadSignature),
+        (GATEWAY, submit(other_chain), 2, Error::BadSignature),
+        (GATEWAY, submit(tampered), 2, Error::BadSignature),
+        (
+            GATEWAY,
+            submit(signed(1, j0, (2, 2), 1)),
+            2,
+            Error::InvalidLayerRange { start: 2, end: 2, layer_count: 4 },
+        ),
+        (
+            GATEWAY,
+            submit(signed(1, j0, (3, 2), 1)),
+            2,
+            Error::InvalidLayerRange { start: 3, end: 2, layer_count: 4 },
+        ),
+        (
+            GATEWAY,
+            submit(signed(1, j0, (2, 5), 1)),
+            2,
+            Error::InvalidLayerRange { start: 2, end: 5, layer_count: 4 },
+        ),
+        (
+            GATEWAY,
+            submit(signed(1, j0, (0, 1), 0)),
+            2,
+            Error::InvalidTokens { tokens: 0, max_tokens: 10 },
+        ),
+        (
+            GATEWAY,
+            submit(signed(1, j0, (0, 1), 11)),
+            2,
+            Error::InvalidTokens { tokens: 11, max_tokens: 10 },
+        ),
+        (GATEWAY, submit(signed(0, j0, (0, 2), 1)), 2, Error::DuplicateReceipt),
+        (GATEWAY, submit(signed(1, j3, (0, 1), 1)), 2, Error::TooManyReceipts { max: 4 }),
+        (
+            GATEWAY,
+            submit(signed(1, j4, (0, 1), 1)),
+            2,
+            Error::ClaimExceedsEscrow { amount: 1, available: 0 },
+        ),
+        (
+            GATEWAY,
+            submit(signed(1, j0, (0, 4), 10)),
+            2,
+            Error::ClaimExceedsEscrow { amount: 120, available: 30 },
+        ),
+        (CLIENT, Call::CloseJob { job: 99 }, 2, Error::UnknownJob(99)),
+        (CLIENT2, Call::CloseJob { job: j0 }, 2, Error::NotClient),
+        (CLIENT, Call::CloseJob { job: j1 }, 2, Error::JobNotOpen(j1)),
+        (CLIENT, Call::CloseJob { job: j2 }, 2, Error::JobNotOpen(j2)),
+        (CLIENT2, audit(j0, 1), 2, Error::NotAValidator),
+        (VALIDATOR, audit(99, 0), 2, Error::UnknownJob(99)),
+        (VALIDATOR, audit(j2, 0), 2, Error::AuditWindowClosed(j2)),
+        (VALIDATOR, audit(j0, 2), 2, Error::UnknownReceipt(2)),
+        (VALIDATOR, audit(j0, u32::MAX), 2, Error::UnknownReceipt(u32::MAX)),
+        (VALIDATOR2, audit(j0, 0), 2, Error::AlreadyAudited(0)),
+        (VALIDATOR, audit(j5, 0), 2, Error::AuditorIsParty),
+    ];
+    let before = e.s.clone();
+    for (who, call, at, err) in cases {
+        // Straight on the state, no overlay: the pallet validates before it writes.
+        let r = Jobs::dispatch(&mut e.s, &acc(who), &call, &ctx(at));
+        assert_eq!(r, Err(err), "{call:?}");
+        assert_eq!(e.s, before, "{call:?} changed state");
+    }
+    // The worker auditing its own receipt (worker 2 is also a validator).
+    let r = Jobs::dispatch(&mut e.s, &w(1), &audit(j0, 1), &ctx(2));
+    assert_eq!(r, Err(Error::AuditorIsParty));
+    assert_eq!(e.s, before);
+    check_invariants(&e.s);
+}
+
+#[test]
+fn unpayable_share_is_refunded_and_stuck_jobs_do_not_stop_the_block() {
+    let mut e = setup();
+    Balances::set_existential_deposit(&mut e.s, 100);
+    let a = e.open(CLIENT, 10, 1);
+    e.receipt(0, a, (0, 1), 10); // 10, to worker 1
+    e.receipt(1, a, (1, 2), 10); // 10, to worker 2
+                                 // Worker 1 loses its whole stake and empties its account: a payment of 10 would leave it
+                                 // below the existential deposit.
+    Staking::slash(&mut e.s, &w(0), Balance::MAX, &ctx(1)).unwrap();
+    let free = e.account(&w(0)).0;
+    Balances::transfer(&mut e.s, &w(0), &acc(GATEWAY), free).unwrap();
+    e.call(CLIENT, Call::CloseJob { job: a }).unwrap();
+    e.advance_to(6);
+    let job = e.job(a);
+    assert_eq!(job.status, JobStatus::Settled { paid: 10, refunded: 30 });
+    assert_eq!((job.receipts[0].paid, job.receipts[1].paid), (0, 10));
+    assert_eq!(e.account(&w(0)), (0, 0));
+
+    // Two jobs settle in the same block; one client's reserve was tampered with.
+    let b = e.open(CLIENT, 10, 1);
+    let c = e.open(CLIENT2, 10, 1);
+    e.receipt(1, b, (0, 1), 1);
+    e.receipt(1, c, (0, 1), 1);
+    e.call(CLIENT, Call::CloseJob { job: b }).unwrap();
+    e.call(CLIENT2, Call::CloseJob { job: c }).unwrap();
+    let mut client = Balances::account(&e.s, &acc(CLIENT)).unwrap();
+    client.reserved -= 35;
+    Balances::set_account(&mut e.s, &acc(CLIENT), &client);
+    let now = e.now + 5;
+    e.now = now;
+    Jobs::on_initialize(&mut e.s, &ctx(now)).unwrap();
+    let JobStatus::Stuck { reason } = e.job(b).status else { panic!("job b must be stuck") };
+    assert!(String::from_utf8(reason).unwrap().contains("insufficient reserved"));
+    assert_eq!(e.job(c).status, JobStatus::Settled { paid: 1, refunded: 39 });
+    // A stuck job keeps counting in total escrow.
+    assert_eq!(Jobs::total_escrow(&e.s).unwrap(), 40);
+}
+
+#[test]
+fn zero_timeouts_still_give_a_block() {
+    let mut e = setup();
+    Jobs::set_params(&mut e.s, &Params { job_timeout: 0, challenge_window: 0, ..jobs_params() });
+    let id = e.open(CLIENT, 1, 1);
+    assert_eq!(e.job(id).deadline, 2);
+    e.receipt(0, id, (0, 4), 1);
+    e.advance_to(2);
+    assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 3 });
+    e.advance_to(3);
+    assert_eq!(e.job(id).status, JobStatus::Settled { paid: 4, refunded: 0 });
+}
+
+#[test]
+fn full_schedules_are_rejected_or_spill_over() {
+    let mut e = setup();
+    let full: Vec<JobId> = (1_000..1_000 + u64::from(MAX_DUE_PER_BLOCK)).collect();
+    support::put(&mut e.s, due_key(11), &full);
+    let model = e.model;
+    assert_eq!(
+        e.call(CLIENT, Call::OpenJob { model, max_tokens: 1, price_per_layer_token: 1 }),
+        Err(Error::TooManyJobsDue { block: 11 })
+    );
+    support::remove(&mut e.s, due_key(11));
+    let id = e.open(CLIENT, 1, 1);
+    e.receipt(0, id, (0, 4), 1);
+    support::put(&mut e.s, due_key(16), &full);
+    support::put(&mut e.s, due_key(17), &full);
+    e.advance_to(11);
+    assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 18 });
+    assert_eq!(Jobs::due(&e.s, 18).unwrap(), vec![id]);
+}
+
+#[test]
+fn codec_round_trips_and_payload_is_domain_separated() {
+    let r = signed(0, 3, (1, 2), 5);
+    let call = Call::SubmitReceipt { receipt: r.clone() };
+    assert_eq!(Call::decode(&mut &call.encode()[..]).unwrap(), call);
+    assert!(r.verify(&genesis()));
+    assert!(!r.verify(&H256::zero()));
+    let payload = r.receipt.signing_payload(&genesis());
+    assert!(payload.starts_with(b"bitorch/receipt/1"));
+    assert_eq!(&payload[17..49], genesis().as_bytes());
+    assert_eq!(&payload[49..], &r.receipt.encode()[..]);
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Open(u8, u32, Balance),
+        Receipt(usize, JobId, u32, u32, u32),
+        Close(u8, JobId),
+        Audit(u8, JobId, u32, bool),
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let client = prop_oneof![Just(CLIENT), Just(CLIENT2), Just(VALIDATOR)];
+        prop_oneof![
+            2 => (client.clone(), 0u32..12, 0u128..5).prop_map(|(c, t, p)| Op::Open(c, t, p)),
+            4 => (prop_oneof![4 => 0usize..2, 1 => Just(2usize)], 0u64..8, 0u32..5, 0u32..3, 0u32..12)
+                .prop_map(|(w, j, s, l, t)| Op::Receipt(w, j, s, l, t)),
+            1 => (client, 0u64..8).prop_map(|(c, j)| Op::Close(c, j)),
+            2 => (prop_oneof![Just(VALIDATOR), Just(VALIDATOR2), Just(CLIENT)], 0u64..8, 0u32..4, prop::bool::weighted(0.7))
+                .prop_map(|(a, j, i, p)| Op::Audit(a, j, i, p)),
+            1 => (1u64..8).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn random_markets_keep_invariants(ops in prop::collection::vec(op(), 1..80)) {
+            let mut e = setup();
+            let model = e.model;
+            // Job numbers pick among the three latest jobs, so most ops hit a live job.
+            let pick = |e: &Env, j: JobId| {
+                let next = Jobs::next_job_id(&e.s).unwrap();
+                if next == 0 { j } else { next - 1 - j % next.min(3) }
+            };
+            for op in ops {
+                // `call` checks that rejections change nothing and the invariants hold.
+                match op {
+                    Op::Open(c, t, p) => {
+                        let _ = e.call(c, Call::OpenJob { model, max_tokens: t, price_per_layer_token: p });
+                    }
+                    Op::Receipt(w, j, s, l, t) => {
+                        let j = pick(&e, j);
+                        let _ = e.call(GATEWAY, Call::SubmitReceipt { receipt: signed(w, j, (s, s + l), t) });
+                    }
+                    Op::Close(c, j) => {
+                        let j = pick(&e, j);
+                        let _ = e.call(c, Call::CloseJob { job: j });
+                    }
+                    Op::Audit(a, j, i, p) => {
+                        let j = pick(&e, j);
+                        // Mostly an existing receipt, sometimes one past the end.
+                        let n = Jobs::job(&e.s, j).unwrap().map_or(0, |job| job.receipts.len() as u32);
+                        let i = i % (n + 1);
+                        let _ = e.call(a, Call::SubmitAudit { job: j, receipt_index: i, passed: p });
+                    }
+                    Op::Advance(n) => e.advance_to(e.now + n),
+                }
+            }
+            // Everything settles eventually and all escrow is released.
+            e.advance_to(e.now + 20);
+            prop_assert_eq!(Jobs::total_escrow(&e.s).unwrap(), 0);
+            for id in 0..Jobs::next_job_id(&e.s).unwrap() {
+                let status = e.job(id).status;
+                prop_assert!(matches!(status, JobStatus::Settled { .. } | JobStatus::Refunded | JobStatus::Failed { .. }), "{:?}", status);
+            }
+        }
+
+        #[test]
+        fn jobs_round_trip(max_tokens: u32, price: u128, escrow: u128, settle_at: u64, paid: u128) {
+            let job = Job {
+                client: acc(1),
+                model: H256::repeat_byte(3),
+                layer_count: 4,
+                max_tokens,
+                price_per_layer_token: price,
+                escrow,
+                opened_at: 1,
+                deadline: settle_at,
+                status: JobStatus::Challenge { settle_at },
+                receipts: vec![ReceiptRecord {
+                    receipt: unsigned(0, 1, (0, 1), 1),
+                    signature: Signature::from_raw([5; 64]),
+                    submitted_at: 2,
+                    verdict: Some(Verdict { auditor: acc(3), passed: true, at: 3 }),
+                    paid,
+                }],
+                claimed: 0,
+            };
+            prop_assert_eq!(Job::decode(&mut &job.encode()[..]).unwrap(), job);
+        }
+    }
+}
