@@ -271,3 +271,106 @@ async fn future_nonce_waits_then_goes_in_order() {
         .unwrap();
     assert_eq!(v["nonce"], 2);
 }
+
+#[tokio::test]
+async fn job_life_cycle_through_rpc_pays_workers_exactly() {
+    use bitorch_runtime::{jobs, models};
+    let node = start().await;
+    let g = node.genesis;
+    let [alice, bob, charlie, eve] =
+        ["//Alice", "//Bob", "//Charlie", "//Eve"].map(|s| pair_from_suri(s).unwrap());
+    let nonce = std::cell::Cell::new(0u64);
+    let send = |call: Call| {
+        let xt = UncheckedExtrinsic::sign(&alice, &g, nonce.get(), 0, 1_000, call);
+        nonce.set(nonce.get() + 1);
+        format!("0x{}", hex::encode(xt.encode()))
+    };
+    let submit = |xt: String| async {
+        let r: Result<Value, _> =
+            node.client.request("author_submitExtrinsic", rpc_params![xt]).await;
+        r.map_err(|e| e.to_string())
+    };
+
+    let manifest = models::example_manifest(30);
+    let model = models::model_id(&account_of(&alice), &manifest.name);
+    submit(send(Call::Models(models::Call::Register { manifest }))).await.unwrap();
+    node.author().await;
+    let listed: Value = node.client.request("bitorch_models", rpc_params![]).await.unwrap();
+    assert_eq!(listed[0]["layerCount"], 30);
+
+    let price = UNIT / 1_000;
+    submit(send(Call::Jobs(jobs::Call::OpenJob {
+        model,
+        max_tokens: 10,
+        price_per_layer_token: price,
+    })))
+    .await
+    .unwrap();
+    node.author().await;
+    let job: Value = node.client.request("bitorch_job", rpc_params![0]).await.unwrap();
+    assert_eq!(job["escrow"], (10 * 30 * price).to_string());
+
+    let receipt = |worker: &Pair, start, end, tokens| {
+        jobs::Receipt {
+            job: 0,
+            worker: account_of(worker),
+            layer_start: start,
+            layer_end: end,
+            tokens,
+            activation_root: Hash::repeat_byte(start as u8),
+        }
+        .sign(worker, &g)
+    };
+    // A receipt from an account that is not a worker is refused, changing nothing.
+    let root = node.state_root().await;
+    let refused = node
+        .submit_err({
+            let xt = UncheckedExtrinsic::sign(
+                &alice,
+                &g,
+                nonce.get(),
+                0,
+                1_000,
+                Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&eve, 0, 15, 10) }),
+            );
+            format!("0x{}", hex::encode(xt.encode()))
+        })
+        .await;
+    assert!(refused.contains("not a registered worker"), "{refused}");
+    assert_eq!(node.state_root().await, root);
+
+    let (bob0, charlie0) = (node.free(&bob).await, node.free(&charlie).await);
+    submit(send(Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&bob, 0, 15, 10) })))
+        .await
+        .unwrap();
+    submit(send(Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&charlie, 15, 30, 8) })))
+        .await
+        .unwrap();
+    node.author().await;
+    // The same receipt twice is a duplicate.
+    let dup =
+        submit(send(Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&bob, 0, 15, 10) })))
+            .await
+            .unwrap_err();
+    assert!(dup.contains("already submitted"), "{dup}");
+    nonce.set(nonce.get() - 1);
+    submit(send(Call::Jobs(jobs::Call::CloseJob { job: 0 }))).await.unwrap();
+    node.author().await;
+    let job: Value = node.client.request("bitorch_job", rpc_params![0]).await.unwrap();
+    assert!(job["status"].get("challenge").is_some(), "{job}");
+    for _ in 0..12 {
+        node.author().await;
+    }
+    let job: Value = node.client.request("bitorch_job", rpc_params![0]).await.unwrap();
+    let paid = 15 * 10 * price + 15 * 8 * price;
+    assert_eq!(job["status"]["settled"]["paid"], paid.to_string(), "{job}");
+    assert_eq!(job["status"]["settled"]["refunded"], (10 * 30 * price - paid).to_string());
+    assert_eq!(node.free(&bob).await, bob0 + 15 * 10 * price);
+    assert_eq!(node.free(&charlie).await, charlie0 + 15 * 8 * price);
+    let alice_info: Value = node
+        .client
+        .request("bitorch_account", rpc_params![to_ss58(&account_of(&alice))])
+        .await
+        .unwrap();
+    assert_eq!(alice_info["reserved"], alice_info["staking"]["bonded"], "escrow fully released");
+}
