@@ -115,3 +115,58 @@ pub fn extrinsics_root(extrinsics: &[UncheckedExtrinsic]) -> Hash {
     let leaves: Vec<[u8; 32]> = extrinsics.iter().map(|x| x.hash().0).collect();
     merkle_root(&leaves)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balances;
+    use bitorch_primitives::keys::pair_from_suri;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn extrinsic_round_trips_and_signature_binds_every_field(
+            nonce: u64, tip: u128, valid_until: u64, amount: u128, dest: [u8; 32], genesis: [u8; 32],
+        ) {
+            let pair = pair_from_suri("//Alice").unwrap();
+            let genesis = Hash::from(genesis);
+            let call = Call::Balances(balances::Call::Transfer { dest: AccountId::new(dest), amount });
+            let xt = UncheckedExtrinsic::sign(&pair, &genesis, nonce, tip, valid_until, call);
+            let bytes = xt.encode();
+            let back = UncheckedExtrinsic::decode_untrusted(&bytes).unwrap();
+            prop_assert_eq!(&back, &xt);
+            prop_assert!(back.verify_signature(&genesis));
+            let mut other = back.clone();
+            other.nonce = other.nonce.wrapping_add(1);
+            prop_assert!(!other.verify_signature(&genesis));
+            let mut other = back.clone();
+            other.tip = other.tip.wrapping_add(1);
+            prop_assert!(!other.verify_signature(&genesis));
+            prop_assert!(!back.verify_signature(&Hash::from([genesis[0].wrapping_add(1); 32])));
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = UncheckedExtrinsic::decode_untrusted(&bytes);
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_and_oversize_are_rejected() {
+        let pair = pair_from_suri("//Alice").unwrap();
+        let call =
+            Call::Balances(balances::Call::Transfer { dest: AccountId::new([1; 32]), amount: 1 });
+        let mut bytes = UncheckedExtrinsic::sign(&pair, &Hash::zero(), 0, 0, 9, call).encode();
+        bytes.push(0);
+        assert!(matches!(
+            UncheckedExtrinsic::decode_untrusted(&bytes),
+            Err(TransactionError::Malformed(_))
+        ));
+        let big = vec![EXTRINSIC_VERSION; crate::MAX_EXTRINSIC_BYTES + 1];
+        assert!(matches!(
+            UncheckedExtrinsic::decode_untrusted(&big),
+            Err(TransactionError::TooLarge { .. })
+        ));
+    }
+}

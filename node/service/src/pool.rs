@@ -267,3 +267,99 @@ impl TxPool {
         dropped
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitorch_chain_spec::ChainSpec;
+    use bitorch_primitives::keys::{account_of, pair_from_suri};
+    use bitorch_primitives::{Pair, UNIT};
+    use bitorch_runtime::{balances, state::StateTree, Call};
+    use parity_scale_codec::Encode;
+
+    fn setup() -> (StateTree, Context) {
+        let (state, header) = ChainSpec::dev().unwrap().build_genesis().unwrap();
+        let ctx = Context {
+            block_number: 1,
+            genesis_hash: header.hash(),
+            author: account_of(&pair_from_suri("//Alice").unwrap()),
+        };
+        (state, ctx)
+    }
+
+    fn xt(from: &Pair, ctx: &Context, nonce: u64, tip: u128) -> Vec<u8> {
+        let dest = account_of(&pair_from_suri("//Ferdie").unwrap());
+        let call = Call::Balances(balances::Call::Transfer { dest, amount: UNIT });
+        UncheckedExtrinsic::sign(from, &ctx.genesis_hash, nonce, tip, 100, call).encode()
+    }
+
+    #[test]
+    fn orders_by_nonce_and_queues_gaps() {
+        let (state, ctx) = setup();
+        let bob = pair_from_suri("//Bob").unwrap();
+        let mut pool = TxPool::new(PoolLimits::default());
+        assert!(!pool.submit(&state, &xt(&bob, &ctx, 2, 0), &ctx).unwrap().ready);
+        let first = xt(&bob, &ctx, 0, 0);
+        assert!(pool.submit(&state, &first, &ctx).unwrap().ready);
+        assert_eq!(pool.ready(&state).len(), 1, "nonce 2 waits for nonce 1");
+        assert!(pool.submit(&state, &xt(&bob, &ctx, 1, 0), &ctx).unwrap().ready);
+        let ready: Vec<u64> = pool.ready(&state).iter().map(|x| x.nonce).collect();
+        assert_eq!(ready, vec![0, 1, 2]);
+        assert_eq!(pool.next_nonce(&account_of(&bob), 0), 3);
+        assert!(matches!(pool.submit(&state, &first, &ctx), Err(PoolError::AlreadyInPool(_))));
+        // sr25519 signatures are randomized: a re-signed copy is another transaction with the
+        // same nonce and tip, which does not replace the first.
+        assert_eq!(
+            pool.submit(&state, &xt(&bob, &ctx, 0, 0), &ctx),
+            Err(PoolError::PriorityTooLow(0))
+        );
+    }
+
+    #[test]
+    fn bounded_with_eviction_of_future_transactions() {
+        let (state, ctx) = setup();
+        let [bob, charlie, dave] =
+            ["//Bob", "//Charlie", "//Dave"].map(|s| pair_from_suri(s).unwrap());
+        let mut pool = TxPool::new(PoolLimits { max_count: 2, ..Default::default() });
+        let future = pool.submit(&state, &xt(&bob, &ctx, 5, 0), &ctx).unwrap();
+        pool.submit(&state, &xt(&charlie, &ctx, 0, 0), &ctx).unwrap();
+        let admitted = pool.submit(&state, &xt(&dave, &ctx, 0, 0), &ctx).unwrap();
+        assert_eq!(admitted.evicted, vec![future.hash], "the future transaction makes room");
+        assert_eq!(pool.len(), 2);
+        assert_eq!(pool.submit(&state, &xt(&bob, &ctx, 0, 0), &ctx), Err(PoolError::PoolFull));
+        assert_eq!(pool.len(), 2, "a refused transaction changes nothing");
+
+        // Byte bound.
+        let one = xt(&bob, &ctx, 0, 0).len();
+        let mut pool = TxPool::new(PoolLimits { max_bytes: one, ..Default::default() });
+        pool.submit(&state, &xt(&bob, &ctx, 0, 0), &ctx).unwrap();
+        assert_eq!(pool.submit(&state, &xt(&charlie, &ctx, 0, 0), &ctx), Err(PoolError::PoolFull));
+    }
+
+    #[test]
+    fn higher_tip_replaces_and_revalidation_drops_stale() {
+        let (mut state, ctx) = setup();
+        let bob = pair_from_suri("//Bob").unwrap();
+        let mut pool = TxPool::new(PoolLimits::default());
+        let low_bytes = xt(&bob, &ctx, 0, 0);
+        let low = pool.submit(&state, &low_bytes, &ctx).unwrap();
+        assert_eq!(pool.submit(&state, &low_bytes, &ctx), Err(PoolError::AlreadyInPool(low.hash)));
+        let high = pool.submit(&state, &xt(&bob, &ctx, 0, 5), &ctx).unwrap();
+        assert_eq!(high.replaced, Some(low.hash));
+        assert_eq!(
+            pool.submit(&state, &xt(&bob, &ctx, 0, 1), &ctx),
+            Err(PoolError::PriorityTooLow(0))
+        );
+        // Bob's nonce moves on (as if another transaction of his was included): stale.
+        let mut acc = bitorch_runtime::Balances::account(&state, &account_of(&bob)).unwrap();
+        acc.nonce = 1;
+        bitorch_runtime::Balances::set_account(&mut state, &account_of(&bob), &acc);
+        let dropped = pool.revalidate(&state, 2);
+        assert_eq!(dropped.len(), 1);
+        assert!(pool.is_empty());
+        // Expiry: valid until 100, so gone once the next block is 101.
+        pool.submit(&state, &xt(&bob, &ctx, 1, 0), &ctx).unwrap();
+        assert!(pool.revalidate(&state, 100).is_empty());
+        assert!(matches!(pool.revalidate(&state, 101)[0].1, TransactionError::Expired { .. }));
+    }
+}
