@@ -35,8 +35,15 @@ enum Command {
     PurgeChain(node::PurgeArgs),
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        // The cause chain on one line; no backtrace, whatever RUST_BACKTRACE says.
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Node(args) => node::run(args),
         Command::Key(cmd) => key::run(cmd),
