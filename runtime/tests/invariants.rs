@@ -1,0 +1,162 @@
+//! Random sequences of signed extrinsics through the executive: after every one, total
+//! issuance equals the sum of all balances, reserved balance equals stake plus escrow, issuance
+//! falls by exactly the fees burned, and a rejected extrinsic changes nothing.
+
+use bitorch_pallet_support::{Context, MemoryState};
+use bitorch_primitives::keys::{account_of, pair_from_suri};
+use bitorch_primitives::{AccountId, Balance, Pair, H256, UNIT};
+use bitorch_runtime::{
+    balances, compute_fee, executive, jobs, models, staking, Balances, Call, GenesisConfig, Jobs,
+    Staking, UncheckedExtrinsic,
+};
+use parity_scale_codec::Encode;
+use proptest::prelude::*;
+
+const NAMES: [&str; 4] = ["//Alice", "//Bob", "//Charlie", "//Dave"];
+
+fn genesis() -> (MemoryState, Vec<Pair>) {
+    let pairs: Vec<Pair> = NAMES.iter().map(|n| pair_from_suri(n).unwrap()).collect();
+    let config = GenesisConfig {
+        chain_id: "test".into(),
+        existential_deposit: UNIT / 1000,
+        balances: pairs.iter().map(|p| (account_of(p), 1_000 * UNIT)).collect(),
+        validators: vec![(account_of(&pairs[0]), 100 * UNIT)],
+        workers: vec![(account_of(&pairs[1]), 10 * UNIT)],
+        staking: staking::Params {
+            min_validator_bond: 100 * UNIT,
+            min_worker_bond: 10 * UNIT,
+            unbonding_delay: 3,
+            max_validators: 10,
+        },
+        jobs: jobs::Params {
+            job_timeout: 5,
+            challenge_window: 2,
+            audit_slash_percent: 10,
+            max_receipts: 8,
+        },
+    };
+    (config.build_state().unwrap(), pairs)
+}
+
+fn totals(s: &MemoryState, who: &[AccountId]) -> (Balance, Balance) {
+    who.iter().fold((0, 0), |(t, r), a| {
+        let acc = Balances::account(s, a).unwrap();
+        (t + acc.total(), r + acc.reserved)
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Transfer { to: usize, amount: u128 },
+    Bond(u128),
+    Unbond(u128),
+    Withdraw,
+    RegisterWorker,
+    RegisterModel,
+    OpenJob { tokens: u32 },
+    Receipt { job: u64, tokens: u32 },
+    Close { job: u64 },
+    Audit { job: u64, passed: bool },
+    NextBlock,
+}
+
+fn op() -> impl Strategy<Value = (usize, Op)> {
+    let amount = 0u128..2_000 * UNIT;
+    (
+        0usize..4,
+        prop_oneof![
+            (0usize..4, amount.clone()).prop_map(|(to, amount)| Op::Transfer { to, amount }),
+            amount.clone().prop_map(Op::Bond),
+            amount.prop_map(Op::Unbond),
+            Just(Op::Withdraw),
+            Just(Op::RegisterWorker),
+            Just(Op::RegisterModel),
+            (0u32..20).prop_map(|tokens| Op::OpenJob { tokens }),
+            (0u64..3, 0u32..20).prop_map(|(job, tokens)| Op::Receipt { job, tokens }),
+            (0u64..3).prop_map(|job| Op::Close { job }),
+            (0u64..3, any::<bool>()).prop_map(|(job, passed)| Op::Audit { job, passed }),
+            Just(Op::NextBlock),
+        ],
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn extrinsics_conserve_value(ops in prop::collection::vec(op(), 1..60)) {
+        let (mut state, pairs) = genesis();
+        let accounts: Vec<AccountId> = pairs.iter().map(account_of).collect();
+        let genesis_hash = H256::repeat_byte(1);
+        let mut ctx = Context { block_number: 1, genesis_hash, author: accounts[0].clone() };
+        let model = models::model_id(&accounts[0], &models::example_manifest(4).name);
+        for (who, op) in ops {
+            let signer = &pairs[who];
+            let call = match op {
+                Op::NextBlock => {
+                    executive::finalize_block(&mut state, &ctx).unwrap();
+                    ctx.block_number += 1;
+                    let before = Balances::total_issuance(&state).unwrap();
+                    executive::initialize_block(&mut state, &ctx).unwrap();
+                    // Settlement moves value, slashing is only by audit: hooks burn nothing.
+                    prop_assert_eq!(Balances::total_issuance(&state).unwrap(), before);
+                    continue;
+                }
+                Op::Transfer { to, amount } => Call::Balances(balances::Call::Transfer { dest: accounts[to].clone(), amount }),
+                Op::Bond(amount) => Call::Staking(staking::Call::Bond { amount }),
+                Op::Unbond(amount) => Call::Staking(staking::Call::Unbond { amount }),
+                Op::Withdraw => Call::Staking(staking::Call::WithdrawUnbonded),
+                Op::RegisterWorker => Call::Staking(staking::Call::RegisterWorker),
+                Op::RegisterModel => Call::Models(models::Call::Register { manifest: models::example_manifest(4) }),
+                Op::OpenJob { tokens } => Call::Jobs(jobs::Call::OpenJob { model, max_tokens: tokens, price_per_layer_token: UNIT }),
+                Op::Receipt { job, tokens } => {
+                    let receipt = jobs::Receipt { job, worker: accounts[who].clone(), layer_start: 0, layer_end: 2, tokens, activation_root: H256::zero() };
+                    Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt.sign(signer, &genesis_hash) })
+                }
+                Op::Close { job } => Call::Jobs(jobs::Call::CloseJob { job }),
+                Op::Audit { job, passed } => Call::Jobs(jobs::Call::SubmitAudit { job, receipt_index: 0, passed }),
+            };
+            let nonce = Balances::nonce(&state, &accounts[who]).unwrap();
+            let xt = UncheckedExtrinsic::sign(signer, &genesis_hash, nonce, 0, 1_000, call);
+            let len = xt.encoded_size();
+            let before = state.clone();
+            let issuance = Balances::total_issuance(&state).unwrap();
+            match executive::apply_checked(&mut state, &xt, len, &ctx) {
+                Err(_) => prop_assert_eq!(&state, &before, "a rejected extrinsic changed state"),
+                Ok(()) => {
+                    let burned = issuance - Balances::total_issuance(&state).unwrap();
+                    let fee = compute_fee(&xt.call, len, 0);
+                    let is_failed_audit = matches!(xt.call, Call::Jobs(jobs::Call::SubmitAudit { passed: false, .. }));
+                    if is_failed_audit {
+                        prop_assert!(burned >= fee, "a failed audit burns the fee plus the slash");
+                    } else {
+                        prop_assert_eq!(burned, fee, "only the fee is burned");
+                    }
+                }
+            }
+            let (total, reserved) = totals(&state, &accounts);
+            prop_assert_eq!(Balances::total_issuance(&state).unwrap(), total);
+            let staked: Balance = accounts.iter().map(|a| Staking::ledger(&state, a).unwrap().total()).sum();
+            prop_assert_eq!(reserved, staked + Jobs::total_escrow(&state).unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_signed_transfer_pays_its_fee_and_bumps_the_nonce() {
+    let (mut state, pairs) = genesis();
+    let (alice, bob) = (account_of(&pairs[0]), account_of(&pairs[1]));
+    let g = H256::repeat_byte(1);
+    let ctx = Context { block_number: 1, genesis_hash: g, author: alice.clone() };
+    let call = Call::Balances(balances::Call::Transfer { dest: bob.clone(), amount: 5 * UNIT });
+    let xt = UncheckedExtrinsic::sign(&pairs[0], &g, 0, 0, 10, call);
+    let len = xt.encode().len();
+    let free = |s: &MemoryState, a: &AccountId| Balances::account(s, a).unwrap().free;
+    let (a0, b0) = (free(&state, &alice), free(&state, &bob));
+    executive::validate_transaction(&state, &xt, len, &ctx).unwrap();
+    executive::apply_checked(&mut state, &xt, len, &ctx).unwrap();
+    assert_eq!(free(&state, &bob), b0 + 5 * UNIT);
+    assert_eq!(free(&state, &alice), a0 - 5 * UNIT - compute_fee(&xt.call, len, 0));
+    assert_eq!(Balances::nonce(&state, &alice).unwrap(), 1);
+    // Replaying it is a stale nonce.
+    assert!(executive::apply_checked(&mut state, &xt, len, &ctx).is_err());
+}
