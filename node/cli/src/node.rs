@@ -129,7 +129,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             }
         };
         let cancel = CancellationToken::new();
-        let (handle, service_task) = service::spawn(chain, PoolLimits::default(), cancel.clone());
+        let (handle, mut service_task) = service::spawn(chain, PoolLimits::default(), cancel.clone());
         let ip = if args.rpc_external { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::LOCALHOST) };
         let module = bitorch_rpc::module(handle.clone(), NodeInfo { name: args.name.clone(), version: env!("CARGO_PKG_VERSION").into() })?;
         let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module).await?;
@@ -144,6 +144,11 @@ pub fn run(args: NodeArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!(target: "node", "interrupted; shutting down"),
             _ = term.recv() => tracing::info!(target: "node", "terminated; shutting down"),
             _ = cancel.cancelled() => tracing::error!(target: "node", "a critical task failed; shutting down"),
+            r = &mut service_task => {
+                tracing::error!(target: "node", result = ?r, "the chain service stopped unexpectedly; shutting down");
+                cancel.cancel();
+                bail!("the chain service stopped unexpectedly");
+            }
         }
         cancel.cancel();
         let _ = rpc.stop();

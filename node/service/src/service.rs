@@ -191,7 +191,11 @@ pub fn spawn_dev_authoring(
                     cancel.cancel();
                     break;
                 }
-                Err(_) => break,
+                Err(_) => {
+                    tracing::error!(target: "authoring", "the chain service is gone; stopping the node");
+                    cancel.cancel();
+                    break;
+                }
             }
         }
     })
