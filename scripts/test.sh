@@ -4,4 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+# Model tests use the real SmolLM2 model; fetch it once (cached) unless a path is given.
+if [ -z "${BITORCH_TEST_MODEL:-}" ]; then
+  BITORCH_TEST_MODEL="$(scripts/fetch-model.sh)"
+  export BITORCH_TEST_MODEL
+fi
 exec cargo test --workspace "$@"
