@@ -1,0 +1,80 @@
+//! Bitorch consensus: Tendermint BFT with instant finality, through the core crates of the
+//! Malachite engine (`arc-malachitebft-core-*`, pinned to one exact version), with no I/O.
+//!
+//! The node talks to consensus only through the [`Consensus`] trait, so the engine can be
+//! replaced. Every call takes an input (a message from the network, a timer that fired, a
+//! block to propose, a verdict on a peer's block) and returns the [`Action`]s it leads to:
+//! broadcast these bytes, arm or disarm a timer, build a block, check a peer's block, import a
+//! decided block with its [`Commit`](bitorch_primitives::Commit), report a double vote. The
+//! node wires broadcasts to gossip, timers to its clock and decisions to
+//! `Chain::import_block`; after importing height `h` it calls [`Consensus::start_height`]
+//! with `h + 1` and the validator set of the new state. A node that falls behind imports
+//! the missing blocks with their commits (sync) and then calls `start_height` the same way.
+//!
+//! Pieces:
+//! - [`context`]: Bitorch's Malachite `Context`: heights are block numbers, addresses are
+//!   sr25519 accounts, a value is a block (hash + SCALE bytes), voting power is stake, the
+//!   proposer is round robin by `height + round` over the set sorted by account. A precommit
+//!   for a block is signed over exactly `Commit::signing_payload(genesis, height, round,
+//!   hash)`, so a decided certificate *is* a `Commit` that `Commit::verify` accepts.
+//! - [`wire`]: the versioned SCALE wire format, with a size limit.
+//! - [`driver`]: [`MalachiteConsensus`], which owns the engine state and signs with the
+//!   validator key.
+//!
+//! A peer's proposal carries the whole block. The driver checks the proposer's signature (which
+//! binds the block hash and the hash of the bytes) and then asks the node to check the block
+//! itself ([`Action::CheckValue`]); only blocks the node found valid (or built) are voted for
+//! and handed to import. If import of a decided block still fails, the node fetches the block
+//! with its commit from peers, as a node that fell behind does.
+//!
+//! Not yet here: a write-ahead log (a validator that restarts within a height may sign a
+//! conflicting vote; the simulation shows such restarts turning into evidence), double
+//! *proposal* evidence (only double votes are reported), and vote extensions (disabled).
+//! `Commit::verify` counts validators while the engine weighs votes by stake: with unequal
+//! stakes a decided commit can fail import until `Commit::verify` weighs signatures the same
+//! way.
+
+pub mod context;
+pub mod driver;
+pub mod error;
+pub mod wire;
+
+pub use context::{ValidatorSet, Value};
+pub use driver::{
+    Action, Config, Decision, Equivocation, MalachiteConsensus, Timeout, TimeoutKind,
+};
+pub use error::Error;
+
+/// A consensus engine as the node sees it: inputs in, [`Action`]s out, no I/O.
+///
+/// Errors are returned for undecodable messages (penalise the peer) and for internal engine
+/// failures (log them); either way the engine stays usable.
+pub trait Consensus {
+    /// Starts (or moves on to) `height` with its validator set. Call it once at start, and
+    /// after importing each decided block.
+    fn start_height(&mut self, height: u64, validators: ValidatorSet)
+        -> Result<Vec<Action>, Error>;
+
+    /// A consensus message from a peer (the bytes of an [`Action::Broadcast`]).
+    fn on_message(&mut self, bytes: &[u8]) -> Result<Vec<Action>, Error>;
+
+    /// A timer armed by [`Action::ScheduleTimeout`] fired.
+    fn on_timeout(&mut self, timeout: Timeout) -> Result<Vec<Action>, Error>;
+
+    /// The block this node proposes, answering [`Action::GetValue`].
+    fn propose(&mut self, height: u64, round: u32, value: Value) -> Result<Vec<Action>, Error>;
+
+    /// The node's verdict on a peer's block, answering [`Action::CheckValue`].
+    fn value_checked(
+        &mut self,
+        height: u64,
+        value: Value,
+        valid: bool,
+    ) -> Result<Vec<Action>, Error>;
+
+    /// The height being decided.
+    fn height(&self) -> u64;
+
+    /// The current round, if the height has started.
+    fn round(&self) -> Option<u32>;
+}
