@@ -1,6 +1,6 @@
 //! Block header and commit certificate.
 
-use crate::{blake2_256, keys, AccountId, BlockNumber, Hash, Signature};
+use crate::{blake2_256, keys, AccountId, BlockNumber, Hash, Signature, VotingPower};
 use parity_scale_codec::{Decode, Encode};
 
 /// A block header. Its hash (blake2-256 of its SCALE encoding) names the block.
@@ -66,26 +66,34 @@ impl Commit {
     }
 
     /// Checks that every signature is valid, no validator signs twice, only members of
-    /// `validators` sign, and together they are more than two thirds of the set.
-    pub fn verify(&self, genesis: &Hash, validators: &[AccountId]) -> Result<(), CommitError> {
-        if validators.is_empty() {
+    /// `validators` (account, voting power) sign, and together they hold strictly more than
+    /// two thirds of the set's voting power (the rule the consensus engine decides by).
+    pub fn verify(
+        &self,
+        genesis: &Hash,
+        validators: &[(AccountId, VotingPower)],
+    ) -> Result<(), CommitError> {
+        let total: u128 = validators.iter().map(|(_, p)| u128::from(*p)).sum();
+        if total == 0 {
             return Err(CommitError::EmptyValidatorSet);
         }
         let payload = Self::signing_payload(genesis, self.height, self.round, &self.block_hash);
         let mut seen = std::collections::BTreeSet::new();
+        let mut signed: u128 = 0;
         for s in &self.signatures {
-            if !validators.contains(&s.validator) {
+            let Some((_, power)) = validators.iter().find(|(v, _)| v == &s.validator) else {
                 return Err(CommitError::NotAValidator(keys::to_ss58(&s.validator)));
-            }
+            };
             if !seen.insert(s.validator.clone()) {
                 return Err(CommitError::DuplicateSigner(keys::to_ss58(&s.validator)));
             }
             if !keys::verify(&s.signature, &payload, &s.validator) {
                 return Err(CommitError::BadSignature(keys::to_ss58(&s.validator)));
             }
+            signed += u128::from(*power);
         }
-        if seen.len() * 3 <= validators.len() * 2 {
-            return Err(CommitError::NoSupermajority { signed: seen.len(), set: validators.len() });
+        if signed * 3 <= total * 2 {
+            return Err(CommitError::NoSupermajority { signed, total });
         }
         Ok(())
     }
@@ -106,12 +114,55 @@ pub enum CommitError {
     /// A signature does not verify.
     #[error("invalid commit signature from {0}")]
     BadSignature(String),
-    /// Two thirds or fewer signed.
-    #[error("commit has {signed} of {set} validator signatures; more than two thirds are needed")]
+    /// Signers hold two thirds of the voting power or less.
+    #[error(
+        "commit signers hold {signed} of {total} voting power; more than two thirds are needed"
+    )]
     NoSupermajority {
-        /// Distinct valid signers.
-        signed: usize,
-        /// Size of the validator set.
-        set: usize,
+        /// Voting power of the distinct valid signers.
+        signed: u128,
+        /// Voting power of the whole set.
+        total: u128,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{account_of, pair_from_suri};
+    use sp_core::crypto::Pair as _;
+
+    #[test]
+    fn commit_weighs_signatures_by_voting_power() {
+        let genesis = Hash::repeat_byte(9);
+        let block = Hash::repeat_byte(1);
+        let pairs: Vec<_> =
+            ["//Alice", "//Bob", "//Charlie"].iter().map(|s| pair_from_suri(s).unwrap()).collect();
+        let sign = |i: usize| CommitSignature {
+            validator: account_of(&pairs[i]),
+            signature: pairs[i].sign(&Commit::signing_payload(&genesis, 5, 0, &block)),
+        };
+        // Alice holds 70 of 100: alone she is more than two thirds; Bob and Charlie are not.
+        let set = vec![
+            (account_of(&pairs[0]), 70),
+            (account_of(&pairs[1]), 20),
+            (account_of(&pairs[2]), 10),
+        ];
+        let commit = |sigs| Commit { height: 5, round: 0, block_hash: block, signatures: sigs };
+        commit(vec![sign(0)]).verify(&genesis, &set).unwrap();
+        assert_eq!(
+            commit(vec![sign(1), sign(2)]).verify(&genesis, &set),
+            Err(CommitError::NoSupermajority { signed: 30, total: 100 })
+        );
+        assert!(matches!(
+            commit(vec![sign(0), sign(0)]).verify(&genesis, &set),
+            Err(CommitError::DuplicateSigner(_))
+        ));
+        assert!(commit(vec![sign(0)]).verify(&Hash::zero(), &set).is_err(), "other chain");
+        assert!(matches!(
+            commit(vec![sign(0)]).verify(&genesis, &set[1..]),
+            Err(CommitError::NotAValidator(_))
+        ));
+        assert_eq!(commit(vec![]).verify(&genesis, &[]), Err(CommitError::EmptyValidatorSet));
+    }
 }

@@ -34,6 +34,19 @@ pub const TOKEN_DECIMALS: u8 = 12;
 /// One whole token in base units.
 pub const UNIT: Balance = 1_000_000_000_000;
 
+/// A validator's weight in consensus.
+pub type VotingPower = u64;
+
+/// The largest voting power of one validator: keeps sums of many far from `u64` overflow.
+pub const MAX_VOTING_POWER: VotingPower = 1 << 40;
+
+/// A validator's voting power: its bonded stake in whole tokens (at least 1, at most
+/// [`MAX_VOTING_POWER`]). Consensus and commit verification both weigh votes by it.
+pub fn voting_power(stake: Balance) -> VotingPower {
+    let whole = stake / UNIT;
+    VotingPower::try_from(whole).unwrap_or(MAX_VOTING_POWER).clamp(1, MAX_VOTING_POWER)
+}
+
 /// blake2-256 of some bytes.
 pub fn blake2_256(data: &[u8]) -> Hash {
     H256(sp_crypto_hashing::blake2_256(data))
@@ -96,5 +109,12 @@ mod tests {
         assert!(parse_amount("999999999999999999999999999999999").is_err());
         assert_eq!(format_balance(UNIT + UNIT / 2), "1.5 BTR");
         assert_eq!(format_balance(10 * UNIT), "10 BTR");
+    }
+
+    #[test]
+    fn voting_power_is_whole_tokens_bounded() {
+        assert_eq!(voting_power(0), 1);
+        assert_eq!(voting_power(1_000 * UNIT + 5), 1_000);
+        assert_eq!(voting_power(Balance::MAX), MAX_VOTING_POWER);
     }
 }

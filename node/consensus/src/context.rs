@@ -217,7 +217,7 @@ impl ValidatorSet {
         Ok(Self { validators, total })
     }
 
-    /// A set where every account has voting power 1 (what [`Commit::verify`] counts).
+    /// A set where every account has voting power 1.
     pub fn equal(accounts: impl IntoIterator<Item = AccountId>) -> Result<Self, Error> {
         Self::new(accounts.into_iter().map(|a| (a, 1)))
     }
@@ -227,9 +227,14 @@ impl ValidatorSet {
         &self.validators
     }
 
-    /// The accounts, sorted; what [`Commit::verify`] takes.
+    /// The accounts, sorted.
     pub fn accounts(&self) -> Vec<AccountId> {
         self.validators.iter().map(|v| v.address.0.clone()).collect()
+    }
+
+    /// `(account, voting power)` pairs, sorted; what [`Commit::verify`] takes.
+    pub fn powers(&self) -> Vec<(AccountId, u64)> {
+        self.validators.iter().map(|v| (v.address.0.clone(), v.voting_power)).collect()
     }
 
     /// Sum of the voting powers.

@@ -804,12 +804,12 @@ mod tests {
         .is_ok());
         let commit = to_commit(&cert).unwrap();
         assert_eq!((commit.height, commit.round, commit.block_hash), (9, 2, block));
-        commit.verify(&genesis, &set.accounts()).unwrap();
+        commit.verify(&genesis, &set.powers()).unwrap();
         // Another chain, or too few signers, is rejected by import.
-        assert!(commit.verify(&Hash::repeat_byte(4), &set.accounts()).is_err());
+        assert!(commit.verify(&Hash::repeat_byte(4), &set.powers()).is_err());
         let short = to_commit(&certificate(&ctx, &keys[..2], block)).unwrap();
         assert!(matches!(
-            short.verify(&genesis, &set.accounts()),
+            short.verify(&genesis, &set.powers()),
             Err(bitorch_primitives::header::CommitError::NoSupermajority { .. })
         ));
     }

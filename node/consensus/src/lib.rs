@@ -30,9 +30,9 @@
 //! Not yet here: a write-ahead log (a validator that restarts within a height may sign a
 //! conflicting vote; the simulation shows such restarts turning into evidence), double
 //! *proposal* evidence (only double votes are reported), and vote extensions (disabled).
-//! `Commit::verify` counts validators while the engine weighs votes by stake: with unequal
-//! stakes a decided commit can fail import until `Commit::verify` weighs signatures the same
-//! way.
+//! `Commit::verify` weighs signatures by the same voting power the engine uses
+//! ([`bitorch_primitives::voting_power`] of each validator's stake), so a decided commit
+//! imports whatever the stakes.
 
 pub mod context;
 pub mod driver;

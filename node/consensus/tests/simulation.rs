@@ -337,7 +337,7 @@ impl Sim {
         assert_eq!(d.commit.block_hash, d.value.hash, "seed {seed}: commit for another block");
         assert_eq!(blake2_256(&d.value.bytes), d.value.hash, "seed {seed}: value bytes mismatch");
         d.commit
-            .verify(&self.config.genesis, &self.validators.accounts())
+            .verify(&self.config.genesis, &self.validators.powers())
             .unwrap_or_else(|e| panic!("seed {seed}: node {i}: commit at {h} rejected: {e}"));
         assert!(self.proposed.contains(&d.value.hash), "seed {seed}: decided an unproposed value");
         match self.decided.get(&h) {

@@ -10,11 +10,13 @@
 use crate::error::Error;
 use bitorch_chain_spec::ChainSpec;
 use bitorch_pallet_support::{Context, Overlay, Storage};
-use bitorch_primitives::{AccountId, Commit, CommitSignature, Hash, Header, Pair};
+use bitorch_primitives::{
+    voting_power, AccountId, Commit, CommitSignature, Hash, Header, Pair, VotingPower,
+};
 use bitorch_runtime::{
     executive,
     extrinsic::{extrinsics_root, Block, UncheckedExtrinsic},
-    state::StateTree,
+    state::{Changes, Prepared, StateTree},
     Staking,
 };
 use bitorch_storage::{BlockCommit, Db};
@@ -194,10 +196,23 @@ impl Chain {
         Ok((block, commit, built))
     }
 
-    /// Imports a final block: checks, executes, and writes it atomically.
-    pub fn import_block(&mut self, block: Block, commit: Commit) -> Result<Imported, Error> {
+    /// The validator set of the next block with each member's voting power, from the best
+    /// state (the set the staking pallet chose at the end of the best block).
+    pub fn validators(&self) -> Result<Vec<(AccountId, VotingPower)>, Error> {
+        Ok(Staking::validator_stakes(&self.state)?
+            .into_iter()
+            .map(|(who, stake)| (who, voting_power(stake)))
+            .collect())
+    }
+
+    /// Checks a proposed next block without importing it: parent, author, execution and
+    /// state root. Consensus asks this before voting for a block.
+    pub fn check_block(&self, block: &Block) -> Result<(), Error> {
+        self.execute(block).map(|_| ())
+    }
+
+    fn execute(&self, block: &Block) -> Result<(Changes, Prepared), Error> {
         let header = &block.header;
-        let hash = header.hash();
         let best_hash = self.best.hash();
         if header.parent_hash != best_hash || header.number != self.best.number + 1 {
             return Err(Error::NotNextBlock {
@@ -207,16 +222,11 @@ impl Chain {
                 best: best_hash,
             });
         }
-        if commit.block_hash != hash || commit.height != header.number {
-            return Err(Error::CommitForOtherBlock);
-        }
-        let validators = Staking::validator_set(&self.state)?;
-        if !validators.contains(&header.author) {
+        if !Staking::validator_set(&self.state)?.contains(&header.author) {
             return Err(Error::AuthorNotValidator(header.author.clone()));
         }
-        commit.verify(&self.genesis, &validators)?;
         let mut overlay = Overlay::new(&self.state);
-        executive::execute_block(&mut overlay, &block, &self.genesis)?;
+        executive::execute_block(&mut overlay, block, &self.genesis)?;
         let changes = overlay.into_changes();
         let prepared = self.state.prepare(&changes);
         if prepared.root() != header.state_root {
@@ -225,6 +235,19 @@ impl Chain {
                 computed: prepared.root(),
             });
         }
+        Ok((changes, prepared))
+    }
+
+    /// Imports a final block: checks its commit certificate against the validator set (more
+    /// than two thirds of the voting power), executes it, and writes it atomically.
+    pub fn import_block(&mut self, block: Block, commit: Commit) -> Result<Imported, Error> {
+        let hash = block.header.hash();
+        if commit.block_hash != hash || commit.height != block.header.number {
+            return Err(Error::CommitForOtherBlock);
+        }
+        commit.verify(&self.genesis, &self.validators()?)?;
+        let (changes, prepared) = self.execute(&block)?;
+        let header = &block.header;
         let body = block.extrinsics.encode();
         self.db.commit(BlockCommit {
             header,
@@ -246,5 +269,37 @@ impl Chain {
     /// Reads a value from the best state.
     pub fn storage(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.state.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitorch_primitives::keys::pair_from_suri;
+
+    #[test]
+    fn check_and_import_enforce_parent_root_author_and_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = Chain::open(&dir.path().join("db"), ChainSpec::dev().unwrap()).unwrap();
+        let alice = pair_from_suri("//Alice").unwrap();
+        let bob = pair_from_suri("//Bob").unwrap();
+        let (block, commit, _) = chain.author_block(&alice, vec![], 1).unwrap();
+        chain.check_block(&block).unwrap();
+
+        let mut bad_root = block.clone();
+        bad_root.header.state_root = Hash::repeat_byte(1);
+        assert!(matches!(chain.check_block(&bad_root), Err(Error::StateRootMismatch { .. })));
+        // Bob is no validator: neither his block nor his signature on Alice's counts.
+        let (bobs, bobs_commit, _) = chain.author_block(&bob, vec![], 1).unwrap();
+        assert!(matches!(chain.check_block(&bobs), Err(Error::AuthorNotValidator(_))));
+        assert!(matches!(chain.import_block(bobs, bobs_commit), Err(Error::Commit(_))));
+        let mut forged = commit.clone();
+        forged.signatures[0].validator = AccountId::from(bob.public());
+        assert!(chain.import_block(block.clone(), forged).is_err());
+        let best = chain.best().number;
+        chain.import_block(block.clone(), commit.clone()).unwrap();
+        assert_eq!(chain.best().number, best + 1);
+        // The same block again no longer extends the best block.
+        assert!(matches!(chain.import_block(block, commit), Err(Error::NotNextBlock { .. })));
     }
 }

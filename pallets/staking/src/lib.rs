@@ -246,6 +246,17 @@ impl<C: Currency> Pallet<C> {
         support::get_or_default(s, &active_key())
     }
 
+    /// The active validator set with each member's bonded stake (what voting power is
+    /// derived from).
+    pub fn validator_stakes<S: Storage + ?Sized>(
+        s: &S,
+    ) -> Result<Vec<(AccountId, Balance)>, StorageError> {
+        Self::validator_set(s)?
+            .into_iter()
+            .map(|who| Ok((who.clone(), Self::ledger(s, &who)?.bonded)))
+            .collect()
+    }
+
     /// The validator set the candidates and bonds select now: candidates bonded at least the
     /// minimum, by bond descending then account bytes ascending, at most `max_validators`.
     pub fn compute_validator_set<S: Storage + ?Sized>(
