@@ -10,6 +10,7 @@ pub mod error;
 pub mod header;
 pub mod keys;
 pub mod merkle;
+pub mod vote;
 
 pub use error::Error;
 pub use header::{Commit, CommitSignature, Header};

@@ -1,22 +1,19 @@
 //! Bitorch's [`Context`](mc::Context) for the Malachite core: what a height, an address, a value, a vote and
 //! a proposal are, who proposes, and the exact bytes each validator signs.
 //!
-//! A precommit for a block is signed over [`Commit::signing_payload`], so the precommit
+//! A precommit for a block is signed over [`bitorch_primitives::Commit::signing_payload`], so the precommit
 //! signatures of a Malachite commit certificate are, unchanged, the signatures of our
-//! [`Commit`]: import checks finality with [`Commit::verify`] and nothing else.
+//! `Commit`: import checks finality with `Commit::verify` and nothing else.
 
 use crate::error::Error;
-use bitorch_primitives::{AccountId, BlockNumber, Commit, Hash, Pair, Public, Signature};
+use bitorch_primitives::vote::{vote_sign_bytes, VoteKind};
+use bitorch_primitives::{AccountId, BlockNumber, Hash, Pair, Public, Signature};
 use malachitebft_core_types as mc;
 use mc::{NilOrVal, Round, VoteType};
 use parity_scale_codec::Encode;
 use sp_core::crypto::Pair as _;
 use std::fmt;
 
-/// Domain tag of a nil precommit (a block precommit uses [`Commit::signing_payload`]).
-const PRECOMMIT_NIL_TAG: &[u8; 23] = b"bitorch/precommit-nil/1";
-/// Domain tag of a prevote.
-const PREVOTE_TAG: &[u8; 17] = b"bitorch/prevote/1";
 /// Domain tag of a proposal.
 const PROPOSAL_TAG: &[u8; 18] = b"bitorch/proposal/1";
 
@@ -41,25 +38,23 @@ impl BitorchContext {
         &self.genesis
     }
 
-    /// The bytes a validator signs for `vote`.
+    /// The bytes a validator signs for `vote` ([`bitorch_primitives::vote::vote_sign_bytes`]).
     pub fn vote_sign_bytes(&self, vote: &Vote) -> Vec<u8> {
-        let round = vote.round.as_u32().unwrap_or(u32::MAX);
-        let height = vote.height.0;
-        match (vote.vote_type, &vote.value) {
-            (VoteType::Precommit, NilOrVal::Val(hash)) => {
-                Commit::signing_payload(&self.genesis, height, round, hash)
-            }
-            (VoteType::Precommit, NilOrVal::Nil) => {
-                (PRECOMMIT_NIL_TAG, &self.genesis, height, round).encode()
-            }
-            (VoteType::Prevote, value) => {
-                let value: Option<&Hash> = match value {
-                    NilOrVal::Val(h) => Some(h),
-                    NilOrVal::Nil => None,
-                };
-                (PREVOTE_TAG, &self.genesis, height, round, value).encode()
-            }
-        }
+        let kind = match vote.vote_type {
+            VoteType::Prevote => VoteKind::Prevote,
+            VoteType::Precommit => VoteKind::Precommit,
+        };
+        let value = match &vote.value {
+            NilOrVal::Val(h) => Some(h),
+            NilOrVal::Nil => None,
+        };
+        vote_sign_bytes(
+            &self.genesis,
+            vote.height.0,
+            vote.round.as_u32().unwrap_or(u32::MAX),
+            kind,
+            value,
+        )
     }
 
     /// The bytes the proposer signs for `proposal`. They bind the block hash and a hash of the
@@ -232,7 +227,7 @@ impl ValidatorSet {
         self.validators.iter().map(|v| v.address.0.clone()).collect()
     }
 
-    /// `(account, voting power)` pairs, sorted; what [`Commit::verify`] takes.
+    /// `(account, voting power)` pairs, sorted; what [`bitorch_primitives::Commit::verify`] takes.
     pub fn powers(&self) -> Vec<(AccountId, u64)> {
         self.validators.iter().map(|v| (v.address.0.clone(), v.voting_power)).collect()
     }
@@ -481,7 +476,7 @@ mod tests {
             ctx.new_precommit(Height(5), Round::new(2), NilOrVal::Val(block), Address(alice));
         assert_eq!(
             ctx.vote_sign_bytes(&vote),
-            Commit::signing_payload(&Hash::repeat_byte(7), 5, 2, &block)
+            bitorch_primitives::Commit::signing_payload(&Hash::repeat_byte(7), 5, 2, &block)
         );
         // Every other kind of message signs something else.
         let nil =

@@ -7,7 +7,7 @@
 
 use crate::context::{self, Address, BitorchContext, Height, ValidatorSet, Value};
 use crate::error::Error;
-use crate::wire::{EngineMsg, Message, SignedVote};
+use crate::wire::{EngineMsg, Message};
 use crate::Consensus;
 use bitorch_primitives::{AccountId, Commit, CommitSignature, Hash, Pair};
 use malachitebft_core_consensus::{
@@ -93,35 +93,7 @@ pub struct Decision {
     pub commit: Commit,
 }
 
-/// A validator signed two different votes of one kind at one height and round. Both votes
-/// carry their signatures, so anyone can check the evidence with [`Equivocation::verify`].
-#[derive(Clone, Debug, PartialEq, Eq, parity_scale_codec::Encode, parity_scale_codec::Decode)]
-pub struct Equivocation {
-    /// The first vote seen.
-    pub first: SignedVote,
-    /// The conflicting vote.
-    pub second: SignedVote,
-}
-
-impl Equivocation {
-    /// The offender.
-    pub fn offender(&self) -> &AccountId {
-        &self.first.validator
-    }
-
-    /// Whether this is real evidence: same validator, height, round and kind, different
-    /// values, and both signatures valid for the chain `genesis`.
-    pub fn verify(&self, genesis: &Hash) -> bool {
-        let (a, b) = (&self.first, &self.second);
-        a.validator == b.validator
-            && a.height == b.height
-            && a.round == b.round
-            && a.kind == b.kind
-            && a.value != b.value
-            && a.verify(genesis)
-            && b.verify(genesis)
-    }
-}
+pub use bitorch_primitives::vote::Equivocation;
 
 /// What the driver asks the node to do. The node performs actions in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -343,7 +315,7 @@ impl MalachiteConsensus {
         for (_, pairs) in evidence.votes.iter() {
             for (a, b) in pairs {
                 if let (Ok(first), Ok(second)) =
-                    (SignedVote::from_engine(a), SignedVote::from_engine(b))
+                    (crate::wire::vote_from_engine(a), crate::wire::vote_from_engine(b))
                 {
                     self.env
                         .actions
@@ -539,7 +511,7 @@ fn handle(env: &mut Env, effect: Effect<BitorchContext>) -> Result<Resume<Bitorc
             r.resume_with(())
         }
         Effect::RepublishVote(vote, r) => {
-            match SignedVote::from_engine(&vote) {
+            match crate::wire::vote_from_engine(&vote) {
                 Ok(v) => env.actions.push(Action::Broadcast(Message::Vote(v).to_bytes())),
                 Err(e) => tracing::warn!(target: "consensus", error = %e, "not republishing"),
             }

@@ -19,85 +19,41 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Nesting depth limit for decoding.
 const DECODE_DEPTH_LIMIT: u32 = 16;
 
-/// Prevote or precommit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
-pub enum VoteKind {
-    /// First voting step.
-    Prevote,
-    /// Second voting step; a quorum of precommits for a block decides it.
-    Precommit,
+pub use bitorch_primitives::vote::{SignedVote, VoteKind};
+
+/// The engine's view of a signed vote.
+pub(crate) fn vote_to_engine(v: &SignedVote) -> Vote {
+    Vote {
+        height: Height(v.height),
+        round: Round::new(v.round),
+        vote_type: type_of(v.kind),
+        value: match v.value {
+            Some(h) => NilOrVal::Val(h),
+            None => NilOrVal::Nil,
+        },
+        validator: Address(v.validator.clone()),
+    }
 }
 
-/// A signed vote as it travels and as it is kept in evidence.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct SignedVote {
-    /// Height.
-    pub height: u64,
-    /// Round.
-    pub round: u32,
-    /// Prevote or precommit.
-    pub kind: VoteKind,
-    /// The block voted for, or `None` for nil.
-    pub value: Option<Hash>,
-    /// The voter.
-    pub validator: AccountId,
-    /// sr25519 signature over the vote's sign bytes.
-    pub signature: Signature,
+/// A signed vote from the engine's, rejecting a vote without a round.
+pub(crate) fn vote_from_engine(v: &mc::SignedVote<BitorchContext>) -> Result<SignedVote, Error> {
+    Ok(SignedVote {
+        height: v.message.height.0,
+        round: v.message.round.as_u32().ok_or(Error::Malformed("vote without a round"))?,
+        kind: kind_of(v.message.vote_type),
+        value: match v.message.value {
+            NilOrVal::Val(h) => Some(h),
+            NilOrVal::Nil => None,
+        },
+        validator: v.message.validator.0.clone(),
+        signature: v.signature,
+    })
 }
 
-impl SignedVote {
-    /// The bytes the validator signed for this vote (for a block precommit, exactly
-    /// [`bitorch_primitives::Commit::signing_payload`]).
-    pub fn sign_bytes(&self, genesis: &Hash) -> Vec<u8> {
-        BitorchContext::new(*genesis).vote_sign_bytes(&self.to_vote())
-    }
-
-    /// Whether the signature is valid for the validator.
-    pub fn verify(&self, genesis: &Hash) -> bool {
-        bitorch_primitives::keys::verify(
-            &self.signature,
-            &self.sign_bytes(genesis),
-            &self.validator,
-        )
-    }
-
-    pub(crate) fn to_vote(&self) -> Vote {
-        Vote {
-            height: Height(self.height),
-            round: Round::new(self.round),
-            vote_type: match self.kind {
-                VoteKind::Prevote => VoteType::Prevote,
-                VoteKind::Precommit => VoteType::Precommit,
-            },
-            value: match self.value {
-                Some(h) => NilOrVal::Val(h),
-                None => NilOrVal::Nil,
-            },
-            validator: Address(self.validator.clone()),
-        }
-    }
-
-    pub(crate) fn from_engine(v: &mc::SignedVote<BitorchContext>) -> Result<Self, Error> {
-        Ok(Self {
-            height: v.message.height.0,
-            round: v.message.round.as_u32().ok_or(Error::Malformed("vote without a round"))?,
-            kind: match v.message.vote_type {
-                VoteType::Prevote => VoteKind::Prevote,
-                VoteType::Precommit => VoteKind::Precommit,
-            },
-            value: match v.message.value {
-                NilOrVal::Val(h) => Some(h),
-                NilOrVal::Nil => None,
-            },
-            validator: v.message.validator.0.clone(),
-            signature: v.signature,
-        })
-    }
-
-    pub(crate) fn into_engine(self) -> mc::SignedVote<BitorchContext> {
-        let signature = self.signature;
-        mc::SignedMessage::new(self.to_vote(), signature)
-    }
+/// The engine's signed vote.
+pub(crate) fn vote_into_engine(v: SignedVote) -> mc::SignedVote<BitorchContext> {
+    let signature = v.signature;
+    mc::SignedMessage::new(vote_to_engine(&v), signature)
 }
 
 /// A signed proposal with its whole value.
@@ -295,7 +251,7 @@ impl Message {
     pub(crate) fn into_engine(self) -> Result<EngineMsg, Error> {
         Ok(match self {
             Message::Proposal(p) => EngineMsg::Proposal(p.into_engine()),
-            Message::Vote(v) => EngineMsg::Vote(v.into_engine()),
+            Message::Vote(v) => EngineMsg::Vote(vote_into_engine(v)),
             Message::Certificate(c) => match c.kind {
                 CertificateKind::Polka => {
                     let value_id = c
@@ -353,14 +309,14 @@ impl Message {
 
     pub(crate) fn from_consensus(m: &SignedConsensusMsg<BitorchContext>) -> Result<Self, Error> {
         Ok(match m {
-            SignedConsensusMsg::Vote(v) => Message::Vote(SignedVote::from_engine(v)?),
+            SignedConsensusMsg::Vote(v) => Message::Vote(vote_from_engine(v)?),
             SignedConsensusMsg::Proposal(p) => Message::Proposal(SignedProposal::from_engine(p)?),
         })
     }
 
     pub(crate) fn from_liveness(m: &LivenessMsg<BitorchContext>) -> Result<Self, Error> {
         Ok(match m {
-            LivenessMsg::Vote(v) => Message::Vote(SignedVote::from_engine(v)?),
+            LivenessMsg::Vote(v) => Message::Vote(vote_from_engine(v)?),
             LivenessMsg::PolkaCertificate(c) => Message::Certificate(Certificate::from_polka(c)?),
             LivenessMsg::SkipRoundCertificate(c) => {
                 Message::Certificate(Certificate::from_round(c)?)
