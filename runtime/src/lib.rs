@@ -71,6 +71,8 @@ impl Call {
     pub fn weight(&self) -> u64 {
         match self {
             Call::Balances(_) => 1,
+            // Two vote signatures to verify.
+            Call::Staking(staking::Call::ReportEquivocation { .. }) => 10,
             Call::Staking(_) => 2,
             Call::Models(_) => 10,
             // Receipts carry a signature to verify.

@@ -82,6 +82,15 @@ pub enum Error {
         /// The maximum.
         max: u32,
     },
+    /// The evidence does not show two valid conflicting votes by one validator.
+    #[error("invalid equivocation evidence: it must be two votes of one kind by one validator at one height and round, for different values, both validly signed for this chain")]
+    InvalidEvidence,
+    /// The offender has no stake to slash.
+    #[error("the offender has no stake")]
+    OffenderNotStaked,
+    /// This equivocation was already punished.
+    #[error("this equivocation (validator, height, round, vote kind) was already reported")]
+    AlreadyReported,
     /// An amount overflowed.
     #[error("arithmetic overflow in staking amounts")]
     Overflow,

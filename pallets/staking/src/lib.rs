@@ -21,6 +21,7 @@
 use bitorch_pallet_support::{
     self as support, Context, Currency, CurrencyError, Storage, StorageError, WorkerRegistry,
 };
+use bitorch_primitives::vote::Equivocation;
 use bitorch_primitives::{keys, AccountId, Balance, BlockNumber, UNIT};
 use parity_scale_codec::{Decode, Encode};
 use std::marker::PhantomData;
@@ -144,7 +145,18 @@ pub enum Call {
     /// Stops being a worker.
     #[codec(index = 6)]
     DeregisterWorker,
+    /// Reports a validator that signed two conflicting votes (anyone may report; the
+    /// reporter pays the fee). The offender loses [`EQUIVOCATION_SLASH_PERCENT`]% of its stake
+    /// (burned) and its validator candidacy.
+    #[codec(index = 7)]
+    ReportEquivocation {
+        /// The two conflicting signed votes.
+        evidence: Equivocation,
+    },
 }
+
+/// Percentage of an equivocating validator's stake (bonded + unlocking) that is slashed.
+pub const EQUIVOCATION_SLASH_PERCENT: u8 = 10;
 
 /// The staking pallet, over the currency `C` that holds bonds as reserved balance.
 pub struct Pallet<C>(PhantomData<C>);
@@ -332,7 +344,38 @@ impl<C: Currency> Pallet<C> {
                 support::remove(s, worker_key(who));
                 Ok(())
             }
+            Call::ReportEquivocation { evidence } => {
+                Self::report_equivocation(s, evidence, ctx).map(|_| ())
+            }
         }
+    }
+
+    /// Verifies equivocation evidence and slashes the offender once per (height, round, vote
+    /// kind); removes it from the validator candidates. Returns the amount slashed (burned).
+    pub fn report_equivocation<S: Storage + ?Sized>(
+        s: &mut S,
+        evidence: &Equivocation,
+        ctx: &Context,
+    ) -> Result<Balance, Error> {
+        if !evidence.verify(&ctx.genesis_hash) {
+            return Err(Error::InvalidEvidence);
+        }
+        let offender = evidence.offender();
+        if Self::ledger(s, offender)?.total() == 0 {
+            return Err(Error::OffenderNotStaked);
+        }
+        let v = &evidence.first;
+        let key = support::map_key(PALLET, "reported", &(offender, v.height, v.round, v.kind));
+        if s.get(&key).is_some() {
+            return Err(Error::AlreadyReported);
+        }
+        support::put(s, key, &ctx.block_number);
+        let mut candidates = Self::candidates(s)?;
+        if let Some(pos) = candidates.iter().position(|c| c == offender) {
+            candidates.remove(pos);
+            Self::set_candidates(s, &candidates);
+        }
+        Ok(<Self as WorkerRegistry>::slash_percent(s, offender, EQUIVOCATION_SLASH_PERCENT, ctx)?)
     }
 
     fn bond<S: Storage + ?Sized>(s: &mut S, who: &AccountId, amount: Balance) -> Result<(), Error> {

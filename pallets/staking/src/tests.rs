@@ -392,3 +392,55 @@ mod props {
         }
     }
 }
+
+#[test]
+fn equivocation_evidence_slashes_once_and_removes_candidacy() {
+    use bitorch_primitives::keys::{account_of, pair_from_suri};
+    use bitorch_primitives::vote::{vote_sign_bytes, SignedVote, VoteKind};
+    use sp_core::crypto::Pair as _;
+
+    let mut s = setup();
+    let genesis = H256::repeat_byte(5);
+    let ctx = Context { block_number: 3, genesis_hash: genesis, author: acc(99) };
+    let pair = pair_from_suri("//Alice").unwrap();
+    let alice = account_of(&pair);
+    Balances::mint(&mut s, &alice, 1_000).unwrap();
+    Staking::dispatch(&mut s, &alice, &Call::Bond { amount: 500 }, &ctx).unwrap();
+    Staking::dispatch(&mut s, &alice, &Call::RegisterValidator, &ctx).unwrap();
+    let vote = |value: u8| {
+        let value = Some(H256::repeat_byte(value));
+        let bytes = vote_sign_bytes(&genesis, 7, 0, VoteKind::Precommit, value.as_ref());
+        SignedVote {
+            height: 7,
+            round: 0,
+            kind: VoteKind::Precommit,
+            value,
+            validator: alice.clone(),
+            signature: pair.sign(&bytes),
+        }
+    };
+    let evidence = Equivocation { first: vote(1), second: vote(2) };
+    let report = Call::ReportEquivocation { evidence: evidence.clone() };
+
+    // Forged or self-consistent "evidence" is refused and changes nothing.
+    let before = s.clone();
+    let same =
+        Call::ReportEquivocation { evidence: Equivocation { first: vote(1), second: vote(1) } };
+    let r = support::transactional(&mut s, |o| Staking::dispatch(o, &acc(1), &same, &ctx));
+    assert_eq!(r, Err(Error::InvalidEvidence));
+    let other_chain = Context { genesis_hash: H256::zero(), ..ctx.clone() };
+    let r =
+        support::transactional(&mut s, |o| Staking::dispatch(o, &acc(1), &report, &other_chain));
+    assert_eq!(r, Err(Error::InvalidEvidence));
+    assert_eq!(s, before);
+
+    let issuance = Balances::total_issuance(&s).unwrap();
+    Staking::dispatch(&mut s, &acc(1), &report, &ctx).unwrap();
+    assert_eq!(Staking::ledger(&s, &alice).unwrap().bonded, 450, "10% of 500 slashed");
+    assert_eq!(Balances::total_issuance(&s).unwrap(), issuance - 50, "slash is burned");
+    assert!(!Staking::is_candidate(&s, &alice).unwrap());
+    let before = s.clone();
+    let r = support::transactional(&mut s, |o| Staking::dispatch(o, &acc(2), &report, &ctx));
+    assert_eq!(r, Err(Error::AlreadyReported));
+    assert_eq!(s, before);
+}
