@@ -151,7 +151,7 @@ pub enum Call {
     #[codec(index = 7)]
     ReportEquivocation {
         /// The two conflicting signed votes.
-        evidence: Equivocation,
+        evidence: Box<Equivocation>,
     },
 }
 

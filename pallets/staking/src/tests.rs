@@ -420,12 +420,13 @@ fn equivocation_evidence_slashes_once_and_removes_candidacy() {
         }
     };
     let evidence = Equivocation { first: vote(1), second: vote(2) };
-    let report = Call::ReportEquivocation { evidence: evidence.clone() };
+    let report = Call::ReportEquivocation { evidence: Box::new(evidence.clone()) };
 
     // Forged or self-consistent "evidence" is refused and changes nothing.
     let before = s.clone();
-    let same =
-        Call::ReportEquivocation { evidence: Equivocation { first: vote(1), second: vote(1) } };
+    let same = Call::ReportEquivocation {
+        evidence: Box::new(Equivocation { first: vote(1), second: vote(1) }),
+    };
     let r = support::transactional(&mut s, |o| Staking::dispatch(o, &acc(1), &same, &ctx));
     assert_eq!(r, Err(Error::InvalidEvidence));
     let other_chain = Context { genesis_hash: H256::zero(), ..ctx.clone() };
