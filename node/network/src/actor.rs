@@ -1,0 +1,446 @@
+//! The service task: owns the swarm, serves [`Command`]s, turns swarm events into [`Event`]s,
+//! keeps the connection set healthy and enforces bans.
+
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::Event;
+use crate::gossip::Topic;
+use crate::handle::Command;
+use crate::peers::{Misbehaviour, PeerBook};
+use crate::sync::{self, SyncBlock, SyncError};
+use libp2p::futures::future::BoxFuture;
+use libp2p::futures::stream::FuturesUnordered;
+use libp2p::futures::{FutureExt, StreamExt};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, kad, mdns, Multiaddr, PeerId, Swarm};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const TARGET: &str = "network";
+/// Most bad requesters waiting for their refusal to go out before their ban.
+const MAX_BANS_AFTER_REPLY: usize = 1024;
+/// Time a refusal gets to reach a bad requester before the ban closes the connection.
+const BAN_GRACE: Duration = Duration::from_millis(250);
+
+/// The node's answer to an inbound sync request, or why there is none.
+type Reply = (ResponseChannel<sync::Frame<sync::Response>>, PeerId, Option<sync::Response>);
+
+struct PendingRequest {
+    peer: PeerId,
+    max: u32,
+    reply: oneshot::Sender<Result<Vec<SyncBlock>, Error>>,
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    config: Config,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    peers: PeerBook,
+    outbound: HashMap<OutboundRequestId, PendingRequest>,
+    replies: FuturesUnordered<BoxFuture<'static, Reply>>,
+    /// Peers that sent a bad request, by that request: banned shortly after the refusal is
+    /// sent (or at once if it fails). Further requests from them get no answer.
+    ban_after_reply: HashMap<InboundRequestId, PeerId>,
+    /// Bans due when their grace period ends.
+    delayed_bans: FuturesUnordered<BoxFuture<'static, PeerId>>,
+    /// Peers in `ban_after_reply` or `delayed_bans`.
+    condemned: HashSet<PeerId>,
+    last_discovery: Option<Instant>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        config: Config,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        Self {
+            swarm,
+            peers: PeerBook::new(config.ban_duration),
+            config,
+            commands,
+            events,
+            outbound: HashMap::new(),
+            replies: FuturesUnordered::new(),
+            ban_after_reply: HashMap::new(),
+            delayed_bans: FuturesUnordered::new(),
+            condemned: HashSet::new(),
+            last_discovery: None,
+        }
+    }
+
+    /// Runs until `cancel` fires or every handle is dropped.
+    pub(crate) async fn run(mut self, cancel: CancellationToken) {
+        let period = self.config.maintenance_interval.max(Duration::from_millis(10));
+        let mut maintenance = tokio::time::interval(period);
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                Some(reply) = self.replies.next(), if !self.replies.is_empty() => {
+                    self.send_reply(reply)
+                }
+                Some(peer) = self.delayed_bans.next(), if !self.delayed_bans.is_empty() => {
+                    self.penalise(peer, Misbehaviour::UndecodableMessage)
+                }
+                _ = maintenance.tick() => self.maintain(),
+            }
+        }
+        tracing::info!(target: TARGET, peer = %self.swarm.local_peer_id(), "network service stopped");
+    }
+
+    fn emit(&self, event: Event) -> bool {
+        match self.events.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(e)) => {
+                let kind = match e {
+                    Event::Gossip { topic, .. } => topic.name(),
+                    Event::SyncRequest { .. } => "sync request",
+                    Event::PeerConnected(_) => "peer connected",
+                    Event::PeerDisconnected(_) => "peer disconnected",
+                };
+                tracing::warn!(target: TARGET, kind, "event channel full; dropping an event");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish { topic, data, reply } => {
+                let _ = reply.send(self.publish(topic, data));
+            }
+            Command::RequestBlocks { peer, request, reply } => {
+                if self.outbound.len() >= self.config.max_outbound_sync_requests {
+                    let _ = reply.send(Err(Error::Busy));
+                    return;
+                }
+                let max = request.max.min(sync::MAX_BLOCKS_PER_REQUEST);
+                let request = sync::Request { from: request.from, max };
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, Ok(request));
+                self.outbound.insert(id, PendingRequest { peer, max, reply });
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::ListenAddresses { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::BannedPeers { reply } => {
+                let _ = reply.send(self.peers.banned().copied().collect());
+            }
+            Command::ReportPeer { peer, misbehaviour, reply } => {
+                self.penalise(peer, misbehaviour);
+                let _ = reply.send(());
+            }
+            Command::Dial { addr, reply } => {
+                let result = self
+                    .swarm
+                    .dial(addr.clone())
+                    .map_err(|e| Error::Dial { addr, reason: e.to_string() });
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn publish(&mut self, topic: Topic, data: Vec<u8>) -> Result<(), Error> {
+        if data.len() > self.config.max_gossip_bytes {
+            return Err(Error::MessageTooLarge {
+                size: data.len(),
+                limit: self.config.max_gossip_bytes,
+            });
+        }
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.ident(), data)
+            .map(|_| ())
+            .map_err(|source| Error::Publish { topic, source })
+    }
+
+    fn penalise(&mut self, peer: PeerId, misbehaviour: Misbehaviour) {
+        tracing::debug!(target: TARGET, %peer, ?misbehaviour, "penalising peer");
+        self.condemned.remove(&peer);
+        if !self.peers.penalise(peer, misbehaviour, std::time::Instant::now()) {
+            return;
+        }
+        tracing::warn!(
+            target: TARGET,
+            %peer,
+            ?misbehaviour,
+            secs = self.config.ban_duration.as_secs(),
+            "banning peer"
+        );
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.blocked.block_peer(peer);
+        behaviour.gossipsub.blacklist_peer(&peer);
+        behaviour.kad.remove_peer(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    fn maintain(&mut self) {
+        for peer in self.peers.expire(std::time::Instant::now()) {
+            tracing::info!(target: TARGET, %peer, "ban expired");
+            let behaviour = self.swarm.behaviour_mut();
+            behaviour.blocked.unblock_peer(peer);
+            behaviour.gossipsub.remove_blacklisted_peer(&peer);
+        }
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        let wanted = self.config.target_peers.saturating_sub(connected.len());
+        if wanted == 0 {
+            return;
+        }
+        // Dial peers the DHT knows but we are not connected to.
+        let mut candidates = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                let peer = *entry.node.key.preimage();
+                if !connected.contains(&peer) && !self.peers.is_banned(&peer) {
+                    candidates.push((peer, entry.node.value.iter().cloned().collect::<Vec<_>>()));
+                }
+            }
+        }
+        for (peer, addresses) in candidates.into_iter().take(wanted) {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addresses)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(target: TARGET, %peer, error = %e, "dial failed");
+            }
+        }
+        // And look for more, now and then.
+        let due = self.last_discovery.is_none_or(|t| t.elapsed() >= self.config.discovery_interval);
+        if due {
+            self.last_discovery = Some(Instant::now());
+            self.swarm.behaviour_mut().kad.get_closest_peers(PeerId::random());
+        }
+    }
+
+    fn send_reply(&mut self, (channel, peer, response): Reply) {
+        let mut response = response.unwrap_or(sync::Response::Refused(SyncError::Unavailable));
+        sync::truncate_to_limit(&mut response);
+        if self.swarm.behaviour_mut().sync.send_response(channel, Ok(response)).is_err() {
+            tracing::debug!(target: TARGET, %peer, "sync requester went away before the answer");
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(target: TARGET, peer = %self.swarm.local_peer_id(), %address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                tracing::debug!(target: TARGET, peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                if num_established.get() == 1 {
+                    self.emit(Event::PeerConnected(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+                tracing::debug!(target: TARGET, peer = %peer_id, ?cause, "connection closed");
+                if num_established == 0 {
+                    self.peers.forget(&peer_id);
+                    self.emit(Event::PeerDisconnected(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(target: TARGET, peer = ?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                tracing::debug!(target: TARGET, addr = %send_back_addr, %error, "incoming connection failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
+                if info.protocols.contains(&KAD_PROTOCOL) =>
+            {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            }) => {
+                let Some(topic) = Topic::from_hash(&message.topic) else {
+                    return;
+                };
+                self.emit(Event::Gossip {
+                    topic,
+                    from: propagation_source,
+                    author: message.source,
+                    data: message.data,
+                });
+            }
+            BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if self.peers.is_banned(&peer) {
+                        continue;
+                    }
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(vec![addr])
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    let _ = self.swarm.dial(opts);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
+                tracing::debug!(target: TARGET, %peer, "new peer in the routing table");
+            }
+            kad::Event::OutboundQueryProgressed { result, .. } => match result {
+                kad::QueryResult::Bootstrap(Ok(ok)) => {
+                    tracing::debug!(target: TARGET, remaining = ok.num_remaining, "bootstrap step");
+                }
+                kad::QueryResult::GetClosestPeers(Ok(ok)) => {
+                    tracing::debug!(target: TARGET, found = ok.peers.len(), "discovery walk done");
+                }
+                other => tracing::debug!(target: TARGET, result = ?other, "kademlia query"),
+            },
+            _ => {}
+        }
+    }
+
+    fn on_sync_event(
+        &mut self,
+        event: request_response::Event<sync::Frame<sync::Request>, sync::Frame<sync::Response>>,
+    ) {
+        use request_response::{Event as E, Message};
+        match event {
+            E::Message {
+                peer, message: Message::Request { request_id, request, channel }, ..
+            } => self.on_sync_request(peer, request_id, request, channel),
+            E::Message { peer, message: Message::Response { request_id, response }, .. } => {
+                let Some(pending) = self.outbound.remove(&request_id) else {
+                    return;
+                };
+                let result = match response {
+                    Err(wire) => {
+                        tracing::debug!(target: TARGET, %peer, %wire, "bad sync response");
+                        self.penalise(peer, Misbehaviour::UndecodableMessage);
+                        Err(Error::InvalidResponse { peer, reason: "undecodable or too large" })
+                    }
+                    Ok(sync::Response::Blocks(blocks)) if blocks.len() > pending.max as usize => {
+                        self.penalise(peer, Misbehaviour::InvalidResponse);
+                        Err(Error::InvalidResponse { peer, reason: "more blocks than asked" })
+                    }
+                    Ok(sync::Response::Blocks(blocks)) => Ok(blocks),
+                    Ok(sync::Response::Refused(error)) => Err(Error::SyncRefused { peer, error }),
+                };
+                debug_assert_eq!(pending.peer, peer);
+                let _ = pending.reply.send(result);
+            }
+            E::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some(pending) = self.outbound.remove(&request_id) {
+                    let _ = pending
+                        .reply
+                        .send(Err(Error::RequestFailed { peer, reason: error.to_string() }));
+                }
+            }
+            E::ResponseSent { request_id, .. } => {
+                if let Some(peer) = self.ban_after_reply.remove(&request_id) {
+                    // The refusal is written but may not have left yet: let it go first.
+                    self.delayed_bans
+                        .push(tokio::time::sleep(BAN_GRACE).map(move |_| peer).boxed());
+                }
+            }
+            E::InboundFailure { request_id, .. } => {
+                if let Some(peer) = self.ban_after_reply.remove(&request_id) {
+                    self.penalise(peer, Misbehaviour::UndecodableMessage);
+                }
+            }
+        }
+    }
+
+    fn on_sync_request(
+        &mut self,
+        peer: PeerId,
+        request_id: InboundRequestId,
+        request: sync::Frame<sync::Request>,
+        channel: ResponseChannel<sync::Frame<sync::Response>>,
+    ) {
+        let refuse = |swarm: &mut Swarm<Behaviour>, channel, error| {
+            let refusal = Ok(sync::Response::Refused(error));
+            swarm.behaviour_mut().sync.send_response(channel, refusal).is_ok()
+        };
+        let request = match request {
+            Ok(r) => r,
+            Err(_) if self.condemned.contains(&peer) => {
+                // Already refused and about to be banned: no more answers.
+                drop(channel);
+                return;
+            }
+            Err(wire) => {
+                tracing::debug!(target: TARGET, %peer, %wire, "bad sync request");
+                // Answer, then ban once the answer is out (or at once if it cannot be sent).
+                let sent = refuse(&mut self.swarm, channel, SyncError::BadRequest);
+                if sent && self.condemned.len() < MAX_BANS_AFTER_REPLY {
+                    self.condemned.insert(peer);
+                    self.ban_after_reply.insert(request_id, peer);
+                } else {
+                    self.penalise(peer, Misbehaviour::UndecodableMessage);
+                }
+                return;
+            }
+        };
+        if self.replies.len() >= self.config.max_pending_sync_requests {
+            refuse(&mut self.swarm, channel, SyncError::Busy);
+            return;
+        }
+        let request = sync::Request {
+            from: request.from,
+            max: request.max.min(sync::MAX_BLOCKS_PER_REQUEST),
+        };
+        let (reply, rx) = oneshot::channel();
+        if !self.emit(Event::SyncRequest { peer, request, reply }) {
+            refuse(&mut self.swarm, channel, SyncError::Busy);
+            return;
+        }
+        let timeout = self.config.sync_timeout;
+        self.replies.push(
+            async move {
+                let answer = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
+                (channel, peer, answer)
+            }
+            .boxed(),
+        );
+    }
+}
+
+/// Splits `…/p2p/<peer>` into the peer and the address without the suffix.
+pub(crate) fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut base = addr.clone();
+    match base.pop() {
+        Some(Protocol::P2p(peer)) => Some((peer, base)),
+        _ => None,
+    }
+}

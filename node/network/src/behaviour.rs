@@ -1,0 +1,104 @@
+//! The composed libp2p behaviour: one field per protocol.
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::gossip::Topic;
+use crate::sync;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    allow_block_list, connection_limits, gossipsub, identify, identity::Keypair, kad, mdns, ping,
+    request_response, StreamProtocol,
+};
+
+/// The Kademlia protocol name: our own DHT, not the IPFS one.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bitorch/kad/1");
+/// What identify announces as the protocol version.
+pub const IDENTIFY_VERSION: &str = "/bitorch/1";
+
+/// Every protocol the node speaks.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    /// Banned peers: their connections are refused and closed.
+    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Caps on connections.
+    pub(crate) limits: connection_limits::Behaviour,
+    /// Exchanges listen addresses and protocols.
+    pub(crate) identify: identify::Behaviour,
+    /// Liveness.
+    pub(crate) ping: ping::Behaviour,
+    /// Peer discovery.
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Transactions and consensus messages.
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    /// Block sync.
+    pub(crate) sync: request_response::Behaviour<sync::Codec>,
+    /// LAN discovery, when enabled.
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+impl Behaviour {
+    pub(crate) fn new(key: &Keypair, config: &Config) -> Result<Self, Error> {
+        let peer_id = key.public().to_peer_id();
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(config.max_connections))
+            .with_max_established_per_peer(Some(config.max_connections_per_peer))
+            .with_max_pending_incoming(Some(config.max_pending_incoming));
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+                .with_agent_version(format!("bitorch/{}", env!("CARGO_PKG_VERSION"))),
+        );
+
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config.set_query_timeout(std::time::Duration::from_secs(30));
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // Answer DHT queries even before an external address is confirmed (on a LAN or
+        // loopback one never is), so that peers learn of each other through us.
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .max_transmit_size(config.max_gossip_bytes)
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .build()
+            .map_err(|e| Error::Build(format!("gossipsub config: {e}")))?;
+        let mut gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )
+        .map_err(|e| Error::Build(format!("gossipsub: {e}")))?;
+        for topic in Topic::ALL {
+            gossipsub
+                .subscribe(&topic.ident())
+                .map_err(|e| Error::Build(format!("subscribing to {topic}: {e}")))?;
+        }
+
+        let sync = request_response::Behaviour::new(
+            [(sync::PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(config.sync_timeout)
+                .with_max_concurrent_streams(config.max_pending_sync_requests.max(1)),
+        );
+
+        let mdns = if config.mdns {
+            Some(
+                mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                    .map_err(|e| Error::Build(format!("mDNS: {e}")))?,
+            )
+        } else {
+            None
+        };
+
+        Ok(Self {
+            blocked: Default::default(),
+            limits: connection_limits::Behaviour::new(limits),
+            identify,
+            ping: ping::Behaviour::default(),
+            kad,
+            gossipsub,
+            sync,
+            mdns: mdns.into(),
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! The cloneable handle through which the node drives the network service.
+
+use crate::error::Error;
+use crate::gossip::Topic;
+use crate::peers::Misbehaviour;
+use crate::sync::{self, SyncBlock};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+/// A request to the service task; each carries a `oneshot` for its answer.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Publish {
+        topic: Topic,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    RequestBlocks {
+        peer: PeerId,
+        request: sync::Request,
+        reply: oneshot::Sender<Result<Vec<SyncBlock>, Error>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    ListenAddresses {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    BannedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    ReportPeer {
+        peer: PeerId,
+        misbehaviour: Misbehaviour,
+        reply: oneshot::Sender<()>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+}
+
+/// A cloneable handle to the network service. Every call goes over a bounded channel to the
+/// task that owns the swarm; it fails with [`Error::Stopped`] once that task has ended.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+}
+
+impl Handle {
+    pub(crate) fn new(tx: mpsc::Sender<Command>, local_peer_id: PeerId) -> Self {
+        Self { tx, local_peer_id }
+    }
+
+    async fn call<R>(&self, make: impl FnOnce(oneshot::Sender<R>) -> Command) -> Result<R, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// Publishes `data` on `topic`. Fails if it is too large or no peer subscribes to the
+    /// topic yet.
+    pub async fn publish(&self, topic: Topic, data: Vec<u8>) -> Result<(), Error> {
+        self.call(|reply| Command::Publish { topic, data, reply }).await?
+    }
+
+    /// Asks `peer` for up to `max` blocks from height `from` (dialing it if needed, when its
+    /// address is known). A peer that answers with more blocks than asked, or with bytes that
+    /// do not decode, is penalised.
+    pub async fn request_blocks(
+        &self,
+        peer: PeerId,
+        from: u64,
+        max: u32,
+    ) -> Result<Vec<SyncBlock>, Error> {
+        let request = sync::Request { from, max };
+        self.call(|reply| Command::RequestBlocks { peer, request, reply }).await?
+    }
+
+    /// The peers connected now.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, Error> {
+        self.call(|reply| Command::ConnectedPeers { reply }).await
+    }
+
+    /// The addresses the node listens on now.
+    pub async fn listen_addresses(&self) -> Result<Vec<Multiaddr>, Error> {
+        self.call(|reply| Command::ListenAddresses { reply }).await
+    }
+
+    /// The peers banned now.
+    pub async fn banned_peers(&self) -> Result<Vec<PeerId>, Error> {
+        self.call(|reply| Command::BannedPeers { reply }).await
+    }
+
+    /// Penalises `peer`; enough penalties (one for a severe misbehaviour) disconnect and ban
+    /// it. The penalty is applied when this returns.
+    pub async fn report_peer(&self, peer: PeerId, misbehaviour: Misbehaviour) -> Result<(), Error> {
+        self.call(|reply| Command::ReportPeer { peer, misbehaviour, reply }).await
+    }
+
+    /// Dials an address (with or without a `/p2p/<peer id>` suffix). Returns once the dial
+    /// has started; the connection shows up as [`Event::PeerConnected`](crate::Event).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), Error> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+}

@@ -1,0 +1,103 @@
+//! Bitorch peer-to-peer networking on libp2p (tokio).
+//!
+//! One task, started by [`spawn`], owns the libp2p swarm; the node drives it through a
+//! cloneable [`Handle`] (bounded command channel, a `oneshot` answer per call) and receives
+//! [`Event`]s on a bounded channel: gossip messages with the peer that sent them, inbound
+//! block-sync requests with a `oneshot` for the answer, and peers connecting and leaving.
+//!
+//! Protocols, one behaviour each (see [`behaviour`]):
+//! - transport: TCP with noise and yamux (QUIC is left out: its TLS stack pulls a large C
+//!   build, `aws-lc-sys`, onto the 2-core build machines);
+//! - identify and ping;
+//! - Kademlia (`/bitorch/kad/1`) for discovery: a node given one boot node learns the others,
+//!   and while it has fewer than [`Config::target_peers`] it dials peers from its routing
+//!   table and walks the DHT for more;
+//! - gossipsub on versioned topics ([`Topic`]: `/bitorch/tx/1`, `/bitorch/consensus/1`), with
+//!   signed messages and a maximum message size;
+//! - request-response block sync ([`sync`], `/bitorch/sync/1`): SCALE request and response
+//!   types with explicit size limits; blocks travel as opaque bytes with their commits;
+//! - mDNS for LANs, behind [`Config::mdns`] (off by default);
+//! - connection limits and a ban list.
+//!
+//! Peer score ([`peers`]): a peer that sends an undecodable or oversized sync message, or that
+//! the node reports with [`Handle::report_peer`], is penalised; at [`peers::BAN_THRESHOLD`] it
+//! is disconnected and its connections are refused until the ban expires. The node keeps
+//! working.
+//!
+//! The node's identity is a persistent ed25519 key ([`key`]), in the format
+//! `bitorch key generate-node-key` writes.
+
+mod actor;
+pub mod behaviour;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod gossip;
+pub mod handle;
+pub mod key;
+pub mod peers;
+pub mod sync;
+
+pub use config::Config;
+pub use error::Error;
+pub use event::Event;
+pub use gossip::Topic;
+pub use handle::Handle;
+pub use key::NodeKey;
+pub use libp2p::{identity::Keypair, Multiaddr, PeerId};
+pub use peers::Misbehaviour;
+
+use libp2p::{noise, tcp, yamux};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Starts the network service: loads the node key, listens, dials the boot nodes and starts
+/// discovery. Returns the handle, the event receiver and the task, which ends when `cancel`
+/// fires or every handle is dropped. Must be called inside a tokio runtime.
+pub fn spawn(
+    config: Config,
+    cancel: CancellationToken,
+) -> Result<(Handle, mpsc::Receiver<Event>, tokio::task::JoinHandle<()>), Error> {
+    let keypair = config.node_key.keypair()?;
+    let local_peer_id = keypair.public().to_peer_id();
+    let boot_nodes = config
+        .boot_nodes
+        .iter()
+        .map(|a| actor::split_peer(a).ok_or_else(|| Error::BootNodeWithoutPeerId(a.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let behaviour = behaviour::Behaviour::new(&keypair, &config)?;
+    let idle = config.idle_connection_timeout;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| Error::Build(format!("TCP transport: {e}")))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| Error::Build(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
+
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| Error::Listen { addr: addr.clone(), reason: e.to_string() })?;
+    }
+    for (peer, addr) in &boot_nodes {
+        swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+    }
+    for addr in &config.boot_nodes {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(target: "network", %addr, error = %e, "cannot dial boot node");
+        }
+    }
+    if !boot_nodes.is_empty() {
+        // Fails only without known peers, which the boot nodes just provided.
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+    }
+    tracing::info!(target: "network", peer = %local_peer_id, boot_nodes = boot_nodes.len(), mdns = config.mdns, "network service starting");
+
+    let (tx, commands) = mpsc::channel(config.command_capacity.max(1));
+    let (events_tx, events) = mpsc::channel(config.event_capacity.max(1));
+    let task = tokio::spawn(actor::EventLoop::new(swarm, config, commands, events_tx).run(cancel));
+    Ok((Handle::new(tx, local_peer_id), events, task))
+}

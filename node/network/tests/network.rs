@@ -1,0 +1,426 @@
+//! Real-socket tests on loopback (127.0.0.1, OS-assigned ports), each bounded in time. Every
+//! node is stopped when its `TestNode` drops, so a failing test cleans up too.
+
+use bitorch_network::sync::{self, Response, SyncBlock, SyncError};
+use bitorch_network::{
+    spawn, Config, Error, Event, Handle, Misbehaviour, Multiaddr, NodeKey, PeerId, Topic,
+};
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux, StreamProtocol, Swarm};
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+const BAN: Duration = Duration::from_secs(3);
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn loopback() -> Multiaddr {
+    Multiaddr::empty().with(Protocol::Ip4([127, 0, 0, 1].into())).with(Protocol::Tcp(0))
+}
+
+fn config(key: NodeKey, boot_nodes: Vec<Multiaddr>) -> Config {
+    let mut c = Config::new(key);
+    c.listen = vec![loopback()];
+    c.boot_nodes = boot_nodes;
+    c.maintenance_interval = Duration::from_millis(300);
+    c.discovery_interval = Duration::from_secs(1);
+    c.ban_duration = BAN;
+    c.sync_timeout = Duration::from_secs(5);
+    c
+}
+
+/// A running node; stopped on drop.
+struct TestNode {
+    handle: Handle,
+    events: Option<mpsc::Receiver<Event>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    cancel: CancellationToken,
+    /// Its listen address with `/p2p/<peer id>`.
+    addr: Multiaddr,
+}
+
+impl TestNode {
+    async fn start(config: Config) -> TestNode {
+        let cancel = CancellationToken::new();
+        let (handle, events, task) = spawn(config, cancel.clone()).expect("spawn");
+        let addr = eventually("a listen address", || {
+            let handle = handle.clone();
+            async move { handle.listen_addresses().await.ok().and_then(|a| a.into_iter().next()) }
+        })
+        .await;
+        let addr = addr.with(Protocol::P2p(handle.local_peer_id()));
+        TestNode { handle, events: Some(events), task: Some(task), cancel, addr }
+    }
+
+    fn id(&self) -> PeerId {
+        self.handle.local_peer_id()
+    }
+
+    async fn peers(&self) -> Vec<PeerId> {
+        self.handle.connected_peers().await.expect("service running")
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("network task ended cleanly");
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Polls `f` every 100 ms until it yields `Some`, for at most 15 s.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let poll = async {
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), poll)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Answers every sync request with blocks `from..from+max` (block bytes = the height).
+fn serve_blocks(mut events: mpsc::Receiver<Event>) -> tokio::task::JoinHandle<Vec<sync::Request>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(event) = events.recv().await {
+            if let Event::SyncRequest { request, reply, .. } = event {
+                seen.push(request);
+                let blocks = (request.from..request.from + u64::from(request.max))
+                    .map(|h| SyncBlock { block: h.to_le_bytes().to_vec(), commit: vec![0xc0] })
+                    .collect();
+                let _ = reply.send(Response::Blocks(blocks));
+            }
+        }
+        seen
+    })
+}
+
+async fn run_bounded(test: impl Future<Output = ()>) {
+    init_logs();
+    tokio::time::timeout(TEST_TIMEOUT, test).await.expect("test took too long");
+}
+
+/// Takes every pending event off `rx`; returns the gossip payloads `author` published.
+fn drain_gossip(rx: &mut mpsc::Receiver<Event>, author: PeerId) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let Event::Gossip { topic: Topic::Consensus, author: Some(who), data, .. } = event {
+            if who == author {
+                out.push(data);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_discover_each_other_gossip_and_sync() {
+    run_bounded(async {
+        // C knows only B, B knows only A.
+        let mut a = TestNode::start(config(NodeKey::Ephemeral, vec![])).await;
+        let mut b = TestNode::start(config(NodeKey::Ephemeral, vec![a.addr.clone()])).await;
+        let mut c = TestNode::start(config(NodeKey::Ephemeral, vec![b.addr.clone()])).await;
+        let server = serve_blocks(a.events.take().expect("events"));
+        let mut b_rx = b.events.take().expect("events");
+        let mut c_rx = c.events.take().expect("events");
+
+        let ids = [a.id(), b.id(), c.id()];
+        eventually("all three connected to each other", || async {
+            for (node, me) in [(&a, ids[0]), (&b, ids[1]), (&c, ids[2])] {
+                let peers = node.peers().await;
+                if !ids.iter().filter(|p| **p != me).all(|p| peers.contains(p)) {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+
+        // Gossip published by A reaches B and C. Publishing fails until the peers'
+        // subscriptions have arrived, so publish until both have seen a message.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let (mut b_got, mut c_got) = (false, false);
+        for seq in 0u32.. {
+            assert!(tokio::time::Instant::now() < deadline, "gossip from A did not reach B and C");
+            let _ = a.handle.publish(Topic::Consensus, format!("hello {seq}").into_bytes()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let hello = |d: &Vec<u8>| d.starts_with(b"hello ");
+            b_got |= drain_gossip(&mut b_rx, a.id()).iter().any(hello);
+            c_got |= drain_gossip(&mut c_rx, a.id()).iter().any(hello);
+            if b_got && c_got {
+                break;
+            }
+        }
+
+        // A sync request from C to A returns A's answer.
+        let blocks = c.handle.request_blocks(a.id(), 5, 3).await.expect("sync from A");
+        let heights: Vec<u64> = blocks
+            .iter()
+            .map(|b| u64::from_le_bytes(b.block.as_slice().try_into().expect("8 bytes")))
+            .collect();
+        assert_eq!(heights, vec![5, 6, 7]);
+        assert!(blocks.iter().all(|b| b.commit == vec![0xc0]));
+        // Requests for too many blocks are clamped, on both sides.
+        let many = c.handle.request_blocks(a.id(), 0, 100_000).await.expect("sync from A");
+        assert_eq!(many.len(), sync::MAX_BLOCKS_PER_REQUEST as usize);
+
+        // Gossip that is too large is refused before it leaves.
+        let huge = vec![0u8; Config::new(NodeKey::Ephemeral).max_gossip_bytes + 1];
+        assert!(matches!(
+            a.handle.publish(Topic::Transactions, huge).await,
+            Err(Error::MessageTooLarge { .. })
+        ));
+
+        // B, the only link between A and C at the start, leaves; A and C, which found each
+        // other through the DHT, stay connected.
+        let (a_id, c_id) = (a.id(), c.id());
+        b.stop().await;
+        eventually("A and C connected without B", || async {
+            (a.peers().await == vec![c_id] && c.peers().await == vec![a_id]).then_some(())
+        })
+        .await;
+
+        a.stop().await;
+        let seen = server.await.expect("server task");
+        assert_eq!(seen.len(), 2);
+        assert!(seen.iter().all(|r| r.max <= sync::MAX_BLOCKS_PER_REQUEST));
+        c.stop().await;
+    })
+    .await;
+}
+
+/// Writes and reads raw bytes on the sync protocol, as a broken or hostile peer would.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut buf = Vec::new();
+        io.take(1 << 20).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        self.read_request(p, io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&res).await
+    }
+}
+
+fn raw_client() -> Swarm<request_response::Behaviour<RawCodec>> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .expect("transport")
+        .with_behaviour(|_| {
+            request_response::Behaviour::new(
+                [(sync::PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+            )
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build()
+}
+
+/// Sends `bytes` to `target` as a sync request; returns the raw answer, if any came back.
+async fn send_raw(target: &TestNode, bytes: Vec<u8>) -> (PeerId, Option<Vec<u8>>) {
+    let mut client = raw_client();
+    let me = *client.local_peer_id();
+    client.dial(target.addr.clone()).expect("dial");
+    client.behaviour_mut().send_request(&target.id(), bytes);
+    loop {
+        match client.select_next_some().await {
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            }) => return (me, Some(response)),
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                tracing::info!(?error, "raw request failed");
+                return (me, None);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_sync_requests_are_refused_and_banned() {
+    run_bounded(async {
+        let mut a = TestNode::start(config(NodeKey::Ephemeral, vec![])).await;
+        let server = serve_blocks(a.events.take().expect("events"));
+
+        let refused = Some(Response::Refused(SyncError::BadRequest));
+        let decode = |bytes: Option<Vec<u8>>| {
+            bytes.and_then(|b| parity_scale_codec::Decode::decode(&mut b.as_slice()).ok())
+        };
+        // Garbage: does not decode.
+        let (garbage_peer, answer) = send_raw(&a, vec![0xff; 3]).await;
+        assert_eq!(decode(answer), refused);
+        // Oversized: more than the request limit. The node stops reading at the limit, so the
+        // sender may see its stream reset before the refusal; it never gets blocks.
+        let (big_peer, answer) = send_raw(&a, vec![0; sync::MAX_REQUEST_BYTES * 100]).await;
+        let answer = answer.map(|b| decode(Some(b)));
+        assert!(matches!(answer, None | Some(Some(Response::Refused(SyncError::BadRequest)))));
+
+        // Both senders are banned and disconnected.
+        eventually("both bad senders banned and gone", || async {
+            let banned = a.handle.banned_peers().await.ok()?;
+            let peers = a.peers().await;
+            let done =
+                [garbage_peer, big_peer].iter().all(|p| banned.contains(p) && !peers.contains(p));
+            done.then_some(())
+        })
+        .await;
+
+        // The node keeps working: a well-behaved peer syncs from it.
+        let b = TestNode::start(config(NodeKey::Ephemeral, vec![a.addr.clone()])).await;
+        let blocks = b.handle.request_blocks(a.id(), 1, 2).await.expect("sync from A");
+        assert_eq!(blocks.len(), 2);
+
+        a.stop().await;
+        let seen = server.await.expect("server task");
+        assert_eq!(
+            seen,
+            vec![sync::Request { from: 1, max: 2 }],
+            "bad requests never reach the node"
+        );
+        b.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_peer_is_disconnected_and_refused_during_its_ban() {
+    run_bounded(async {
+        let a = TestNode::start(config(NodeKey::Ephemeral, vec![])).await;
+        let b = TestNode::start(config(NodeKey::Ephemeral, vec![a.addr.clone()])).await;
+        eventually("A and B connected", || async {
+            (a.peers().await.contains(&b.id()) && b.peers().await.contains(&a.id())).then_some(())
+        })
+        .await;
+
+        let banned_at = tokio::time::Instant::now();
+        a.handle.report_peer(b.id(), Misbehaviour::InvalidBlock).await.expect("report");
+        assert_eq!(a.handle.banned_peers().await.expect("banned"), vec![b.id()]);
+        eventually("B disconnected from A", || async {
+            (!a.peers().await.contains(&b.id()) && !b.peers().await.contains(&a.id())).then_some(())
+        })
+        .await;
+
+        // B keeps dialing; A refuses it for as long as the ban lasts.
+        while banned_at.elapsed() < BAN - Duration::from_millis(700) {
+            b.handle.dial(a.addr.clone()).await.expect("dial starts");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            assert!(!a.peers().await.contains(&b.id()), "A accepted a banned peer");
+        }
+
+        // Once the ban expires, B gets back in on its own: it redials the peers its routing
+        // table knows while it has fewer than it wants.
+        eventually("B reconnected after the ban", || async {
+            a.peers().await.contains(&b.id()).then_some(())
+        })
+        .await;
+        assert!(a.handle.banned_peers().await.expect("banned").is_empty());
+        a.stop().await;
+        b.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_key_persists_across_restarts() {
+    run_bounded(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = dir.path().join("network");
+        let first = TestNode::start(config(NodeKey::Dir(net.clone()), vec![])).await;
+        let id = first.id();
+        first.stop().await;
+        let second = TestNode::start(config(NodeKey::Dir(net.clone()), vec![])).await;
+        assert_eq!(second.id(), id, "same directory, same PeerId");
+        second.stop().await;
+
+        // A key written by `bitorch key generate-node-key` (32 bytes as hex) is used as is.
+        let cli_dir = dir.path().join("cli");
+        std::fs::create_dir_all(&cli_dir).expect("mkdir");
+        std::fs::write(cli_dir.join(bitorch_network::key::KEY_FILE), "07".repeat(32))
+            .expect("write key");
+        let expected = libp2p::identity::Keypair::ed25519_from_bytes([7u8; 32])
+            .expect("key")
+            .public()
+            .to_peer_id();
+        let node = TestNode::start(config(NodeKey::Dir(cli_dir), vec![])).await;
+        assert_eq!(node.id(), expected);
+        node.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_configuration_is_reported() {
+    let no_peer_id: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().expect("addr");
+    let result = spawn(config(NodeKey::Ephemeral, vec![no_peer_id]), CancellationToken::new());
+    assert!(matches!(result, Err(Error::BootNodeWithoutPeerId(_))));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(bitorch_network::key::KEY_FILE), "garbage").expect("write");
+    let result = spawn(config(NodeKey::Dir(dir.path().into()), vec![]), CancellationToken::new());
+    assert!(matches!(result, Err(Error::MalformedKey { .. })));
+}
