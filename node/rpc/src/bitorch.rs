@@ -49,6 +49,26 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
             .await
             .map_err(internal)?
     });
+    method!(m, "bitorch_consensusState", |_p, ctx| {
+        ctx.chain
+            .with(|s| -> RpcResult {
+                let validators = s.chain.validators().map_err(internal)?;
+                let finalized = s.chain.finalized();
+                Ok(json!({
+                    "engine": "single-validator dev authoring",
+                    "height": s.chain.best().number + 1,
+                    "round": 0,
+                    "finalizedNumber": finalized.number,
+                    "finalizedHash": finalized.hash(),
+                    "validators": validators.iter().map(|(v, power)| json!({
+                        "address": to_ss58(v),
+                        "votingPower": power,
+                    })).collect::<Vec<_>>(),
+                }))
+            })
+            .await
+            .map_err(internal)?
+    });
     method!(m, "bitorch_job", |p, ctx| {
         let id: u64 = required(&p, 0, "job id")?;
         ctx.chain

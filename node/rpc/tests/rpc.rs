@@ -141,6 +141,12 @@ async fn transfer_is_included_and_watched_to_finality() {
     assert_eq!(chain, "Bitorch Development");
     let props: Value = node.client.request("system_properties", rpc_params![]).await.unwrap();
     assert_eq!(props["ss58Format"], 42);
+    let consensus: Value =
+        node.client.request("bitorch_consensusState", rpc_params![]).await.unwrap();
+    assert_eq!(consensus["height"], 2);
+    assert_eq!(consensus["finalizedNumber"], 1);
+    assert_eq!(consensus["validators"][0]["address"], to_ss58(&account_of(&alice)));
+    assert_eq!(consensus["validators"][0]["votingPower"], 1_100, "Alice bonds 1,100 BTR");
 }
 
 #[tokio::test]
