@@ -2,11 +2,13 @@
 //!
 //! `bitorch node` runs a full node; `bitorch key` manages sr25519 keys the way Substrate's
 //! `subkey` does; `bitorch wallet` signs transactions locally and submits them over JSON-RPC;
-//! `bitorch chain-spec` writes chain specs; `bitorch purge-chain` deletes a chain's data.
+//! `bitorch chain-spec` writes chain specs; `bitorch purge-chain` deletes a chain's data;
+//! `bitorch infer` runs a model locally, split into in-process stages if asked.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod infer;
 mod key;
 mod node;
 mod wallet;
@@ -33,6 +35,8 @@ enum Command {
     ChainSpec(node::ChainSpecArgs),
     /// Delete a chain's database.
     PurgeChain(node::PurgeArgs),
+    /// Run a model locally and stream its answer.
+    Infer(infer::InferArgs),
 }
 
 fn main() {
@@ -50,5 +54,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Wallet(cmd) => wallet::run(cmd),
         Command::ChainSpec(args) => node::chain_spec(args),
         Command::PurgeChain(args) => node::purge(args),
+        Command::Infer(args) => infer::run(args),
     }
 }

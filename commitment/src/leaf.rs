@@ -1,0 +1,74 @@
+//! The canonical leaf: one token position of one stage run.
+
+use crate::Hash;
+
+/// What a stage computed at one token position: the hidden state it received and the one it
+/// produced. For the first stage the input is the token embedding; for the last stage the output
+/// is the hidden state after its last layer (before the final norm and LM head).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leaf {
+    /// Token position in the session, from 0.
+    pub position: u32,
+    /// The stage's input hidden state at this position.
+    pub input: Vec<f32>,
+    /// The stage's output hidden state at this position.
+    pub output: Vec<f32>,
+}
+
+impl Leaf {
+    /// The canonical bytes: see [`encode_leaf`].
+    pub fn encode(&self) -> Vec<u8> {
+        encode_leaf(self.position, &self.input, &self.output)
+    }
+
+    /// blake2-256 of the canonical bytes.
+    pub fn hash(&self) -> Hash {
+        leaf_hash(self.position, &self.input, &self.output)
+    }
+}
+
+/// Canonical byte encoding of a leaf: `position` as u32 little-endian, then the input as a u32
+/// little-endian element count followed by each f32's IEEE-754 bits little-endian, then the
+/// output the same way. Floats are encoded bit for bit (no NaN canonicalization): the encoding
+/// commits to exactly what was computed.
+pub fn encode_leaf(position: u32, input: &[f32], output: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + 4 * (input.len() + output.len()));
+    out.extend_from_slice(&position.to_le_bytes());
+    for xs in [input, output] {
+        // Hidden states are a few thousand floats; u32 covers any real model.
+        out.extend_from_slice(&(xs.len() as u32).to_le_bytes());
+        for x in xs {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// blake2-256 of [`encode_leaf`].
+pub fn leaf_hash(position: u32, input: &[f32], output: &[f32]) -> Hash {
+    sp_crypto_hashing::blake2_256(&encode_leaf(position, input, output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_layout() {
+        let bytes = encode_leaf(0x0102_0304, &[1.0], &[-2.0, 0.5]);
+        assert_eq!(&bytes[..4], &[4, 3, 2, 1]);
+        assert_eq!(&bytes[4..8], &1u32.to_le_bytes());
+        assert_eq!(&bytes[8..12], &1.0f32.to_le_bytes());
+        assert_eq!(&bytes[12..16], &2u32.to_le_bytes());
+        assert_eq!(&bytes[16..20], &(-2.0f32).to_le_bytes());
+        assert_eq!(&bytes[20..24], &0.5f32.to_le_bytes());
+        assert_eq!(bytes.len(), 24);
+    }
+
+    #[test]
+    fn length_prefix_separates_input_from_output() {
+        assert_ne!(leaf_hash(0, &[1.0, 2.0], &[3.0]), leaf_hash(0, &[1.0], &[2.0, 3.0]));
+        assert_ne!(leaf_hash(0, &[1.0], &[2.0]), leaf_hash(1, &[1.0], &[2.0]));
+        assert_ne!(leaf_hash(0, &[0.0], &[2.0]), leaf_hash(0, &[-0.0], &[2.0]));
+    }
+}

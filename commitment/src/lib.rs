@@ -1,0 +1,341 @@
+//! Activation commitments for stage runs.
+//!
+//! A worker that runs a stage (a contiguous range of a model's layers) over a session commits to
+//! what it computed: a [`Leaf`] per token position holds the stage's input and output hidden
+//! states, hashed with blake2-256 over a canonical byte encoding ([`encode_leaf`]); the leaf
+//! hashes form a complete binary Merkle tree (`merkle-cbt`) whose root, with the number of
+//! leaves, is the [`Commitment`] the worker signs.
+//!
+//! An auditor asks the worker to open a prefix of positions ([`Trace::open_prefix`]), checks the
+//! opening against the commitment ([`verify_proof`]) and re-executes the stage on the committed
+//! inputs in one batched pass through a [`Reexecute`] implementation (the inference crate
+//! provides one), accepting only if every committed output is within [`Tolerance`] of the
+//! recomputed one ([`verify_stage`]). Consecutive stages chain: stage k's output at a position
+//! must be bit-identical to stage k+1's input there ([`verify_chain`]), which anyone can check
+//! without running a model.
+//!
+//! This crate does no I/O and has no model dependency, so the jobs pallet can use it too.
+
+pub mod error;
+pub mod leaf;
+pub mod tree;
+
+pub use error::Error;
+pub use leaf::{encode_leaf, leaf_hash, Leaf};
+pub use tree::{prove, verify_hashes, verify_proof, Blake2Merge, Commitment, Proof};
+
+/// A blake2-256 hash.
+pub type Hash = [u8; 32];
+
+/// The leaves of one stage run over a session, kept by the worker so it can open them later.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    leaves: Vec<Leaf>,
+    hashes: Vec<Hash>,
+}
+
+impl Trace {
+    /// An empty trace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the next position's input and output hidden states; returns its position.
+    pub fn push(&mut self, input: Vec<f32>, output: Vec<f32>) -> u32 {
+        let position = self.leaves.len() as u32;
+        let leaf = Leaf { position, input, output };
+        self.hashes.push(leaf.hash());
+        self.leaves.push(leaf);
+        position
+    }
+
+    /// Number of recorded positions.
+    pub fn len(&self) -> usize {
+        self.leaves.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.leaves.is_empty()
+    }
+
+    /// The recorded leaves, by position.
+    pub fn leaves(&self) -> &[Leaf] {
+        &self.leaves
+    }
+
+    /// The leaf hashes, by position.
+    pub fn hashes(&self) -> &[Hash] {
+        &self.hashes
+    }
+
+    /// The commitment to everything recorded so far.
+    pub fn commitment(&self) -> Commitment {
+        Commitment::from_leaf_hashes(&self.hashes)
+    }
+
+    /// Opens the given positions (distinct, any order).
+    pub fn open(&self, positions: &[u32]) -> Result<Opening, Error> {
+        let proof = prove(&self.hashes, positions)?;
+        let mut positions = positions.to_vec();
+        positions.sort_unstable();
+        let leaves = positions.iter().map(|&p| self.leaves[p as usize].clone()).collect();
+        Ok(Opening { leaves, proof })
+    }
+
+    /// Opens positions `0..=last`, what [`verify_stage`] needs to check position `last`.
+    pub fn open_prefix(&self, last: u32) -> Result<Opening, Error> {
+        let positions: Vec<u32> = (0..=last).collect();
+        self.open(&positions)
+    }
+}
+
+/// Committed leaves and the proof that they belong to a commitment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opening {
+    /// The opened leaves, by increasing position.
+    pub leaves: Vec<Leaf>,
+    /// Their multi-proof.
+    pub proof: Proof,
+}
+
+/// A stage that can be re-executed on committed inputs.
+pub trait Reexecute {
+    /// Runs the stage from an empty cache over `inputs`, the input hidden states of positions
+    /// `0..inputs.len()`, in one batched pass, and returns the output hidden state of every
+    /// position.
+    fn reexecute(&self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String>;
+}
+
+/// How close a committed output must be to the recomputed one.
+///
+/// The check is per position, on the relative L2 error:
+/// `||committed - recomputed||_2 <= rel * ||recomputed||_2 + abs * sqrt(n)` with `n` the hidden
+/// size. NaN or infinite values never pass.
+///
+/// Why these defaults. An honest worker decodes one token at a time while the auditor
+/// re-executes the whole prefix in one batch. With the inference crate's batch-invariant
+/// attention kernel, which committed sessions use, the two agree bit for bit on the same backend
+/// (measured on SmolLM2-135M, both with its Q4_1 weights and dequantized to f32). With candle's
+/// own attention they do not: on f32 weights the outputs differ by about 1e-6, but on quantized
+/// weights, whose matmuls re-quantize activations to 8 bits, last-bit differences get amplified
+/// to whole quantization steps, up to 1.2e-2 measured, which is why committed sessions do not use
+/// it. The cheats we test (a skipped layer, other weights, outputs of other inputs) give errors of
+/// 1e-1 and more, and noise of relative size 1e-2 gives 1e-2. `rel = 1e-3` is ten times below the
+/// smallest of those and leaves f32 re-association room (a different CPU or BLAS) for
+/// unquantized matmuls; an auditor of a quantized model should run the worker's kernels (same
+/// backend and instruction set), since 8-bit re-quantization can amplify those differences too.
+/// L2 rather than max-abs: Llama-family hidden states have a few outlier channels hundreds of
+/// times larger than the rest, which would make a max-abs bound either flag honest runs or miss
+/// noise on the ordinary channels. The tiny `abs` floor only matters for all-zero states.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    /// Relative L2 tolerance.
+    pub rel: f64,
+    /// Absolute per-element floor (scaled by `sqrt(n)`).
+    pub abs: f64,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Self { rel: 1e-3, abs: 1e-6 }
+    }
+}
+
+impl Tolerance {
+    /// The relative L2 error of `got` against `want` (infinite on NaN, infinity or a length
+    /// mismatch).
+    pub fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+        if got.len() != want.len() {
+            return f64::INFINITY;
+        }
+        let (mut diff, mut norm) = (0f64, 0f64);
+        for (&g, &w) in got.iter().zip(want) {
+            let d = g as f64 - w as f64;
+            diff += d * d;
+            norm += (w as f64) * (w as f64);
+        }
+        let err = diff.sqrt() / norm.sqrt().max(f64::MIN_POSITIVE);
+        if err.is_finite() {
+            err
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// Whether `got` is close enough to `want`.
+    pub fn accepts(&self, got: &[f32], want: &[f32]) -> bool {
+        if got.len() != want.len() {
+            return false;
+        }
+        let (mut diff, mut norm) = (0f64, 0f64);
+        for (&g, &w) in got.iter().zip(want) {
+            let d = g as f64 - w as f64;
+            diff += d * d;
+            norm += (w as f64) * (w as f64);
+        }
+        let bound = self.rel * norm.sqrt() + self.abs * (got.len() as f64).sqrt();
+        // NaN compares false, so it never passes.
+        diff.sqrt() <= bound
+    }
+}
+
+/// Verifies an opened stage run: the opening must cover positions `0..=last` (attention makes
+/// every output depend on all earlier inputs), its leaves and proof must rebuild the committed
+/// root, and re-executing the stage on the committed inputs must reproduce every committed
+/// output within `tolerance`.
+pub fn verify_stage<R: Reexecute + ?Sized>(
+    commitment: &Commitment,
+    opening: &Opening,
+    stage: &R,
+    tolerance: Tolerance,
+) -> Result<(), Error> {
+    let leaves = &opening.leaves;
+    let last = leaves.last().ok_or(Error::BadPositions)?.position;
+    for (i, leaf) in leaves.iter().enumerate() {
+        if leaf.position != i as u32 {
+            return Err(Error::NotAPrefix { last });
+        }
+    }
+    let hidden = leaves[0].input.len();
+    for leaf in leaves {
+        for (which, xs) in [("input", &leaf.input), ("output", &leaf.output)] {
+            if xs.len() != hidden {
+                return Err(Error::HiddenSize {
+                    position: leaf.position,
+                    which,
+                    got: xs.len(),
+                    expected: hidden,
+                });
+            }
+        }
+    }
+    verify_proof(commitment, leaves, &opening.proof)?;
+    let inputs: Vec<Vec<f32>> = leaves.iter().map(|l| l.input.clone()).collect();
+    let outputs = stage.reexecute(&inputs).map_err(Error::Reexecution)?;
+    if outputs.len() != leaves.len() {
+        return Err(Error::ReexecutionShape { got: outputs.len(), expected: leaves.len() });
+    }
+    for (leaf, recomputed) in leaves.iter().zip(&outputs) {
+        if !tolerance.accepts(&leaf.output, recomputed) {
+            return Err(Error::OutputMismatch {
+                position: leaf.position,
+                error: Tolerance::relative_error(&leaf.output, recomputed),
+                tolerance: tolerance.rel,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that stage k's opened outputs are bit-identical to stage k+1's opened inputs at every
+/// position both openings cover. (Each opening is checked against its own commitment separately,
+/// with [`verify_proof`].)
+pub fn verify_chain(stage_k: &[Leaf], stage_k1: &[Leaf]) -> Result<(), Error> {
+    let next: std::collections::HashMap<u32, &Leaf> =
+        stage_k1.iter().map(|b| (b.position, b)).collect();
+    for a in stage_k {
+        if let Some(b) = next.get(&a.position) {
+            let same = a.output.len() == b.input.len()
+                && a.output.iter().zip(&b.input).all(|(x, y)| x.to_bits() == y.to_bits());
+            if !same {
+                return Err(Error::BrokenChain { position: a.position });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A toy "stage": output at position p is the running sum of inputs 0..=p, times 2.
+    struct PrefixSum;
+
+    impl Reexecute for PrefixSum {
+        fn reexecute(&self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+            let mut acc = vec![0f32; inputs[0].len()];
+            Ok(inputs
+                .iter()
+                .map(|x| {
+                    for (a, v) in acc.iter_mut().zip(x) {
+                        *a += v;
+                    }
+                    acc.iter().map(|a| a * 2.0).collect()
+                })
+                .collect())
+        }
+    }
+
+    fn honest(n: usize) -> Trace {
+        let inputs: Vec<Vec<f32>> =
+            (0..n).map(|i| vec![i as f32 + 1.0, 0.5 - i as f32, 3.0]).collect();
+        let outputs = PrefixSum.reexecute(&inputs).unwrap();
+        let mut trace = Trace::new();
+        for (i, o) in inputs.into_iter().zip(outputs) {
+            trace.push(i, o);
+        }
+        trace
+    }
+
+    #[test]
+    fn honest_run_verifies() {
+        let trace = honest(9);
+        let opening = trace.open_prefix(6).unwrap();
+        verify_stage(&trace.commitment(), &opening, &PrefixSum, Tolerance::default()).unwrap();
+    }
+
+    #[test]
+    fn wrong_output_is_rejected() {
+        let mut trace = Trace::new();
+        trace.push(vec![1.0, 2.0], vec![2.0, 4.0]);
+        trace.push(vec![1.0, 1.0], vec![4.0, 6.1]);
+        let opening = trace.open_prefix(1).unwrap();
+        let err = verify_stage(&trace.commitment(), &opening, &PrefixSum, Tolerance::default());
+        assert!(matches!(err, Err(Error::OutputMismatch { position: 1, .. })), "{err:?}");
+    }
+
+    #[test]
+    fn gaps_and_tampering_are_rejected() {
+        let trace = honest(5);
+        let c = trace.commitment();
+        let gap = trace.open(&[0, 2]).unwrap();
+        assert!(matches!(
+            verify_stage(&c, &gap, &PrefixSum, Tolerance::default()),
+            Err(Error::NotAPrefix { .. })
+        ));
+        let mut opening = trace.open_prefix(3).unwrap();
+        opening.leaves[1].input[0] += 1.0;
+        assert!(matches!(
+            verify_stage(&c, &opening, &PrefixSum, Tolerance::default()),
+            Err(Error::BadProof)
+        ));
+    }
+
+    #[test]
+    fn nan_never_passes() {
+        let t = Tolerance::default();
+        assert!(!t.accepts(&[f32::NAN], &[1.0]));
+        assert!(!t.accepts(&[1.0], &[f32::NAN]));
+        assert!(t.accepts(&[0.0], &[0.0]));
+        assert!(t.accepts(&[1.0005], &[1.0]));
+        assert!(!t.accepts(&[1.01], &[1.0]));
+    }
+
+    #[test]
+    fn chain() {
+        let a = honest(3);
+        let mut b = Trace::new();
+        for leaf in a.leaves() {
+            b.push(leaf.output.clone(), vec![0.0; 3]);
+        }
+        verify_chain(a.leaves(), b.leaves()).unwrap();
+        let mut broken = b.leaves().to_vec();
+        broken[2].input[1] = f32::from_bits(broken[2].input[1].to_bits() ^ 1);
+        assert!(matches!(
+            verify_chain(a.leaves(), &broken),
+            Err(Error::BrokenChain { position: 2 })
+        ));
+    }
+}

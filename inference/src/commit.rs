@@ -1,0 +1,28 @@
+//! Re-executing a stage on committed inputs, for the auditor of a commitment.
+
+use crate::Stage;
+use bitorch_commitment::Reexecute;
+use candle_core::{DType, Tensor};
+
+impl Reexecute for Stage {
+    /// One batched pass over the committed inputs from an empty cache, with the batch-invariant
+    /// attention kernel that committed sessions use (f32 inputs are cast to the stage's dtype,
+    /// outputs back to f32).
+    fn reexecute(&self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+        let run = || -> crate::Result<Vec<Vec<f32>>> {
+            let hidden = self.config().hidden_size;
+            if inputs.iter().any(|x| x.len() != hidden) {
+                return Err(crate::Error::StageInput(format!(
+                    "committed inputs must have {hidden} floats"
+                )));
+            }
+            let flat: Vec<f32> = inputs.iter().flatten().copied().collect();
+            let x = Tensor::from_vec(flat, (1, inputs.len(), hidden), self.device())?
+                .to_dtype(self.dtype())?;
+            let mut cache = self.new_cache_with(crate::model::Kernel::BatchInvariant);
+            let y = self.forward_layers(&x, 0, &mut cache)?;
+            Ok(y.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+        };
+        run().map_err(|e| e.to_string())
+    }
+}
