@@ -43,6 +43,15 @@ pub struct NodeArgs {
     /// Node name reported by `system_name`.
     #[arg(long, default_value = "Bitorch Node")]
     name: String,
+    /// Peer-to-peer listen address (multiaddr). Used unless `--dev`.
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/30333")]
+    listen_addr: String,
+    /// Boot nodes to join the network through (`/ip4/…/tcp/…/p2p/<peer id>`), repeatable.
+    #[arg(long = "boot-nodes", num_args = 1..)]
+    boot_nodes: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    #[arg(long)]
+    mdns: bool,
 }
 
 /// Options of `bitorch chain-spec`.
@@ -112,8 +121,11 @@ pub fn run(args: NodeArgs) -> Result<()> {
         let genesis = chain.genesis();
         let best = chain.best().number;
         let chain_name = chain.spec().name.clone();
+        let chain_id = chain.spec().id.clone();
+        let networked = !args.dev;
         let key = match &validator_suri {
             None => None,
+            Some(suri) if networked => Some(pair_from_suri(suri).context("--validator")?),
             Some(suri) => {
                 let pair = pair_from_suri(suri).context("--validator")?;
                 let me = service::account_of(&pair);
@@ -135,10 +147,34 @@ pub fn run(args: NodeArgs) -> Result<()> {
         let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module).await?;
         tracing::info!(target: "node", chain = %chain_name, %genesis, best, base_path = %base.display(), "node started");
         tracing::info!(target: "node", "JSON-RPC listening on http://{addr} and ws://{addr}");
-        let authoring = key.map(|k| {
-            tracing::info!(target: "node", validator = %to_ss58(&service::account_of(&k)), block_time_ms = args.block_time, "authoring blocks");
-            service::spawn_dev_authoring(handle.clone(), k, Duration::from_millis(args.block_time.max(1)), cancel.clone())
-        });
+        let authoring = if networked {
+            let mut config = bitorch_network::Config::new(bitorch_network::NodeKey::Dir(
+                base.join("chains").join(&chain_id).join("network"),
+            ));
+            config.listen = vec![args.listen_addr.parse().context("--listen-addr")?];
+            config.boot_nodes = args
+                .boot_nodes
+                .iter()
+                .map(|a| a.parse().with_context(|| format!("--boot-nodes {a}")))
+                .collect::<Result<_>>()?;
+            config.mdns = args.mdns;
+            let (net, events, _net_task) = bitorch_network::spawn(config, cancel.clone())?;
+            tracing::info!(target: "node", peer_id = %net.local_peer_id(), validator = ?key.as_ref().map(|k| to_ss58(&service::account_of(k))), "joining the network");
+            Some(bitorch_service::p2p::spawn(
+                handle.clone(),
+                net,
+                events,
+                key,
+                genesis,
+                Duration::from_millis(args.block_time.max(1)),
+                cancel.clone(),
+            ))
+        } else {
+            key.map(|k| {
+                tracing::info!(target: "node", validator = %to_ss58(&service::account_of(&k)), block_time_ms = args.block_time, "authoring blocks");
+                service::spawn_dev_authoring(handle.clone(), k, Duration::from_millis(args.block_time.max(1)), cancel.clone())
+            })
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!(target: "node", "interrupted; shutting down"),

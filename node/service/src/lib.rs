@@ -10,6 +10,7 @@
 
 pub mod chain;
 pub mod error;
+pub mod p2p;
 pub mod pool;
 pub mod service;
 

@@ -186,6 +186,12 @@ impl TxPool {
         newest.map(|t| t.hash)
     }
 
+    /// A pooled transaction by hash.
+    pub fn get(&self, hash: &Hash) -> Option<Arc<UncheckedExtrinsic>> {
+        let (sender, nonce) = self.by_hash.get(hash)?;
+        self.by_sender.get(sender)?.get(nonce).map(|t| t.xt.clone())
+    }
+
     /// Removes a transaction.
     pub fn remove(&mut self, hash: &Hash) -> Option<PoolTx> {
         let (sender, nonce) = self.by_hash.remove(hash)?;

@@ -1,0 +1,394 @@
+//! The networked node: block sync, transaction relay and Tendermint consensus over libp2p.
+//!
+//! One task owns the consensus engine (when this node is a validator) and its timers; it
+//! talks to the chain service through its [`Handle`] and to the network through
+//! [`bitorch_network::Handle`]. Decided blocks, and blocks fetched from peers with their
+//! commit certificates, all enter the chain through [`crate::Chain::import_block`], which
+//! accepts only final blocks. A node that is behind (started late, restarted, or partitioned)
+//! asks its peers for the blocks it lacks every [`SYNC_INTERVAL`] and then follows consensus.
+
+use crate::service::{Event as ChainEvent, Handle, TxStatus};
+use bitorch_consensus::{
+    Action, Config, Consensus, MalachiteConsensus, Timeout, ValidatorSet, Value,
+};
+use bitorch_network::sync::{Response, SyncBlock};
+use bitorch_network::{Event as NetEvent, Handle as NetHandle, Misbehaviour, PeerId, Topic};
+use bitorch_primitives::{keys, Commit, Hash, Pair};
+use bitorch_runtime::{extrinsic::Block, staking, Balances, Call, UncheckedExtrinsic};
+use parity_scale_codec::{DecodeLimit, Encode};
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How often a node asks a peer for blocks it lacks.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
+/// Most blocks asked for at once.
+const SYNC_BATCH: u32 = 64;
+const DEPTH: u32 = bitorch_runtime::DECODE_DEPTH_LIMIT;
+
+struct Node {
+    chain: Handle,
+    net: NetHandle,
+    key: Option<Pair>,
+    genesis: Hash,
+    engine: Option<MalachiteConsensus>,
+    timers: Vec<(Instant, Timeout)>,
+    best: u64,
+    next_peer: usize,
+    block_time: Duration,
+    /// When the next height may start (block-time pacing after a decision).
+    start_next_at: Option<Instant>,
+    last_start: Instant,
+}
+
+/// Starts the networked node task; it ends when `cancel` fires (and cancels it if it fails).
+pub fn spawn(
+    chain: Handle,
+    net: NetHandle,
+    events: mpsc::Receiver<NetEvent>,
+    key: Option<Pair>,
+    genesis: Hash,
+    block_time: Duration,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let node = Node {
+            chain,
+            net,
+            key,
+            genesis,
+            engine: None,
+            timers: Vec::new(),
+            best: 0,
+            next_peer: 0,
+            block_time,
+            start_next_at: None,
+            last_start: Instant::now(),
+        };
+        if let Err(e) = node.run(events, cancel.clone()).await {
+            tracing::error!(target: "p2p", error = %e, "networked node failed; stopping");
+            cancel.cancel();
+        }
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Node {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<NetEvent>,
+        cancel: CancellationToken,
+    ) -> Result<(), crate::Error> {
+        let mut chain_events = self.chain.subscribe();
+        self.best = self.chain.with(|s| s.chain.best().number).await?;
+        let first = self.restart_engine().await?;
+        self.perform(first).await?;
+        let mut sync = tokio::time::interval(SYNC_INTERVAL);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = self.timers.iter().map(|t| t.0).min();
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_net_event(ev).await?,
+                    None => return Ok(()),
+                },
+                ev = chain_events.recv() => match ev {
+                    Ok(ChainEvent::Tx(hash, TxStatus::Ready | TxStatus::Future)) => self.relay(hash).await?,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(target: "p2p", missed = n, "chain events lagged; some transactions were not relayed");
+                    }
+                    Err(_) => return Ok(()),
+                },
+                _ = tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if next.is_some() => {
+                    let now = Instant::now();
+                    let (due, rest): (Vec<_>, Vec<_>) = self.timers.drain(..).partition(|t| t.0 <= now);
+                    self.timers = rest;
+                    for (_, t) in due {
+                        if let Some(engine) = self.engine.as_mut() {
+                            let actions = engine.on_timeout(t).unwrap_or_else(|e| {
+                                tracing::warn!(target: "p2p", error = %e, "consensus timeout failed");
+                                Vec::new()
+                            });
+                            self.perform(actions).await?;
+                        }
+                    }
+                }
+                _ = sync.tick() => self.sync().await?,
+                _ = tokio::time::sleep_until(self.start_next_at.unwrap_or_else(Instant::now)), if self.start_next_at.is_some() => {
+                    self.start_next_at = None;
+                    let actions = self.restart_engine().await?;
+                    self.perform(actions).await?;
+                }
+            }
+        }
+    }
+
+    /// (Re)starts consensus at the height after the best block, if we are a validator of it;
+    /// returns the engine's first actions for that height.
+    async fn restart_engine(&mut self) -> Result<Vec<Action>, crate::Error> {
+        let Some(key) = self.key.clone() else { return Ok(Vec::new()) };
+        let (best, powers) =
+            self.chain.with(|s| s.chain.validators().map(|v| (s.chain.best().number, v))).await??;
+        self.best = best;
+        let me = keys::account_of(&key);
+        if !powers.iter().any(|(a, _)| a == &me) {
+            self.engine = None;
+            return Ok(Vec::new());
+        }
+        let set = ValidatorSet::new(powers).map_err(|e| crate::Error::Key(e.to_string()))?;
+        let height = best + 1;
+        let actions = match self.engine.as_mut() {
+            Some(engine) => engine.start_height(height, set),
+            None => {
+                let engine = self.engine.insert(MalachiteConsensus::new(
+                    Config::new(self.genesis),
+                    key,
+                    height,
+                    set.clone(),
+                ));
+                engine.start_height(height, set)
+            }
+        };
+        self.timers.clear();
+        self.last_start = Instant::now();
+        Ok(actions.unwrap_or_else(|e| {
+            tracing::warn!(target: "p2p", error = %e, height, "could not start consensus height");
+            Vec::new()
+        }))
+    }
+
+    async fn perform(&mut self, actions: Vec<Action>) -> Result<(), crate::Error> {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            let more = match action {
+                Action::Broadcast(bytes) => {
+                    if let Err(e) = self.net.publish(Topic::Consensus, bytes).await {
+                        tracing::debug!(target: "p2p", error = %e, "consensus message not published");
+                    }
+                    Vec::new()
+                }
+                Action::ScheduleTimeout { timeout, after } => {
+                    self.timers.push((Instant::now() + after, timeout));
+                    Vec::new()
+                }
+                Action::CancelTimeout(t) => {
+                    self.timers.retain(|x| x.1 != t);
+                    Vec::new()
+                }
+                Action::CancelAllTimeouts => {
+                    self.timers.clear();
+                    Vec::new()
+                }
+                Action::GetValue { height, round, .. } => self.propose(height, round).await?,
+                Action::CheckValue { height, value } => self.check(height, value).await?,
+                Action::Decided(d) => {
+                    let imported =
+                        match Block::decode_all_with_depth_limit(DEPTH, &mut &d.value.bytes[..]) {
+                            Ok(block) => {
+                                let commit = d.commit.clone();
+                                self.chain.with(move |s| s.import(block, commit)).await?
+                            }
+                            Err(e) => Err(crate::Error::Corrupt(format!(
+                                "decided block does not decode: {e}"
+                            ))),
+                        };
+                    match imported {
+                        Ok(b) => {
+                            tracing::info!(target: "p2p", number = b.header.number, hash = %b.hash, round = d.round, txs = b.extrinsics.len(), "finalized block")
+                        }
+                        Err(e) => {
+                            tracing::debug!(target: "p2p", error = %e, height = d.height, "decided block not imported (sync will fetch it)")
+                        }
+                    }
+                    // Pace blocks: the next height starts one block time after this one did.
+                    self.start_next_at = Some(self.last_start + self.block_time);
+                    Vec::new()
+                }
+                Action::Evidence(e) => {
+                    self.report(*e).await?;
+                    Vec::new()
+                }
+            };
+            queue.extend(more);
+        }
+        Ok(())
+    }
+
+    async fn propose(&mut self, height: u64, round: u32) -> Result<Vec<Action>, crate::Error> {
+        let Some(key) = self.key.clone() else { return Ok(Vec::new()) };
+        let built = self
+            .chain
+            .with(move |s| {
+                if s.chain.best().number + 1 != height {
+                    return None;
+                }
+                let candidates =
+                    s.pool.ready(s.chain.state()).into_iter().map(|x| (*x).clone()).collect();
+                s.chain.author_block(&key, candidates, now_ms()).ok().map(|(block, _, _)| block)
+            })
+            .await?;
+        let Some(block) = built else { return Ok(Vec::new()) };
+        let value = Value { hash: block.header.hash(), bytes: block.encode() };
+        let Some(engine) = self.engine.as_mut() else { return Ok(Vec::new()) };
+        Ok(engine.propose(height, round, value).unwrap_or_default())
+    }
+
+    async fn check(&mut self, height: u64, value: Value) -> Result<Vec<Action>, crate::Error> {
+        let valid = match Block::decode_all_with_depth_limit(DEPTH, &mut &value.bytes[..]) {
+            Ok(block) if block.header.hash() == value.hash && block.header.number == height => {
+                self.chain.with(move |s| s.chain.check_block(&block).is_ok()).await?
+            }
+            _ => false,
+        };
+        let Some(engine) = self.engine.as_mut() else { return Ok(Vec::new()) };
+        Ok(engine.value_checked(height, value, valid).unwrap_or_default())
+    }
+
+    async fn report(
+        &mut self,
+        evidence: bitorch_consensus::Equivocation,
+    ) -> Result<(), crate::Error> {
+        let Some(key) = self.key.clone() else { return Ok(()) };
+        let genesis = self.genesis;
+        let result = self
+            .chain
+            .with(move |s| {
+                let me = keys::account_of(&key);
+                let nonce = Balances::nonce(s.chain.state(), &me).unwrap_or(0);
+                let nonce = s.pool.next_nonce(&me, nonce);
+                let valid_until = s.chain.best().number + 64;
+                let call = Call::Staking(staking::Call::ReportEquivocation {
+                    evidence: Box::new(evidence),
+                });
+                let xt = UncheckedExtrinsic::sign(&key, &genesis, nonce, 0, valid_until, call);
+                s.submit(&xt.encode())
+            })
+            .await?;
+        match result {
+            Ok(hash) => tracing::warn!(target: "p2p", %hash, "reported an equivocating validator"),
+            Err(e) => {
+                tracing::debug!(target: "p2p", error = %e, "equivocation report not submitted")
+            }
+        }
+        Ok(())
+    }
+
+    async fn relay(&mut self, hash: Hash) -> Result<(), crate::Error> {
+        let bytes = self.chain.with(move |s| s.pool.get(&hash).map(|x| x.encode())).await?;
+        if let Some(bytes) = bytes {
+            if let Err(e) = self.net.publish(Topic::Transactions, bytes).await {
+                tracing::debug!(target: "p2p", error = %e, "transaction not relayed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_net_event(&mut self, ev: NetEvent) -> Result<(), crate::Error> {
+        match ev {
+            NetEvent::Gossip { topic: Topic::Consensus, from, data, .. } => {
+                if let Some(engine) = self.engine.as_mut() {
+                    match engine.on_message(&data) {
+                        Ok(actions) => self.perform(actions).await?,
+                        Err(
+                            bitorch_consensus::Error::Malformed(_)
+                            | bitorch_consensus::Error::Decode(_)
+                            | bitorch_consensus::Error::MessageTooLarge { .. }
+                            | bitorch_consensus::Error::UnsupportedVersion(_),
+                        ) => {
+                            let _ =
+                                self.net.report_peer(from, Misbehaviour::UndecodableMessage).await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(target: "p2p", error = %e, "consensus message ignored")
+                        }
+                    }
+                }
+            }
+            NetEvent::Gossip { topic: Topic::Transactions, from, data, .. } => {
+                if let Err(crate::Error::Pool(crate::pool::PoolError::Invalid(
+                    bitorch_runtime::TransactionError::Malformed(_)
+                    | bitorch_runtime::TransactionError::BadSignature,
+                ))) = self.chain.submit(data).await
+                {
+                    let _ = self.net.report_peer(from, Misbehaviour::BadSignature).await;
+                }
+            }
+            NetEvent::SyncRequest { request, reply, .. } => {
+                let blocks = self
+                    .chain
+                    .with(move |s| -> Result<Vec<SyncBlock>, crate::Error> {
+                        let mut out = Vec::new();
+                        let last = request.from.saturating_add(u64::from(request.max));
+                        for n in request.from..last {
+                            let Some(hash) = s.chain.db().hash_at(n)? else { break };
+                            let Some(block) = s.chain.block(&hash)? else { break };
+                            let Some(commit) = s.chain.db().justification(&hash)? else { break };
+                            out.push(SyncBlock { block: block.encode(), commit: commit.encode() });
+                        }
+                        Ok(out)
+                    })
+                    .await?;
+                let _ = reply.send(match blocks {
+                    Ok(b) => Response::Blocks(b),
+                    Err(_) => Response::Refused(bitorch_network::sync::SyncError::Unavailable),
+                });
+            }
+            NetEvent::PeerConnected(_) | NetEvent::PeerDisconnected(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Asks one connected peer (round robin) for the blocks after our best, imports them.
+    async fn sync(&mut self) -> Result<(), crate::Error> {
+        let peers = match self.net.connected_peers().await {
+            Ok(p) if !p.is_empty() => p,
+            _ => return Ok(()),
+        };
+        self.next_peer = (self.next_peer + 1) % peers.len();
+        let peer: PeerId = peers[self.next_peer];
+        let from = self.chain.with(|s| s.chain.best().number + 1).await?;
+        let blocks = match self.net.request_blocks(peer, from, SYNC_BATCH).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(target: "p2p", %peer, error = %e, "sync request failed");
+                return Ok(());
+            }
+        };
+        let mut imported = 0;
+        for sb in blocks {
+            let decoded = Block::decode_all_with_depth_limit(DEPTH, &mut &sb.block[..]).ok().zip(
+                <Commit as DecodeLimit>::decode_all_with_depth_limit(DEPTH, &mut &sb.commit[..])
+                    .ok(),
+            );
+            let Some((block, commit)) = decoded else {
+                let _ = self.net.report_peer(peer, Misbehaviour::InvalidResponse).await;
+                break;
+            };
+            match self.chain.with(move |s| s.import(block, commit)).await? {
+                Ok(b) => {
+                    imported += 1;
+                    tracing::info!(target: "p2p", number = b.header.number, hash = %b.hash, %peer, "imported block from peer");
+                }
+                Err(crate::Error::NotNextBlock { .. }) => break,
+                Err(e) => {
+                    tracing::warn!(target: "p2p", %peer, error = %e, "peer sent an invalid block");
+                    let _ = self.net.report_peer(peer, Misbehaviour::InvalidBlock).await;
+                    break;
+                }
+            }
+        }
+        if imported > 0 {
+            self.start_next_at = None;
+            let actions = self.restart_engine().await?;
+            self.perform(actions).await?;
+        }
+        Ok(())
+    }
+}
