@@ -55,9 +55,7 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
                 let validators = s.chain.validators().map_err(internal)?;
                 let finalized = s.chain.finalized();
                 Ok(json!({
-                    "engine": "single-validator dev authoring",
                     "height": s.chain.best().number + 1,
-                    "round": 0,
                     "finalizedNumber": finalized.number,
                     "finalizedHash": finalized.hash(),
                     "validators": validators.iter().map(|(v, power)| json!({

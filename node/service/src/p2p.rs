@@ -90,6 +90,9 @@ impl Node {
         self.perform(first).await?;
         let mut sync = tokio::time::interval(SYNC_INTERVAL);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Sync requests run beside the loop so a slow or dead peer never delays consensus.
+        let (synced_tx, mut synced) = mpsc::channel::<(PeerId, Vec<SyncBlock>)>(1);
+        let mut sync_in_flight = false;
         loop {
             let next = self.timers.iter().map(|t| t.0).min();
             tokio::select! {
@@ -120,7 +123,13 @@ impl Node {
                         }
                     }
                 }
-                _ = sync.tick() => self.sync().await?,
+                _ = sync.tick(), if !sync_in_flight => {
+                    sync_in_flight = self.start_sync(synced_tx.clone()).await?;
+                }
+                Some((peer, blocks)) = synced.recv() => {
+                    sync_in_flight = false;
+                    self.import_synced(peer, blocks).await?;
+                }
                 _ = tokio::time::sleep_until(self.start_next_at.unwrap_or_else(Instant::now)), if self.start_next_at.is_some() => {
                     self.start_next_at = None;
                     let actions = self.restart_engine().await?;
@@ -345,22 +354,39 @@ impl Node {
         Ok(())
     }
 
-    /// Asks one connected peer (round robin) for the blocks after our best, imports them.
-    async fn sync(&mut self) -> Result<(), crate::Error> {
+    /// Asks one connected peer (round robin) for the blocks after our best, in a task of its
+    /// own; the answer comes back on `done`. Returns whether a request was started.
+    async fn start_sync(
+        &mut self,
+        done: mpsc::Sender<(PeerId, Vec<SyncBlock>)>,
+    ) -> Result<bool, crate::Error> {
         let peers = match self.net.connected_peers().await {
             Ok(p) if !p.is_empty() => p,
-            _ => return Ok(()),
+            _ => return Ok(false),
         };
         self.next_peer = (self.next_peer + 1) % peers.len();
         let peer: PeerId = peers[self.next_peer];
         let from = self.chain.with(|s| s.chain.best().number + 1).await?;
-        let blocks = match self.net.request_blocks(peer, from, SYNC_BATCH).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::debug!(target: "p2p", %peer, error = %e, "sync request failed");
-                return Ok(());
-            }
-        };
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let blocks = match net.request_blocks(peer, from, SYNC_BATCH).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(target: "p2p", %peer, error = %e, "sync request failed");
+                    Vec::new()
+                }
+            };
+            let _ = done.send((peer, blocks)).await;
+        });
+        Ok(true)
+    }
+
+    /// Imports blocks a peer sent, in order, through the chain's import path.
+    async fn import_synced(
+        &mut self,
+        peer: PeerId,
+        blocks: Vec<SyncBlock>,
+    ) -> Result<(), crate::Error> {
         let mut imported = 0;
         for sb in blocks {
             let decoded = Block::decode_all_with_depth_limit(DEPTH, &mut &sb.block[..]).ok().zip(
