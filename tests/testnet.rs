@@ -155,6 +155,17 @@ fn four_validators_finalize_agree_and_survive_failures() {
     }
     wait("4 nodes at #3", &nodes, || nodes.iter().all(|n| n.height() >= 3));
     agree(&nodes.iter().collect::<Vec<_>>(), 3);
+    assert_eq!(rpc(nodes[0].rpc, "system_localPeerId", json!([])).unwrap(), boot_peer.as_str());
+    wait("every node to see peers", &nodes, || {
+        nodes
+            .iter()
+            .all(|n| rpc(n.rpc, "system_health", json!([])).unwrap()["peers"].as_u64() >= Some(1))
+    });
+    let listen = rpc(nodes[1].rpc, "system_localListenAddresses", json!([])).unwrap();
+    assert!(
+        listen[0].as_str().unwrap().contains(&format!("/tcp/{}/p2p/", nodes[1].p2p)),
+        "{listen}"
+    );
 
     // A transfer submitted to node 4 is finalized and visible from node 1.
     let before: u128 = rpc(nodes[0].rpc, "bitorch_account", json!([BOB])).unwrap()["free"]

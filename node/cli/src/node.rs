@@ -142,12 +142,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
         };
         let cancel = CancellationToken::new();
         let (handle, mut service_task) = service::spawn(chain, PoolLimits::default(), cancel.clone());
-        let ip = if args.rpc_external { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::LOCALHOST) };
-        let module = bitorch_rpc::module(handle.clone(), NodeInfo { name: args.name.clone(), version: env!("CARGO_PKG_VERSION").into() })?;
-        let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module).await?;
-        tracing::info!(target: "node", chain = %chain_name, %genesis, best, base_path = %base.display(), "node started");
-        tracing::info!(target: "node", "JSON-RPC listening on http://{addr} and ws://{addr}");
-        let authoring = if networked {
+        let network = if networked {
             let mut config = bitorch_network::Config::new(bitorch_network::NodeKey::Dir(
                 base.join("chains").join(&chain_id).join("network"),
             ));
@@ -160,20 +155,34 @@ pub fn run(args: NodeArgs) -> Result<()> {
             config.mdns = args.mdns;
             let (net, events, _net_task) = bitorch_network::spawn(config, cancel.clone())?;
             tracing::info!(target: "node", peer_id = %net.local_peer_id(), validator = ?key.as_ref().map(|k| to_ss58(&service::account_of(k))), "joining the network");
-            Some(bitorch_service::p2p::spawn(
+            Some((net, events))
+        } else {
+            None
+        };
+        let ip = if args.rpc_external { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::LOCALHOST) };
+        let module = bitorch_rpc::module(
+            handle.clone(),
+            NodeInfo { name: args.name.clone(), version: env!("CARGO_PKG_VERSION").into() },
+            network.as_ref().map(|(net, _)| net.clone()),
+        )?;
+        let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module).await?;
+        tracing::info!(target: "node", chain = %chain_name, %genesis, best, base_path = %base.display(), "node started");
+        tracing::info!(target: "node", "JSON-RPC listening on http://{addr} and ws://{addr}");
+        let block_time = Duration::from_millis(args.block_time.max(1));
+        let authoring = match network {
+            Some((net, events)) => Some(bitorch_service::p2p::spawn(
                 handle.clone(),
                 net,
                 events,
                 key,
                 genesis,
-                Duration::from_millis(args.block_time.max(1)),
+                block_time,
                 cancel.clone(),
-            ))
-        } else {
-            key.map(|k| {
+            )),
+            None => key.map(|k| {
                 tracing::info!(target: "node", validator = %to_ss58(&service::account_of(&k)), block_time_ms = args.block_time, "authoring blocks");
-                service::spawn_dev_authoring(handle.clone(), k, Duration::from_millis(args.block_time.max(1)), cancel.clone())
-            })
+                service::spawn_dev_authoring(handle.clone(), k, block_time, cancel.clone())
+            }),
         };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

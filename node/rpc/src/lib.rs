@@ -65,6 +65,7 @@ pub struct NodeInfo {
 pub struct Ctx {
     pub(crate) chain: Handle,
     pub(crate) info: NodeInfo,
+    pub(crate) network: Option<bitorch_network::Handle>,
 }
 
 /// Serializes a header the way Substrate does (numbers as hex), plus author and timestamp.
@@ -95,9 +96,13 @@ pub(crate) fn parse_address(s: &str) -> Result<AccountId, ErrorObjectOwned> {
     keys::parse_account(s).map_err(|e| err(codes::INVALID_PARAMS, e.to_string()))
 }
 
-/// Builds the RPC module.
-pub fn module(chain: Handle, info: NodeInfo) -> Result<RpcModule<Ctx>, Error> {
-    let mut m = RpcModule::new(Ctx { chain, info });
+/// Builds the RPC module; `network` is `None` for a node without networking (`--dev`).
+pub fn module(
+    chain: Handle,
+    info: NodeInfo,
+    network: Option<bitorch_network::Handle>,
+) -> Result<RpcModule<Ctx>, Error> {
+    let mut m = RpcModule::new(Ctx { chain, info, network });
     methods::register(&mut m)?;
     m.register_subscription(
         "chain_subscribeNewHeads",

@@ -100,12 +100,43 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
         "tokenDecimals": TOKEN_DECIMALS,
         "ss58Format": SS58_PREFIX,
     })));
-    method!(m, "system_health", |_p, _ctx| Ok(json!({
-        "peers": 0,
-        "isSyncing": false,
-        "shouldHavePeers": false,
-    })));
-    method!(m, "system_peers", |_p, _ctx| Ok(json!([])));
+    method!(m, "system_health", |_p, ctx| {
+        let peers = match &ctx.network {
+            Some(net) => net.connected_peers().await.map_err(internal)?.len(),
+            None => 0,
+        };
+        Ok(json!({
+            "peers": peers,
+            "isSyncing": false,
+            "shouldHavePeers": ctx.network.is_some(),
+        }))
+    });
+    method!(m, "system_peers", |_p, ctx| {
+        let peers = match &ctx.network {
+            Some(net) => net.connected_peers().await.map_err(internal)?,
+            None => Vec::new(),
+        };
+        Ok(json!(peers
+            .iter()
+            .map(|p| json!({ "peerId": p.to_string(), "roles": "FULL" }))
+            .collect::<Vec<_>>()))
+    });
+    method!(m, "system_localPeerId", |_p, ctx| {
+        match &ctx.network {
+            Some(net) => Ok(json!(net.local_peer_id().to_string())),
+            None => Err(err(codes::NOT_FOUND, "this node runs without networking (--dev)")),
+        }
+    });
+    method!(m, "system_localListenAddresses", |_p, ctx| {
+        match &ctx.network {
+            Some(net) => {
+                let id = net.local_peer_id();
+                let addrs = net.listen_addresses().await.map_err(internal)?;
+                Ok(json!(addrs.iter().map(|a| format!("{a}/p2p/{id}")).collect::<Vec<_>>()))
+            }
+            None => Ok(json!([])),
+        }
+    });
     method!(m, "system_accountNextIndex", |p, ctx| {
         let who = parse_address(&required::<String>(&p, 0, "account address")?)?;
         ctx.chain

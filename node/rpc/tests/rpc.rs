@@ -35,9 +35,12 @@ async fn start() -> Node {
     let genesis = chain.genesis();
     let cancel = CancellationToken::new();
     let (handle, _task) = service::spawn(chain, PoolLimits::default(), cancel.clone());
-    let module =
-        bitorch_rpc::module(handle.clone(), NodeInfo { name: "test".into(), version: "0".into() })
-            .unwrap();
+    let module = bitorch_rpc::module(
+        handle.clone(),
+        NodeInfo { name: "test".into(), version: "0".into() },
+        None,
+    )
+    .unwrap();
     let (server, addr) = bitorch_rpc::start("127.0.0.1:0".parse().unwrap(), module).await.unwrap();
     let c = cancel.clone();
     tokio::spawn(async move {
