@@ -51,14 +51,21 @@ impl Drop for Node {
 
 impl Node {
     fn start(&mut self, spec: &Path, boot: &str) {
+        self.start_as(spec, boot, true);
+    }
+
+    fn start_as(&mut self, spec: &Path, boot: &str, validator: bool) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.base.with_extension("log"))
             .unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["node", "--block-time", "500", "--validator", &format!("//{}", self.name)])
-            .arg("--chain")
+        cmd.args(["node", "--block-time", "500"]);
+        if validator {
+            cmd.args(["--validator", &format!("//{}", self.name)]);
+        }
+        cmd.arg("--chain")
             .arg(spec)
             .arg("--base-path")
             .arg(&self.base)
@@ -217,4 +224,21 @@ fn four_validators_finalize_agree_and_survive_failures() {
     wait("finality to resume", &nodes, || nodes.iter().all(|n| n.height() >= stalled + 3));
     let top = nodes.iter().map(|n| n.height()).min().unwrap();
     agree(&nodes.iter().collect::<Vec<_>>(), top);
+
+    // A fifth, non-validator node started after 50 finalized blocks, given one boot node,
+    // syncs to the head and follows.
+    wait("50 finalized blocks", &nodes, || nodes[0].height() >= 50);
+    let mut follower = Node {
+        base: dir.path().join("Follower"),
+        rpc: free_port(),
+        p2p: free_port(),
+        name: "Follower",
+        child: None,
+    };
+    follower.start_as(&spec, &boot, false);
+    wait("the follower to reach the head", &nodes, || follower.height() + 1 >= nodes[0].height());
+    let caught_up = follower.height();
+    wait("the follower to follow", &nodes, || follower.height() >= caught_up + 3);
+    let top = follower.height().min(nodes[0].height());
+    agree(&[&nodes[0], &follower], top);
 }
