@@ -1,8 +1,10 @@
 //! End-to-end: the `bitorch` binary as a user runs it. A dev node on loopback, the wallet
 //! commands against it, and restarts (graceful and `kill -9`) on the same base path.
 
+mod common;
+
+use common::{free_port, rpc};
 use serde_json::{json, Value};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -24,10 +26,6 @@ impl Drop for NodeProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn start_node(base: &Path, port: u16, tag: &str) -> NodeProc {
@@ -77,29 +75,6 @@ impl NodeProc {
 
     fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
-    }
-}
-
-/// A minimal JSON-RPC over HTTP client (what `curl` does).
-fn rpc(port: u16, method: &str, params: Value) -> Result<Value, String> {
-    use std::io::{Read, Write};
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        body.len(),
-        body
-    )
-    .map_err(|e| e.to_string())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-    let json_start = resp.find("\r\n\r\n").ok_or("no body")? + 4;
-    let v: Value = serde_json::from_str(&resp[json_start..]).map_err(|e| e.to_string())?;
-    match v.get("error") {
-        Some(e) => Err(e.to_string()),
-        None => Ok(v["result"].clone()),
     }
 }
 

@@ -2,8 +2,10 @@
 //! agreement, a transfer through one node seen at another, a validator killed and restarted
 //! (it catches up from peers), and two of four down (finality stops, then resumes).
 
+mod common;
+
+use common::{free_port, rpc};
 use serde_json::{json, Value};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,29 +13,6 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_bitorch");
 const BOB: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
 const NAMES: [&str; 4] = ["Alice", "Bob", "Charlie", "Dave"];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn rpc(port: u16, method: &str, params: Value) -> Result<Value, String> {
-    use std::io::{Read, Write};
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        body.len(),
-        body
-    )
-    .map_err(|e| e.to_string())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-    let start = resp.find("\r\n\r\n").ok_or("no body")? + 4;
-    let v: Value = serde_json::from_str(&resp[start..]).map_err(|e| e.to_string())?;
-    v.get("error").map_or(Ok(v["result"].clone()), |e| Err(e.to_string()))
-}
 
 struct Node {
     base: PathBuf,
