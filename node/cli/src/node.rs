@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context as _, Result};
 use bitorch_chain_spec::ChainSpec;
-use bitorch_primitives::keys::{pair_from_suri, to_ss58};
+use bitorch_primitives::keys::{account_of, pair_from_suri, to_ss58};
 use bitorch_rpc::NodeInfo;
 use bitorch_runtime::Staking;
 use bitorch_service::{service, Chain, PoolLimits};
@@ -128,7 +128,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             Some(suri) if networked => Some(pair_from_suri(suri).context("--validator")?),
             Some(suri) => {
                 let pair = pair_from_suri(suri).context("--validator")?;
-                let me = service::account_of(&pair);
+                let me = account_of(&pair);
                 let set = Staking::validator_set(chain.state())?;
                 if set != vec![me.clone()] {
                     bail!(
@@ -154,7 +154,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 .collect::<Result<_>>()?;
             config.mdns = args.mdns;
             let (net, events, _net_task) = bitorch_network::spawn(config, cancel.clone())?;
-            tracing::info!(target: "node", peer_id = %net.local_peer_id(), validator = ?key.as_ref().map(|k| to_ss58(&service::account_of(k))), "joining the network");
+            tracing::info!(target: "node", peer_id = %net.local_peer_id(), validator = ?key.as_ref().map(|k| to_ss58(&account_of(k))), "joining the network");
             Some((net, events))
         } else {
             None
@@ -180,7 +180,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 cancel.clone(),
             )),
             None => key.map(|k| {
-                tracing::info!(target: "node", validator = %to_ss58(&service::account_of(&k)), block_time_ms = args.block_time, "authoring blocks");
+                tracing::info!(target: "node", validator = %to_ss58(&account_of(&k)), block_time_ms = args.block_time, "authoring blocks");
                 service::spawn_dev_authoring(handle.clone(), k, block_time, cancel.clone())
             }),
         };

@@ -9,7 +9,7 @@
 
 use crate::error::Error;
 use bitorch_chain_spec::ChainSpec;
-use bitorch_pallet_support::{Context, Overlay, Storage};
+use bitorch_pallet_support::{Context, Overlay};
 use bitorch_primitives::{
     voting_power, AccountId, Commit, CommitSignature, Hash, Header, Pair, VotingPower,
 };
@@ -208,10 +208,15 @@ impl Chain {
     /// Checks a proposed next block without importing it: parent, author, execution and
     /// state root. Consensus asks this before voting for a block.
     pub fn check_block(&self, block: &Block) -> Result<(), Error> {
-        self.execute(block).map(|_| ())
+        self.execute(block, &self.validators()?).map(|_| ())
     }
 
-    fn execute(&self, block: &Block) -> Result<(Changes, Prepared), Error> {
+    /// Parent, author (a member of `validators`), execution and state root.
+    fn execute(
+        &self,
+        block: &Block,
+        validators: &[(AccountId, VotingPower)],
+    ) -> Result<(Changes, Prepared), Error> {
         let header = &block.header;
         let best_hash = self.best.hash();
         if header.parent_hash != best_hash || header.number != self.best.number + 1 {
@@ -222,7 +227,7 @@ impl Chain {
                 best: best_hash,
             });
         }
-        if !Staking::validator_set(&self.state)?.contains(&header.author) {
+        if !validators.iter().any(|(v, _)| v == &header.author) {
             return Err(Error::AuthorNotValidator(header.author.clone()));
         }
         let mut overlay = Overlay::new(&self.state);
@@ -245,8 +250,9 @@ impl Chain {
         if commit.block_hash != hash || commit.height != block.header.number {
             return Err(Error::CommitForOtherBlock);
         }
-        commit.verify(&self.genesis, &self.validators()?)?;
-        let (changes, prepared) = self.execute(&block)?;
+        let validators = self.validators()?;
+        commit.verify(&self.genesis, &validators)?;
+        let (changes, prepared) = self.execute(&block, &validators)?;
         let header = &block.header;
         let body = block.extrinsics.encode();
         self.db.commit(BlockCommit {
@@ -264,11 +270,6 @@ impl Chain {
             hash,
             extrinsics: block.extrinsics.iter().map(|x| x.hash()).collect(),
         })
-    }
-
-    /// Reads a value from the best state.
-    pub fn storage(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.state.get(key)
     }
 }
 

@@ -99,11 +99,6 @@ impl TxPool {
         self.by_hash.is_empty()
     }
 
-    /// Whether a transaction is pooled.
-    pub fn contains(&self, hash: &Hash) -> bool {
-        self.by_hash.contains_key(hash)
-    }
-
     /// Validates and admits raw transaction bytes against `state` (the best block's state);
     /// `ctx` describes the next block.
     pub fn submit<S: Storage + ?Sized>(
@@ -176,8 +171,7 @@ impl TxPool {
         for (sender, txs) in &self.by_sender {
             let account_nonce = Balances::nonce(state, sender).unwrap_or(0);
             let chain = self.ready_chain_len(sender, account_nonce) as Nonce;
-            for (nonce, tx) in txs.range(account_nonce.saturating_add(chain)..) {
-                let _ = nonce;
+            for tx in txs.range(account_nonce.saturating_add(chain)..).map(|(_, tx)| tx) {
                 if newest.is_none_or(|n| tx.arrival > n.arrival) {
                     newest = Some(tx);
                 }

@@ -5,7 +5,7 @@
 use crate::chain::{Chain, Imported};
 use crate::error::Error;
 use crate::pool::{PoolLimits, TxPool};
-use bitorch_primitives::{AccountId, Commit, Hash, Header, Pair};
+use bitorch_primitives::{Commit, Hash, Header, Pair};
 use bitorch_runtime::{extrinsic::Block, TransactionError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -199,9 +199,4 @@ pub fn spawn_dev_authoring(
             }
         }
     })
-}
-
-/// The account of a validator key.
-pub fn account_of(key: &Pair) -> AccountId {
-    bitorch_primitives::keys::account_of(key)
 }
