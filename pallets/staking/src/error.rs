@@ -89,7 +89,7 @@ pub enum Error {
     #[error("the offender has no stake")]
     OffenderNotStaked,
     /// This equivocation was already punished.
-    #[error("this equivocation (validator, height, round, vote kind) was already reported")]
+    #[error("this equivocation was already punished: the offender was slashed for double votes up to the block that jailed it")]
     AlreadyReported,
     /// An amount overflowed.
     #[error("arithmetic overflow in staking amounts")]

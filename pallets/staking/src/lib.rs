@@ -364,12 +364,18 @@ impl<C: Currency> Pallet<C> {
         if Self::ledger(s, offender)?.total() == 0 {
             return Err(Error::OffenderNotStaked);
         }
+        // One offence, one slash: the first report removes the offender from the candidates
+        // (it stops validating from the next block on), and double votes it signed at heights
+        // up to that block belong to the same offence, however many rounds, kinds or heights
+        // they span. Only an offence after it registers again is slashed again.
         let v = &evidence.first;
-        let key = support::map_key(PALLET, "reported", &(offender, v.height, v.round, v.kind));
-        if s.get(&key).is_some() {
-            return Err(Error::AlreadyReported);
+        let key = support::map_key(PALLET, "jailedAt", offender);
+        if let Some(at) = support::get::<BlockNumber>(s, &key)? {
+            if v.height <= at {
+                return Err(Error::AlreadyReported);
+            }
         }
-        support::put(s, key, &ctx.block_number);
+        support::put(s, key, &ctx.block_number.max(v.height));
         let mut candidates = Self::candidates(s)?;
         if let Some(pos) = candidates.iter().position(|c| c == offender) {
             candidates.remove(pos);

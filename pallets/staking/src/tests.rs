@@ -444,4 +444,41 @@ fn equivocation_evidence_slashes_once_and_removes_candidacy() {
     let r = support::transactional(&mut s, |o| Staking::dispatch(o, &acc(2), &report, &ctx));
     assert_eq!(r, Err(Error::AlreadyReported));
     assert_eq!(s, before);
+
+    // Double votes of other kinds, rounds or heights up to the jailing block are the same
+    // offence: no second slash.
+    let other = |height: u64, round: u32, kind: VoteKind, value: u8| {
+        let value = Some(H256::repeat_byte(value));
+        let bytes = vote_sign_bytes(&genesis, height, round, kind, value.as_ref());
+        SignedVote {
+            height,
+            round,
+            kind,
+            value,
+            validator: alice.clone(),
+            signature: pair.sign(&bytes),
+        }
+    };
+    let report_at = |height: u64, round: u32, kind: VoteKind| Call::ReportEquivocation {
+        evidence: Box::new(Equivocation {
+            first: other(height, round, kind, 1),
+            second: other(height, round, kind, 2),
+        }),
+    };
+    for (h, r, k) in [
+        (7, 0, VoteKind::Prevote),
+        (7, 3, VoteKind::Precommit),
+        (ctx.block_number, 0, VoteKind::Prevote),
+    ] {
+        let res = support::transactional(&mut s, |o| {
+            Staking::dispatch(o, &acc(2), &report_at(h, r, k), &ctx)
+        });
+        assert_eq!(res, Err(Error::AlreadyReported), "height {h} round {r} {k:?}");
+    }
+    assert_eq!(s, before);
+    // A later offence (after registering again) is slashed again.
+    Staking::dispatch(&mut s, &alice, &Call::RegisterValidator, &ctx).unwrap();
+    let later = report_at(8, 0, VoteKind::Prevote);
+    Staking::dispatch(&mut s, &acc(2), &later, &ctx).unwrap();
+    assert_eq!(Staking::ledger(&s, &alice).unwrap().bonded, 405, "10% of 450 slashed");
 }
