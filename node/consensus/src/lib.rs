@@ -34,6 +34,7 @@
 //! ([`bitorch_primitives::voting_power`] of each validator's stake), so a decided commit
 //! imports whatever the stakes.
 
+pub mod byzantine;
 pub mod context;
 pub mod driver;
 pub mod error;
