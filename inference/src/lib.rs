@@ -45,7 +45,7 @@ pub use pipeline::{
     Session,
 };
 pub use sampling::{Sampler, SamplingParams};
-pub use tokenizer::{ChatTemplate, StopStrings, TextStream, Tokenizer};
+pub use tokenizer::{ChatMessage, ChatTemplate, StopStrings, TextStream, Tokenizer};
 
 pub use bitorch_commitment as commitment;
 pub use candle_core::{DType, Device};

@@ -26,16 +26,49 @@ pub enum ChatTemplate {
     },
 }
 
+/// One message of a conversation, for [`ChatTemplate::render`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatMessage<'a> {
+    /// `system`, `user` or `assistant` (written into the template as given).
+    pub role: &'a str,
+    /// The message's text.
+    pub content: &'a str,
+}
+
+impl<'a> ChatMessage<'a> {
+    /// A message with this role and text.
+    pub fn new(role: &'a str, content: &'a str) -> Self {
+        Self { role, content }
+    }
+}
+
 impl ChatTemplate {
-    /// Formats a single-turn conversation ready for the assistant's answer.
+    /// Formats a single-turn conversation ready for the assistant's answer: the same as
+    /// [`render`](Self::render) of `system` (when given) and `user`.
     pub fn apply(&self, system: Option<&str>, user: &str) -> String {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(sys) = system {
+            messages.push(ChatMessage::new("system", sys));
+        }
+        messages.push(ChatMessage::new("user", user));
+        self.render(&messages)
+    }
+
+    /// Formats a conversation (any number of turns) ready for the assistant's answer. As in
+    /// SmolLM2's template, the default system message comes first when the conversation does
+    /// not open with a system message of its own.
+    pub fn render(&self, messages: &[ChatMessage<'_>]) -> String {
         match self {
             Self::ChatMl { default_system } => {
                 let mut s = String::new();
-                if let Some(sys) = system.or(default_system.as_deref()) {
+                let opens_with_system = messages.first().is_some_and(|m| m.role == "system");
+                if let (false, Some(sys)) = (opens_with_system, default_system) {
                     s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
                 }
-                s.push_str(&format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"));
+                for m in messages {
+                    s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+                }
+                s.push_str("<|im_start|>assistant\n");
                 s
             }
         }
@@ -353,5 +386,31 @@ mod tests {
             "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
         );
         assert!(t.apply(Some("X"), "hi").starts_with("<|im_start|>system\nX<|im_end|>"));
+        let none = ChatTemplate::ChatMl { default_system: None };
+        assert_eq!(
+            none.apply(None, "hi"),
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn chatml_conversation() {
+        let t = ChatTemplate::ChatMl { default_system: Some("S".into()) };
+        let turns = [
+            ChatMessage::new("user", "hi"),
+            ChatMessage::new("assistant", "hello"),
+            ChatMessage::new("user", "bye"),
+        ];
+        assert_eq!(
+            t.render(&turns),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n\
+             <|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nbye<|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+        // A system message of the conversation's own replaces the default; a single turn
+        // renders as `apply` does.
+        let own = [ChatMessage::new("system", "X"), ChatMessage::new("user", "hi")];
+        assert_eq!(t.render(&own), t.apply(Some("X"), "hi"));
+        assert_eq!(t.render(&turns[..1]), t.apply(None, "hi"));
     }
 }
