@@ -43,9 +43,10 @@ pub struct NodeArgs {
     /// Node name reported by `system_name`.
     #[arg(long, default_value = "Bitorch Node")]
     name: String,
-    /// Peer-to-peer listen address (multiaddr). Used unless `--dev`.
-    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/30333")]
-    listen_addr: String,
+    /// Peer-to-peer listen addresses (multiaddrs), repeatable: TCP (`/ip4/…/tcp/30333`) or
+    /// QUIC (`/ip4/…/udp/30333/quic-v1`), or both. Used unless `--dev`.
+    #[arg(long, num_args = 1.., default_value = "/ip4/127.0.0.1/tcp/30333")]
+    listen_addr: Vec<String>,
     /// Boot nodes to join the network through (`/ip4/…/tcp/…/p2p/<peer id>`), repeatable.
     #[arg(long = "boot-nodes", num_args = 1..)]
     boot_nodes: Vec<String>,
@@ -146,7 +147,11 @@ pub fn run(args: NodeArgs) -> Result<()> {
             let mut config = bitorch_network::Config::new(bitorch_network::NodeKey::Dir(
                 base.join("chains").join(&chain_id).join("network"),
             ));
-            config.listen = vec![args.listen_addr.parse().context("--listen-addr")?];
+            config.listen = args
+                .listen_addr
+                .iter()
+                .map(|a| a.parse().with_context(|| format!("--listen-addr {a}")))
+                .collect::<Result<_>>()?;
             config.boot_nodes = args
                 .boot_nodes
                 .iter()

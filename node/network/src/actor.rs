@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::event::Event;
 use crate::gossip::Topic;
 use crate::handle::Command;
-use crate::peers::{Misbehaviour, PeerBook};
+use crate::peers::{Lifted, Misbehaviour, PeerBook};
 use crate::sync::{self, SyncBlock, SyncError};
 use libp2p::futures::future::BoxFuture;
 use libp2p::futures::stream::FuturesUnordered;
@@ -53,6 +53,9 @@ pub(crate) struct EventLoop {
     delayed_bans: FuturesUnordered<BoxFuture<'static, PeerId>>,
     /// Peers in `ban_after_reply` or `delayed_bans`.
     condemned: HashSet<PeerId>,
+    /// The boot nodes: dialed again whenever the node is short of peers, and when their ban
+    /// ends.
+    boot_nodes: Vec<(PeerId, Multiaddr)>,
     last_discovery: Option<Instant>,
 }
 
@@ -62,6 +65,7 @@ impl EventLoop {
         config: Config,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
+        boot_nodes: Vec<(PeerId, Multiaddr)>,
     ) -> Self {
         Self {
             swarm,
@@ -74,6 +78,7 @@ impl EventLoop {
             ban_after_reply: HashMap::new(),
             delayed_bans: FuturesUnordered::new(),
             condemned: HashSet::new(),
+            boot_nodes,
             last_discovery: None,
         }
     }
@@ -148,6 +153,26 @@ impl EventLoop {
                 self.penalise(peer, misbehaviour);
                 let _ = reply.send(());
             }
+            Command::BanPeer { peer, duration, reply } => {
+                if peer == *self.swarm.local_peer_id() {
+                    let _ = reply.send(Err(Error::BanLocalPeer(peer)));
+                    return;
+                }
+                let duration = if duration.is_zero() { self.peers.default_ban() } else { duration };
+                tracing::warn!(target: TARGET, %peer, secs = duration.as_secs(), "operator bans peer");
+                self.condemned.remove(&peer);
+                self.ban(peer, duration);
+                let _ = reply.send(Ok(()));
+            }
+            Command::UnbanPeer { peer, reply } => {
+                let lifted = self.peers.unban(&peer);
+                let was_banned = lifted.is_some();
+                if let Some(lifted) = lifted {
+                    tracing::info!(target: TARGET, %peer, "operator lifts ban");
+                    self.lift(lifted);
+                }
+                let _ = reply.send(was_banned);
+            }
             Command::Dial { addr, reply } => {
                 let result = self
                     .swarm
@@ -176,16 +201,27 @@ impl EventLoop {
     fn penalise(&mut self, peer: PeerId, misbehaviour: Misbehaviour) {
         tracing::debug!(target: TARGET, %peer, ?misbehaviour, "penalising peer");
         self.condemned.remove(&peer);
-        if !self.peers.penalise(peer, misbehaviour, std::time::Instant::now()) {
+        if !self.peers.penalise(peer, misbehaviour) {
             return;
         }
-        tracing::warn!(
-            target: TARGET,
-            %peer,
-            ?misbehaviour,
-            secs = self.config.ban_duration.as_secs(),
-            "banning peer"
-        );
+        let duration = self.peers.default_ban();
+        tracing::warn!(target: TARGET, %peer, ?misbehaviour, secs = duration.as_secs(), "banning peer");
+        self.ban(peer, duration);
+    }
+
+    /// Bans `peer` for `duration` (replacing any ban it has): closes its connections, refuses
+    /// new ones both ways (the block list sits in front of every dial, Kademlia's and mDNS's
+    /// included, and of every inbound connection), drops its gossip and keeps gossipsub from
+    /// sending through it, and takes it out of the routing table so that discovery neither
+    /// dials it nor hands it to others. Where it was reachable is kept with the ban, to dial
+    /// it again when the ban ends.
+    fn ban(&mut self, peer: PeerId, duration: Duration) {
+        let addresses = self.known_addresses(&peer);
+        if let Some(evicted) = self.peers.ban(peer, duration, addresses, std::time::Instant::now())
+        {
+            tracing::info!(target: TARGET, peer = %evicted.peer, "ban list full; lifting the oldest ban");
+            self.lift(evicted);
+        }
         let behaviour = self.swarm.behaviour_mut();
         behaviour.blocked.block_peer(peer);
         behaviour.gossipsub.blacklist_peer(&peer);
@@ -193,36 +229,84 @@ impl EventLoop {
         let _ = self.swarm.disconnect_peer_id(peer);
     }
 
+    /// Ends a ban: lets the peer in again, puts its addresses back in the routing table and
+    /// dials it, so that a lifted partition heals without waiting for discovery.
+    fn lift(&mut self, lifted: Lifted) {
+        let Lifted { peer, mut addresses } = lifted;
+        for (boot, addr) in &self.boot_nodes {
+            if *boot == peer && !addresses.contains(addr) {
+                addresses.push(addr.clone());
+            }
+        }
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.blocked.unblock_peer(peer);
+        behaviour.gossipsub.remove_blacklisted_peer(&peer);
+        for addr in &addresses {
+            behaviour.kad.add_address(&peer, addr.clone());
+        }
+        if !addresses.is_empty() {
+            self.dial_peer(peer, addresses);
+        }
+    }
+
+    /// The addresses the routing table and the boot node list have for `peer`.
+    fn known_addresses(&mut self, peer: &PeerId) -> Vec<Multiaddr> {
+        let mut addresses: Vec<Multiaddr> =
+            self.boot_nodes.iter().filter(|(p, _)| p == peer).map(|(_, a)| a.clone()).collect();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                if entry.node.key.preimage() == peer {
+                    addresses.extend(entry.node.value.iter().cloned());
+                }
+            }
+        }
+        addresses
+    }
+
+    fn dial_peer(&mut self, peer: PeerId, addresses: Vec<Multiaddr>) {
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addresses)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(target: TARGET, %peer, error = %e, "dial failed");
+        }
+    }
+
     fn maintain(&mut self) {
-        for peer in self.peers.expire(std::time::Instant::now()) {
-            tracing::info!(target: TARGET, %peer, "ban expired");
-            let behaviour = self.swarm.behaviour_mut();
-            behaviour.blocked.unblock_peer(peer);
-            behaviour.gossipsub.remove_blacklisted_peer(&peer);
+        for lifted in self.peers.expire(std::time::Instant::now()) {
+            tracing::info!(target: TARGET, peer = %lifted.peer, "ban expired");
+            self.lift(lifted);
         }
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
         let wanted = self.config.target_peers.saturating_sub(connected.len());
         if wanted == 0 {
             return;
         }
-        // Dial peers the DHT knows but we are not connected to.
-        let mut candidates = Vec::new();
+        // Dial the boot nodes and the peers the DHT knows that we are not connected to. The
+        // boot nodes come first and always: the DHT forgets an address whose dial failed, so
+        // a node whose boot nodes were all down for a while would otherwise stay alone.
+        let wanted_peer = |peer: &PeerId| !connected.contains(peer) && !self.peers.is_banned(peer);
+        let mut candidates: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+        for (peer, addr) in &self.boot_nodes {
+            if !wanted_peer(peer) {
+                continue;
+            }
+            match candidates.iter_mut().find(|(p, _)| p == peer) {
+                Some((_, addresses)) => addresses.push(addr.clone()),
+                None => candidates.push((*peer, vec![addr.clone()])),
+            }
+        }
         for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
             for entry in bucket.iter() {
                 let peer = *entry.node.key.preimage();
-                if !connected.contains(&peer) && !self.peers.is_banned(&peer) {
-                    candidates.push((peer, entry.node.value.iter().cloned().collect::<Vec<_>>()));
+                if wanted_peer(&peer) && !candidates.iter().any(|(p, _)| *p == peer) {
+                    candidates.push((peer, entry.node.value.iter().cloned().collect()));
                 }
             }
         }
         for (peer, addresses) in candidates.into_iter().take(wanted) {
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addresses)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(target: TARGET, %peer, error = %e, "dial failed");
-            }
+            self.dial_peer(peer, addresses);
         }
         // And look for more, now and then.
         let due = self.last_discovery.is_none_or(|t| t.elapsed() >= self.config.discovery_interval);
@@ -272,7 +356,7 @@ impl EventLoop {
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
-                if info.protocols.contains(&KAD_PROTOCOL) =>
+                if info.protocols.contains(&KAD_PROTOCOL) && !self.peers.is_banned(&peer_id) =>
             {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -287,6 +371,13 @@ impl EventLoop {
                 let Some(topic) = Topic::from_hash(&message.topic) else {
                     return;
                 };
+                // Gossipsub already drops what a blacklisted peer sends or wrote; this also
+                // covers messages it delivered before its ban took effect.
+                let banned = |p: &PeerId| self.peers.is_banned(p);
+                if banned(&propagation_source) || message.source.as_ref().is_some_and(banned) {
+                    tracing::debug!(target: TARGET, from = %propagation_source, "gossip from a banned peer dropped");
+                    return;
+                }
                 self.emit(Event::Gossip {
                     topic,
                     from: propagation_source,

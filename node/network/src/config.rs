@@ -4,7 +4,7 @@ use crate::key::NodeKey;
 use libp2p::Multiaddr;
 use std::time::Duration;
 
-/// Default TCP port.
+/// Default port (TCP; QUIC may use the same number over UDP).
 pub const DEFAULT_PORT: u16 = 30333;
 
 /// How the network service runs. [`Config::new`] gives production defaults.
@@ -12,7 +12,9 @@ pub const DEFAULT_PORT: u16 = 30333;
 pub struct Config {
     /// The node's identity.
     pub node_key: NodeKey,
-    /// Addresses to listen on (`/ip4/0.0.0.0/tcp/30333` by default).
+    /// Addresses to listen on (`/ip4/0.0.0.0/tcp/30333` by default): TCP (`/ip4/…/tcp/N`),
+    /// QUIC (`/ip4/…/udp/N/quic-v1`), or both. Port 0 picks a free port;
+    /// [`Handle::listen_addresses`](crate::Handle::listen_addresses) tells which.
     pub listen: Vec<Multiaddr>,
     /// Boot nodes, each `…/p2p/<peer id>`. Discovery through the DHT starts from these.
     pub boot_nodes: Vec<Multiaddr>,

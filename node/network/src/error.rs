@@ -49,6 +49,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The node was asked to ban itself.
+    #[error("peer {0} is this node; pass another peer id to ban")]
+    BanLocalPeer(PeerId),
     /// The network service task has stopped.
     #[error("the network service has stopped")]
     Stopped,

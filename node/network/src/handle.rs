@@ -5,6 +5,7 @@ use crate::gossip::Topic;
 use crate::peers::Misbehaviour;
 use crate::sync::{self, SyncBlock};
 use libp2p::{Multiaddr, PeerId};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// A request to the service task; each carries a `oneshot` for its answer.
@@ -33,6 +34,15 @@ pub(crate) enum Command {
         peer: PeerId,
         misbehaviour: Misbehaviour,
         reply: oneshot::Sender<()>,
+    },
+    BanPeer {
+        peer: PeerId,
+        duration: Duration,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    UnbanPeer {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
     },
     Dial {
         addr: Multiaddr,
@@ -102,6 +112,26 @@ impl Handle {
     /// it. The penalty is applied when this returns.
     pub async fn report_peer(&self, peer: PeerId, misbehaviour: Misbehaviour) -> Result<(), Error> {
         self.call(|reply| Command::ReportPeer { peer, misbehaviour, reply }).await
+    }
+
+    /// Bans `peer` for `duration`, as an operator command (Bitcoin Core's `setban add`): its
+    /// connections are closed at once and refused in both directions, whoever dials (the
+    /// node's own discovery and mDNS included), its gossip is dropped and none is sent or
+    /// relayed through it, until the ban expires or [`Handle::unban_peer`] lifts it. A ban
+    /// already in force is replaced, so this also shortens or extends one. A zero `duration`
+    /// means the configured [`ban_duration`](crate::Config::ban_duration); bans are cut to
+    /// [`MAX_BAN_DURATION`](crate::peers::MAX_BAN_DURATION). The ban is in force when this
+    /// returns. Fails with [`Error::BanLocalPeer`] for the node's own peer id.
+    pub async fn ban_peer(&self, peer: PeerId, duration: Duration) -> Result<(), Error> {
+        self.call(|reply| Command::BanPeer { peer, duration, reply }).await?
+    }
+
+    /// Lifts the ban of `peer`, whether the operator or misbehaviour put it there (Bitcoin
+    /// Core's `setban remove`). The node dials the peer again at once at the addresses it knew
+    /// for it (its routing table's, and the boot node address), so that a partition made with
+    /// bans heals without waiting for discovery. Returns whether `peer` was banned.
+    pub async fn unban_peer(&self, peer: PeerId) -> Result<bool, Error> {
+        self.call(|reply| Command::UnbanPeer { peer, reply }).await
     }
 
     /// Dials an address (with or without a `/p2p/<peer id>` suffix). Returns once the dial

@@ -6,12 +6,14 @@
 //! block-sync requests with a `oneshot` for the answer, and peers connecting and leaving.
 //!
 //! Protocols, one behaviour each (see [`behaviour`]):
-//! - transport: TCP with noise and yamux (QUIC is left out: its TLS stack pulls a large C
-//!   build, `aws-lc-sys`, onto the 2-core build machines);
+//! - transports: TCP with noise and yamux, and QUIC (`quic-v1`, TLS 1.3 with the libp2p
+//!   certificate; streams multiplexed by QUIC itself). A node listens on every address of
+//!   [`Config::listen`], which may mix `/ip4/…/tcp/N` and `/ip4/…/udp/N/quic-v1`, and dials
+//!   either kind; TCP is the default;
 //! - identify and ping;
 //! - Kademlia (`/bitorch/kad/1`) for discovery: a node given one boot node learns the others,
-//!   and while it has fewer than [`Config::target_peers`] it dials peers from its routing
-//!   table and walks the DHT for more;
+//!   and while it has fewer than [`Config::target_peers`] it dials its boot nodes and the
+//!   peers in its routing table and walks the DHT for more;
 //! - gossipsub on versioned topics ([`Topic`]: `/bitorch/tx/1`, `/bitorch/consensus/1`), with
 //!   signed messages and a maximum message size;
 //! - request-response block sync ([`sync`], `/bitorch/sync/1`): SCALE request and response
@@ -22,7 +24,8 @@
 //! Peer score ([`peers`]): a peer that sends an undecodable or oversized sync message, or that
 //! the node reports with [`Handle::report_peer`], is penalised; at [`peers::BAN_THRESHOLD`] it
 //! is disconnected and its connections are refused until the ban expires. The node keeps
-//! working.
+//! working. The operator can ban and unban peers directly ([`Handle::ban_peer`],
+//! [`Handle::unban_peer`]); when a ban ends, however it ends, the node dials the peer again.
 //!
 //! The node's identity is a persistent ed25519 key ([`key`]), in the format
 //! `bitorch key generate-node-key` writes.
@@ -72,6 +75,7 @@ pub fn spawn(
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| Error::Build(format!("TCP transport: {e}")))?
+        .with_quic()
         .with_behaviour(|_| behaviour)
         .map_err(|e| Error::Build(format!("behaviour: {e}")))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -98,6 +102,8 @@ pub fn spawn(
 
     let (tx, commands) = mpsc::channel(config.command_capacity.max(1));
     let (events_tx, events) = mpsc::channel(config.event_capacity.max(1));
-    let task = tokio::spawn(actor::EventLoop::new(swarm, config, commands, events_tx).run(cancel));
+    let task = tokio::spawn(
+        actor::EventLoop::new(swarm, config, commands, events_tx, boot_nodes).run(cancel),
+    );
     Ok((Handle::new(tx, local_peer_id), events, task))
 }

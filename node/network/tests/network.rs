@@ -1,143 +1,17 @@
 //! Real-socket tests on loopback (127.0.0.1, OS-assigned ports), each bounded in time. Every
 //! node is stopped when its `TestNode` drops, so a failing test cleans up too.
 
-use bitorch_network::sync::{self, Response, SyncBlock, SyncError};
-use bitorch_network::{
-    spawn, Config, Error, Event, Handle, Misbehaviour, Multiaddr, NodeKey, PeerId, Topic,
-};
+mod common;
+
+use bitorch_network::sync::{self, Response, SyncError};
+use bitorch_network::{spawn, Config, Error, Misbehaviour, Multiaddr, NodeKey, PeerId, Topic};
+use common::{config, drain_gossip, eventually, run_bounded, serve_blocks, TestNode, BAN};
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, StreamProtocol, Swarm};
-use std::future::Future;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-const TEST_TIMEOUT: Duration = Duration::from_secs(30);
-const BAN: Duration = Duration::from_secs(3);
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-fn loopback() -> Multiaddr {
-    Multiaddr::empty().with(Protocol::Ip4([127, 0, 0, 1].into())).with(Protocol::Tcp(0))
-}
-
-fn config(key: NodeKey, boot_nodes: Vec<Multiaddr>) -> Config {
-    let mut c = Config::new(key);
-    c.listen = vec![loopback()];
-    c.boot_nodes = boot_nodes;
-    c.maintenance_interval = Duration::from_millis(300);
-    c.discovery_interval = Duration::from_secs(1);
-    c.ban_duration = BAN;
-    c.sync_timeout = Duration::from_secs(5);
-    c
-}
-
-/// A running node; stopped on drop.
-struct TestNode {
-    handle: Handle,
-    events: Option<mpsc::Receiver<Event>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    cancel: CancellationToken,
-    /// Its listen address with `/p2p/<peer id>`.
-    addr: Multiaddr,
-}
-
-impl TestNode {
-    async fn start(config: Config) -> TestNode {
-        let cancel = CancellationToken::new();
-        let (handle, events, task) = spawn(config, cancel.clone()).expect("spawn");
-        let addr = eventually("a listen address", || {
-            let handle = handle.clone();
-            async move { handle.listen_addresses().await.ok().and_then(|a| a.into_iter().next()) }
-        })
-        .await;
-        let addr = addr.with(Protocol::P2p(handle.local_peer_id()));
-        TestNode { handle, events: Some(events), task: Some(task), cancel, addr }
-    }
-
-    fn id(&self) -> PeerId {
-        self.handle.local_peer_id()
-    }
-
-    async fn peers(&self) -> Vec<PeerId> {
-        self.handle.connected_peers().await.expect("service running")
-    }
-
-    async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.expect("network task ended cleanly");
-        }
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-/// Polls `f` every 100 ms until it yields `Some`, for at most 15 s.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let poll = async {
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(15), poll)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// Answers every sync request with blocks `from..from+max` (block bytes = the height).
-fn serve_blocks(mut events: mpsc::Receiver<Event>) -> tokio::task::JoinHandle<Vec<sync::Request>> {
-    tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while let Some(event) = events.recv().await {
-            if let Event::SyncRequest { request, reply, .. } = event {
-                seen.push(request);
-                let blocks = (request.from..request.from + u64::from(request.max))
-                    .map(|h| SyncBlock { block: h.to_le_bytes().to_vec(), commit: vec![0xc0] })
-                    .collect();
-                let _ = reply.send(Response::Blocks(blocks));
-            }
-        }
-        seen
-    })
-}
-
-async fn run_bounded(test: impl Future<Output = ()>) {
-    init_logs();
-    tokio::time::timeout(TEST_TIMEOUT, test).await.expect("test took too long");
-}
-
-/// Takes every pending event off `rx`; returns the gossip payloads `author` published.
-fn drain_gossip(rx: &mut mpsc::Receiver<Event>, author: PeerId) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Ok(event) = rx.try_recv() {
-        if let Event::Gossip { topic: Topic::Consensus, author: Some(who), data, .. } = event {
-            if who == author {
-                out.push(data);
-            }
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_discover_each_other_gossip_and_sync() {
