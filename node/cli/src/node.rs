@@ -182,6 +182,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 key,
                 genesis,
                 block_time,
+                Some(base.join("chains").join(&chain_id).join("consensus").join("wal")),
                 cancel.clone(),
             )),
             None => key.map(|k| {

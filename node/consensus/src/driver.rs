@@ -3,13 +3,25 @@
 //! block with its [`Commit`], report equivocation).
 //!
 //! Signing and signature checks happen inline; everything that needs the network, a clock or
-//! the chain comes out as an action. The driver never blocks and never does I/O.
+//! the chain comes out as an action. The driver never blocks and does no I/O of its own: it
+//! records what the engine asks to remember in the [`Wal`] it is given, and makes the log
+//! durable ([`Wal::flush`]) before it hands out a message it signed and before a decision.
+//!
+//! Restart: [`Consensus::start_height`] for a height the log holds (after a crash, or when the
+//! node starts the same height again) replays the log as Malachite's engine does:
+//! `StartHeight(h, same set, is_restart = false)`, [`State::index_wal_entries`], every entry in
+//! order, [`State::reset_entries_index`]. The engine re-derives the votes and proposals it made
+//! before and, finding them in the index, reuses them with their recorded signatures (and stops
+//! with an error if it derives something else). Entries being replayed are not appended again;
+//! a message the replay signs afresh (the crash came before it was recorded) is appended and
+//! flushed like any other before it goes out.
 
 use crate::context::{self, Address, BitorchContext, Height, ValidatorSet, Value};
-use crate::error::Error;
+use crate::error::{Error, WalError};
+use crate::wal::{Wal, WalEntry};
 use crate::wire::{EngineMsg, Message};
 use crate::Consensus;
-use bitorch_primitives::{AccountId, Commit, CommitSignature, Hash, Pair};
+use bitorch_primitives::{blake2_256, AccountId, Commit, CommitSignature, Hash, Pair};
 use malachitebft_core_consensus::{
     process, ConsensusMsg, Effect, Input, LocallyProposedValue, MisbehaviorEvidence, Params,
     ProposedValue, Resumable, Resume, State, ThresholdParams,
@@ -20,7 +32,7 @@ use mc::{
     ValidatorSet as _, Validity, ValueOrigin, VoteType,
 };
 use sp_core::crypto::Pair as _;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// Most inputs buffered for future heights (the engine drops the excess).
@@ -185,6 +197,74 @@ struct Env {
     proposals: Vec<context::Proposal>,
     /// A finalized certificate and its evidence, from this step.
     finalized: Option<(mc::CommitCertificate<BitorchContext>, MisbehaviorEvidence<BitorchContext>)>,
+    /// The write-ahead log of the current height.
+    wal: Box<dyn Wal>,
+    /// Entries appended since the last flush.
+    dirty: bool,
+    /// The first failure of the log in this step: nothing signed goes out after it.
+    wal_failed: Option<WalError>,
+    /// While replaying, hashes of the entries being replayed: they are in the log already.
+    replayed: BTreeSet<Hash>,
+}
+
+impl Env {
+    /// Records an input the engine is about to apply (unless it is being replayed).
+    fn append(&mut self, height: u64, input: &Input<BitorchContext>) {
+        if self.wal_failed.is_some() {
+            return;
+        }
+        let bytes = match WalEntry::from_input(input) {
+            Ok(entry) => entry.to_bytes(),
+            Err(e) => {
+                self.wal_failed = Some(e);
+                return;
+            }
+        };
+        if !self.replayed.is_empty() && self.replayed.contains(&blake2_256(&bytes)) {
+            return;
+        }
+        match self.wal.append(height, &bytes) {
+            Ok(()) => self.dirty = true,
+            Err(e) => self.wal_failed = Some(e),
+        }
+    }
+
+    /// Makes the log durable; whether it is sound, i.e. whether a signed message may go out.
+    fn sync(&mut self) -> bool {
+        if self.wal_failed.is_some() {
+            return false;
+        }
+        if self.dirty {
+            if let Err(e) = self.wal.flush() {
+                self.wal_failed = Some(e);
+                return false;
+            }
+            self.dirty = false;
+        }
+        true
+    }
+
+    /// Queues a broadcast once everything recorded so far is durable.
+    fn publish(&mut self, bytes: Vec<u8>) {
+        if self.sync() {
+            self.actions.push(Action::Broadcast(bytes));
+        }
+    }
+}
+
+/// What a replay saw, to settle the driver's own bookkeeping once it ends.
+#[derive(Default)]
+struct Replay {
+    /// Peers' proposals whose signature checked out.
+    seen: Vec<context::Proposal>,
+    /// Verdicts on peers' values that were replayed, by round and [`value_key`].
+    answered: BTreeSet<(Round, (Hash, Hash))>,
+    /// Our own values (from [`Consensus::propose`]), by round.
+    own_values: BTreeMap<Round, Value>,
+    /// Rounds in which we had signed a proposal.
+    own_proposals: BTreeSet<Round>,
+    /// Timeouts that had already elapsed.
+    elapsed: BTreeSet<(u32, TimeoutKind)>,
 }
 
 /// Tendermint through the Malachite core, as a [`Consensus`] engine.
@@ -200,29 +280,27 @@ pub struct MalachiteConsensus {
     /// Values of the current height that are ours or passed the node's check, by block hash:
     /// what a decision hands to import.
     valid: BTreeMap<Hash, Value>,
+    /// Whether the engine runs a height; false before the first start and after a failure of
+    /// the log, until the next start.
     started: bool,
+    /// Set while the log is being replayed.
+    replay: Option<Replay>,
 }
 
 impl MalachiteConsensus {
-    /// A driver for the validator (or observer) holding `key`, not yet started: call
-    /// [`Consensus::start_height`] with the next height and its validator set.
-    pub fn new(config: Config, key: Pair, height: u64, validators: ValidatorSet) -> Self {
+    /// A driver for the validator (or observer) holding `key`, recording into `wal`, not yet
+    /// started: call [`Consensus::start_height`] with the next height and its validator set
+    /// (which replays the log if it holds that height).
+    pub fn new(
+        config: Config,
+        key: Pair,
+        height: u64,
+        validators: ValidatorSet,
+        wal: Box<dyn Wal>,
+    ) -> Self {
         let ctx = BitorchContext::new(config.genesis);
         let me = Address(bitorch_primitives::keys::account_of(&key));
-        let params = Params {
-            address: me.clone(),
-            threshold_params: ThresholdParams::default(),
-            value_payload: mc::ValuePayload::ProposalAndParts,
-            enabled: true,
-        };
-        let state = State::new(
-            ctx.clone(),
-            Height(height),
-            validators,
-            params,
-            QUEUE_CAPACITY,
-            QUEUE_PER_HEIGHT,
-        );
+        let state = new_state(&ctx, &me, height, validators);
         Self {
             state,
             env: Env {
@@ -233,13 +311,205 @@ impl MalachiteConsensus {
                 actions: Vec::new(),
                 proposals: Vec::new(),
                 finalized: None,
+                wal,
+                dirty: false,
+                wal_failed: None,
+                replayed: BTreeSet::new(),
             },
             me,
             checked: BTreeMap::new(),
             pending: BTreeMap::new(),
             valid: BTreeMap::new(),
             started: false,
+            replay: None,
         }
+    }
+
+    /// Starts `height` with the log entries recorded for it (encoded [`WalEntry`]s, oldest
+    /// first, as [`Wal::entries`] returns them), replaying them; with none, starts the height
+    /// afresh and resets the log to it. [`Consensus::start_height`] does this with what the
+    /// log holds.
+    ///
+    /// The entries must be what the driver's [`Wal`] holds for `height`: they are not written
+    /// again. Our own votes and proposals among them come out again as broadcasts, with their
+    /// recorded signatures. If an entry does not decode or the engine re-derives a message
+    /// other than the one recorded, the driver starts nothing (it signs nothing at this
+    /// height) and returns the error.
+    pub fn start_height_with_wal(
+        &mut self,
+        height: u64,
+        validators: ValidatorSet,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<Vec<Action>, Error> {
+        let r = if entries.is_empty() {
+            self.start_fresh(height, validators)
+        } else {
+            self.restart(height, validators, &entries)
+        };
+        let actions = self.take_actions();
+        r.map(|()| actions)
+    }
+
+    /// Forgets the bookkeeping of the height being left.
+    fn clear_height(&mut self) {
+        self.checked.clear();
+        self.pending.clear();
+        self.valid.clear();
+        self.replay = None;
+        self.started = false;
+        self.env.dirty = false;
+        self.env.wal_failed = None;
+        self.env.replayed.clear();
+        self.env.proposals.clear();
+        self.env.finalized = None;
+    }
+
+    fn start_fresh(&mut self, height: u64, validators: ValidatorSet) -> Result<(), Error> {
+        self.clear_height();
+        // Before the engine starts: inputs buffered for this height are recorded right away.
+        self.env.wal.reset(height)?;
+        self.started = true;
+        self.run(Input::StartHeight(
+            Height(height),
+            validators,
+            false,
+            None,
+            mc::VoteExtensionPolicy::Disabled,
+        ))
+    }
+
+    fn restart(
+        &mut self,
+        height: u64,
+        validators: ValidatorSet,
+        entries: &[Vec<u8>],
+    ) -> Result<(), Error> {
+        self.clear_height();
+        // A log we cannot read in full is a log we cannot honour: start nothing.
+        let inputs = entries
+            .iter()
+            .map(|bytes| WalEntry::from_bytes(bytes)?.into_input(height))
+            .collect::<Result<Vec<_>, WalError>>()?;
+        tracing::info!(target: "consensus", height, entries = inputs.len(), "replaying the write-ahead log");
+        self.state = new_state(&self.env.ctx, &self.me, height, validators.clone());
+        self.env.replayed = entries.iter().map(|bytes| blake2_256(bytes)).collect();
+        self.replay = Some(Replay::default());
+        self.started = true;
+        let result = self.replay_inputs(height, validators, &inputs);
+        self.state.reset_entries_index();
+        self.env.replayed.clear();
+        let replay = self.replay.take().unwrap_or_default();
+        if let Err(e) = result {
+            self.started = false;
+            tracing::error!(target: "consensus", height, error = %e, "write-ahead log replay failed; not signing at this height");
+            return Err(e);
+        }
+        self.after_replay(replay, &inputs)
+    }
+
+    fn replay_inputs(
+        &mut self,
+        height: u64,
+        validators: ValidatorSet,
+        inputs: &[Input<BitorchContext>],
+    ) -> Result<(), Error> {
+        self.run(Input::StartHeight(
+            Height(height),
+            validators,
+            false,
+            None,
+            mc::VoteExtensionPolicy::Disabled,
+        ))?;
+        self.state.index_wal_entries(inputs);
+        for input in inputs {
+            self.note_replayed(input);
+            self.run(input.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the driver's own bookkeeping from a replayed entry: the verdicts on values
+    /// and the blocks a decision may need (ours and peers' checked ones).
+    fn note_replayed(&mut self, input: &Input<BitorchContext>) {
+        let Some(replay) = self.replay.as_mut() else { return };
+        match input {
+            Input::ProposedValue(v, _) => {
+                let key = value_key(&v.value);
+                let valid = v.validity.is_valid();
+                if v.proposer == self.me {
+                    replay.own_values.entry(v.round).or_insert_with(|| v.value.clone());
+                } else {
+                    replay.answered.insert((v.round, key));
+                    self.pending.remove(&key);
+                }
+                self.checked.insert(key, Some(valid));
+                if valid {
+                    self.valid.insert(v.value.hash, v.value.clone());
+                }
+            }
+            Input::Proposal(p) if p.message.proposer == self.me => {
+                replay.own_proposals.insert(p.message.round);
+            }
+            Input::TimeoutElapsed(t) => {
+                let t = Timeout::from_engine(self.state.height().0, t);
+                replay.elapsed.insert((t.round, t.kind));
+            }
+            _ => {}
+        }
+    }
+
+    /// Settles what a replay leaves open: asks for checks of peers' blocks that had no verdict
+    /// yet, drops requests and timers that the log shows were already served, and sends our
+    /// own proposal of the current round again (or makes it, from the value the node gave us,
+    /// if the crash came before it was signed).
+    fn after_replay(
+        &mut self,
+        replay: Replay,
+        inputs: &[Input<BitorchContext>],
+    ) -> Result<(), Error> {
+        let round = self.state.round();
+        let own_value = replay.own_values.get(&round).cloned();
+        self.env.actions.retain(|a| match a {
+            Action::GetValue { round: r, .. } => Round::new(*r) == round && own_value.is_none(),
+            Action::ScheduleTimeout { timeout, .. } => {
+                !replay.elapsed.contains(&(timeout.round, timeout.kind))
+            }
+            _ => true,
+        });
+        // (Once the height is decided, there is nothing to propose: the node moves on.)
+        let decided = self.state.decided_value().is_some();
+        for input in inputs.iter().filter(|_| !decided) {
+            if let Input::Proposal(p) = input {
+                if p.message.proposer == self.me && p.message.round == round {
+                    if let Ok(p) = crate::wire::SignedProposal::from_engine(p) {
+                        let bytes = Message::Proposal(p).to_bytes();
+                        if !self.env.actions.contains(&Action::Broadcast(bytes.clone())) {
+                            self.env.publish(bytes);
+                        }
+                    }
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        let open: Vec<_> = replay
+            .seen
+            .into_iter()
+            .filter(|p| p.height == self.state.height())
+            .filter(|p| !replay.answered.contains(&(p.round, value_key(&p.value))))
+            .filter(|p| seen.insert((p.round, value_key(&p.value))))
+            .collect();
+        let mut queue = VecDeque::new();
+        if let (Some(value), false) = (own_value, decided || replay.own_proposals.contains(&round))
+        {
+            queue.push_back(Input::Propose(LocallyProposedValue::new(
+                self.state.height(),
+                round,
+                value,
+            )));
+        }
+        self.on_proposals(open, &mut queue);
+        self.check_wal()?;
+        self.run_all(queue)
     }
 
     /// This node's account.
@@ -254,7 +524,10 @@ impl MalachiteConsensus {
 
     /// Feeds one input and everything it leads to (value verdicts already known).
     fn run(&mut self, input: Input<BitorchContext>) -> Result<(), Error> {
-        let mut queue = VecDeque::from([input]);
+        self.run_all(VecDeque::from([input]))
+    }
+
+    fn run_all(&mut self, mut queue: VecDeque<Input<BitorchContext>>) -> Result<(), Error> {
         while let Some(input) = queue.pop_front() {
             self.env.height = match &input {
                 Input::StartHeight(h, ..) => h.0,
@@ -267,36 +540,65 @@ impl MalachiteConsensus {
                 metrics: &(),
                 with: effect => handle(env, effect)
             );
+            self.check_wal()?;
             if let Err(e) = result {
                 tracing::warn!(target: "consensus", error = %e, "engine error");
                 return Err(Error::Engine(e.to_string()));
             }
-            for proposal in std::mem::take(&mut self.env.proposals) {
-                if proposal.height != self.state.height() {
-                    continue;
-                }
-                let key = value_key(&proposal.value);
-                match self.checked.get(&key) {
-                    Some(Some(valid)) => {
-                        let valid = *valid;
-                        queue.extend(self.verdict(proposal, valid));
-                    }
-                    Some(None) => {}
-                    None => {
-                        self.checked.insert(key, None);
-                        self.env.actions.push(Action::CheckValue {
-                            height: proposal.height.0,
-                            value: proposal.value.clone(),
-                        });
-                        self.pending.insert(key, proposal);
-                    }
-                }
+            let proposals = std::mem::take(&mut self.env.proposals);
+            match self.replay.as_mut() {
+                // Verdicts come from the log; what it lacks is settled once the replay ends.
+                Some(replay) => replay.seen.extend(proposals),
+                None => self.on_proposals(proposals, &mut queue),
             }
             if let Some((cert, evidence)) = self.env.finalized.take() {
                 self.on_finalized(cert, evidence)?;
+                self.check_wal()?;
             }
         }
         Ok(())
+    }
+
+    /// Fails, and stops the height, if the log failed. The engine may believe it voted, but
+    /// nothing of it went out: going silent until the next height is safe, carrying on without
+    /// a record is not.
+    fn check_wal(&mut self) -> Result<(), Error> {
+        let Some(e) = self.env.wal_failed.take() else { return Ok(()) };
+        self.started = false;
+        self.env.finalized = None;
+        self.env.proposals.clear();
+        tracing::error!(target: "consensus", height = self.env.height, error = %e, "write-ahead log failed; not signing at this height");
+        Err(Error::Wal(e))
+    }
+
+    /// Peers' proposals whose signature checked out: feeds known verdicts, asks the node to
+    /// check new blocks.
+    fn on_proposals(
+        &mut self,
+        proposals: Vec<context::Proposal>,
+        queue: &mut VecDeque<Input<BitorchContext>>,
+    ) {
+        for proposal in proposals {
+            if proposal.height != self.state.height() {
+                continue;
+            }
+            let key = value_key(&proposal.value);
+            match self.checked.get(&key) {
+                Some(Some(valid)) => {
+                    let valid = *valid;
+                    queue.extend(self.verdict(proposal, valid));
+                }
+                Some(None) => {}
+                None => {
+                    self.checked.insert(key, None);
+                    self.env.actions.push(Action::CheckValue {
+                        height: proposal.height.0,
+                        value: proposal.value.clone(),
+                    });
+                    self.pending.insert(key, proposal);
+                }
+            }
+        }
     }
 
     fn on_finalized(
@@ -322,6 +624,9 @@ impl MalachiteConsensus {
                         .push(Action::Evidence(Box::new(Equivocation { first, second })));
                 }
             }
+        }
+        if !self.env.sync() {
+            return Ok(());
         }
         self.env.actions.push(Action::Decided(Box::new(Decision {
             height: commit.height,
@@ -352,6 +657,22 @@ impl MalachiteConsensus {
     }
 }
 
+/// A fresh engine state at `height`.
+fn new_state(
+    ctx: &BitorchContext,
+    me: &Address,
+    height: u64,
+    validators: ValidatorSet,
+) -> State<BitorchContext> {
+    let params = Params {
+        address: me.clone(),
+        threshold_params: ThresholdParams::default(),
+        value_payload: mc::ValuePayload::ProposalAndParts,
+        enabled: true,
+    };
+    State::new(ctx.clone(), Height(height), validators, params, QUEUE_CAPACITY, QUEUE_PER_HEIGHT)
+}
+
 /// Identifies a value by its block hash and the hash of its bytes.
 fn value_key(value: &Value) -> (Hash, Hash) {
     (value.hash, bitorch_primitives::blake2_256(&value.bytes))
@@ -378,20 +699,15 @@ impl Consensus for MalachiteConsensus {
         height: u64,
         validators: ValidatorSet,
     ) -> Result<Vec<Action>, Error> {
-        self.checked.clear();
-        self.pending.clear();
-        self.valid.clear();
-        self.started = true;
-        let input = Input::StartHeight(
-            Height(height),
-            validators,
-            false,
-            None,
-            mc::VoteExtensionPolicy::Disabled,
-        );
-        let r = self.run(input);
-        let actions = self.take_actions();
-        r.map(|()| actions)
+        let entries = match self.env.wal.entries(height) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.clear_height();
+                tracing::error!(target: "consensus", height, error = %e, "cannot read the write-ahead log; not signing at this height");
+                return Err(e.into());
+            }
+        };
+        self.start_height_with_wal(height, validators, entries)
     }
 
     fn on_message(&mut self, bytes: &[u8]) -> Result<Vec<Action>, Error> {
@@ -494,32 +810,36 @@ fn handle(env: &mut Env, effect: Effect<BitorchContext>) -> Result<Resume<Bitorc
         }
         Effect::StartRound(h, round, proposer, role, r) => {
             tracing::debug!(target: "consensus", height = h.0, %round, %proposer, ?role, "round");
+            // As Malachite's engine does: what led to the new round is durable before it.
+            env.sync();
             r.resume_with(())
         }
+        // Every publication waits for the log: a message we signed must be on disk before it
+        // can reach a peer, or a restart could sign a conflicting one.
         Effect::PublishConsensusMsg(msg, r) => {
             match Message::from_consensus(&msg) {
-                Ok(m) => env.actions.push(Action::Broadcast(m.to_bytes())),
+                Ok(m) => env.publish(m.to_bytes()),
                 Err(e) => tracing::warn!(target: "consensus", error = %e, "not publishing"),
             }
             r.resume_with(())
         }
         Effect::PublishLivenessMsg(msg, r) => {
             match Message::from_liveness(&msg) {
-                Ok(m) => env.actions.push(Action::Broadcast(m.to_bytes())),
+                Ok(m) => env.publish(m.to_bytes()),
                 Err(e) => tracing::warn!(target: "consensus", error = %e, "not publishing"),
             }
             r.resume_with(())
         }
         Effect::RepublishVote(vote, r) => {
             match crate::wire::vote_from_engine(&vote) {
-                Ok(v) => env.actions.push(Action::Broadcast(Message::Vote(v).to_bytes())),
+                Ok(v) => env.publish(Message::Vote(v).to_bytes()),
                 Err(e) => tracing::warn!(target: "consensus", error = %e, "not republishing"),
             }
             r.resume_with(())
         }
         Effect::RepublishRoundCertificate(cert, r) => {
             match crate::wire::Certificate::from_round(&cert) {
-                Ok(c) => env.actions.push(Action::Broadcast(Message::Certificate(c).to_bytes())),
+                Ok(c) => env.publish(Message::Certificate(c).to_bytes()),
                 Err(e) => tracing::warn!(target: "consensus", error = %e, "not republishing"),
             }
             r.resume_with(())
@@ -539,7 +859,10 @@ fn handle(env: &mut Env, effect: Effect<BitorchContext>) -> Result<Resume<Bitorc
         // with their commits and calls `start_height`.
         Effect::CertVerifiedSyncValue(_, _, r) => r.resume_with(()),
         Effect::CertRejectedSyncValue(_, _, _, r) => r.resume_with(()),
-        Effect::Decide(_, _, r) => r.resume_with(()),
+        Effect::Decide(_, _, r) => {
+            env.sync();
+            r.resume_with(())
+        }
         Effect::Finalize(cert, _, evidence, r) => {
             env.finalized = Some((cert, evidence));
             r.resume_with(())
@@ -647,7 +970,10 @@ fn handle(env: &mut Env, effect: Effect<BitorchContext>) -> Result<Resume<Bitorc
             };
             r.resume_with(result)
         }
-        Effect::WalAppend(_, _, r) => r.resume_with(()),
+        Effect::WalAppend(h, input, r) => {
+            env.append(h.0, &input);
+            r.resume_with(())
+        }
         // Vote extensions are disabled.
         Effect::ExtendVote(.., r) => r.resume_with(None),
         Effect::VerifyVoteExtension(.., r) => r.resume_with(Ok(())),

@@ -20,6 +20,7 @@
 //! - [`wire`]: the versioned SCALE wire format, with a size limit.
 //! - [`driver`]: [`MalachiteConsensus`], which owns the engine state and signs with the
 //!   validator key.
+//! - [`wal`]: the write-ahead log: its entry format and the storage trait.
 //!
 //! A peer's proposal carries the whole block. The driver checks the proposer's signature (which
 //! binds the block hash and the hash of the bytes) and then asks the node to check the block
@@ -27,9 +28,17 @@
 //! and handed to import. If import of a decided block still fails, the node fetches the block
 //! with its commit from peers, as a node that fell behind does.
 //!
-//! Not yet here: a write-ahead log (a validator that restarts within a height may sign a
-//! conflicting vote; the simulation shows such restarts turning into evidence), double
-//! *proposal* evidence (only double votes are reported), and vote extensions (disabled).
+//! Crash safety: the driver records every input the engine asks to remember in a write-ahead
+//! log ([`wal`]: the [`Wal`] trait, SCALE [`WalEntry`]s, an in-memory [`MemoryWal`]; the node
+//! keeps it in a file) and makes it durable before any message it signed, or a decision, leaves
+//! it. Starting a height the log holds replays it, so a validator restarted within a height
+//! sends the same votes again, with their recorded signatures, and never a conflicting one; the
+//! simulation crashes and restarts validators at any point and checks that no honest one is
+//! ever accused of double voting. A log that is damaged before its end, or whose replay
+//! diverges, keeps the validator silent for that height rather than risk a conflicting vote.
+//!
+//! Not yet here: double *proposal* evidence (only double votes are reported), and vote
+//! extensions (disabled).
 //! `Commit::verify` weighs signatures by the same voting power the engine uses
 //! ([`bitorch_primitives::voting_power`] of each validator's stake), so a decided commit
 //! imports whatever the stakes.
@@ -38,13 +47,15 @@ pub mod byzantine;
 pub mod context;
 pub mod driver;
 pub mod error;
+pub mod wal;
 pub mod wire;
 
 pub use context::{ValidatorSet, Value};
 pub use driver::{
     Action, Config, Decision, Equivocation, MalachiteConsensus, Timeout, TimeoutKind,
 };
-pub use error::Error;
+pub use error::{Error, WalError};
+pub use wal::{MemoryWal, Wal, WalEntry};
 
 /// A consensus engine as the node sees it: inputs in, [`Action`]s out, no I/O.
 ///
@@ -52,7 +63,9 @@ pub use error::Error;
 /// failures (log them); either way the engine stays usable.
 pub trait Consensus {
     /// Starts (or moves on to) `height` with its validator set. Call it once at start, and
-    /// after importing each decided block.
+    /// after importing each decided block. If the write-ahead log holds entries of `height`
+    /// (a restart within the height), they are replayed first; otherwise the log is reset to
+    /// `height`.
     fn start_height(&mut self, height: u64, validators: ValidatorSet)
         -> Result<Vec<Action>, Error>;
 

@@ -8,16 +8,25 @@
 //! - validity: every decided block was proposed, and its commit passes `Commit::verify`
 //!   against the validator set;
 //! - liveness: with at most f faulty nodes, once the network heals every node keeps deciding;
-//! - with 2 of 4 crashed, nothing new is decided; restarted, deciding resumes.
+//! - with 2 of 4 crashed, nothing new is decided; restarted, deciding resumes;
+//! - crash safety: every node keeps a write-ahead log on a simulated disk (a [`MemoryWal`]
+//!   that loses unflushed entries in a crash). Nodes crash between events and in the middle
+//!   of performing a step's actions, and restart from their log. Every vote or proposal a node
+//!   publishes is durable in its log when it goes out, no honest node ever signs two
+//!   different votes of one kind at one height and round, and no evidence is ever raised
+//!   against one. A node restarted right after a vote sends that very vote (same signature)
+//!   again. Nodes that lose their log in a crash do sign conflicting votes, which shows the
+//!   checks can fail.
 //!
 //! `BITORCH_SIM_SEEDS=<n>` runs n seeds per test instead of the default.
 
 use bitorch_consensus::wire::{Message, SignedVote, VoteKind};
 use bitorch_consensus::{
-    Action, Config, Consensus, Decision, Equivocation, MalachiteConsensus, Timeout, ValidatorSet,
-    Value,
+    Action, Config, Consensus, Decision, Equivocation, MalachiteConsensus, MemoryWal, Timeout,
+    ValidatorSet, Value, WalEntry,
 };
 use bitorch_primitives::keys::{account_of, pair_from_suri};
+use bitorch_primitives::AccountId;
 use bitorch_primitives::{blake2_256, Hash, Pair};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -80,7 +89,13 @@ enum Event {
 
 struct Node {
     key: Pair,
+    account: AccountId,
     engine: Option<MalachiteConsensus>,
+    /// The node's write-ahead log as its disk holds it; survives crashes (minus what was not
+    /// flushed).
+    disk: MemoryWal,
+    /// Loses its write-ahead log in every crash, as a node without one would.
+    amnesiac: bool,
     timers: BTreeMap<Timeout, u64>,
     /// Blocks this node imported, by height: what survives a crash.
     chain: BTreeMap<u64, Decision>,
@@ -94,6 +109,32 @@ impl Node {
     fn next_height(&self) -> u64 {
         self.chain.keys().next_back().map_or(1, |h| h + 1)
     }
+
+    fn new_engine(
+        &self,
+        config: &Config,
+        height: u64,
+        validators: &ValidatorSet,
+    ) -> MalachiteConsensus {
+        MalachiteConsensus::new(
+            config.clone(),
+            self.key.clone(),
+            height,
+            validators.clone(),
+            Box::new(self.disk.clone()),
+        )
+    }
+}
+
+/// Crash a node right after it broadcasts its first vote of a kind, then restart it.
+struct CrashOnVote {
+    node: usize,
+    kind: VoteKind,
+    down_ms: Ms,
+    /// The vote it sent before the crash (wire bytes).
+    sent: Option<Vec<u8>>,
+    /// Whether the restarted node sent exactly those bytes again.
+    resent: bool,
 }
 
 struct Sim {
@@ -117,6 +158,13 @@ struct Sim {
     stats: Stats,
     /// The latest messages that were broadcast, for tests that replay or corrupt them.
     recent: VecDeque<Vec<u8>>,
+    /// Every vote each node published, by (voter, height, round, is a precommit): the value
+    /// voted for.
+    votes: BTreeMap<(AccountId, u64, u32, bool), Option<Hash>>,
+    /// Chance that a node crashes while it performs a step's actions (after the engine
+    /// returned them, before all of them were performed).
+    mid_step_crash: f64,
+    crash_on_vote: Option<CrashOnVote>,
 }
 
 /// What a run went through, to show that the seeds exercise the protocol.
@@ -130,6 +178,10 @@ struct Stats {
     synced: u64,
     evidence: u64,
     partitions: u64,
+    /// Votes that conflict with one the same node published before (amnesiac nodes only).
+    conflicts: u64,
+    /// Restarts that replayed a non-empty write-ahead log.
+    replays: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -142,6 +194,8 @@ impl std::ops::AddAssign for Stats {
         self.synced += o.synced;
         self.evidence += o.evidence;
         self.partitions += o.partitions;
+        self.conflicts += o.conflicts;
+        self.replays += o.replays;
     }
 }
 
@@ -158,18 +212,20 @@ impl Sim {
         config.round_delta = Duration::from_millis(250);
         let nodes = keys
             .into_iter()
-            .map(|key| Node {
-                engine: Some(MalachiteConsensus::new(
-                    config.clone(),
-                    key.clone(),
-                    1,
-                    validators.clone(),
-                )),
-                key,
-                timers: BTreeMap::new(),
-                chain: BTreeMap::new(),
-                equivocates: false,
-                proposes_invalid: false,
+            .map(|key| {
+                let mut node = Node {
+                    account: account_of(&key),
+                    key,
+                    engine: None,
+                    disk: MemoryWal::new(),
+                    amnesiac: false,
+                    timers: BTreeMap::new(),
+                    chain: BTreeMap::new(),
+                    equivocates: false,
+                    proposes_invalid: false,
+                };
+                node.engine = Some(node.new_engine(&config, 1, &validators));
+                node
             })
             .collect();
         let mut sim = Self {
@@ -191,6 +247,9 @@ impl Sim {
             last_new_height_at: 0,
             stats: Stats::default(),
             recent: VecDeque::new(),
+            votes: BTreeMap::new(),
+            mid_step_crash: 0.0,
+            crash_on_vote: None,
         };
         for i in 0..n {
             let offset = sim.rng.gen_range(0..SYNC_EVERY);
@@ -233,7 +292,45 @@ impl Sim {
         }
     }
 
+    /// Checks what a node publishes: its own votes and proposals are durable in its log, and it
+    /// never votes two ways at one height, round and kind.
+    fn check_published(&mut self, from: usize, bytes: &[u8]) {
+        let seed = self.seed;
+        let node = &self.nodes[from];
+        let entry = match Message::from_bytes(bytes) {
+            Ok(Message::Vote(v)) if v.validator == node.account => WalEntry::Vote(v),
+            Ok(Message::Proposal(p)) if p.proposer == node.account => WalEntry::Proposal(p),
+            _ => return,
+        };
+        let height = match &entry {
+            WalEntry::Vote(v) => v.height,
+            WalEntry::Proposal(p) => p.height,
+            _ => unreachable!(),
+        };
+        let (logged, durable) = node.disk.durable();
+        assert!(
+            logged == height && durable.contains(&entry.to_bytes()),
+            "seed {seed}: node {from} published {entry:?} before it was durable in its log (of height {logged})"
+        );
+        let WalEntry::Vote(v) = entry else { return };
+        let key = (v.validator.clone(), v.height, v.round, v.kind == VoteKind::Precommit);
+        match self.votes.get(&key) {
+            Some(value) if *value != v.value => {
+                assert!(
+                    node.amnesiac,
+                    "seed {seed}: node {from} signed conflicting votes: {value:?} then {v:?}"
+                );
+                self.stats.conflicts += 1;
+            }
+            Some(_) => {}
+            None => {
+                self.votes.insert(key, v.value);
+            }
+        }
+    }
+
     fn broadcast(&mut self, from: usize, bytes: Vec<u8>) {
+        self.check_published(from, &bytes);
         if self.recent.len() == 64 {
             self.recent.pop_front();
         }
@@ -272,14 +369,61 @@ impl Sim {
         value
     }
 
+    /// The node crashes: its engine and timers are gone, and so is whatever its log had not
+    /// flushed (all of it, for an amnesiac node). It restarts after `down` ms.
+    fn crash(&mut self, node: usize, down: Option<Ms>) {
+        let n = &mut self.nodes[node];
+        self.stats.crashes += u64::from(n.engine.is_some());
+        n.engine = None;
+        n.timers.clear();
+        n.disk.crash();
+        if n.amnesiac {
+            n.disk.wipe();
+        }
+        if let Some(down) = down {
+            self.schedule(down, Event::Restart { node });
+        }
+    }
+
+    /// Whether this broadcast is the vote after which the test crashes the node.
+    fn crash_now(&mut self, i: usize, bytes: &[u8]) -> bool {
+        let Some(hook) = self.crash_on_vote.as_mut() else { return false };
+        if hook.node != i || hook.sent.is_some() {
+            return false;
+        }
+        match Message::from_bytes(bytes) {
+            Ok(Message::Vote(v)) if v.kind == hook.kind && v.validator == self.nodes[i].account => {
+                hook.sent = Some(bytes.to_vec());
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn apply(&mut self, i: usize, result: Result<Vec<Action>, bitorch_consensus::Error>) {
         let seed = self.seed;
         let mut work: VecDeque<Action> =
             result.unwrap_or_else(|e| panic!("seed {seed}: node {i}: {e}")).into();
-        while let Some(action) = work.pop_front() {
+        // Sometimes the node dies after performing only some of the step's actions.
+        let mut crash_after = (self.mid_step_crash > 0.0 && self.rng.gen_bool(self.mid_step_crash))
+            .then(|| self.rng.gen_range(0..=work.len()));
+        loop {
+            if crash_after == Some(0) {
+                let down = self.rng.gen_range(50..3_000);
+                self.crash(i, Some(down));
+                return;
+            }
+            crash_after = crash_after.map(|n| n - 1);
+            let Some(action) = work.pop_front() else { return };
             let more = match action {
                 Action::Broadcast(bytes) => {
+                    let crash = self.crash_now(i, &bytes);
                     self.broadcast(i, bytes);
+                    if crash {
+                        let down = self.crash_on_vote.as_ref().map_or(0, |h| h.down_ms);
+                        self.crash(i, Some(down));
+                        return;
+                    }
                     None
                 }
                 Action::ScheduleTimeout { timeout, after } => {
@@ -422,23 +566,24 @@ impl Sim {
                 self.side = Some(side);
             }
             Event::Unpartition => self.side = None,
-            Event::Crash { node } => {
-                self.stats.crashes += u64::from(self.nodes[node].engine.is_some());
-                self.nodes[node].engine = None;
-                self.nodes[node].timers.clear();
-            }
+            Event::Crash { node } => self.crash(node, None),
             Event::Restart { node } => {
                 if self.nodes[node].engine.is_none() {
-                    let h = self.nodes[node].next_height();
-                    let n = &mut self.nodes[node];
-                    let mut e = MalachiteConsensus::new(
-                        self.config.clone(),
-                        n.key.clone(),
-                        h,
-                        self.validators.clone(),
-                    );
+                    let n = &self.nodes[node];
+                    let h = n.next_height();
+                    let (logged, entries) = n.disk.durable();
+                    self.stats.replays += u64::from(logged == h && !entries.is_empty());
+                    // Starting a height its log holds replays the log.
+                    let mut e = n.new_engine(&self.config, h, &self.validators);
                     let r = e.start_height(h, self.validators.clone());
-                    n.engine = Some(e);
+                    self.nodes[node].engine = Some(e);
+                    if let (Some(hook), Ok(actions)) = (self.crash_on_vote.as_mut(), &r) {
+                        if hook.node == node && !hook.resent {
+                            hook.resent = hook.sent.as_ref().is_some_and(|sent| {
+                                actions.contains(&Action::Broadcast(sent.clone()))
+                            });
+                        }
+                    }
                     self.apply(node, r);
                 }
             }
@@ -471,9 +616,24 @@ fn seeds(default: u64) -> u64 {
     std::env::var("BITORCH_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
+/// Which crashes a chaos run has, besides drops, delays and partitions.
+#[derive(Clone, Copy, Debug, Default)]
+struct Faults {
+    /// Any number of nodes may crash and restart (from their logs), not only up to f.
+    crash_any: bool,
+    /// Chance that a node crashes in the middle of performing a step's actions.
+    mid_step: f64,
+    /// The crashing nodes (then at most f) lose their logs.
+    amnesia: bool,
+}
+
 /// Chaos (drops, long delays, crashes of up to f nodes) for a while, then a healed network
 /// with everyone back: every node must decide `extra` more heights.
 fn chaos_then_heal(seed: u64, n: usize, chaos_ms: Ms, extra: u64) -> Stats {
+    chaos_with(seed, n, chaos_ms, extra, Faults::default())
+}
+
+fn chaos_with(seed: u64, n: usize, chaos_ms: Ms, extra: u64, faults: Faults) -> Stats {
     let f = (n - 1) / 3;
     let mut sim = Sim::new(seed, n, HEALED);
     // Each seed draws its own weather: loss rate, delay spread (hence reordering).
@@ -490,10 +650,12 @@ fn chaos_then_heal(seed: u64, n: usize, chaos_ms: Ms, extra: u64) -> Stats {
         sim.schedule(at, Event::Partition { side });
         sim.schedule(until, Event::Unpartition);
     }
-    // Up to f faulty nodes crash and restart (with no write-ahead log they may sign
-    // conflicting votes after a restart, so they count as the faulty ones).
-    let faulty = sim.rng.gen_range(0..=f);
-    for node in 0..faulty {
+    // Nodes crash and restart from their write-ahead logs: honest, so any number of them may
+    // (up to f unless told otherwise). Nodes that lose their logs may sign conflicting votes:
+    // those count as the faulty ones.
+    let crashing = sim.rng.gen_range(0..=if faults.crash_any && !faults.amnesia { n } else { f });
+    for node in 0..crashing {
+        sim.nodes[node].amnesiac = faults.amnesia;
         let mut t = sim.rng.gen_range(0..chaos_ms / 2);
         while t < chaos_ms {
             sim.schedule(t, Event::Crash { node });
@@ -502,10 +664,12 @@ fn chaos_then_heal(seed: u64, n: usize, chaos_ms: Ms, extra: u64) -> Stats {
             t += sim.rng.gen_range(500..5_000);
         }
     }
+    sim.mid_step_crash = faults.mid_step;
     sim.start();
     sim.run_until(chaos_ms, |_| false);
     sim.net = HEALED;
     sim.side = None;
+    sim.mid_step_crash = 0.0;
     for node in 0..n {
         sim.schedule(0, Event::Restart { node });
     }
@@ -517,6 +681,9 @@ fn chaos_then_heal(seed: u64, n: usize, chaos_ms: Ms, extra: u64) -> Stats {
         "seed {seed}: no liveness after healing: heights {:?}, target {target}",
         sim.nodes.iter().map(|n| n.next_height() - 1).collect::<Vec<_>>()
     );
+    if !faults.amnesia {
+        assert!(sim.evidence.is_empty(), "seed {seed}: honest nodes accused: {:?}", sim.evidence);
+    }
     sim.stats
 }
 
@@ -691,4 +858,199 @@ fn sim_invalid_proposals_are_never_decided() {
             sim.validators.proposer(d.height, 0).account() != &bad
         }));
     }
+}
+
+#[test]
+fn sim_crashes_anywhere_with_a_wal_never_equivocate() {
+    let mut total = Stats::default();
+    for seed in 0..seeds(100) {
+        let n = if seed % 3 == 2 { 7 } else { 4 };
+        let faults = Faults { crash_any: true, mid_step: 0.01, amnesia: false };
+        total += chaos_with(9_000 + seed, n, 8_000, 3, faults);
+    }
+    eprintln!("crashes with a WAL: {total:?}");
+    // Equivocation by a node (panics in `check_published`) and evidence (in `chaos_with`)
+    // never happened; make sure restarts did replay logs.
+    assert!(total.crashes > 0 && total.replays > 0 && total.evidence == 0);
+}
+
+#[test]
+fn sim_restart_without_a_wal_can_equivocate() {
+    // The same crashes, with the crashing nodes losing their logs: what the WAL prevents does
+    // happen without it, so the checks above are not vacuous.
+    let mut total = Stats::default();
+    for seed in 0..seeds(60) {
+        let faults = Faults { crash_any: false, mid_step: 0.02, amnesia: true };
+        total += chaos_with(10_000 + seed, 4, 8_000, 2, faults);
+    }
+    eprintln!("crashes without a WAL: {total:?}");
+    assert!(total.conflicts > 0, "no conflicting vote from nodes without a log: {total:?}");
+}
+
+#[test]
+fn sim_validator_restarted_after_its_vote_sends_the_same_vote() {
+    for seed in 0..seeds(10) {
+        for kind in [VoteKind::Prevote, VoteKind::Precommit] {
+            let mut sim = Sim::new(11_000 + seed, 4, HEALED);
+            let node = (seed % 4) as usize;
+            let down_ms = sim.rng.gen_range(0..1_500);
+            sim.crash_on_vote =
+                Some(CrashOnVote { node, kind, down_ms, sent: None, resent: false });
+            sim.start();
+            let live = sim.run_until(60_000, |s| s.min_height() >= 4);
+            assert!(live, "seed {seed}: stalled after restarting node {node}");
+            let hook = sim.crash_on_vote.take().unwrap();
+            let sent = hook.sent.expect("the node voted");
+            assert!(hook.resent, "seed {seed}: node {node} did not send its {kind:?} again");
+            // The resent vote is the one recorded, signature and all: nothing was signed anew.
+            let Ok(Message::Vote(v)) = Message::from_bytes(&sent) else { panic!("not a vote") };
+            assert_eq!(v.kind, kind);
+            assert_eq!(sim.stats.crashes, 1);
+            assert!(sim.evidence.is_empty(), "seed {seed}: {:?}", sim.evidence);
+        }
+    }
+}
+
+#[test]
+fn sim_restart_with_an_empty_wal_starts_afresh() {
+    let mut sim = Sim::new(12_000, 4, HEALED);
+    for i in 0..4 {
+        let vs = sim.validators.clone();
+        let r = sim.nodes[i].engine.as_mut().map(|e| e.start_height_with_wal(1, vs, Vec::new()));
+        if let Some(r) = r {
+            sim.apply(i, r);
+        }
+    }
+    assert!(sim.run_until(30_000, |s| s.min_height() >= 3));
+    // The logs were reset to each new height and record it.
+    for node in &sim.nodes {
+        let (height, entries) = node.disk.durable();
+        assert_eq!(height, node.next_height());
+        for bytes in &entries {
+            WalEntry::from_bytes(bytes).unwrap();
+        }
+    }
+    // A node whose log holds another height starts afresh too, and catches up.
+    sim.schedule(0, Event::Crash { node: 1 });
+    sim.nodes[1].disk.wipe();
+    sim.schedule(10, Event::Restart { node: 1 });
+    let target = sim.max_height() + 3;
+    let now = sim.now;
+    assert!(sim.run_until(now + 30_000, |s| s.min_height() >= target));
+    assert!(sim.evidence.is_empty());
+}
+
+/// A log that fails on every append after a point.
+struct FailingWal {
+    inner: MemoryWal,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl bitorch_consensus::Wal for FailingWal {
+    fn entries(&mut self, height: u64) -> Result<Vec<Vec<u8>>, bitorch_consensus::WalError> {
+        self.inner.entries(height)
+    }
+
+    fn reset(&mut self, height: u64) -> Result<(), bitorch_consensus::WalError> {
+        self.inner.reset(height)
+    }
+
+    fn append(&mut self, height: u64, entry: &[u8]) -> Result<(), bitorch_consensus::WalError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("disk on fire").into());
+        }
+        self.inner.append(height, entry)
+    }
+
+    fn flush(&mut self) -> Result<(), bitorch_consensus::WalError> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn a_failing_wal_silences_the_validator_until_the_next_height() {
+    use bitorch_consensus::Wal as _;
+    let key = pair_from_suri("//Alice").unwrap();
+    let vs = ValidatorSet::equal([account_of(&key)]).unwrap();
+    let config = Config::new(blake2_256(b"simulated genesis"));
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let disk = MemoryWal::new();
+    let wal = FailingWal { inner: disk.clone(), fail: fail.clone() };
+    let mut engine = MalachiteConsensus::new(config, key, 1, vs.clone(), Box::new(wal));
+    let actions = engine.start_height(1, vs.clone()).unwrap();
+    assert!(actions.iter().any(|a| matches!(a, Action::GetValue { height: 1, round: 0, .. })));
+    let bytes = b"a block".to_vec();
+    let value = Value { hash: blake2_256(&bytes), bytes };
+    // Recording our own value fails: nothing is published, nothing decided.
+    let err = engine.propose(1, 0, value.clone()).unwrap_err();
+    assert!(matches!(err, bitorch_consensus::Error::Wal(_)), "{err}");
+    // The engine sits the height out.
+    let timeout = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::ScheduleTimeout { timeout, .. } => Some(*timeout),
+            _ => None,
+        })
+        .unwrap();
+    assert!(engine.on_timeout(timeout).unwrap().is_empty());
+    assert!(engine.propose(1, 0, value.clone()).unwrap().is_empty());
+    // Starting the height again with a working log replays what it holds (nothing) and works.
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    disk.clone().reset(7).unwrap();
+    engine.start_height(1, vs).unwrap();
+    let actions = engine.propose(1, 0, value).unwrap();
+    assert!(actions.iter().any(|a| matches!(a, Action::Decided(_))), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Broadcast(_))));
+    let (height, entries) = disk.durable();
+    assert_eq!(height, 1);
+    assert!(!entries.is_empty());
+}
+
+#[test]
+fn a_proposer_restarted_before_signing_proposes_the_block_it_recorded() {
+    use bitorch_consensus::wal::{RecordedOrigin, RecordedValue};
+    use bitorch_consensus::Wal as _;
+    // The log ends with our own value: the crash (a torn write) came before the proposal was
+    // recorded, so it was never signed or sent. The restarted proposer proposes that very
+    // block instead of asking the node for a new one.
+    let key = pair_from_suri("//Alice").unwrap();
+    let vs = ValidatorSet::equal([account_of(&key)]).unwrap();
+    let bytes = b"the recorded block".to_vec();
+    let value = Value { hash: blake2_256(&bytes), bytes };
+    let entry = WalEntry::ProposedValue(RecordedValue {
+        height: 1,
+        round: 0,
+        valid_round: None,
+        proposer: account_of(&key),
+        value: value.clone(),
+        valid: true,
+        origin: RecordedOrigin::Consensus,
+    });
+    let mut disk = MemoryWal::new();
+    disk.reset(1).unwrap();
+    disk.append(1, &entry.to_bytes()).unwrap();
+    disk.flush().unwrap();
+    let config = Config::new(blake2_256(b"simulated genesis"));
+    let mut engine =
+        MalachiteConsensus::new(config, key.clone(), 1, vs.clone(), Box::new(disk.clone()));
+    let actions = engine.start_height(1, vs).unwrap();
+    assert!(!actions.iter().any(|a| matches!(a, Action::GetValue { .. })), "{actions:?}");
+    let proposed = actions.iter().find_map(|a| match a {
+        Action::Broadcast(b) => match Message::from_bytes(b) {
+            Ok(Message::Proposal(p)) => Some(p.value),
+            _ => None,
+        },
+        _ => None,
+    });
+    assert_eq!(proposed, Some(value.clone()));
+    let decided = actions.iter().find_map(|a| match a {
+        Action::Decided(d) => Some(d.value.clone()),
+        _ => None,
+    });
+    assert_eq!(decided, Some(value));
+    // The proposal is in the log now.
+    let (_, entries) = disk.durable();
+    assert!(entries
+        .iter()
+        .any(|e| matches!(WalEntry::from_bytes(e), Ok(WalEntry::Proposal(p)) if p.proposer == account_of(&key))));
 }

@@ -64,6 +64,9 @@ pub enum Error {
     /// The service has stopped.
     #[error("the chain service has stopped")]
     Stopped,
+    /// The consensus write-ahead log cannot be opened or written.
+    #[error(transparent)]
+    Wal(#[from] bitorch_consensus::WalError),
     /// Node key problem.
     #[error("invalid validator key: {0}")]
     Key(String),

@@ -7,12 +7,16 @@
 //! In `--dev`, [`service::spawn_dev_authoring`] authors, imports and finalizes a block every
 //! block time as the single validator; the multi-validator consensus of a later release feeds
 //! decided blocks into the same [`chain::Chain::import_block`].
+//!
+//! A validator keeps the consensus write-ahead log in a file ([`wal::FileWal`]), so that after
+//! a crash it replays the height it was deciding instead of voting again.
 
 pub mod chain;
 pub mod error;
 pub mod p2p;
 pub mod pool;
 pub mod service;
+pub mod wal;
 
 pub use chain::Chain;
 pub use error::Error;

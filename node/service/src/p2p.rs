@@ -6,10 +6,15 @@
 //! commit certificates, all enter the chain through [`crate::Chain::import_block`], which
 //! accepts only final blocks. A node that is behind (started late, restarted, or partitioned)
 //! asks its peers for the blocks it lacks every [`SYNC_INTERVAL`] and then follows consensus.
+//!
+//! A validator's engine records into the write-ahead log at the path given to [`spawn`]
+//! ([`crate::wal::FileWal`]), opened when the engine is created; starting the engine at the
+//! height the log records replays it, so a restarted validator repeats its votes instead of
+//! casting new ones.
 
 use crate::service::{Event as ChainEvent, Handle, TxStatus};
 use bitorch_consensus::{
-    Action, Config, Consensus, MalachiteConsensus, Timeout, ValidatorSet, Value,
+    Action, Config, Consensus, MalachiteConsensus, MemoryWal, Timeout, ValidatorSet, Value, Wal,
 };
 use bitorch_network::sync::{Response, SyncBlock};
 use bitorch_network::{Event as NetEvent, Handle as NetHandle, Misbehaviour, PeerId, Topic};
@@ -17,6 +22,7 @@ use bitorch_primitives::{keys, Commit, Hash, Pair};
 use bitorch_runtime::{extrinsic::Block, staking, Balances, Call, UncheckedExtrinsic};
 use parity_scale_codec::{DecodeLimit, Encode};
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -41,9 +47,15 @@ struct Node {
     /// When the next height may start (block-time pacing after a decision).
     start_next_at: Option<Instant>,
     last_start: Instant,
+    /// The consensus write-ahead log; `None` keeps it in memory (lost when the node stops).
+    wal_path: Option<PathBuf>,
 }
 
 /// Starts the networked node task; it ends when `cancel` fires (and cancels it if it fails).
+///
+/// `wal` is where a validator keeps its consensus write-ahead log (`<chain dir>/consensus/wal`);
+/// `None` keeps it in memory, for nodes whose restarts do not matter (tests). A log that cannot
+/// be opened stops the node.
 pub fn spawn(
     chain: Handle,
     net: NetHandle,
@@ -51,6 +63,7 @@ pub fn spawn(
     key: Option<Pair>,
     genesis: Hash,
     block_time: Duration,
+    wal: Option<PathBuf>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -66,6 +79,7 @@ pub fn spawn(
             block_time,
             start_next_at: None,
             last_start: Instant::now(),
+            wal_path: wal,
         };
         if let Err(e) = node.run(events, cancel.clone()).await {
             tracing::error!(target: "p2p", error = %e, "networked node failed; stopping");
@@ -156,11 +170,17 @@ impl Node {
         let actions = match self.engine.as_mut() {
             Some(engine) => engine.start_height(height, set),
             None => {
+                // Starting the height the log records replays it.
+                let wal: Box<dyn Wal> = match &self.wal_path {
+                    Some(path) => Box::new(crate::wal::FileWal::open(path)?),
+                    None => Box::new(MemoryWal::new()),
+                };
                 let engine = self.engine.insert(MalachiteConsensus::new(
                     Config::new(self.genesis),
                     key,
                     height,
                     set.clone(),
+                    wal,
                 ));
                 engine.start_height(height, set)
             }
