@@ -4,137 +4,19 @@
 
 mod common;
 
-use common::{free_port, rpc};
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use common::net::{agree, testnet, wait, Node, BIN};
+use common::rpc;
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bitorch");
 const BOB: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
-const NAMES: [&str; 4] = ["Alice", "Bob", "Charlie", "Dave"];
-
-struct Node {
-    base: PathBuf,
-    rpc: u16,
-    p2p: u16,
-    name: &'static str,
-    child: Option<Child>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl Node {
-    fn start(&mut self, spec: &Path, boot: &str) {
-        self.start_as(spec, boot, true);
-    }
-
-    fn start_as(&mut self, spec: &Path, boot: &str, validator: bool) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.base.with_extension("log"))
-            .unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["node", "--block-time", "500"]);
-        if validator {
-            cmd.args(["--validator", &format!("//{}", self.name)]);
-        }
-        cmd.arg("--chain")
-            .arg(spec)
-            .arg("--base-path")
-            .arg(&self.base)
-            .args(["--rpc-port", &self.rpc.to_string()])
-            .args(["--listen-addr", &format!("/ip4/127.0.0.1/tcp/{}", self.p2p)])
-            .stdout(Stdio::null())
-            .stderr(log);
-        if !boot.is_empty() {
-            cmd.args(["--boot-nodes", boot]);
-        }
-        self.child = Some(cmd.spawn().expect("start node"));
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn height(&self) -> u64 {
-        rpc(self.rpc, "chain_getHeader", json!([]))
-            .ok()
-            .and_then(|h| h["number"].as_str().map(|s| s.to_string()))
-            .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-            .unwrap_or(0)
-    }
-
-    fn hash_at(&self, n: u64) -> Value {
-        rpc(self.rpc, "chain_getBlockHash", json!([n])).unwrap_or(Value::Null)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.base.with_extension("log")).unwrap_or_default()
-    }
-}
-
-fn wait(what: &str, nodes: &[Node], mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        if Instant::now() > deadline {
-            let logs: String = nodes.iter().map(|n| n.log()).collect::<Vec<_>>().join("\n----\n");
-            let tail: String =
-                logs.chars().rev().take(6000).collect::<Vec<_>>().into_iter().rev().collect();
-            panic!("timed out waiting for {what}; logs:\n{tail}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn agree(nodes: &[&Node], upto: u64) {
-    for n in 1..=upto {
-        let first = nodes[0].hash_at(n);
-        assert!(!first.is_null(), "no block #{n}");
-        for node in &nodes[1..] {
-            assert_eq!(node.hash_at(n), first, "nodes disagree at #{n}");
-        }
-    }
-}
 
 #[test]
 fn four_validators_finalize_agree_and_survive_failures() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("spec.json");
-    let out = Command::new(BIN)
-        .args(["chain-spec", "--chain", "local", "--validators", "4", "-o"])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let mut nodes: Vec<Node> = NAMES
-        .iter()
-        .map(|name| Node {
-            base: dir.path().join(name),
-            rpc: free_port(),
-            p2p: free_port(),
-            name,
-            child: None,
-        })
-        .collect();
-    // Node keys, so that everyone can name Alice's node as the boot node.
-    let key_dir = nodes[0].base.join("chains/local/network");
-    std::fs::create_dir_all(&key_dir).unwrap();
-    let out = Command::new(BIN)
-        .args(["key", "generate-node-key", "--file"])
-        .arg(key_dir.join("secret_ed25519"))
-        .output()
-        .unwrap();
-    let boot_peer = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    let boot = format!("/ip4/127.0.0.1/tcp/{}/p2p/{boot_peer}", nodes[0].p2p);
+    let (spec, mut nodes, boot) = testnet(dir.path(), 4);
+    let boot_peer = boot.rsplit('/').next().unwrap().to_string();
     nodes[0].start(&spec, "");
     for n in &mut nodes[1..] {
         n.start(&spec, &boot);
@@ -207,13 +89,7 @@ fn four_validators_finalize_agree_and_survive_failures() {
     // A fifth, non-validator node started after 50 finalized blocks, given one boot node,
     // syncs to the head and follows.
     wait("50 finalized blocks", &nodes, || nodes[0].height() >= 50);
-    let mut follower = Node {
-        base: dir.path().join("Follower"),
-        rpc: free_port(),
-        p2p: free_port(),
-        name: "Follower",
-        child: None,
-    };
+    let mut follower = Node::new(dir.path(), "Follower");
     follower.start_as(&spec, &boot, false);
     wait("the follower to reach the head", &nodes, || follower.height() + 1 >= nodes[0].height());
     let caught_up = follower.height();

@@ -1,4 +1,7 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests (each test binary uses a part of them).
+#![allow(dead_code)]
+
+pub mod net;
 
 use serde_json::{json, Value};
 use std::net::TcpListener;

@@ -2,7 +2,11 @@
 //! transfers as fast as the node takes them and measures finalized transfers per second and
 //! the time from submission to finality (p50, p99). Used by `scripts/bench-testnet.sh`.
 //!
-//! `cargo run -p bitorch --example load -- WS_URL [ACCOUNTS] [TXS_PER_ACCOUNT]`
+//! `cargo run -p bitorch --example load -- WS_URL [ACCOUNTS] [TXS_PER_ACCOUNT] [RATE]`
+//!
+//! RATE is transactions per second sent in an open loop (evenly spaced); 0 (the default)
+//! sends them as fast as the node takes them. Latency is measured from the moment a
+//! transaction is sent to the moment the node announces the finalized block holding it.
 
 use anyhow::{anyhow, Context, Result};
 use bitorch_primitives::keys::{account_of, pair_from_suri};
@@ -31,6 +35,7 @@ async fn main() -> Result<()> {
     let url = args.get(1).cloned().unwrap_or_else(|| "ws://127.0.0.1:9944".into());
     let accounts: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(300);
     let per_account: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(20);
+    let rate: f64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(0.0);
     let client = WsClientBuilder::default()
         .max_concurrent_requests(4096)
         .request_timeout(Duration::from_secs(60))
@@ -102,42 +107,64 @@ async fn main() -> Result<()> {
         }
     }
     let total = txs.len();
+    // Finalized heads are timestamped as they arrive, by a task of their own, so that a head
+    // that lands while we are still submitting is not measured late.
+    let (head_tx, mut head_rx) = tokio::sync::mpsc::unbounded_channel::<(Value, Instant)>();
+    tokio::spawn(async move {
+        while let Some(Ok(head)) = heads.next().await {
+            if head_tx.send((head["number"].clone(), Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
     let mut submitted: HashMap<Hash, Instant> = HashMap::with_capacity(total);
     let start = Instant::now();
-    // Up to 256 requests in flight at once over the one WebSocket connection.
+    // Open loop: transaction i is sent at start + i / rate (rate 0: as fast as the node takes
+    // them), with up to 256 requests in flight over the one WebSocket connection.
     let client = std::sync::Arc::new(client);
-    for batch in txs.chunks(256) {
-        let mut tasks = Vec::with_capacity(batch.len());
-        for (hash, hex_xt) in batch.iter().cloned() {
-            submitted.insert(hash, Instant::now());
-            let c = client.clone();
-            tasks.push(tokio::spawn(async move {
-                c.request::<Value, _>("author_submitExtrinsic", rpc_params![hex_xt]).await
-            }));
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(total);
+    for (i, (hash, hex_xt)) in txs.into_iter().enumerate() {
+        if rate > 0.0 {
+            tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / rate)).into())
+                .await;
         }
-        for t in tasks {
-            t.await??;
-        }
+        let permit = in_flight.clone().acquire_owned().await?;
+        submitted.insert(hash, Instant::now());
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = c.request::<Value, _>("author_submitExtrinsic", rpc_params![hex_xt]).await;
+            drop(permit);
+            r
+        }));
+    }
+    for t in tasks {
+        t.await??;
     }
     let submit_secs = start.elapsed().as_secs_f64();
 
     let mut latencies = Vec::with_capacity(total);
+    let mut last_final = start;
     let deadline = Instant::now() + Duration::from_secs(120);
     while latencies.len() < total && Instant::now() < deadline {
-        let head = heads.next().await.ok_or_else(|| anyhow!("head subscription closed"))??;
-        let now = Instant::now();
-        let number = head["number"].clone();
+        let Ok(Some((number, arrived))) =
+            tokio::time::timeout(Duration::from_secs(10), head_rx.recv()).await
+        else {
+            break;
+        };
         let hash: Value = client.request("chain_getBlockHash", rpc_params![number]).await?;
         let block: Value = client.request("chain_getBlock", rpc_params![hash]).await?;
         for x in block["block"]["extrinsics"].as_array().into_iter().flatten() {
             let bytes = bitorch_primitives::keys::decode_hex(x.as_str().unwrap_or_default())?;
             let h = bitorch_primitives::blake2_256(&bytes);
             if let Some(t) = submitted.get(&h) {
-                latencies.push(now.duration_since(*t));
+                latencies.push(arrived.saturating_duration_since(*t));
+                last_final = arrived;
             }
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    // From the first submission to the finalized head holding the last transaction.
+    let elapsed = last_final.duration_since(start).as_secs_f64();
     latencies.sort();
     let pct = |p: f64| {
         latencies
@@ -146,11 +173,12 @@ async fn main() -> Result<()> {
             .unwrap_or(0)
     };
     println!(
-        "{:>10} {:>10} {:>12} {:>14} {:>10} {:>10}",
-        "submitted", "finalized", "seconds", "finalized/s", "p50 ms", "p99 ms"
+        "{:>10} {:>10} {:>10} {:>12} {:>14} {:>10} {:>10}",
+        "rate/s", "submitted", "finalized", "seconds", "finalized/s", "p50 ms", "p99 ms"
     );
     println!(
-        "{:>10} {:>10} {:>12.2} {:>14.0} {:>10} {:>10}",
+        "{:>10} {:>10} {:>10} {:>12.2} {:>14.0} {:>10} {:>10}",
+        if rate > 0.0 { format!("{rate:.0}") } else { "max".into() },
         total,
         latencies.len(),
         elapsed,

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context as _, Result};
 use bitorch_chain_spec::ChainSpec;
 use bitorch_primitives::keys::{account_of, pair_from_suri, to_ss58};
-use bitorch_rpc::NodeInfo;
+use bitorch_rpc::{NodeInfo, RpcMethods};
 use bitorch_runtime::Staking;
 use bitorch_service::{service, Chain, PoolLimits};
 use clap::Args;
@@ -13,6 +13,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Options of `bitorch node`.
+/// `--rpc-methods`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RpcMethodsArg {
+    /// Operator methods on loopback only.
+    Auto,
+    /// No operator methods.
+    Safe,
+    /// Operator methods on any interface.
+    Unsafe,
+}
+
 #[derive(Args, Debug)]
 pub struct NodeArgs {
     /// Run a one-node development chain: `--chain dev`, author as `//Alice`, and a temporary
@@ -34,6 +45,14 @@ pub struct NodeArgs {
     /// Listen for RPC on all interfaces instead of 127.0.0.1.
     #[arg(long)]
     rpc_external: bool,
+    /// Which RPC methods to serve: `auto` serves the operator methods (`system_banPeer`, …)
+    /// only when the RPC listens on loopback; `safe` never; `unsafe` always.
+    #[arg(long, value_enum, default_value_t = RpcMethodsArg::Auto)]
+    rpc_methods: RpcMethodsArg,
+    /// Test only: sign and send a second, conflicting vote for every vote (the network
+    /// reports the double votes and slashes this validator).
+    #[arg(long, hide = true)]
+    unsafe_equivocate: bool,
     /// Target time between blocks, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     block_time: u64,
@@ -165,10 +184,21 @@ pub fn run(args: NodeArgs) -> Result<()> {
             None
         };
         let ip = if args.rpc_external { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::LOCALHOST) };
+        let (status_tx, status_rx) = bitorch_service::status::channel();
+        let methods = match args.rpc_methods {
+            RpcMethodsArg::Safe => RpcMethods::Safe,
+            RpcMethodsArg::Unsafe => RpcMethods::Unsafe,
+            RpcMethodsArg::Auto if args.rpc_external => RpcMethods::Safe,
+            RpcMethodsArg::Auto => RpcMethods::Unsafe,
+        };
         let module = bitorch_rpc::module(
             handle.clone(),
             NodeInfo { name: args.name.clone(), version: env!("CARGO_PKG_VERSION").into() },
-            network.as_ref().map(|(net, _)| net.clone()),
+            network.as_ref().map(|(net, _)| bitorch_rpc::Network {
+                handle: net.clone(),
+                status: status_rx.clone(),
+            }),
+            methods,
         )?;
         let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module).await?;
         tracing::info!(target: "node", chain = %chain_name, %genesis, best, base_path = %base.display(), "node started");
@@ -179,10 +209,14 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 handle.clone(),
                 net,
                 events,
-                key,
-                genesis,
-                block_time,
-                Some(base.join("chains").join(&chain_id).join("consensus").join("wal")),
+                bitorch_service::p2p::Options {
+                    key,
+                    genesis,
+                    block_time,
+                    wal: Some(base.join("chains").join(&chain_id).join("consensus").join("wal")),
+                    status: status_tx,
+                    equivocate: args.unsafe_equivocate,
+                },
                 cancel.clone(),
             )),
             None => key.map(|k| {

@@ -50,12 +50,20 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
             .map_err(internal)?
     });
     method!(m, "bitorch_consensusState", |_p, ctx| {
+        let status = ctx.status.as_ref().map(|s| s.borrow().clone());
         ctx.chain
-            .with(|s| -> RpcResult {
+            .with(move |s| -> RpcResult {
                 let validators = s.chain.validators().map_err(internal)?;
                 let finalized = s.chain.finalized();
+                let height = s.chain.best().number + 1;
+                // The round is the engine's while it runs this very height (the status can
+                // trail the chain by an instant).
+                let round = status.as_ref().filter(|st| st.height == height).and_then(|st| st.round);
                 Ok(json!({
-                    "height": s.chain.best().number + 1,
+                    "height": height,
+                    "round": round,
+                    "validating": status.as_ref().is_some_and(|st| st.validating && st.height == height),
+                    "syncing": status.as_ref().is_some_and(|st| st.syncing),
                     "finalizedNumber": finalized.number,
                     "finalizedHash": finalized.hash(),
                     "validators": validators.iter().map(|(v, power)| json!({

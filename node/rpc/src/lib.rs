@@ -46,6 +46,8 @@ pub mod codes {
     pub const NOT_FOUND: i32 = 4004;
     /// Internal error of the node.
     pub const INTERNAL: i32 = 1000;
+    /// The method is an operator method and this server serves safe methods only.
+    pub const UNSAFE: i32 = -32601;
 }
 
 pub(crate) fn err(code: i32, msg: impl Into<String>) -> ErrorObjectOwned {
@@ -61,11 +63,32 @@ pub struct NodeInfo {
     pub version: String,
 }
 
+/// Which methods the RPC serves, as Substrate's `--rpc-methods`: `Unsafe` adds the operator
+/// methods that change what the node does (`system_banPeer`, `system_unbanPeer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RpcMethods {
+    /// Only methods that read state or submit transactions.
+    Safe,
+    /// Operator methods too.
+    Unsafe,
+}
+
+/// The networked node, for the RPC: its network service and its published status.
+#[derive(Clone)]
+pub struct Network {
+    /// The libp2p service.
+    pub handle: bitorch_network::Handle,
+    /// Consensus height, round and sync state.
+    pub status: bitorch_service::status::StatusReceiver,
+}
+
 /// The RPC's context.
 pub struct Ctx {
     pub(crate) chain: Handle,
     pub(crate) info: NodeInfo,
     pub(crate) network: Option<bitorch_network::Handle>,
+    pub(crate) status: Option<bitorch_service::status::StatusReceiver>,
+    pub(crate) methods: RpcMethods,
 }
 
 /// Serializes a header the way Substrate does (numbers as hex), plus author and timestamp.
@@ -100,9 +123,14 @@ pub(crate) fn parse_address(s: &str) -> Result<AccountId, ErrorObjectOwned> {
 pub fn module(
     chain: Handle,
     info: NodeInfo,
-    network: Option<bitorch_network::Handle>,
+    network: Option<Network>,
+    methods: RpcMethods,
 ) -> Result<RpcModule<Ctx>, Error> {
-    let mut m = RpcModule::new(Ctx { chain, info, network });
+    let (network, status) = match network {
+        Some(n) => (Some(n.handle), Some(n.status)),
+        None => (None, None),
+    };
+    let mut m = RpcModule::new(Ctx { chain, info, network, status, methods });
     methods::register(&mut m)?;
     m.register_subscription(
         "chain_subscribeNewHeads",

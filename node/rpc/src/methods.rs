@@ -11,6 +11,24 @@ use serde_json::{json, Value};
 
 pub(crate) type RpcResult = Result<Value, ErrorObjectOwned>;
 
+/// The network service, for an operator method: refused unless the server serves unsafe
+/// methods, and on a node without networking.
+fn operator_network(ctx: &Ctx) -> Result<&bitorch_network::Handle, ErrorObjectOwned> {
+    if ctx.methods != crate::RpcMethods::Unsafe {
+        return Err(err(
+            codes::UNSAFE,
+            "operator method refused: this RPC serves safe methods only (start the node with --rpc-methods unsafe, or keep the RPC on loopback)",
+        ));
+    }
+    ctx.network
+        .as_ref()
+        .ok_or_else(|| err(codes::NOT_FOUND, "this node runs without networking (--dev)"))
+}
+
+fn parse_peer(s: &str) -> Result<bitorch_network::PeerId, ErrorObjectOwned> {
+    s.parse().map_err(|e| err(codes::INVALID_PARAMS, format!("invalid peer id {s:?}: {e}")))
+}
+
 pub(crate) fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
     err(codes::INTERNAL, e.to_string())
 }
@@ -105,11 +123,36 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
             Some(net) => net.connected_peers().await.map_err(internal)?.len(),
             None => 0,
         };
+        let syncing = ctx.status.as_ref().is_some_and(|s| s.borrow().syncing);
         Ok(json!({
             "peers": peers,
-            "isSyncing": false,
+            "isSyncing": syncing,
             "shouldHavePeers": ctx.network.is_some(),
         }))
+    });
+    method!(m, "system_banPeer", |p, ctx| {
+        let net = operator_network(&ctx)?;
+        let peer = parse_peer(&required::<String>(&p, 0, "peer id")?)?;
+        let secs: u64 = required(&p, 1, "ban duration in seconds")?;
+        if secs == 0 {
+            return Err(err(codes::INVALID_PARAMS, "ban duration must be at least 1 second"));
+        }
+        net.ban_peer(peer, std::time::Duration::from_secs(secs))
+            .await
+            .map_err(|e| err(codes::INVALID_PARAMS, e.to_string()))?;
+        Ok(Value::Null)
+    });
+    method!(m, "system_unbanPeer", |p, ctx| {
+        let net = operator_network(&ctx)?;
+        let peer = parse_peer(&required::<String>(&p, 0, "peer id")?)?;
+        Ok(json!(net.unban_peer(peer).await.map_err(internal)?))
+    });
+    method!(m, "system_bannedPeers", |_p, ctx| {
+        let peers = match &ctx.network {
+            Some(net) => net.banned_peers().await.map_err(internal)?,
+            None => Vec::new(),
+        };
+        Ok(json!(peers.iter().map(|p| p.to_string()).collect::<Vec<_>>()))
     });
     method!(m, "system_peers", |_p, ctx| {
         let peers = match &ctx.network {

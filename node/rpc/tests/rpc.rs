@@ -39,6 +39,7 @@ async fn start() -> Node {
         handle.clone(),
         NodeInfo { name: "test".into(), version: "0".into() },
         None,
+        bitorch_rpc::RpcMethods::Safe,
     )
     .unwrap();
     let (server, addr) = bitorch_rpc::start("127.0.0.1:0".parse().unwrap(), module).await.unwrap();
@@ -150,6 +151,14 @@ async fn transfer_is_included_and_watched_to_finality() {
     assert_eq!(consensus["finalizedNumber"], 1);
     assert_eq!(consensus["validators"][0]["address"], to_ss58(&account_of(&alice)));
     assert_eq!(consensus["validators"][0]["votingPower"], 1_100, "Alice bonds 1,100 BTR");
+
+    // Operator methods are refused by a server that serves safe methods only.
+    let peer = "12D3KooWKPsswJhqGvMMjDbtzHjaRpcdZoTADHb8XVcuUHSKCva3";
+    let refused =
+        node.client.request::<Value, _>("system_banPeer", rpc_params![peer, 60]).await.unwrap_err();
+    assert!(refused.to_string().contains("--rpc-methods unsafe"), "{refused}");
+    let banned: Value = node.client.request("system_bannedPeers", rpc_params![]).await.unwrap();
+    assert_eq!(banned, serde_json::json!([]));
 }
 
 #[tokio::test]

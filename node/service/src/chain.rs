@@ -49,7 +49,14 @@ pub struct Chain {
     best: Header,
     finalized: Header,
     spec: ChainSpec,
+    /// Blocks on top of `best` that were already executed (checked before a vote, or built
+    /// by us), with their results, so that importing one once it is decided does not execute
+    /// it again. Cleared whenever `best` moves; a few entries (one per round's proposal).
+    executed: Vec<(Hash, Changes, Prepared)>,
 }
+
+/// Most executed-but-not-imported blocks kept (one per proposal seen at a height).
+const MAX_EXECUTED: usize = 4;
 
 impl Chain {
     /// Opens the chain at `db_path` for `spec`, writing genesis into an empty database, or
@@ -76,6 +83,7 @@ impl Chain {
                     best: genesis_header.clone(),
                     finalized: genesis_header,
                     spec,
+                    executed: Vec::new(),
                 })
             }
             Some(stored) if stored != genesis => {
@@ -100,7 +108,7 @@ impl Chain {
                     )));
                 }
                 tracing::info!(target: "chain", number = best.number, hash = %best_hash, "resumed from disk");
-                Ok(Self { db, state, genesis, best, finalized, spec })
+                Ok(Self { db, state, genesis, best, finalized, spec, executed: Vec::new() })
             }
         }
     }
@@ -157,7 +165,7 @@ impl Chain {
     /// returning it with its commit certificate. Changes nothing: the result still has to go
     /// through [`Chain::import_block`].
     pub fn author_block(
-        &self,
+        &mut self,
         key: &Pair,
         candidates: Vec<UncheckedExtrinsic>,
         timestamp_ms: u64,
@@ -173,10 +181,11 @@ impl Chain {
             MAX_BLOCK_BYTES,
         )?;
         let changes = overlay.into_changes();
+        let prepared = self.state.prepare(&changes);
         let header = Header {
             parent_hash: self.best.hash(),
             number: ctx.block_number,
-            state_root: self.state.prepare(&changes).root(),
+            state_root: prepared.root(),
             extrinsics_root: extrinsics_root(&built.included),
             author,
             timestamp_ms,
@@ -193,6 +202,7 @@ impl Chain {
             }],
         };
         let block = Block { header, extrinsics: built.included.clone() };
+        self.remember(hash, changes, prepared);
         Ok((block, commit, built))
     }
 
@@ -207,8 +217,24 @@ impl Chain {
 
     /// Checks a proposed next block without importing it: parent, author, execution and
     /// state root. Consensus asks this before voting for a block.
-    pub fn check_block(&self, block: &Block) -> Result<(), Error> {
-        self.execute(block, &self.validators()?).map(|_| ())
+    pub fn check_block(&mut self, block: &Block) -> Result<(), Error> {
+        let hash = block.header.hash();
+        let validators = self.validators()?;
+        if self.executed.iter().any(|(h, ..)| *h == hash) {
+            // Executed on top of best already (as we built it, or checked it before); the
+            // author rule is the one check that execution result does not carry.
+            return check_author(&block.header, &validators);
+        }
+        let (changes, prepared) = self.execute(block, &validators)?;
+        self.remember(hash, changes, prepared);
+        Ok(())
+    }
+
+    fn remember(&mut self, hash: Hash, changes: Changes, prepared: Prepared) {
+        if self.executed.len() >= MAX_EXECUTED {
+            self.executed.remove(0);
+        }
+        self.executed.push((hash, changes, prepared));
     }
 
     /// Parent, author (a member of `validators`), execution and state root.
@@ -227,9 +253,7 @@ impl Chain {
                 best: best_hash,
             });
         }
-        if !validators.iter().any(|(v, _)| v == &header.author) {
-            return Err(Error::AuthorNotValidator(header.author.clone()));
-        }
+        check_author(header, validators)?;
         let mut overlay = Overlay::new(&self.state);
         executive::execute_block(&mut overlay, block, &self.genesis)?;
         let changes = overlay.into_changes();
@@ -252,7 +276,17 @@ impl Chain {
         }
         let validators = self.validators()?;
         commit.verify(&self.genesis, &validators)?;
-        let (changes, prepared) = self.execute(&block, &validators)?;
+        let cached = self.executed.iter().position(|(h, ..)| *h == hash);
+        let (changes, prepared) = match cached {
+            // Executed on top of the current best (the cache is cleared when best moves), and
+            // the parent/author checks are part of that execution.
+            Some(i) => {
+                check_author(&block.header, &validators)?;
+                let (_, changes, prepared) = self.executed.swap_remove(i);
+                (changes, prepared)
+            }
+            None => self.execute(&block, &validators)?,
+        };
         let header = &block.header;
         let body = block.extrinsics.encode();
         self.db.commit(BlockCommit {
@@ -262,6 +296,7 @@ impl Chain {
             changes: &changes,
         })?;
         self.state.commit(changes, prepared);
+        self.executed.clear();
         self.best = block.header.clone();
         self.finalized = block.header.clone();
         tracing::debug!(target: "chain", number = header.number, %hash, txs = block.extrinsics.len(), "imported");
@@ -270,6 +305,15 @@ impl Chain {
             hash,
             extrinsics: block.extrinsics.iter().map(|x| x.hash()).collect(),
         })
+    }
+}
+
+/// A block's author must be a member of the validator set.
+fn check_author(header: &Header, validators: &[(AccountId, VotingPower)]) -> Result<(), Error> {
+    if validators.iter().any(|(v, _)| v == &header.author) {
+        Ok(())
+    } else {
+        Err(Error::AuthorNotValidator(header.author.clone()))
     }
 }
 
@@ -302,5 +346,28 @@ mod tests {
         assert_eq!(chain.best().number, best + 1);
         // The same block again no longer extends the best block.
         assert!(matches!(chain.import_block(block, commit), Err(Error::NotNextBlock { .. })));
+        assert!(chain.executed.is_empty(), "execution results are dropped when best moves");
+    }
+
+    #[test]
+    fn a_block_executed_once_imports_to_the_same_state_as_a_fresh_execution() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ChainSpec::dev().unwrap();
+        let mut builder = Chain::open(&dir.path().join("a"), spec.clone()).unwrap();
+        let mut follower = Chain::open(&dir.path().join("b"), spec).unwrap();
+        let alice = pair_from_suri("//Alice").unwrap();
+        let genesis = builder.genesis();
+        let call = bitorch_runtime::Call::Balances(bitorch_runtime::balances::Call::Transfer {
+            dest: AccountId::from(pair_from_suri("//Bob").unwrap().public()),
+            amount: bitorch_primitives::UNIT,
+        });
+        let xt = UncheckedExtrinsic::sign(&alice, &genesis, 0, 0, 100, call);
+        let (block, commit, _) = builder.author_block(&alice, vec![xt], 1).unwrap();
+        follower.check_block(&block).unwrap();
+        assert_eq!(follower.executed.len(), 1);
+        builder.import_block(block.clone(), commit.clone()).unwrap();
+        follower.import_block(block, commit).unwrap();
+        assert_eq!(builder.state().root(), follower.state().root());
+        assert_eq!(builder.best(), follower.best());
     }
 }

@@ -16,9 +16,11 @@ pub mod error;
 pub mod p2p;
 pub mod pool;
 pub mod service;
+pub mod status;
 pub mod wal;
 
 pub use chain::Chain;
 pub use error::Error;
 pub use pool::{PoolLimits, TxPool};
 pub use service::{Event, Handle, TxStatus};
+pub use status::NodeStatus;

@@ -13,6 +13,7 @@
 //! casting new ones.
 
 use crate::service::{Event as ChainEvent, Handle, TxStatus};
+use crate::status::{NodeStatus, StatusSender};
 use bitorch_consensus::{
     Action, Config, Consensus, MalachiteConsensus, MemoryWal, Timeout, ValidatorSet, Value, Wal,
 };
@@ -49,37 +50,57 @@ struct Node {
     last_start: Instant,
     /// The consensus write-ahead log; `None` keeps it in memory (lost when the node stops).
     wal_path: Option<PathBuf>,
+    status: StatusSender,
+    equivocate: bool,
+    /// The last sync request came back with a full batch: peers hold more than we have.
+    syncing: bool,
+}
+
+/// How the networked node runs.
+pub struct Options {
+    /// The validator key, if this node validates.
+    pub key: Option<Pair>,
+    /// The chain's genesis hash.
+    pub genesis: Hash,
+    /// Target time between blocks.
+    pub block_time: Duration,
+    /// The consensus write-ahead log (`None`: in memory, lost on restart).
+    pub wal: Option<PathBuf>,
+    /// Where the node publishes its consensus and sync status (for the RPC).
+    pub status: StatusSender,
+    /// Test-only misbehaviour: sign and send a second, conflicting vote for every vote
+    /// (`bitorch node --unsafe-equivocate`), so that tests can watch the network slash it.
+    pub equivocate: bool,
 }
 
 /// Starts the networked node task; it ends when `cancel` fires (and cancels it if it fails).
-///
-/// `wal` is where a validator keeps its consensus write-ahead log (`<chain dir>/consensus/wal`);
-/// `None` keeps it in memory, for nodes whose restarts do not matter (tests). A log that cannot
-/// be opened stops the node.
 pub fn spawn(
     chain: Handle,
     net: NetHandle,
     events: mpsc::Receiver<NetEvent>,
-    key: Option<Pair>,
-    genesis: Hash,
-    block_time: Duration,
-    wal: Option<PathBuf>,
+    options: Options,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        if options.equivocate {
+            tracing::warn!(target: "p2p", "--unsafe-equivocate: this validator double-votes on purpose and will be slashed");
+        }
         let node = Node {
             chain,
             net,
-            key,
-            genesis,
+            key: options.key,
+            genesis: options.genesis,
             engine: None,
             timers: Vec::new(),
             best: 0,
             next_peer: 0,
-            block_time,
+            block_time: options.block_time,
             start_next_at: None,
             last_start: Instant::now(),
-            wal_path: wal,
+            wal_path: options.wal,
+            status: options.status,
+            equivocate: options.equivocate,
+            syncing: false,
         };
         if let Err(e) = node.run(events, cancel.clone()).await {
             tracing::error!(target: "p2p", error = %e, "networked node failed; stopping");
@@ -156,10 +177,10 @@ impl Node {
     /// (Re)starts consensus at the height after the best block, if we are a validator of it;
     /// returns the engine's first actions for that height.
     async fn restart_engine(&mut self) -> Result<Vec<Action>, crate::Error> {
-        let Some(key) = self.key.clone() else { return Ok(Vec::new()) };
         let (best, powers) =
             self.chain.with(|s| s.chain.validators().map(|v| (s.chain.best().number, v))).await??;
         self.best = best;
+        let Some(key) = self.key.clone() else { return Ok(Vec::new()) };
         let me = keys::account_of(&key);
         if !powers.iter().any(|(a, _)| a == &me) {
             self.engine = None;
@@ -198,8 +219,18 @@ impl Node {
         while let Some(action) = queue.pop_front() {
             let more = match action {
                 Action::Broadcast(bytes) => {
-                    if let Err(e) = self.net.publish(Topic::Consensus, bytes).await {
-                        tracing::debug!(target: "p2p", error = %e, "consensus message not published");
+                    let twin = match (&self.key, self.equivocate) {
+                        (Some(key), true) => bitorch_consensus::byzantine::conflicting_vote(
+                            &bytes,
+                            key,
+                            &self.genesis,
+                        ),
+                        _ => None,
+                    };
+                    for msg in std::iter::once(bytes).chain(twin) {
+                        if let Err(e) = self.net.publish(Topic::Consensus, msg).await {
+                            tracing::debug!(target: "p2p", error = %e, "consensus message not published");
+                        }
                     }
                     Vec::new()
                 }
@@ -247,7 +278,22 @@ impl Node {
             };
             queue.extend(more);
         }
+        self.publish_status();
         Ok(())
+    }
+
+    /// Publishes height, round, whether we validate it, and sync state for the RPC.
+    fn publish_status(&self) {
+        let (height, round, validating) = match &self.engine {
+            Some(e) => (e.height(), e.round(), true),
+            None => (self.best + 1, None, false),
+        };
+        let status = NodeStatus { height, round, validating, syncing: self.syncing };
+        self.status.send_if_modified(|old| {
+            let changed = *old != status;
+            *old = status;
+            changed
+        });
     }
 
     async fn propose(&mut self, height: u64, round: u32) -> Result<Vec<Action>, crate::Error> {
@@ -321,7 +367,11 @@ impl Node {
 
     async fn on_net_event(&mut self, ev: NetEvent) -> Result<(), crate::Error> {
         match ev {
-            NetEvent::Gossip { topic: Topic::Consensus, from, data, .. } => {
+            // Gossip is penalised on its signed author, not on the peer that relayed it:
+            // gossipsub forwards messages before we check them, so an honest relay would
+            // otherwise be banned for another peer's garbage.
+            NetEvent::Gossip { topic: Topic::Consensus, from, author, data } => {
+                let from = author.unwrap_or(from);
                 if let Some(engine) = self.engine.as_mut() {
                     match engine.on_message(&data) {
                         Ok(actions) => self.perform(actions).await?,
@@ -340,7 +390,8 @@ impl Node {
                     }
                 }
             }
-            NetEvent::Gossip { topic: Topic::Transactions, from, data, .. } => {
+            NetEvent::Gossip { topic: Topic::Transactions, from, author, data } => {
+                let from = author.unwrap_or(from);
                 if let Err(crate::Error::Pool(crate::pool::PoolError::Invalid(
                     bitorch_runtime::TransactionError::Malformed(_)
                     | bitorch_runtime::TransactionError::BadSignature,
@@ -408,6 +459,7 @@ impl Node {
         blocks: Vec<SyncBlock>,
     ) -> Result<(), crate::Error> {
         let mut imported = 0;
+        self.syncing = blocks.len() >= SYNC_BATCH as usize;
         for sb in blocks {
             let decoded = Block::decode_all_with_depth_limit(DEPTH, &mut &sb.block[..]).ok().zip(
                 <Commit as DecodeLimit>::decode_all_with_depth_limit(DEPTH, &mut &sb.commit[..])
@@ -435,6 +487,7 @@ impl Node {
             let actions = self.restart_engine().await?;
             self.perform(actions).await?;
         }
+        self.publish_status();
         Ok(())
     }
 }
