@@ -1,0 +1,765 @@
+//! The gateway: runs a whole generation over a route of stage workers.
+//!
+//! [`Gateway::generate`] plans a route ([`crate::route`]), opens a session on every stage,
+//! prefills the prompt, then per step sends one position along the route and samples the next
+//! token from the last stage's logits with the same [`Sampler`] as
+//! [`bitorch_inference::Engine::generate_tokens`], streaming each token to a callback as soon as
+//! it is sampled.
+//!
+//! The gateway is a relay: every activation goes gateway → worker → gateway, so it holds the
+//! session's inputs at every stage boundary (token ids at layer 0, hidden states at the others).
+//! That is what makes failover exact: when a worker fails (transport error, timeout, error
+//! answer, answer out of protocol, or busy in the middle of a session) it is banned for a while,
+//! the route is re-planned with the stages still alive kept (they cost nothing to keep), the new
+//! stages get sessions and the positions so far in one batched prefill each, and the step goes
+//! on. The replay is checked: a replacement's outputs at positions the next stage already
+//! consumed must be bit-identical to what its predecessor sent. Batch-invariant workers (the
+//! batch-invariant attention kernel, which committed sessions use, with GGUF weights run by
+//! candle's quantized kernels or our Q4_1 kernel) reproduce them from one batched prefill, and
+//! that is what the gateway sends first. Weights dequantized to f32 are not batch-invariant (a
+//! one-row matmul takes another kernel than a many-row one), so when the batched replay differs,
+//! the replacement's session is reopened and the positions replayed in the batches they were
+//! first fed in (the prompt, then one position per step), which reproduces them on the same
+//! backend. Either way the tokens are those an uninterrupted run would have produced. If even
+//! that differs (other hardware), the stored values are replaced and the next stage's session is
+//! restarted on them, and so on down the route, so the commitments still chain.
+//!
+//! Commitments chain by construction, since the gateway forwards exactly the bytes it received,
+//! and are checked at the end: every stage's [`Closure`] must cover the positions it was sent;
+//! for a stage between two others the gateway knows both the inputs and outputs of every
+//! position and recomputes the Merkle root itself, which proves that the worker committed to
+//! what it returned and to what its predecessor returned. (The first stage's inputs are token
+//! embeddings and the last stage's outputs are hidden states it never sends; those two roots are
+//! checked by auditors.) Receipts must be signed by the announced account, for the job, the
+//! layers and the positions, with the closure's root.
+
+use crate::{
+    error::{Error, StageFailure, TransportError},
+    protocol::{
+        Activation, Closure, Floats, ModelId, SessionId, StageInfo, StageRequest, StageResponse,
+    },
+    route::{plan_route_with, Bans, CostModel, WorkerInfo},
+};
+use bitorch_commitment::{leaf_hash, Commitment};
+use bitorch_inference::{FinishReason, Sampler, SamplingParams};
+use bitorch_pallet_jobs::{JobId, SignedReceipt};
+use bitorch_primitives::H256;
+use candle_core::{Device, Tensor};
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    future::Future,
+    hash::Hash,
+    ops::{ControlFlow, Range},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+const TARGET: &str = "bitorch::compute::gateway";
+
+/// Bytes of a forward message besides its floats (version, variants, session, position,
+/// shape, length prefix), rounded up.
+const FORWARD_OVERHEAD: u32 = 64;
+
+/// How a gateway reaches workers: one request, one answer. The libp2p request-response
+/// behaviour implements it in the node; tests use an in-memory one.
+pub trait StageTransport: Send + Sync {
+    /// How workers are addressed (a peer id).
+    type WorkerId: Clone + Eq + Hash + Debug + Send + Sync;
+
+    /// Sends `req` to `worker` and waits for its answer. The gateway adds its own timeout.
+    fn call(
+        &self,
+        worker: &Self::WorkerId,
+        req: StageRequest,
+    ) -> impl Future<Output = Result<StageResponse, TransportError>> + Send;
+}
+
+/// How a gateway runs generations.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Genesis hash of the chain receipts are for.
+    pub genesis: H256,
+    /// How long a failed worker is not used.
+    pub ban_duration: Duration,
+    /// How long a busy worker is not used.
+    pub busy_backoff: Duration,
+    /// Longest wait for one answer.
+    pub call_timeout: Duration,
+    /// Most worker failures (busy ones included) one generation survives.
+    pub max_failovers: u32,
+    /// How routes are costed.
+    pub cost: CostModel,
+}
+
+impl GatewayConfig {
+    /// Defaults for the chain `genesis`: 10-minute bans, 5 s busy backoff, 60 s call timeout,
+    /// 16 failovers.
+    pub fn new(genesis: H256) -> Self {
+        Self {
+            genesis,
+            ban_duration: Duration::from_secs(600),
+            busy_backoff: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(60),
+            max_failovers: 16,
+            cost: CostModel::default(),
+        }
+    }
+}
+
+/// One generation to run.
+#[derive(Debug, Clone)]
+pub struct GatewayRequest {
+    /// The model.
+    pub model: ModelId,
+    /// Its number of layers.
+    pub num_layers: u32,
+    /// Prompt token ids (after any chat template).
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+    /// End-of-sequence token ids.
+    pub eos: Vec<u32>,
+    /// The on-chain job paying for it, if any (workers then sign receipts).
+    pub job: Option<JobId>,
+}
+
+/// A stage's closed session, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageReceipt<Id> {
+    /// The worker.
+    pub worker: Id,
+    /// Its layers.
+    pub layers: Range<u32>,
+    /// Positions its commitment covers.
+    pub positions: u32,
+    /// Merkle root of its commitment.
+    pub root: H256,
+    /// Whether the gateway recomputed the root itself (stages between two others).
+    pub root_recomputed: bool,
+    /// The signed receipt, for a job.
+    pub receipt: Option<SignedReceipt>,
+}
+
+/// A stage whose closure or receipt did not check out (its worker is banned).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedReceipt<Id> {
+    /// The worker.
+    pub worker: Id,
+    /// Its layers.
+    pub layers: Range<u32>,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// What a generation produced.
+#[derive(Debug, Clone)]
+pub struct GatewayGeneration<Id> {
+    /// The prompt.
+    pub prompt_tokens: Vec<u32>,
+    /// Generated tokens (an end-of-sequence token included).
+    pub tokens: Vec<u32>,
+    /// Why it ended.
+    pub finish: FinishReason,
+    /// The route at the end.
+    pub route: Vec<WorkerInfo<Id>>,
+    /// The checked closures of the final route's stages, in layer order.
+    pub receipts: Vec<StageReceipt<Id>>,
+    /// Closures that failed their checks.
+    pub rejected: Vec<RejectedReceipt<Id>>,
+    /// Worker failures survived.
+    pub failovers: u32,
+    /// Seconds to the first token (planning, opening, prefill).
+    pub prompt_secs: f64,
+    /// Seconds for the following tokens.
+    pub generate_secs: f64,
+}
+
+/// Runs generations over a [`StageTransport`]; see the [module docs](self). Bans are shared by
+/// all generations of one gateway.
+#[derive(Debug)]
+pub struct Gateway<T: StageTransport> {
+    transport: T,
+    config: GatewayConfig,
+    bans: Mutex<Bans<T::WorkerId>>,
+}
+
+impl<T: StageTransport> Gateway<T> {
+    /// A gateway over `transport`.
+    pub fn new(transport: T, config: GatewayConfig) -> Self {
+        Self { transport, config, bans: Mutex::new(Bans::new()) }
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    fn bans(&self) -> std::sync::MutexGuard<'_, Bans<T::WorkerId>> {
+        // A panic elsewhere cannot leave a ban table half written; keep using it.
+        self.bans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `worker` is banned now.
+    pub fn is_banned(&self, worker: &T::WorkerId) -> bool {
+        self.bans().is_banned(worker, Instant::now())
+    }
+
+    /// Bans `worker` for `duration`.
+    pub fn ban(&self, worker: T::WorkerId, duration: Duration) {
+        self.bans().ban(worker, duration, Instant::now());
+    }
+
+    /// Lifts a ban.
+    pub fn lift_ban(&self, worker: &T::WorkerId) {
+        self.bans().lift(worker);
+    }
+
+    /// Runs one generation over the announced `workers` (those of other models are ignored),
+    /// calling `on_token` with each token as it is sampled; `ControlFlow::Break` stops after
+    /// that token. See the [module docs](self).
+    pub async fn generate(
+        &self,
+        workers: &[WorkerInfo<T::WorkerId>],
+        req: &GatewayRequest,
+        mut on_token: impl FnMut(u32) -> ControlFlow<()> + Send,
+    ) -> Result<GatewayGeneration<T::WorkerId>, Error> {
+        let mut sampler = Sampler::new(req.sampling.clone())?;
+        if req.prompt.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let start = Instant::now();
+        let mut run = Run {
+            gw: self,
+            workers: workers.iter().filter(|w| w.model == req.model).cloned().collect(),
+            model: req.model,
+            num_layers: req.num_layers,
+            job: req.job,
+            route: Vec::new(),
+            tokens: req.prompt.clone(),
+            prompt_len: req.prompt.len() as u32,
+            hidden: HashMap::new(),
+            width: None,
+            vocab: None,
+            logits: Vec::new(),
+            logits_at: 0,
+            failovers: 0,
+        };
+        let mut tokens = Vec::new();
+        let mut finish = FinishReason::Length;
+        let mut prompt_secs = 0.0;
+        let span = tracing::info_span!(target: TARGET, "generate", prompt = req.prompt.len(),
+            job = ?req.job);
+        if req.max_tokens > 0 {
+            let r = run.generate(req, &mut sampler, &mut tokens, &mut prompt_secs, &mut on_token);
+            match tracing::Instrument::instrument(r, span.clone()).await {
+                Ok(f) => finish = f,
+                Err(e) => {
+                    run.close_quietly_all().await;
+                    return Err(e);
+                }
+            }
+        }
+        let (receipts, rejected) = tracing::Instrument::instrument(run.close_all(), span).await;
+        let total = start.elapsed().as_secs_f64();
+        tracing::debug!(target: TARGET, tokens = tokens.len(), failovers = run.failovers,
+            rejected = rejected.len(), secs = total, "generation done");
+        Ok(GatewayGeneration {
+            prompt_tokens: req.prompt.clone(),
+            tokens,
+            finish,
+            route: run.route.iter().map(|h| h.worker.clone()).collect(),
+            receipts,
+            rejected,
+            failovers: run.failovers,
+            prompt_secs,
+            generate_secs: total - prompt_secs,
+        })
+    }
+}
+
+/// A stage of the route being run.
+struct Hop<Id> {
+    worker: WorkerInfo<Id>,
+    session: SessionId,
+    /// What the worker said when the session opened; `None` until then.
+    info: Option<StageInfo>,
+    /// Positions it has processed.
+    done: u32,
+    /// Its session must start over (its inputs changed under it, or its batched replay did not
+    /// reproduce what it replaced).
+    restart: bool,
+    /// Replay positions in the batches they were first fed in (the prompt, then one per step)
+    /// rather than all at once.
+    as_fed: bool,
+}
+
+impl<Id> Hop<Id> {
+    fn new(worker: WorkerInfo<Id>) -> Self {
+        Self { worker, session: rand::random(), info: None, done: 0, restart: false, as_fed: false }
+    }
+}
+
+/// One generation's state.
+struct Run<'g, T: StageTransport> {
+    gw: &'g Gateway<T>,
+    workers: Vec<WorkerInfo<T::WorkerId>>,
+    model: ModelId,
+    num_layers: u32,
+    job: Option<JobId>,
+    route: Vec<Hop<T::WorkerId>>,
+    /// The inputs of layer 0: every token fed or about to be fed.
+    tokens: Vec<u32>,
+    prompt_len: u32,
+    /// The inputs at every inner boundary of the route: row-major `positions × width` floats.
+    hidden: HashMap<u32, Vec<f32>>,
+    width: Option<u32>,
+    vocab: Option<u32>,
+    logits: Vec<f32>,
+    /// How many positions had been processed when `logits` were produced.
+    logits_at: u32,
+    failovers: u32,
+}
+
+impl<T: StageTransport> Run<'_, T> {
+    async fn generate(
+        &mut self,
+        req: &GatewayRequest,
+        sampler: &mut Sampler,
+        tokens: &mut Vec<u32>,
+        prompt_secs: &mut f64,
+        on_token: &mut (impl FnMut(u32) -> ControlFlow<()> + Send),
+    ) -> Result<FinishReason, Error> {
+        let start = Instant::now();
+        self.establish().await?;
+        let limit = self.context_length();
+        if req.prompt.len() > limit {
+            return Err(Error::PromptTooLong { tokens: req.prompt.len(), limit });
+        }
+        let mut history = req.prompt.clone();
+        let mut target = req.prompt.len() as u32;
+        self.advance(target).await?;
+        loop {
+            let vocab = self.logits.len();
+            let logits =
+                Tensor::from_vec(std::mem::take(&mut self.logits), (1, vocab), &Device::Cpu)
+                    .map_err(bitorch_inference::Error::from)?;
+            let tok = sampler.sample(&logits, &history)?;
+            tokens.push(tok);
+            history.push(tok);
+            if tokens.len() == 1 {
+                *prompt_secs = start.elapsed().as_secs_f64();
+            }
+            if req.eos.contains(&tok) {
+                let _ = on_token(tok);
+                return Ok(FinishReason::Eos);
+            }
+            if on_token(tok).is_break() {
+                return Ok(FinishReason::Cancelled);
+            }
+            if tokens.len() >= req.max_tokens {
+                return Ok(FinishReason::Length);
+            }
+            if target as usize >= self.context_length() {
+                return Ok(FinishReason::ContextFull);
+            }
+            self.tokens.push(tok);
+            target += 1;
+            self.advance(target).await?;
+        }
+    }
+
+    fn context_length(&self) -> usize {
+        self.route
+            .iter()
+            .filter_map(|h| h.info.map(|i| i.context_length as usize))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Brings every stage to `target` positions and leaves the last position's logits in
+    /// `self.logits`, failing over as needed.
+    async fn advance(&mut self, target: u32) -> Result<(), Error> {
+        loop {
+            match self.pass(target).await {
+                Ok(()) if self.logits_at == target && !self.logits.is_empty() => return Ok(()),
+                Ok(()) => {
+                    // Only reachable if the last stage was already at `target` without logits
+                    // for it, which the pass order rules out; fail over rather than panic.
+                    let i = self.route.len().saturating_sub(1);
+                    let f = StageFailure::Unexpected("no logits for the last position".into());
+                    self.fail(i, f).await?;
+                }
+                Err((i, f)) => self.fail(i, f).await?,
+            }
+            self.establish().await?;
+        }
+    }
+
+    /// One pass down the route: each stage gets the positions it lacks up to `target`.
+    async fn pass(&mut self, target: u32) -> Result<(), (usize, StageFailure)> {
+        let n = self.num_layers;
+        let mut i = 0;
+        while i < self.route.len() {
+            if self.route[i].restart {
+                tracing::info!(target: TARGET, worker = ?self.route[i].worker.id,
+                    as_fed = self.route[i].as_fed, "restarting a stage's session");
+                let fresh =
+                    Hop { as_fed: self.route[i].as_fed, ..Hop::new(self.route[i].worker.clone()) };
+                let old = std::mem::replace(&mut self.route[i], fresh);
+                self.close_quietly(&old).await;
+                self.open(i).await.map_err(|f| (i, f))?;
+            }
+            let (start, end) = (self.route[i].worker.layers.start, self.route[i].worker.layers.end);
+            let last = end == n;
+            let info =
+                self.route[i].info.ok_or((i, StageFailure::Unexpected("not open".into())))?;
+            let width = info.hidden_size;
+            let by_bytes = info.max_message_bytes.saturating_sub(FORWARD_OVERHEAD)
+                / width.saturating_mul(4).max(1);
+            let max_rows = info.max_positions.min(by_bytes).max(1);
+            let mut redo = false;
+            while self.route[i].done < target {
+                let done = self.route[i].done;
+                // As fed: the prompt, then one position per step, the way the stage this one
+                // replaces computed them.
+                let batch_end = if !self.route[i].as_fed {
+                    target
+                } else if done < self.prompt_len {
+                    self.prompt_len.min(target)
+                } else {
+                    done + 1
+                };
+                let chunk = (batch_end - done).min(max_rows);
+                let (lo, hi) = (done as usize, (done + chunk) as usize);
+                let input = if start == 0 {
+                    Activation::Tokens(self.tokens[lo..hi].to_vec())
+                } else {
+                    let w = width as usize;
+                    let rows = self.hidden.get(&start).map(Vec::as_slice).unwrap_or_default();
+                    let Some(slice) = rows.get(lo * w..hi * w) else {
+                        let f = StageFailure::Unexpected("missing inputs".into());
+                        return Err((i, f));
+                    };
+                    Activation::Hidden(
+                        Floats::new(chunk, width, slice)
+                            .ok_or((i, StageFailure::Unexpected("shape".into())))?,
+                    )
+                };
+                let session = self.route[i].session;
+                let req = StageRequest::Forward { session, pos: done, input };
+                let resp = self.call(i, req).await.map_err(|f| (i, f))?;
+                match resp {
+                    StageResponse::Output(Activation::Hidden(f))
+                        if !last && f.rows() == chunk && f.cols() == width =>
+                    {
+                        let values = f.to_vec();
+                        if let Some(p) = self.diverges(end, done, &values, width as usize) {
+                            if !self.route[i].as_fed {
+                                // A stage that is not batch-invariant (f32 matmuls pick other
+                                // kernels for one row than for many) computed other bits in one
+                                // batch than its predecessor did step by step: replay again the
+                                // way the positions were first fed.
+                                tracing::info!(target: TARGET, worker = ?self.route[i].worker.id,
+                                    position = p, "batched replay differs; replaying as fed");
+                                self.route[i].as_fed = true;
+                                self.route[i].restart = true;
+                                redo = true;
+                                break;
+                            }
+                            self.replace_from(i, end, p, width as usize);
+                        }
+                        self.append(end, done, &values, width as usize);
+                    }
+                    StageResponse::Output(Activation::Logits(f))
+                        if last && f.rows() == 1 && Some(f.cols()) == self.vocab =>
+                    {
+                        if done + chunk == target {
+                            self.logits = f.to_vec();
+                            self.logits_at = target;
+                        }
+                    }
+                    other => return Err((i, unexpected(other))),
+                }
+                self.route[i].done = done + chunk;
+            }
+            if !redo {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first position in `from..` where `values` (rows of width `w`) differ from what is
+    /// stored at boundary `end` (computed by a stage the one now producing them replaced).
+    fn diverges(&self, end: u32, from: u32, values: &[f32], w: usize) -> Option<usize> {
+        let buf = self.hidden.get(&end)?;
+        let (from, have, rows) = (from as usize, buf.len() / w, values.len() / w);
+        let overlap = have.saturating_sub(from).min(rows);
+        (0..overlap)
+            .find(|&r| {
+                let a = &buf[(from + r) * w..(from + r + 1) * w];
+                let b = &values[r * w..(r + 1) * w];
+                a.iter().zip(b).any(|(x, y)| x.to_bits() != y.to_bits())
+            })
+            .map(|r| from + r)
+    }
+
+    /// Stage `i` computed other values from position `p` on than those stored at `end` (other
+    /// hardware, or other inputs): drop the stored ones from `p`, and restart the next stage if
+    /// it consumed them, so that every stage's commitment chains into the next.
+    fn replace_from(&mut self, i: usize, end: u32, p: usize, w: usize) {
+        tracing::warn!(target: TARGET, worker = ?self.route[i].worker.id, position = p,
+            "stage computed other values than the stage it replaced");
+        if let Some(buf) = self.hidden.get_mut(&end) {
+            buf.truncate(p * w);
+        }
+        if let Some(next) = self.route.get_mut(i + 1) {
+            if next.done as usize > p {
+                next.restart = true;
+                // Its positions before `p` have the same inputs: as fed, they come out the same.
+                next.as_fed = true;
+            }
+        }
+    }
+
+    /// Appends the rows of `values` for positions `from..` that boundary `end` lacks.
+    fn append(&mut self, end: u32, from: u32, values: &[f32], w: usize) {
+        let buf = self.hidden.entry(end).or_default();
+        let skip = (buf.len() / w).saturating_sub(from as usize).min(values.len() / w);
+        buf.extend_from_slice(&values[skip * w..]);
+    }
+
+    async fn call(&self, i: usize, req: StageRequest) -> Result<StageResponse, StageFailure> {
+        call(self.gw, &self.route[i].worker.id, req).await
+    }
+
+    /// Opens stage `i`'s session.
+    async fn open(&mut self, i: usize) -> Result<(), StageFailure> {
+        let hop = &self.route[i];
+        let layers = (hop.worker.layers.start, hop.worker.layers.end);
+        let req =
+            StageRequest::Open { session: hop.session, model: self.model, layers, job: self.job };
+        match self.call(i, req).await? {
+            StageResponse::Opened(info) => {
+                let consistent = info.layers == layers
+                    && info.hidden_size > 0
+                    && self.width.is_none_or(|w| w == info.hidden_size)
+                    && self.vocab.is_none_or(|v| v == info.vocab_size)
+                    && info.max_positions > 0;
+                if !consistent {
+                    let close = StageRequest::Close { session: self.route[i].session };
+                    let _ = self.call(i, close).await;
+                    return Err(StageFailure::Unexpected(format!("inconsistent stage {info:?}")));
+                }
+                self.width = Some(info.hidden_size);
+                self.vocab = Some(info.vocab_size);
+                self.route[i].info = Some(info);
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Plans a route with the stages still open kept (they cost nothing), closes those no
+    /// longer used, and opens the new ones; a stage that cannot be opened is banned and the
+    /// route planned again.
+    async fn establish(&mut self) -> Result<(), Error> {
+        'plan: loop {
+            let now = Instant::now();
+            let plan = {
+                let bans = self.gw.bans();
+                let cost = self.gw.config.cost;
+                let route = &self.route;
+                plan_route_with(self.num_layers, &self.workers, |w| {
+                    if bans.is_banned(&w.id, now) {
+                        None
+                    } else if route
+                        .iter()
+                        .any(|h| h.worker.id == w.id && h.worker.layers == w.layers)
+                    {
+                        Some(0.0)
+                    } else {
+                        (w.capacity > 0).then(|| cost.stage_secs(w))
+                    }
+                })?
+            };
+            let mut old: Vec<Option<Hop<T::WorkerId>>> =
+                std::mem::take(&mut self.route).into_iter().map(Some).collect();
+            for w in plan.stages {
+                let kept = old.iter_mut().find(|h| {
+                    h.as_ref().is_some_and(|h| h.worker.id == w.id && h.worker.layers == w.layers)
+                });
+                self.route.push(kept.and_then(Option::take).unwrap_or_else(|| Hop::new(w)));
+            }
+            for hop in old.into_iter().flatten() {
+                self.close_quietly(&hop).await;
+            }
+            let starts: Vec<u32> = self.route.iter().map(|h| h.worker.layers.start).collect();
+            self.hidden.retain(|b, _| starts.contains(b));
+            for i in 0..self.route.len() {
+                if self.route[i].info.is_some() {
+                    continue;
+                }
+                if let Err(f) = self.open(i).await {
+                    self.fail(i, f).await?;
+                    continue 'plan;
+                }
+            }
+            tracing::debug!(target: TARGET, route = ?self.route.iter().map(|h| (&h.worker.id, h.worker.layers.clone())).collect::<Vec<_>>(), "route");
+            return Ok(());
+        }
+    }
+
+    /// Stage `i` failed: ban its worker, drop it from the route (closing its session when the
+    /// worker may still be alive), and count the failover.
+    async fn fail(&mut self, i: usize, f: StageFailure) -> Result<(), Error> {
+        let cfg = &self.gw.config;
+        let Some(hop) = (i < self.route.len()).then(|| self.route.remove(i)) else {
+            return Err(Error::TooManyFailures { failovers: self.failovers, last: f.to_string() });
+        };
+        tracing::warn!(target: TARGET, worker = ?hop.worker.id, layers = ?hop.worker.layers,
+            error = %f, "stage failed; failing over");
+        let duration = if f == StageFailure::Busy { cfg.busy_backoff } else { cfg.ban_duration };
+        self.gw.bans().ban(hop.worker.id.clone(), duration, Instant::now());
+        if hop.info.is_some() && !matches!(f, StageFailure::Transport(_)) {
+            self.close_quietly(&hop).await;
+        }
+        self.failovers += 1;
+        if self.failovers > cfg.max_failovers {
+            return Err(Error::TooManyFailures { failovers: self.failovers, last: f.to_string() });
+        }
+        Ok(())
+    }
+
+    async fn close_quietly(&self, hop: &Hop<T::WorkerId>) {
+        if hop.info.is_some() {
+            let req = StageRequest::Close { session: hop.session };
+            let _ = call(self.gw, &hop.worker.id, req).await;
+        }
+    }
+
+    async fn close_quietly_all(&mut self) {
+        for hop in std::mem::take(&mut self.route) {
+            self.close_quietly(&hop).await;
+        }
+    }
+
+    /// Closes every stage and checks what each committed to.
+    async fn close_all(
+        &mut self,
+    ) -> (Vec<StageReceipt<T::WorkerId>>, Vec<RejectedReceipt<T::WorkerId>>) {
+        let mut receipts = Vec::new();
+        let mut rejected = Vec::new();
+        for i in 0..self.route.len() {
+            let hop = &self.route[i];
+            let req = StageRequest::Close { session: hop.session };
+            let checked = match call(self.gw, &hop.worker.id, req).await {
+                Ok(StageResponse::Closed(c)) => {
+                    self.check(hop, &c).map(|recomputed| (c, recomputed))
+                }
+                Ok(other) => Err(unexpected(other).to_string()),
+                Err(f) => Err(f.to_string()),
+            };
+            match checked {
+                Ok((c, root_recomputed)) => receipts.push(StageReceipt {
+                    worker: hop.worker.id.clone(),
+                    layers: hop.worker.layers.clone(),
+                    positions: c.positions,
+                    root: c.root,
+                    root_recomputed,
+                    receipt: c.receipt,
+                }),
+                Err(reason) => {
+                    tracing::warn!(target: TARGET, worker = ?hop.worker.id, %reason,
+                        "stage's commitment rejected");
+                    let cfg = &self.gw.config;
+                    self.gw.bans().ban(hop.worker.id.clone(), cfg.ban_duration, Instant::now());
+                    rejected.push(RejectedReceipt {
+                        worker: hop.worker.id.clone(),
+                        layers: hop.worker.layers.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        (receipts, rejected)
+    }
+
+    /// Checks a stage's closure; returns whether its root was recomputed here.
+    fn check(&self, hop: &Hop<T::WorkerId>, c: &Closure) -> Result<bool, String> {
+        let layers = &hop.worker.layers;
+        if c.positions != hop.done {
+            return Err(format!(
+                "commitment covers {} positions, {} were sent",
+                c.positions, hop.done
+            ));
+        }
+        let inner = layers.start > 0 && layers.end < self.num_layers;
+        if inner {
+            let w = self.width.unwrap_or(0) as usize;
+            let (ins, outs) = (self.hidden.get(&layers.start), self.hidden.get(&layers.end));
+            let (Some(ins), Some(outs)) = (ins, outs) else {
+                return Err("gateway lost the stage's activations".into());
+            };
+            let n = c.positions as usize;
+            if ins.len() < n * w || outs.len() < n * w {
+                return Err("gateway lost the stage's activations".into());
+            }
+            let hashes: Vec<_> = (0..n)
+                .map(|p| leaf_hash(p as u32, &ins[p * w..(p + 1) * w], &outs[p * w..(p + 1) * w]))
+                .collect();
+            if Commitment::from_leaf_hashes(&hashes).root != c.root.0 {
+                return Err("commitment root does not match the activations exchanged".into());
+            }
+        }
+        match (&c.receipt, self.job) {
+            (None, None) => {}
+            (None, Some(_)) if c.positions == 0 => {}
+            (None, Some(_)) => return Err("no receipt for a job".into()),
+            (Some(_), None) => return Err("a receipt for no job".into()),
+            (Some(s), Some(job)) => {
+                let r = &s.receipt;
+                if r.job != job
+                    || r.worker != hop.worker.account
+                    || (r.layer_start, r.layer_end) != (layers.start, layers.end)
+                    || r.tokens != c.positions
+                    || r.activation_root != c.root
+                {
+                    return Err(format!("receipt does not match the session: {r:?}"));
+                }
+                if !s.verify(&self.gw.config.genesis) {
+                    return Err("receipt signature is invalid".into());
+                }
+            }
+        }
+        Ok(inner)
+    }
+}
+
+async fn call<T: StageTransport>(
+    gw: &Gateway<T>,
+    worker: &T::WorkerId,
+    req: StageRequest,
+) -> Result<StageResponse, StageFailure> {
+    match tokio::time::timeout(gw.config.call_timeout, gw.transport.call(worker, req)).await {
+        Err(_) => Err(TransportError::Timeout.into()),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+fn unexpected(resp: StageResponse) -> StageFailure {
+    match resp {
+        StageResponse::Busy => StageFailure::Busy,
+        StageResponse::Error(e) => StageFailure::Rejected(e),
+        other => StageFailure::Unexpected(format!("{other:?}")),
+    }
+}

@@ -1,0 +1,525 @@
+//! The `/bitorch/stage/1` protocol: what a gateway and a stage worker say to each other.
+//!
+//! Every message is one SCALE-encoded value preceded by a version byte ([`VERSION`]). A gateway
+//! opens a session on a worker for the worker's layer range ([`StageRequest::Open`]), feeds it
+//! activations position by position ([`StageRequest::Forward`]: the whole prompt in one batch,
+//! then one position per generated token) and closes it ([`StageRequest::Close`]), receiving the
+//! commitment to everything the stage computed and, for a paid job, the worker's signed receipt.
+//!
+//! Untrusted bytes are decoded with [`decode_request`] / [`decode_response`]: the size is checked
+//! before anything is parsed, SCALE decoding runs with a depth limit and must consume the whole
+//! message, and activations are checked against [`Limits`] (positions per message). Float
+//! tensors ([`Floats`]) cannot be built with a byte length that disagrees with their shape, not
+//! even by the decoder. Whether a hidden state's width matches the stage is the worker's check
+//! (it knows its model), answered with [`StageError::WidthMismatch`].
+
+use crate::error::DecodeError;
+use bitorch_pallet_jobs::{JobId, SignedReceipt};
+use bitorch_primitives::H256;
+use parity_scale_codec::{Decode, DecodeLimit, Encode, Error as CodecError, Input};
+
+/// The libp2p protocol name.
+pub const PROTOCOL_NAME: &str = "/bitorch/stage/1";
+
+/// The version byte every message starts with.
+pub const VERSION: u8 = 1;
+
+/// Deepest nesting the decoder follows. Our messages nest four levels at most; the limit only
+/// stops a hostile message from recursing through a future recursive type.
+pub const MAX_DEPTH: u32 = 16;
+
+/// A session's id, chosen at random by the gateway.
+pub type SessionId = [u8; 16];
+
+/// A model's id: the hash of its manifest registered on chain.
+pub type ModelId = H256;
+
+/// Limits on one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes of an encoded message (version byte included).
+    pub max_message_bytes: usize,
+    /// Most token positions one activation may carry.
+    pub max_positions: u32,
+}
+
+impl Default for Limits {
+    /// 32 MiB and 512 positions: a 512-token prefill of a model with hidden size 8192 in f32 is
+    /// 16 MiB; longer prompts are sent in several batches.
+    fn default() -> Self {
+        Self { max_message_bytes: 32 << 20, max_positions: 512 }
+    }
+}
+
+/// A row-major matrix of f32, carried as little-endian bytes: `rows × cols` floats, so
+/// `bytes.len() == rows * cols * 4` always holds (the decoder rejects anything else).
+#[derive(Clone, PartialEq, Eq, Encode)]
+pub struct Floats {
+    rows: u32,
+    cols: u32,
+    bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Floats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Floats({}x{})", self.rows, self.cols)
+    }
+}
+
+impl Floats {
+    /// A `rows × cols` matrix from row-major values; `None` if `values.len() != rows * cols`
+    /// or the byte length would overflow.
+    pub fn new(rows: u32, cols: u32, values: &[f32]) -> Option<Self> {
+        let n = (rows as usize).checked_mul(cols as usize)?;
+        if values.len() != n {
+            return None;
+        }
+        n.checked_mul(4)?;
+        let mut bytes = Vec::with_capacity(n * 4);
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        Some(Self { rows, cols, bytes })
+    }
+
+    /// A `rows × cols` matrix from its little-endian bytes; `None` if the length disagrees.
+    pub fn from_bytes(rows: u32, cols: u32, bytes: Vec<u8>) -> Option<Self> {
+        let want = (rows as u64).checked_mul(cols as u64)?.checked_mul(4)?;
+        (bytes.len() as u64 == want).then_some(Self { rows, cols, bytes })
+    }
+
+    /// Rows (token positions).
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+
+    /// Columns (hidden size, or vocabulary size for logits).
+    pub fn cols(&self) -> u32 {
+        self.cols
+    }
+
+    /// The little-endian bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The values, row-major.
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+}
+
+impl Decode for Floats {
+    fn decode<I: Input>(input: &mut I) -> Result<Self, CodecError> {
+        let rows = u32::decode(input)?;
+        let cols = u32::decode(input)?;
+        let bytes = Vec::<u8>::decode(input)?;
+        Self::from_bytes(rows, cols, bytes)
+            .ok_or_else(|| "float tensor's byte length does not match its shape".into())
+    }
+}
+
+/// What a stage takes or gives at some positions.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Activation {
+    /// Token ids: the input of the first stage.
+    #[codec(index = 0)]
+    Tokens(Vec<u32>),
+    /// Hidden states, `positions × hidden_size`: the input of every other stage and the output
+    /// of every stage but the last.
+    #[codec(index = 1)]
+    Hidden(Floats),
+    /// The last position's logits, `1 × vocab_size`: the output of the last stage.
+    #[codec(index = 2)]
+    Logits(Floats),
+}
+
+impl Activation {
+    /// Token positions it carries (logits: the one position they are for).
+    pub fn positions(&self) -> u32 {
+        match self {
+            Self::Tokens(t) => t.len().try_into().unwrap_or(u32::MAX),
+            Self::Hidden(f) | Self::Logits(f) => f.rows(),
+        }
+    }
+
+    /// A short name for logs and errors.
+    pub fn kind(&self) -> ActivationKind {
+        match self {
+            Self::Tokens(_) => ActivationKind::Tokens,
+            Self::Hidden(_) => ActivationKind::Hidden,
+            Self::Logits(_) => ActivationKind::Logits,
+        }
+    }
+}
+
+/// The three kinds of [`Activation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum ActivationKind {
+    /// [`Activation::Tokens`].
+    #[codec(index = 0)]
+    Tokens,
+    /// [`Activation::Hidden`].
+    #[codec(index = 1)]
+    Hidden,
+    /// [`Activation::Logits`].
+    #[codec(index = 2)]
+    Logits,
+}
+
+impl std::fmt::Display for ActivationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tokens => "token ids",
+            Self::Hidden => "hidden states",
+            Self::Logits => "logits",
+        })
+    }
+}
+
+/// A gateway's request to a stage worker.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum StageRequest {
+    /// Opens a session for `model`'s layers `layers.0..layers.1` (the worker's whole range).
+    #[codec(index = 0)]
+    Open {
+        /// The new session's id.
+        session: SessionId,
+        /// The model.
+        model: ModelId,
+        /// The layer range the gateway expects the worker to run.
+        layers: (u32, u32),
+        /// The on-chain job paying for it, if any: a closed session of a job yields a signed
+        /// receipt.
+        job: Option<JobId>,
+    },
+    /// Runs positions `pos..pos + n` of a session, `n` the positions `input` carries.
+    #[codec(index = 1)]
+    Forward {
+        /// The session.
+        session: SessionId,
+        /// The first position; must equal the positions the session has processed.
+        pos: u32,
+        /// Token ids for the first stage, hidden states for the others.
+        input: Activation,
+    },
+    /// Ends a session and frees its cache.
+    #[codec(index = 2)]
+    Close {
+        /// The session.
+        session: SessionId,
+    },
+}
+
+impl StageRequest {
+    /// The session it is about.
+    pub fn session(&self) -> &SessionId {
+        match self {
+            Self::Open { session, .. }
+            | Self::Forward { session, .. }
+            | Self::Close { session } => session,
+        }
+    }
+}
+
+/// What a worker tells a gateway about the stage it opened a session on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct StageInfo {
+    /// The layers it runs.
+    pub layers: (u32, u32),
+    /// Width of the hidden states it takes (unless first) and gives (unless last).
+    pub hidden_size: u32,
+    /// Vocabulary size (the width of the last stage's logits).
+    pub vocab_size: u32,
+    /// Positions a session can hold.
+    pub context_length: u32,
+    /// Most positions per [`StageRequest::Forward`].
+    pub max_positions: u32,
+    /// Most bytes per message.
+    pub max_message_bytes: u32,
+}
+
+/// What a closed session leaves: the commitment to its trace and, for a job, the receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Closure {
+    /// Positions processed (leaves of the commitment).
+    pub positions: u32,
+    /// Merkle root of the trace's leaves (`bitorch_commitment`), all zeros when empty.
+    pub root: H256,
+    /// The worker's signed receipt (for a session of a job that processed at least one
+    /// position).
+    pub receipt: Option<SignedReceipt>,
+}
+
+/// A worker's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum StageResponse {
+    /// The session is open.
+    #[codec(index = 0)]
+    Opened(StageInfo),
+    /// Hidden states of every position of the request (or the logits of its last position, from
+    /// the last stage).
+    #[codec(index = 1)]
+    Output(Activation),
+    /// The worker has no room now (session cap or memory budget); try another.
+    #[codec(index = 2)]
+    Busy,
+    /// The session is closed.
+    #[codec(index = 3)]
+    Closed(Closure),
+    /// The request was rejected; other sessions are unaffected.
+    #[codec(index = 4)]
+    Error(StageError),
+}
+
+/// Why a worker rejected a request. Unless noted, the session (if any) is unchanged and can
+/// go on.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, thiserror::Error)]
+pub enum StageError {
+    /// The bytes did not decode.
+    #[error("malformed message: {0}")]
+    #[codec(index = 0)]
+    Malformed(DecodeError),
+    /// No open session has this id (never opened, closed, or evicted when idle).
+    #[error("unknown session (closed, evicted after idling, or never opened)")]
+    #[codec(index = 1)]
+    UnknownSession,
+    /// A session with this id is already open.
+    #[error("a session with this id is already open")]
+    #[codec(index = 2)]
+    SessionExists,
+    /// The worker serves another model.
+    #[error("this worker serves model {served:?}")]
+    #[codec(index = 3)]
+    WrongModel {
+        /// The model it serves.
+        served: ModelId,
+    },
+    /// The worker serves other layers.
+    #[error("this worker serves layers {}..{}", served.0, served.1)]
+    #[codec(index = 4)]
+    WrongLayers {
+        /// The layers it serves.
+        served: (u32, u32),
+    },
+    /// Token ids sent to a stage that is not first, or hidden states to the first stage.
+    #[error("this stage takes {expected}, got {got}")]
+    #[codec(index = 5)]
+    WrongInput {
+        /// What it takes.
+        expected: ActivationKind,
+        /// What came.
+        got: ActivationKind,
+    },
+    /// Hidden states of the wrong width.
+    #[error("hidden states must have {expected} columns, got {got}")]
+    #[codec(index = 6)]
+    WidthMismatch {
+        /// The stage's hidden size.
+        expected: u32,
+        /// The width sent.
+        got: u32,
+    },
+    /// An activation with no positions, or more than the worker takes per message.
+    #[error("a forward must carry 1..={max} positions, got {got}")]
+    #[codec(index = 7)]
+    BadPositionCount {
+        /// Positions sent.
+        got: u32,
+        /// Most accepted.
+        max: u32,
+    },
+    /// `pos` is not the number of positions the session has processed.
+    #[error("session is at position {expected}, request starts at {got}")]
+    #[codec(index = 8)]
+    PositionMismatch {
+        /// Positions processed so far.
+        expected: u32,
+        /// The request's `pos`.
+        got: u32,
+    },
+    /// The session would exceed the model's context length.
+    #[error("positions up to {end} exceed the context length {limit}")]
+    #[codec(index = 9)]
+    ContextFull {
+        /// One past the last position asked for.
+        end: u32,
+        /// Context length.
+        limit: u32,
+    },
+    /// A token id outside the vocabulary.
+    #[error("token id {token} is outside the vocabulary of {vocab}")]
+    #[codec(index = 10)]
+    TokenOutOfRange {
+        /// The token.
+        token: u32,
+        /// Vocabulary size.
+        vocab: u32,
+    },
+    /// The stage failed while computing; the session is closed (its cache may be partial).
+    #[error("stage computation failed; the session was closed")]
+    #[codec(index = 11)]
+    Compute,
+}
+
+/// Encodes a message with its version byte.
+pub fn encode<T: Encode>(msg: &T) -> Vec<u8> {
+    (VERSION, msg).encode()
+}
+
+fn decode<T: Decode>(bytes: &[u8], max_bytes: usize) -> Result<T, DecodeError> {
+    if bytes.len() > max_bytes {
+        return Err(DecodeError::TooLarge { bytes: bytes.len() as u64, max: max_bytes as u64 });
+    }
+    let (&version, mut rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != VERSION {
+        return Err(DecodeError::UnsupportedVersion { got: version, supported: VERSION });
+    }
+    T::decode_all_with_depth_limit(MAX_DEPTH, &mut rest).map_err(|_| DecodeError::Invalid)
+}
+
+fn check_activation(a: &Activation, limits: &Limits) -> Result<(), DecodeError> {
+    let n = a.positions();
+    if n == 0 {
+        return Err(DecodeError::NoPositions);
+    }
+    if n > limits.max_positions {
+        return Err(DecodeError::TooManyPositions { got: n, max: limits.max_positions });
+    }
+    Ok(())
+}
+
+/// Decodes a request from untrusted bytes, within `limits`.
+pub fn decode_request(bytes: &[u8], limits: &Limits) -> Result<StageRequest, DecodeError> {
+    let req: StageRequest = decode(bytes, limits.max_message_bytes)?;
+    if let StageRequest::Forward { input, .. } = &req {
+        check_activation(input, limits)?;
+    }
+    Ok(req)
+}
+
+/// Decodes a response from untrusted bytes, within `limits`.
+pub fn decode_response(bytes: &[u8], limits: &Limits) -> Result<StageResponse, DecodeError> {
+    let resp: StageResponse = decode(bytes, limits.max_message_bytes)?;
+    if let StageResponse::Output(a) = &resp {
+        check_activation(a, limits)?;
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits() -> Limits {
+        Limits { max_message_bytes: 1 << 16, max_positions: 8 }
+    }
+
+    fn forward(rows: u32, cols: u32) -> StageRequest {
+        let values: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
+        StageRequest::Forward {
+            session: [7; 16],
+            pos: 3,
+            input: Activation::Hidden(Floats::new(rows, cols, &values).unwrap()),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let msgs = vec![
+            StageRequest::Open {
+                session: [1; 16],
+                model: H256::repeat_byte(9),
+                layers: (10, 20),
+                job: Some(4),
+            },
+            forward(2, 5),
+            StageRequest::Forward { session: [2; 16], pos: 0, input: Activation::Tokens(vec![1]) },
+            StageRequest::Close { session: [3; 16] },
+        ];
+        for m in msgs {
+            assert_eq!(decode_request(&encode(&m), &limits()).unwrap(), m);
+        }
+        let resps = vec![
+            StageResponse::Busy,
+            StageResponse::Error(StageError::WidthMismatch { expected: 576, got: 575 }),
+            StageResponse::Error(StageError::Malformed(DecodeError::Invalid)),
+            StageResponse::Closed(Closure { positions: 3, root: H256::zero(), receipt: None }),
+            StageResponse::Output(Activation::Logits(
+                Floats::new(1, 3, &[1.0, -2.0, 3.5]).unwrap(),
+            )),
+        ];
+        for r in resps {
+            assert_eq!(decode_response(&encode(&r), &limits()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn floats_are_little_endian_and_exact() {
+        let f = Floats::new(1, 2, &[1.0, f32::from_bits(0x7fc0_0001)]).unwrap();
+        assert_eq!(&f.bytes()[..4], &1.0f32.to_le_bytes());
+        assert_eq!(f.to_vec()[1].to_bits(), 0x7fc0_0001);
+        assert!(Floats::new(2, 2, &[1.0]).is_none());
+        assert!(Floats::from_bytes(1, 2, vec![0; 7]).is_none());
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let l = limits();
+        let too_many = encode(&forward(9, 2));
+        assert_eq!(
+            decode_request(&too_many, &l),
+            Err(DecodeError::TooManyPositions { got: 9, max: 8 })
+        );
+        let empty =
+            StageRequest::Forward { session: [0; 16], pos: 0, input: Activation::Tokens(vec![]) };
+        assert_eq!(decode_request(&encode(&empty), &l), Err(DecodeError::NoPositions));
+        let big = encode(&forward(8, 4096));
+        assert!(matches!(decode_request(&big, &l), Err(DecodeError::TooLarge { .. })));
+        let mut wrong_version = encode(&forward(1, 1));
+        wrong_version[0] = 2;
+        assert_eq!(
+            decode_request(&wrong_version, &l),
+            Err(DecodeError::UnsupportedVersion { got: 2, supported: 1 })
+        );
+        assert_eq!(decode_request(&[], &l), Err(DecodeError::Empty));
+        let mut trailing = encode(&forward(1, 1));
+        trailing.push(0);
+        assert_eq!(decode_request(&trailing, &l), Err(DecodeError::Invalid));
+    }
+
+    #[test]
+    fn shape_and_bytes_must_agree() {
+        // rows=1, cols=2 but 4 bytes: a hand-built Floats the constructor would refuse.
+        let mut bytes = vec![VERSION, 1];
+        bytes.extend_from_slice(&[0; 16]);
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.push(1); // Activation::Hidden
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(&(4u32 << 2).to_le_bytes()[..1]); // compact length 4
+        bytes.extend_from_slice(&[0; 4]);
+        assert_eq!(decode_request(&bytes, &limits()), Err(DecodeError::Invalid));
+    }
+
+    proptest! {
+        #[test]
+        fn hidden_round_trip(rows in 1u32..8, cols in 1u32..64, seed in any::<u32>()) {
+            let values: Vec<f32> =
+                (0..rows * cols).map(|i| f32::from_bits(i.wrapping_mul(seed) ^ seed)).collect();
+            let f = Floats::new(rows, cols, &values).unwrap();
+            let back: Vec<u32> = f.to_vec().iter().map(|v| v.to_bits()).collect();
+            let want: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+            prop_assert_eq!(back, want);
+            let req = StageRequest::Forward { session: [1; 16], pos: seed, input: Activation::Hidden(f) };
+            prop_assert_eq!(decode_request(&encode(&req), &limits()).unwrap(), req);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_request(&bytes, &limits());
+            let _ = decode_response(&bytes, &limits());
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The worker as an actor: a thread of its own owns the [`Worker`]; async code talks to it
+//! through a [`WorkerHandle`] over a bounded channel, each request with a `oneshot` for its
+//! answer.
+
+use super::{Worker, TARGET};
+use crate::{
+    error::WorkerStopped,
+    protocol::{StageRequest, StageResponse},
+};
+use bitorch_pallet_jobs::{JobId, SignedReceipt};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+enum Message {
+    Call(StageRequest, oneshot::Sender<StageResponse>),
+    CallBytes(Vec<u8>, oneshot::Sender<Vec<u8>>),
+    EndJob(JobId, oneshot::Sender<Vec<SignedReceipt>>),
+    TakeReceipts(oneshot::Sender<Vec<SignedReceipt>>),
+}
+
+/// A cloneable handle to a worker running on its own thread. The worker stops when every
+/// handle is dropped.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    tx: mpsc::Sender<Message>,
+}
+
+/// Runs `worker` on a new thread with a queue of `queue` requests (at least 1); senders wait
+/// when it is full. Idle sessions are evicted even when no request comes.
+pub fn spawn(
+    mut worker: Worker,
+    queue: usize,
+) -> std::io::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
+    let (tx, mut rx) = mpsc::channel(queue.max(1));
+    let tick =
+        (worker.config.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    let layers = worker.info.layers;
+    let thread = std::thread::Builder::new()
+        .name(format!("bitorch-worker-{}-{}", layers.0, layers.1))
+        .spawn(move || loop {
+            match rt.block_on(async { tokio::time::timeout(tick, rx.recv()).await }) {
+                Ok(Some(msg)) => match msg {
+                    // A dropped receiver only means the caller gave up waiting.
+                    Message::Call(req, reply) => {
+                        let _ = reply.send(worker.handle(req));
+                    }
+                    Message::CallBytes(bytes, reply) => {
+                        let _ = reply.send(worker.handle_bytes(&bytes));
+                    }
+                    Message::EndJob(job, reply) => {
+                        let _ = reply.send(worker.end_job(job));
+                    }
+                    Message::TakeReceipts(reply) => {
+                        let _ = reply.send(worker.take_receipts());
+                    }
+                },
+                Ok(None) => {
+                    tracing::debug!(target: TARGET, ?layers, "all handles dropped; worker stops");
+                    break;
+                }
+                Err(_) => {
+                    worker.evict_idle(Instant::now());
+                }
+            }
+        })?;
+    Ok((WorkerHandle { tx }, thread))
+}
+
+impl WorkerHandle {
+    async fn ask<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<T>) -> Message,
+    ) -> Result<T, WorkerStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(msg(tx)).await.map_err(|_| WorkerStopped)?;
+        rx.await.map_err(|_| WorkerStopped)
+    }
+
+    /// Handles a request.
+    pub async fn call(&self, req: StageRequest) -> Result<StageResponse, WorkerStopped> {
+        self.ask(|tx| Message::Call(req, tx)).await
+    }
+
+    /// Handles a request's bytes and returns the answer's bytes ([`Worker::handle_bytes`]).
+    pub async fn call_bytes(&self, bytes: Vec<u8>) -> Result<Vec<u8>, WorkerStopped> {
+        self.ask(|tx| Message::CallBytes(bytes, tx)).await
+    }
+
+    /// Closes the sessions of a job and returns its receipts ([`Worker::end_job`]).
+    pub async fn end_job(&self, job: JobId) -> Result<Vec<SignedReceipt>, WorkerStopped> {
+        self.ask(|tx| Message::EndJob(job, tx)).await
+    }
+
+    /// Takes the receipts of evicted job sessions ([`Worker::take_receipts`]).
+    pub async fn take_receipts(&self) -> Result<Vec<SignedReceipt>, WorkerStopped> {
+        self.ask(Message::TakeReceipts).await
+    }
+}

@@ -1,0 +1,396 @@
+//! A stage worker: one loaded [`Stage`] serving many sessions.
+//!
+//! [`Worker`] is the synchronous core ([`Worker::handle`]); [`spawn`] runs it as an actor on a
+//! thread of its own (a stage forward pass is CPU-bound work that must not block an async
+//! runtime) behind a cloneable [`WorkerHandle`] with a bounded queue.
+//!
+//! Each session has its own KV cache (with the batch-invariant attention kernel, so that an
+//! auditor's batched re-execution reproduces the outputs bit for bit) and the commitment
+//! [`Trace`] of every position the stage computed. Resources are bounded: at most
+//! `max_sessions` sessions, at most `max_cached_positions` positions cached over all of them
+//! (a new session or a forward that does not fit is answered [`StageResponse::Busy`] once idle
+//! sessions have been evicted), positions per message and message bytes per [`Limits`], and a
+//! session idle for `idle_timeout` is evicted. A request that is malformed or does not fit the
+//! stage is answered with a [`StageError`] and changes nothing; only a failure inside the
+//! computation closes its (one) session.
+
+mod actor;
+
+pub use actor::{spawn, WorkerHandle};
+
+use crate::protocol::{
+    self, Activation, ActivationKind, Closure, Floats, Limits, ModelId, SessionId, StageError,
+    StageInfo, StageRequest, StageResponse,
+};
+use bitorch_commitment::Trace;
+use bitorch_inference::{Cache, Kernel, Stage};
+use bitorch_pallet_jobs::{JobId, Receipt, SignedReceipt};
+use bitorch_primitives::{keys, Pair, H256};
+use candle_core::{DType, Tensor};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+const TARGET: &str = "bitorch::compute::worker";
+
+/// How a worker serves its stage.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The model it serves (its manifest hash).
+    pub model: ModelId,
+    /// Genesis hash of the chain its receipts are for (part of what it signs).
+    pub genesis: H256,
+    /// Most concurrent sessions.
+    pub max_sessions: usize,
+    /// Most positions cached over all sessions (each position holds keys and values for every
+    /// layer of the stage).
+    pub max_cached_positions: usize,
+    /// A session unused this long is evicted.
+    pub idle_timeout: Duration,
+    /// Message limits.
+    pub limits: Limits,
+    /// Attention kernel of sessions. Committed runs need [`Kernel::BatchInvariant`] (the
+    /// default) so that audits reproduce them; [`Kernel::Reference`] is for experiments.
+    pub kernel: Kernel,
+    /// Receipts of evicted job sessions kept for [`Worker::take_receipts`]; the oldest are
+    /// dropped beyond this.
+    pub max_unclaimed_receipts: usize,
+}
+
+impl WorkerConfig {
+    /// Defaults for `model` on the chain `genesis`: 16 sessions, 16384 cached positions, 60 s
+    /// idle timeout, default [`Limits`], the batch-invariant kernel.
+    pub fn new(model: ModelId, genesis: H256) -> Self {
+        Self {
+            model,
+            genesis,
+            max_sessions: 16,
+            max_cached_positions: 16_384,
+            idle_timeout: Duration::from_secs(60),
+            limits: Limits::default(),
+            kernel: Kernel::BatchInvariant,
+            max_unclaimed_receipts: 1_024,
+        }
+    }
+}
+
+struct Session {
+    cache: Cache,
+    trace: Trace,
+    job: Option<JobId>,
+    last_used: Instant,
+}
+
+/// One loaded stage serving sessions; see the [module docs](self).
+pub struct Worker {
+    stage: Stage,
+    key: Pair,
+    config: WorkerConfig,
+    info: StageInfo,
+    sessions: HashMap<SessionId, Session>,
+    unclaimed: VecDeque<SignedReceipt>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("layers", &self.info.layers)
+            .field("account", &keys::account_of(&self.key))
+            .field("sessions", &self.sessions.len())
+            .finish()
+    }
+}
+
+fn to_u32(x: usize) -> u32 {
+    u32::try_from(x).unwrap_or(u32::MAX)
+}
+
+impl Worker {
+    /// A worker serving `stage`, signing receipts with `key`.
+    pub fn new(stage: Stage, key: Pair, config: WorkerConfig) -> Self {
+        let cfg = stage.config();
+        let layers = stage.layers();
+        let info = StageInfo {
+            layers: (to_u32(layers.start), to_u32(layers.end)),
+            hidden_size: to_u32(cfg.hidden_size),
+            vocab_size: to_u32(cfg.vocab_size),
+            context_length: to_u32(cfg.context_length),
+            max_positions: config.limits.max_positions,
+            max_message_bytes: to_u32(config.limits.max_message_bytes),
+        };
+        Self { stage, key, config, info, sessions: HashMap::new(), unclaimed: VecDeque::new() }
+    }
+
+    /// What it tells gateways about its stage.
+    pub fn info(&self) -> StageInfo {
+        self.info
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// The account its receipts name.
+    pub fn account(&self) -> bitorch_primitives::AccountId {
+        keys::account_of(&self.key)
+    }
+
+    /// Open sessions.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Positions cached over all sessions.
+    pub fn cached_positions(&self) -> usize {
+        self.sessions.values().map(|s| s.cache.len()).sum()
+    }
+
+    /// The commitment trace of an open session (what an auditor would open).
+    pub fn trace(&self, session: &SessionId) -> Option<&Trace> {
+        self.sessions.get(session).map(|s| &s.trace)
+    }
+
+    /// Decodes a request from untrusted bytes (within the configured limits), handles it and
+    /// encodes the answer; bytes that do not decode get [`StageError::Malformed`].
+    pub fn handle_bytes(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let resp = match protocol::decode_request(bytes, &self.config.limits) {
+            Ok(req) => self.handle(req),
+            Err(e) => {
+                tracing::debug!(target: TARGET, error = %e, "malformed request");
+                StageResponse::Error(StageError::Malformed(e))
+            }
+        };
+        protocol::encode(&resp)
+    }
+
+    /// Handles one request now.
+    pub fn handle(&mut self, req: StageRequest) -> StageResponse {
+        self.handle_at(req, Instant::now())
+    }
+
+    /// Handles one request at time `now` (idle times are measured against it).
+    pub fn handle_at(&mut self, req: StageRequest, now: Instant) -> StageResponse {
+        self.evict_idle(now);
+        match req {
+            StageRequest::Open { session, model, layers, job } => {
+                self.open(session, model, layers, job, now)
+            }
+            StageRequest::Forward { session, pos, input } => self.forward(session, pos, input, now),
+            StageRequest::Close { session } => match self.sessions.remove(&session) {
+                Some(s) => StageResponse::Closed(self.close(s)),
+                None => StageResponse::Error(StageError::UnknownSession),
+            },
+        }
+    }
+
+    /// Evicts sessions idle for `idle_timeout` at `now`; returns how many. The receipts of
+    /// evicted job sessions are kept for [`Worker::take_receipts`].
+    pub fn evict_idle(&mut self, now: Instant) -> usize {
+        let timeout = self.config.idle_timeout;
+        let idle: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.last_used) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &idle {
+            if let Some(s) = self.sessions.remove(id) {
+                tracing::debug!(target: TARGET, positions = s.cache.len(), "evicted idle session");
+                if let Some(r) = self.close(s).receipt {
+                    self.keep_unclaimed(r);
+                }
+            }
+        }
+        idle.len()
+    }
+
+    /// Closes every session of `job` (the job ended) and returns all receipts for it, those of
+    /// sessions evicted earlier included.
+    pub fn end_job(&mut self, job: JobId) -> Vec<SignedReceipt> {
+        let ids: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| s.job == Some(job)).map(|(id, _)| *id).collect();
+        let mut out: Vec<SignedReceipt> = Vec::new();
+        for id in ids {
+            if let Some(s) = self.sessions.remove(&id) {
+                out.extend(self.close(s).receipt);
+            }
+        }
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            self.unclaimed.drain(..).partition(|r| r.receipt.job == job);
+        self.unclaimed = rest.into();
+        out.extend(mine);
+        out
+    }
+
+    /// Takes the receipts of evicted job sessions.
+    pub fn take_receipts(&mut self) -> Vec<SignedReceipt> {
+        self.unclaimed.drain(..).collect()
+    }
+
+    fn keep_unclaimed(&mut self, r: SignedReceipt) {
+        if self.config.max_unclaimed_receipts == 0 {
+            return;
+        }
+        while self.unclaimed.len() >= self.config.max_unclaimed_receipts {
+            self.unclaimed.pop_front();
+        }
+        self.unclaimed.push_back(r);
+    }
+
+    fn close(&self, s: Session) -> Closure {
+        let c = s.trace.commitment();
+        let root = H256(c.root);
+        let receipt = s.job.filter(|_| c.len > 0).map(|job| {
+            Receipt {
+                job,
+                worker: keys::account_of(&self.key),
+                layer_start: self.info.layers.0,
+                layer_end: self.info.layers.1,
+                tokens: c.len,
+                activation_root: root,
+            }
+            .sign(&self.key, &self.config.genesis)
+        });
+        Closure { positions: c.len, root, receipt }
+    }
+
+    fn open(
+        &mut self,
+        session: SessionId,
+        model: ModelId,
+        layers: (u32, u32),
+        job: Option<JobId>,
+        now: Instant,
+    ) -> StageResponse {
+        if model != self.config.model {
+            return StageResponse::Error(StageError::WrongModel { served: self.config.model });
+        }
+        if layers != self.info.layers {
+            return StageResponse::Error(StageError::WrongLayers { served: self.info.layers });
+        }
+        if self.sessions.contains_key(&session) {
+            return StageResponse::Error(StageError::SessionExists);
+        }
+        if self.sessions.len() >= self.config.max_sessions
+            || self.cached_positions() >= self.config.max_cached_positions
+        {
+            tracing::debug!(target: TARGET, sessions = self.sessions.len(), "busy: refused a session");
+            return StageResponse::Busy;
+        }
+        let cache = self.stage.new_cache_with(self.config.kernel);
+        self.sessions.insert(session, Session { cache, trace: Trace::new(), job, last_used: now });
+        StageResponse::Opened(self.info)
+    }
+
+    /// Checks a forward against the stage and the session without changing anything.
+    fn check_forward(&self, s: &Session, pos: u32, input: &Activation) -> Result<(), StageError> {
+        let info = &self.info;
+        let n = input.positions();
+        let max = self.config.limits.max_positions;
+        if n == 0 || n > max {
+            return Err(StageError::BadPositionCount { got: n, max });
+        }
+        let expected =
+            if self.stage.is_first() { ActivationKind::Tokens } else { ActivationKind::Hidden };
+        match input {
+            Activation::Tokens(ids) if expected == ActivationKind::Tokens => {
+                if let Some(&token) = ids.iter().find(|&&t| t >= info.vocab_size) {
+                    return Err(StageError::TokenOutOfRange { token, vocab: info.vocab_size });
+                }
+            }
+            Activation::Hidden(f) if expected == ActivationKind::Hidden => {
+                if f.cols() != info.hidden_size {
+                    return Err(StageError::WidthMismatch {
+                        expected: info.hidden_size,
+                        got: f.cols(),
+                    });
+                }
+            }
+            other => return Err(StageError::WrongInput { expected, got: other.kind() }),
+        }
+        let done = to_u32(s.cache.len());
+        if pos != done {
+            return Err(StageError::PositionMismatch { expected: done, got: pos });
+        }
+        let end = done.saturating_add(n);
+        if end > info.context_length {
+            return Err(StageError::ContextFull { end, limit: info.context_length });
+        }
+        Ok(())
+    }
+
+    fn forward(
+        &mut self,
+        session: SessionId,
+        pos: u32,
+        input: Activation,
+        now: Instant,
+    ) -> StageResponse {
+        let Some(s) = self.sessions.get(&session) else {
+            return StageResponse::Error(StageError::UnknownSession);
+        };
+        if let Err(e) = self.check_forward(s, pos, &input) {
+            return StageResponse::Error(e);
+        }
+        let n = input.positions() as usize;
+        if self.cached_positions() + n > self.config.max_cached_positions {
+            tracing::debug!(target: TARGET, "busy: cache budget full");
+            return StageResponse::Busy;
+        }
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return StageResponse::Error(StageError::UnknownSession);
+        };
+        s.last_used = now;
+        match run(&self.stage, s, input) {
+            Ok(out) => StageResponse::Output(out),
+            Err(e) => {
+                // The cache may hold some layers' keys for these positions and not others.
+                tracing::warn!(target: TARGET, error = %e, "stage forward failed; session closed");
+                self.sessions.remove(&session);
+                StageResponse::Error(StageError::Compute)
+            }
+        }
+    }
+}
+
+/// Runs the stage over a checked input, records the positions in the trace.
+fn run(stage: &Stage, s: &mut Session, input: Activation) -> bitorch_inference::Result<Activation> {
+    let dev = stage.device();
+    let hidden = stage.config().hidden_size;
+    let x = match input {
+        Activation::Tokens(ids) => stage.embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?,
+        Activation::Hidden(f) => {
+            let n = f.rows() as usize;
+            Tensor::from_vec(f.to_vec(), (1, n, hidden), dev)?.to_dtype(stage.dtype())?
+        }
+        Activation::Logits(_) => {
+            return Err(bitorch_inference::Error::StageInput("logits are not an input".into()))
+        }
+    };
+    let pos = s.cache.len();
+    let y = stage.forward_layers(&x, pos, &mut s.cache)?;
+    let rows = |t: &Tensor| -> bitorch_inference::Result<Vec<Vec<f32>>> {
+        Ok(t.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    };
+    let (xs, ys) = (rows(&x)?, rows(&y)?);
+    let n = ys.len();
+    let out = if stage.is_last() {
+        let logits = stage.head(&y)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Activation::Logits(floats(1, &logits)?)
+    } else {
+        let flat: Vec<f32> = ys.iter().flatten().copied().collect();
+        Activation::Hidden(floats(n, &flat)?)
+    };
+    for (i, o) in xs.into_iter().zip(ys) {
+        s.trace.push(i, o);
+    }
+    Ok(out)
+}
+
+fn floats(rows: usize, values: &[f32]) -> bitorch_inference::Result<Floats> {
+    let cols = values.len().checked_div(rows).unwrap_or(0);
+    Floats::new(to_u32(rows), to_u32(cols), values)
+        .ok_or_else(|| bitorch_inference::Error::StageInput("output shape".into()))
+}

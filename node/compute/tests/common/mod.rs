@@ -1,0 +1,249 @@
+//! Helpers shared by the integration tests: tiny random models, the real test model, and an
+//! in-memory transport that calls workers directly (through their wire encoding) and can make
+//! one unreachable.
+#![allow(dead_code)]
+
+use bitorch_compute::{
+    protocol::{decode_request, decode_response, encode},
+    worker, Limits, ModelId, StageRequest, StageResponse, StageTransport, TransportError, Worker,
+    WorkerConfig, WorkerHandle, WorkerInfo,
+};
+use bitorch_inference::{Pipeline, Sampler, SamplingParams, Stage};
+use bitorch_primitives::{keys, Pair, H256};
+use candle_core::{DType, Device, Tensor};
+use std::{
+    collections::HashMap,
+    ops::Range,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Mutex,
+    },
+};
+
+pub const GENESIS: H256 = H256::repeat_byte(0x6e);
+pub const MODEL: ModelId = H256::repeat_byte(0x42);
+
+/// The real test model (SmolLM2-135M-Instruct Q4_1), from `BITORCH_TEST_MODEL`.
+pub fn real_model() -> PathBuf {
+    match std::env::var_os("BITORCH_TEST_MODEL") {
+        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
+        other => panic!(
+            "BITORCH_TEST_MODEL must name the test model (now {other:?}): run scripts/fetch-model.sh \
+             and set BITORCH_TEST_MODEL to the path it prints"
+        ),
+    }
+}
+
+/// Shape of a tiny random model.
+#[derive(Clone, Copy)]
+pub struct Tiny {
+    pub hidden: usize,
+    pub inter: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+    pub context: usize,
+}
+
+impl Default for Tiny {
+    fn default() -> Self {
+        Self { hidden: 64, inter: 160, layers: 6, heads: 4, kv_heads: 2, vocab: 97, context: 64 }
+    }
+}
+
+fn randn(seed: &mut u64, shape: &[usize], scale: f32) -> Tensor {
+    // xorshift: tests must be reproducible and candle's randn is not seeded.
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Writes a tiny random safetensors model (f32) into `dir`.
+pub fn write_tiny(dir: &Path, t: &Tiny, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut s = seed.max(1);
+    let hd = t.hidden / t.heads;
+    let (q, kv) = (t.heads * hd, t.kv_heads * hd);
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    out.insert("model.embed_tokens.weight".into(), randn(&mut s, &[t.vocab, t.hidden], 1.0));
+    let w = 1.0 / (t.hidden as f32).sqrt();
+    for l in 0..t.layers {
+        let p = format!("model.layers.{l}");
+        for (n, shape, scale) in [
+            ("self_attn.q_proj.weight", [q, t.hidden], 2.0 * w),
+            ("self_attn.k_proj.weight", [kv, t.hidden], 2.0 * w),
+            ("self_attn.v_proj.weight", [kv, t.hidden], w),
+            ("self_attn.o_proj.weight", [t.hidden, q], w),
+            ("mlp.gate_proj.weight", [t.inter, t.hidden], w),
+            ("mlp.up_proj.weight", [t.inter, t.hidden], w),
+            ("mlp.down_proj.weight", [t.hidden, t.inter], w),
+        ] {
+            out.insert(format!("{p}.{n}"), randn(&mut s, &shape, scale));
+        }
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            let x = (randn(&mut s, &[t.hidden], 0.2) + 1.0).unwrap();
+            out.insert(format!("{p}.{n}.weight"), x);
+        }
+    }
+    out.insert("model.norm.weight".into(), (randn(&mut s, &[t.hidden], 0.2) + 1.0).unwrap());
+    out.insert("lm_head.weight".into(), randn(&mut s, &[t.vocab, t.hidden], w));
+    candle_core::safetensors::save(&out, dir.join("model.safetensors")).unwrap();
+    let config = format!(
+        r#"{{"architectures": ["LlamaForCausalLM"], "hidden_size": {}, "intermediate_size": {},
+        "vocab_size": {}, "num_hidden_layers": {}, "num_attention_heads": {},
+        "num_key_value_heads": {}, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": {}, "tie_word_embeddings": false, "eos_token_id": 0,
+        "torch_dtype": "float32"}}"#,
+        t.hidden, t.inter, t.vocab, t.layers, t.heads, t.kv_heads, t.context
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+}
+
+/// The dev key `//<name>`.
+pub fn key(name: &str) -> Pair {
+    keys::pair_from_suri(&format!("//{name}")).unwrap()
+}
+
+/// A worker config for the test model ids, with `max_sessions` sessions.
+pub fn worker_config(max_sessions: usize) -> WorkerConfig {
+    WorkerConfig { max_sessions, ..WorkerConfig::new(MODEL, GENESIS) }
+}
+
+/// Greedy (or seeded) tokens from a recording in-process pipeline session, the way
+/// `Engine::generate_tokens` runs them (prefill, then one token per step), and its traces'
+/// commitments. Recording sessions use the batch-invariant attention kernel, like workers.
+pub fn reference(
+    p: &Pipeline,
+    prompt: &[u32],
+    n: usize,
+    sampling: &SamplingParams,
+) -> (Vec<u32>, Vec<bitorch_commitment::Commitment>) {
+    let mut s = p.new_session(true);
+    let mut sampler = Sampler::new(sampling.clone()).unwrap();
+    let mut history = prompt.to_vec();
+    let mut logits = p.step(&mut s, prompt).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let t = sampler.sample(&logits, &history).unwrap();
+        out.push(t);
+        history.push(t);
+        if out.len() == n {
+            break;
+        }
+        logits = p.step(&mut s, &[t]).unwrap();
+    }
+    let commitments = s.traces().unwrap().iter().map(|t| t.commitment()).collect();
+    (out, commitments)
+}
+
+struct Entry {
+    handle: WorkerHandle,
+    dead: AtomicBool,
+    calls: AtomicUsize,
+}
+
+/// An in-memory transport: requests and answers go through their wire encoding to workers
+/// running on their own threads. A worker can be made unreachable ("killed") and back.
+pub struct MemTransport {
+    workers: HashMap<u32, Entry>,
+    limits: Limits,
+    log: Mutex<Vec<(u32, &'static str)>>,
+}
+
+impl MemTransport {
+    /// Spawns the workers, keyed by id.
+    pub fn new(workers: Vec<(u32, Worker)>) -> Self {
+        let workers = workers
+            .into_iter()
+            .map(|(id, w)| {
+                let (handle, _thread) = worker::spawn(w, 8).unwrap();
+                (id, Entry { handle, dead: AtomicBool::new(false), calls: AtomicUsize::new(0) })
+            })
+            .collect();
+        Self { workers, limits: Limits::default(), log: Mutex::new(Vec::new()) }
+    }
+
+    pub fn kill(&self, id: u32) {
+        self.workers[&id].dead.store(true, Ordering::SeqCst);
+    }
+
+    pub fn revive(&self, id: u32) {
+        self.workers[&id].dead.store(false, Ordering::SeqCst);
+    }
+
+    /// Requests that reached worker `id`.
+    pub fn calls(&self, id: u32) -> usize {
+        self.workers[&id].calls.load(Ordering::SeqCst)
+    }
+
+    pub fn handle(&self, id: u32) -> &WorkerHandle {
+        &self.workers[&id].handle
+    }
+
+    /// (worker, request kind) of every request that reached a worker, in order.
+    pub fn log(&self) -> Vec<(u32, &'static str)> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends raw bytes to a worker (bypassing the request encoder) and decodes the answer.
+    pub async fn raw(&self, id: u32, bytes: Vec<u8>) -> StageResponse {
+        let out = self.workers[&id].handle.call_bytes(bytes).await.unwrap();
+        decode_response(&out, &self.limits).unwrap()
+    }
+}
+
+impl StageTransport for MemTransport {
+    type WorkerId = u32;
+
+    async fn call(&self, worker: &u32, req: StageRequest) -> Result<StageResponse, TransportError> {
+        let e = self
+            .workers
+            .get(worker)
+            .ok_or_else(|| TransportError::Unreachable(format!("no worker {worker}")))?;
+        if e.dead.load(Ordering::SeqCst) {
+            return Err(TransportError::Unreachable(format!("worker {worker} is dead")));
+        }
+        let kind = match &req {
+            StageRequest::Open { .. } => "open",
+            StageRequest::Forward { .. } => "forward",
+            StageRequest::Close { .. } => "close",
+        };
+        e.calls.fetch_add(1, Ordering::SeqCst);
+        self.log.lock().unwrap().push((*worker, kind));
+        let bytes = encode(&req);
+        assert_eq!(decode_request(&bytes, &self.limits).as_ref(), Ok(&req));
+        let out = e
+            .handle
+            .call_bytes(bytes)
+            .await
+            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        Ok(decode_response(&out, &self.limits)?)
+    }
+}
+
+/// The announcement of a worker.
+pub fn info(id: u32, w: &Worker, tokens_per_sec: f64) -> WorkerInfo<u32> {
+    let (s, e) = w.info().layers;
+    WorkerInfo { id, account: w.account(), model: MODEL, layers: s..e, capacity: 4, tokens_per_sec }
+}
+
+/// Loads stages of a checkpoint.
+pub fn stages(
+    ckpt: &bitorch_inference::Checkpoint,
+    ranges: &[Range<usize>],
+    opts: &bitorch_inference::LoadOptions,
+) -> Vec<Stage> {
+    ranges.iter().map(|r| Stage::load(ckpt, r.clone(), opts).unwrap()).collect()
+}
+
+/// f32 dtype of tiny models.
+pub const F32: DType = DType::F32;
