@@ -21,8 +21,8 @@ use bitorch_network::sync::{Response, SyncBlock};
 use bitorch_network::{Event as NetEvent, Handle as NetHandle, Misbehaviour, PeerId, Topic};
 use bitorch_primitives::{keys, Commit, Hash, Pair};
 use bitorch_runtime::{extrinsic::Block, staking, Balances, Call, UncheckedExtrinsic};
-use parity_scale_codec::{DecodeLimit, Encode};
-use std::collections::VecDeque;
+use parity_scale_codec::{Decode, DecodeLimit, Encode};
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -34,6 +34,40 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// Most blocks asked for at once.
 const SYNC_BATCH: u32 = 64;
 const DEPTH: u32 = bitorch_runtime::DECODE_DEPTH_LIMIT;
+/// How long new transactions wait to be relayed together in one gossip message.
+const RELAY_INTERVAL: Duration = Duration::from_millis(25);
+/// Most transactions in one gossip message.
+pub const MAX_TX_BATCH: usize = 2048;
+/// Most bytes of transactions in one gossip message.
+const MAX_TX_BATCH_BYTES: usize = 1024 * 1024;
+/// Hashes of transactions that came in by gossip, remembered so that they are not relayed
+/// again (gossipsub already floods them); forgotten past this many.
+const MAX_GOSSIPED: usize = 100_000;
+
+/// Encodes transactions (each already SCALE-encoded) as one gossip message.
+pub fn encode_tx_batch(txs: &[Vec<u8>]) -> Vec<u8> {
+    txs.encode()
+}
+
+/// Decodes a gossip message of transactions from a peer: at most [`MAX_TX_BATCH`] of them,
+/// nothing after them.
+pub fn decode_tx_batch(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut input = bytes;
+    let n = parity_scale_codec::Compact::<u32>::decode(&mut input)
+        .map_err(|e| format!("transaction batch: {e}"))?
+        .0 as usize;
+    if n > MAX_TX_BATCH {
+        return Err(format!("transaction batch of {n}; at most {MAX_TX_BATCH}"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(<Vec<u8>>::decode(&mut input).map_err(|e| format!("transaction batch: {e}"))?);
+    }
+    if !input.is_empty() {
+        return Err("transaction batch: trailing bytes".into());
+    }
+    Ok(out)
+}
 
 struct Node {
     chain: Handle,
@@ -54,6 +88,10 @@ struct Node {
     equivocate: bool,
     /// The last sync request came back with a full batch: peers hold more than we have.
     syncing: bool,
+    /// Transactions submitted here, waiting to be relayed in the next batch.
+    to_relay: Vec<Hash>,
+    /// Transactions that came in by gossip (not to be relayed again).
+    gossiped: HashSet<Hash>,
 }
 
 /// How the networked node runs.
@@ -101,6 +139,8 @@ pub fn spawn(
             status: options.status,
             equivocate: options.equivocate,
             syncing: false,
+            to_relay: Vec::new(),
+            gossiped: HashSet::new(),
         };
         if let Err(e) = node.run(events, cancel.clone()).await {
             tracing::error!(target: "p2p", error = %e, "networked node failed; stopping");
@@ -123,6 +163,8 @@ impl Node {
         self.best = self.chain.with(|s| s.chain.best().number).await?;
         let first = self.restart_engine().await?;
         self.perform(first).await?;
+        let mut relay = tokio::time::interval(RELAY_INTERVAL);
+        relay.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sync = tokio::time::interval(SYNC_INTERVAL);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Sync requests run beside the loop so a slow or dead peer never delays consensus.
@@ -137,7 +179,11 @@ impl Node {
                     None => return Ok(()),
                 },
                 ev = chain_events.recv() => match ev {
-                    Ok(ChainEvent::Tx(hash, TxStatus::Ready | TxStatus::Future)) => self.relay(hash).await?,
+                    Ok(ChainEvent::Tx(hash, TxStatus::Ready | TxStatus::Future)) => {
+                        if !self.gossiped.remove(&hash) {
+                            self.to_relay.push(hash);
+                        }
+                    }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(target: "p2p", missed = n, "chain events lagged; some transactions were not relayed");
@@ -158,6 +204,7 @@ impl Node {
                         }
                     }
                 }
+                _ = relay.tick(), if !self.to_relay.is_empty() => self.relay().await?,
                 _ = sync.tick(), if !sync_in_flight => {
                     sync_in_flight = self.start_sync(synced_tx.clone()).await?;
                 }
@@ -355,14 +402,38 @@ impl Node {
         Ok(())
     }
 
-    async fn relay(&mut self, hash: Hash) -> Result<(), crate::Error> {
-        let bytes = self.chain.with(move |s| s.pool.get(&hash).map(|x| x.encode())).await?;
-        if let Some(bytes) = bytes {
-            if let Err(e) = self.net.publish(Topic::Transactions, bytes).await {
-                tracing::debug!(target: "p2p", error = %e, "transaction not relayed");
+    /// Relays the transactions submitted here since the last batch, in as few gossip
+    /// messages as the size limits allow.
+    async fn relay(&mut self) -> Result<(), crate::Error> {
+        let hashes = std::mem::take(&mut self.to_relay);
+        let txs: Vec<Vec<u8>> = self
+            .chain
+            .with(move |s| {
+                hashes.iter().filter_map(|h| s.pool.get(h)).map(|x| x.encode()).collect()
+            })
+            .await?;
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0;
+        for tx in txs {
+            if !batch.is_empty()
+                && (batch.len() >= MAX_TX_BATCH || bytes + tx.len() > MAX_TX_BATCH_BYTES)
+            {
+                self.publish_txs(&std::mem::take(&mut batch)).await;
+                bytes = 0;
             }
+            bytes += tx.len();
+            batch.push(tx);
+        }
+        if !batch.is_empty() {
+            self.publish_txs(&batch).await;
         }
         Ok(())
+    }
+
+    async fn publish_txs(&mut self, batch: &[Vec<u8>]) {
+        if let Err(e) = self.net.publish(Topic::Transactions, encode_tx_batch(batch)).await {
+            tracing::debug!(target: "p2p", error = %e, txs = batch.len(), "transactions not relayed");
+        }
     }
 
     async fn on_net_event(&mut self, ev: NetEvent) -> Result<(), crate::Error> {
@@ -392,11 +463,35 @@ impl Node {
             }
             NetEvent::Gossip { topic: Topic::Transactions, from, author, data } => {
                 let from = author.unwrap_or(from);
-                if let Err(crate::Error::Pool(crate::pool::PoolError::Invalid(
-                    bitorch_runtime::TransactionError::Malformed(_)
-                    | bitorch_runtime::TransactionError::BadSignature,
-                ))) = self.chain.submit(data).await
-                {
+                let txs = match decode_tx_batch(&data) {
+                    Ok(txs) => txs,
+                    Err(e) => {
+                        tracing::debug!(target: "p2p", %from, error = %e, "undecodable transaction gossip");
+                        let _ = self.net.report_peer(from, Misbehaviour::UndecodableMessage).await;
+                        return Ok(());
+                    }
+                };
+                if self.gossiped.len() + txs.len() > MAX_GOSSIPED {
+                    self.gossiped.clear();
+                }
+                for tx in &txs {
+                    self.gossiped.insert(bitorch_primitives::blake2_256(tx).into());
+                }
+                let forged = self
+                    .chain
+                    .with(move |s| {
+                        txs.iter().any(|tx| {
+                            matches!(
+                                s.submit(tx),
+                                Err(crate::Error::Pool(crate::pool::PoolError::Invalid(
+                                    bitorch_runtime::TransactionError::Malformed(_)
+                                        | bitorch_runtime::TransactionError::BadSignature,
+                                )))
+                            )
+                        })
+                    })
+                    .await?;
+                if forged {
                     let _ = self.net.report_peer(from, Misbehaviour::BadSignature).await;
                 }
             }
@@ -420,6 +515,8 @@ impl Node {
                     Err(_) => Response::Refused(bitorch_network::sync::SyncError::Unavailable),
                 });
             }
+            // This node serves no layers: dropping the reply answers the peer with an error.
+            NetEvent::StageRequest { .. } => {}
             NetEvent::PeerConnected(_) | NetEvent::PeerDisconnected(_) => {}
         }
         Ok(())
@@ -489,5 +586,26 @@ impl Node {
         }
         self.publish_status();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tx_batches_round_trip_and_refuse_bad_input() {
+        let txs = vec![vec![1u8, 2, 3], vec![], vec![9; 300]];
+        assert_eq!(decode_tx_batch(&encode_tx_batch(&txs)).unwrap(), txs);
+        let mut trailing = encode_tx_batch(&txs);
+        trailing.push(0);
+        assert!(decode_tx_batch(&trailing).unwrap_err().contains("trailing"));
+        let too_many = parity_scale_codec::Compact(MAX_TX_BATCH as u32 + 1).encode();
+        assert!(decode_tx_batch(&too_many).unwrap_err().contains("at most"));
+        // A length prefix that promises more bytes than there are.
+        let mut short = parity_scale_codec::Compact(1u32).encode();
+        short.extend(parity_scale_codec::Compact(1_000_000u32).encode());
+        assert!(decode_tx_batch(&short).is_err());
+        assert!(decode_tx_batch(&[]).is_err());
     }
 }
