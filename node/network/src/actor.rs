@@ -3,15 +3,18 @@
 
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::config::Config;
+use crate::directory::Directory;
 use crate::error::Error;
 use crate::event::Event;
 use crate::gossip::Topic;
 use crate::handle::Command;
 use crate::peers::{Lifted, Misbehaviour, PeerBook};
+use crate::stage::{self, StageError};
 use crate::sync::{self, SyncBlock, SyncError};
 use libp2p::futures::future::BoxFuture;
 use libp2p::futures::stream::FuturesUnordered;
 use libp2p::futures::{FutureExt, StreamExt};
+use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -31,11 +34,28 @@ const BAN_GRACE: Duration = Duration::from_millis(250);
 
 /// The node's answer to an inbound sync request, or why there is none.
 type Reply = (ResponseChannel<sync::Frame<sync::Response>>, PeerId, Option<sync::Response>);
+/// The node's answer to an inbound stage request, or why there is none, and the request's
+/// share of the inbound budget, returned once the answer is on its way.
+type StageReply =
+    (ResponseChannel<stage::ResponseFrame>, PeerId, Option<Vec<u8>>, Option<stage::Reservation>);
+
+/// Which request-response protocol an inbound request came in on (their ids are counted
+/// separately).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Proto {
+    Sync,
+    Stage,
+}
 
 struct PendingRequest {
     peer: PeerId,
     max: u32,
     reply: oneshot::Sender<Result<Vec<SyncBlock>, Error>>,
+}
+
+struct PendingStage {
+    peer: PeerId,
+    reply: oneshot::Sender<Result<Vec<u8>, Error>>,
 }
 
 pub(crate) struct EventLoop {
@@ -46,9 +66,15 @@ pub(crate) struct EventLoop {
     peers: PeerBook,
     outbound: HashMap<OutboundRequestId, PendingRequest>,
     replies: FuturesUnordered<BoxFuture<'static, Reply>>,
+    stage_outbound: HashMap<OutboundRequestId, PendingStage>,
+    stage_replies: FuturesUnordered<BoxFuture<'static, StageReply>>,
+    /// Worker announcements: this node's, and the lookups in progress.
+    directory: Directory,
+    /// Deadlines of the worker lookups in progress.
+    find_deadlines: FuturesUnordered<BoxFuture<'static, u64>>,
     /// Peers that sent a bad request, by that request: banned shortly after the refusal is
     /// sent (or at once if it fails). Further requests from them get no answer.
-    ban_after_reply: HashMap<InboundRequestId, PeerId>,
+    ban_after_reply: HashMap<(Proto, InboundRequestId), PeerId>,
     /// Bans due when their grace period ends.
     delayed_bans: FuturesUnordered<BoxFuture<'static, PeerId>>,
     /// Peers in `ban_after_reply` or `delayed_bans`.
@@ -62,6 +88,7 @@ pub(crate) struct EventLoop {
 impl EventLoop {
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
+        keypair: Keypair,
         config: Config,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
@@ -70,11 +97,19 @@ impl EventLoop {
         Self {
             swarm,
             peers: PeerBook::new(config.ban_duration),
+            directory: Directory::new(
+                keypair,
+                config.worker_record_ttl,
+                config.max_workers_per_model,
+            ),
             config,
             commands,
             events,
             outbound: HashMap::new(),
             replies: FuturesUnordered::new(),
+            stage_outbound: HashMap::new(),
+            stage_replies: FuturesUnordered::new(),
+            find_deadlines: FuturesUnordered::new(),
             ban_after_reply: HashMap::new(),
             delayed_bans: FuturesUnordered::new(),
             condemned: HashSet::new(),
@@ -88,6 +123,9 @@ impl EventLoop {
         let period = self.config.maintenance_interval.max(Duration::from_millis(10));
         let mut maintenance = tokio::time::interval(period);
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let period = self.config.worker_refresh_interval.max(Duration::from_millis(100));
+        let mut refresh = tokio::time::interval_at(Instant::now() + period, period);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -96,9 +134,16 @@ impl EventLoop {
                     Some(c) => self.on_command(c),
                     None => break,
                 },
+                Some(reply) = self.stage_replies.next(), if !self.stage_replies.is_empty() => {
+                    self.send_stage_reply(reply)
+                }
                 Some(reply) = self.replies.next(), if !self.replies.is_empty() => {
                     self.send_reply(reply)
                 }
+                Some(find) = self.find_deadlines.next(), if !self.find_deadlines.is_empty() => {
+                    self.directory.expire(&mut self.swarm, find)
+                }
+                _ = refresh.tick() => self.directory.refresh(&mut self.swarm),
                 Some(peer) = self.delayed_bans.next(), if !self.delayed_bans.is_empty() => {
                     self.penalise(peer, Misbehaviour::UndecodableMessage)
                 }
@@ -115,6 +160,7 @@ impl EventLoop {
                 let kind = match e {
                     Event::Gossip { topic, .. } => topic.name(),
                     Event::SyncRequest { .. } => "sync request",
+                    Event::StageRequest { .. } => "stage request",
                     Event::PeerConnected(_) => "peer connected",
                     Event::PeerDisconnected(_) => "peer disconnected",
                 };
@@ -139,6 +185,37 @@ impl EventLoop {
                 let request = sync::Request { from: request.from, max };
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer, Ok(request));
                 self.outbound.insert(id, PendingRequest { peer, max, reply });
+            }
+            Command::StageRequest { peer, data, reply } => {
+                let limit = self.config.max_stage_request_bytes;
+                if data.len() > limit {
+                    let _ = reply.send(Err(Error::MessageTooLarge { size: data.len(), limit }));
+                    return;
+                }
+                if self.stage_outbound.len() >= self.config.max_outbound_stage_requests {
+                    let _ = reply.send(Err(Error::Busy));
+                    return;
+                }
+                let addresses = self.directory.addresses_of(&peer);
+                let body = Ok(stage::Body { data, reservation: None });
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .stage
+                    .send_request_with_addresses(&peer, body, addresses);
+                self.stage_outbound.insert(id, PendingStage { peer, reply });
+            }
+            Command::AnnounceWorker { announcement, reply } => {
+                let _ = reply.send(self.directory.announce(&mut self.swarm, announcement));
+            }
+            Command::WithdrawWorker { model, reply } => {
+                let _ = reply.send(self.directory.withdraw(&mut self.swarm, model));
+            }
+            Command::FindWorkers { model, reply } => {
+                if let Some(id) = self.directory.find(&mut self.swarm, model, reply) {
+                    let deadline = tokio::time::sleep(self.config.find_workers_timeout);
+                    self.find_deadlines.push(deadline.map(move |_| id).boxed());
+                }
             }
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -328,6 +405,10 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(target: TARGET, peer = %self.swarm.local_peer_id(), %address, "listening");
+                if self.directory.is_announcing() {
+                    // Announce the new address too.
+                    self.directory.refresh(&mut self.swarm);
+                }
             }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 tracing::debug!(target: TARGET, peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
@@ -386,6 +467,7 @@ impl EventLoop {
                 });
             }
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Stage(event) => self.on_stage_event(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     if self.peers.is_banned(&peer) {
@@ -407,7 +489,38 @@ impl EventLoop {
         match event {
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
                 tracing::debug!(target: TARGET, %peer, "new peer in the routing table");
+                if self.directory.needs_republish() {
+                    self.directory.refresh(&mut self.swarm);
+                }
             }
+            kad::Event::OutboundQueryProgressed { id, result, step, .. }
+                if self.directory.owns(&id) =>
+            {
+                let peers = &self.peers;
+                let penalties = self.directory.on_query(
+                    &mut self.swarm,
+                    id,
+                    result,
+                    step.last,
+                    &|p: &PeerId| peers.is_banned(p),
+                );
+                for (peer, misbehaviour) in penalties {
+                    self.penalise(peer, misbehaviour);
+                }
+            }
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord { source, record: Some(record), .. },
+            } => {
+                if let Some(misbehaviour) =
+                    self.directory.on_inbound_record(&mut self.swarm, source, record)
+                {
+                    tracing::debug!(target: TARGET, peer = %source, "forged worker record");
+                    self.penalise(source, misbehaviour);
+                }
+            }
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::AddProvider { record: Some(record) },
+            } => self.directory.on_inbound_provider(&mut self.swarm, record),
             kad::Event::OutboundQueryProgressed { result, .. } => match result {
                 kad::QueryResult::Bootstrap(Ok(ok)) => {
                     tracing::debug!(target: TARGET, remaining = ok.num_remaining, "bootstrap step");
@@ -458,14 +571,14 @@ impl EventLoop {
                 }
             }
             E::ResponseSent { request_id, .. } => {
-                if let Some(peer) = self.ban_after_reply.remove(&request_id) {
+                if let Some(peer) = self.ban_after_reply.remove(&(Proto::Sync, request_id)) {
                     // The refusal is written but may not have left yet: let it go first.
                     self.delayed_bans
                         .push(tokio::time::sleep(BAN_GRACE).map(move |_| peer).boxed());
                 }
             }
             E::InboundFailure { request_id, .. } => {
-                if let Some(peer) = self.ban_after_reply.remove(&request_id) {
+                if let Some(peer) = self.ban_after_reply.remove(&(Proto::Sync, request_id)) {
                     self.penalise(peer, Misbehaviour::UndecodableMessage);
                 }
             }
@@ -496,7 +609,7 @@ impl EventLoop {
                 let sent = refuse(&mut self.swarm, channel, SyncError::BadRequest);
                 if sent && self.condemned.len() < MAX_BANS_AFTER_REPLY {
                     self.condemned.insert(peer);
-                    self.ban_after_reply.insert(request_id, peer);
+                    self.ban_after_reply.insert((Proto::Sync, request_id), peer);
                 } else {
                     self.penalise(peer, Misbehaviour::UndecodableMessage);
                 }
@@ -521,6 +634,124 @@ impl EventLoop {
             async move {
                 let answer = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
                 (channel, peer, answer)
+            }
+            .boxed(),
+        );
+    }
+
+    fn send_stage_reply(&mut self, (channel, peer, answer, reservation): StageReply) {
+        let limit = self.config.max_stage_response_bytes;
+        let response = match answer {
+            None => stage::Response::Refused(StageError::Unavailable),
+            Some(data) if data.len() > limit => {
+                tracing::warn!(target: TARGET, %peer, size = data.len(), limit, "stage answer over the limit; refusing instead");
+                stage::Response::Refused(StageError::ResponseTooLarge)
+            }
+            Some(data) => stage::Response::Data(data),
+        };
+        if self.swarm.behaviour_mut().stage.send_response(channel, Ok(response)).is_err() {
+            tracing::debug!(target: TARGET, %peer, "stage requester went away before the answer");
+        }
+        drop(reservation);
+    }
+
+    fn on_stage_event(
+        &mut self,
+        event: request_response::Event<stage::RequestFrame, stage::ResponseFrame>,
+    ) {
+        use request_response::{Event as E, Message};
+        match event {
+            E::Message {
+                peer, message: Message::Request { request_id, request, channel }, ..
+            } => self.on_stage_request(peer, request_id, request, channel),
+            E::Message { peer, message: Message::Response { request_id, response }, .. } => {
+                let Some(pending) = self.stage_outbound.remove(&request_id) else {
+                    return;
+                };
+                let result = match response {
+                    Err(wire) => {
+                        tracing::debug!(target: TARGET, %peer, %wire, "bad stage answer");
+                        self.penalise(peer, Misbehaviour::UndecodableMessage);
+                        Err(Error::InvalidResponse { peer, reason: "undecodable or too large" })
+                    }
+                    Ok(stage::Response::Data(data)) => Ok(data),
+                    Ok(stage::Response::Refused(error)) => Err(Error::StageRefused { peer, error }),
+                };
+                debug_assert_eq!(pending.peer, peer);
+                let _ = pending.reply.send(result);
+            }
+            E::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some(pending) = self.stage_outbound.remove(&request_id) {
+                    let _ = pending
+                        .reply
+                        .send(Err(Error::RequestFailed { peer, reason: error.to_string() }));
+                }
+            }
+            E::ResponseSent { request_id, .. } => {
+                if let Some(peer) = self.ban_after_reply.remove(&(Proto::Stage, request_id)) {
+                    self.delayed_bans
+                        .push(tokio::time::sleep(BAN_GRACE).map(move |_| peer).boxed());
+                }
+            }
+            E::InboundFailure { request_id, .. } => {
+                if let Some(peer) = self.ban_after_reply.remove(&(Proto::Stage, request_id)) {
+                    self.penalise(peer, Misbehaviour::UndecodableMessage);
+                }
+            }
+        }
+    }
+
+    fn on_stage_request(
+        &mut self,
+        peer: PeerId,
+        request_id: InboundRequestId,
+        request: stage::RequestFrame,
+        channel: ResponseChannel<stage::ResponseFrame>,
+    ) {
+        let refuse = |swarm: &mut Swarm<Behaviour>, channel, error| {
+            let refusal = Ok(stage::Response::Refused(error));
+            swarm.behaviour_mut().stage.send_response(channel, refusal).is_ok()
+        };
+        let body = match request {
+            Ok(body) => body,
+            Err(stage::RequestFault::OverBudget) => {
+                tracing::debug!(target: TARGET, %peer, "stage request over the inbound budget");
+                refuse(&mut self.swarm, channel, StageError::Busy);
+                return;
+            }
+            Err(_) if self.condemned.contains(&peer) => {
+                // Already refused and about to be banned: no more answers.
+                drop(channel);
+                return;
+            }
+            Err(fault) => {
+                tracing::debug!(target: TARGET, %peer, %fault, "bad stage request");
+                // Answer, then ban once the answer is out (or at once if it cannot be sent).
+                let sent = refuse(&mut self.swarm, channel, StageError::BadRequest);
+                if sent && self.condemned.len() < MAX_BANS_AFTER_REPLY {
+                    self.condemned.insert(peer);
+                    self.ban_after_reply.insert((Proto::Stage, request_id), peer);
+                } else {
+                    self.penalise(peer, Misbehaviour::UndecodableMessage);
+                }
+                return;
+            }
+        };
+        if self.stage_replies.len() >= self.config.max_pending_stage_requests {
+            refuse(&mut self.swarm, channel, StageError::Busy);
+            return;
+        }
+        let stage::Body { data, reservation } = body;
+        let (reply, rx) = oneshot::channel();
+        if !self.emit(Event::StageRequest { peer, data, reply }) {
+            refuse(&mut self.swarm, channel, StageError::Busy);
+            return;
+        }
+        let timeout = self.config.stage_timeout;
+        self.stage_replies.push(
+            async move {
+                let answer = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
+                (channel, peer, answer, reservation)
             }
             .boxed(),
         );

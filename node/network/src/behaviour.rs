@@ -3,7 +3,7 @@
 use crate::config::Config;
 use crate::error::Error;
 use crate::gossip::Topic;
-use crate::sync;
+use crate::{stage, sync};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -33,6 +33,8 @@ pub(crate) struct Behaviour {
     pub(crate) gossipsub: gossipsub::Behaviour,
     /// Block sync.
     pub(crate) sync: request_response::Behaviour<sync::Codec>,
+    /// Stage requests between gateways and workers.
+    pub(crate) stage: request_response::Behaviour<stage::Codec>,
     /// LAN discovery, when enabled.
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -52,8 +54,22 @@ impl Behaviour {
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_query_timeout(std::time::Duration::from_secs(30));
-        let mut kad =
-            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // Records and provider records live as long as a worker announcement and are
+        // refreshed by their publisher (`workers`), not by Kademlia. The DHT holds worker
+        // records only: each is verified before it is stored for another peer, and a writer
+        // of anything else is penalised (`directory`).
+        kad_config
+            .set_record_ttl(Some(config.worker_record_ttl))
+            .set_provider_record_ttl(Some(config.worker_record_ttl))
+            .set_publication_interval(None)
+            .set_provider_publication_interval(None)
+            .set_record_filtering(kad::StoreInserts::FilterBoth);
+        let store_config = kad::store::MemoryStoreConfig {
+            max_providers_per_key: config.max_workers_per_model.max(1),
+            ..Default::default()
+        };
+        let store = kad::store::MemoryStore::with_config(peer_id, store_config);
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
         // Answer DHT queries even before an external address is confirmed (on a LAN or
         // loopback one never is), so that peers learn of each other through us.
         kad.set_mode(Some(kad::Mode::Server));
@@ -81,6 +97,18 @@ impl Behaviour {
                 .with_max_concurrent_streams(config.max_pending_sync_requests.max(1)),
         );
 
+        let stage = request_response::Behaviour::with_codec(
+            stage::Codec {
+                max_request_bytes: config.max_stage_request_bytes,
+                max_response_bytes: config.max_stage_response_bytes,
+                budget: stage::Budget::new(config.max_stage_inbound_bytes),
+            },
+            [(stage::PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(config.stage_timeout)
+                .with_max_concurrent_streams(config.max_stage_streams_per_connection.max(1)),
+        );
+
         let mdns = if config.mdns {
             Some(
                 mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
@@ -98,6 +126,7 @@ impl Behaviour {
             kad,
             gossipsub,
             sync,
+            stage,
             mdns: mdns.into(),
         })
     }

@@ -37,6 +37,35 @@ pub struct Config {
     pub max_pending_sync_requests: usize,
     /// Most outbound sync requests in flight.
     pub max_outbound_sync_requests: usize,
+    /// Timeout of a stage request (`/bitorch/stage/1`), and the time the node has to answer
+    /// one. A prefill of a long prompt takes seconds on a CPU.
+    pub stage_timeout: Duration,
+    /// Largest stage request payload sent or accepted, in bytes. A peer that sends a larger
+    /// one is refused and banned, so nodes of one network must agree on it.
+    pub max_stage_request_bytes: usize,
+    /// Largest stage answer payload sent or accepted, in bytes (a last stage answers 192 KiB
+    /// of logits per token of a 49,152-token vocabulary).
+    pub max_stage_response_bytes: usize,
+    /// Most inbound stage requests waiting for the node's answer; more are refused as busy.
+    pub max_pending_stage_requests: usize,
+    /// Most outbound stage requests in flight.
+    pub max_outbound_stage_requests: usize,
+    /// Most stage requests in flight on one connection, both ways together.
+    pub max_stage_streams_per_connection: usize,
+    /// Most bytes of inbound stage requests held in memory (being read, or waiting for the
+    /// node's answer), over all connections; past it requests are refused as busy.
+    pub max_stage_inbound_bytes: usize,
+    /// How long a worker announcement, and the provider records of every node, stay valid in
+    /// the DHT unless refreshed.
+    pub worker_record_ttl: Duration,
+    /// How often the node publishes its worker announcements again; well under
+    /// `worker_record_ttl`.
+    pub worker_refresh_interval: Duration,
+    /// The longest a worker lookup ([`Handle::find_workers`](crate::Handle::find_workers))
+    /// takes; it answers with what it found by then.
+    pub find_workers_timeout: Duration,
+    /// Most workers one lookup returns, and most providers of one model a node stores.
+    pub max_workers_per_model: usize,
     /// How long a misbehaving peer stays banned.
     pub ban_duration: Duration,
     /// A connection no protocol uses is closed after this long.
@@ -72,6 +101,17 @@ impl Config {
             sync_timeout: Duration::from_secs(20),
             max_pending_sync_requests: 64,
             max_outbound_sync_requests: 256,
+            stage_timeout: Duration::from_secs(30),
+            max_stage_request_bytes: crate::stage::DEFAULT_MAX_REQUEST_BYTES,
+            max_stage_response_bytes: crate::stage::DEFAULT_MAX_RESPONSE_BYTES,
+            max_pending_stage_requests: 256,
+            max_outbound_stage_requests: 1024,
+            max_stage_streams_per_connection: 256,
+            max_stage_inbound_bytes: 256 * 1024 * 1024,
+            worker_record_ttl: Duration::from_secs(90),
+            worker_refresh_interval: Duration::from_secs(30),
+            find_workers_timeout: Duration::from_secs(5),
+            max_workers_per_model: 256,
             ban_duration: Duration::from_secs(600),
             idle_connection_timeout: Duration::from_secs(60),
             maintenance_interval: Duration::from_secs(5),

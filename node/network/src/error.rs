@@ -1,6 +1,7 @@
 //! Errors of the network crate.
 
 use crate::gossip::Topic;
+use crate::stage::StageError;
 use crate::sync::SyncError;
 use libp2p::{Multiaddr, PeerId};
 use std::path::PathBuf;
@@ -72,11 +73,12 @@ pub enum Error {
         #[source]
         source: libp2p::gossipsub::PublishError,
     },
-    /// Too many sync requests in flight.
-    #[error("too many sync requests in flight; try again later")]
+    /// Too many requests (sync, stage) or worker lookups in flight.
+    #[error("too many requests in flight; try again later")]
     Busy,
-    /// A sync request failed on the way (timeout, connection closed, peer unreachable…).
-    #[error("sync request to {peer} failed: {reason}")]
+    /// A sync or stage request failed on the way (timeout, connection closed, peer
+    /// unreachable…).
+    #[error("request to {peer} failed: {reason}")]
     RequestFailed {
         /// The peer asked.
         peer: PeerId,
@@ -91,12 +93,33 @@ pub enum Error {
         /// Its answer.
         error: SyncError,
     },
-    /// The peer answered a sync request with something invalid; it has been penalised.
-    #[error("peer {peer} sent an invalid sync response: {reason}")]
+    /// The peer answered a sync or stage request with something invalid; it has been
+    /// penalised.
+    #[error("peer {peer} sent an invalid response: {reason}")]
     InvalidResponse {
         /// The peer asked.
         peer: PeerId,
         /// What was wrong.
         reason: &'static str,
     },
+    /// The peer answered a stage request with a refusal.
+    #[error("peer {peer} refused the stage request: {error}")]
+    StageRefused {
+        /// The peer asked.
+        peer: PeerId,
+        /// Its answer.
+        error: StageError,
+    },
+    /// A worker announcement that cannot be published.
+    #[error("invalid worker announcement: {0}")]
+    InvalidAnnouncement(&'static str),
+    /// The node already announces as many models as it may.
+    #[error("this node already announces {limit} models; withdraw one first")]
+    TooManyAnnouncements {
+        /// The limit.
+        limit: usize,
+    },
+    /// The node key could not sign a record.
+    #[error("signing with the node key: {0}")]
+    Sign(String),
 }

@@ -31,6 +31,21 @@ pub enum Event {
         /// Where the answer goes.
         reply: oneshot::Sender<sync::Response>,
     },
+    /// A peer sends a stage request (`/bitorch/stage/1`): opaque bytes for the inference
+    /// service, at most [`Config::max_stage_request_bytes`](crate::Config) long. Send the
+    /// answer bytes on `reply` within [`Config::stage_timeout`](crate::Config); an answer
+    /// longer than [`Config::max_stage_response_bytes`](crate::Config) is replaced by a
+    /// refusal, and dropping `reply` answers [`StageError::Unavailable`](crate::stage::StageError).
+    /// Bytes that do not decode as a stage message are the inference service's to reject (in
+    /// its own answer) and to report with [`Handle::report_peer`](crate::Handle::report_peer).
+    StageRequest {
+        /// Who asks.
+        peer: PeerId,
+        /// The request.
+        data: Vec<u8>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Vec<u8>>,
+    },
     /// The first connection to a peer was established.
     PeerConnected(PeerId),
     /// The last connection to a peer closed.

@@ -4,6 +4,7 @@ use crate::error::Error;
 use crate::gossip::Topic;
 use crate::peers::Misbehaviour;
 use crate::sync::{self, SyncBlock};
+use crate::workers::{ModelId, WorkerAnnouncement};
 use libp2p::{Multiaddr, PeerId};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +21,23 @@ pub(crate) enum Command {
         peer: PeerId,
         request: sync::Request,
         reply: oneshot::Sender<Result<Vec<SyncBlock>, Error>>,
+    },
+    StageRequest {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    },
+    AnnounceWorker {
+        announcement: WorkerAnnouncement,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    WithdrawWorker {
+        model: ModelId,
+        reply: oneshot::Sender<bool>,
+    },
+    FindWorkers {
+        model: ModelId,
+        reply: oneshot::Sender<Result<Vec<(PeerId, WorkerAnnouncement)>, Error>>,
     },
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
@@ -91,6 +109,52 @@ impl Handle {
     ) -> Result<Vec<SyncBlock>, Error> {
         let request = sync::Request { from, max };
         self.call(|reply| Command::RequestBlocks { peer, request, reply }).await?
+    }
+
+    /// Sends a stage request (`/bitorch/stage/1`) to `peer` and returns its answer bytes.
+    /// Uses the open connection to `peer` if there is one; otherwise dials it at the addresses
+    /// it announced as a worker (see [`Handle::find_workers`]) or that discovery knows.
+    ///
+    /// Fails with [`Error::MessageTooLarge`] (nothing sent) past
+    /// [`Config::max_stage_request_bytes`](crate::Config), [`Error::Busy`] with too many
+    /// requests in flight, [`Error::StageRefused`] when the peer refuses (busy, no answer in
+    /// time), [`Error::RequestFailed`] on a timeout
+    /// ([`Config::stage_timeout`](crate::Config)) or a lost connection, and
+    /// [`Error::InvalidResponse`] when the answer is too large or malformed (the peer is then
+    /// penalised).
+    pub async fn stage_request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, Error> {
+        self.call(|reply| Command::StageRequest { peer, data, reply }).await?
+    }
+
+    /// Announces this node in the DHT as a worker for `announcement.model`, signed with the
+    /// node key, with the addresses it listens on; replaces an earlier announcement for that
+    /// model (to update `free`, say). The node publishes it again every
+    /// [`Config::worker_refresh_interval`](crate::Config), each time valid for
+    /// [`Config::worker_record_ttl`](crate::Config) (which sets `expires_at_ms`), until
+    /// [`Handle::withdraw_worker`]. Returns once it is stored locally and on its way to the
+    /// DHT. Fails for an empty layer range, or past 16 models.
+    pub async fn announce_worker(&self, announcement: WorkerAnnouncement) -> Result<(), Error> {
+        self.call(|reply| Command::AnnounceWorker { announcement, reply }).await?
+    }
+
+    /// Stops announcing this node as a worker for `model`: a signed withdrawal replaces the
+    /// announcement in the DHT, so lookups stop returning it. Returns whether it was announced.
+    pub async fn withdraw_worker(&self, model: ModelId) -> Result<bool, Error> {
+        self.call(|reply| Command::WithdrawWorker { model, reply }).await
+    }
+
+    /// The workers announced for `model`: the providers of the model in the DHT whose signed
+    /// announcement verifies (signed by the provider's own key, not expired, not withdrawn),
+    /// this node's own announcement included. Takes at most
+    /// [`Config::find_workers_timeout`](crate::Config) and returns at most
+    /// [`Config::max_workers_per_model`](crate::Config) others; their announced addresses are
+    /// kept, so that [`Handle::stage_request`] can dial them. Fails with [`Error::Busy`] when
+    /// too many lookups run at once.
+    pub async fn find_workers(
+        &self,
+        model: ModelId,
+    ) -> Result<Vec<(PeerId, WorkerAnnouncement)>, Error> {
+        self.call(|reply| Command::FindWorkers { model, reply }).await?
     }
 
     /// The peers connected now.

@@ -3,7 +3,8 @@
 //! One task, started by [`spawn`], owns the libp2p swarm; the node drives it through a
 //! cloneable [`Handle`] (bounded command channel, a `oneshot` answer per call) and receives
 //! [`Event`]s on a bounded channel: gossip messages with the peer that sent them, inbound
-//! block-sync requests with a `oneshot` for the answer, and peers connecting and leaving.
+//! block-sync and stage requests with a `oneshot` for the answer, and peers connecting and
+//! leaving.
 //!
 //! Protocols, one behaviour each (see [`behaviour`]):
 //! - transports: TCP with noise and yamux, and QUIC (`quic-v1`, TLS 1.3 with the libp2p
@@ -18,12 +19,23 @@
 //!   signed messages and a maximum message size;
 //! - request-response block sync ([`sync`], `/bitorch/sync/1`): SCALE request and response
 //!   types with explicit size limits; blocks travel as opaque bytes with their commits;
+//! - request-response stage requests ([`stage`], `/bitorch/stage/1`): opaque payloads for the
+//!   inference service, limited in size both ways ([`Config::max_stage_request_bytes`],
+//!   [`Config::max_stage_response_bytes`]) and in what waits for the node, many at once on one
+//!   connection: [`Handle::stage_request`] out, [`Event::StageRequest`] in;
+//! - worker announcements in the DHT ([`workers`]): [`Handle::announce_worker`] publishes a
+//!   [`WorkerAnnouncement`] signed by the node key (a provider record for the model and the
+//!   signed record) and keeps it fresh until [`Handle::withdraw_worker`];
+//!   [`Handle::find_workers`] returns the verified announcements of a model's workers, within
+//!   [`Config::find_workers_timeout`], and remembers their addresses for stage requests.
+//!   Records are verified before a node stores them for others;
 //! - mDNS for LANs, behind [`Config::mdns`] (off by default);
 //! - connection limits and a ban list.
 //!
-//! Peer score ([`peers`]): a peer that sends an undecodable or oversized sync message, or that
-//! the node reports with [`Handle::report_peer`], is penalised; at [`peers::BAN_THRESHOLD`] it
-//! is disconnected and its connections are refused until the ban expires. The node keeps
+//! Peer score ([`peers`]): a peer that sends an undecodable or oversized sync or stage message
+//! or a forged worker record, or that the node reports with [`Handle::report_peer`], is
+//! penalised; at [`peers::BAN_THRESHOLD`] it is disconnected and its connections are refused
+//! until the ban expires. The node keeps
 //! working. The operator can ban and unban peers directly ([`Handle::ban_peer`],
 //! [`Handle::unban_peer`]); when a ban ends, however it ends, the node dials the peer again.
 //!
@@ -33,13 +45,16 @@
 mod actor;
 pub mod behaviour;
 pub mod config;
+mod directory;
 pub mod error;
 pub mod event;
 pub mod gossip;
 pub mod handle;
 pub mod key;
 pub mod peers;
+pub mod stage;
 pub mod sync;
+pub mod workers;
 
 pub use config::Config;
 pub use error::Error;
@@ -49,6 +64,8 @@ pub use handle::Handle;
 pub use key::NodeKey;
 pub use libp2p::{identity::Keypair, Multiaddr, PeerId};
 pub use peers::Misbehaviour;
+pub use stage::StageError;
+pub use workers::{ModelId, WorkerAnnouncement};
 
 use libp2p::{noise, tcp, yamux};
 use tokio::sync::mpsc;
@@ -71,7 +88,7 @@ pub fn spawn(
 
     let behaviour = behaviour::Behaviour::new(&keypair, &config)?;
     let idle = config.idle_connection_timeout;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| Error::Build(format!("TCP transport: {e}")))?
@@ -103,7 +120,7 @@ pub fn spawn(
     let (tx, commands) = mpsc::channel(config.command_capacity.max(1));
     let (events_tx, events) = mpsc::channel(config.event_capacity.max(1));
     let task = tokio::spawn(
-        actor::EventLoop::new(swarm, config, commands, events_tx, boot_nodes).run(cancel),
+        actor::EventLoop::new(swarm, keypair, config, commands, events_tx, boot_nodes).run(cancel),
     );
     Ok((Handle::new(tx, local_peer_id), events, task))
 }
