@@ -186,7 +186,15 @@ impl Node {
                     }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(target: "p2p", missed = n, "chain events lagged; some transactions were not relayed");
+                        // Missed some submissions: relay what the pool holds instead (minus
+                        // what came in by gossip), so that none stays on this node only.
+                        tracing::debug!(target: "p2p", missed = n, "chain events lagged; relaying the pool");
+                        let pooled: Vec<Hash> =
+                            self.chain.with(|s| s.pool.all().iter().map(|x| x.hash()).collect()).await?;
+                        let relayed: HashSet<Hash> = self.to_relay.iter().copied().collect();
+                        self.to_relay.extend(
+                            pooled.into_iter().filter(|h| !self.gossiped.contains(h) && !relayed.contains(h)),
+                        );
                     }
                     Err(_) => return Ok(()),
                 },

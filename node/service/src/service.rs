@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 /// Capacity of the service's request channel.
 pub const MAILBOX: usize = 1024;
 /// Capacity of the event broadcast channel.
-pub const EVENTS: usize = 4096;
+pub const EVENTS: usize = 16_384;
 
 /// What happened to a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
