@@ -483,7 +483,7 @@ impl Node {
                     self.gossiped.clear();
                 }
                 for tx in &txs {
-                    self.gossiped.insert(bitorch_primitives::blake2_256(tx).into());
+                    self.gossiped.insert(bitorch_primitives::blake2_256(tx));
                 }
                 let forged = self
                     .chain
