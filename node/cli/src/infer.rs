@@ -46,6 +46,12 @@ pub struct InferArgs {
     /// `cpu` or `cuda` (`cuda:N`), the latter in builds with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Record activation commitments as workers do. This selects the batch-invariant attention
+    /// kernel, so the output is token for token what a node serving the model
+    /// (`bitorch node --serve-model`) answers; without it candle's reference kernel runs, which
+    /// rounds differently.
+    #[arg(long)]
+    record_commitments: bool,
     /// Print prompt and generation speed to standard error.
     #[arg(long)]
     stats: bool,
@@ -66,6 +72,7 @@ pub fn run(args: InferArgs) -> Result<()> {
     req.chat = args.chat;
     req.system = args.system;
     req.stop = args.stop;
+    req.record_commitments = args.record_commitments;
     req.sampling = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,

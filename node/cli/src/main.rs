@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod infer;
 mod key;
 mod node;
+mod serve;
 mod wallet;
 
 /// Bitorch: a peer-to-peer network for AI inference with a proof-of-stake chain that pays for it.

@@ -72,6 +72,26 @@ pub struct NodeArgs {
     /// Discover peers on the local network with mDNS.
     #[arg(long)]
     mdns: bool,
+    /// Serve this model (a GGUF file) as a worker, and answer inference requests on the HTTP
+    /// API (`--api-port`) and JSON-RPC, paying for them from `--api-account`.
+    #[arg(long)]
+    serve_model: Option<PathBuf>,
+    /// The layers to serve, `START..END` (all of them when absent).
+    #[arg(long, requires = "serve_model")]
+    layers: Option<String>,
+    /// Secret URI of the worker key that signs receipts and registers the model (default: the
+    /// `--validator` key; `//Alice` in `--dev`). It must be a worker on chain to be paid.
+    #[arg(long)]
+    worker_key: Option<String>,
+    /// Port of the OpenAI-compatible HTTP API on 127.0.0.1 (on when the node serves a model).
+    #[arg(long, default_value_t = 8080)]
+    api_port: u16,
+    /// Secret URI of the account that pays for API requests (`--dev` default: `//Alice`).
+    #[arg(long)]
+    api_account: Option<String>,
+    /// Price per layer per token the API account offers, in base units.
+    #[arg(long, default_value_t = 1_000_000)]
+    price: u128,
 }
 
 /// Options of `bitorch chain-spec`.
@@ -134,6 +154,29 @@ pub fn run(args: NodeArgs) -> Result<()> {
         }
         (None, false) => default_base_path()?,
     };
+    let serving = match &args.serve_model {
+        Some(path) => {
+            let worker_suri = args
+                .worker_key
+                .clone()
+                .or_else(|| validator_suri.clone())
+                .context("--serve-model needs a key: pass --worker-key SURI")?;
+            let api_suri = args
+                .api_account
+                .clone()
+                .or_else(|| args.dev.then(|| "//Alice".to_string()))
+                .context("--serve-model needs a paying account: pass --api-account SURI")?;
+            let t = std::time::Instant::now();
+            let loaded = crate::serve::load(path, args.layers.as_deref())?;
+            tracing::info!(target: "node", model = %path.display(), layers = ?loaded.stage.layers(), secs = t.elapsed().as_secs_f64(), "loaded the model");
+            Some((
+                loaded,
+                pair_from_suri(&worker_suri).context("--worker-key")?,
+                pair_from_suri(&api_suri).context("--api-account")?,
+            ))
+        }
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let db = db_path(&base, &spec);
@@ -191,7 +234,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             RpcMethodsArg::Auto if args.rpc_external => RpcMethods::Safe,
             RpcMethodsArg::Auto => RpcMethods::Unsafe,
         };
-        let module = bitorch_rpc::module(
+        let mut module = bitorch_rpc::module(
             handle.clone(),
             NodeInfo { name: args.name.clone(), version: env!("CARGO_PKG_VERSION").into() },
             network.as_ref().map(|(net, _)| bitorch_rpc::Network {
@@ -200,9 +243,6 @@ pub fn run(args: NodeArgs) -> Result<()> {
             }),
             methods,
         )?;
-        let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module).await?;
-        tracing::info!(target: "node", chain = %chain_name, %genesis, best, base_path = %base.display(), "node started");
-        tracing::info!(target: "node", "JSON-RPC listening on http://{addr} and ws://{addr}");
         let block_time = Duration::from_millis(args.block_time.max(1));
         let authoring = match network {
             Some((net, events)) => Some(bitorch_service::p2p::spawn(
@@ -224,6 +264,28 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 service::spawn_dev_authoring(handle.clone(), k, block_time, cancel.clone())
             }),
         };
+        if let Some((loaded, worker_key, api_key)) = serving {
+            let crate::serve::Loaded { stage, tokenizer, manifest, context_length } = loaded;
+            let model = crate::serve::register(&handle, &worker_key, genesis, &manifest).await?;
+            let local = crate::serve::spawn_worker(stage, worker_key.clone(), model, genesis)?;
+            tracing::info!(target: "node", %model, worker = %to_ss58(&account_of(&worker_key)), layers = ?local.1.layers, "serving the model");
+            let name = String::from_utf8_lossy(&manifest.name).into_owned();
+            let backend = std::sync::Arc::new(crate::serve::GatewayBackend::new(crate::serve::GatewayOptions {
+                model,
+                name: name.clone(),
+                num_layers: manifest.layer_count,
+                context_length,
+                tokenizer,
+                local: Some(local),
+                payer: crate::serve::Payer { chain: handle.clone(), key: api_key.clone(), genesis, price: args.price },
+            }));
+            module.merge(bitorch_api::rpc_module(backend.clone())?).context("merging the generation RPC methods")?;
+            let api = bitorch_api::serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.api_port), backend, cancel.clone()).await?;
+            tracing::info!(target: "node", model = %name, payer = %to_ss58(&account_of(&api_key)), "OpenAI-compatible API on http://{api}/v1/chat/completions");
+        }
+        let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module).await?;
+        tracing::info!(target: "node", chain = %chain_name, %genesis, best, base_path = %base.display(), "node started");
+        tracing::info!(target: "node", "JSON-RPC listening on http://{addr} and ws://{addr}");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!(target: "node", "interrupted; shutting down"),

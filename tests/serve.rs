@@ -1,0 +1,245 @@
+//! End-to-end: a dev node serving the real test model (`--serve-model`, all layers) answers
+//! `POST /v1/chat/completions`, streaming and not, with exactly the text `bitorch infer --chat`
+//! produces for the same prompt (greedy), and the chain pays its worker for each request.
+//!
+//! Kernels: a worker records activation commitments, which selects the batch-invariant
+//! attention kernel; `bitorch infer --record-commitments` selects the same one (both load the
+//! GGUF weights dequantized to f32), so the comparison is exact.
+//!
+//! Needs `BITORCH_TEST_MODEL` (the path `scripts/fetch-model.sh` prints).
+
+mod common;
+
+use common::{free_port, rpc};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bitorch");
+const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+const BOB: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
+const PRICE: u128 = 1_000_000;
+const MAX_TOKENS: u32 = 40;
+const PROMPTS: [&str; 2] = ["What is the capital of France?", "List three prime numbers."];
+
+fn model() -> PathBuf {
+    match std::env::var_os("BITORCH_TEST_MODEL") {
+        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
+        other => panic!(
+            "BITORCH_TEST_MODEL must name the test model (now {other:?}): run scripts/fetch-model.sh \
+             and set BITORCH_TEST_MODEL to the path it prints"
+        ),
+    }
+}
+
+struct NodeProc {
+    child: Child,
+    rpc: u16,
+    api: u16,
+    log: PathBuf,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProc {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn rpc(&self, method: &str, params: Value) -> Value {
+        rpc(self.rpc, method, params).unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    fn account(&self, who: &str) -> (u128, u128) {
+        let a = self.rpc("bitorch_account", json!([who]));
+        let n = |k: &str| a[k].as_str().unwrap().parse::<u128>().unwrap();
+        (n("free"), n("reserved"))
+    }
+}
+
+fn start(dir: &Path) -> NodeProc {
+    let (rpc_port, api) = (free_port(), free_port());
+    let log = dir.join("node.log");
+    let child = Command::new(BIN)
+        .args(["node", "--dev", "--block-time", "500", "--worker-key", "//Bob"])
+        .args(["--rpc-port", &rpc_port.to_string(), "--api-port", &api.to_string()])
+        .arg("--base-path")
+        .arg(dir.join("base"))
+        .arg("--serve-model")
+        .arg(model())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start bitorch node");
+    let node = NodeProc { child, rpc: rpc_port, api, log };
+    // The RPC opens once the model is loaded and registered.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while rpc(rpc_port, "system_health", json!([])).is_err() {
+        assert!(Instant::now() < deadline, "node did not start; log:\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    node
+}
+
+/// One HTTP/1.1 POST; returns the status and the (de-chunked) body.
+fn post(port: u16, path: &str, body: &Value) -> (u16, String) {
+    let body = body.to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = rest;
+        loop {
+            let (size, after) = rest.split_once("\r\n").unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    (status, body)
+}
+
+fn infer(prompt: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["infer", "--chat", "--record-commitments", "--temperature", "0"])
+        .args(["--max-tokens", &MAX_TOKENS.to_string(), "--model"])
+        .arg(model())
+        .arg(prompt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bitorch infer: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.strip_suffix('\n').unwrap_or(&text).to_string()
+}
+
+fn request(model: &str, prompt: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": MAX_TOKENS,
+        "stream": stream,
+    })
+}
+
+/// Waits until job `id` settles; returns it.
+fn settled(node: &NodeProc, id: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job = node.rpc("bitorch_job", json!([id]));
+        if job["status"].get("settled").is_some() {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} did not settle: {job}\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn serve_model_answers_like_infer_and_the_chain_pays_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let node = start(dir.path());
+    eprintln!("node up in {:.1}s", t.elapsed().as_secs_f64());
+    let models = node.rpc("bitorch_models", json!([]));
+    let layers = models[0]["layerCount"].as_u64().unwrap() as u128;
+    assert_eq!(models[0]["owner"], BOB, "the worker key registers the model");
+    let (bob_before, _) = node.account(BOB);
+    let (_, alice_reserved_before) = node.account(ALICE);
+
+    // GET-less discovery: the model id is the name the API serves.
+    let name = models[0]["name"].as_str().unwrap().to_string();
+    let mut usages = Vec::new();
+    for (i, prompt) in PROMPTS.iter().enumerate() {
+        let want = infer(prompt);
+        assert!(!want.is_empty());
+        let t = Instant::now();
+        let stream = i == 1;
+        let (status, body) =
+            post(node.api, "/v1/chat/completions", &request(&name, prompt, stream));
+        assert_eq!(status, 200, "{body}\n{}", node.log_text());
+        let (got, usage) = if stream {
+            let mut text = String::new();
+            let mut done = false;
+            for line in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                if line == "[DONE]" {
+                    done = true;
+                    continue;
+                }
+                let v: Value = serde_json::from_str(line).unwrap();
+                if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+                    text.push_str(c);
+                }
+            }
+            assert!(done, "stream ends with [DONE]: {body}");
+            (text, None)
+        } else {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let text = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+            (text, Some(v["usage"].clone()))
+        };
+        eprintln!("{prompt:?} (stream {stream}) in {:.1}s: {got:?}", t.elapsed().as_secs_f64());
+        assert_eq!(got, want, "prompt {prompt:?}: the API and `bitorch infer` differ");
+        usages.push(usage);
+    }
+
+    // Each request was job i; after its challenge window the worker is paid for its
+    // receipt and the client gets the rest of the escrow back.
+    let mut paid_total = 0u128;
+    for (id, usage) in usages.iter().enumerate() {
+        let job = settled(&node, id as u64);
+        assert_eq!(job["client"], ALICE);
+        let escrow: u128 = job["escrow"].as_str().unwrap().parse().unwrap();
+        let max_tokens = job["maxTokens"].as_u64().unwrap() as u128;
+        assert_eq!(escrow, max_tokens * layers * PRICE);
+        let receipts = job["receipts"].as_array().unwrap();
+        assert_eq!(receipts.len(), 1, "one worker, one receipt: {job}");
+        let r = &receipts[0];
+        assert_eq!(r["worker"], BOB);
+        assert_eq!((r["layerStart"].as_u64(), r["layerEnd"].as_u64()), (Some(0), Some(30)));
+        let tokens = r["tokens"].as_u64().unwrap() as u128;
+        if let Some(u) = usage {
+            // Every position but the last sampled token's was computed.
+            let positions =
+                u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap() - 1;
+            assert_eq!(tokens, positions as u128, "{job} {u}");
+        }
+        let paid = (30 * tokens * PRICE).to_string();
+        assert_eq!(r["paid"], paid);
+        let s = &job["status"]["settled"];
+        assert_eq!(s["paid"], paid);
+        let refunded: u128 = s["refunded"].as_str().unwrap().parse().unwrap();
+        assert_eq!(refunded, escrow - 30 * tokens * PRICE);
+        paid_total += 30 * tokens * PRICE;
+    }
+    let (bob_after, _) = node.account(BOB);
+    assert_eq!(bob_after, bob_before + paid_total, "the worker is paid layers × tokens × price");
+    let (_, alice_reserved_after) = node.account(ALICE);
+    assert_eq!(alice_reserved_after, alice_reserved_before, "no escrow left reserved");
+    eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
+}
