@@ -24,6 +24,10 @@ fn four_validators_finalize_agree_and_survive_failures() {
     wait("4 nodes at #3", &nodes, || nodes.iter().all(|n| n.height() >= 3));
     agree(&nodes.iter().collect::<Vec<_>>(), 3);
     assert_eq!(rpc(nodes[0].rpc, "system_localPeerId", json!([])).unwrap(), boot_peer.as_str());
+    let state = rpc(nodes[1].rpc, "bitorch_consensusState", json!([])).unwrap();
+    assert_eq!(state["validating"], true, "{state}");
+    assert_eq!(state["validators"].as_array().unwrap().len(), 4, "{state}");
+    assert!(state["round"].is_null() || state["round"].is_u64(), "{state}");
     wait("every node to see peers", &nodes, || {
         nodes
             .iter()
@@ -93,6 +97,9 @@ fn four_validators_finalize_agree_and_survive_failures() {
     follower.start_as(&spec, &boot, false);
     wait("the follower to reach the head", &nodes, || follower.height() + 1 >= nodes[0].height());
     let caught_up = follower.height();
+    let state = follower.rpc("bitorch_consensusState", json!([])).unwrap();
+    assert_eq!(state["validating"], false, "{state}");
+    assert_eq!(follower.rpc("system_health", json!([])).unwrap()["isSyncing"], false);
     wait("the follower to follow", &nodes, || follower.height() >= caught_up + 3);
     let top = follower.height().min(nodes[0].height());
     agree(&[&nodes[0], &follower], top);

@@ -56,13 +56,14 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
                 let validators = s.chain.validators().map_err(internal)?;
                 let finalized = s.chain.finalized();
                 let height = s.chain.best().number + 1;
-                // The round is the engine's while it runs this very height (the status can
-                // trail the chain by an instant).
-                let round = status.as_ref().filter(|st| st.height == height).and_then(|st| st.round);
+                // The round is the engine's while it runs this very height; `null` between a
+                // decision and the start of the next height (block-time pacing).
+                let round =
+                    status.as_ref().filter(|st| st.height == height).and_then(|st| st.round);
                 Ok(json!({
                     "height": height,
                     "round": round,
-                    "validating": status.as_ref().is_some_and(|st| st.validating && st.height == height),
+                    "validating": status.as_ref().is_some_and(|st| st.validating),
                     "syncing": status.as_ref().is_some_and(|st| st.syncing),
                     "finalizedNumber": finalized.number,
                     "finalizedHash": finalized.hash(),
