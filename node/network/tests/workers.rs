@@ -111,13 +111,18 @@ async fn worker_found_across_the_dht_serves_then_withdraws_and_expires() {
         find_until(&c, MODEL, "C no longer sees A", |f| f.is_empty()).await;
         assert!(a.handle.find_workers(MODEL).await.expect("lookup").is_empty());
 
-        // Expired: A announces another model, then stops refreshing (it goes away); once the
-        // record's 3 s are over, C no longer returns it.
+        // Expired: A announces another model, then goes away and stops refreshing it. The
+        // copies B and C hold keep it listed until its 3 s are over, then C drops it.
         let other = [0xef; 32];
         a.handle.announce_worker(announcement(other, 10..20, 8)).await.expect("announce");
         find_until(&c, other, "C finds A for the other model", |f| f.len() == 1).await;
+        // Let a refresh reach B and C.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let a_id = a.id();
         a.stop().await;
         let stopped = std::time::Instant::now();
+        let still = c.handle.find_workers(other).await.expect("lookup");
+        assert_eq!(still.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![a_id], "copies held");
         find_until(&c, other, "A's announcement expires", |f| f.is_empty()).await;
         println!("A's announcement gone {:?} after A stopped", stopped.elapsed());
         assert!(stopped.elapsed() < Duration::from_secs(10));
