@@ -244,6 +244,10 @@ pub fn run(args: NodeArgs) -> Result<()> {
             methods,
         )?;
         let block_time = Duration::from_millis(args.block_time.max(1));
+        let net_handle = network.as_ref().map(|(net, _)| net.clone());
+        // Peers' stage requests reach the worker once the model is registered and it runs.
+        let stage_worker = std::sync::Arc::new(std::sync::OnceLock::new());
+        let stage = serving.is_some().then(|| crate::serve::stage_handler(stage_worker.clone()));
         let authoring = match network {
             Some((net, events)) => Some(bitorch_service::p2p::spawn(
                 handle.clone(),
@@ -256,6 +260,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                     wal: Some(base.join("chains").join(&chain_id).join("consensus").join("wal")),
                     status: status_tx,
                     equivocate: args.unsafe_equivocate,
+                    stage,
                 },
                 cancel.clone(),
             )),
@@ -269,6 +274,11 @@ pub fn run(args: NodeArgs) -> Result<()> {
             let model = crate::serve::register(&handle, &worker_key, genesis, &manifest).await?;
             let local = crate::serve::spawn_worker(stage, worker_key.clone(), model, genesis)?;
             tracing::info!(target: "node", %model, worker = %to_ss58(&account_of(&worker_key)), layers = ?local.1.layers, "serving the model");
+            let _ = stage_worker.set(local.0.clone());
+            if let Some(net) = &net_handle {
+                crate::serve::announce(net, &local.1).await?;
+                tracing::info!(target: "node", %model, layers = ?local.1.layers, "announced the worker in the DHT");
+            }
             let name = String::from_utf8_lossy(&manifest.name).into_owned();
             let backend = std::sync::Arc::new(crate::serve::GatewayBackend::new(crate::serve::GatewayOptions {
                 model,
@@ -277,6 +287,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 context_length,
                 tokenizer,
                 local: Some(local),
+                net: net_handle.clone(),
                 payer: crate::serve::Payer { chain: handle.clone(), key: api_key.clone(), genesis, price: args.price },
             }));
             module.merge(bitorch_api::rpc_module(backend.clone())?).context("merging the generation RPC methods")?;

@@ -6,16 +6,18 @@
 //!   worker key and waits until it is included; the registry id is the model id workers serve
 //!   and jobs name.
 //! - [`spawn_worker`] runs the stage as a [`Worker`] actor signing receipts with the worker key.
-//! - [`GatewayBackend`] implements [`Backend`] with a [`Gateway`] over the node's workers: per
-//!   request it opens a job on chain from the API account (escrow), runs the generation and
+//! - [`stage_handler`] answers peers' `/bitorch/stage/1` requests with that worker, and
+//!   [`announce`] announces it in the DHT (model id, layers, capacity, throughput, account).
+//! - [`GatewayBackend`] implements [`Backend`] with a [`Gateway`] over the node's workers: its
+//!   own worker, called directly, and the workers the DHT announces for the model, called over
+//!   `/bitorch/stage/1` ([`NodeTransport`]). Per request it opens a job on chain from the API account (escrow), runs the generation and
 //!   streams its text, then submits the workers' receipts and closes the job (the jobs pallet
 //!   pays after the challenge window). A generation that fails closes the job with no receipts,
 //!   which refunds the escrow.
 //!
 //! What is still simple: the manifest has one chunk for all layers whose root is the blake2-256
 //! of the whole GGUF file (also the tokenizer hash, since the tokenizer is in its metadata);
-//! chunked distribution replaces it. Workers come from this node only until the network's
-//! `/bitorch/stage/1` transport and DHT announcements are wired in.
+//! chunked distribution replaces it. The announced throughput is a constant, not measured.
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use bitorch_api::{
@@ -23,24 +25,25 @@ use bitorch_api::{
     ModelInfo, Usage,
 };
 use bitorch_compute::{
-    worker, Gateway, GatewayConfig, GatewayRequest, StageRequest, StageResponse, StageTransport,
-    TransportError, Worker, WorkerConfig, WorkerHandle, WorkerInfo,
+    protocol, worker, Gateway, GatewayConfig, GatewayRequest, StageRequest, StageResponse,
+    StageTransport, TransportError, Worker, WorkerConfig, WorkerHandle, WorkerInfo,
 };
 use bitorch_inference::{
-    ChatMessage, Checkpoint, FinishReason as GenFinish, GgufWeights, LoadOptions, Pipeline,
-    SamplingParams, Stage, StopStrings, TextStream, Tokenizer,
+    ChatMessage, Checkpoint, FinishReason as GenFinish, GgufWeights, LoadOptions, SamplingParams,
+    Stage, StopStrings, TextStream, Tokenizer,
 };
+use bitorch_network::{Handle as NetHandle, PeerId, WorkerAnnouncement};
 use bitorch_primitives::{blake2_256, keys::account_of, AccountId, Balance, Pair, H256};
 use bitorch_runtime::{
     jobs::{self, JobId, SignedReceipt},
     models::{self, Chunk, ChunkKind, HyperParams, Manifest, ModelStatus},
     Balances, Call, Jobs, Models, UncheckedExtrinsic,
 };
-use bitorch_service::{Handle, TxStatus};
+use bitorch_service::{p2p::StageHandler, Handle, TxStatus};
 use parity_scale_codec::Encode;
 use std::ops::{ControlFlow, Range};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Mutex};
 
@@ -51,6 +54,9 @@ const INCLUSION_TIMEOUT: Duration = Duration::from_secs(120);
 const MORTALITY: u64 = 64;
 /// Piece size written into the manifest's chunk.
 const PIECE_SIZE: u32 = 1 << 20;
+/// The throughput a worker announces and the gateway assumes for its own worker, tokens per
+/// second (not measured yet).
+const TOKENS_PER_SEC: u32 = 10;
 
 /// A model loaded to serve: one stage, its tokenizer and its manifest.
 pub struct Loaded {
@@ -130,8 +136,7 @@ pub fn load(path: &Path, layers: Option<&str>) -> Result<Loaded> {
     manifest.validate().map_err(|e| anyhow!("the model's manifest is invalid: {e:?}"))?;
     drop(bytes);
     let options = LoadOptions { gguf: GgufWeights::Dequantized, ..Default::default() };
-    let pipeline = Pipeline::load(&ckpt, std::slice::from_ref(&range), &options)?;
-    let stage = pipeline.stages().first().cloned().ok_or_else(|| anyhow!("no stage loaded"))?;
+    let stage = Stage::load(&ckpt, range, &options)?;
     Ok(Loaded { stage, tokenizer, manifest, context_length: u32_of(cfg.context_length) })
 }
 
@@ -233,10 +238,43 @@ pub fn spawn_worker(
         model,
         layers: layers.0..layers.1,
         capacity,
-        // Not measured yet; one worker per range on a dev node makes it moot.
-        tokens_per_sec: 10.0,
+        tokens_per_sec: f64::from(TOKENS_PER_SEC),
     };
     Ok((handle, info))
+}
+
+/// A [`StageHandler`] answering peers' stage requests with the worker set in `worker`;
+/// requests are refused until it is set (while the model is being registered).
+pub fn stage_handler(worker: Arc<OnceLock<WorkerHandle>>) -> StageHandler {
+    Arc::new(move |peer, bytes| {
+        let worker = worker.get().cloned();
+        Box::pin(async move {
+            match worker?.call_bytes(bytes).await {
+                Ok(answer) => Some(answer),
+                Err(e) => {
+                    tracing::warn!(target: TARGET, %peer, error = %e, "the worker stopped");
+                    None
+                }
+            }
+        })
+    })
+}
+
+/// Announces this node's worker `info` in the DHT (the network keeps it fresh).
+pub async fn announce(net: &NetHandle, info: &WorkerInfo<Peer>) -> Result<()> {
+    let account: &[u8; 32] = info.account.as_ref();
+    net.announce_worker(WorkerAnnouncement {
+        model: info.model.0,
+        layer_start: info.layers.start,
+        layer_end: info.layers.end,
+        capacity: info.capacity,
+        free: info.capacity,
+        tokens_per_sec: TOKENS_PER_SEC,
+        account: *account,
+        expires_at_ms: 0,
+    })
+    .await
+    .context("announcing the worker in the DHT")
 }
 
 /// How the gateway addresses a worker.
@@ -244,11 +282,15 @@ pub fn spawn_worker(
 pub enum Peer {
     /// This node's own worker.
     Local,
+    /// Another node's worker, over `/bitorch/stage/1`.
+    Remote(PeerId),
 }
 
-/// The node's [`StageTransport`]: its own worker through its handle.
+/// The node's [`StageTransport`]: its own worker through its handle, others' over the
+/// network.
 pub struct NodeTransport {
     local: Option<WorkerHandle>,
+    net: Option<NetHandle>,
 }
 
 impl StageTransport for NodeTransport {
@@ -259,10 +301,18 @@ impl StageTransport for NodeTransport {
         worker: &Peer,
         req: StageRequest,
     ) -> impl std::future::Future<Output = Result<StageResponse, TransportError>> + Send {
-        let local = match worker {
-            Peer::Local => self.local.clone(),
+        let (local, remote) = match worker {
+            Peer::Local => (self.local.clone(), None),
+            Peer::Remote(peer) => (None, self.net.clone().map(|net| (net, *peer))),
         };
         async move {
+            if let Some((net, peer)) = remote {
+                let bytes = net
+                    .stage_request(peer, protocol::encode(&req))
+                    .await
+                    .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+                return Ok(protocol::decode_response(&bytes, &protocol::Limits::default())?);
+            }
             let h = local.ok_or_else(|| TransportError::Unreachable("no local worker".into()))?;
             h.call(req).await.map_err(|e| TransportError::Unreachable(e.to_string()))
         }
@@ -283,7 +333,10 @@ pub struct Payer {
 
 struct Inner {
     gateway: Gateway<NodeTransport>,
-    workers: Vec<WorkerInfo<Peer>>,
+    /// This node's worker.
+    local: Option<WorkerInfo<Peer>>,
+    /// The network, where the other workers are found.
+    net: Option<NetHandle>,
     model: H256,
     num_layers: u32,
     context_length: u32,
@@ -312,6 +365,8 @@ pub struct GatewayOptions {
     pub tokenizer: Tokenizer,
     /// This node's worker, if it serves one.
     pub local: Option<(WorkerHandle, WorkerInfo<Peer>)>,
+    /// The network, if the node has one: the workers announced there serve too.
+    pub net: Option<NetHandle>,
     /// Who pays.
     pub payer: Payer,
 }
@@ -321,14 +376,16 @@ impl GatewayBackend {
     pub fn new(o: GatewayOptions) -> Self {
         let created =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let (local, workers) = match o.local {
-            Some((h, w)) => (Some(h), vec![w]),
-            None => (None, Vec::new()),
+        let (handle, local) = match o.local {
+            Some((h, w)) => (Some(h), Some(w)),
+            None => (None, None),
         };
-        let gateway = Gateway::new(NodeTransport { local }, GatewayConfig::new(o.payer.genesis));
+        let transport = NodeTransport { local: handle, net: o.net.clone() };
+        let gateway = Gateway::new(transport, GatewayConfig::new(o.payer.genesis));
         Self(Arc::new(Inner {
             gateway,
-            workers,
+            local,
+            net: o.net,
             model: o.model,
             num_layers: o.num_layers,
             context_length: o.context_length,
@@ -348,6 +405,30 @@ impl GatewayBackend {
 impl Inner {
     fn me(&self) -> AccountId {
         account_of(&self.payer.key)
+    }
+
+    /// The workers to route over: this node's and those announced in the DHT.
+    async fn workers(&self) -> Vec<WorkerInfo<Peer>> {
+        let mut out: Vec<_> = self.local.iter().cloned().collect();
+        let Some(net) = &self.net else { return out };
+        let found = match net.find_workers(self.model.0).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(target: TARGET, error = %e, "finding workers in the DHT failed");
+                return out;
+            }
+        };
+        let me = net.local_peer_id();
+        out.extend(found.into_iter().filter(|(peer, _)| *peer != me).map(|(peer, a)| WorkerInfo {
+            id: Peer::Remote(peer),
+            account: AccountId::new(a.account),
+            model: H256(a.model),
+            layers: a.layer_start..a.layer_end,
+            capacity: a.free,
+            tokens_per_sec: f64::from(a.tokens_per_sec),
+        }));
+        tracing::debug!(target: TARGET, workers = out.len(), "workers for the route");
+        out
     }
 
     async fn submit(&self, calls: Vec<Call>) -> Result<(), String> {
@@ -468,9 +549,10 @@ impl Inner {
         let mut stopped = false;
         let mut failed = None;
         let eos = greq.eos.clone();
+        let workers = self.workers().await;
         let result = self
             .gateway
-            .generate(&self.workers, &greq, |tok| {
+            .generate(&workers, &greq, |tok| {
                 if eos.contains(&tok) {
                     return ControlFlow::Continue(());
                 }

@@ -11,6 +11,10 @@
 //! ([`crate::wal::FileWal`]), opened when the engine is created; starting the engine at the
 //! height the log records replays it, so a restarted validator repeats its votes instead of
 //! casting new ones.
+//!
+//! A node that serves layers of a model answers its peers' `/bitorch/stage/1` requests
+//! through the [`StageHandler`] in its [`Options`], one task per request so that a long
+//! forward pass never holds up consensus; a node without one refuses them.
 
 use crate::service::{Event as ChainEvent, Handle, TxStatus};
 use crate::status::{NodeStatus, StatusSender};
@@ -23,7 +27,10 @@ use bitorch_primitives::{keys, Commit, Hash, Pair};
 use bitorch_runtime::{extrinsic::Block, staking, Balances, Call, UncheckedExtrinsic};
 use parity_scale_codec::{Decode, DecodeLimit, Encode};
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -43,6 +50,13 @@ const MAX_TX_BATCH_BYTES: usize = 1024 * 1024;
 /// Hashes of transactions that came in by gossip, remembered so that they are not relayed
 /// again (gossipsub already floods them); forgotten past this many.
 const MAX_GOSSIPED: usize = 100_000;
+
+/// Answers the bytes of a peer's stage request (`/bitorch/stage/1`) with the bytes of the
+/// reply, or `None` to refuse it (the peer sees a refusal). The node's worker sits behind it;
+/// the network already bounds how many requests wait for an answer, and for how long.
+pub type StageHandler = Arc<
+    dyn Fn(PeerId, Vec<u8>) -> Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>> + Send + Sync,
+>;
 
 /// Encodes transactions (each already SCALE-encoded) as one gossip message.
 pub fn encode_tx_batch(txs: &[Vec<u8>]) -> Vec<u8> {
@@ -92,6 +106,8 @@ struct Node {
     to_relay: Vec<Hash>,
     /// Transactions that came in by gossip (not to be relayed again).
     gossiped: HashSet<Hash>,
+    /// Answers peers' stage requests; `None`: this node serves no layers.
+    stage: Option<StageHandler>,
 }
 
 /// How the networked node runs.
@@ -109,6 +125,9 @@ pub struct Options {
     /// Test-only misbehaviour: sign and send a second, conflicting vote for every vote
     /// (`bitorch node --unsafe-equivocate`), so that tests can watch the network slash it.
     pub equivocate: bool,
+    /// Answers peers' stage requests when this node serves layers of a model (`None`:
+    /// refuse them).
+    pub stage: Option<StageHandler>,
 }
 
 /// Starts the networked node task; it ends when `cancel` fires (and cancels it if it fails).
@@ -141,6 +160,7 @@ pub fn spawn(
             syncing: false,
             to_relay: Vec::new(),
             gossiped: HashSet::new(),
+            stage: options.stage,
         };
         if let Err(e) = node.run(events, cancel.clone()).await {
             tracing::error!(target: "p2p", error = %e, "networked node failed; stopping");
@@ -523,8 +543,19 @@ impl Node {
                     Err(_) => Response::Refused(bitorch_network::sync::SyncError::Unavailable),
                 });
             }
-            // This node serves no layers: dropping the reply answers the peer with an error.
-            NetEvent::StageRequest { .. } => {}
+            NetEvent::StageRequest { peer, data, reply } => match &self.stage {
+                Some(handler) => {
+                    let answer = handler(peer, data);
+                    tokio::spawn(async move {
+                        // `None` drops the reply, which refuses the request.
+                        if let Some(bytes) = answer.await {
+                            let _ = reply.send(bytes);
+                        }
+                    });
+                }
+                // This node serves no layers: dropping the reply answers the peer with an error.
+                None => drop(reply),
+            },
             NetEvent::PeerConnected(_) | NetEvent::PeerDisconnected(_) => {}
         }
         Ok(())
