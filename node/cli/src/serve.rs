@@ -307,6 +307,9 @@ impl StageTransport for NodeTransport {
         };
         async move {
             if let Some((net, peer)) = remote {
+                if matches!(req, StageRequest::Open { .. }) {
+                    tracing::info!(target: TARGET, worker = %peer, "opening a stage session");
+                }
                 let bytes = net
                     .stage_request(peer, protocol::encode(&req))
                     .await
