@@ -191,6 +191,10 @@ pub async fn submit_and_wait(
 
 /// The id of the active model with this manifest on chain, registering it from `key` first if
 /// there is none.
+///
+/// Workers started together may each find none and each register (ids differ by owner); the
+/// registry keeps ids in registration order and each looks again after its own registration is
+/// included, so all of them serve the first one registered, and find each other by its id.
 pub async fn register(
     chain: &Handle,
     key: &Pair,
