@@ -223,5 +223,25 @@ fn three_workers_on_three_validators_answer_like_infer() {
         eprintln!("{prompt:?} through 3 workers in {:.1}s: {got:?}", t.elapsed().as_secs_f64());
         assert_eq!(got, want, "prompt {prompt:?}: the pipeline and `bitorch infer` differ");
     }
+    // Each request was a job; the three workers' receipts settle it.
+    for id in 0..PROMPTS.len() as u64 {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let job = loop {
+            let job = nodes[0].rpc("bitorch_job", json!([id])).unwrap();
+            if job["status"].get("settled").is_some() {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not settle: {job}\n{}", logs(&nodes));
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        let mut ranges: Vec<(u64, u64)> = job["receipts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["layerStart"].as_u64().unwrap(), r["layerEnd"].as_u64().unwrap()))
+            .collect();
+        ranges.sort();
+        assert_eq!(ranges, [(0, 10), (10, 20), (20, 30)], "job {id}: {job}");
+    }
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
 }
