@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Local testnet on loopback.
-#   scripts/testnet.sh start N [--dir DIR]   writes a chain spec with N validators (//Alice,
+#   scripts/testnet.sh start N [--dir DIR] [--model PATH]
+#                                            writes a chain spec with N validators (//Alice,
 #                                            //Bob, …), starts N nodes, waits for finality,
-#                                            prints each node's RPC URL and log file
+#                                            prints each node's RPC URL and log file; with
+#                                            --model, node i serves the i-th of N equal layer
+#                                            ranges of the model and an OpenAI-compatible API
+#                                            on 127.0.0.1:$((8080+i)) (paid by its validator)
 #   scripts/testnet.sh stop [--dir DIR]      stops exactly the nodes it started
 # Node i listens for RPC on 127.0.0.1:$((9944+i)) and for peers on 127.0.0.1:$((30333+i));
 # override the bases with BITORCH_RPC_BASE and BITORCH_P2P_BASE.
@@ -10,14 +14,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CMD="${1:-}"; shift || true
 N=""
+MODEL=""
 DIR="${TMPDIR:-/tmp}/bitorch-testnet"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) DIR="$2"; shift 2 ;;
+    --model) MODEL="$2"; shift 2 ;;
     *) N="$1"; shift ;;
   esac
 done
 RPC_BASE="${BITORCH_RPC_BASE:-9944}"
+API_BASE="${BITORCH_API_BASE:-8080}"
 P2P_BASE="${BITORCH_P2P_BASE:-30333}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
 BIN="${BITORCH_BIN:-$CARGO_TARGET_DIR/debug/bitorch}"
@@ -46,6 +53,30 @@ case "$CMD" in
     stop
     rm -rf "$DIR"; mkdir -p "$DIR"
     "$BIN" chain-spec --chain local --validators "$N" -o "$DIR/spec.json"
+    RANGES=()
+    if [ -n "$MODEL" ]; then
+      [ -f "$MODEL" ] || { echo "no model file at $MODEL (scripts/fetch-model.sh fetches one)" >&2; exit 2; }
+      LAYERS="$(python3 - "$MODEL" <<'PY'
+import struct, sys
+# The layer count from the GGUF header (llama.block_count or <arch>.block_count).
+f = open(sys.argv[1], "rb")
+magic, version, n_tensors, n_kv = struct.unpack("<IIQQ", f.read(24))
+def s():
+    n, = struct.unpack("<Q", f.read(8)); return f.read(n).decode()
+sizes = {0:1,1:1,2:2,3:2,4:4,5:4,6:4,7:1,10:8,11:8,12:8}
+def val(t):
+    if t == 8: return s()
+    if t == 9:
+        at, n = struct.unpack("<IQ", f.read(12)); return [val(at) for _ in range(n)]
+    raw = f.read(sizes[t]); return int.from_bytes(raw, "little") if t not in (6, 12) else None
+for _ in range(n_kv):
+    k = s(); t, = struct.unpack("<I", f.read(4)); v = val(t)
+    if k.endswith(".block_count"):
+        print(v); break
+PY
+)"
+      for i in $(seq 0 $((N - 1))); do RANGES+=("$((LAYERS * i / N))..$((LAYERS * (i + 1) / N))"); done
+    fi
     BOOT=""
     for i in $(seq 0 $((N - 1))); do
       base="$DIR/node$i"
@@ -55,6 +86,10 @@ case "$CMD" in
       args=(node --chain "$DIR/spec.json" --base-path "$base" --validator "$suri"
             --rpc-port $((RPC_BASE + i)) --listen-addr "/ip4/127.0.0.1/tcp/$((P2P_BASE + i))")
       [ -n "$BOOT" ] && args+=(--boot-nodes "$BOOT")
+      if [ -n "$MODEL" ]; then
+        args+=(--serve-model "$MODEL" --layers "${RANGES[$i]}" --api-port $((API_BASE + i))
+               --api-account "$suri")
+      fi
       "$BIN" "${args[@]}" >"$DIR/node$i.log" 2>&1 &
       echo $! >"$DIR/node$i.pid"
       [ -z "$BOOT" ] && BOOT="/ip4/127.0.0.1/tcp/$P2P_BASE/p2p/$peer"
@@ -69,9 +104,11 @@ except Exception: print(0)')"
     done
     [ "$n" -ge 2 ] || { echo "no finalized block after 60 s; see $DIR/node*.log" >&2; exit 1; }
     for i in $(seq 0 $((N - 1))); do
-      echo "node$i  ${NAMES[$i]:-Node$i}  rpc: http://127.0.0.1:$((RPC_BASE + i))  log: $DIR/node$i.log"
+      line="node$i  ${NAMES[$i]:-Node$i}  rpc: http://127.0.0.1:$((RPC_BASE + i))  log: $DIR/node$i.log"
+      [ -n "$MODEL" ] && line="$line  layers: ${RANGES[$i]}  api: http://127.0.0.1:$((API_BASE + i))/v1"
+      echo "$line"
     done
     ;;
   stop) stop; echo "stopped" ;;
-  *) echo "usage: $0 start N [--dir DIR] | stop [--dir DIR]" >&2; exit 2 ;;
+  *) echo "usage: $0 start N [--dir DIR] [--model PATH] | stop [--dir DIR]" >&2; exit 2 ;;
 esac
