@@ -116,7 +116,12 @@ pub trait Reexecute {
 /// Why these defaults. An honest worker decodes one token at a time while the auditor
 /// re-executes the whole prefix in one batch. With the inference crate's batch-invariant
 /// attention kernel, which committed sessions use, the two agree bit for bit on the same backend
-/// (measured on SmolLM2-135M, both with its Q4_1 weights and dequantized to f32). With candle's
+/// with candle's quantized kernels and with the compact Q4_1 kernel (measured on SmolLM2-135M).
+/// With weights dequantized to f32 they do not: the f32 matmul of one row and of a batch
+/// accumulate in different orders, so a one-token step differs from the same position of a
+/// batch in the last bits (found on layers 10..20 of SmolLM2-135M); such audits pass within
+/// the tolerance below, and a gateway replaying a session feeds positions in their original
+/// batches to stay exact. With candle's
 /// own attention they do not: on f32 weights the outputs differ by about 1e-6, but on quantized
 /// weights, whose matmuls re-quantize activations to 8 bits, last-bit differences get amplified
 /// to whole quantization steps, up to 1.2e-2 measured, which is why committed sessions do not use
