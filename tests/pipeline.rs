@@ -10,60 +10,15 @@
 mod common;
 
 use common::free_port;
+use common::model::{infer, model, post};
 use common::net::{testnet, Node};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bitorch");
 const MAX_TOKENS: u32 = 20;
 const PROMPTS: [&str; 2] = ["What is the capital of France?", "List three prime numbers."];
 const RANGES: [&str; 3] = ["0..10", "10..20", "20..30"];
-
-fn model() -> PathBuf {
-    match std::env::var_os("BITORCH_TEST_MODEL") {
-        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
-        other => panic!(
-            "BITORCH_TEST_MODEL must name the test model (now {other:?}): run scripts/fetch-model.sh \
-             and set BITORCH_TEST_MODEL to the path it prints"
-        ),
-    }
-}
-
-/// One HTTP/1.1 POST with `Connection: close`; returns the status and the body (the API
-/// answers a non-streaming request with a plain body).
-fn post(port: u16, path: &str, body: &Value) -> Result<(u16, String), String> {
-    let body = body.to_string();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(300))).map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    let (head, rest) = raw.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
-    Ok((status, rest.to_string()))
-}
-
-fn infer(prompt: &str, max_tokens: u32) -> String {
-    let out = Command::new(BIN)
-        .args(["infer", "--chat", "--record-commitments", "--temperature", "0"])
-        .args(["--max-tokens", &max_tokens.to_string(), "--model"])
-        .arg(model())
-        .arg(prompt)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "bitorch infer: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.strip_suffix('\n').unwrap_or(&text).to_string()
-}
 
 fn logs(nodes: &[Node]) -> String {
     let all: String = nodes.iter().map(|n| n.log()).collect::<Vec<_>>().join("\n----\n");
@@ -91,7 +46,8 @@ fn complete(api: u16, name: &str, prompt: &str, max_tokens: u32, nodes: &[Node])
     });
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (status, body) = post(api, "/v1/chat/completions", &req).unwrap();
+        let (status, body) =
+            post(api, "/v1/chat/completions", &req, Duration::from_secs(300)).unwrap();
         if status == 200 {
             let v: Value = serde_json::from_str(&body).unwrap();
             return v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
@@ -172,7 +128,7 @@ fn a_killed_worker_mid_generation_is_replaced_and_the_answer_is_the_same() {
                 "temperature": 0,
                 "max_tokens": LONG,
             });
-            post(api, "/v1/chat/completions", &req)
+            post(api, "/v1/chat/completions", &req, Duration::from_secs(300))
         })
     };
     // The 10..20 worker this generation uses: the one its gateway opens a new session on.

@@ -10,29 +10,19 @@
 
 mod common;
 
+use common::model::{infer, model, post};
+use common::net::BIN;
 use common::{free_port, rpc};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bitorch");
 const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
 const BOB: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
 const PRICE: u128 = 1_000_000;
 const MAX_TOKENS: u32 = 40;
 const PROMPTS: [&str; 2] = ["What is the capital of France?", "List three prime numbers."];
-
-fn model() -> PathBuf {
-    match std::env::var_os("BITORCH_TEST_MODEL") {
-        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
-        other => panic!(
-            "BITORCH_TEST_MODEL must name the test model (now {other:?}): run scripts/fetch-model.sh \
-             and set BITORCH_TEST_MODEL to the path it prints"
-        ),
-    }
-}
 
 struct NodeProc {
     child: Child,
@@ -88,55 +78,6 @@ fn start(dir: &Path) -> NodeProc {
     node
 }
 
-/// One HTTP/1.1 POST; returns the status and the (de-chunked) body.
-fn post(port: u16, path: &str, body: &Value) -> (u16, String) {
-    let body = body.to_string();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, rest) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        let mut out = String::new();
-        let mut rest = rest;
-        loop {
-            let (size, after) = rest.split_once("\r\n").unwrap();
-            let n = usize::from_str_radix(size.trim(), 16).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = &after[n + 2..];
-        }
-        out
-    } else {
-        rest.to_string()
-    };
-    (status, body)
-}
-
-fn infer(prompt: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["infer", "--chat", "--record-commitments", "--temperature", "0"])
-        .args(["--max-tokens", &MAX_TOKENS.to_string(), "--model"])
-        .arg(model())
-        .arg(prompt)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "bitorch infer: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.strip_suffix('\n').unwrap_or(&text).to_string()
-}
-
 fn request(model: &str, prompt: &str, stream: bool) -> Value {
     json!({
         "model": model,
@@ -176,12 +117,17 @@ fn serve_model_answers_like_infer_and_the_chain_pays_the_worker() {
     let name = models[0]["name"].as_str().unwrap().to_string();
     let mut usages = Vec::new();
     for (i, prompt) in PROMPTS.iter().enumerate() {
-        let want = infer(prompt);
+        let want = infer(prompt, MAX_TOKENS);
         assert!(!want.is_empty());
         let t = Instant::now();
         let stream = i == 1;
-        let (status, body) =
-            post(node.api, "/v1/chat/completions", &request(&name, prompt, stream));
+        let (status, body) = post(
+            node.api,
+            "/v1/chat/completions",
+            &request(&name, prompt, stream),
+            Duration::from_secs(600),
+        )
+        .unwrap();
         assert_eq!(status, 200, "{body}\n{}", node.log_text());
         let (got, usage) = if stream {
             let mut text = String::new();
