@@ -4,12 +4,10 @@
 mod common;
 
 use bitorch_network::sync::{self, Response, SyncError};
-use bitorch_network::{spawn, Config, Error, Misbehaviour, Multiaddr, NodeKey, PeerId, Topic};
-use common::{config, drain_gossip, eventually, run_bounded, serve_blocks, TestNode, BAN};
-use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux, StreamProtocol, Swarm};
+use bitorch_network::{spawn, Config, Error, Misbehaviour, Multiaddr, NodeKey, Topic};
+use common::{
+    config, drain_gossip, eventually, run_bounded, send_raw, serve_blocks, TestNode, BAN,
+};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -89,93 +87,6 @@ async fn three_nodes_discover_each_other_gossip_and_sync() {
     .await;
 }
 
-/// Writes and reads raw bytes on the sync protocol, as a broken or hostile peer would.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut buf = Vec::new();
-        io.take(1 << 20).read_to_end(&mut buf).await?;
-        Ok(buf)
-    }
-
-    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        self.read_request(p, io).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&req).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&res).await
-    }
-}
-
-fn raw_client() -> Swarm<request_response::Behaviour<RawCodec>> {
-    libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .expect("transport")
-        .with_behaviour(|_| {
-            request_response::Behaviour::new(
-                [(sync::PROTOCOL, ProtocolSupport::Outbound)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
-            )
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build()
-}
-
-/// Sends `bytes` to `target` as a sync request; returns the raw answer, if any came back.
-async fn send_raw(target: &TestNode, bytes: Vec<u8>) -> (PeerId, Option<Vec<u8>>) {
-    let mut client = raw_client();
-    let me = *client.local_peer_id();
-    client.dial(target.addr.clone()).expect("dial");
-    client.behaviour_mut().send_request(&target.id(), bytes);
-    loop {
-        match client.select_next_some().await {
-            SwarmEvent::Behaviour(request_response::Event::Message {
-                message: request_response::Message::Response { response, .. },
-                ..
-            }) => return (me, Some(response)),
-            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
-                tracing::info!(?error, "raw request failed");
-                return (me, None);
-            }
-            _ => {}
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversized_sync_requests_are_refused_and_banned() {
     run_bounded(async {
@@ -187,11 +98,18 @@ async fn garbage_and_oversized_sync_requests_are_refused_and_banned() {
             bytes.and_then(|b| parity_scale_codec::Decode::decode(&mut b.as_slice()).ok())
         };
         // Garbage: does not decode.
-        let (garbage_peer, answer) = send_raw(&a, vec![0xff; 3]).await;
+        let (garbage_peer, answer) =
+            send_raw(&a, sync::PROTOCOL, Duration::from_secs(5), vec![0xff; 3]).await;
         assert_eq!(decode(answer), refused);
         // Oversized: more than the request limit. The node stops reading at the limit, so the
         // sender may see its stream reset before the refusal; it never gets blocks.
-        let (big_peer, answer) = send_raw(&a, vec![0; sync::MAX_REQUEST_BYTES * 100]).await;
+        let (big_peer, answer) = send_raw(
+            &a,
+            sync::PROTOCOL,
+            Duration::from_secs(5),
+            vec![0; sync::MAX_REQUEST_BYTES * 100],
+        )
+        .await;
         let answer = answer.map(|b| decode(Some(b)));
         assert!(matches!(answer, None | Some(Some(Response::Refused(SyncError::BadRequest)))));
 

@@ -5,12 +5,8 @@
 mod common;
 
 use bitorch_network::stage::{self, Response, StageError};
-use bitorch_network::{Config, Error, Event, NodeKey, PeerId};
-use common::{config, eventually, run_bounded, TestNode};
-use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux, StreamProtocol, Swarm};
+use bitorch_network::{Config, Error, Event, NodeKey};
+use common::{config, eventually, run_bounded, send_raw, TestNode};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -162,93 +158,6 @@ fn b_limit() -> usize {
     Config::new(NodeKey::Ephemeral).max_stage_request_bytes
 }
 
-/// Writes and reads raw bytes on the stage protocol, as a broken or hostile peer would.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut buf = Vec::new();
-        io.take(1 << 20).read_to_end(&mut buf).await?;
-        Ok(buf)
-    }
-
-    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        self.read_request(p, io).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&req).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&res).await
-    }
-}
-
-fn raw_client() -> Swarm<request_response::Behaviour<RawCodec>> {
-    libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .expect("transport")
-        .with_behaviour(|_| {
-            request_response::Behaviour::new(
-                [(stage::PROTOCOL, ProtocolSupport::Outbound)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            )
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build()
-}
-
-/// Sends `bytes` to `target` as a stage request; returns the raw answer, if any came back.
-async fn send_raw(target: &TestNode, bytes: Vec<u8>) -> (PeerId, Option<Vec<u8>>) {
-    let mut client = raw_client();
-    let me = *client.local_peer_id();
-    client.dial(target.addr.clone()).expect("dial");
-    client.behaviour_mut().send_request(&target.id(), bytes);
-    loop {
-        match client.select_next_some().await {
-            SwarmEvent::Behaviour(request_response::Event::Message {
-                message: request_response::Message::Response { response, .. },
-                ..
-            }) => return (me, Some(response)),
-            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
-                tracing::info!(?error, "raw request failed");
-                return (me, None);
-            }
-            _ => {}
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_stage_request_is_refused_without_harming_requests_in_flight() {
     run_bounded(async {
@@ -268,7 +177,8 @@ async fn oversized_stage_request_is_refused_without_harming_requests_in_flight()
 
         // ...while a hostile peer sends A a request over its limit: refused (or its stream cut
         // at the limit) and banned.
-        let (hostile, answer) = send_raw(&a, vec![0; 256 * 1024 * 4]).await;
+        let (hostile, answer) =
+            send_raw(&a, stage::PROTOCOL, Duration::from_secs(10), vec![0; 256 * 1024 * 4]).await;
         if let Some(bytes) = answer {
             let refusal: Response =
                 parity_scale_codec::Decode::decode(&mut bytes.as_slice()).expect("a refusal");

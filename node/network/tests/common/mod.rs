@@ -6,7 +6,11 @@
 
 use bitorch_network::sync::{self, Response, SyncBlock};
 use bitorch_network::{spawn, Config, Event, Handle, Multiaddr, NodeKey, PeerId, Topic};
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux, StreamProtocol, Swarm};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -222,6 +226,102 @@ pub async fn gossip_reaches(from: &TestNode, to: &mut [&mut mpsc::Receiver<Event
         }
         if got.iter().all(|g| *g) {
             return;
+        }
+    }
+}
+
+/// Writes and reads raw bytes on a request-response protocol, as a broken or hostile peer would.
+#[derive(Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut buf = Vec::new();
+        io.take(1 << 20).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        self.read_request(p, io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&res).await
+    }
+}
+
+fn raw_client(
+    protocol: StreamProtocol,
+    timeout: Duration,
+) -> Swarm<request_response::Behaviour<RawCodec>> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .expect("transport")
+        .with_behaviour(|_| {
+            request_response::Behaviour::new(
+                [(protocol, ProtocolSupport::Outbound)],
+                request_response::Config::default().with_request_timeout(timeout),
+            )
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build()
+}
+
+/// Sends `bytes` to `target` as a request on `protocol` from a fresh peer; returns that
+/// peer and the raw answer, if any came back within `timeout`.
+pub async fn send_raw(
+    target: &TestNode,
+    protocol: StreamProtocol,
+    timeout: Duration,
+    bytes: Vec<u8>,
+) -> (PeerId, Option<Vec<u8>>) {
+    let mut client = raw_client(protocol, timeout);
+    let me = *client.local_peer_id();
+    client.dial(target.addr.clone()).expect("dial");
+    client.behaviour_mut().send_request(&target.id(), bytes);
+    loop {
+        match client.select_next_some().await {
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            }) => return (me, Some(response)),
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                tracing::info!(?error, "raw request failed");
+                return (me, None);
+            }
+            _ => {}
         }
     }
 }
