@@ -2,23 +2,34 @@
 //! layers 0..10, 10..20 and 20..30 of the real test model, announce themselves in the DHT and
 //! answer `/bitorch/stage/1`; node 0's OpenAI-compatible API routes a greedy chat completion
 //! through all three and answers exactly what `bitorch infer --chat` produces in one process.
-//! With a fourth validator also serving 10..20, killing the 10..20 worker in use in the middle
-//! of a generation still gives the same answer, and the killed worker is not tried again.
+//! Each worker is paid exactly layers × tokens × price and the client gets the rest of its
+//! escrow back, with issuance equal to the sum of all balances; with the 10..20 worker gone,
+//! requests fail with an error naming layers 10..20 and no escrow is kept. With a fourth
+//! validator also serving 10..20, killing the 10..20 worker in use in the middle of a
+//! generation still gives the same answer, and the killed worker is not tried again. A worker
+//! at its session cap answers "busy" and the gateway routes around it; malformed and oversized
+//! stage messages sent to a worker in use are refused and the generation is unharmed.
 //!
 //! Needs `BITORCH_TEST_MODEL` (the path `scripts/fetch-model.sh` prints).
 
 mod common;
 
+use bitorch_compute::{protocol, Activation, Floats, StageError, StageRequest, StageResponse};
+use bitorch_primitives::keys::{account_of, pair_from_suri, to_ss58};
 use common::free_port;
 use common::model::{infer, model, post};
 use common::net::{testnet, Node};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Price per layer per token the API account offers (the node's default).
+const PRICE: u128 = 1_000_000;
+const DEV: [&str; 6] = ["Alice", "Bob", "Charlie", "Dave", "Eve", "Ferdie"];
+
 const MAX_TOKENS: u32 = 20;
 const PROMPTS: [&str; 2] = ["What is the capital of France?", "List three prime numbers."];
-const RANGES: [&str; 3] = ["0..10", "10..20", "20..30"];
 
 fn logs(nodes: &[Node]) -> String {
     let all: String = nodes.iter().map(|n| n.log()).collect::<Vec<_>>().join("\n----\n");
@@ -36,8 +47,14 @@ fn wait_for(what: &str, secs: u64, nodes: &[Node], mut ok: impl FnMut() -> bool)
 }
 
 /// A greedy chat completion through `api`; retried while the route is not complete yet (DHT
-/// records still spreading).
+/// records still spreading). Returns the answer's text.
 fn complete(api: u16, name: &str, prompt: &str, max_tokens: u32, nodes: &[Node]) -> String {
+    let v = completion(api, name, prompt, max_tokens, nodes);
+    v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+}
+
+/// Like [`complete`]; returns the whole response.
+fn completion(api: u16, name: &str, prompt: &str, max_tokens: u32, nodes: &[Node]) -> Value {
     let req = json!({
         "model": name,
         "messages": [{"role": "user", "content": prompt}],
@@ -49,8 +66,7 @@ fn complete(api: u16, name: &str, prompt: &str, max_tokens: u32, nodes: &[Node])
         let (status, body) =
             post(api, "/v1/chat/completions", &req, Duration::from_secs(300)).unwrap();
         if status == 200 {
-            let v: Value = serde_json::from_str(&body).unwrap();
-            return v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+            return serde_json::from_str(&body).unwrap();
         }
         assert!(
             Instant::now() < deadline,
@@ -62,27 +78,29 @@ fn complete(api: u16, name: &str, prompt: &str, max_tokens: u32, nodes: &[Node])
     }
 }
 
-/// Starts the nodes of a fresh `testnet(dir, ranges.len())`, node `i` serving `ranges[i]`;
-/// returns them and node 0's API port once every worker is announced.
-fn start_workers(dir: &Path, ranges: &[&str]) -> (Vec<Node>, u16) {
+/// Starts the nodes of a fresh `testnet(dir, ranges.len())`, node `i` serving `ranges[i]`
+/// (none when empty) with `extra[i]` more arguments, node 0's API paid by `//Eve`; returns
+/// them, node 0's API port and the boot address once every worker is announced.
+fn start_workers(dir: &Path, ranges: &[&str], extra: &[&[&str]]) -> (Vec<Node>, u16, String) {
     let (spec, mut nodes, boot) = testnet(dir, ranges.len());
     let model = model();
-    let mut api = 0;
+    let api = free_port();
     for (i, n) in nodes.iter_mut().enumerate() {
-        let port = free_port();
-        if i == 0 {
-            api = port;
+        if ranges[i].is_empty() {
+            continue;
         }
+        let port = if i == 0 { api } else { free_port() };
         n.extra = vec![
             "--serve-model".into(),
             model.display().to_string(),
             "--layers".into(),
             ranges[i].into(),
             "--api-account".into(),
-            "//Alice".into(),
+            "//Eve".into(),
             "--api-port".into(),
             port.to_string(),
         ];
+        n.extra.extend(extra.get(i).into_iter().flat_map(|e| e.iter().map(|s| s.to_string())));
     }
     nodes[0].start(&spec, "");
     for n in &mut nodes[1..] {
@@ -90,9 +108,53 @@ fn start_workers(dir: &Path, ranges: &[&str]) -> (Vec<Node>, u16) {
     }
     // The worker is announced once the model is registered (which needs the chain to run).
     wait_for("the workers to be announced", 240, &nodes, || {
-        nodes.iter().all(|n| n.log().contains("announced the worker in the DHT"))
+        nodes
+            .iter()
+            .zip(ranges)
+            .all(|(n, r)| r.is_empty() || n.log().contains("announced the worker in the DHT"))
     });
-    (nodes, api)
+    (nodes, api, boot)
+}
+
+fn address(name: &str) -> String {
+    to_ss58(&account_of(&pair_from_suri(&format!("//{name}")).unwrap()))
+}
+
+fn amount(v: &Value) -> u128 {
+    v.as_str().unwrap_or_else(|| panic!("not an amount: {v}")).parse().unwrap()
+}
+
+/// (free, reserved) of every dev account, by address, and the total issuance.
+fn ledger(node: &Node) -> (BTreeMap<String, (u128, u128)>, u128) {
+    let accounts = DEV
+        .iter()
+        .map(|name| {
+            let a = node.rpc("bitorch_account", json!([address(name)])).unwrap();
+            (address(name), (amount(&a["free"]), amount(&a["reserved"])))
+        })
+        .collect();
+    (accounts, amount(&node.rpc("bitorch_totalIssuance", json!([])).unwrap()))
+}
+
+/// The chain core's invariant: the tokens in existence are exactly the dev accounts'
+/// balances (no other account holds any on these chains).
+fn assert_issuance_is_the_sum(accounts: &BTreeMap<String, (u128, u128)>, issuance: u128) {
+    let sum: u128 = accounts.values().map(|(f, r)| f + r).sum();
+    assert_eq!(sum, issuance, "issuance != the sum of all balances: {accounts:?}");
+}
+
+/// Waits until job `id` is `status` ("settled" or "refunded"); returns it.
+fn ended(node: &Node, id: u64, status: &str, nodes: &[Node]) -> Value {
+    let mut job = Value::Null;
+    wait_for(&format!("job {id} to be {status}"), 120, nodes, || {
+        job = node.rpc("bitorch_job", json!([id])).unwrap();
+        job["status"].get(status).is_some()
+    });
+    job
+}
+
+fn next_job_id(node: &Node) -> u64 {
+    (0..).find(|id| node.rpc("bitorch_job", json!([id])).unwrap().is_null()).unwrap()
 }
 
 /// How many stage sessions node 0's gateway opened on `peer`.
@@ -109,7 +171,8 @@ fn a_killed_worker_mid_generation_is_replaced_and_the_answer_is_the_same() {
     const LONG: u32 = 150;
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    let (mut nodes, api) = start_workers(dir.path(), &["0..10", "10..20", "20..30", "10..20"]);
+    let (mut nodes, api, _) =
+        start_workers(dir.path(), &["0..10", "10..20", "20..30", "10..20"], &[]);
     eprintln!("workers up in {:.1}s", t.elapsed().as_secs_f64());
     let peers: Vec<String> = nodes.iter().map(|n| n.peer_id()).collect();
     let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
@@ -164,40 +227,253 @@ fn a_killed_worker_mid_generation_is_replaced_and_the_answer_is_the_same() {
 }
 
 #[test]
-fn three_workers_on_three_validators_answer_like_infer() {
+fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    let (nodes, api) = start_workers(dir.path(), &RANGES);
+    // A fourth validator serves nothing, so that the chain runs on without the 10..20 worker.
+    let (mut nodes, api, _) = start_workers(dir.path(), &["0..10", "10..20", "20..30", ""], &[]);
     eprintln!("workers up in {:.1}s", t.elapsed().as_secs_f64());
     let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
     let name = models[0]["name"].as_str().unwrap().to_string();
+    let (before, issued_before) = ledger(&nodes[0]);
+    assert_issuance_is_the_sum(&before, issued_before);
+    let first_job = next_job_id(&nodes[0]);
+    let mut usages = Vec::new();
     for prompt in PROMPTS {
         let want = infer(prompt, MAX_TOKENS);
         assert!(!want.is_empty());
         let t = Instant::now();
-        let got = complete(api, &name, prompt, MAX_TOKENS, &nodes);
+        let v = completion(api, &name, prompt, MAX_TOKENS, &nodes);
+        let got = v["choices"][0]["message"]["content"].as_str().unwrap();
         eprintln!("{prompt:?} through 3 workers in {:.1}s: {got:?}", t.elapsed().as_secs_f64());
         assert_eq!(got, want, "prompt {prompt:?}: the pipeline and `bitorch infer` differ");
+        usages.push(v["usage"].clone());
     }
-    // Each request was a job; the three workers' receipts settle it.
-    for id in 0..PROMPTS.len() as u64 {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let job = loop {
-            let job = nodes[0].rpc("bitorch_job", json!([id])).unwrap();
-            if job["status"].get("settled").is_some() {
-                break job;
-            }
-            assert!(Instant::now() < deadline, "job {id} did not settle: {job}\n{}", logs(&nodes));
-            std::thread::sleep(Duration::from_millis(250));
-        };
-        let mut ranges: Vec<(u64, u64)> = job["receipts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| (r["layerStart"].as_u64().unwrap(), r["layerEnd"].as_u64().unwrap()))
-            .collect();
+
+    // Each request was a job; the three workers' receipts settle it, each paid its layers ×
+    // tokens × price, the rest of the escrow refunded.
+    let mut earned: BTreeMap<String, u128> = BTreeMap::new();
+    let mut paid_total = 0;
+    for (i, usage) in usages.iter().enumerate() {
+        let id = first_job + i as u64;
+        let job = ended(&nodes[0], id, "settled", &nodes);
+        assert_eq!(job["client"], address("Eve"));
+        let positions = usage["prompt_tokens"].as_u64().unwrap()
+            + usage["completion_tokens"].as_u64().unwrap()
+            - 1;
+        let mut ranges = Vec::new();
+        let mut paid_job = 0;
+        for r in job["receipts"].as_array().unwrap() {
+            let (start, end) = (r["layerStart"].as_u64().unwrap(), r["layerEnd"].as_u64().unwrap());
+            ranges.push((start, end));
+            assert_eq!(r["tokens"].as_u64(), Some(positions), "job {id}: {job} {usage}");
+            let paid = u128::from(end - start) * u128::from(positions) * PRICE;
+            assert_eq!(amount(&r["paid"]), paid, "job {id}: {job}");
+            *earned.entry(r["worker"].as_str().unwrap().to_string()).or_default() += paid;
+            paid_job += paid;
+        }
         ranges.sort();
         assert_eq!(ranges, [(0, 10), (10, 20), (20, 30)], "job {id}: {job}");
+        let s = &job["status"]["settled"];
+        assert_eq!(amount(&s["paid"]), paid_job);
+        assert_eq!(amount(&s["refunded"]), amount(&job["escrow"]) - paid_job, "{job}");
+        paid_total += paid_job;
     }
+    assert_eq!(
+        earned.keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut w = vec![address("Alice"), address("Bob"), address("Charlie")];
+            w.sort();
+            w
+        },
+        "each worker signs with its validator key"
+    );
+    let (after, issued_after) = ledger(&nodes[0]);
+    assert_issuance_is_the_sum(&after, issued_after);
+    for (who, (free, reserved)) in &after {
+        let (free0, reserved0) = before[who];
+        assert_eq!(*reserved, reserved0, "{who}: no escrow or stake left reserved");
+        let gain = earned.get(who).copied().unwrap_or(0);
+        if *who == address("Eve") {
+            // The client paid the workers and the fees of its transactions (burned).
+            let fees = issued_before - issued_after;
+            assert!(fees > 0);
+            assert_eq!(free0 - free, paid_total + fees, "Eve paid more than work and fees");
+        } else {
+            assert_eq!(*free, free0 + gain, "{who} is paid exactly its layers × tokens × price");
+        }
+    }
+
+    // Without the 10..20 worker, a request fails with an error that names the missing layers;
+    // an escrow opened before the gateway knew is refunded in full.
+    nodes[1].stop();
+    let req = json!({
+        "model": name,
+        "messages": [{"role": "user", "content": PROMPTS[0]}],
+        "temperature": 0,
+        "max_tokens": MAX_TOKENS,
+    });
+    for attempt in 0..2 {
+        let jobs_before = next_job_id(&nodes[0]);
+        let (status, body) =
+            post(api, "/v1/chat/completions", &req, Duration::from_secs(300)).unwrap();
+        eprintln!("without 10..20 (attempt {attempt}): {status} {body}");
+        assert_eq!(status, 503, "{body}");
+        let err: Value = serde_json::from_str(&body).unwrap();
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains("layers 10..20"), "{message}");
+        for id in jobs_before..next_job_id(&nodes[0]) {
+            // Closed with no receipts: the whole escrow goes back at once.
+            let job = ended(&nodes[0], id, "refunded", &nodes);
+            assert_eq!(job["receipts"], json!([]), "{job}");
+        }
+        if attempt == 1 {
+            // The failed worker is banned now: the gateway refuses before opening a job.
+            assert_eq!(next_job_id(&nodes[0]), jobs_before, "a job was opened with no route");
+        }
+    }
+    let (end, issued_end) = ledger(&nodes[0]);
+    assert_issuance_is_the_sum(&end, issued_end);
+    assert_eq!(end[&address("Eve")].1, before[&address("Eve")].1, "no escrow kept");
+    eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
+}
+
+/// Parses a `0x…` hash from the RPC.
+fn hash(v: &Value) -> bitorch_primitives::H256 {
+    let hex = v.as_str().unwrap().trim_start_matches("0x");
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    bitorch_primitives::H256::from_slice(&bytes)
+}
+
+fn answer(bytes: Vec<u8>) -> StageResponse {
+    protocol::decode_response(&bytes, &protocol::Limits::default()).unwrap()
+}
+
+#[test]
+fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
+    use bitorch_network::{Config, NodeKey, PeerId};
+    const LONG: u32 = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    // Bob serves 10..20 with room for one session; Dave serves 10..20 too.
+    let (nodes, api, _) = start_workers(
+        dir.path(),
+        &["0..10", "10..20", "20..30", "10..20"],
+        &[&[], &["--max-sessions", "1"]],
+    );
+    eprintln!("workers up in {:.1}s", t.elapsed().as_secs_f64());
+    let peers: Vec<PeerId> = nodes.iter().map(|n| n.peer_id().parse().unwrap()).collect();
+    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
+    let name = models[0]["name"].as_str().unwrap().to_string();
+    let model_id = hash(&models[0]["id"]);
+    let hidden = models[0]["hyper"]["hiddenSize"].as_u64().unwrap() as u32;
+    assert_eq!(complete(api, &name, PROMPTS[0], MAX_TOKENS, &nodes), infer(PROMPTS[0], MAX_TOKENS));
+
+    // A peer of our own on loopback that speaks /bitorch/stage/1 to the workers.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let net = rt.block_on(async {
+        let mut config = Config::new(NodeKey::Ephemeral);
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.boot_nodes = nodes
+            .iter()
+            .zip(&peers)
+            .map(|(n, p)| format!("/ip4/127.0.0.1/tcp/{}/p2p/{p}", n.p2p).parse().unwrap())
+            .collect();
+        config.max_stage_request_bytes = 64 << 20;
+        let (net, mut events, _task) = bitorch_network::spawn(config, cancel.clone()).unwrap();
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        net
+    });
+    let ask = |peer: usize, bytes: Vec<u8>| rt.block_on(net.stage_request(peers[peer], bytes));
+    let open = |session: [u8; 16]| {
+        protocol::encode(&StageRequest::Open {
+            session,
+            model: model_id,
+            layers: (10, 20),
+            job: None,
+        })
+    };
+
+    // Fill Bob's one session; the next one is answered "busy".
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let opened = loop {
+        match ask(1, open([7; 16])) {
+            Ok(bytes) => break answer(bytes),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot reach Bob: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert!(matches!(opened, StageResponse::Opened(_)), "{opened:?}");
+    assert_eq!(answer(ask(1, open([8; 16])).unwrap()), StageResponse::Busy);
+
+    // The gateway routes around the full worker: Dave runs 10..20, the answer is the same.
+    let dave_before = sessions_on(&nodes[0], &peers[3].to_string());
+    let got = complete(api, &name, PROMPTS[1], MAX_TOKENS, &nodes);
+    assert_eq!(got, infer(PROMPTS[1], MAX_TOKENS));
+    assert!(sessions_on(&nodes[0], &peers[3].to_string()) > dave_before, "Dave was not used");
+
+    // Bad messages to Charlie (the only 20..30 worker) in the middle of a generation.
+    let prompt = "Write a short story about a robot who learns to paint.";
+    let want = infer(prompt, LONG);
+    let charlie_before = sessions_on(&nodes[0], &peers[2].to_string());
+    let gen = {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let req = json!({
+                "model": name,
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0,
+                "max_tokens": LONG,
+            });
+            post(api, "/v1/chat/completions", &req, Duration::from_secs(300))
+        })
+    };
+    wait_for("the generation to reach Charlie", 60, &nodes, || {
+        sessions_on(&nodes[0], &peers[2].to_string()) > charlie_before
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Undecodable bytes, and an activation past the positions limit: typed errors.
+    let garbage = answer(ask(2, vec![protocol::VERSION, 0xff, 0xff, 0xff]).unwrap());
+    assert!(matches!(garbage, StageResponse::Error(StageError::Malformed(_))), "{garbage:?}");
+    let rows = 600;
+    let wide = Floats::new(rows, hidden, &vec![0.5; (rows * hidden) as usize]).unwrap();
+    let too_many = protocol::encode(&StageRequest::Forward {
+        session: [9; 16],
+        pos: 0,
+        input: Activation::Hidden(wide),
+    });
+    let refused = answer(ask(2, too_many).unwrap());
+    assert!(matches!(refused, StageResponse::Error(_)), "{refused:?}");
+    // A message past the network's size limit is refused before it reaches the worker.
+    let oversized = ask(2, vec![0; 9 << 20]);
+    assert!(oversized.is_err(), "a 9 MiB stage message was accepted");
+    let (status, body) = gen.join().unwrap().unwrap();
+    assert_eq!(status, 200, "{body}\n{}", logs(&nodes));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let got = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(got, want, "the generation changed after bad messages to its worker");
+    assert!(!nodes[0].log().contains("stage failed; failing over"), "a stage failed");
+
+    // Bob's session outlived the busy answers and still computes.
+    let step = StageRequest::Forward {
+        session: [7; 16],
+        pos: 0,
+        input: Activation::Hidden(Floats::new(1, hidden, &vec![0.1; hidden as usize]).unwrap()),
+    };
+    let out = answer(ask(1, protocol::encode(&step)).unwrap());
+    assert!(
+        matches!(&out, StageResponse::Output(Activation::Hidden(f)) if f.rows() == 1 && f.cols() == hidden),
+        "{out:?}"
+    );
+    let closed =
+        answer(ask(1, protocol::encode(&StageRequest::Close { session: [7; 16] })).unwrap());
+    assert!(matches!(closed, StageResponse::Closed(_)), "{closed:?}");
+    cancel.cancel();
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
 }

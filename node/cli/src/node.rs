@@ -76,9 +76,14 @@ pub struct NodeArgs {
     /// API (`--api-port`) and JSON-RPC, paying for them from `--api-account`.
     #[arg(long)]
     serve_model: Option<PathBuf>,
-    /// The layers to serve, `START..END` (all of them when absent).
+    /// The layers to serve: `START..END`; `auto` (the largest range no worker of the network
+    /// serves, or all layers when every one is served); `auto:N` (the N layers the network
+    /// serves least). All of them when absent.
     #[arg(long, requires = "serve_model")]
     layers: Option<String>,
+    /// Most concurrent inference sessions the worker holds; more are answered "busy".
+    #[arg(long, default_value_t = 16, requires = "serve_model")]
+    max_sessions: usize,
     /// Secret URI of the worker key that signs receipts and registers the model (default: the
     /// `--validator` key; `//Alice` in `--dev`). It must be a worker on chain to be paid.
     #[arg(long)]
@@ -166,11 +171,14 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 .clone()
                 .or_else(|| args.dev.then(|| "//Alice".to_string()))
                 .context("--serve-model needs a paying account: pass --api-account SURI")?;
-            let t = std::time::Instant::now();
-            let loaded = crate::serve::load(path, args.layers.as_deref())?;
-            tracing::info!(target: "node", model = %path.display(), layers = ?loaded.stage.layers(), secs = t.elapsed().as_secs_f64(), "loaded the model");
+            let described = crate::serve::describe(path)?;
+            let choice =
+                crate::serve::parse_layers(args.layers.as_deref(), described.num_layers as usize)?;
+            if matches!(choice, crate::serve::LayerChoice::Auto { .. }) && args.dev {
+                bail!("--layers auto needs a network to look at; --dev has none (pass a range)");
+            }
             Some((
-                loaded,
+                (described, choice),
                 pair_from_suri(&worker_suri).context("--worker-key")?,
                 pair_from_suri(&api_suri).context("--api-account")?,
             ))
@@ -269,16 +277,32 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 service::spawn_dev_authoring(handle.clone(), k, block_time, cancel.clone())
             }),
         };
-        if let Some((loaded, worker_key, api_key)) = serving {
-            let crate::serve::Loaded { stage, tokenizer, manifest, context_length } = loaded;
+        let mut served = None;
+        if let Some(((described, choice), worker_key, api_key)) = serving {
+            let manifest = described.manifest.clone();
             let model = crate::serve::register(&handle, &worker_key, genesis, &manifest).await?;
-            let local = crate::serve::spawn_worker(stage, worker_key.clone(), model, genesis)?;
+            let layers = match (choice, &net_handle) {
+                (crate::serve::LayerChoice::Range(r), _) => r,
+                (crate::serve::LayerChoice::Auto { span }, Some(net)) => {
+                    let r = crate::serve::choose_layers(net, model, described.num_layers, span, !args.boot_nodes.is_empty()).await;
+                    r.start as usize..r.end as usize
+                }
+                (crate::serve::LayerChoice::Auto { .. }, None) => bail!("--layers auto needs a network"),
+            };
+            let t = std::time::Instant::now();
+            let stage = tokio::task::block_in_place(|| described.load_stage(layers))?;
+            tracing::info!(target: "node", layers = ?stage.layers(), secs = t.elapsed().as_secs_f64(), "loaded the model");
+            let local = tokio::task::block_in_place(|| crate::serve::spawn_worker(stage, worker_key.clone(), model, genesis, args.max_sessions))?;
             tracing::info!(target: "node", %model, worker = %to_ss58(&account_of(&worker_key)), layers = ?local.1.layers, "serving the model");
             let _ = stage_worker.set(local.0.clone());
             if let Some(net) = &net_handle {
                 crate::serve::announce(net, &local.1).await?;
                 tracing::info!(target: "node", %model, layers = ?local.1.layers, "announced the worker in the DHT");
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(crate::serve::keep_announced(net.clone(), local.0.clone(), local.1.clone(), stop.clone()));
+                served = Some((net.clone(), model, stop, task));
             }
+            let crate::serve::Described { tokenizer, context_length, .. } = described;
             let name = String::from_utf8_lossy(&manifest.name).into_owned();
             let backend = std::sync::Arc::new(crate::serve::GatewayBackend::new(crate::serve::GatewayOptions {
                 model,
@@ -307,6 +331,13 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 cancel.cancel();
                 bail!("the chain service stopped unexpectedly");
             }
+        }
+        if let Some((net, model, stop, task)) = served {
+            stop.cancel();
+            let _ = task.await;
+            // Gateways stop routing here once the withdrawal reaches the DHT.
+            crate::serve::withdraw(&net, model, Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         cancel.cancel();
         let _ = rpc.stop();

@@ -1,7 +1,8 @@
 //! `bitorch node --serve-model`: the node as a worker and a paying gateway.
 //!
-//! - [`load`] loads a GGUF model's stage (weights dequantized to f32, the engine's default) and
-//!   its tokenizer, and describes the model as a [`Manifest`].
+//! - [`describe`] opens a GGUF model, its tokenizer, and describes it as a [`Manifest`];
+//!   [`Described::load_stage`] loads a stage (weights dequantized to f32, the engine's
+//!   default).
 //! - [`register`] finds the model on chain by its manifest hash, or registers it from the
 //!   worker key and waits until it is included; the registry id is the model id workers serve
 //!   and jobs name.
@@ -15,9 +16,13 @@
 //!   pays after the challenge window). A generation that fails closes the job with no receipts,
 //!   which refunds the escrow.
 //!
+//! The announcement carries the worker's free sessions and its measured speed
+//! ([`keep_announced`]); `--layers auto` picks the range the network serves least
+//! ([`least_served`]).
+//!
 //! What is still simple: the manifest has one chunk for all layers whose root is the blake2-256
 //! of the whole GGUF file (also the tokenizer hash, since the tokenizer is in its metadata);
-//! chunked distribution replaces it. The announced throughput is a constant, not measured.
+//! chunked distribution replaces it.
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use bitorch_api::{
@@ -25,8 +30,9 @@ use bitorch_api::{
     ModelInfo, Usage,
 };
 use bitorch_compute::{
-    protocol, worker, Gateway, GatewayConfig, GatewayRequest, StageRequest, StageResponse,
-    StageTransport, TransportError, Worker, WorkerConfig, WorkerHandle, WorkerInfo,
+    plan_route, protocol, worker, Gateway, GatewayConfig, GatewayRequest, StageRequest,
+    StageResponse, StageTransport, TransportError, Worker, WorkerConfig, WorkerHandle, WorkerInfo,
+    WorkerStats,
 };
 use bitorch_inference::{
     ChatMessage, Checkpoint, FinishReason as GenFinish, GgufWeights, LoadOptions, SamplingParams,
@@ -54,28 +60,54 @@ const INCLUSION_TIMEOUT: Duration = Duration::from_secs(120);
 const MORTALITY: u64 = 64;
 /// Piece size written into the manifest's chunk.
 const PIECE_SIZE: u32 = 1 << 20;
-/// The throughput a worker announces and the gateway assumes for its own worker, tokens per
-/// second (not measured yet).
-const TOKENS_PER_SEC: u32 = 10;
 
-/// A model loaded to serve: one stage, its tokenizer and its manifest.
-pub struct Loaded {
-    /// The stage this node serves.
-    pub stage: Stage,
+/// A model opened to serve: its checkpoint, tokenizer and manifest, before a stage is loaded.
+pub struct Described {
+    ckpt: Checkpoint,
     /// The model's tokenizer (from the GGUF metadata).
     pub tokenizer: Tokenizer,
     /// The model's manifest.
     pub manifest: Manifest,
     /// Its context window.
     pub context_length: u32,
+    /// Its layers.
+    pub num_layers: u32,
 }
 
-/// Parses `--layers A..B` for a model of `n` layers (all of them when `None`).
-pub fn parse_layers(s: Option<&str>, n: usize) -> Result<Range<usize>> {
-    let Some(s) = s else { return Ok(0..n) };
+/// What `--layers` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerChoice {
+    /// These layers.
+    Range(Range<usize>),
+    /// `auto` (`span` None) or `auto:N`: the range the network serves least, chosen once the
+    /// node sees the other workers ([`least_served`]).
+    Auto {
+        /// How many layers; `None`: fill the largest unserved gap, or all layers.
+        span: Option<u32>,
+    },
+}
+
+/// Parses `--layers` for a model of `n` layers: `START..END`, `auto` or `auto:N` (all layers
+/// when `None`).
+pub fn parse_layers(s: Option<&str>, n: usize) -> Result<LayerChoice> {
+    let Some(s) = s else { return Ok(LayerChoice::Range(0..n)) };
+    if let Some(rest) = s.strip_prefix("auto") {
+        let span = match rest.strip_prefix(':') {
+            None if rest.is_empty() => None,
+            None => bail!("--layers {s}: expected auto or auto:N"),
+            Some(k) => {
+                let k: u32 = k.trim().parse().with_context(|| format!("--layers {s}: bad N"))?;
+                if k == 0 || k as usize > n {
+                    bail!("--layers {s}: the model has {n} layers; pick 1 <= N <= {n}");
+                }
+                Some(k)
+            }
+        };
+        return Ok(LayerChoice::Auto { span });
+    }
     let (a, b) = s
         .split_once("..")
-        .ok_or_else(|| anyhow!("--layers {s}: expected START..END, e.g. 0..10"))?;
+        .ok_or_else(|| anyhow!("--layers {s}: expected START..END (e.g. 0..10), auto or auto:N"))?;
     let (a, b): (usize, usize) = (
         a.trim().parse().with_context(|| format!("--layers {s}: bad start"))?,
         b.trim().parse().with_context(|| format!("--layers {s}: bad end"))?,
@@ -83,21 +115,71 @@ pub fn parse_layers(s: Option<&str>, n: usize) -> Result<Range<usize>> {
     if a >= b || b > n {
         bail!("--layers {s}: the model has {n} layers; pick START..END with START < END <= {n}");
     }
-    Ok(a..b)
+    Ok(LayerChoice::Range(a..b))
+}
+
+/// The layers of a model of `n` layers the network serves least, given the layer ranges the
+/// workers found serve (as Petals places a new server's blocks):
+///
+/// - `span` of `Some(k)`: the `k` consecutive layers whose least-served layer has the fewest
+///   workers, then the fewest workers over the whole window, then the lowest start;
+/// - `None`: the longest run of layers no worker serves (the first of the longest), so that
+///   the model becomes complete; when every layer is served, all of them.
+pub fn least_served(n: u32, span: Option<u32>, served: &[Range<u32>]) -> Range<u32> {
+    let mut count = vec![0u32; n as usize];
+    for r in served {
+        for c in count.iter_mut().take(r.end.min(n) as usize).skip(r.start as usize) {
+            *c += 1;
+        }
+    }
+    match span {
+        Some(k) => {
+            let k = k.clamp(1, n.max(1));
+            let best = (0..=n.saturating_sub(k))
+                .min_by_key(|&s| {
+                    let w = &count[s as usize..(s + k) as usize];
+                    (w.iter().min().copied().unwrap_or(0), w.iter().sum::<u32>(), s)
+                })
+                .unwrap_or(0);
+            best..best + k
+        }
+        None => {
+            let (mut best, mut start) = (0..0, None);
+            for (i, &c) in count.iter().chain(std::iter::once(&1)).enumerate() {
+                let i = i as u32;
+                match (c, start) {
+                    (0, None) => start = Some(i),
+                    (0, Some(_)) => {}
+                    (_, Some(s)) => {
+                        if i - s > best.end - best.start {
+                            best = s..i;
+                        }
+                        start = None;
+                    }
+                    (_, None) => {}
+                }
+            }
+            if best.is_empty() {
+                0..n
+            } else {
+                best
+            }
+        }
+    }
 }
 
 fn u32_of(x: usize) -> u32 {
     u32::try_from(x).unwrap_or(u32::MAX)
 }
 
-/// Loads layers `layers` (all when `None`) of the GGUF model at `path`.
-pub fn load(path: &Path, layers: Option<&str>) -> Result<Loaded> {
+/// Opens the GGUF model at `path` and describes it (manifest, tokenizer) without loading
+/// weights.
+pub fn describe(path: &Path) -> Result<Described> {
     let ckpt = Checkpoint::open(path).with_context(|| format!("opening {}", path.display()))?;
     let Checkpoint::Gguf(g) = &ckpt else {
         bail!("--serve-model takes a GGUF file for now; {} is not one", path.display());
     };
     let cfg = g.config.clone();
-    let range = parse_layers(layers, cfg.num_layers)?;
     let tokenizer = Tokenizer::from_gguf(&g.content)?;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file_hash = blake2_256(&bytes);
@@ -134,10 +216,21 @@ pub fn load(path: &Path, layers: Option<&str>) -> Result<Loaded> {
         }],
     };
     manifest.validate().map_err(|e| anyhow!("the model's manifest is invalid: {e:?}"))?;
-    drop(bytes);
-    let options = LoadOptions { gguf: GgufWeights::Dequantized, ..Default::default() };
-    let stage = Stage::load(&ckpt, range, &options)?;
-    Ok(Loaded { stage, tokenizer, manifest, context_length: u32_of(cfg.context_length) })
+    Ok(Described {
+        ckpt,
+        tokenizer,
+        manifest,
+        context_length: u32_of(cfg.context_length),
+        num_layers: u32_of(cfg.num_layers),
+    })
+}
+
+impl Described {
+    /// Loads the stage of `layers` (weights dequantized to f32, the engine's default).
+    pub fn load_stage(&self, layers: Range<usize>) -> Result<Stage> {
+        let options = LoadOptions { gguf: GgufWeights::Dequantized, ..Default::default() };
+        Ok(Stage::load(&self.ckpt, layers, &options)?)
+    }
 }
 
 /// Signs `calls` from `key` with consecutive nonces, submits them, and waits until all are in
@@ -224,15 +317,28 @@ pub async fn register(
     Ok(id)
 }
 
-/// Runs `stage` as a worker for model `model`, signing receipts with `key`.
+/// One-position forwards [`spawn_worker`] times to measure the stage's speed.
+const BENCHMARK_STEPS: u32 = 16;
+/// How often the announcement is checked against the worker's load.
+const ANNOUNCE_CHECK: Duration = Duration::from_secs(2);
+
+/// Runs `stage` as a worker for model `model` with at most `max_sessions` sessions, signing
+/// receipts with `key`; measures its speed first ([`Worker::benchmark`]).
 pub fn spawn_worker(
     stage: Stage,
     key: Pair,
     model: H256,
     genesis: H256,
+    max_sessions: usize,
 ) -> Result<(WorkerHandle, WorkerInfo<Peer>)> {
-    let w = Worker::new(stage, key, WorkerConfig::new(model, genesis));
+    let mut config = WorkerConfig::new(model, genesis);
+    config.max_sessions = max_sessions.max(1);
+    let mut w = Worker::new(stage, key, config);
+    let rate = w
+        .benchmark(BENCHMARK_STEPS)
+        .map_err(|e| anyhow!("measuring the stage's speed failed: {e}"))?;
     let (layers, account) = (w.info().layers, w.account());
+    tracing::info!(target: TARGET, layers = ?layers, tokens_per_sec = rate, "measured the stage");
     let capacity = u32_of(w.config().max_sessions);
     // The thread stops when every handle is dropped.
     let (handle, _thread) = worker::spawn(w, 64)?;
@@ -242,7 +348,7 @@ pub fn spawn_worker(
         model,
         layers: layers.0..layers.1,
         capacity,
-        tokens_per_sec: f64::from(TOKENS_PER_SEC),
+        tokens_per_sec: rate,
     };
     Ok((handle, info))
 }
@@ -264,21 +370,113 @@ pub fn stage_handler(worker: Arc<OnceLock<WorkerHandle>>) -> StageHandler {
     })
 }
 
-/// Announces this node's worker `info` in the DHT (the network keeps it fresh).
-pub async fn announce(net: &NetHandle, info: &WorkerInfo<Peer>) -> Result<()> {
+/// Tokens per second as announced (whole, at least 1).
+fn announced_rate(rate: f64) -> u32 {
+    if rate.is_finite() {
+        (rate.round() as u32).max(1)
+    } else {
+        u32::MAX
+    }
+}
+
+fn announcement(info: &WorkerInfo<Peer>, stats: Option<WorkerStats>) -> WorkerAnnouncement {
     let account: &[u8; 32] = info.account.as_ref();
-    net.announce_worker(WorkerAnnouncement {
+    let (free, rate) = match stats {
+        Some(s) => (u32_of(s.free()), s.tokens_per_sec.unwrap_or(info.tokens_per_sec)),
+        None => (info.capacity, info.tokens_per_sec),
+    };
+    WorkerAnnouncement {
         model: info.model.0,
         layer_start: info.layers.start,
         layer_end: info.layers.end,
         capacity: info.capacity,
-        free: info.capacity,
-        tokens_per_sec: TOKENS_PER_SEC,
+        free,
+        tokens_per_sec: announced_rate(rate),
         account: *account,
         expires_at_ms: 0,
-    })
-    .await
-    .context("announcing the worker in the DHT")
+    }
+}
+
+/// Announces this node's worker `info` in the DHT (the network keeps it fresh).
+pub async fn announce(net: &NetHandle, info: &WorkerInfo<Peer>) -> Result<()> {
+    net.announce_worker(announcement(info, None)).await.context("announcing the worker in the DHT")
+}
+
+/// Keeps the worker's announcement current until `cancel`: every couple of seconds its free
+/// sessions and measured speed are read, and announced again when the free sessions changed
+/// or the speed moved by a fifth. Then withdraws it, so that gateways stop routing to a node
+/// that is going away.
+pub async fn keep_announced(
+    net: NetHandle,
+    worker: WorkerHandle,
+    info: WorkerInfo<Peer>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut last = announcement(&info, None);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(ANNOUNCE_CHECK) => {}
+        }
+        let Ok(stats) = worker.stats().await else { break };
+        let now = announcement(&info, Some(stats));
+        let (old, new) = (f64::from(last.tokens_per_sec), f64::from(now.tokens_per_sec));
+        if now.free != last.free || (new - old).abs() > old / 5.0 {
+            match net.announce_worker(now).await {
+                Ok(()) => {
+                    tracing::debug!(target: TARGET, free = now.free,
+                        tokens_per_sec = now.tokens_per_sec, "announcement updated");
+                    last = now;
+                }
+                Err(e) => {
+                    tracing::warn!(target: TARGET, error = %e, "cannot update the announcement")
+                }
+            }
+        }
+    }
+}
+
+/// Withdraws the worker's announcement (on shutdown), waiting at most `within`.
+pub async fn withdraw(net: &NetHandle, model: H256, within: Duration) {
+    match tokio::time::timeout(within, net.withdraw_worker(model.0)).await {
+        Ok(Ok(_)) => tracing::info!(target: TARGET, %model, "withdrew the worker from the DHT"),
+        Ok(Err(e)) => tracing::warn!(target: TARGET, error = %e, "withdrawing the worker failed"),
+        Err(_) => tracing::warn!(target: TARGET, "withdrawing the worker timed out"),
+    }
+}
+
+/// The layers `--layers auto[:N]` serves: the range the workers the DHT announces for
+/// `model` serve least ([`least_served`]). Waits (at most ~10 s) for a first peer when the node
+/// has boot nodes, so that the lookup sees the network.
+pub async fn choose_layers(
+    net: &NetHandle,
+    model: H256,
+    num_layers: u32,
+    span: Option<u32>,
+    has_boot_nodes: bool,
+) -> Range<u32> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while has_boot_nodes && tokio::time::Instant::now() < deadline {
+        if net.connected_peers().await.map(|p| !p.is_empty()).unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let me = net.local_peer_id();
+    let served: Vec<Range<u32>> = match net.find_workers(model.0).await {
+        Ok(found) => found
+            .into_iter()
+            .filter(|(peer, _)| *peer != me)
+            .map(|(_, a)| a.layer_start..a.layer_end)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(target: TARGET, error = %e, "finding workers failed; choosing alone");
+            Vec::new()
+        }
+    };
+    let layers = least_served(num_layers, span, &served);
+    tracing::info!(target: TARGET, ?served, chosen = ?layers, "--layers auto");
+    layers
 }
 
 /// How the gateway addresses a worker.
@@ -338,10 +536,15 @@ pub struct Payer {
     pub price: Balance,
 }
 
+/// How long the workers found in the DHT are reused before a new lookup.
+const WORKERS_TTL: Duration = Duration::from_secs(3);
+
 struct Inner {
     gateway: Gateway<NodeTransport>,
     /// This node's worker.
-    local: Option<WorkerInfo<Peer>>,
+    local: Option<(WorkerHandle, WorkerInfo<Peer>)>,
+    /// The workers last found in the DHT, and when.
+    found: Mutex<Option<(std::time::Instant, Vec<WorkerInfo<Peer>>)>>,
     /// The network, where the other workers are found.
     net: Option<NetHandle>,
     model: H256,
@@ -383,15 +586,13 @@ impl GatewayBackend {
     pub fn new(o: GatewayOptions) -> Self {
         let created =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let (handle, local) = match o.local {
-            Some((h, w)) => (Some(h), Some(w)),
-            None => (None, None),
-        };
+        let handle = o.local.as_ref().map(|(h, _)| h.clone());
         let transport = NodeTransport { local: handle, net: o.net.clone() };
         let gateway = Gateway::new(transport, GatewayConfig::new(o.payer.genesis));
         Self(Arc::new(Inner {
             gateway,
-            local,
+            local: o.local,
+            found: Mutex::new(None),
             net: o.net,
             model: o.model,
             num_layers: o.num_layers,
@@ -414,28 +615,53 @@ impl Inner {
         account_of(&self.payer.key)
     }
 
-    /// The workers to route over: this node's and those announced in the DHT.
+    /// The workers to route over: this node's (with its free sessions now) and those
+    /// announced in the DHT (looked up at most every [`WORKERS_TTL`]).
     async fn workers(&self) -> Vec<WorkerInfo<Peer>> {
-        let mut out: Vec<_> = self.local.iter().cloned().collect();
-        let Some(net) = &self.net else { return out };
-        let found = match net.find_workers(self.model.0).await {
-            Ok(found) => found,
+        let mut out = Vec::new();
+        if let Some((handle, info)) = &self.local {
+            let mut info = info.clone();
+            if let Ok(stats) = handle.stats().await {
+                info.capacity = u32_of(stats.free());
+                info.tokens_per_sec = stats.tokens_per_sec.unwrap_or(info.tokens_per_sec);
+            }
+            out.push(info);
+        }
+        out.extend(self.remote_workers().await);
+        tracing::debug!(target: TARGET, workers = out.len(), "workers for the route");
+        out
+    }
+
+    async fn remote_workers(&self) -> Vec<WorkerInfo<Peer>> {
+        let Some(net) = &self.net else { return Vec::new() };
+        let mut found = self.found.lock().await;
+        if let Some((at, workers)) = &*found {
+            if at.elapsed() < WORKERS_TTL {
+                return workers.clone();
+            }
+        }
+        let announced = match net.find_workers(self.model.0).await {
+            Ok(announced) => announced,
             Err(e) => {
                 tracing::warn!(target: TARGET, error = %e, "finding workers in the DHT failed");
-                return out;
+                return Vec::new();
             }
         };
         let me = net.local_peer_id();
-        out.extend(found.into_iter().filter(|(peer, _)| *peer != me).map(|(peer, a)| WorkerInfo {
-            id: Peer::Remote(peer),
-            account: AccountId::new(a.account),
-            model: H256(a.model),
-            layers: a.layer_start..a.layer_end,
-            capacity: a.free,
-            tokens_per_sec: f64::from(a.tokens_per_sec),
-        }));
-        tracing::debug!(target: TARGET, workers = out.len(), "workers for the route");
-        out
+        let workers: Vec<_> = announced
+            .into_iter()
+            .filter(|(peer, _)| *peer != me)
+            .map(|(peer, a)| WorkerInfo {
+                id: Peer::Remote(peer),
+                account: AccountId::new(a.account),
+                model: H256(a.model),
+                layers: a.layer_start..a.layer_end,
+                capacity: a.free,
+                tokens_per_sec: f64::from(a.tokens_per_sec),
+            })
+            .collect();
+        *found = Some((std::time::Instant::now(), workers.clone()));
+        workers
     }
 
     async fn submit(&self, calls: Vec<Call>) -> Result<(), String> {
@@ -526,6 +752,12 @@ impl Inner {
         }
         let max_new = req.max_tokens.map_or(usize::MAX, |m| m as usize).min(context - prompt.len());
         let positions = u32_of(prompt.len() + max_new);
+        // No route, no job: nothing is escrowed for a request that cannot run.
+        let workers = self.workers().await;
+        if let Err(e) = plan_route(self.num_layers, &workers, |id| self.gateway.is_banned(id)) {
+            tracing::warn!(target: TARGET, error = %e, "no route for the request");
+            return Err(BackendError::Unavailable(e.to_string()));
+        }
         let job = self.open_job(positions).await?;
         tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new, "job opened");
         let greq = GatewayRequest {
@@ -545,18 +777,23 @@ impl Inner {
         // At most one text event per token plus the tail and the end: never full.
         let (tx, rx) = mpsc::channel(max_new.saturating_add(2));
         let this = self.clone();
-        tokio::spawn(async move { this.run(greq, req.stop, tx).await });
+        tokio::spawn(async move { this.run(greq, req.stop, tx, workers).await });
         Ok(rx)
     }
 
-    async fn run(&self, greq: GatewayRequest, stop: Vec<String>, tx: mpsc::Sender<Event>) {
+    async fn run(
+        &self,
+        greq: GatewayRequest,
+        stop: Vec<String>,
+        tx: mpsc::Sender<Event>,
+        workers: Vec<WorkerInfo<Peer>>,
+    ) {
         let job = greq.job.unwrap_or_default();
         let mut stream = TextStream::new();
         let mut stops = StopStrings::new(&stop);
         let mut stopped = false;
         let mut failed = None;
         let eos = greq.eos.clone();
-        let workers = self.workers().await;
         let result = self
             .gateway
             .generate(&workers, &greq, |tok| {
@@ -657,14 +894,43 @@ impl Backend for GatewayBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_layers;
+    #![allow(clippy::single_range_in_vec_init)]
+    use super::{least_served, parse_layers, LayerChoice};
 
     #[test]
     fn layers_parse_and_check_bounds() {
-        assert_eq!(parse_layers(None, 30).unwrap(), 0..30);
-        assert_eq!(parse_layers(Some("10..20"), 30).unwrap(), 10..20);
+        let range = |r| LayerChoice::Range(r);
+        assert_eq!(parse_layers(None, 30).unwrap(), range(0..30));
+        assert_eq!(parse_layers(Some("10..20"), 30).unwrap(), range(10..20));
         assert!(parse_layers(Some("20..10"), 30).is_err());
         assert!(parse_layers(Some("0..31"), 30).is_err());
         assert!(parse_layers(Some("5"), 30).is_err());
+        assert_eq!(parse_layers(Some("auto"), 30).unwrap(), LayerChoice::Auto { span: None });
+        assert_eq!(
+            parse_layers(Some("auto:10"), 30).unwrap(),
+            LayerChoice::Auto { span: Some(10) }
+        );
+        for bad in ["auto:0", "auto:31", "auto:x", "autox", "auto10"] {
+            assert!(parse_layers(Some(bad), 30).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn auto_layers_pick_the_least_served_range() {
+        // Nobody yet: everything, or the first k layers.
+        assert_eq!(least_served(30, None, &[]), 0..30);
+        assert_eq!(least_served(30, Some(10), &[]), 0..10);
+        // The gap 10..20 is filled.
+        assert_eq!(least_served(30, None, &[0..10, 20..30]), 10..20);
+        assert_eq!(least_served(30, Some(10), &[0..10, 20..30]), 10..20);
+        // The longest of two gaps; a gap at the end counts.
+        assert_eq!(least_served(30, None, &[0..5, 8..25]), 25..30);
+        assert_eq!(least_served(30, None, &[3..30]), 0..3);
+        // All served: a full replica without a span; with one, the thinnest window.
+        assert_eq!(least_served(30, None, &[0..30]), 0..30);
+        assert_eq!(least_served(30, Some(10), &[0..30, 0..10, 10..20, 0..20]), 20..30);
+        // A window that overlaps the gap beats one that does not, and ranges past n are cut.
+        assert_eq!(least_served(30, Some(8), &[0..12, 16..40]), 8..16);
+        assert_eq!(least_served(30, Some(30), &[0..12]), 0..30);
     }
 }

@@ -46,4 +46,4 @@ pub use protocol::{
 };
 pub use route::{plan_route, plan_route_with, Bans, CostModel, Route, WorkerInfo};
 #[cfg(feature = "engine")]
-pub use worker::{Worker, WorkerConfig, WorkerHandle};
+pub use worker::{Worker, WorkerConfig, WorkerHandle, WorkerStats};

@@ -279,3 +279,25 @@ async fn actor_serves_requests_and_bytes() {
     drop(h);
     thread.join().unwrap();
 }
+
+#[test]
+fn stats_report_free_sessions_and_a_measured_speed() {
+    for (i, layers) in [(0, (0, 2)), (2, (4, 6))] {
+        let stage = tiny_stages()[i].clone();
+        let mut w = Worker::new(stage, key("Bob"), worker_config(3));
+        let s = w.stats();
+        assert_eq!((s.sessions, s.max_sessions, s.free(), s.tokens_per_sec), (0, 3, 3, None));
+        // First stage: token input; last stage: hidden states in, logits out.
+        let rate = w.benchmark(4).unwrap();
+        assert!(rate.is_finite() && rate > 0.0, "{rate}");
+        assert_eq!(w.stats().tokens_per_sec, Some(rate));
+        assert_eq!(w.sessions(), 0, "the benchmark's session is gone");
+        assert!(matches!(w.handle(open([1; 16], layers, None)), StageResponse::Opened(_)));
+        assert_eq!(w.stats().free(), 2);
+        // Real one-position steps move the measurement.
+        let input = if i == 0 { Activation::Tokens(vec![5]) } else { hidden(1, 64, 1.0) };
+        assert!(matches!(w.handle(fwd([1; 16], 0, input)), StageResponse::Output(_)));
+        let after = w.stats().tokens_per_sec.unwrap();
+        assert!(after.is_finite() && after > 0.0 && after != rate, "{after} vs {rate}");
+    }
+}

@@ -76,6 +76,15 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
             .await
             .map_err(internal)?
     });
+    method!(m, "bitorch_totalIssuance", |_p, ctx| {
+        ctx.chain
+            .with(|s| -> RpcResult {
+                let issuance = Balances::total_issuance(s.chain.state()).map_err(internal)?;
+                Ok(json!(issuance.to_string()))
+            })
+            .await
+            .map_err(internal)?
+    });
     method!(m, "bitorch_job", |p, ctx| {
         let id: u64 = required(&p, 0, "job id")?;
         ctx.chain

@@ -103,6 +103,10 @@ async fn transfer_is_included_and_watched_to_finality() {
     let node = start().await;
     let (alice, bob) = (pair_from_suri("//Alice").unwrap(), pair_from_suri("//Bob").unwrap());
     let bob_before = node.free(&bob).await;
+    let alice_before = node.free(&alice).await;
+    let issuance = |v: Value| -> u128 { v.as_str().unwrap().parse().unwrap() };
+    let issued_before =
+        issuance(node.client.request("bitorch_totalIssuance", rpc_params![]).await.unwrap());
     let xt = transfer(&alice, &node.genesis, 0, 100, &bob, 10 * UNIT);
     let mut sub = node
         .client
@@ -129,6 +133,12 @@ async fn transfer_is_included_and_watched_to_finality() {
     assert!(in_block.get("inBlock").is_some(), "{in_block}");
     assert_eq!(in_block["inBlock"], finalized["finalized"]);
     assert_eq!(node.free(&bob).await, bob_before + 10 * UNIT);
+    // The fee is burned: issuance falls by exactly what Alice paid beyond the amount.
+    let issued_after =
+        issuance(node.client.request("bitorch_totalIssuance", rpc_params![]).await.unwrap());
+    let fee = issued_before - issued_after;
+    assert!(fee > 0);
+    assert_eq!(node.free(&alice).await, alice_before - 10 * UNIT - fee);
 
     let block: Value = node.client.request("chain_getBlock", rpc_params![]).await.unwrap();
     assert_eq!(block["block"]["extrinsics"].as_array().unwrap().len(), 1);

@@ -2,7 +2,7 @@
 //! through a [`WorkerHandle`] over a bounded channel, each request with a `oneshot` for its
 //! answer.
 
-use super::{Worker, TARGET};
+use super::{Worker, WorkerStats, TARGET};
 use crate::{
     error::WorkerStopped,
     protocol::{StageRequest, StageResponse},
@@ -16,6 +16,7 @@ enum Message {
     CallBytes(Vec<u8>, oneshot::Sender<Vec<u8>>),
     EndJob(JobId, oneshot::Sender<Vec<SignedReceipt>>),
     TakeReceipts(oneshot::Sender<Vec<SignedReceipt>>),
+    Stats(oneshot::Sender<WorkerStats>),
 }
 
 /// A cloneable handle to a worker running on its own thread. The worker stops when every
@@ -53,6 +54,9 @@ pub fn spawn(
                     }
                     Message::TakeReceipts(reply) => {
                         let _ = reply.send(worker.take_receipts());
+                    }
+                    Message::Stats(reply) => {
+                        let _ = reply.send(worker.stats());
                     }
                 },
                 Ok(None) => {
@@ -95,5 +99,10 @@ impl WorkerHandle {
     /// Takes the receipts of evicted job sessions ([`Worker::take_receipts`]).
     pub async fn take_receipts(&self) -> Result<Vec<SignedReceipt>, WorkerStopped> {
         self.ask(Message::TakeReceipts).await
+    }
+
+    /// Its load and measured speed ([`Worker::stats`]).
+    pub async fn stats(&self) -> Result<WorkerStats, WorkerStopped> {
+        self.ask(Message::Stats).await
     }
 }

@@ -90,7 +90,31 @@ pub struct Worker {
     info: StageInfo,
     sessions: HashMap<SessionId, Session>,
     unclaimed: VecDeque<SignedReceipt>,
+    /// Measured seconds per one-position forward (a generation step), smoothed.
+    step_secs: Option<f64>,
 }
+
+/// What a worker reports about its load, for its DHT announcement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorkerStats {
+    /// Open sessions.
+    pub sessions: usize,
+    /// Most concurrent sessions.
+    pub max_sessions: usize,
+    /// Generation steps per second of this stage, measured on one-position forwards (by
+    /// [`Worker::benchmark`] and then on real sessions); `None` before any.
+    pub tokens_per_sec: Option<f64>,
+}
+
+impl WorkerStats {
+    /// Sessions it can still open.
+    pub fn free(&self) -> usize {
+        self.max_sessions.saturating_sub(self.sessions)
+    }
+}
+
+/// Weight of a new measurement in the smoothed step time.
+const STEP_EMA: f64 = 0.1;
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,7 +143,81 @@ impl Worker {
             max_positions: config.limits.max_positions,
             max_message_bytes: to_u32(config.limits.max_message_bytes),
         };
-        Self { stage, key, config, info, sessions: HashMap::new(), unclaimed: VecDeque::new() }
+        Self {
+            stage,
+            key,
+            config,
+            info,
+            sessions: HashMap::new(),
+            unclaimed: VecDeque::new(),
+            step_secs: None,
+        }
+    }
+
+    /// Its load and measured speed.
+    pub fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            sessions: self.sessions.len(),
+            max_sessions: self.config.max_sessions,
+            tokens_per_sec: self.step_secs.filter(|s| *s > 0.0).map(|s| 1.0 / s),
+        }
+    }
+
+    /// Measures the stage's generation speed: runs `steps` one-position forwards in a session
+    /// of its own (token 0, or hidden states of zeros, as input; no job), closes it, and
+    /// returns the steps per second, also the starting point of [`WorkerStats::tokens_per_sec`].
+    /// The first step is a warm-up and not timed.
+    pub fn benchmark(&mut self, steps: u32) -> Result<f64, StageError> {
+        let session: SessionId = rand::random();
+        let now = Instant::now();
+        match self.handle_at(
+            StageRequest::Open {
+                session,
+                model: self.config.model,
+                layers: self.info.layers,
+                job: None,
+            },
+            now,
+        ) {
+            StageResponse::Opened(_) => {}
+            StageResponse::Error(e) => return Err(e),
+            _ => return Err(StageError::Compute),
+        }
+        let (first, width) = (self.stage.is_first(), self.info.hidden_size);
+        let input = move || -> Activation {
+            if first {
+                Activation::Tokens(vec![0])
+            } else {
+                let zeros = vec![0.0; width as usize];
+                Activation::Hidden(Floats::new(1, width, &zeros).expect("1 x hidden"))
+            }
+        };
+        let steps = steps.max(1);
+        let mut timed = 0.0;
+        let mut result = Ok(());
+        for pos in 0..=steps {
+            let t = Instant::now();
+            let req = StageRequest::Forward { session, pos, input: input() };
+            match self.handle_at(req, Instant::now()) {
+                StageResponse::Output(_) => {}
+                StageResponse::Error(e) => {
+                    result = Err(e);
+                    break;
+                }
+                _ => {
+                    result = Err(StageError::Compute);
+                    break;
+                }
+            }
+            if pos > 0 {
+                timed += t.elapsed().as_secs_f64();
+            }
+        }
+        self.sessions.remove(&session);
+        result?;
+        let per_step = timed / f64::from(steps);
+        self.step_secs = Some(per_step);
+        Ok(if per_step > 0.0 { 1.0 / per_step } else { f64::INFINITY })
     }
 
     /// What it tells gateways about its stage.
@@ -343,8 +441,18 @@ impl Worker {
             return StageResponse::Error(StageError::UnknownSession);
         };
         s.last_used = now;
+        let t = Instant::now();
         match run(&self.stage, s, input) {
-            Ok(out) => StageResponse::Output(out),
+            Ok(out) => {
+                if n == 1 {
+                    let secs = t.elapsed().as_secs_f64();
+                    self.step_secs = Some(match self.step_secs {
+                        Some(old) => old * (1.0 - STEP_EMA) + secs * STEP_EMA,
+                        None => secs,
+                    });
+                }
+                StageResponse::Output(out)
+            }
             Err(e) => {
                 // The cache may hold some layers' keys for these positions and not others.
                 tracing::warn!(target: TARGET, error = %e, "stage forward failed; session closed");
