@@ -9,4 +9,9 @@ if [ -z "${BITORCH_TEST_MODEL:-}" ]; then
   BITORCH_TEST_MODEL="$(scripts/fetch-model.sh)"
   export BITORCH_TEST_MODEL
 fi
+# The official OpenAI Python client talks to the API in one test (a cached virtualenv).
+if [ -z "${BITORCH_OPENAI_PYTHON:-}" ]; then
+  BITORCH_OPENAI_PYTHON="$(scripts/openai-venv.sh)"
+  export BITORCH_OPENAI_PYTHON
+fi
 exec cargo test --workspace "$@"

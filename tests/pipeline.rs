@@ -102,17 +102,19 @@ fn start_workers(dir: &Path, ranges: &[&str], extra: &[&[&str]]) -> (Vec<Node>, 
         ];
         n.extra.extend(extra.get(i).into_iter().flat_map(|e| e.iter().map(|s| s.to_string())));
     }
-    nodes[0].start(&spec, "");
-    for n in &mut nodes[1..] {
-        n.start(&spec, &boot);
+    // `--layers auto` workers start once the others are announced, so that they see them.
+    let auto = |i: usize| ranges[i].starts_with("auto");
+    let announced = |n: &Node| n.log().contains("announced the worker in the DHT");
+    for phase in [false, true] {
+        for i in (0..nodes.len()).filter(|&i| auto(i) == phase) {
+            nodes[i].start(&spec, if i == 0 { "" } else { &boot });
+        }
+        // The worker is announced once the model is registered (the chain must run).
+        wait_for("the workers to be announced", 240, &nodes, || {
+            (0..nodes.len())
+                .all(|i| ranges[i].is_empty() || auto(i) != phase || announced(&nodes[i]))
+        });
     }
-    // The worker is announced once the model is registered (which needs the chain to run).
-    wait_for("the workers to be announced", 240, &nodes, || {
-        nodes
-            .iter()
-            .zip(ranges)
-            .all(|(n, r)| r.is_empty() || n.log().contains("announced the worker in the DHT"))
-    });
     (nodes, api, boot)
 }
 
@@ -230,8 +232,11 @@ fn a_killed_worker_mid_generation_is_replaced_and_the_answer_is_the_same() {
 fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    // A fourth validator serves nothing, so that the chain runs on without the 10..20 worker.
-    let (mut nodes, api, _) = start_workers(dir.path(), &["0..10", "10..20", "20..30", ""], &[]);
+    // Bob joins with `--layers auto` after the others and takes the missing 10..20. A fourth
+    // validator serves nothing, so that the chain runs on without the 10..20 worker.
+    let (mut nodes, api, _) = start_workers(dir.path(), &["0..10", "auto", "20..30", ""], &[]);
+    let chose = nodes[1].log().contains("--layers auto chose layers 10..20");
+    assert!(chose, "auto chose otherwise:\n{}", nodes[1].log());
     eprintln!("workers up in {:.1}s", t.elapsed().as_secs_f64());
     let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
     let name = models[0]["name"].as_str().unwrap().to_string();
@@ -305,8 +310,10 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
     }
 
     // Without the 10..20 worker, a request fails with an error that names the missing layers;
-    // an escrow opened before the gateway knew is refunded in full.
-    nodes[1].stop();
+    // an escrow opened before the gateway knew is refunded in full. Stopped as an operator
+    // does, the worker withdraws its announcement on the way out.
+    nodes[1].terminate();
+    assert!(nodes[1].log().contains("withdrew the worker from the DHT"), "{}", nodes[1].log());
     let req = json!({
         "model": name,
         "messages": [{"role": "user", "content": PROMPTS[0]}],

@@ -77,6 +77,22 @@ impl Node {
         }
     }
 
+    /// Stops the node as an operator does (SIGTERM), so that it shuts down in order; killed
+    /// if it is not gone within 20 s.
+    pub fn terminate(&mut self) {
+        let Some(mut c) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     pub fn rpc(&self, method: &str, params: Value) -> Result<Value, String> {
         rpc(self.rpc, method, params)
     }

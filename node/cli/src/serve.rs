@@ -475,7 +475,8 @@ pub async fn choose_layers(
         }
     };
     let layers = least_served(num_layers, span, &served);
-    tracing::info!(target: TARGET, ?served, chosen = ?layers, "--layers auto");
+    tracing::info!(target: TARGET, ?served, "--layers auto chose layers {}..{}", layers.start,
+        layers.end);
     layers
 }
 
