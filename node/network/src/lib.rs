@@ -54,6 +54,7 @@ pub mod key;
 pub mod peers;
 pub mod stage;
 pub mod sync;
+pub mod tx_batch;
 pub mod workers;
 
 pub use config::Config;

@@ -25,7 +25,7 @@ use bitorch_network::sync::{Response, SyncBlock};
 use bitorch_network::{Event as NetEvent, Handle as NetHandle, Misbehaviour, PeerId, Topic};
 use bitorch_primitives::{keys, Commit, Hash, Pair};
 use bitorch_runtime::{extrinsic::Block, staking, Balances, Call, UncheckedExtrinsic};
-use parity_scale_codec::{Decode, DecodeLimit, Encode};
+use parity_scale_codec::{DecodeLimit, Encode};
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
@@ -44,7 +44,7 @@ const DEPTH: u32 = bitorch_runtime::DECODE_DEPTH_LIMIT;
 /// How long new transactions wait to be relayed together in one gossip message.
 const RELAY_INTERVAL: Duration = Duration::from_millis(25);
 /// Most transactions in one gossip message.
-pub const MAX_TX_BATCH: usize = 2048;
+pub const MAX_TX_BATCH: usize = bitorch_network::tx_batch::MAX_TXS;
 /// Most bytes of transactions in one gossip message.
 const MAX_TX_BATCH_BYTES: usize = 1024 * 1024;
 /// Hashes of transactions that came in by gossip, remembered so that they are not relayed
@@ -57,31 +57,6 @@ const MAX_GOSSIPED: usize = 100_000;
 pub type StageHandler = Arc<
     dyn Fn(PeerId, Vec<u8>) -> Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>> + Send + Sync,
 >;
-
-/// Encodes transactions (each already SCALE-encoded) as one gossip message.
-pub fn encode_tx_batch(txs: &[Vec<u8>]) -> Vec<u8> {
-    txs.encode()
-}
-
-/// Decodes a gossip message of transactions from a peer: at most [`MAX_TX_BATCH`] of them,
-/// nothing after them.
-pub fn decode_tx_batch(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let mut input = bytes;
-    let n = parity_scale_codec::Compact::<u32>::decode(&mut input)
-        .map_err(|e| format!("transaction batch: {e}"))?
-        .0 as usize;
-    if n > MAX_TX_BATCH {
-        return Err(format!("transaction batch of {n}; at most {MAX_TX_BATCH}"));
-    }
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(<Vec<u8>>::decode(&mut input).map_err(|e| format!("transaction batch: {e}"))?);
-    }
-    if !input.is_empty() {
-        return Err("transaction batch: trailing bytes".into());
-    }
-    Ok(out)
-}
 
 struct Node {
     chain: Handle,
@@ -459,7 +434,9 @@ impl Node {
     }
 
     async fn publish_txs(&mut self, batch: &[Vec<u8>]) {
-        if let Err(e) = self.net.publish(Topic::Transactions, encode_tx_batch(batch)).await {
+        if let Err(e) =
+            self.net.publish(Topic::Transactions, bitorch_network::tx_batch::encode(batch)).await
+        {
             tracing::debug!(target: "p2p", error = %e, txs = batch.len(), "transactions not relayed");
         }
     }
@@ -491,7 +468,7 @@ impl Node {
             }
             NetEvent::Gossip { topic: Topic::Transactions, from, author, data } => {
                 let from = author.unwrap_or(from);
-                let txs = match decode_tx_batch(&data) {
+                let txs = match bitorch_network::tx_batch::decode(&data) {
                     Ok(txs) => txs,
                     Err(e) => {
                         tracing::debug!(target: "p2p", %from, error = %e, "undecodable transaction gossip");
@@ -625,26 +602,5 @@ impl Node {
         }
         self.publish_status();
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tx_batches_round_trip_and_refuse_bad_input() {
-        let txs = vec![vec![1u8, 2, 3], vec![], vec![9; 300]];
-        assert_eq!(decode_tx_batch(&encode_tx_batch(&txs)).unwrap(), txs);
-        let mut trailing = encode_tx_batch(&txs);
-        trailing.push(0);
-        assert!(decode_tx_batch(&trailing).unwrap_err().contains("trailing"));
-        let too_many = parity_scale_codec::Compact(MAX_TX_BATCH as u32 + 1).encode();
-        assert!(decode_tx_batch(&too_many).unwrap_err().contains("at most"));
-        // A length prefix that promises more bytes than there are.
-        let mut short = parity_scale_codec::Compact(1u32).encode();
-        short.extend(parity_scale_codec::Compact(1_000_000u32).encode());
-        assert!(decode_tx_batch(&short).is_err());
-        assert!(decode_tx_batch(&[]).is_err());
     }
 }
