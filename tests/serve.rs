@@ -58,7 +58,9 @@ fn start(dir: &Path) -> NodeProc {
     let (rpc_port, api) = (free_port(), free_port());
     let log = dir.join("node.log");
     let child = Command::new(BIN)
-        .args(["node", "--dev", "--block-time", "500", "--worker-key", "//Bob"])
+        // Each request opens its own job (the path without a job opened ahead; the pipeline
+        // test runs with one).
+        .args(["node", "--dev", "--block-time", "500", "--worker-key", "//Bob", "--no-job-ahead"])
         .args(["--rpc-port", &rpc_port.to_string(), "--api-port", &api.to_string()])
         .arg("--base-path")
         .arg(dir.join("base"))

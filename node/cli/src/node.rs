@@ -97,6 +97,11 @@ pub struct NodeArgs {
     /// Price per layer per token the API account offers, in base units.
     #[arg(long, default_value_t = 1_000_000)]
     price: u128,
+    /// Do not keep a job opened ahead (escrowing a whole context) for the next API request;
+    /// each request then waits for its own job to be included in a block before its first
+    /// token.
+    #[arg(long)]
+    no_job_ahead: bool,
 }
 
 /// Options of `bitorch chain-spec`.
@@ -312,8 +317,9 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 tokenizer,
                 local: Some(local),
                 net: net_handle.clone(),
-                payer: crate::serve::Payer { chain: handle.clone(), key: api_key.clone(), genesis, price: args.price },
+                payer: crate::serve::Payer { chain: handle.clone(), key: api_key.clone(), genesis, price: args.price, job_ahead: !args.no_job_ahead },
             }));
+            backend.prepare();
             module.merge(bitorch_api::rpc_module(backend.clone())?).context("merging the generation RPC methods")?;
             let api = bitorch_api::serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.api_port), backend, cancel.clone()).await?;
             tracing::info!(target: "node", model = %name, payer = %to_ss58(&account_of(&api_key)), "OpenAI-compatible API on http://{api}/v1/chat/completions");

@@ -535,6 +535,24 @@ pub struct Payer {
     pub genesis: H256,
     /// Price per layer per token.
     pub price: Balance,
+    /// Keep one job opened ahead (escrow for a whole context) for the next request, so that
+    /// a request does not wait for its job to be included before its first token.
+    pub job_ahead: bool,
+}
+
+/// How often the job opened ahead is checked for age.
+const AHEAD_CHECK: Duration = Duration::from_secs(2);
+
+/// A job opened ahead of the request that will use it.
+#[derive(Debug, Clone, Copy)]
+struct Ahead {
+    id: JobId,
+    /// Positions its escrow covers.
+    positions: u32,
+    /// Block after which it takes no receipts.
+    deadline: u64,
+    /// Blocks from opening to the deadline.
+    lifetime: u64,
 }
 
 /// How long the workers found in the DHT are reused before a new lookup.
@@ -556,6 +574,10 @@ struct Inner {
     payer: Payer,
     /// One job opening at a time per account, so the new job is known to be ours.
     opening: Mutex<()>,
+    /// The job opened ahead for the next request ([`Payer::job_ahead`]).
+    ahead: Mutex<Option<Ahead>>,
+    /// Told when a request takes the job opened ahead.
+    taken: tokio::sync::Notify,
 }
 
 /// A [`Backend`] running generations through the [`Gateway`] and paying for them on chain.
@@ -607,7 +629,19 @@ impl GatewayBackend {
             },
             payer: o.payer,
             opening: Mutex::new(()),
+            ahead: Mutex::new(None),
+            taken: tokio::sync::Notify::new(),
         }))
+    }
+}
+
+impl GatewayBackend {
+    /// Opens the first job ahead (with [`Payer::job_ahead`]), so that even the first request
+    /// does not wait for a block.
+    pub fn prepare(&self) {
+        if self.0.payer.job_ahead {
+            tokio::spawn(self.0.clone().keep_ahead());
+        }
     }
 }
 
@@ -707,6 +741,77 @@ impl Inner {
         })
     }
 
+    /// The job opened ahead, if it covers `positions` and has at least half its life left
+    /// (a generation must end before the deadline for its receipts to count).
+    async fn take_ahead(&self, positions: u32) -> Option<JobId> {
+        let mut ahead = self.ahead.lock().await;
+        let a = (*ahead)?;
+        let best = self.payer.chain.with(|s| s.chain.best().number).await.ok()?;
+        if a.positions >= positions && best.saturating_add(a.lifetime / 2) < a.deadline {
+            *ahead = None;
+            self.taken.notify_one();
+            return Some(a.id);
+        }
+        None
+    }
+
+    /// Opens a job for a whole context, to be used by a later request.
+    async fn open_ahead(&self) -> Result<Ahead, BackendError> {
+        let positions = self.context_length;
+        let id = self.open_job(positions).await?;
+        let job = self
+            .payer
+            .chain
+            .with(move |s| Jobs::job(s.chain.state(), id).ok().flatten())
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))?
+            .ok_or_else(|| BackendError::Internal(format!("job {id} vanished")))?;
+        let lifetime = job.deadline.saturating_sub(job.opened_at);
+        Ok(Ahead { id, positions, deadline: job.deadline, lifetime })
+    }
+
+    /// Keeps a job opened ahead ([`Payer::job_ahead`]) for as long as the node runs: opens
+    /// one when there is none (retried with back-off: early on the transaction may not reach a
+    /// proposer yet), and replaces one at half its life, closing it for a refund, so that an
+    /// idle gateway still has a usable one.
+    async fn keep_ahead(self: Arc<Self>) {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let current = *self.ahead.lock().await;
+            let Some(a) = current else {
+                match self.open_ahead().await {
+                    Ok(a) => {
+                        tracing::info!(target: TARGET, job = a.id, deadline = a.deadline,
+                            "opened a job ahead for the next request");
+                        *self.ahead.lock().await = Some(a);
+                        wait = Duration::from_secs(1);
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: TARGET, error = %e, retry_in_secs = wait.as_secs(),
+                            "cannot open a job ahead");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
+                }
+                continue;
+            };
+            tokio::select! {
+                _ = self.taken.notified() => continue,
+                _ = tokio::time::sleep(AHEAD_CHECK) => {}
+            }
+            let best = self.payer.chain.with(|s| s.chain.best().number).await.unwrap_or(0);
+            if best.saturating_add(a.lifetime / 2) >= a.deadline {
+                let mut ahead = self.ahead.lock().await;
+                if ahead.map(|x| x.id) == Some(a.id) {
+                    *ahead = None;
+                    drop(ahead);
+                    tracing::info!(target: TARGET, job = a.id, "replacing the job opened ahead");
+                    self.settle(a.id, Vec::new()).await;
+                }
+            }
+        }
+    }
+
     /// Submits the receipts and closes the job.
     async fn settle(&self, job: JobId, receipts: Vec<SignedReceipt>) {
         let n = receipts.len();
@@ -759,8 +864,19 @@ impl Inner {
             tracing::warn!(target: TARGET, error = %e, "no route for the request");
             return Err(BackendError::Unavailable(e.to_string()));
         }
-        let job = self.open_job(positions).await?;
-        tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new, "job opened");
+        let job = match self.take_ahead(positions).await {
+            Some(job) => {
+                tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new,
+                    "using the job opened ahead");
+                job
+            }
+            None => {
+                let job = self.open_job(positions).await?;
+                tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new, "job opened");
+                job
+            }
+        };
+
         let greq = GatewayRequest {
             model: self.model,
             num_layers: self.num_layers,

@@ -79,6 +79,9 @@ struct Node {
     syncing: bool,
     /// Transactions submitted here, waiting to be relayed in the next batch.
     to_relay: Vec<Hash>,
+    /// Transactions whose relay failed (no peer to gossip to yet), tried again every
+    /// [`SYNC_INTERVAL`] while they are in the pool.
+    relay_again: Vec<Hash>,
     /// Transactions that came in by gossip (not to be relayed again).
     gossiped: HashSet<Hash>,
     /// Answers peers' stage requests; `None`: this node serves no layers.
@@ -134,6 +137,7 @@ pub fn spawn(
             equivocate: options.equivocate,
             syncing: false,
             to_relay: Vec::new(),
+            relay_again: Vec::new(),
             gossiped: HashSet::new(),
             stage: options.stage,
         };
@@ -208,8 +212,11 @@ impl Node {
                     }
                 }
                 _ = relay.tick(), if !self.to_relay.is_empty() => self.relay().await?,
-                _ = sync.tick(), if !sync_in_flight => {
-                    sync_in_flight = self.start_sync(synced_tx.clone()).await?;
+                _ = sync.tick() => {
+                    self.to_relay.append(&mut self.relay_again);
+                    if !sync_in_flight {
+                        sync_in_flight = self.start_sync(synced_tx.clone()).await?;
+                    }
                 }
                 Some((peer, blocks)) = synced.recv() => {
                     sync_in_flight = false;
@@ -409,35 +416,42 @@ impl Node {
     /// messages as the size limits allow.
     async fn relay(&mut self) -> Result<(), crate::Error> {
         let hashes = std::mem::take(&mut self.to_relay);
-        let txs: Vec<Vec<u8>> = self
+        // Those no longer in the pool (included, dropped) are not relayed.
+        let txs: Vec<(Hash, Vec<u8>)> = self
             .chain
             .with(move |s| {
-                hashes.iter().filter_map(|h| s.pool.get(h)).map(|x| x.encode()).collect()
+                hashes.iter().filter_map(|h| s.pool.get(h).map(|x| (*h, x.encode()))).collect()
             })
             .await?;
-        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut batch: Vec<(Hash, Vec<u8>)> = Vec::new();
         let mut bytes = 0;
         for tx in txs {
             if !batch.is_empty()
-                && (batch.len() >= MAX_TX_BATCH || bytes + tx.len() > MAX_TX_BATCH_BYTES)
+                && (batch.len() >= MAX_TX_BATCH || bytes + tx.1.len() > MAX_TX_BATCH_BYTES)
             {
-                self.publish_txs(&std::mem::take(&mut batch)).await;
+                self.publish_txs(std::mem::take(&mut batch)).await;
                 bytes = 0;
             }
-            bytes += tx.len();
+            bytes += tx.1.len();
             batch.push(tx);
         }
         if !batch.is_empty() {
-            self.publish_txs(&batch).await;
+            self.publish_txs(batch).await;
         }
         Ok(())
     }
 
-    async fn publish_txs(&mut self, batch: &[Vec<u8>]) {
+    /// Publishes a batch; when it cannot go out (no peer subscribed yet), its transactions are
+    /// tried again later.
+    async fn publish_txs(&mut self, batch: Vec<(Hash, Vec<u8>)>) {
+        let (hashes, txs): (Vec<Hash>, Vec<Vec<u8>>) = batch.into_iter().unzip();
         if let Err(e) =
-            self.net.publish(Topic::Transactions, bitorch_network::tx_batch::encode(batch)).await
+            self.net.publish(Topic::Transactions, bitorch_network::tx_batch::encode(&txs)).await
         {
-            tracing::debug!(target: "p2p", error = %e, txs = batch.len(), "transactions not relayed");
+            tracing::debug!(target: "p2p", error = %e, txs = txs.len(), "transactions not relayed yet");
+            if self.relay_again.len() < MAX_GOSSIPED {
+                self.relay_again.extend(hashes);
+            }
         }
     }
 
