@@ -58,6 +58,34 @@ fn wait_for(what: &str, secs: u64, nodes: &[Node], mut ok: impl FnMut() -> bool)
     }
 }
 
+/// A greedy chat completion request.
+fn chat(model: &str, prompt: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+    })
+}
+
+/// Sends a greedy chat completion request through `api` on a thread of its own; the thread
+/// gives the answer's text, or panics with the status and body of an error.
+fn spawn_completion(
+    api: u16,
+    name: &str,
+    prompt: &'static str,
+    max_tokens: u32,
+) -> std::thread::JoinHandle<String> {
+    let req = chat(name, prompt, max_tokens);
+    std::thread::spawn(move || {
+        let (status, body) =
+            post(api, "/v1/chat/completions", &req, Duration::from_secs(300)).unwrap();
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+    })
+}
+
 /// A greedy chat completion through `api`; retried while the route is not complete yet (DHT
 /// records still spreading). Returns the answer's text.
 fn complete(api: u16, name: &str, prompt: &str, max_tokens: u32, nodes: &[Node]) -> String {
@@ -67,12 +95,7 @@ fn complete(api: u16, name: &str, prompt: &str, max_tokens: u32, nodes: &[Node])
 
 /// Like [`complete`]; returns the whole response.
 fn completion(api: u16, name: &str, prompt: &str, max_tokens: u32, nodes: &[Node]) -> Value {
-    let req = json!({
-        "model": name,
-        "messages": [{"role": "user", "content": prompt}],
-        "temperature": 0,
-        "max_tokens": max_tokens,
-    });
+    let req = chat(name, prompt, max_tokens);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (status, body) =
@@ -221,18 +244,7 @@ fn a_killed_worker_mid_generation_is_replaced_and_the_answer_is_the_same() {
     // A first request so that every worker is found (the DHT records have spread).
     complete(api, &name, PROMPTS[0], MAX_TOKENS, &nodes);
     let before = [sessions_on(&nodes[0], &peers[1]), sessions_on(&nodes[0], &peers[3])];
-    let gen = {
-        let name = name.clone();
-        std::thread::spawn(move || {
-            let req = json!({
-                "model": name,
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0,
-                "max_tokens": LONG,
-            });
-            post(api, "/v1/chat/completions", &req, Duration::from_secs(300))
-        })
-    };
+    let gen = spawn_completion(api, &name, prompt, LONG);
     // The 10..20 worker this generation uses: the one its gateway opens a new session on.
     let deadline = Instant::now() + Duration::from_secs(60);
     let victim = loop {
@@ -247,10 +259,7 @@ fn a_killed_worker_mid_generation_is_replaced_and_the_answer_is_the_same() {
     std::thread::sleep(Duration::from_millis(500));
     nodes[victim].stop();
     eprintln!("killed {} (layers 10..20) mid-generation", nodes[victim].name);
-    let (status, body) = gen.join().unwrap().unwrap();
-    assert_eq!(status, 200, "{body}\n{}", logs(&nodes));
-    let v: Value = serde_json::from_str(&body).unwrap();
-    let got = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let got = gen.join().unwrap_or_else(|_| panic!("the generation failed:\n{}", logs(&nodes)));
     assert!(
         nodes[0].log().contains("stage failed; failing over"),
         "the generation was over before the kill; logs:\n{}",
@@ -372,12 +381,7 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
     nodes[1].terminate();
     eprintln!("Bob stopped in {:.1}s", stopping.elapsed().as_secs_f64());
     assert!(nodes[1].log().contains("withdrew the worker from the DHT"), "{}", nodes[1].log());
-    let req = json!({
-        "model": name,
-        "messages": [{"role": "user", "content": PROMPTS[0]}],
-        "temperature": 0,
-        "max_tokens": MAX_TOKENS,
-    });
+    let req = chat(&name, PROMPTS[0], MAX_TOKENS);
     for attempt in 0..2 {
         one_open_job(&nodes[0], &eve, &nodes);
         let jobs_before = next_job_id(&nodes[0]);
@@ -494,18 +498,7 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     let charlie_before = sessions_on(&nodes[0], &peers[2].to_string());
     let failovers = |n: &Node| n.log().matches("stage failed; failing over").count();
     let failovers_before = failovers(&nodes[0]);
-    let gen = {
-        let name = name.clone();
-        std::thread::spawn(move || {
-            let req = json!({
-                "model": name,
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0,
-                "max_tokens": LONG,
-            });
-            post(api, "/v1/chat/completions", &req, Duration::from_secs(300))
-        })
-    };
+    let gen = spawn_completion(api, &name, prompt, LONG);
     wait_for("the generation to reach Charlie", 60, &nodes, || {
         sessions_on(&nodes[0], &peers[2].to_string()) > charlie_before
     });
@@ -525,10 +518,7 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     // A message past the network's size limit is refused before it reaches the worker.
     let oversized = ask(2, vec![0; 9 << 20]);
     assert!(oversized.is_err(), "a 9 MiB stage message was accepted");
-    let (status, body) = gen.join().unwrap().unwrap();
-    assert_eq!(status, 200, "{body}\n{}", logs(&nodes));
-    let v: Value = serde_json::from_str(&body).unwrap();
-    let got = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let got = gen.join().unwrap_or_else(|_| panic!("the generation failed:\n{}", logs(&nodes)));
     assert_eq!(got, want, "the generation changed after bad messages to its worker");
     assert_eq!(failovers(&nodes[0]), failovers_before, "a stage failed");
 
