@@ -485,6 +485,15 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     };
     assert!(matches!(opened, StageResponse::Opened(_)), "{opened:?}");
     assert_eq!(answer(ask(1, open([8; 16])).unwrap()), StageResponse::Busy);
+    // A session for a job that is not on chain is refused: its receipt would not be paid.
+    let unpaid = StageRequest::Open {
+        session: [6; 16],
+        model: model_id,
+        layers: (20, 30),
+        job: Some(999_999),
+    };
+    let refused = answer(ask(2, protocol::encode(&unpaid)).unwrap());
+    assert_eq!(refused, StageResponse::Error(StageError::JobNotOpen { job: 999_999 }));
 
     // The gateway routes around the full worker: Dave runs 10..20, the answer is the same.
     let dave_before = sessions_on(&nodes[0], &peers[3].to_string());

@@ -260,7 +260,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
         let net_handle = network.as_ref().map(|(net, _)| net.clone());
         // Peers' stage requests reach the worker once the model is registered and it runs.
         let stage_worker = std::sync::Arc::new(std::sync::OnceLock::new());
-        let stage = serving.is_some().then(|| crate::serve::stage_handler(stage_worker.clone()));
+        let stage = serving.is_some().then(|| crate::serve::stage_handler(stage_worker.clone(), handle.clone()));
         let authoring = match network {
             Some((net, events)) => Some(bitorch_service::p2p::spawn(
                 handle.clone(),

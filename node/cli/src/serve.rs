@@ -353,13 +353,59 @@ pub fn spawn_worker(
     Ok((handle, info))
 }
 
+/// How long a stage request naming a job waits for this node to see the job on chain (its
+/// block may reach the gateway's node a little earlier).
+const JOB_VISIBLE_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether `job` is open on chain for `model` now (before its deadline).
+async fn job_is_open(chain: &Handle, job: JobId, model: H256) -> bool {
+    chain
+        .with(move |s| {
+            let st = s.chain.state();
+            let best = s.chain.best().number;
+            matches!(Jobs::job(st, job), Ok(Some(j))
+                if j.status == jobs::JobStatus::Open && j.model == model && best < j.deadline)
+        })
+        .await
+        .unwrap_or(false)
+}
+
+/// The job a session opening names, if the bytes are an [`StageRequest::Open`] with one (other
+/// requests, and bytes that do not decode, are the worker's to answer).
+fn job_of_open(bytes: &[u8]) -> Option<(JobId, H256)> {
+    // Version byte, then the request's variant index: only openings are decoded here.
+    if bytes.get(1) != Some(&0) {
+        return None;
+    }
+    match protocol::decode_request(bytes, &protocol::Limits::default()) {
+        Ok(StageRequest::Open { job: Some(job), model, .. }) => Some((job, model)),
+        _ => None,
+    }
+}
+
 /// A [`StageHandler`] answering peers' stage requests with the worker set in `worker`;
-/// requests are refused until it is set (while the model is being registered).
-pub fn stage_handler(worker: Arc<OnceLock<WorkerHandle>>) -> StageHandler {
+/// requests are refused until it is set (while the model is being registered). A session
+/// opened for a job that is not open on `chain` for the model is refused with
+/// [`StageError::JobNotOpen`](bitorch_compute::StageError::JobNotOpen): its receipt would not
+/// be paid.
+pub fn stage_handler(worker: Arc<OnceLock<WorkerHandle>>, chain: Handle) -> StageHandler {
     Arc::new(move |peer, bytes| {
         let worker = worker.get().cloned();
+        let chain = chain.clone();
         Box::pin(async move {
-            match worker?.call_bytes(bytes).await {
+            let worker = worker?;
+            if let Some((job, model)) = job_of_open(&bytes) {
+                let deadline = tokio::time::Instant::now() + JOB_VISIBLE_WAIT;
+                while !job_is_open(&chain, job, model).await {
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::info!(target: TARGET, %peer, job, "refused a session: job not open");
+                        let e = bitorch_compute::StageError::JobNotOpen { job };
+                        return Some(protocol::encode(&StageResponse::Error(e)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            match worker.call_bytes(bytes).await {
                 Ok(answer) => Some(answer),
                 Err(e) => {
                     tracing::warn!(target: TARGET, %peer, error = %e, "the worker stopped");
@@ -1012,7 +1058,25 @@ impl Backend for GatewayBackend {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::single_range_in_vec_init)]
-    use super::{least_served, parse_layers, LayerChoice};
+    use super::{job_of_open, least_served, parse_layers, LayerChoice};
+    use bitorch_compute::{protocol, StageRequest};
+    use bitorch_primitives::H256;
+
+    #[test]
+    fn only_openings_with_a_job_are_checked_on_chain() {
+        let open = |job| StageRequest::Open {
+            session: [1; 16],
+            model: H256([7; 32]),
+            layers: (0, 10),
+            job,
+        };
+        assert_eq!(job_of_open(&protocol::encode(&open(Some(5)))), Some((5, H256([7; 32]))));
+        assert_eq!(job_of_open(&protocol::encode(&open(None))), None);
+        let close = StageRequest::Close { session: [1; 16] };
+        assert_eq!(job_of_open(&protocol::encode(&close)), None);
+        assert_eq!(job_of_open(&[protocol::VERSION, 0, 0xff]), None);
+        assert_eq!(job_of_open(&[]), None);
+    }
 
     #[test]
     fn layers_parse_and_check_bounds() {

@@ -36,7 +36,8 @@
 use crate::{
     error::{Error, StageFailure, TransportError},
     protocol::{
-        Activation, Closure, Floats, ModelId, SessionId, StageInfo, StageRequest, StageResponse,
+        Activation, Closure, Floats, ModelId, SessionId, StageError, StageInfo, StageRequest,
+        StageResponse,
     },
     route::{plan_route_with, Bans, CostModel, WorkerInfo},
 };
@@ -627,7 +628,11 @@ impl<T: StageTransport> Run<'_, T> {
         };
         tracing::warn!(target: TARGET, worker = ?hop.worker.id, layers = ?hop.worker.layers,
             error = %f, "stage failed; failing over");
-        let duration = if f == StageFailure::Busy { cfg.busy_backoff } else { cfg.ban_duration };
+        // Busy, or not (yet) seeing the job on chain: worth trying again soon. Anything else
+        // is a fault.
+        let brief =
+            matches!(f, StageFailure::Busy | StageFailure::Rejected(StageError::JobNotOpen { .. }));
+        let duration = if brief { cfg.busy_backoff } else { cfg.ban_duration };
         self.gw.bans().ban(hop.worker.id.clone(), duration, Instant::now());
         if hop.info.is_some() && !matches!(f, StageFailure::Transport(_)) {
             self.close_quietly(&hop).await;

@@ -360,6 +360,14 @@ pub enum StageError {
     #[error("stage computation failed; the session was closed")]
     #[codec(index = 11)]
     Compute,
+    /// The job named when opening is not open on chain for this model (unknown, closed, past
+    /// its deadline, or another model's): the worker would not be paid, so it does not work.
+    #[error("job {job} is not open on chain for this model")]
+    #[codec(index = 12)]
+    JobNotOpen {
+        /// The job.
+        job: JobId,
+    },
 }
 
 /// Encodes a message with its version byte.
