@@ -31,6 +31,13 @@ const DEV: [&str; 6] = ["Alice", "Bob", "Charlie", "Dave", "Eve", "Ferdie"];
 const MAX_TOKENS: u32 = 20;
 const PROMPTS: [&str; 2] = ["What is the capital of France?", "List three prime numbers."];
 
+/// Each test runs four nodes that load the model; on a small machine two such tests at once
+/// starve each other (RPC timeouts), so they take turns.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The tail of the nodes' logs, without the consensus engine's chatter.
 fn logs(nodes: &[Node]) -> String {
     let all: String = nodes
@@ -230,6 +237,7 @@ fn sessions_on(gateway: &Node, peer: &str) -> usize {
 
 #[test]
 fn a_killed_worker_mid_generation_is_replaced_and_the_answer_is_the_same() {
+    let _turn = one_at_a_time();
     const LONG: u32 = 150;
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
@@ -276,6 +284,7 @@ fn a_killed_worker_mid_generation_is_replaced_and_the_answer_is_the_same() {
 
 #[test]
 fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refused() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
     // Bob joins with `--layers auto` after the others and takes the missing 10..20. A fourth
@@ -428,6 +437,7 @@ fn answer(bytes: Vec<u8>) -> StageResponse {
 
 #[test]
 fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
+    let _turn = one_at_a_time();
     use bitorch_network::{Config, NodeKey, PeerId};
     const LONG: u32 = 150;
     let dir = tempfile::tempdir().unwrap();

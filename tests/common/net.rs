@@ -109,8 +109,18 @@ impl Node {
         self.rpc("chain_getBlockHash", json!([n])).unwrap_or(Value::Null)
     }
 
+    /// Its peer id (retried for up to 30 s: a loaded machine may answer slowly).
     pub fn peer_id(&self) -> String {
-        self.rpc("system_localPeerId", json!([])).unwrap().as_str().unwrap().to_string()
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.rpc("system_localPeerId", json!([])) {
+                Ok(id) => return id.as_str().unwrap().to_string(),
+                Err(e) if Instant::now() > deadline => {
+                    panic!("{}: system_localPeerId: {e}", self.name)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 
     pub fn log(&self) -> String {

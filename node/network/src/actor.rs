@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::Error;
 use crate::event::Event;
-use crate::gossip::Topic;
+use crate::gossip::{GossipId, Topic, Verdict};
 use crate::handle::Command;
 use crate::peers::{Lifted, Misbehaviour, PeerBook};
 use crate::stage::{self, StageError};
@@ -171,11 +171,27 @@ impl EventLoop {
         }
     }
 
+    fn gossip_verdict(&mut self, id: &GossipId, verdict: Verdict) {
+        if !self.config.validate_gossip {
+            return;
+        }
+        let acceptance = match verdict {
+            Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+            Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+            Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id.id, &id.from, acceptance);
+    }
+
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Publish { topic, data, reply } => {
                 let _ = reply.send(self.publish(topic, data));
             }
+            Command::GossipVerdict { id, verdict } => self.gossip_verdict(&id, verdict),
             Command::RequestBlocks { peer, request, reply } => {
                 if self.outbound.len() >= self.config.max_outbound_sync_requests {
                     let _ = reply.send(Err(Error::Busy));
@@ -446,10 +462,12 @@ impl EventLoop {
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
+                message_id,
                 message,
-                ..
             }) => {
+                let id = GossipId { id: message_id, from: propagation_source };
                 let Some(topic) = Topic::from_hash(&message.topic) else {
+                    self.gossip_verdict(&id, Verdict::Reject);
                     return;
                 };
                 // Gossipsub already drops what a blacklisted peer sends or wrote; this also
@@ -457,14 +475,21 @@ impl EventLoop {
                 let banned = |p: &PeerId| self.peers.is_banned(p);
                 if banned(&propagation_source) || message.source.as_ref().is_some_and(banned) {
                     tracing::debug!(target: TARGET, from = %propagation_source, "gossip from a banned peer dropped");
+                    self.gossip_verdict(&id, Verdict::Reject);
                     return;
                 }
-                self.emit(Event::Gossip {
+                let validated = self.config.validate_gossip;
+                let delivered = self.emit(Event::Gossip {
+                    id: validated.then(|| id.clone()),
                     topic,
                     from: propagation_source,
                     author: message.source,
                     data: message.data,
                 });
+                if !delivered {
+                    // The node will never judge it: do not leave it waiting in the cache.
+                    self.gossip_verdict(&id, Verdict::Ignore);
+                }
             }
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
             BehaviourEvent::Stage(event) => self.on_stage_event(event),

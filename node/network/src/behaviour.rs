@@ -74,11 +74,15 @@ impl Behaviour {
         // loopback one never is), so that peers learn of each other through us.
         kad.set_mode(Some(kad::Mode::Server));
 
-        let gossip_config = gossipsub::ConfigBuilder::default()
+        let mut gossip_config = gossipsub::ConfigBuilder::default();
+        gossip_config
             .max_transmit_size(config.max_gossip_bytes)
-            .validation_mode(gossipsub::ValidationMode::Strict)
-            .build()
-            .map_err(|e| Error::Build(format!("gossipsub config: {e}")))?;
+            .validation_mode(gossipsub::ValidationMode::Strict);
+        if config.validate_gossip {
+            gossip_config.validate_messages();
+        }
+        let gossip_config =
+            gossip_config.build().map_err(|e| Error::Build(format!("gossipsub config: {e}")))?;
         let mut gossipsub = gossipsub::Behaviour::new(
             gossipsub::MessageAuthenticity::Signed(key.clone()),
             gossip_config,

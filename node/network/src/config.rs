@@ -31,6 +31,11 @@ pub struct Config {
     pub max_pending_incoming: u32,
     /// Largest gossip message sent or accepted, in bytes.
     pub max_gossip_bytes: usize,
+    /// Forward a gossip message only once the node has checked it (each
+    /// [`Event::Gossip`](crate::Event::Gossip) then needs a
+    /// [`Handle::gossip_verdict`](crate::Handle::gossip_verdict)), so that garbage is not
+    /// relayed. On by default.
+    pub validate_gossip: bool,
     /// Timeout of a sync request, and the time the node has to answer one.
     pub sync_timeout: Duration,
     /// Most inbound sync requests waiting for the node's answer; more are refused as busy.
@@ -98,6 +103,7 @@ impl Config {
             max_connections_per_peer: 2,
             max_pending_incoming: 32,
             max_gossip_bytes: 16 * 1024 * 1024,
+            validate_gossip: true,
             sync_timeout: Duration::from_secs(20),
             max_pending_sync_requests: 64,
             max_outbound_sync_requests: 256,

@@ -1,6 +1,6 @@
 //! What the network service tells the node.
 
-use crate::gossip::Topic;
+use crate::gossip::{GossipId, Topic};
 use crate::sync;
 use libp2p::PeerId;
 use tokio::sync::oneshot;
@@ -9,8 +9,13 @@ use tokio::sync::oneshot;
 #[derive(Debug)]
 pub enum Event {
     /// A gossip message arrived. The payload is not decoded here: if it does not decode, or is
-    /// invalid, report `from` with [`Handle::report_peer`](crate::Handle::report_peer).
+    /// invalid, report `from` with [`Handle::report_peer`](crate::Handle::report_peer). With
+    /// [`Config::validate_gossip`](crate::Config) the message is forwarded to other peers
+    /// only once the node gives its verdict on `id`
+    /// ([`Handle::gossip_verdict`](crate::Handle::gossip_verdict)).
     Gossip {
+        /// The message, for the verdict (`None` when gossip is not validated).
+        id: Option<GossipId>,
         /// The topic.
         topic: Topic,
         /// The peer that forwarded it to us (the one to penalise).

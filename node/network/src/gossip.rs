@@ -51,3 +51,24 @@ mod tests {
         assert_eq!(Topic::from_hash(&IdentTopic::new("/other/1").hash()), None);
     }
 }
+
+/// Which gossip message a verdict is about: its id and the peer that forwarded it. Given with
+/// every [`Event::Gossip`](crate::Event::Gossip) when [`Config::validate_gossip`](crate::Config)
+/// is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GossipId {
+    pub(crate) id: libp2p::gossipsub::MessageId,
+    pub(crate) from: libp2p::PeerId,
+}
+
+/// What the node found a gossip message to be ([`Handle::gossip_verdict`](crate::Handle)).
+/// Gossipsub forwards a message to the node's other peers only once it is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: forward it.
+    Accept,
+    /// Invalid (does not decode, forged): drop it, never forward it.
+    Reject,
+    /// Not invalid, but not worth forwarding (stale, not checkable here): drop it.
+    Ignore,
+}

@@ -1,7 +1,7 @@
 //! The cloneable handle through which the node drives the network service.
 
 use crate::error::Error;
-use crate::gossip::Topic;
+use crate::gossip::{GossipId, Topic, Verdict};
 use crate::peers::Misbehaviour;
 use crate::sync::{self, SyncBlock};
 use crate::workers::{ModelId, WorkerAnnouncement};
@@ -66,6 +66,10 @@ pub(crate) enum Command {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    GossipVerdict {
+        id: GossipId,
+        verdict: Verdict,
+    },
 }
 
 /// A cloneable handle to the network service. Every call goes over a bounded channel to the
@@ -96,6 +100,12 @@ impl Handle {
     /// topic yet.
     pub async fn publish(&self, topic: Topic, data: Vec<u8>) -> Result<(), Error> {
         self.call(|reply| Command::Publish { topic, data, reply }).await?
+    }
+
+    /// The node's verdict on a gossip message ([`Event::Gossip`](crate::Event::Gossip)'s `id`):
+    /// an accepted one is forwarded to the other peers, a rejected or ignored one is dropped.
+    pub async fn gossip_verdict(&self, id: GossipId, verdict: Verdict) -> Result<(), Error> {
+        self.tx.send(Command::GossipVerdict { id, verdict }).await.map_err(|_| Error::Stopped)
     }
 
     /// Asks `peer` for up to `max` blocks from height `from` (dialing it if needed, when its

@@ -60,7 +60,7 @@ pub mod workers;
 pub use config::Config;
 pub use error::Error;
 pub use event::Event;
-pub use gossip::Topic;
+pub use gossip::{GossipId, Topic, Verdict};
 pub use handle::Handle;
 pub use key::NodeKey;
 pub use libp2p::{identity::Keypair, Multiaddr, PeerId};

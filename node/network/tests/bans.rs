@@ -226,7 +226,7 @@ fn owner(
     let task = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             let seen = match event {
-                Event::Gossip { topic: Topic::Consensus, from, author, data } => {
+                Event::Gossip { topic: Topic::Consensus, from, author, data, .. } => {
                     if data.starts_with(b"ok:") {
                         Seen::Valid(author)
                     } else {

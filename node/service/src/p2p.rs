@@ -22,7 +22,9 @@ use bitorch_consensus::{
     Action, Config, Consensus, MalachiteConsensus, MemoryWal, Timeout, ValidatorSet, Value, Wal,
 };
 use bitorch_network::sync::{Response, SyncBlock};
-use bitorch_network::{Event as NetEvent, Handle as NetHandle, Misbehaviour, PeerId, Topic};
+use bitorch_network::{
+    Event as NetEvent, GossipId, Handle as NetHandle, Misbehaviour, PeerId, Topic, Verdict,
+};
 use bitorch_primitives::{keys, Commit, Hash, Pair};
 use bitorch_runtime::{extrinsic::Block, staking, Balances, Call, UncheckedExtrinsic};
 use parity_scale_codec::{DecodeLimit, Encode};
@@ -57,6 +59,13 @@ const MAX_GOSSIPED: usize = 100_000;
 pub type StageHandler = Arc<
     dyn Fn(PeerId, Vec<u8>) -> Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>> + Send + Sync,
 >;
+
+/// Gives the network the verdict on a gossip message (when it asks for one).
+async fn give_verdict(net: &NetHandle, id: Option<GossipId>, verdict: Verdict) {
+    if let Some(id) = id {
+        let _ = net.gossip_verdict(id, verdict).await;
+    }
+}
 
 struct Node {
     chain: Handle,
@@ -457,35 +466,46 @@ impl Node {
 
     async fn on_net_event(&mut self, ev: NetEvent) -> Result<(), crate::Error> {
         match ev {
-            // Gossip is penalised on its signed author, not on the peer that relayed it:
-            // gossipsub forwards messages before we check them, so an honest relay would
-            // otherwise be banned for another peer's garbage.
-            NetEvent::Gossip { topic: Topic::Consensus, from, author, data } => {
+            // Gossip is penalised on its signed author, not on the peer that relayed it: an
+            // honest relay may have forwarded another peer's garbage before validation was on
+            // (or from an older node). Each message gets a verdict: only accepted ones are
+            // forwarded to our other peers.
+            NetEvent::Gossip { id, topic: Topic::Consensus, from, author, data } => {
                 let from = author.unwrap_or(from);
-                if let Some(engine) = self.engine.as_mut() {
-                    match engine.on_message(&data) {
-                        Ok(actions) => self.perform(actions).await?,
-                        Err(
-                            bitorch_consensus::Error::Malformed(_)
-                            | bitorch_consensus::Error::Decode(_)
-                            | bitorch_consensus::Error::MessageTooLarge { .. }
-                            | bitorch_consensus::Error::UnsupportedVersion(_),
-                        ) => {
-                            let _ =
-                                self.net.report_peer(from, Misbehaviour::UndecodableMessage).await;
-                        }
-                        Err(e) => {
-                            tracing::debug!(target: "p2p", error = %e, "consensus message ignored")
-                        }
+                let result = match self.engine.as_mut() {
+                    Some(engine) => engine.on_message(&data).map(Some),
+                    // Not validating: check that it decodes before passing it on.
+                    None => bitorch_consensus::wire::Message::from_bytes(&data).map(|_| None),
+                };
+                // The engine's error is not kept across an await (it need not be `Send`).
+                let (actions, verdict) = match result {
+                    Ok(actions) => (actions, Verdict::Accept),
+                    Err(
+                        bitorch_consensus::Error::Malformed(_)
+                        | bitorch_consensus::Error::Decode(_)
+                        | bitorch_consensus::Error::MessageTooLarge { .. }
+                        | bitorch_consensus::Error::UnsupportedVersion(_),
+                    ) => (None, Verdict::Reject),
+                    Err(e) => {
+                        tracing::debug!(target: "p2p", error = %e, "consensus message ignored");
+                        (None, Verdict::Ignore)
                     }
+                };
+                give_verdict(&self.net, id, verdict).await;
+                if verdict == Verdict::Reject {
+                    let _ = self.net.report_peer(from, Misbehaviour::UndecodableMessage).await;
+                }
+                if let Some(actions) = actions {
+                    self.perform(actions).await?;
                 }
             }
-            NetEvent::Gossip { topic: Topic::Transactions, from, author, data } => {
+            NetEvent::Gossip { id, topic: Topic::Transactions, from, author, data } => {
                 let from = author.unwrap_or(from);
                 let txs = match bitorch_network::tx_batch::decode(&data) {
                     Ok(txs) => txs,
                     Err(e) => {
                         tracing::debug!(target: "p2p", %from, error = %e, "undecodable transaction gossip");
+                        give_verdict(&self.net, id, Verdict::Reject).await;
                         let _ = self.net.report_peer(from, Misbehaviour::UndecodableMessage).await;
                         return Ok(());
                     }
@@ -511,7 +531,10 @@ impl Node {
                     })
                     .await?;
                 if forged {
+                    give_verdict(&self.net, id, Verdict::Reject).await;
                     let _ = self.net.report_peer(from, Misbehaviour::BadSignature).await;
+                } else {
+                    give_verdict(&self.net, id, Verdict::Accept).await;
                 }
             }
             NetEvent::SyncRequest { request, reply, .. } => {
