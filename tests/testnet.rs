@@ -104,3 +104,49 @@ fn four_validators_finalize_agree_and_survive_failures() {
     let top = follower.height().min(nodes[0].height());
     agree(&[&nodes[0], &follower], top);
 }
+
+/// A transfer submitted to a node that has no peer yet (its gossip cannot go out) is relayed
+/// once the node connects, and the validator includes it: nothing stays stuck in one pool.
+#[test]
+fn a_transaction_sent_before_any_peer_is_relayed_once_there_is_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, mut nodes, boot) = testnet(dir.path(), 1);
+    // A follower (no validator key) whose only boot node, Alice, is not up yet.
+    let mut follower = Node::new(dir.path(), "Bob");
+    follower.start_as(&spec, &boot, false);
+    wait("the follower's RPC", &[], || follower.rpc("system_health", json!([])).is_ok());
+    let bob_before = |n: &Node| -> Option<u128> {
+        let a = n.rpc("bitorch_account", json!([BOB])).ok()?;
+        a["free"].as_str()?.parse().ok()
+    };
+    let before = bob_before(&follower).unwrap();
+    let mut transfer = Command::new(BIN)
+        .args(["wallet", "transfer", "--suri", "//Eve", "--to", BOB, "--amount", "5"])
+        .args(["--timeout", "120", "--rpc", &format!("ws://127.0.0.1:{}", follower.rpc)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait("the transfer in the follower's pool", &[], || {
+        let pending = follower.rpc("author_pendingExtrinsics", json!([])).unwrap();
+        pending.as_array().is_some_and(|p| p.len() == 1)
+    });
+    // Its relay has failed for want of peers for a while; now the validator comes up.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(follower.rpc("system_health", json!([])).unwrap()["peers"], 0);
+    nodes[0].start(&spec, "");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = transfer.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the transfer was never included");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(transfer.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "wallet transfer: {err}");
+    wait("Alice to show the transfer", &nodes, || {
+        bob_before(&nodes[0]) == Some(before + 5_000_000_000_000)
+    });
+}
