@@ -211,19 +211,26 @@ fn jobs(node: &Node) -> Vec<Value> {
     (0..next_job_id(node)).map(|id| node.rpc("bitorch_job", json!([id])).unwrap()).collect()
 }
 
-/// Waits until `who` has exactly one open job (the gateway keeps one opened ahead for the next
-/// request) and returns its escrow: nothing is being opened then.
-fn one_open_job(node: &Node, who: &str, nodes: &[Node]) -> u128 {
-    let mut escrow = 0;
+type Ledger = (BTreeMap<String, (u128, u128)>, u128);
+
+/// A consistent view of the balances while `who` has exactly one open job (the gateway keeps
+/// one opened ahead for the next request, and replaces it now and then): the ledger, and the
+/// escrow of that job. Read until the ledger is the same before and after the jobs are read.
+fn snapshot(node: &Node, who: &str, nodes: &[Node]) -> (Ledger, u128) {
+    let mut out = None;
     wait_for("one job opened ahead", 60, nodes, || {
+        let first = ledger(node);
         let open: Vec<Value> = jobs(node)
             .into_iter()
             .filter(|j| j["client"] == who && j["status"].get("open").is_some())
             .collect();
-        escrow = open.first().map(|j| amount(&j["escrow"])).unwrap_or(0);
-        open.len() == 1
+        if open.len() != 1 || ledger(node) != first {
+            return false;
+        }
+        out = Some((first, amount(&open[0]["escrow"])));
+        true
     });
-    escrow
+    out.unwrap()
 }
 
 /// How many stage sessions node 0's gateway opened on `peer`.
@@ -296,8 +303,7 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
     let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
     let name = models[0]["name"].as_str().unwrap().to_string();
     let eve = address("Eve");
-    let ahead_before = one_open_job(&nodes[0], &eve, &nodes);
-    let (before, issued_before) = ledger(&nodes[0]);
+    let ((before, issued_before), ahead_before) = snapshot(&nodes[0], &eve, &nodes);
     assert_issuance_is_the_sum(&before, issued_before);
     let mut usages = Vec::new();
     for prompt in PROMPTS {
@@ -360,8 +366,7 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
         "each worker signs with its validator key"
     );
     eprintln!("both jobs settled at {:.1}s", t.elapsed().as_secs_f64());
-    let ahead_after = one_open_job(&nodes[0], &eve, &nodes);
-    let (after, issued_after) = ledger(&nodes[0]);
+    let ((after, issued_after), ahead_after) = snapshot(&nodes[0], &eve, &nodes);
     assert_issuance_is_the_sum(&after, issued_after);
     for (who, (free, reserved)) in &after {
         let (free0, reserved0) = before[who];
@@ -392,8 +397,9 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
     assert!(nodes[1].log().contains("withdrew the worker from the DHT"), "{}", nodes[1].log());
     let req = chat(&name, PROMPTS[0], MAX_TOKENS);
     for attempt in 0..2 {
-        one_open_job(&nodes[0], &eve, &nodes);
-        let jobs_before = next_job_id(&nodes[0]);
+        // Requests that got a job: "job opened", or "using the job opened ahead".
+        let jobs_used = |n: &Node| n.log().matches("job opened").count();
+        let used_before = jobs_used(&nodes[0]);
         let (status, body) =
             post(api, "/v1/chat/completions", &req, Duration::from_secs(300)).unwrap();
         eprintln!("without 10..20 (attempt {attempt}): {status} {body}");
@@ -402,12 +408,12 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
         let message = err["error"]["message"].as_str().unwrap();
         assert!(message.contains("layers 10..20"), "{message}");
         if attempt == 1 {
-            // The failed worker is banned now: the gateway refuses before opening a job.
-            assert_eq!(next_job_id(&nodes[0]), jobs_before, "a job was opened with no route");
+            // The failed worker is banned now: the gateway refuses before taking a job.
+            assert_eq!(jobs_used(&nodes[0]), used_before, "a job was used with no route");
         }
     }
     // Every job but the served ones and the one opened ahead was refunded in full.
-    let ahead_end = one_open_job(&nodes[0], &eve, &nodes);
+    let ((end, issued_end), ahead_end) = snapshot(&nodes[0], &eve, &nodes);
     for job in jobs(&nodes[0]) {
         let id = job["id"].as_u64().unwrap();
         if !served.contains(&id) && job["status"].get("open").is_none() {
@@ -415,7 +421,6 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
             assert_eq!(job["receipts"], json!([]), "{job}");
         }
     }
-    let (end, issued_end) = ledger(&nodes[0]);
     assert_issuance_is_the_sum(&end, issued_end);
     assert_eq!(end[&eve].1 - ahead_end, before[&eve].1 - ahead_before, "escrow kept");
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
@@ -556,5 +561,20 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
         answer(ask(1, protocol::encode(&StageRequest::Close { session: [7; 16] })).unwrap());
     assert!(matches!(closed, StageResponse::Closed(_)), "{closed:?}");
     cancel.cancel();
+
+    // An idle gateway replaces its job opened ahead at half its life (here 30 blocks of 0.5 s),
+    // and the next request uses the new one.
+    let count = |what: &str| nodes[0].log().matches(what).count();
+    wait_for("the job opened ahead to be replaced", 60, &nodes, || {
+        count("replacing the job opened ahead") > 0
+    });
+    let opened = count("opened a job ahead for the next request");
+    wait_for("a new job opened ahead", 60, &nodes, || {
+        count("opened a job ahead for the next request") > opened
+            || count("replacing the job opened ahead") > 1
+    });
+    let used = count("using the job opened ahead");
+    assert_eq!(complete(api, &name, PROMPTS[0], MAX_TOKENS, &nodes), infer(PROMPTS[0], MAX_TOKENS));
+    assert_eq!(count("using the job opened ahead"), used + 1, "{}", logs(&nodes));
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
 }
