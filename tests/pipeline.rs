@@ -565,13 +565,12 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     // An idle gateway replaces its job opened ahead at half its life (here 30 blocks of 0.5 s),
     // and the next request uses the new one.
     let count = |what: &str| nodes[0].log().matches(what).count();
+    // Replaced, and the new one opened after the last replacement (the log's order).
     wait_for("the job opened ahead to be replaced", 60, &nodes, || {
-        count("replacing the job opened ahead") > 0
-    });
-    let opened = count("opened a job ahead for the next request");
-    wait_for("a new job opened ahead", 60, &nodes, || {
-        count("opened a job ahead for the next request") > opened
-            || count("replacing the job opened ahead") > 1
+        let log = nodes[0].log();
+        let replaced = log.rfind("replacing the job opened ahead");
+        let opened = log.rfind("opened a job ahead for the next request");
+        matches!((replaced, opened), (Some(r), Some(o)) if o > r)
     });
     let used = count("using the job opened ahead");
     assert_eq!(complete(api, &name, PROMPTS[0], MAX_TOKENS, &nodes), infer(PROMPTS[0], MAX_TOKENS));
