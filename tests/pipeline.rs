@@ -302,6 +302,23 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
     eprintln!("workers up in {:.1}s", t.elapsed().as_secs_f64());
     let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
     let name = models[0]["name"].as_str().unwrap().to_string();
+    // What the DHT announces for the model: the three workers, their layers and load.
+    let mut announced = Vec::new();
+    wait_for("three workers in bitorch_workers", 60, &nodes, || {
+        let w = nodes[0].rpc("bitorch_workers", json!([models[0]["id"]])).unwrap();
+        announced = w.as_array().unwrap().clone();
+        announced.len() == 3
+    });
+    let mut layers: Vec<(u64, u64)> = announced
+        .iter()
+        .map(|w| (w["layerStart"].as_u64().unwrap(), w["layerEnd"].as_u64().unwrap()))
+        .collect();
+    layers.sort();
+    assert_eq!(layers, [(0, 10), (10, 20), (20, 30)], "{announced:?}");
+    for w in &announced {
+        assert_eq!(w["capacity"], 16, "{w}");
+        assert!(w["tokensPerSec"].as_u64().unwrap() >= 1, "{w}");
+    }
     let eve = address("Eve");
     let ((before, issued_before), ahead_before) = snapshot(&nodes[0], &eve, &nodes);
     assert_issuance_is_the_sum(&before, issued_before);

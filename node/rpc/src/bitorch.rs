@@ -112,6 +112,33 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
             .await
             .map_err(internal)?
     });
+    method!(m, "bitorch_workers", |p, ctx| {
+        let id = crate::parse_hash(&required::<String>(&p, 0, "model id")?)?;
+        let Some(net) = &ctx.network else {
+            return Err(crate::err(
+                crate::codes::NOT_FOUND,
+                "this node runs without networking (--dev): no workers to find",
+            ));
+        };
+        let found = net.find_workers(id.0).await.map_err(internal)?;
+        Ok(Value::Array(
+            found
+                .into_iter()
+                .map(|(peer, a)| {
+                    json!({
+                        "peerId": peer.to_string(),
+                        "account": to_ss58(&bitorch_primitives::AccountId::new(a.account)),
+                        "layerStart": a.layer_start,
+                        "layerEnd": a.layer_end,
+                        "capacity": a.capacity,
+                        "free": a.free,
+                        "tokensPerSec": a.tokens_per_sec,
+                        "expiresAtMs": a.expires_at_ms,
+                    })
+                })
+                .collect(),
+        ))
+    });
     method!(m, "bitorch_model", |p, ctx| {
         let id = crate::parse_hash(&required::<String>(&p, 0, "model id")?)?;
         ctx.chain
