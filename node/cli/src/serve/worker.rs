@@ -1,0 +1,235 @@
+//! The node as a worker: its stage as an actor, peers' stage requests, its DHT announcement.
+
+use super::*;
+
+/// One-position forwards [`spawn_worker`] times to measure the stage's speed.
+const BENCHMARK_STEPS: u32 = 16;
+/// How often the announcement is checked against the worker's load.
+const ANNOUNCE_CHECK: Duration = Duration::from_secs(2);
+
+/// Runs `stage` as a worker for model `model` with at most `max_sessions` sessions, signing
+/// receipts with `key`; measures its speed first ([`Worker::benchmark`]).
+pub fn spawn_worker(
+    stage: Stage,
+    key: Pair,
+    model: H256,
+    genesis: H256,
+    max_sessions: usize,
+) -> Result<(WorkerHandle, WorkerInfo<Peer>)> {
+    let mut config = WorkerConfig::new(model, genesis);
+    config.max_sessions = max_sessions.max(1);
+    let mut w = Worker::new(stage, key, config);
+    let rate = w
+        .benchmark(BENCHMARK_STEPS)
+        .map_err(|e| anyhow!("measuring the stage's speed failed: {e}"))?;
+    let (layers, account) = (w.info().layers, w.account());
+    tracing::info!(target: TARGET, layers = ?layers, tokens_per_sec = rate, "measured the stage");
+    let capacity = u32_of(w.config().max_sessions);
+    // The thread stops when every handle is dropped.
+    let (handle, _thread) = bitorch_compute::worker::spawn(w, 64)?;
+    let info = WorkerInfo {
+        id: Peer::Local,
+        account,
+        model,
+        layers: layers.0..layers.1,
+        capacity,
+        tokens_per_sec: rate,
+    };
+    Ok((handle, info))
+}
+
+/// How long a stage request naming a job waits for this node to see the job on chain (its
+/// block may reach the gateway's node a little earlier).
+const JOB_VISIBLE_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether `job` is open on chain for `model` now (before its deadline).
+async fn job_is_open(chain: &Handle, job: JobId, model: H256) -> bool {
+    chain
+        .with(move |s| {
+            let st = s.chain.state();
+            let best = s.chain.best().number;
+            matches!(Jobs::job(st, job), Ok(Some(j))
+                if j.status == jobs::JobStatus::Open && j.model == model && best < j.deadline)
+        })
+        .await
+        .unwrap_or(false)
+}
+
+/// The job a session opening names, if the bytes are an [`StageRequest::Open`] with one (other
+/// requests, and bytes that do not decode, are the worker's to answer).
+fn job_of_open(bytes: &[u8]) -> Option<(JobId, H256)> {
+    // Version byte, then the request's variant index: only openings are decoded here.
+    if bytes.get(1) != Some(&0) {
+        return None;
+    }
+    match protocol::decode_request(bytes, &protocol::Limits::default()) {
+        Ok(StageRequest::Open { job: Some(job), model, .. }) => Some((job, model)),
+        _ => None,
+    }
+}
+
+/// A [`StageHandler`] answering peers' stage requests with the worker set in `worker`;
+/// requests are refused until it is set (while the model is being registered). A session
+/// opened for a job that is not open on `chain` for the model is refused with
+/// [`StageError::JobNotOpen`](bitorch_compute::StageError::JobNotOpen): its receipt would not
+/// be paid.
+pub fn stage_handler(worker: Arc<OnceLock<WorkerHandle>>, chain: Handle) -> StageHandler {
+    Arc::new(move |peer, bytes| {
+        let worker = worker.get().cloned();
+        let chain = chain.clone();
+        Box::pin(async move {
+            let worker = worker?;
+            if let Some((job, model)) = job_of_open(&bytes) {
+                let deadline = tokio::time::Instant::now() + JOB_VISIBLE_WAIT;
+                while !job_is_open(&chain, job, model).await {
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::info!(target: TARGET, %peer, job, "refused a session: job not open");
+                        let e = bitorch_compute::StageError::JobNotOpen { job };
+                        return Some(protocol::encode(&StageResponse::Error(e)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            match worker.call_bytes(bytes).await {
+                Ok(answer) => Some(answer),
+                Err(e) => {
+                    tracing::warn!(target: TARGET, %peer, error = %e, "the worker stopped");
+                    None
+                }
+            }
+        })
+    })
+}
+
+/// Tokens per second as announced (whole, at least 1).
+fn announced_rate(rate: f64) -> u32 {
+    if rate.is_finite() {
+        (rate.round() as u32).max(1)
+    } else {
+        u32::MAX
+    }
+}
+
+fn announcement(info: &WorkerInfo<Peer>, stats: Option<WorkerStats>) -> WorkerAnnouncement {
+    let account: &[u8; 32] = info.account.as_ref();
+    let (free, rate) = match stats {
+        Some(s) => (u32_of(s.free()), s.tokens_per_sec.unwrap_or(info.tokens_per_sec)),
+        None => (info.capacity, info.tokens_per_sec),
+    };
+    WorkerAnnouncement {
+        model: info.model.0,
+        layer_start: info.layers.start,
+        layer_end: info.layers.end,
+        capacity: info.capacity,
+        free,
+        tokens_per_sec: announced_rate(rate),
+        account: *account,
+        expires_at_ms: 0,
+    }
+}
+
+/// Announces this node's worker `info` in the DHT (the network keeps it fresh).
+pub async fn announce(net: &NetHandle, info: &WorkerInfo<Peer>) -> Result<()> {
+    net.announce_worker(announcement(info, None)).await.context("announcing the worker in the DHT")
+}
+
+/// Keeps the worker's announcement current until `cancel`: every couple of seconds its free
+/// sessions and measured speed are read, and announced again when the free sessions changed
+/// or the speed moved by a fifth. Then withdraws it, so that gateways stop routing to a node
+/// that is going away.
+pub async fn keep_announced(
+    net: NetHandle,
+    worker: WorkerHandle,
+    info: WorkerInfo<Peer>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut last = announcement(&info, None);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(ANNOUNCE_CHECK) => {}
+        }
+        let Ok(stats) = worker.stats().await else { break };
+        let now = announcement(&info, Some(stats));
+        let (old, new) = (f64::from(last.tokens_per_sec), f64::from(now.tokens_per_sec));
+        if now.free != last.free || (new - old).abs() > old / 5.0 {
+            match net.announce_worker(now).await {
+                Ok(()) => {
+                    tracing::debug!(target: TARGET, free = now.free,
+                        tokens_per_sec = now.tokens_per_sec, "announcement updated");
+                    last = now;
+                }
+                Err(e) => {
+                    tracing::warn!(target: TARGET, error = %e, "cannot update the announcement")
+                }
+            }
+        }
+    }
+}
+
+/// Withdraws the worker's announcement (on shutdown), waiting at most `within`.
+pub async fn withdraw(net: &NetHandle, model: H256, within: Duration) {
+    match tokio::time::timeout(within, net.withdraw_worker(model.0)).await {
+        Ok(Ok(_)) => tracing::info!(target: TARGET, %model, "withdrew the worker from the DHT"),
+        Ok(Err(e)) => tracing::warn!(target: TARGET, error = %e, "withdrawing the worker failed"),
+        Err(_) => tracing::warn!(target: TARGET, "withdrawing the worker timed out"),
+    }
+}
+
+/// The layers `--layers auto[:N]` serves: the range the workers the DHT announces for
+/// `model` serve least ([`least_served`]). Waits (at most ~10 s) for a first peer when the node
+/// has boot nodes, so that the lookup sees the network.
+pub async fn choose_layers(
+    net: &NetHandle,
+    model: H256,
+    num_layers: u32,
+    span: Option<u32>,
+    has_boot_nodes: bool,
+) -> Range<u32> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while has_boot_nodes && tokio::time::Instant::now() < deadline {
+        if net.connected_peers().await.map(|p| !p.is_empty()).unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let me = net.local_peer_id();
+    let served: Vec<Range<u32>> = match net.find_workers(model.0).await {
+        Ok(found) => found
+            .into_iter()
+            .filter(|(peer, _)| *peer != me)
+            .map(|(_, a)| a.layer_start..a.layer_end)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(target: TARGET, error = %e, "finding workers failed; choosing alone");
+            Vec::new()
+        }
+    };
+    let layers = least_served(num_layers, span, &served);
+    tracing::info!(target: TARGET, ?served, "--layers auto chose layers {}..{}", layers.start,
+        layers.end);
+    layers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::job_of_open;
+    use bitorch_compute::{protocol, StageRequest};
+    use bitorch_primitives::H256;
+
+    #[test]
+    fn only_openings_with_a_job_are_checked_on_chain() {
+        let open = |job| StageRequest::Open {
+            session: [1; 16],
+            model: H256([7; 32]),
+            layers: (0, 10),
+            job,
+        };
+        assert_eq!(job_of_open(&protocol::encode(&open(Some(5)))), Some((5, H256([7; 32]))));
+        assert_eq!(job_of_open(&protocol::encode(&open(None))), None);
+        let close = StageRequest::Close { session: [1; 16] };
+        assert_eq!(job_of_open(&protocol::encode(&close)), None);
+        assert_eq!(job_of_open(&[protocol::VERSION, 0, 0xff]), None);
+        assert_eq!(job_of_open(&[]), None);
+    }
+}
