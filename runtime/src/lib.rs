@@ -73,6 +73,7 @@ impl Call {
             Call::Balances(_) => 1,
             // Two vote signatures to verify.
             Call::Staking(staking::Call::ReportEquivocation { .. }) => 10,
+            Call::Staking(staking::Call::ReportDoubleProposal { .. }) => 10,
             Call::Staking(_) => 2,
             Call::Models(_) => 10,
             // Receipts carry a signature to verify.

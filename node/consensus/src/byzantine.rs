@@ -2,13 +2,15 @@
 //!
 //! A node started with `bitorch node --unsafe-equivocate` (a hidden flag, for end-to-end
 //! tests only) passes every consensus message it broadcasts through [`conflicting_vote`] and
-//! broadcasts the result as well: for each of its own votes, a second signed vote of the same
-//! kind, height and round for another block. Honest validators turn the pair into
-//! [`Equivocation`](bitorch_primitives::vote::Equivocation) evidence, and the chain slashes the
-//! offender. Nothing here runs unless that flag is given.
+//! [`conflicting_proposal`] and broadcasts the result as well: for each of its own votes, a
+//! second signed vote of the same kind, height and round for another block, and for each of
+//! its proposals a second one for another value. Honest validators turn the pairs into
+//! [`Equivocation`](bitorch_primitives::vote::Equivocation) and
+//! [`DoubleProposal`](bitorch_primitives::vote::DoubleProposal) evidence, and the chain
+//! slashes the offender. Nothing here runs unless that flag is given.
 
 use crate::wire::Message;
-use bitorch_primitives::vote::vote_sign_bytes;
+use bitorch_primitives::vote::{proposal_sign_bytes, vote_sign_bytes};
 use bitorch_primitives::{blake2_256, keys::account_of, Hash, Pair};
 use parity_scale_codec::Encode;
 use sp_core::Pair as _;
@@ -34,6 +36,30 @@ pub fn conflicting_vote(bytes: &[u8], key: &Pair, genesis: &Hash) -> Option<Vec<
     );
     conflicting.signature = key.sign(&payload);
     Some(Message::Vote(conflicting).to_bytes())
+}
+
+/// For `bytes` that are one of our own proposals, a second proposal for the same height and
+/// round with another value (a made-up block hash over the same bytes, which honest nodes
+/// will find invalid), signed; `None` for anything else.
+pub fn conflicting_proposal(bytes: &[u8], key: &Pair, genesis: &Hash) -> Option<Vec<u8>> {
+    let Ok(Message::Proposal(p)) = Message::from_bytes(bytes) else { return None };
+    if p.proposer != account_of(key) {
+        return None;
+    }
+    let seed = (b"bitorch/double-propose", p.height, p.round, p.value.hash).encode();
+    let mut conflicting = p;
+    conflicting.value.hash = Hash::from(blake2_256(&seed));
+    let payload = proposal_sign_bytes(
+        genesis,
+        conflicting.height,
+        conflicting.round,
+        conflicting.pol_round,
+        &conflicting.value.hash,
+        &blake2_256(&conflicting.value.bytes),
+        &conflicting.proposer,
+    );
+    conflicting.signature = key.sign(&payload);
+    Some(Message::Proposal(conflicting).to_bytes())
 }
 
 #[cfg(test)]

@@ -14,9 +14,6 @@ use parity_scale_codec::Encode;
 use sp_core::crypto::Pair as _;
 use std::fmt;
 
-/// Domain tag of a proposal.
-const PROPOSAL_TAG: &[u8; 18] = b"bitorch/proposal/1";
-
 /// Largest total voting power of a validator set: Malachite's threshold check multiplies the
 /// total by small constants and panics on overflow.
 pub const MAX_TOTAL_VOTING_POWER: u64 = u64::MAX / 8;
@@ -61,17 +58,15 @@ impl BitorchContext {
     /// block bytes, so a peer relaying the proposal cannot swap the bytes under a valid
     /// signature (which would make honest nodes reject the real block).
     pub fn proposal_sign_bytes(&self, proposal: &Proposal) -> Vec<u8> {
-        (
-            PROPOSAL_TAG,
+        bitorch_primitives::vote::proposal_sign_bytes(
             &self.genesis,
             proposal.height.0,
             proposal.round.as_u32().unwrap_or(u32::MAX),
             proposal.pol_round.as_u32(),
             &proposal.value.hash,
-            bitorch_primitives::blake2_256(&proposal.value.bytes),
+            &bitorch_primitives::blake2_256(&proposal.value.bytes),
             &proposal.proposer.0,
         )
-            .encode()
     }
 }
 

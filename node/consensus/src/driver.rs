@@ -105,7 +105,7 @@ pub struct Decision {
     pub commit: Commit,
 }
 
-pub use bitorch_primitives::vote::Equivocation;
+pub use bitorch_primitives::vote::{DoubleProposal, Equivocation, SignedProposal};
 
 /// What the driver asks the node to do. The node performs actions in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +146,9 @@ pub enum Action {
     Decided(Box<Decision>),
     /// A validator double-voted; put the evidence in a block to slash it.
     Evidence(Box<Equivocation>),
+    /// A validator proposed twice at one height and round; put the evidence in a block to
+    /// slash it.
+    DoubleProposal(Box<DoubleProposal>),
 }
 
 /// Driver settings.
@@ -625,6 +628,14 @@ impl MalachiteConsensus {
                 }
             }
         }
+        for (_, pairs) in evidence.proposals.iter() {
+            for (a, b) in pairs {
+                if let (Some(first), Some(second)) = (proposal_evidence(a), proposal_evidence(b)) {
+                    let double = DoubleProposal { first, second };
+                    self.env.actions.push(Action::DoubleProposal(Box::new(double)));
+                }
+            }
+        }
         if !self.env.sync() {
             return Ok(());
         }
@@ -1040,6 +1051,20 @@ fn verify_votes<'a>(
             .saturating_add(1);
         Err(VotesError::NotEnough { signed, total, expected })
     }
+}
+
+/// A signed proposal as the chain checks it in evidence (`None` for a nil round, which a
+/// signed proposal never has).
+fn proposal_evidence(p: &mc::SignedProposal<BitorchContext>) -> Option<SignedProposal> {
+    Some(SignedProposal {
+        height: p.message.height.0,
+        round: p.message.round.as_u32()?,
+        pol_round: p.message.pol_round.as_u32(),
+        block: p.message.value.hash,
+        bytes_hash: blake2_256(&p.message.value.bytes),
+        proposer: p.message.proposer.0.clone(),
+        signature: p.signature,
+    })
 }
 
 #[cfg(test)]

@@ -37,7 +37,8 @@
 //! ever accused of double voting. A log that is damaged before its end, or whose replay
 //! diverges, keeps the validator silent for that height rather than risk a conflicting vote.
 //!
-//! Not yet here: double *proposal* evidence (only double votes are reported), and vote
+//! Double votes and double proposals both become evidence ([`Action::Evidence`],
+//! [`Action::DoubleProposal`]). Not yet here: vote
 //! extensions (disabled).
 //! `Commit::verify` weighs signatures by the same voting power the engine uses
 //! ([`bitorch_primitives::voting_power`] of each validator's stake), so a decided commit
@@ -52,7 +53,8 @@ pub mod wire;
 
 pub use context::{ValidatorSet, Value};
 pub use driver::{
-    Action, Config, Decision, Equivocation, MalachiteConsensus, Timeout, TimeoutKind,
+    Action, Config, Decision, DoubleProposal, Equivocation, MalachiteConsensus, Timeout,
+    TimeoutKind,
 };
 pub use error::{Error, WalError};
 pub use wal::{MemoryWal, Wal, WalEntry};

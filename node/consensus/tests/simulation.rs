@@ -22,8 +22,8 @@
 
 use bitorch_consensus::wire::{Message, SignedVote, VoteKind};
 use bitorch_consensus::{
-    Action, Config, Consensus, Decision, Equivocation, MalachiteConsensus, MemoryWal, Timeout,
-    ValidatorSet, Value, WalEntry,
+    Action, Config, Consensus, Decision, DoubleProposal, Equivocation, MalachiteConsensus,
+    MemoryWal, Timeout, ValidatorSet, Value, WalEntry,
 };
 use bitorch_primitives::keys::{account_of, pair_from_suri};
 use bitorch_primitives::AccountId;
@@ -103,6 +103,8 @@ struct Node {
     equivocates: bool,
     /// Proposes blocks that fail the node's check.
     proposes_invalid: bool,
+    /// Signs a second proposal, for another value, for every proposal it sends.
+    double_proposes: bool,
 }
 
 impl Node {
@@ -154,6 +156,7 @@ struct Sim {
     proposed: BTreeSet<Hash>,
     decided: BTreeMap<u64, Hash>,
     evidence: Vec<Equivocation>,
+    double_proposals: Vec<DoubleProposal>,
     last_new_height_at: Ms,
     stats: Stats,
     /// The latest messages that were broadcast, for tests that replay or corrupt them.
@@ -223,6 +226,7 @@ impl Sim {
                     chain: BTreeMap::new(),
                     equivocates: false,
                     proposes_invalid: false,
+                    double_proposes: false,
                 };
                 node.engine = Some(node.new_engine(&config, 1, &validators));
                 node
@@ -244,6 +248,7 @@ impl Sim {
             proposed: BTreeSet::new(),
             decided: BTreeMap::new(),
             evidence: Vec::new(),
+            double_proposals: Vec::new(),
             last_new_height_at: 0,
             stats: Stats::default(),
             recent: VecDeque::new(),
@@ -347,6 +352,16 @@ impl Sim {
                     messages.insert(0, Message::Vote(other).to_bytes());
                 }
             }
+        }
+        if self.nodes[from].double_proposes {
+            let twin = bitorch_consensus::byzantine::conflicting_proposal(
+                &messages[0],
+                &self.nodes[from].key,
+                &self.config.genesis,
+            );
+            // The conflicting proposal goes second: peers take the real one and then see that
+            // its proposer signed another.
+            messages.extend(twin);
         }
         for bytes in messages {
             for to in 0..self.nodes.len() {
@@ -458,6 +473,11 @@ impl Sim {
                     assert!(e.verify(&self.config.genesis), "seed {seed}: bad evidence {e:?}");
                     self.evidence.push(*e);
                     self.stats.evidence += 1;
+                    None
+                }
+                Action::DoubleProposal(e) => {
+                    assert!(e.verify(&self.config.genesis), "seed {seed}: bad evidence {e:?}");
+                    self.double_proposals.push(*e);
                     None
                 }
             };
@@ -753,6 +773,30 @@ fn sim_equivocation_becomes_evidence() {
             forged.second.round += 1;
             assert!(!forged.verify(&genesis));
         }
+    }
+}
+
+#[test]
+fn sim_double_proposal_becomes_evidence() {
+    for seed in 0..seeds(5) {
+        let mut sim = Sim::new(3_500 + seed, 4, HEALED);
+        sim.nodes[0].double_proposes = true;
+        let offender = account_of(&sim.nodes[0].key);
+        sim.start();
+        let found =
+            sim.run_until(30_000, |s| !s.double_proposals.is_empty() && s.min_height() >= 3);
+        assert!(found, "seed {seed}: no evidence, or no progress with one double proposer");
+        let genesis = sim.config.genesis;
+        for e in &sim.double_proposals {
+            assert_eq!(e.offender(), &offender);
+            assert!(e.verify(&genesis));
+            assert_eq!((e.first.height, e.first.round), (e.second.height, e.second.round));
+            let mut forged = e.clone();
+            forged.second.block = forged.first.block;
+            forged.second.bytes_hash = Hash::repeat_byte(1);
+            assert!(!forged.verify(&genesis), "altered evidence still verifies");
+        }
+        assert!(sim.evidence.is_empty(), "seed {seed}: a double proposer is not a double voter");
     }
 }
 

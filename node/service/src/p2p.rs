@@ -286,11 +286,13 @@ impl Node {
             let more = match action {
                 Action::Broadcast(bytes) => {
                     let twin = match (&self.key, self.equivocate) {
-                        (Some(key), true) => bitorch_consensus::byzantine::conflicting_vote(
-                            &bytes,
-                            key,
-                            &self.genesis,
-                        ),
+                        (Some(key), true) => {
+                            use bitorch_consensus::byzantine::{
+                                conflicting_proposal, conflicting_vote,
+                            };
+                            conflicting_vote(&bytes, key, &self.genesis)
+                                .or_else(|| conflicting_proposal(&bytes, key, &self.genesis))
+                        }
                         _ => None,
                     };
                     for msg in std::iter::once(bytes).chain(twin) {
@@ -338,7 +340,11 @@ impl Node {
                     Vec::new()
                 }
                 Action::Evidence(e) => {
-                    self.report(*e).await?;
+                    self.report(staking::Call::ReportEquivocation { evidence: e }).await?;
+                    Vec::new()
+                }
+                Action::DoubleProposal(e) => {
+                    self.report(staking::Call::ReportDoubleProposal { evidence: e }).await?;
                     Vec::new()
                 }
             };
@@ -392,10 +398,9 @@ impl Node {
         Ok(engine.value_checked(height, value, valid).unwrap_or_default())
     }
 
-    async fn report(
-        &mut self,
-        evidence: bitorch_consensus::Equivocation,
-    ) -> Result<(), crate::Error> {
+    /// Submits evidence of equivocation (`ReportEquivocation` or `ReportDoubleProposal`)
+    /// signed with our key.
+    async fn report(&mut self, call: staking::Call) -> Result<(), crate::Error> {
         let Some(key) = self.key.clone() else { return Ok(()) };
         let genesis = self.genesis;
         let result = self
@@ -405,9 +410,7 @@ impl Node {
                 let nonce = Balances::nonce(s.chain.state(), &me).unwrap_or(0);
                 let nonce = s.pool.next_nonce(&me, nonce);
                 let valid_until = s.chain.best().number + 64;
-                let call = Call::Staking(staking::Call::ReportEquivocation {
-                    evidence: Box::new(evidence),
-                });
+                let call = Call::Staking(call);
                 let xt = UncheckedExtrinsic::sign(&key, &genesis, nonce, 0, valid_until, call);
                 s.submit(&xt.encode())
             })

@@ -21,7 +21,7 @@
 use bitorch_pallet_support::{
     self as support, Context, Currency, CurrencyError, Storage, StorageError, WorkerRegistry,
 };
-use bitorch_primitives::vote::Equivocation;
+use bitorch_primitives::vote::{DoubleProposal, Equivocation};
 use bitorch_primitives::{keys, AccountId, Balance, BlockNumber, UNIT};
 use parity_scale_codec::{Decode, Encode};
 use std::marker::PhantomData;
@@ -152,6 +152,14 @@ pub enum Call {
     ReportEquivocation {
         /// The two conflicting signed votes.
         evidence: Box<Equivocation>,
+    },
+    /// Reports a validator that signed two different proposals at one height and round; the
+    /// same punishment as [`Call::ReportEquivocation`], and the same offence (one slash for
+    /// all the misbehaviour up to the block that jails it).
+    #[codec(index = 8)]
+    ReportDoubleProposal {
+        /// The two conflicting signed proposals.
+        evidence: Box<DoubleProposal>,
     },
 }
 
@@ -347,11 +355,19 @@ impl<C: Currency> Pallet<C> {
             Call::ReportEquivocation { evidence } => {
                 Self::report_equivocation(s, evidence, ctx).map(|_| ())
             }
+            Call::ReportDoubleProposal { evidence } => {
+                if !evidence.verify(&ctx.genesis_hash) {
+                    return Err(Error::InvalidEvidence);
+                }
+                Self::punish_equivocation(s, evidence.offender(), evidence.first.height, ctx)
+                    .map(|_| ())
+            }
         }
     }
 
-    /// Verifies equivocation evidence and slashes the offender once per (height, round, vote
-    /// kind); removes it from the validator candidates. Returns the amount slashed (burned).
+    /// Verifies double-vote evidence and slashes the offender once per offence (see
+    /// [`Call::ReportEquivocation`]); removes it from the validator candidates. Returns the
+    /// amount slashed (burned).
     pub fn report_equivocation<S: Storage + ?Sized>(
         s: &mut S,
         evidence: &Equivocation,
@@ -360,22 +376,32 @@ impl<C: Currency> Pallet<C> {
         if !evidence.verify(&ctx.genesis_hash) {
             return Err(Error::InvalidEvidence);
         }
-        let offender = evidence.offender();
+        Self::punish_equivocation(s, evidence.offender(), evidence.first.height, ctx)
+    }
+
+    /// Slashes `offender` for a verified equivocation at `height` (double vote or double
+    /// proposal) and removes it from the validator candidates, once per offence.
+    fn punish_equivocation<S: Storage + ?Sized>(
+        s: &mut S,
+        offender: &AccountId,
+        height: BlockNumber,
+        ctx: &Context,
+    ) -> Result<Balance, Error> {
         if Self::ledger(s, offender)?.total() == 0 {
             return Err(Error::OffenderNotStaked);
         }
         // One offence, one slash: the first report removes the offender from the candidates
-        // (it stops validating from the next block on), and double votes it signed at heights
-        // up to that block belong to the same offence, however many rounds, kinds or heights
-        // they span. Only an offence after it registers again is slashed again.
-        let v = &evidence.first;
+        // (it stops validating from the next block on), and double votes or proposals it
+        // signed at heights up to that block belong to the same offence, however many rounds,
+        // kinds or heights they span. Only an offence after it registers again is slashed
+        // again.
         let key = support::map_key(PALLET, "jailedAt", offender);
         if let Some(at) = support::get::<BlockNumber>(s, &key)? {
-            if v.height <= at {
+            if height <= at {
                 return Err(Error::AlreadyReported);
             }
         }
-        support::put(s, key, &ctx.block_number.max(v.height));
+        support::put(s, key, &ctx.block_number.max(height));
         let mut candidates = Self::candidates(s)?;
         if let Some(pos) = candidates.iter().position(|c| c == offender) {
             candidates.remove(pos);

@@ -482,3 +482,57 @@ fn equivocation_evidence_slashes_once_and_removes_candidacy() {
     Staking::dispatch(&mut s, &acc(2), &later, &ctx).unwrap();
     assert_eq!(Staking::ledger(&s, &alice).unwrap().bonded, 405, "10% of 450 slashed");
 }
+
+#[test]
+fn a_double_proposal_slashes_once_like_a_double_vote() {
+    use bitorch_primitives::keys::{account_of, pair_from_suri};
+    use bitorch_primitives::vote::{proposal_sign_bytes, DoubleProposal, SignedProposal};
+    use sp_core::crypto::Pair as _;
+
+    let mut s = setup();
+    let genesis = H256::repeat_byte(5);
+    let ctx = Context { block_number: 3, genesis_hash: genesis, author: acc(99) };
+    let pair = pair_from_suri("//Alice").unwrap();
+    let alice = account_of(&pair);
+    Balances::mint(&mut s, &alice, 1_000).unwrap();
+    Staking::dispatch(&mut s, &alice, &Call::Bond { amount: 500 }, &ctx).unwrap();
+    Staking::dispatch(&mut s, &alice, &Call::RegisterValidator, &ctx).unwrap();
+    let proposal = |block: u8| {
+        let (block, bytes_hash) = (H256::repeat_byte(block), H256::repeat_byte(block ^ 0xff));
+        let bytes = proposal_sign_bytes(&genesis, 7, 0, None, &block, &bytes_hash, &alice);
+        SignedProposal {
+            height: 7,
+            round: 0,
+            pol_round: None,
+            block,
+            bytes_hash,
+            proposer: alice.clone(),
+            signature: pair.sign(&bytes),
+        }
+    };
+    let report = |a: u8, b: u8| Call::ReportDoubleProposal {
+        evidence: Box::new(DoubleProposal { first: proposal(a), second: proposal(b) }),
+    };
+
+    // The same proposal twice, or evidence for another chain: refused, nothing changes.
+    let before = s.clone();
+    let r = support::transactional(&mut s, |o| Staking::dispatch(o, &acc(1), &report(1, 1), &ctx));
+    assert_eq!(r, Err(Error::InvalidEvidence));
+    let other_chain = Context { genesis_hash: H256::zero(), ..ctx.clone() };
+    let r = support::transactional(&mut s, |o| {
+        Staking::dispatch(o, &acc(1), &report(1, 2), &other_chain)
+    });
+    assert_eq!(r, Err(Error::InvalidEvidence));
+    assert_eq!(s, before);
+
+    let issuance = Balances::total_issuance(&s).unwrap();
+    Staking::dispatch(&mut s, &acc(1), &report(1, 2), &ctx).unwrap();
+    assert_eq!(Staking::ledger(&s, &alice).unwrap().bonded, 450, "10% of 500 slashed");
+    assert_eq!(Balances::total_issuance(&s).unwrap(), issuance - 50, "slash is burned");
+    assert!(!Staking::is_candidate(&s, &alice).unwrap());
+    // Another pair at the same height: the same offence.
+    let before = s.clone();
+    let r = support::transactional(&mut s, |o| Staking::dispatch(o, &acc(2), &report(3, 4), &ctx));
+    assert_eq!(r, Err(Error::AlreadyReported));
+    assert_eq!(s, before);
+}
