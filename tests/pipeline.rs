@@ -17,7 +17,7 @@ mod common;
 use bitorch_compute::{protocol, Activation, Floats, StageError, StageRequest, StageResponse};
 use bitorch_primitives::keys::{account_of, pair_from_suri, to_ss58};
 use common::free_port;
-use common::model::{infer, model, post};
+use common::model::{chat, infer, model, post};
 use common::net::{testnet, Node};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -63,16 +63,6 @@ fn wait_for(what: &str, secs: u64, nodes: &[Node], mut ok: impl FnMut() -> bool)
         assert!(Instant::now() < deadline, "timed out waiting for {what}; logs:\n{}", logs(nodes));
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// A greedy chat completion request.
-fn chat(model: &str, prompt: &str, max_tokens: u32) -> Value {
-    json!({
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "temperature": 0,
-        "max_tokens": max_tokens,
-    })
 }
 
 /// Sends a greedy chat completion request through `api` on a thread of its own; the thread

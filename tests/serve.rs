@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::model::{infer, model, post};
+use common::model::{chat, infer, model, post};
 use common::net::BIN;
 use common::{free_port, rpc};
 use serde_json::{json, Value};
@@ -81,13 +81,9 @@ fn start(dir: &Path) -> NodeProc {
 }
 
 fn request(model: &str, prompt: &str, stream: bool) -> Value {
-    json!({
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "temperature": 0,
-        "max_tokens": MAX_TOKENS,
-        "stream": stream,
-    })
+    let mut req = chat(model, prompt, MAX_TOKENS);
+    req["stream"] = json!(stream);
+    req
 }
 
 /// Waits until job `id` settles; returns it.

@@ -1,6 +1,6 @@
 //! The real test model and its HTTP API, for the end-to-end tests that serve it.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +15,16 @@ pub fn model() -> PathBuf {
              and set BITORCH_TEST_MODEL to the path it prints"
         ),
     }
+}
+
+/// A greedy chat completion request for `/v1/chat/completions`.
+pub fn chat(model: &str, prompt: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+    })
 }
 
 /// One HTTP/1.1 POST with `Connection: close`; returns the status and the (de-chunked) body.

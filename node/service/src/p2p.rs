@@ -45,8 +45,6 @@ const SYNC_BATCH: u32 = 64;
 const DEPTH: u32 = bitorch_runtime::DECODE_DEPTH_LIMIT;
 /// How long new transactions wait to be relayed together in one gossip message.
 const RELAY_INTERVAL: Duration = Duration::from_millis(25);
-/// Most transactions in one gossip message.
-pub const MAX_TX_BATCH: usize = bitorch_network::tx_batch::MAX_TXS;
 /// Most bytes of transactions in one gossip message.
 const MAX_TX_BATCH_BYTES: usize = 1024 * 1024;
 /// Hashes of transactions that came in by gossip, remembered so that they are not relayed
@@ -439,7 +437,8 @@ impl Node {
         let mut bytes = 0;
         for tx in txs {
             if !batch.is_empty()
-                && (batch.len() >= MAX_TX_BATCH || bytes + tx.1.len() > MAX_TX_BATCH_BYTES)
+                && (batch.len() >= bitorch_network::tx_batch::MAX_TXS
+                    || bytes + tx.1.len() > MAX_TX_BATCH_BYTES)
             {
                 self.publish_txs(std::mem::take(&mut batch)).await;
                 bytes = 0;

@@ -1,5 +1,6 @@
 use super::*;
 use bitorch_pallet_support::MemoryState;
+use bitorch_primitives::keys::{account_of, pair_from_suri};
 use bitorch_primitives::H256;
 
 type Balances = bitorch_pallet_balances::Pallet;
@@ -393,20 +394,26 @@ mod props {
     }
 }
 
-#[test]
-fn equivocation_evidence_slashes_once_and_removes_candidacy() {
-    use bitorch_primitives::keys::{account_of, pair_from_suri};
-    use bitorch_primitives::vote::{vote_sign_bytes, SignedVote, VoteKind};
-    use sp_core::crypto::Pair as _;
-
+/// //Alice (a real key, to sign evidence with) bonded 500 and a validator candidate, with the
+/// context of block 3 on a chain whose genesis hash is 0x0505….
+fn alice_validating() -> (MemoryState, bitorch_primitives::Pair, Context) {
     let mut s = setup();
-    let genesis = H256::repeat_byte(5);
-    let ctx = Context { block_number: 3, genesis_hash: genesis, author: acc(99) };
+    let ctx = Context { block_number: 3, genesis_hash: H256::repeat_byte(5), author: acc(99) };
     let pair = pair_from_suri("//Alice").unwrap();
     let alice = account_of(&pair);
     Balances::mint(&mut s, &alice, 1_000).unwrap();
     Staking::dispatch(&mut s, &alice, &Call::Bond { amount: 500 }, &ctx).unwrap();
     Staking::dispatch(&mut s, &alice, &Call::RegisterValidator, &ctx).unwrap();
+    (s, pair, ctx)
+}
+
+#[test]
+fn equivocation_evidence_slashes_once_and_removes_candidacy() {
+    use bitorch_primitives::vote::{vote_sign_bytes, SignedVote, VoteKind};
+    use sp_core::crypto::Pair as _;
+
+    let (mut s, pair, ctx) = alice_validating();
+    let (alice, genesis) = (account_of(&pair), ctx.genesis_hash);
     let vote = |value: u8| {
         let value = Some(H256::repeat_byte(value));
         let bytes = vote_sign_bytes(&genesis, 7, 0, VoteKind::Precommit, value.as_ref());
@@ -485,18 +492,11 @@ fn equivocation_evidence_slashes_once_and_removes_candidacy() {
 
 #[test]
 fn a_double_proposal_slashes_once_like_a_double_vote() {
-    use bitorch_primitives::keys::{account_of, pair_from_suri};
     use bitorch_primitives::vote::{proposal_sign_bytes, DoubleProposal, SignedProposal};
     use sp_core::crypto::Pair as _;
 
-    let mut s = setup();
-    let genesis = H256::repeat_byte(5);
-    let ctx = Context { block_number: 3, genesis_hash: genesis, author: acc(99) };
-    let pair = pair_from_suri("//Alice").unwrap();
-    let alice = account_of(&pair);
-    Balances::mint(&mut s, &alice, 1_000).unwrap();
-    Staking::dispatch(&mut s, &alice, &Call::Bond { amount: 500 }, &ctx).unwrap();
-    Staking::dispatch(&mut s, &alice, &Call::RegisterValidator, &ctx).unwrap();
+    let (mut s, pair, ctx) = alice_validating();
+    let (alice, genesis) = (account_of(&pair), ctx.genesis_hash);
     let proposal = |block: u8| {
         let (block, bytes_hash) = (H256::repeat_byte(block), H256::repeat_byte(block ^ 0xff));
         let bytes = proposal_sign_bytes(&genesis, 7, 0, None, &block, &bytes_hash, &alice);

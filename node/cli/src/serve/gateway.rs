@@ -227,8 +227,9 @@ impl Inner {
         submit_and_wait(&p.chain, &p.key, p.genesis, calls).await
     }
 
-    /// Opens a job for `positions` token positions and returns its id once it is on chain.
-    async fn open_job(&self, positions: u32) -> Result<JobId, BackendError> {
+    /// Opens a job for `positions` token positions and returns it, with its id, once it is on
+    /// chain.
+    async fn open_job(&self, positions: u32) -> Result<(JobId, jobs::Job), BackendError> {
         let _one = self.opening.lock().await;
         let me = self.me();
         let pay = |e: String| BackendError::Payment(format!("opening the job on chain: {e}"));
@@ -251,9 +252,11 @@ impl Inner {
             .with(move |s| {
                 let st = s.chain.state();
                 let next = Jobs::next_job_id(st).unwrap_or(before);
-                (before..next).rev().find(|id| {
-                    matches!(Jobs::job(st, *id), Ok(Some(j))
-                        if j.client == me && j.status == jobs::JobStatus::Open)
+                (before..next).rev().find_map(|id| match Jobs::job(st, id) {
+                    Ok(Some(j)) if j.client == me && j.status == jobs::JobStatus::Open => {
+                        Some((id, j))
+                    }
+                    _ => None,
                 })
             })
             .await
@@ -280,17 +283,9 @@ impl Inner {
 
     /// Opens a job for a whole context, to be used by a later request.
     async fn open_ahead(&self) -> Result<Ahead, BackendError> {
-        let positions = self.context_length;
-        let id = self.open_job(positions).await?;
-        let job = self
-            .payer
-            .chain
-            .with(move |s| Jobs::job(s.chain.state(), id).ok().flatten())
-            .await
-            .map_err(|e| BackendError::Internal(e.to_string()))?
-            .ok_or_else(|| BackendError::Internal(format!("job {id} vanished")))?;
+        let (id, job) = self.open_job(self.context_length).await?;
         let lifetime = job.deadline.saturating_sub(job.opened_at);
-        Ok(Ahead { id, positions, deadline: job.deadline, lifetime })
+        Ok(Ahead { id, positions: job.max_tokens, deadline: job.deadline, lifetime })
     }
 
     /// Keeps a job opened ahead ([`Payer::job_ahead`]) for as long as the node runs: opens
@@ -394,7 +389,7 @@ impl Inner {
                 job
             }
             None => {
-                let job = self.open_job(positions).await?;
+                let (job, _) = self.open_job(positions).await?;
                 tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new, "job opened");
                 job
             }

@@ -135,8 +135,8 @@ pub async fn announce(net: &NetHandle, info: &WorkerInfo<Peer>) -> Result<()> {
 
 /// Keeps the worker's announcement current until `cancel`: every couple of seconds its free
 /// sessions and measured speed are read, and announced again when the free sessions changed
-/// or the speed moved by a fifth. Then withdraws it, so that gateways stop routing to a node
-/// that is going away.
+/// or the speed moved by a fifth. At shutdown [`withdraw`] takes the announcement back, so
+/// that gateways stop routing to a node that is going away.
 pub async fn keep_announced(
     net: NetHandle,
     worker: WorkerHandle,
