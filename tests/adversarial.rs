@@ -111,7 +111,8 @@ fn a_peer_sending_garbage_is_banned_and_the_node_goes_on() {
         let mut config = Config::new(NodeKey::Ephemeral);
         config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
         config.boot_nodes = vec![boot.parse().unwrap()];
-        let (net, mut events, _task) = bitorch_network::spawn(config, cancel.clone()).unwrap();
+        let service = bitorch_network::spawn(config, cancel.clone()).unwrap();
+        let (net, mut events) = (service.handle, service.events);
         let me = net.local_peer_id().to_string();
         // Connected, then garbage on the consensus topic until the node cuts us off.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -133,7 +134,17 @@ fn a_peer_sending_garbage_is_banned_and_the_node_goes_on() {
             }
         }
         assert!(disconnected, "the node never cut off a peer that sends garbage");
-        // Banned: its peers no longer list us, and a new dial is refused.
+        // Banned (the node's ban list names us), its peers no longer list us, and a new dial
+        // is refused.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let banned = nodes[0].rpc("system_bannedPeers", json!([])).unwrap();
+            if banned.as_array().unwrap().iter().any(|p| p == me.as_str()) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not on the ban list: {banned}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let _ = net.dial(boot.parse().unwrap()).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let peers = nodes[0].rpc("system_peers", json!([])).unwrap();

@@ -110,7 +110,8 @@ fn dev_node_transfers_and_survives_restarts() {
     let receipt: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(receipt["status"], "inBlock");
     let fee: u128 = receipt["fee"].as_str().unwrap().parse().unwrap();
-    assert!(fee > 0);
+    // The README: "a transfer costs about 0.00124 BTR".
+    assert!((UNIT * 120 / 100_000..UNIT * 130 / 100_000).contains(&fee), "fee {fee}");
     assert_eq!(node.free(BOB), bob0 + 10 * UNIT);
     assert_eq!(node.free(ALICE), alice0 - 10 * UNIT - fee);
 

@@ -14,7 +14,9 @@
 
 mod common;
 
-use bitorch_compute::{protocol, Activation, Floats, StageError, StageRequest, StageResponse};
+use bitorch_compute::{
+    protocol, Activation, DecodeError, Floats, StageError, StageRequest, StageResponse,
+};
 use bitorch_primitives::keys::{account_of, pair_from_suri, to_ss58};
 use common::free_port;
 use common::model::{chat, infer, model, post};
@@ -223,13 +225,20 @@ fn snapshot(node: &Node, who: &str, nodes: &[Node]) -> (Ledger, u128) {
     out.unwrap()
 }
 
-/// How many stage sessions node 0's gateway opened on `peer`.
-fn sessions_on(gateway: &Node, peer: &str) -> usize {
-    gateway
-        .log()
-        .lines()
-        .filter(|l| l.contains("opening a stage session") && l.contains(peer))
-        .count()
+/// What `gateway`'s API backend has done so far (`bitorch_gatewayStats`).
+fn stats(gateway: &Node) -> Value {
+    gateway.rpc("bitorch_gatewayStats", json!([])).unwrap()
+}
+
+/// A counter of [`stats`].
+fn counter(gateway: &Node, name: &str) -> u64 {
+    let v = stats(gateway);
+    v[name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {v}"))
+}
+
+/// How many stage sessions node 0's gateway asked `peer` to open.
+fn sessions_on(gateway: &Node, peer: &str) -> u64 {
+    stats(gateway)["sessionsOpened"][peer].as_u64().unwrap_or(0)
 }
 
 #[test]
@@ -266,7 +275,7 @@ fn a_killed_worker_mid_generation_is_replaced_and_the_answer_is_the_same() {
     eprintln!("killed {} (layers 10..20) mid-generation", nodes[victim].name);
     let got = gen.join().unwrap_or_else(|_| panic!("the generation failed:\n{}", logs(&nodes)));
     assert!(
-        nodes[0].log().contains("stage failed; failing over"),
+        counter(&nodes[0], "failovers") >= 1,
         "the generation was over before the kill; logs:\n{}",
         logs(&nodes)
     );
@@ -287,8 +296,6 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
     // Bob joins with `--layers auto` after the others and takes the missing 10..20. A fourth
     // validator serves nothing, so that the chain runs on without the 10..20 worker.
     let (mut nodes, api, _) = start_workers(dir.path(), &["0..10", "auto", "20..30", ""], &[]);
-    let chose = nodes[1].log().contains("--layers auto chose layers 10..20");
-    assert!(chose, "auto chose otherwise:\n{}", nodes[1].log());
     eprintln!("workers up in {:.1}s", t.elapsed().as_secs_f64());
     let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
     let name = models[0]["name"].as_str().unwrap().to_string();
@@ -305,6 +312,11 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
         .collect();
     layers.sort();
     assert_eq!(layers, [(0, 10), (10, 20), (20, 30)], "{announced:?}");
+    // Bob's `--layers auto` took the missing 10..20.
+    let bob = nodes[1].peer_id();
+    let bobs: Vec<_> = announced.iter().filter(|w| w["peerId"] == bob.as_str()).collect();
+    assert_eq!(bobs.len(), 1, "{announced:?}");
+    assert_eq!((&bobs[0]["layerStart"], &bobs[0]["layerEnd"]), (&json!(10), &json!(20)));
     for w in &announced {
         assert_eq!(w["capacity"], 16, "{w}");
         assert!(w["tokensPerSec"].as_u64().unwrap() >= 1, "{w}");
@@ -324,8 +336,8 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
         usages.push(v["usage"].clone());
     }
 
-    let ahead_used = nodes[0].log().contains("using the job opened ahead");
-    assert!(ahead_used, "no request used the job opened ahead:\n{}", logs(&nodes));
+    let ahead_used = counter(&nodes[0], "jobsAheadUsed");
+    assert!(ahead_used >= 1, "no request used the job opened ahead:\n{}", logs(&nodes));
     // Each request was a job (opened ahead of it); the three workers' receipts settle it, each
     // paid its layers × tokens × price, the rest of the escrow refunded.
     let mut served = Vec::new();
@@ -404,9 +416,10 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
     assert!(nodes[1].log().contains("withdrew the worker from the DHT"), "{}", nodes[1].log());
     let req = chat(&name, PROMPTS[0], MAX_TOKENS);
     for attempt in 0..2 {
-        // Requests that got a job: "job opened", or "using the job opened ahead".
-        let jobs_used = |n: &Node| n.log().matches("job opened").count();
+        // Requests that got a job: one opened for it, or the one opened ahead.
+        let jobs_used = |n: &Node| counter(n, "jobsOpened") + counter(n, "jobsAheadUsed");
         let used_before = jobs_used(&nodes[0]);
+        let refused_before = counter(&nodes[0], "refusedNoRoute");
         let (status, body) =
             post(api, "/v1/chat/completions", &req, Duration::from_secs(300)).unwrap();
         eprintln!("without 10..20 (attempt {attempt}): {status} {body}");
@@ -417,6 +430,7 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
         if attempt == 1 {
             // The failed worker is banned now: the gateway refuses before taking a job.
             assert_eq!(jobs_used(&nodes[0]), used_before, "a job was used with no route");
+            assert_eq!(counter(&nodes[0], "refusedNoRoute"), refused_before + 1);
         }
     }
     // Every job but the served ones and the one opened ahead was refunded in full.
@@ -480,7 +494,8 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
             .map(|(n, p)| format!("/ip4/127.0.0.1/tcp/{}/p2p/{p}", n.p2p).parse().unwrap())
             .collect();
         config.max_stage_request_bytes = 64 << 20;
-        let (net, mut events, _task) = bitorch_network::spawn(config, cancel.clone()).unwrap();
+        let service = bitorch_network::spawn(config, cancel.clone()).unwrap();
+        let (net, mut events) = (service.handle, service.events);
         tokio::spawn(async move { while events.recv().await.is_some() {} });
         net
     });
@@ -527,7 +542,7 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     let prompt = "Write a short story about a robot who learns to paint.";
     let want = infer(prompt, LONG);
     let charlie_before = sessions_on(&nodes[0], &peers[2].to_string());
-    let failovers = |n: &Node| n.log().matches("stage failed; failing over").count();
+    let failovers = |n: &Node| counter(n, "failovers");
     let failovers_before = failovers(&nodes[0]);
     let gen = spawn_completion(api, &name, prompt, LONG);
     wait_for("the generation to reach Charlie", 60, &nodes, || {
@@ -545,7 +560,16 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
         input: Activation::Hidden(wide),
     });
     let refused = answer(ask(2, too_many).unwrap());
-    assert!(matches!(refused, StageResponse::Error(_)), "{refused:?}");
+    assert!(
+        matches!(
+            refused,
+            StageResponse::Error(StageError::Malformed(DecodeError::TooManyPositions {
+                got: 600,
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
     // A message past the network's size limit is refused before it reaches the worker.
     let oversized = ask(2, vec![0; 9 << 20]);
     assert!(oversized.is_err(), "a 9 MiB stage message was accepted");
@@ -571,16 +595,14 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
 
     // An idle gateway replaces its job opened ahead at half its life (here 30 blocks of 0.5 s),
     // and the next request uses the new one.
-    let count = |what: &str| nodes[0].log().matches(what).count();
-    // Replaced, and the new one opened after the last replacement (the log's order).
+    // Replaced, and a new one opened after the last replacement (job ids only grow).
     wait_for("the job opened ahead to be replaced", 60, &nodes, || {
-        let log = nodes[0].log();
-        let replaced = log.rfind("replacing the job opened ahead");
-        let opened = log.rfind("opened a job ahead for the next request");
-        matches!((replaced, opened), (Some(r), Some(o)) if o > r)
+        let s = stats(&nodes[0]);
+        let (replaced, now) = (s["lastReplacedJob"].as_u64(), s["aheadJob"].as_u64());
+        matches!((replaced, now), (Some(r), Some(a)) if a > r)
     });
-    let used = count("using the job opened ahead");
+    let used = counter(&nodes[0], "jobsAheadUsed");
     assert_eq!(complete(api, &name, PROMPTS[0], MAX_TOKENS, &nodes), infer(PROMPTS[0], MAX_TOKENS));
-    assert_eq!(count("using the job opened ahead"), used + 1, "{}", logs(&nodes));
+    assert_eq!(counter(&nodes[0], "jobsAheadUsed"), used + 1, "{}", logs(&nodes));
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
 }

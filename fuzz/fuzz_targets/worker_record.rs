@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(WorkerRecord::to_bytes(&record), data);
     }
     // Verification of arbitrary bytes under an arbitrary key fails cleanly.
-    let key = record_key(&[0; 32], &some_peer());
+    let key = record_key(&bitorch_network::ModelId::zero(), &some_peer());
     if let Ok(verified) = verify(data, &key, None, 0) {
         assert_eq!(record_key(&verified.record.announcement.model, &verified.peer), key);
     }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod header;
 pub mod keys;
 pub mod merkle;
+pub mod receipt;
 pub mod vote;
 
 pub use error::Error;
@@ -25,6 +26,10 @@ pub type BlockNumber = u64;
 pub type Nonce = u64;
 /// A blake2-256 hash.
 pub type Hash = H256;
+/// A model's id in the registry (the models pallet): the blake2-256 of
+/// `(b"bitorch/model", owner, name)`, given when the owner registers the model's manifest
+/// (whose own hash is recorded beside it). Jobs, workers and stage sessions name models by it.
+pub type ModelId = H256;
 
 /// SS58 address format used by Bitorch (the generic Substrate prefix).
 pub const SS58_PREFIX: u16 = 42;
@@ -46,6 +51,12 @@ pub const MAX_VOTING_POWER: VotingPower = 1 << 40;
 pub fn voting_power(stake: Balance) -> VotingPower {
     let whole = stake / UNIT;
     VotingPower::try_from(whole).unwrap_or(MAX_VOTING_POWER).clamp(1, MAX_VOTING_POWER)
+}
+
+/// A count as a `u32`, saturating at `u32::MAX`: for counts of tokens, sessions or layers
+/// that cannot reach it in practice, where a wrap would be a silent lie.
+pub fn saturating_u32(x: usize) -> u32 {
+    u32::try_from(x).unwrap_or(u32::MAX)
 }
 
 /// blake2-256 of some bytes.

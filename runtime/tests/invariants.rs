@@ -155,7 +155,12 @@ fn a_signed_transfer_pays_its_fee_and_bumps_the_nonce() {
     executive::validate_transaction(&state, &xt, len, &ctx).unwrap();
     executive::apply_checked(&mut state, &xt, len, &ctx).unwrap();
     assert_eq!(free(&state, &bob), b0 + 5 * UNIT);
-    assert_eq!(free(&state, &alice), a0 - 5 * UNIT - compute_fee(&xt.call, len, 0));
+    // The fee schedule the README states: 0.001 BTR + 0.000001 BTR per byte + 0.0001 BTR per
+    // weight unit (a transfer weighs 1), "about 0.00124 BTR" for a transfer.
+    let readme_fee = UNIT / 1_000 + len as Balance * (UNIT / 1_000_000) + UNIT / 10_000;
+    assert_eq!(compute_fee(&xt.call, len, 0), readme_fee);
+    assert!((UNIT * 120 / 100_000..UNIT * 130 / 100_000).contains(&readme_fee), "{readme_fee}");
+    assert_eq!(free(&state, &alice), a0 - 5 * UNIT - readme_fee);
     assert_eq!(Balances::nonce(&state, &alice).unwrap(), 1);
     // Replaying it is a stale nonce.
     assert!(executive::apply_checked(&mut state, &xt, len, &ctx).is_err());

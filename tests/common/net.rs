@@ -97,12 +97,29 @@ impl Node {
         rpc(self.rpc, method, params)
     }
 
+    /// Its best block's number, or why it cannot be had (the node is not answering).
+    pub fn try_height(&self) -> Result<u64, String> {
+        let h = self.rpc("chain_getHeader", json!([]))?;
+        let n = h["number"].as_str().ok_or_else(|| format!("no number in {h}"))?;
+        u64::from_str_radix(n.trim_start_matches("0x"), 16).map_err(|e| format!("{n}: {e}"))
+    }
+
+    /// Its best block's number; retried for up to 30 s while the node does not answer (it
+    /// may be starting, or slow on a loaded machine), then a panic naming the node: a dead
+    /// node never passes for one that makes no progress.
     pub fn height(&self) -> u64 {
-        self.rpc("chain_getHeader", json!([]))
-            .ok()
-            .and_then(|h| h["number"].as_str().map(|s| s.to_string()))
-            .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-            .unwrap_or(0)
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.try_height() {
+                Ok(h) => return h,
+                Err(e) if Instant::now() > deadline => {
+                    let log = self.log();
+                    let tail = &log[log.len().saturating_sub(4000)..];
+                    panic!("{} does not answer chain_getHeader: {e}\n{tail}", self.name)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 
     pub fn hash_at(&self, n: u64) -> Value {

@@ -1,10 +1,20 @@
 //! What the APIs need from the node: the [`Backend`] trait and the types that cross it.
 
 use crate::BackendError;
+use bitorch_inference::{ChatMessage, SamplingParams, Tokenizer};
 use bitorch_primitives::AccountId;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use tokio::sync::mpsc;
+
+/// A fresh random seed (the standard library's per-process random keys, mixed with the time).
+fn random_seed() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    h.write_u128(now.map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
+}
 
 /// A boxed, sendable future (keeps [`Backend`] usable as `Arc<dyn Backend>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -29,6 +39,36 @@ pub trait Backend: Send + Sync + 'static {
     /// Starts a chat generation. Errors known before the first token (unknown model, bad
     /// request, busy, no route, payment) come back here; later ones as [`Event::Error`].
     fn generate(&self, request: ChatRequest) -> BoxFuture<'_, Result<Events, BackendError>>;
+
+    /// What the backend has done since it started (`bitorch_gatewayStats`).
+    fn stats(&self) -> BoxFuture<'_, BackendStats>;
+}
+
+/// What a backend has done since it started: counters an operator (or a test) reads instead
+/// of its logs. A local engine fills in `generations` only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendStats {
+    /// Generations started.
+    pub generations: u64,
+    /// Jobs opened on chain for a request (not ahead of one).
+    pub jobs_opened: u64,
+    /// Jobs opened ahead of the request that will use them.
+    pub jobs_ahead_opened: u64,
+    /// Requests that used the job opened ahead.
+    pub jobs_ahead_used: u64,
+    /// Jobs opened ahead that were closed unused at half their life (and replaced).
+    pub jobs_ahead_replaced: u64,
+    /// The job opened ahead now, if any.
+    pub ahead_job: Option<u64>,
+    /// The last job opened ahead that was replaced, if any.
+    pub last_replaced_job: Option<u64>,
+    /// Requests refused because no route of available workers covers the model.
+    pub refused_no_route: u64,
+    /// Stage failures survived by re-routing.
+    pub failovers: u64,
+    /// Stage sessions asked of each worker (`local`, or its peer id).
+    pub sessions_opened: std::collections::BTreeMap<String, u64>,
 }
 
 /// A served model.
@@ -115,6 +155,46 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The conversation rendered with `tokenizer`'s chat template (for the model `model`),
+    /// the prompt the model continues as the assistant.
+    pub fn render(&self, tokenizer: &Tokenizer, model: &str) -> Result<String, BackendError> {
+        let template = tokenizer.chat_template().ok_or_else(|| {
+            BackendError::Internal(format!(
+                "the model '{model}' has no chat template we support (ChatML)"
+            ))
+        })?;
+        let messages: Vec<ChatMessage<'_>> =
+            self.messages.iter().map(|m| ChatMessage::new(m.role.as_str(), &m.content)).collect();
+        Ok(template.render(&messages))
+    }
+
+    /// The sampler's parameters this request asks for (a fresh random seed when it gives
+    /// none).
+    pub fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: (self.top_p < 1.0).then_some(self.top_p),
+            seed: self.seed.unwrap_or_else(random_seed),
+            ..SamplingParams::greedy()
+        }
+    }
+
+    /// How many tokens may follow a prompt of `prompt_len` tokens in a context of `context`
+    /// (at most [`max_tokens`](Self::max_tokens)); a prompt that fills the context is refused
+    /// as a bad request naming `messages`.
+    pub fn room_after(&self, prompt_len: usize, context: usize) -> Result<usize, BackendError> {
+        if prompt_len >= context {
+            return Err(BackendError::bad_param(
+                "messages",
+                format!(
+                    "the conversation is {prompt_len} tokens, but the model's context is \
+                     {context}; shorten it"
+                ),
+            ));
+        }
+        Ok(self.max_tokens.map_or(usize::MAX, |m| m as usize).min(context - prompt_len))
+    }
+
     /// A greedy request with one user message.
     pub fn new(model: impl Into<String>, user: impl Into<String>) -> Self {
         Self {

@@ -35,8 +35,8 @@ pub mod rpc;
 mod wire;
 
 pub use backend::{
-    Backend, BoxFuture, ChatRequest, Event, Events, FinishReason, Finished, Message, ModelInfo,
-    Payer, Role, Usage,
+    Backend, BackendStats, BoxFuture, ChatRequest, Event, Events, FinishReason, Finished, Message,
+    ModelInfo, Payer, Role, Usage,
 };
 pub use error::{BackendError, Error};
 pub use local::{LocalBackend, LocalOptions};

@@ -7,14 +7,12 @@
 //! callback returns `false` and the generation stops at the next piece.
 
 use crate::backend::{
-    Backend, BoxFuture, ChatRequest, Event, Events, FinishReason, Finished, ModelInfo, Usage,
+    Backend, BackendStats, BoxFuture, ChatRequest, Event, Events, FinishReason, Finished,
+    ModelInfo, Usage,
 };
 use crate::BackendError;
-use bitorch_inference::{
-    ChatMessage, Engine, FinishReason as EngineFinish, GenerateRequest, SamplingParams,
-};
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
+use bitorch_inference::{Engine, FinishReason as EngineFinish, GenerateRequest};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Semaphore};
@@ -51,6 +49,8 @@ pub struct LocalBackend {
     capacity: usize,
     /// The one running generation.
     run: Arc<Semaphore>,
+    /// Generations started.
+    generations: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -63,15 +63,7 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn random_seed() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-    h.finish()
-}
-
-fn count(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
+use bitorch_primitives::saturating_u32 as count;
 
 impl LocalBackend {
     /// Serves `engine` under `options.id`.
@@ -89,6 +81,7 @@ impl LocalBackend {
             admit: Arc::new(Semaphore::new(capacity)),
             capacity,
             run: Arc::new(Semaphore::new(1)),
+            generations: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -106,23 +99,10 @@ impl LocalBackend {
     /// chat template, given to the engine as a plain prompt. A one-message conversation gives
     /// the same prompt as `GenerateRequest { chat: true, .. }`.
     pub fn engine_request(&self, req: &ChatRequest) -> Result<GenerateRequest, BackendError> {
-        let template = self.engine.tokenizer().chat_template().ok_or_else(|| {
-            BackendError::Internal(format!(
-                "the model '{}' has no chat template we support (ChatML)",
-                self.info.id
-            ))
-        })?;
-        let messages: Vec<ChatMessage<'_>> =
-            req.messages.iter().map(|m| ChatMessage::new(m.role.as_str(), &m.content)).collect();
-        let mut out = GenerateRequest::new(template.render(&messages), 0);
+        let mut out = GenerateRequest::new(req.render(self.engine.tokenizer(), &self.info.id)?, 0);
         // Past the context the engine stops by itself (finish reason "length").
         out.max_tokens = req.max_tokens.map_or(usize::MAX, |m| m as usize);
-        out.sampling = SamplingParams {
-            temperature: req.temperature,
-            top_p: (req.top_p < 1.0).then_some(req.top_p),
-            seed: req.seed.unwrap_or_else(random_seed),
-            ..SamplingParams::greedy()
-        };
+        out.sampling = req.sampling();
         out.stop = req.stop.clone();
         Ok(out)
     }
@@ -142,22 +122,14 @@ impl LocalBackend {
             .map_err(|e| BackendError::Internal(format!("tokenizer task failed: {e}")))?
             .map_err(|e| BackendError::Internal(e.to_string()))?
             .len();
-        let context = self.engine.pipeline().context_length();
-        if prompt_len >= context {
-            return Err(BackendError::bad_param(
-                "messages",
-                format!(
-                    "the conversation is {prompt_len} tokens, but the model's context is \
-                     {context}; shorten it"
-                ),
-            ));
-        }
+        req.room_after(prompt_len, self.engine.pipeline().context_length())?;
         let admit = self.admit.clone().try_acquire_owned().map_err(|_| {
             BackendError::Busy(format!(
                 "{} generations are running or waiting for '{}'; try again shortly",
                 self.capacity, self.info.id
             ))
         })?;
+        self.generations.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let engine = self.engine.clone();
         let run = self.run.clone();
@@ -221,5 +193,10 @@ impl Backend for LocalBackend {
 
     fn generate(&self, request: ChatRequest) -> BoxFuture<'_, Result<Events, BackendError>> {
         Box::pin(self.start(request))
+    }
+
+    fn stats(&self) -> BoxFuture<'_, BackendStats> {
+        let generations = self.generations.load(Ordering::Relaxed);
+        Box::pin(async move { BackendStats { generations, ..Default::default() } })
     }
 }

@@ -5,6 +5,9 @@
 //!   `{ "text": piece }` as the answer grows, then one `{ "finished": { finish_reason, usage } }`
 //!   or `{ "error": { message, code, status } }`; `bitorch_unsubscribeGeneration` (or closing
 //!   the connection) cancels the generation.
+//! - `bitorch_gatewayStats() -> { generations, jobsOpened, jobsAheadOpened, jobsAheadUsed,
+//!   jobsAheadReplaced, aheadJob, lastReplacedJob, refusedNoRoute, failovers, sessionsOpened }`:
+//!   what the backend has done since the node started ([`crate::BackendStats`]).
 //!
 //! `params` is one object, by name or as the single positional parameter, with the fields of
 //! an OpenAI chat completion request (`model`, `messages`, `max_tokens`, `temperature`,
@@ -155,6 +158,10 @@ async fn subscribe(
 pub fn rpc_module(backend: Arc<dyn Backend>) -> Result<RpcModule<RpcContext>, Error> {
     let mut m = RpcModule::new(RpcContext { backend });
     m.register_async_method("bitorch_generate", |p, ctx, _| generate(p, ctx))?;
+    m.register_async_method("bitorch_gatewayStats", |_p, ctx, _| async move {
+        serde_json::to_value(ctx.backend.stats().await)
+            .map_err(|e| ErrorObjectOwned::owned(codes::INTERNAL, e.to_string(), None::<()>))
+    })?;
     m.register_subscription(
         "bitorch_subscribeGeneration",
         "bitorch_generation",

@@ -83,6 +83,10 @@ impl Backend for Scripted {
             Ok(rx)
         })
     }
+
+    fn stats(&self) -> BoxFuture<'_, bitorch_api::BackendStats> {
+        Box::pin(async { bitorch_api::BackendStats::default() })
+    }
 }
 
 async fn start(max_requests: usize) -> (SocketAddr, SocketAddr, Arc<Notify>) {

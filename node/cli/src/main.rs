@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand};
 mod infer;
 mod key;
 mod node;
-mod serve;
 mod wallet;
 
 /// Bitorch: a peer-to-peer network for AI inference with a proof-of-stake chain that pays for it.

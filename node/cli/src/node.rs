@@ -176,10 +176,10 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 .clone()
                 .or_else(|| args.dev.then(|| "//Alice".to_string()))
                 .context("--serve-model needs a paying account: pass --api-account SURI")?;
-            let described = crate::serve::describe(path)?;
+            let described = bitorch_serve::describe(path)?;
             let choice =
-                crate::serve::parse_layers(args.layers.as_deref(), described.num_layers as usize)?;
-            if matches!(choice, crate::serve::LayerChoice::Auto { .. }) && args.dev {
+                bitorch_serve::parse_layers(args.layers.as_deref(), described.num_layers as usize)?;
+            if matches!(choice, bitorch_serve::LayerChoice::Auto { .. }) && args.dev {
                 bail!("--layers auto needs a network to look at; --dev has none (pass a range)");
             }
             Some((
@@ -233,9 +233,9 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 .map(|a| a.parse().with_context(|| format!("--boot-nodes {a}")))
                 .collect::<Result<_>>()?;
             config.mdns = args.mdns;
-            let (net, events, _net_task) = bitorch_network::spawn(config, cancel.clone())?;
-            tracing::info!(target: "node", peer_id = %net.local_peer_id(), validator = ?key.as_ref().map(|k| to_ss58(&account_of(k))), "joining the network");
-            Some((net, events))
+            let service = bitorch_network::spawn(config, cancel.clone())?;
+            tracing::info!(target: "node", peer_id = %service.handle.local_peer_id(), validator = ?key.as_ref().map(|k| to_ss58(&account_of(k))), "joining the network");
+            Some(service)
         } else {
             None
         };
@@ -250,19 +250,24 @@ pub fn run(args: NodeArgs) -> Result<()> {
         let mut module = bitorch_rpc::module(
             handle.clone(),
             NodeInfo { name: args.name.clone(), version: env!("CARGO_PKG_VERSION").into() },
-            network.as_ref().map(|(net, _)| bitorch_rpc::Network {
-                handle: net.clone(),
+            network.as_ref().map(|n| bitorch_rpc::Network {
+                handle: n.handle.clone(),
                 status: status_rx.clone(),
             }),
             methods,
         )?;
         let block_time = Duration::from_millis(args.block_time.max(1));
-        let net_handle = network.as_ref().map(|(net, _)| net.clone());
-        // Peers' stage requests reach the worker once the model is registered and it runs.
-        let stage_worker = std::sync::Arc::new(std::sync::OnceLock::new());
-        let stage = serving.is_some().then(|| crate::serve::stage_handler(stage_worker.clone(), handle.clone()));
+        let net_handle = network.as_ref().map(|n| n.handle.clone());
+        // Peers' stage requests go to the serving service, which answers them once the model
+        // is registered and its worker runs (a node that serves nothing drops the receiver, so
+        // that the network refuses them).
+        let (stage_worker, stage_worker_rx) = tokio::sync::watch::channel(None);
         let authoring = match network {
-            Some((net, events)) => Some(bitorch_service::p2p::spawn(
+            Some(bitorch_network::Service { handle: net, events, stage_requests, task: _ }) => {
+                if serving.is_some() {
+                    tokio::spawn(bitorch_serve::serve_stages(stage_requests, stage_worker_rx, handle.clone()));
+                }
+                Some(bitorch_service::p2p::spawn(
                 handle.clone(),
                 net,
                 events,
@@ -273,10 +278,10 @@ pub fn run(args: NodeArgs) -> Result<()> {
                     wal: Some(base.join("chains").join(&chain_id).join("consensus").join("wal")),
                     status: status_tx,
                     equivocate: args.unsafe_equivocate,
-                    stage,
                 },
                 cancel.clone(),
-            )),
+            ))
+            }
             None => key.map(|k| {
                 tracing::info!(target: "node", validator = %to_ss58(&account_of(&k)), block_time_ms = args.block_time, "authoring blocks");
                 service::spawn_dev_authoring(handle.clone(), k, block_time, cancel.clone())
@@ -285,31 +290,31 @@ pub fn run(args: NodeArgs) -> Result<()> {
         let mut served = None;
         if let Some(((described, choice), worker_key, api_key)) = serving {
             let manifest = described.manifest.clone();
-            let model = crate::serve::register(&handle, &worker_key, genesis, &manifest).await?;
+            let model = bitorch_serve::register(&handle, &worker_key, &manifest).await?;
             let layers = match (choice, &net_handle) {
-                (crate::serve::LayerChoice::Range(r), _) => r,
-                (crate::serve::LayerChoice::Auto { span }, Some(net)) => {
-                    let r = crate::serve::choose_layers(net, model, described.num_layers, span, !args.boot_nodes.is_empty()).await;
+                (bitorch_serve::LayerChoice::Range(r), _) => r,
+                (bitorch_serve::LayerChoice::Auto { span }, Some(net)) => {
+                    let r = bitorch_serve::choose_layers(net, model, described.num_layers, span, !args.boot_nodes.is_empty()).await;
                     r.start as usize..r.end as usize
                 }
-                (crate::serve::LayerChoice::Auto { .. }, None) => bail!("--layers auto needs a network"),
+                (bitorch_serve::LayerChoice::Auto { .. }, None) => bail!("--layers auto needs a network"),
             };
             let t = std::time::Instant::now();
             let stage = tokio::task::block_in_place(|| described.load_stage(layers))?;
             tracing::info!(target: "node", layers = ?stage.layers(), secs = t.elapsed().as_secs_f64(), "loaded the model");
-            let local = tokio::task::block_in_place(|| crate::serve::spawn_worker(stage, worker_key.clone(), model, genesis, args.max_sessions))?;
+            let local = tokio::task::block_in_place(|| bitorch_serve::spawn_worker(stage, worker_key.clone(), model, genesis, args.max_sessions))?;
             tracing::info!(target: "node", %model, worker = %to_ss58(&account_of(&worker_key)), layers = ?local.1.layers, "serving the model");
-            let _ = stage_worker.set(local.0.clone());
+            stage_worker.send_replace(Some(local.0.clone()));
             if let Some(net) = &net_handle {
-                crate::serve::announce(net, &local.1).await?;
+                bitorch_serve::announce(net, &local.1).await?;
                 tracing::info!(target: "node", %model, layers = ?local.1.layers, "announced the worker in the DHT");
                 let stop = CancellationToken::new();
-                let task = tokio::spawn(crate::serve::keep_announced(net.clone(), local.0.clone(), local.1.clone(), stop.clone()));
+                let task = tokio::spawn(bitorch_serve::keep_announced(net.clone(), local.0.clone(), local.1.clone(), stop.clone()));
                 served = Some((net.clone(), model, stop, task));
             }
-            let crate::serve::Described { tokenizer, context_length, .. } = described;
+            let bitorch_serve::Described { tokenizer, context_length, .. } = described;
             let name = String::from_utf8_lossy(&manifest.name).into_owned();
-            let backend = std::sync::Arc::new(crate::serve::GatewayBackend::new(crate::serve::GatewayOptions {
+            let backend = std::sync::Arc::new(bitorch_serve::GatewayBackend::new(bitorch_serve::GatewayOptions {
                 model,
                 name: name.clone(),
                 num_layers: manifest.layer_count,
@@ -317,7 +322,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 tokenizer,
                 local: Some(local),
                 net: net_handle.clone(),
-                payer: crate::serve::Payer { chain: handle.clone(), key: api_key.clone(), genesis, price: args.price, job_ahead: !args.no_job_ahead },
+                payer: bitorch_serve::Payer { chain: handle.clone(), key: api_key.clone(), genesis, price: args.price, job_ahead: !args.no_job_ahead },
             }));
             backend.prepare();
             module.merge(bitorch_api::rpc_module(backend.clone())?).context("merging the generation RPC methods")?;
@@ -342,7 +347,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             stop.cancel();
             let _ = task.await;
             // Gateways stop routing here once the withdrawal reaches the DHT.
-            crate::serve::withdraw(&net, model, Duration::from_secs(2)).await;
+            bitorch_serve::withdraw(&net, model, Duration::from_secs(2)).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         cancel.cancel();

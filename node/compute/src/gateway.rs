@@ -43,7 +43,7 @@ use crate::{
 };
 use bitorch_commitment::{leaf_hash, Commitment};
 use bitorch_inference::{FinishReason, Sampler, SamplingParams};
-use bitorch_pallet_jobs::{JobId, SignedReceipt};
+use bitorch_primitives::receipt::{JobId, SignedReceipt};
 use bitorch_primitives::H256;
 use candle_core::{Device, Tensor};
 use std::{
@@ -178,6 +178,24 @@ pub struct GatewayGeneration<Id> {
     pub generate_secs: f64,
 }
 
+/// What a gateway has done since it started, summed over its generations (for operators and
+/// tests: structured facts rather than log lines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayStats<Id: Hash + Eq> {
+    /// Generations started.
+    pub generations: u64,
+    /// Stage sessions the gateway asked each worker to open (answered or not).
+    pub sessions_opened: HashMap<Id, u64>,
+    /// Stage failures survived by re-routing (each banned the worker for a while).
+    pub failovers: u64,
+}
+
+impl<Id: Hash + Eq> Default for GatewayStats<Id> {
+    fn default() -> Self {
+        Self { generations: 0, sessions_opened: HashMap::new(), failovers: 0 }
+    }
+}
+
 /// Runs generations over a [`StageTransport`]; see the [module docs](self). Bans are shared by
 /// all generations of one gateway.
 #[derive(Debug)]
@@ -185,12 +203,18 @@ pub struct Gateway<T: StageTransport> {
     transport: T,
     config: GatewayConfig,
     bans: Mutex<Bans<T::WorkerId>>,
+    stats: Mutex<GatewayStats<T::WorkerId>>,
 }
 
 impl<T: StageTransport> Gateway<T> {
     /// A gateway over `transport`.
     pub fn new(transport: T, config: GatewayConfig) -> Self {
-        Self { transport, config, bans: Mutex::new(Bans::new()) }
+        Self {
+            transport,
+            config,
+            bans: Mutex::new(Bans::new()),
+            stats: Mutex::new(GatewayStats::default()),
+        }
     }
 
     /// The transport.
@@ -206,6 +230,16 @@ impl<T: StageTransport> Gateway<T> {
     fn bans(&self) -> std::sync::MutexGuard<'_, Bans<T::WorkerId>> {
         // A panic elsewhere cannot leave a ban table half written; keep using it.
         self.bans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stats_mut(&self) -> std::sync::MutexGuard<'_, GatewayStats<T::WorkerId>> {
+        // Counters only: a panic elsewhere leaves them usable.
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What this gateway has done so far.
+    pub fn stats(&self) -> GatewayStats<T::WorkerId> {
+        self.stats_mut().clone()
     }
 
     /// Whether `worker` is banned now.
@@ -237,6 +271,7 @@ impl<T: StageTransport> Gateway<T> {
             return Err(Error::EmptyPrompt);
         }
         let start = Instant::now();
+        self.stats_mut().generations += 1;
         let mut run = Run {
             gw: self,
             workers: workers.iter().filter(|w| w.model == req.model).cloned().collect(),
@@ -548,6 +583,7 @@ impl<T: StageTransport> Run<'_, T> {
         let layers = (hop.worker.layers.start, hop.worker.layers.end);
         let req =
             StageRequest::Open { session: hop.session, model: self.model, layers, job: self.job };
+        *self.gw.stats_mut().sessions_opened.entry(hop.worker.id.clone()).or_default() += 1;
         match self.call(i, req).await? {
             StageResponse::Opened(info) => {
                 let consistent = info.layers == layers
@@ -634,6 +670,7 @@ impl<T: StageTransport> Run<'_, T> {
             matches!(f, StageFailure::Busy | StageFailure::Rejected(StageError::JobNotOpen { .. }));
         let duration = if brief { cfg.busy_backoff } else { cfg.ban_duration };
         self.gw.bans().ban(hop.worker.id.clone(), duration, Instant::now());
+        self.gw.stats_mut().failovers += 1;
         if hop.info.is_some() && !matches!(f, StageFailure::Transport(_)) {
             self.close_quietly(&hop).await;
         }

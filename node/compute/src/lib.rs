@@ -9,7 +9,8 @@
 //! - [`worker`]: [`Worker`] owns one loaded [`bitorch_inference::Stage`] and serves sessions,
 //!   each with its KV cache and activation-commitment trace, under a session cap, a cached
 //!   positions budget and an idle timeout; closing a session of a paid job yields a receipt
-//!   signed with the worker's sr25519 key (the jobs pallet's [`bitorch_pallet_jobs::Receipt`]).
+//!   signed with the worker's sr25519 key ([`bitorch_primitives::receipt::Receipt`], what
+//!   the jobs pallet pays against).
 //!   [`worker::spawn`] runs it as an actor on its own thread behind a [`WorkerHandle`].
 //! - [`route`]: what workers announce ([`WorkerInfo`]) and [`plan_route`], the route of least
 //!   estimated latency covering all layers exactly.
@@ -37,8 +38,8 @@ pub mod worker;
 pub use error::{DecodeError, Error, PlanError, StageFailure, TransportError, WorkerStopped};
 #[cfg(feature = "engine")]
 pub use gateway::{
-    Gateway, GatewayConfig, GatewayGeneration, GatewayRequest, RejectedReceipt, StageReceipt,
-    StageTransport,
+    Gateway, GatewayConfig, GatewayGeneration, GatewayRequest, GatewayStats, RejectedReceipt,
+    StageReceipt, StageTransport,
 };
 pub use protocol::{
     Activation, Closure, Floats, Limits, ModelId, SessionId, StageError, StageInfo, StageRequest,

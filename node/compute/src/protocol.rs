@@ -14,7 +14,7 @@
 //! (it knows its model), answered with [`StageError::WidthMismatch`].
 
 use crate::error::DecodeError;
-use bitorch_pallet_jobs::{JobId, SignedReceipt};
+use bitorch_primitives::receipt::{JobId, SignedReceipt};
 use bitorch_primitives::H256;
 use parity_scale_codec::{Decode, DecodeLimit, Encode, Error as CodecError, Input};
 
@@ -31,8 +31,7 @@ pub const MAX_DEPTH: u32 = 16;
 /// A session's id, chosen at random by the gateway.
 pub type SessionId = [u8; 16];
 
-/// A model's id: the hash of its manifest registered on chain.
-pub type ModelId = H256;
+pub use bitorch_primitives::ModelId;
 
 /// Limits on one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,9 +13,6 @@ use bitorch_inference::{Checkpoint, Kernel, LoadOptions, Pipeline, SamplingParam
 use common::*;
 use std::{ops::ControlFlow, sync::OnceLock, time::Duration};
 
-const TINY: Tiny =
-    Tiny { hidden: 64, inter: 160, layers: 6, heads: 4, kv_heads: 2, vocab: 97, context: 64 };
-
 /// The tiny model as a 3-stage in-process pipeline (layers 0..2, 2..4, 4..6), loaded once; the
 /// workers serve clones of its stages.
 fn tiny() -> &'static Pipeline {

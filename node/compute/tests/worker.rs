@@ -14,9 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-const TINY: Tiny =
-    Tiny { hidden: 64, inter: 160, layers: 6, heads: 4, kv_heads: 2, vocab: 97, context: 64 };
-
 /// Stages 0..2, 2..4, 4..6 of one tiny model, loaded once.
 fn tiny_stages() -> &'static [Stage] {
     static STAGES: OnceLock<Vec<Stage>> = OnceLock::new();

@@ -484,7 +484,7 @@ impl MalachiteConsensus {
         for input in inputs.iter().filter(|_| !decided) {
             if let Input::Proposal(p) = input {
                 if p.message.proposer == self.me && p.message.round == round {
-                    if let Ok(p) = crate::wire::SignedProposal::from_engine(p) {
+                    if let Ok(p) = crate::wire::ProposalMessage::from_engine(p) {
                         let bytes = Message::Proposal(p).to_bytes();
                         if !self.env.actions.contains(&Action::Broadcast(bytes.clone())) {
                             self.env.publish(bytes);

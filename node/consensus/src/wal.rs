@@ -18,7 +18,7 @@
 
 use crate::context::{Address, BitorchContext, Height, Value};
 use crate::error::WalError;
-use crate::wire::{self, Certificate, EngineMsg, Message, SignedProposal, SignedVote};
+use crate::wire::{self, Certificate, EngineMsg, Message, ProposalMessage, SignedVote};
 use bitorch_primitives::AccountId;
 use malachitebft_core_consensus::{Input, ProposedValue};
 use malachitebft_core_types as mc;
@@ -67,7 +67,7 @@ pub enum WalEntry {
     Vote(SignedVote),
     /// A signed proposal, ours or a peer's, with its block.
     #[codec(index = 1)]
-    Proposal(SignedProposal),
+    Proposal(ProposalMessage),
     /// A proposed value and the verdict on it (for our own values: valid).
     #[codec(index = 2)]
     ProposedValue(RecordedValue),
@@ -142,7 +142,7 @@ impl WalEntry {
                     .map_err(|_| WalError::Malformed("vote without a round"))?,
             ),
             Input::Proposal(p) => WalEntry::Proposal(
-                SignedProposal::from_engine(p)
+                ProposalMessage::from_engine(p)
                     .map_err(|_| WalError::Malformed("proposal without a round"))?,
             ),
             Input::ProposedValue(v, origin) => WalEntry::ProposedValue(RecordedValue {
@@ -372,7 +372,7 @@ mod tests {
                 validator: account(1),
                 signature: Signature::from_raw([3; 64]),
             }),
-            WalEntry::Proposal(SignedProposal {
+            WalEntry::Proposal(ProposalMessage {
                 height: 5,
                 round: 1,
                 pol_round: Some(0),

@@ -56,9 +56,10 @@ pub(crate) fn vote_into_engine(v: SignedVote) -> mc::SignedVote<BitorchContext> 
     mc::SignedMessage::new(vote_to_engine(&v), signature)
 }
 
-/// A signed proposal with its whole value.
+/// A signed proposal as validators gossip it, with its whole value (the block's bytes).
+/// Evidence keeps only what was signed: [`bitorch_primitives::vote::SignedProposal`].
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct SignedProposal {
+pub struct ProposalMessage {
     /// Height.
     pub height: u64,
     /// Round.
@@ -116,7 +117,7 @@ pub enum CertificateKind {
 pub enum Message {
     /// A proposal.
     #[codec(index = 0)]
-    Proposal(SignedProposal),
+    Proposal(ProposalMessage),
     /// A vote.
     #[codec(index = 1)]
     Vote(SignedVote),
@@ -155,7 +156,7 @@ fn round_of(r: Round) -> Result<u32, Error> {
     r.as_u32().ok_or(Error::Malformed("nil round"))
 }
 
-impl SignedProposal {
+impl ProposalMessage {
     pub(crate) fn from_engine(p: &mc::SignedProposal<BitorchContext>) -> Result<Self, Error> {
         Ok(Self {
             height: p.message.height.0,
@@ -310,7 +311,7 @@ impl Message {
     pub(crate) fn from_consensus(m: &SignedConsensusMsg<BitorchContext>) -> Result<Self, Error> {
         Ok(match m {
             SignedConsensusMsg::Vote(v) => Message::Vote(vote_from_engine(v)?),
-            SignedConsensusMsg::Proposal(p) => Message::Proposal(SignedProposal::from_engine(p)?),
+            SignedConsensusMsg::Proposal(p) => Message::Proposal(ProposalMessage::from_engine(p)?),
         })
     }
 
@@ -376,7 +377,7 @@ mod tests {
             bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
             seed: [u8; 32],
         ) {
-            let msg = Message::Proposal(SignedProposal {
+            let msg = Message::Proposal(ProposalMessage {
                 height,
                 round,
                 pol_round,

@@ -5,32 +5,29 @@ use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::Error;
-use crate::event::Event;
+use crate::event::{Event, StageInbound};
 use crate::gossip::{GossipId, Topic, Verdict};
 use crate::handle::Command;
 use crate::peers::{Lifted, Misbehaviour, PeerBook};
-use crate::stage::{self, StageError};
-use crate::sync::{self, SyncBlock, SyncError};
+use crate::request::{BadRequesters, Outbound, Pending, Proto, Refusal, Replies};
+use crate::stage;
+use crate::sync::{self, SyncBlock};
 use libp2p::futures::future::BoxFuture;
 use libp2p::futures::stream::FuturesUnordered;
 use libp2p::futures::{FutureExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{self, InboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, mdns, Multiaddr, PeerId, Swarm};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const TARGET: &str = "network";
-/// Most bad requesters waiting for their refusal to go out before their ban.
-const MAX_BANS_AFTER_REPLY: usize = 1024;
-/// Time a refusal gets to reach a bad requester before the ban closes the connection.
-const BAN_GRACE: Duration = Duration::from_millis(250);
 
 /// The node's answer to an inbound sync request, or why there is none.
 type Reply = (ResponseChannel<sync::Frame<sync::Response>>, PeerId, Option<sync::Response>);
@@ -39,23 +36,11 @@ type Reply = (ResponseChannel<sync::Frame<sync::Response>>, PeerId, Option<sync:
 type StageReply =
     (ResponseChannel<stage::ResponseFrame>, PeerId, Option<Vec<u8>>, Option<stage::Reservation>);
 
-/// Which request-response protocol an inbound request came in on (their ids are counted
-/// separately).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Proto {
-    Sync,
-    Stage,
-}
-
-struct PendingRequest {
-    peer: PeerId,
-    max: u32,
-    reply: oneshot::Sender<Result<Vec<SyncBlock>, Error>>,
-}
-
-struct PendingStage {
-    peer: PeerId,
-    reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+/// One request-response protocol's state: our requests waiting for answers (`X`: what the
+/// answer is checked against), and peers' requests waiting for the node's answer.
+struct ProtocolState<T, X, R> {
+    outbound: Outbound<T, X>,
+    replies: Replies<R>,
 }
 
 pub(crate) struct EventLoop {
@@ -63,22 +48,19 @@ pub(crate) struct EventLoop {
     config: Config,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
+    /// Where peers' stage requests go (the serving service).
+    stage_requests: mpsc::Sender<StageInbound>,
     peers: PeerBook,
-    outbound: HashMap<OutboundRequestId, PendingRequest>,
-    replies: FuturesUnordered<BoxFuture<'static, Reply>>,
-    stage_outbound: HashMap<OutboundRequestId, PendingStage>,
-    stage_replies: FuturesUnordered<BoxFuture<'static, StageReply>>,
+    /// Block sync: the most blocks asked of each request, and the answers.
+    sync: ProtocolState<Vec<SyncBlock>, u32, Reply>,
+    /// Stage requests.
+    stage: ProtocolState<Vec<u8>, (), StageReply>,
     /// Worker announcements: this node's, and the lookups in progress.
     directory: Directory,
     /// Deadlines of the worker lookups in progress.
     find_deadlines: FuturesUnordered<BoxFuture<'static, u64>>,
-    /// Peers that sent a bad request, by that request: banned shortly after the refusal is
-    /// sent (or at once if it fails). Further requests from them get no answer.
-    ban_after_reply: HashMap<(Proto, InboundRequestId), PeerId>,
-    /// Bans due when their grace period ends.
-    delayed_bans: FuturesUnordered<BoxFuture<'static, PeerId>>,
-    /// Peers in `ban_after_reply` or `delayed_bans`.
-    condemned: HashSet<PeerId>,
+    /// Peers that sent a bad request, on any protocol.
+    bad: BadRequesters,
     /// The boot nodes: dialed again whenever the node is short of peers, and when their ban
     /// ends.
     boot_nodes: Vec<(PeerId, Multiaddr)>,
@@ -92,6 +74,7 @@ impl EventLoop {
         config: Config,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
+        stage_requests: mpsc::Sender<StageInbound>,
         boot_nodes: Vec<(PeerId, Multiaddr)>,
     ) -> Self {
         Self {
@@ -102,17 +85,20 @@ impl EventLoop {
                 config.worker_record_ttl,
                 config.max_workers_per_model,
             ),
+            sync: ProtocolState {
+                outbound: Outbound::new(config.max_outbound_sync_requests),
+                replies: Replies::new(config.max_pending_sync_requests),
+            },
+            stage: ProtocolState {
+                outbound: Outbound::new(config.max_outbound_stage_requests),
+                replies: Replies::new(config.max_pending_stage_requests),
+            },
             config,
             commands,
             events,
-            outbound: HashMap::new(),
-            replies: FuturesUnordered::new(),
-            stage_outbound: HashMap::new(),
-            stage_replies: FuturesUnordered::new(),
+            stage_requests,
             find_deadlines: FuturesUnordered::new(),
-            ban_after_reply: HashMap::new(),
-            delayed_bans: FuturesUnordered::new(),
-            condemned: HashSet::new(),
+            bad: BadRequesters::default(),
             boot_nodes,
             last_discovery: None,
         }
@@ -134,19 +120,13 @@ impl EventLoop {
                     Some(c) => self.on_command(c),
                     None => break,
                 },
-                Some(reply) = self.stage_replies.next(), if !self.stage_replies.is_empty() => {
-                    self.send_stage_reply(reply)
-                }
-                Some(reply) = self.replies.next(), if !self.replies.is_empty() => {
-                    self.send_reply(reply)
-                }
+                reply = self.stage.replies.next() => self.send_stage_reply(reply),
+                reply = self.sync.replies.next() => self.send_reply(reply),
                 Some(find) = self.find_deadlines.next(), if !self.find_deadlines.is_empty() => {
                     self.directory.expire(&mut self.swarm, find)
                 }
                 _ = refresh.tick() => self.directory.refresh(&mut self.swarm),
-                Some(peer) = self.delayed_bans.next(), if !self.delayed_bans.is_empty() => {
-                    self.penalise(peer, Misbehaviour::UndecodableMessage)
-                }
+                peer = self.bad.next_due() => self.penalise(peer, Misbehaviour::UndecodableMessage),
                 _ = maintenance.tick() => self.maintain(),
             }
         }
@@ -160,7 +140,6 @@ impl EventLoop {
                 let kind = match e {
                     Event::Gossip { topic, .. } => topic.name(),
                     Event::SyncRequest { .. } => "sync request",
-                    Event::StageRequest { .. } => "stage request",
                     Event::PeerConnected(_) => "peer connected",
                     Event::PeerDisconnected(_) => "peer disconnected",
                 };
@@ -193,14 +172,14 @@ impl EventLoop {
             }
             Command::GossipVerdict { id, verdict } => self.gossip_verdict(&id, verdict),
             Command::RequestBlocks { peer, request, reply } => {
-                if self.outbound.len() >= self.config.max_outbound_sync_requests {
+                if self.sync.outbound.is_full() {
                     let _ = reply.send(Err(Error::Busy));
                     return;
                 }
                 let max = request.max.min(sync::MAX_BLOCKS_PER_REQUEST);
                 let request = sync::Request { from: request.from, max };
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer, Ok(request));
-                self.outbound.insert(id, PendingRequest { peer, max, reply });
+                self.sync.outbound.insert(id, Pending { peer, extra: max, reply });
             }
             Command::StageRequest { peer, data, reply } => {
                 let limit = self.config.max_stage_request_bytes;
@@ -208,7 +187,7 @@ impl EventLoop {
                     let _ = reply.send(Err(Error::MessageTooLarge { size: data.len(), limit }));
                     return;
                 }
-                if self.stage_outbound.len() >= self.config.max_outbound_stage_requests {
+                if self.stage.outbound.is_full() {
                     let _ = reply.send(Err(Error::Busy));
                     return;
                 }
@@ -219,7 +198,7 @@ impl EventLoop {
                     .behaviour_mut()
                     .stage
                     .send_request_with_addresses(&peer, body, addresses);
-                self.stage_outbound.insert(id, PendingStage { peer, reply });
+                self.stage.outbound.insert(id, Pending { peer, extra: (), reply });
             }
             Command::AnnounceWorker { announcement, reply } => {
                 let _ = reply.send(self.directory.announce(&mut self.swarm, announcement));
@@ -253,7 +232,7 @@ impl EventLoop {
                 }
                 let duration = if duration.is_zero() { self.peers.default_ban() } else { duration };
                 tracing::warn!(target: TARGET, %peer, secs = duration.as_secs(), "operator bans peer");
-                self.condemned.remove(&peer);
+                self.bad.forget(&peer);
                 self.ban(peer, duration);
                 let _ = reply.send(Ok(()));
             }
@@ -293,7 +272,7 @@ impl EventLoop {
 
     fn penalise(&mut self, peer: PeerId, misbehaviour: Misbehaviour) {
         tracing::debug!(target: TARGET, %peer, ?misbehaviour, "penalising peer");
-        self.condemned.remove(&peer);
+        self.bad.forget(&peer);
         if !self.peers.penalise(peer, misbehaviour) {
             return;
         }
@@ -410,7 +389,7 @@ impl EventLoop {
     }
 
     fn send_reply(&mut self, (channel, peer, response): Reply) {
-        let mut response = response.unwrap_or(sync::Response::Refused(SyncError::Unavailable));
+        let mut response = response.unwrap_or(sync::Response::Refused(Refusal::Unavailable));
         sync::truncate_to_limit(&mut response);
         if self.swarm.behaviour_mut().sync.send_response(channel, Ok(response)).is_err() {
             tracing::debug!(target: TARGET, %peer, "sync requester went away before the answer");
@@ -569,7 +548,7 @@ impl EventLoop {
                 peer, message: Message::Request { request_id, request, channel }, ..
             } => self.on_sync_request(peer, request_id, request, channel),
             E::Message { peer, message: Message::Response { request_id, response }, .. } => {
-                let Some(pending) = self.outbound.remove(&request_id) else {
+                let Some(pending) = self.sync.outbound.take(&request_id) else {
                     return;
                 };
                 let result = match response {
@@ -578,7 +557,7 @@ impl EventLoop {
                         self.penalise(peer, Misbehaviour::UndecodableMessage);
                         Err(Error::InvalidResponse { peer, reason: "undecodable or too large" })
                     }
-                    Ok(sync::Response::Blocks(blocks)) if blocks.len() > pending.max as usize => {
+                    Ok(sync::Response::Blocks(blocks)) if blocks.len() > pending.extra as usize => {
                         self.penalise(peer, Misbehaviour::InvalidResponse);
                         Err(Error::InvalidResponse { peer, reason: "more blocks than asked" })
                     }
@@ -589,21 +568,13 @@ impl EventLoop {
                 let _ = pending.reply.send(result);
             }
             E::OutboundFailure { peer, request_id, error, .. } => {
-                if let Some(pending) = self.outbound.remove(&request_id) {
-                    let _ = pending
-                        .reply
-                        .send(Err(Error::RequestFailed { peer, reason: error.to_string() }));
-                }
+                self.sync.outbound.fail(&request_id, peer, error.to_string())
             }
             E::ResponseSent { request_id, .. } => {
-                if let Some(peer) = self.ban_after_reply.remove(&(Proto::Sync, request_id)) {
-                    // The refusal is written but may not have left yet: let it go first.
-                    self.delayed_bans
-                        .push(tokio::time::sleep(BAN_GRACE).map(move |_| peer).boxed());
-                }
+                self.bad.on_response_sent(Proto::Sync, request_id)
             }
             E::InboundFailure { request_id, .. } => {
-                if let Some(peer) = self.ban_after_reply.remove(&(Proto::Sync, request_id)) {
+                if let Some(peer) = self.bad.on_inbound_failure(Proto::Sync, request_id) {
                     self.penalise(peer, Misbehaviour::UndecodableMessage);
                 }
             }
@@ -623,7 +594,7 @@ impl EventLoop {
         };
         let request = match request {
             Ok(r) => r,
-            Err(_) if self.condemned.contains(&peer) => {
+            Err(_) if self.bad.is_condemned(&peer) => {
                 // Already refused and about to be banned: no more answers.
                 drop(channel);
                 return;
@@ -631,18 +602,15 @@ impl EventLoop {
             Err(wire) => {
                 tracing::debug!(target: TARGET, %peer, %wire, "bad sync request");
                 // Answer, then ban once the answer is out (or at once if it cannot be sent).
-                let sent = refuse(&mut self.swarm, channel, SyncError::BadRequest);
-                if sent && self.condemned.len() < MAX_BANS_AFTER_REPLY {
-                    self.condemned.insert(peer);
-                    self.ban_after_reply.insert((Proto::Sync, request_id), peer);
-                } else {
+                let sent = refuse(&mut self.swarm, channel, Refusal::BadRequest);
+                if !self.bad.condemn(Proto::Sync, request_id, peer, sent) {
                     self.penalise(peer, Misbehaviour::UndecodableMessage);
                 }
                 return;
             }
         };
-        if self.replies.len() >= self.config.max_pending_sync_requests {
-            refuse(&mut self.swarm, channel, SyncError::Busy);
+        if self.sync.replies.is_full() {
+            refuse(&mut self.swarm, channel, Refusal::Busy);
             return;
         }
         let request = sync::Request {
@@ -651,11 +619,11 @@ impl EventLoop {
         };
         let (reply, rx) = oneshot::channel();
         if !self.emit(Event::SyncRequest { peer, request, reply }) {
-            refuse(&mut self.swarm, channel, SyncError::Busy);
+            refuse(&mut self.swarm, channel, Refusal::Busy);
             return;
         }
         let timeout = self.config.sync_timeout;
-        self.replies.push(
+        self.sync.replies.push(
             async move {
                 let answer = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
                 (channel, peer, answer)
@@ -667,10 +635,10 @@ impl EventLoop {
     fn send_stage_reply(&mut self, (channel, peer, answer, reservation): StageReply) {
         let limit = self.config.max_stage_response_bytes;
         let response = match answer {
-            None => stage::Response::Refused(StageError::Unavailable),
+            None => stage::Response::Refused(Refusal::Unavailable),
             Some(data) if data.len() > limit => {
                 tracing::warn!(target: TARGET, %peer, size = data.len(), limit, "stage answer over the limit; refusing instead");
-                stage::Response::Refused(StageError::ResponseTooLarge)
+                stage::Response::Refused(Refusal::ResponseTooLarge)
             }
             Some(data) => stage::Response::Data(data),
         };
@@ -690,7 +658,7 @@ impl EventLoop {
                 peer, message: Message::Request { request_id, request, channel }, ..
             } => self.on_stage_request(peer, request_id, request, channel),
             E::Message { peer, message: Message::Response { request_id, response }, .. } => {
-                let Some(pending) = self.stage_outbound.remove(&request_id) else {
+                let Some(pending) = self.stage.outbound.take(&request_id) else {
                     return;
                 };
                 let result = match response {
@@ -706,20 +674,13 @@ impl EventLoop {
                 let _ = pending.reply.send(result);
             }
             E::OutboundFailure { peer, request_id, error, .. } => {
-                if let Some(pending) = self.stage_outbound.remove(&request_id) {
-                    let _ = pending
-                        .reply
-                        .send(Err(Error::RequestFailed { peer, reason: error.to_string() }));
-                }
+                self.stage.outbound.fail(&request_id, peer, error.to_string())
             }
             E::ResponseSent { request_id, .. } => {
-                if let Some(peer) = self.ban_after_reply.remove(&(Proto::Stage, request_id)) {
-                    self.delayed_bans
-                        .push(tokio::time::sleep(BAN_GRACE).map(move |_| peer).boxed());
-                }
+                self.bad.on_response_sent(Proto::Stage, request_id)
             }
             E::InboundFailure { request_id, .. } => {
-                if let Some(peer) = self.ban_after_reply.remove(&(Proto::Stage, request_id)) {
+                if let Some(peer) = self.bad.on_inbound_failure(Proto::Stage, request_id) {
                     self.penalise(peer, Misbehaviour::UndecodableMessage);
                 }
             }
@@ -741,10 +702,10 @@ impl EventLoop {
             Ok(body) => body,
             Err(stage::RequestFault::OverBudget) => {
                 tracing::debug!(target: TARGET, %peer, "stage request over the inbound budget");
-                refuse(&mut self.swarm, channel, StageError::Busy);
+                refuse(&mut self.swarm, channel, Refusal::Busy);
                 return;
             }
-            Err(_) if self.condemned.contains(&peer) => {
+            Err(_) if self.bad.is_condemned(&peer) => {
                 // Already refused and about to be banned: no more answers.
                 drop(channel);
                 return;
@@ -752,28 +713,33 @@ impl EventLoop {
             Err(fault) => {
                 tracing::debug!(target: TARGET, %peer, %fault, "bad stage request");
                 // Answer, then ban once the answer is out (or at once if it cannot be sent).
-                let sent = refuse(&mut self.swarm, channel, StageError::BadRequest);
-                if sent && self.condemned.len() < MAX_BANS_AFTER_REPLY {
-                    self.condemned.insert(peer);
-                    self.ban_after_reply.insert((Proto::Stage, request_id), peer);
-                } else {
+                let sent = refuse(&mut self.swarm, channel, Refusal::BadRequest);
+                if !self.bad.condemn(Proto::Stage, request_id, peer, sent) {
                     self.penalise(peer, Misbehaviour::UndecodableMessage);
                 }
                 return;
             }
         };
-        if self.stage_replies.len() >= self.config.max_pending_stage_requests {
-            refuse(&mut self.swarm, channel, StageError::Busy);
+        if self.stage.replies.is_full() {
+            refuse(&mut self.swarm, channel, Refusal::Busy);
             return;
         }
         let stage::Body { data, reservation } = body;
         let (reply, rx) = oneshot::channel();
-        if !self.emit(Event::StageRequest { peer, data, reply }) {
-            refuse(&mut self.swarm, channel, StageError::Busy);
-            return;
+        match self.stage_requests.try_send(StageInbound { peer, request: data, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                refuse(&mut self.swarm, channel, Refusal::Busy);
+                return;
+            }
+            // This node serves no stages (nobody holds the receiver).
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                refuse(&mut self.swarm, channel, Refusal::Unavailable);
+                return;
+            }
         }
         let timeout = self.config.stage_timeout;
-        self.stage_replies.push(
+        self.stage.replies.push(
             async move {
                 let answer = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
                 (channel, peer, answer, reservation)

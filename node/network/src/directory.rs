@@ -150,7 +150,7 @@ impl Directory {
             Ok(record) => self.put(swarm, model, record),
             Err(e) => tracing::warn!(target: TARGET, error = %e, "cannot sign a withdrawal"),
         }
-        tracing::info!(target: TARGET, model = %hex::encode(model), "worker announcement withdrawn");
+        tracing::info!(target: TARGET, model = %model, "worker announcement withdrawn");
         true
     }
 
@@ -194,7 +194,7 @@ impl Directory {
                 tracing::warn!(target: TARGET, error = ?e, "cannot store the provider record")
             }
         }
-        tracing::debug!(target: TARGET, model = %hex::encode(model), layers = ?(announcement.layer_start..announcement.layer_end), free = announcement.free, "worker announcement published");
+        tracing::debug!(target: TARGET, model = %model, layers = ?(announcement.layer_start..announcement.layer_end), free = announcement.free, "worker announcement published");
         Ok(())
     }
 
@@ -388,7 +388,7 @@ impl Directory {
             }
             workers.push((peer, verified.record.announcement));
         }
-        tracing::debug!(target: TARGET, model = %hex::encode(find.model), found = workers.len(), "worker lookup done");
+        tracing::debug!(target: TARGET, model = %find.model, found = workers.len(), "worker lookup done");
         let _ = find.reply.send(Ok(workers));
     }
 

@@ -1,8 +1,7 @@
 //! Errors of the network crate.
 
 use crate::gossip::Topic;
-use crate::stage::StageError;
-use crate::sync::SyncError;
+use crate::request::Refusal;
 use libp2p::{Multiaddr, PeerId};
 use std::path::PathBuf;
 
@@ -91,7 +90,7 @@ pub enum Error {
         /// The peer asked.
         peer: PeerId,
         /// Its answer.
-        error: SyncError,
+        error: Refusal,
     },
     /// The peer answered a sync or stage request with something invalid; it has been
     /// penalised.
@@ -108,7 +107,7 @@ pub enum Error {
         /// The peer asked.
         peer: PeerId,
         /// Its answer.
-        error: StageError,
+        error: Refusal,
     },
     /// A worker announcement that cannot be published.
     #[error("invalid worker announcement: {0}")]

@@ -26,7 +26,7 @@ pub enum Event {
         data: Vec<u8>,
     },
     /// A peer asks for blocks. Send the answer on `reply` within the sync timeout; dropping
-    /// `reply` answers [`sync::SyncError::Unavailable`]. The request is well formed and
+    /// `reply` answers [`Refusal::Unavailable`](crate::Refusal). The request is well formed and
     /// `max` is at most [`sync::MAX_BLOCKS_PER_REQUEST`].
     SyncRequest {
         /// Who asks.
@@ -36,23 +36,31 @@ pub enum Event {
         /// Where the answer goes.
         reply: oneshot::Sender<sync::Response>,
     },
-    /// A peer sends a stage request (`/bitorch/stage/1`): opaque bytes for the inference
-    /// service, at most [`Config::max_stage_request_bytes`](crate::Config) long. Send the
-    /// answer bytes on `reply` within [`Config::stage_timeout`](crate::Config); an answer
-    /// longer than [`Config::max_stage_response_bytes`](crate::Config) is replaced by a
-    /// refusal, and dropping `reply` answers [`StageError::Unavailable`](crate::stage::StageError).
-    /// Bytes that do not decode as a stage message are the inference service's to reject (in
-    /// its own answer) and to report with [`Handle::report_peer`](crate::Handle::report_peer).
-    StageRequest {
-        /// Who asks.
-        peer: PeerId,
-        /// The request.
-        data: Vec<u8>,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Vec<u8>>,
-    },
     /// The first connection to a peer was established.
     PeerConnected(PeerId),
     /// The last connection to a peer closed.
     PeerDisconnected(PeerId),
 }
+
+/// A peer's request on a request-response protocol of ours, and where its answer goes.
+/// Dropping `reply` refuses the request (the protocol's "unavailable" answer).
+#[derive(Debug)]
+pub struct Inbound<Req, Resp> {
+    /// Who asks.
+    pub peer: PeerId,
+    /// What it asks.
+    pub request: Req,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Resp>,
+}
+
+/// A stage request (`/bitorch/stage/1`), delivered on its own bounded channel (the one
+/// [`spawn`](crate::spawn) returns as [`Service::stage_requests`](crate::Service)) so that it
+/// goes straight to the serving service: opaque bytes for it, at most
+/// [`Config::max_stage_request_bytes`](crate::Config) long. Send the answer bytes on `reply`
+/// within [`Config::stage_timeout`](crate::Config); an answer longer than
+/// [`Config::max_stage_response_bytes`](crate::Config) is replaced by a refusal, and dropping
+/// `reply` answers [`Refusal::Unavailable`](crate::Refusal). Bytes that do not
+/// decode as a stage message are the serving service's to reject (in its own answer) and to
+/// report with [`Handle::report_peer`](crate::Handle::report_peer).
+pub type StageInbound = Inbound<Vec<u8>, Vec<u8>>;

@@ -3,8 +3,9 @@
 //! One task, started by [`spawn`], owns the libp2p swarm; the node drives it through a
 //! cloneable [`Handle`] (bounded command channel, a `oneshot` answer per call) and receives
 //! [`Event`]s on a bounded channel: gossip messages with the peer that sent them, inbound
-//! block-sync and stage requests with a `oneshot` for the answer, and peers connecting and
-//! leaving.
+//! block-sync requests with a `oneshot` for the answer, and peers connecting and leaving.
+//! Inbound stage requests ([`StageInbound`]) come on a bounded channel of their own, which
+//! the serving service consumes (the chain's consensus and sync never see them).
 //!
 //! Protocols, one behaviour each (see [`behaviour`]):
 //! - transports: TCP with noise and yamux, and QUIC (`quic-v1`, TLS 1.3 with the libp2p
@@ -22,7 +23,7 @@
 //! - request-response stage requests ([`stage`], `/bitorch/stage/1`): opaque payloads for the
 //!   inference service, limited in size both ways ([`Config::max_stage_request_bytes`],
 //!   [`Config::max_stage_response_bytes`]) and in what waits for the node, many at once on one
-//!   connection: [`Handle::stage_request`] out, [`Event::StageRequest`] in;
+//!   connection: [`Handle::stage_request`] out, [`Service::stage_requests`] in;
 //! - worker announcements in the DHT ([`workers`]): [`Handle::announce_worker`] publishes a
 //!   [`WorkerAnnouncement`] signed by the node key (a provider record for the model and the
 //!   signed record) and keeps it fresh until [`Handle::withdraw_worker`];
@@ -52,6 +53,7 @@ pub mod gossip;
 pub mod handle;
 pub mod key;
 pub mod peers;
+pub mod request;
 pub mod stage;
 pub mod sync;
 pub mod tx_batch;
@@ -59,26 +61,35 @@ pub mod workers;
 
 pub use config::Config;
 pub use error::Error;
-pub use event::Event;
+pub use event::{Event, Inbound, StageInbound};
 pub use gossip::{GossipId, Topic, Verdict};
 pub use handle::Handle;
 pub use key::NodeKey;
 pub use libp2p::{identity::Keypair, Multiaddr, PeerId};
 pub use peers::Misbehaviour;
-pub use stage::StageError;
+pub use request::Refusal;
 pub use workers::{ModelId, WorkerAnnouncement};
 
 use libp2p::{noise, tcp, yamux};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// A started network service.
+pub struct Service {
+    /// Drives the service.
+    pub handle: Handle,
+    /// Gossip, sync requests and peers coming and going.
+    pub events: mpsc::Receiver<Event>,
+    /// Peers' stage requests (at most [`Config::max_pending_stage_requests`] wait here; more
+    /// are refused as busy, as are all of them once this receiver is dropped).
+    pub stage_requests: mpsc::Receiver<StageInbound>,
+    /// The service task; it ends when `cancel` fires or every handle is dropped.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
 /// Starts the network service: loads the node key, listens, dials the boot nodes and starts
-/// discovery. Returns the handle, the event receiver and the task, which ends when `cancel`
-/// fires or every handle is dropped. Must be called inside a tokio runtime.
-pub fn spawn(
-    config: Config,
-    cancel: CancellationToken,
-) -> Result<(Handle, mpsc::Receiver<Event>, tokio::task::JoinHandle<()>), Error> {
+/// discovery. Must be called inside a tokio runtime.
+pub fn spawn(config: Config, cancel: CancellationToken) -> Result<Service, Error> {
     let keypair = config.node_key.keypair()?;
     let local_peer_id = keypair.public().to_peer_id();
     let boot_nodes = config
@@ -120,8 +131,10 @@ pub fn spawn(
 
     let (tx, commands) = mpsc::channel(config.command_capacity.max(1));
     let (events_tx, events) = mpsc::channel(config.event_capacity.max(1));
+    let (stage_tx, stage_requests) = mpsc::channel(config.max_pending_stage_requests.max(1));
     let task = tokio::spawn(
-        actor::EventLoop::new(swarm, keypair, config, commands, events_tx, boot_nodes).run(cancel),
+        actor::EventLoop::new(swarm, keypair, config, commands, events_tx, stage_tx, boot_nodes)
+            .run(cancel),
     );
-    Ok((Handle::new(tx, local_peer_id), events, task))
+    Ok(Service { handle: Handle::new(tx, local_peer_id), events, stage_requests, task })
 }

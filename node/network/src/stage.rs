@@ -16,6 +16,7 @@
 //! ([`Config::max_stage_inbound_bytes`](crate::Config)), held until the node has answered: past
 //! it, requests are refused as busy instead of buffered.
 
+use crate::request::Refusal;
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use parity_scale_codec::{Compact, Decode, Encode};
@@ -42,24 +43,7 @@ pub enum Response {
     /// The serving node's answer.
     Data(Vec<u8>),
     /// The serving node refused the request.
-    Refused(StageError),
-}
-
-/// Why a node refused a stage request. Errors on the wire are enums, not strings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, thiserror::Error)]
-pub enum StageError {
-    /// The request was larger than the node accepts.
-    #[error("bad request")]
-    BadRequest,
-    /// The node is serving too many requests, or is behind.
-    #[error("busy")]
-    Busy,
-    /// The node gave no answer in time.
-    #[error("unavailable")]
-    Unavailable,
-    /// The node's answer was larger than the limit.
-    #[error("answer too large")]
-    ResponseTooLarge,
+    Refused(Refusal),
 }
 
 /// Why an inbound request was not read.
@@ -220,7 +204,7 @@ pub fn decode_response(mut buf: Vec<u8>, limit: usize) -> Result<Response, crate
             buf.drain(..header);
             Ok(Response::Data(buf))
         }
-        Ok(1) => StageError::decode(&mut input)
+        Ok(1) => Refusal::decode(&mut input)
             .ok()
             .filter(|_| input.is_empty())
             .map(Response::Refused)
@@ -320,8 +304,8 @@ mod tests {
             Response::Data(Vec::new()),
             Response::Data(vec![7; 100]),
             Response::Data(vec![1; 70_000]),
-            Response::Refused(StageError::Busy),
-            Response::Refused(StageError::ResponseTooLarge),
+            Response::Refused(Refusal::Busy),
+            Response::Refused(Refusal::ResponseTooLarge),
         ] {
             let bytes = written(&response).await;
             assert_eq!(bytes, response.encode());

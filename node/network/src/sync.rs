@@ -6,6 +6,7 @@
 //! not decode reaches the service as a [`WireError`], so the sender can be answered with a
 //! typed refusal and penalised instead of the stream just failing.
 
+use crate::request::Refusal;
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use parity_scale_codec::{Decode, DecodeLimit, Encode};
@@ -47,21 +48,7 @@ pub enum Response {
     /// peer has no more.
     Blocks(Vec<SyncBlock>),
     /// The peer will not answer.
-    Refused(SyncError),
-}
-
-/// Why a peer refused a sync request. Errors on the wire are enums, not strings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, thiserror::Error)]
-pub enum SyncError {
-    /// The request was too large or did not decode.
-    #[error("bad request")]
-    BadRequest,
-    /// The peer is serving too many requests.
-    #[error("busy")]
-    Busy,
-    /// The peer cannot serve these blocks now.
-    #[error("unavailable")]
-    Unavailable,
+    Refused(Refusal),
 }
 
 /// Why bytes from a peer were not a valid message.
@@ -185,7 +172,7 @@ mod tests {
         assert_eq!(decode::<Request>(req.encode(), MAX_REQUEST_BYTES).await, Ok(req));
         let resp = Response::Blocks(vec![SyncBlock { block: vec![1, 2], commit: vec![3] }]);
         assert_eq!(decode::<Response>(resp.encode(), MAX_RESPONSE_BYTES).await, Ok(resp));
-        let refused = Response::Refused(SyncError::Busy);
+        let refused = Response::Refused(Refusal::Busy);
         assert_eq!(decode::<Response>(refused.encode(), MAX_RESPONSE_BYTES).await, Ok(refused));
     }
 

@@ -46,8 +46,7 @@ const DECODE_DEPTH_LIMIT: u32 = 8;
 /// Domain separation of the signed bytes.
 const SIGNING_CONTEXT: &[u8] = b"bitorch/worker-record/1";
 
-/// A model id: the hash of its manifest, as registered on chain.
-pub type ModelId = [u8; 32];
+pub use bitorch_primitives::ModelId;
 
 /// What a worker tells the network about the stage it serves. SCALE-encoded in the DHT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
@@ -155,7 +154,7 @@ pub struct VerifiedRecord {
 /// blake2-256(`"bitorch/model/"` ++ model).
 pub fn model_key(model: &ModelId) -> RecordKey {
     let mut preimage = b"bitorch/model/".to_vec();
-    preimage.extend_from_slice(model);
+    preimage.extend_from_slice(model.as_bytes());
     RecordKey::new(&sp_crypto_hashing::blake2_256(&preimage))
 }
 
@@ -163,7 +162,7 @@ pub fn model_key(model: &ModelId) -> RecordKey {
 /// blake2-256(`"bitorch/worker/"` ++ model ++ peer id bytes).
 pub fn record_key(model: &ModelId, peer: &PeerId) -> RecordKey {
     let mut preimage = b"bitorch/worker/".to_vec();
-    preimage.extend_from_slice(model);
+    preimage.extend_from_slice(model.as_bytes());
     preimage.extend_from_slice(&peer.to_bytes());
     RecordKey::new(&sp_crypto_hashing::blake2_256(&preimage))
 }
@@ -301,7 +300,7 @@ mod tests {
 
     fn announcement() -> WorkerAnnouncement {
         WorkerAnnouncement {
-            model: [7; 32],
+            model: ModelId::repeat_byte(7),
             layer_start: 0,
             layer_end: 10,
             capacity: 8,
@@ -328,7 +327,7 @@ mod tests {
         let bytes = record.to_bytes();
         assert!(bytes.len() < 400, "a record is small: {} bytes", bytes.len());
         assert_eq!(decode_record(&bytes), Ok(record.clone()));
-        let k = record_key(&[7; 32], &peer);
+        let k = record_key(&ModelId::repeat_byte(7), &peer);
         let verified = verify(&bytes, &k, Some(&peer), NOW).expect("verifies");
         assert_eq!(verified.peer, peer);
         assert_eq!(verified.addresses, vec![addr()]);
@@ -339,10 +338,16 @@ mod tests {
     #[test]
     fn keys_are_distinct_per_model_and_peer() {
         let (p, q) = (PeerId::random(), PeerId::random());
-        assert_ne!(record_key(&[1; 32], &p), record_key(&[1; 32], &q));
-        assert_ne!(record_key(&[1; 32], &p), record_key(&[2; 32], &p));
-        assert_ne!(model_key(&[1; 32]), model_key(&[2; 32]));
-        assert_eq!(model_key(&[1; 32]).as_ref().len(), 32);
+        assert_ne!(
+            record_key(&ModelId::repeat_byte(1), &p),
+            record_key(&ModelId::repeat_byte(1), &q)
+        );
+        assert_ne!(
+            record_key(&ModelId::repeat_byte(1), &p),
+            record_key(&ModelId::repeat_byte(2), &p)
+        );
+        assert_ne!(model_key(&ModelId::repeat_byte(1)), model_key(&ModelId::repeat_byte(2)));
+        assert_eq!(model_key(&ModelId::repeat_byte(1)).as_ref().len(), 32);
     }
 
     #[test]
@@ -351,7 +356,7 @@ mod tests {
         let peer = key.public().to_peer_id();
         let other = Keypair::generate_ed25519();
         let other_peer = other.public().to_peer_id();
-        let k = record_key(&[7; 32], &peer);
+        let k = record_key(&ModelId::repeat_byte(7), &peer);
 
         // Signed by another key: wrong signer for this peer, and the wrong key for its signer.
         let forged = signed(&other).to_bytes();
@@ -364,7 +369,7 @@ mod tests {
         // Another peer's public key pasted over a valid signature.
         let mut swapped = signed(&key);
         swapped.public_key = other.public().encode_protobuf();
-        let k_other = record_key(&[7; 32], &other_peer);
+        let k_other = record_key(&ModelId::repeat_byte(7), &other_peer);
         assert_eq!(
             verify(&swapped.to_bytes(), &k_other, Some(&other_peer), NOW),
             Err(RecordError::BadSignature)
@@ -388,7 +393,7 @@ mod tests {
         // Another model's key.
         let bytes = signed(&key).to_bytes();
         assert_eq!(
-            verify(&bytes, &record_key(&[8; 32], &peer), Some(&peer), NOW),
+            verify(&bytes, &record_key(&ModelId::repeat_byte(8), &peer), Some(&peer), NOW),
             Err(RecordError::WrongKey)
         );
         assert!(RecordError::WrongKey.is_forgery());
@@ -398,7 +403,7 @@ mod tests {
     fn expiry_is_enforced_both_ways() {
         let key = Keypair::generate_ed25519();
         let peer = key.public().to_peer_id();
-        let k = record_key(&[7; 32], &peer);
+        let k = record_key(&ModelId::repeat_byte(7), &peer);
         let bytes = signed(&key).to_bytes();
         assert_eq!(verify(&bytes, &k, Some(&peer), NOW + 90_000), Err(RecordError::Expired));
         let mut forever = announcement();
@@ -412,7 +417,7 @@ mod tests {
     fn malformed_bytes_give_typed_errors() {
         let key = Keypair::generate_ed25519();
         let peer = key.public().to_peer_id();
-        let k = record_key(&[7; 32], &peer);
+        let k = record_key(&ModelId::repeat_byte(7), &peer);
         assert_eq!(decode_record(&[]), Err(RecordError::Undecodable));
         assert_eq!(decode_record(&[9, 0, 0]), Err(RecordError::UnknownVersion(9)));
         assert_eq!(decode_record(&[RECORD_VERSION; 10]), Err(RecordError::Undecodable));

@@ -3,7 +3,8 @@
 
 mod common;
 
-use bitorch_network::sync::{self, Response, SyncError};
+use bitorch_network::sync::{self, Response};
+use bitorch_network::Refusal;
 use bitorch_network::{spawn, Config, Error, Misbehaviour, Multiaddr, NodeKey, Topic};
 use common::{
     config, drain_gossip, eventually, run_bounded, send_raw, serve_blocks, TestNode, BAN,
@@ -93,7 +94,7 @@ async fn garbage_and_oversized_sync_requests_are_refused_and_banned() {
         let mut a = TestNode::start(config(NodeKey::Ephemeral, vec![])).await;
         let server = serve_blocks(a.events.take().expect("events"));
 
-        let refused = Some(Response::Refused(SyncError::BadRequest));
+        let refused = Some(Response::Refused(Refusal::BadRequest));
         let decode = |bytes: Option<Vec<u8>>| {
             bytes.and_then(|b| parity_scale_codec::Decode::decode(&mut b.as_slice()).ok())
         };
@@ -111,7 +112,7 @@ async fn garbage_and_oversized_sync_requests_are_refused_and_banned() {
         )
         .await;
         let answer = answer.map(|b| decode(Some(b)));
-        assert!(matches!(answer, None | Some(Some(Response::Refused(SyncError::BadRequest)))));
+        assert!(matches!(answer, None | Some(Some(Response::Refused(Refusal::BadRequest)))));
 
         // Both senders are banned and disconnected.
         eventually("both bad senders banned and gone", || async {

@@ -4,8 +4,9 @@
 
 mod common;
 
-use bitorch_network::stage::{self, Response, StageError};
-use bitorch_network::{Config, Error, Event, NodeKey};
+use bitorch_network::stage::{self, Response};
+use bitorch_network::Refusal;
+use bitorch_network::{Config, Error, NodeKey, StageInbound};
 use common::{config, eventually, run_bounded, send_raw, TestNode};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -13,28 +14,26 @@ use tokio::sync::mpsc;
 /// Answers every stage request with its bytes reversed, after `delay`; a request starting
 /// with `drop` gets no answer, one starting with `huge` gets `huge_len` bytes.
 fn serve_stage(
-    mut events: mpsc::Receiver<Event>,
+    mut requests: mpsc::Receiver<StageInbound>,
     delay: Duration,
     huge_len: usize,
 ) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let mut served = 0;
-        while let Some(event) = events.recv().await {
-            if let Event::StageRequest { data, reply, .. } = event {
-                served += 1;
-                tokio::spawn(async move {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    if data.starts_with(b"drop") {
-                        drop(reply);
-                    } else if data.starts_with(b"huge") {
-                        let _ = reply.send(vec![0; huge_len]);
-                    } else {
-                        let _ = reply.send(data.into_iter().rev().collect());
-                    }
-                });
-            }
+        while let Some(StageInbound { request: data, reply, .. }) = requests.recv().await {
+            served += 1;
+            tokio::spawn(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if data.starts_with(b"drop") {
+                    drop(reply);
+                } else if data.starts_with(b"huge") {
+                    let _ = reply.send(vec![0; huge_len]);
+                } else {
+                    let _ = reply.send(data.into_iter().rev().collect());
+                }
+            });
         }
         served
     })
@@ -48,7 +47,7 @@ fn reversed(data: &[u8]) -> Vec<u8> {
 async fn pair(a_config: Config, delay: Duration) -> (TestNode, TestNode) {
     let mut a = TestNode::start(a_config.clone()).await;
     let huge_len = a_config.max_stage_response_bytes + 1;
-    serve_stage(a.events.take().expect("events"), delay, huge_len);
+    serve_stage(a.stage.take().expect("stage requests"), delay, huge_len);
     let b = TestNode::start(config(NodeKey::Ephemeral, vec![a.addr.clone()])).await;
     eventually("B connected to A", || async { b.peers().await.contains(&a.id()).then_some(()) })
         .await;
@@ -106,7 +105,7 @@ async fn stage_requests_round_trip_fast_on_loopback() {
         // No answer from the node: a typed refusal.
         let dropped = b.handle.stage_request(a.id(), b"drop me".to_vec()).await;
         assert!(
-            matches!(dropped, Err(Error::StageRefused { error: StageError::Unavailable, .. })),
+            matches!(dropped, Err(Error::StageRefused { error: Refusal::Unavailable, .. })),
             "{dropped:?}"
         );
         a.stop().await;
@@ -133,14 +132,14 @@ async fn stage_requests_past_the_queue_or_the_size_limits_are_refused() {
         let answered = results.iter().filter(|r| r.is_ok()).count();
         let busy = results
             .iter()
-            .filter(|r| matches!(r, Err(Error::StageRefused { error: StageError::Busy, .. })))
+            .filter(|r| matches!(r, Err(Error::StageRefused { error: Refusal::Busy, .. })))
             .count();
         assert_eq!((answered, busy), (4, 4), "{results:?}");
 
         // An answer over the node's limit is refused by the node, not sent.
         let huge = b.handle.stage_request(a.id(), b"huge".to_vec()).await;
         assert!(
-            matches!(huge, Err(Error::StageRefused { error: StageError::ResponseTooLarge, .. })),
+            matches!(huge, Err(Error::StageRefused { error: Refusal::ResponseTooLarge, .. })),
             "{huge:?}"
         );
 
@@ -182,7 +181,7 @@ async fn oversized_stage_request_is_refused_without_harming_requests_in_flight()
         if let Some(bytes) = answer {
             let refusal: Response =
                 parity_scale_codec::Decode::decode(&mut bytes.as_slice()).expect("a refusal");
-            assert_eq!(refusal, Response::Refused(StageError::BadRequest));
+            assert_eq!(refusal, Response::Refused(Refusal::BadRequest));
         }
         eventually("the hostile peer banned", || async {
             let banned = a.handle.banned_peers().await.ok()?;

@@ -6,7 +6,9 @@ mod common;
 
 use bitorch_network::behaviour::{IDENTIFY_VERSION, KAD_PROTOCOL};
 use bitorch_network::workers::{self, WorkerRecord};
-use bitorch_network::{Config, Event, Multiaddr, NodeKey, PeerId, WorkerAnnouncement};
+use bitorch_network::{
+    Config, ModelId, Multiaddr, NodeKey, PeerId, StageInbound, WorkerAnnouncement,
+};
 use common::{config, eventually, eventually_within, run_bounded_for, TestNode};
 use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -15,9 +17,9 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, kad, noise, tcp, yamux, Swarm};
 use std::time::Duration;
 
-const MODEL: [u8; 32] = [0xab; 32];
+const MODEL: ModelId = ModelId::repeat_byte(0xab);
 
-fn announcement(model: [u8; 32], layers: std::ops::Range<u32>, free: u32) -> WorkerAnnouncement {
+fn announcement(model: ModelId, layers: std::ops::Range<u32>, free: u32) -> WorkerAnnouncement {
     WorkerAnnouncement {
         model,
         layer_start: layers.start,
@@ -50,7 +52,7 @@ async fn line() -> (TestNode, TestNode, TestNode) {
 /// Polls `node`'s lookup of `model` until `done` holds for its answer.
 async fn find_until(
     node: &TestNode,
-    model: [u8; 32],
+    model: ModelId,
     what: &str,
     done: impl Fn(&[(PeerId, WorkerAnnouncement)]) -> bool,
 ) -> Vec<(PeerId, WorkerAnnouncement)> {
@@ -66,12 +68,10 @@ async fn worker_found_across_the_dht_serves_then_withdraws_and_expires() {
     run_bounded_for(Duration::from_secs(90), async {
         let (mut a, b, c) = line().await;
         // A's test task plays the worker: it answers stage requests.
-        let mut a_events = a.events.take().expect("events");
+        let mut a_stage = a.stage.take().expect("stage requests");
         tokio::spawn(async move {
-            while let Some(event) = a_events.recv().await {
-                if let Event::StageRequest { data, reply, .. } = event {
-                    let _ = reply.send([b"layers 0..10 of ".as_slice(), &data].concat());
-                }
+            while let Some(StageInbound { request, reply, .. }) = a_stage.recv().await {
+                let _ = reply.send([b"layers 0..10 of ".as_slice(), &request].concat());
             }
         });
 
@@ -103,7 +103,12 @@ async fn worker_found_across_the_dht_serves_then_withdraws_and_expires() {
         })
         .await;
         // Other models are not mixed in.
-        assert!(c.handle.find_workers([0xcd; 32]).await.expect("lookup").is_empty());
+        assert!(c
+            .handle
+            .find_workers(ModelId::repeat_byte(0xcd))
+            .await
+            .expect("lookup")
+            .is_empty());
 
         // Withdrawn: no longer returned, by C or by A.
         assert!(a.handle.withdraw_worker(MODEL).await.expect("withdraw"));
@@ -113,7 +118,7 @@ async fn worker_found_across_the_dht_serves_then_withdraws_and_expires() {
 
         // Expired: A announces another model, then goes away and stops refreshing it. The
         // copies B and C hold keep it listed until its 3 s are over, then C drops it.
-        let other = [0xef; 32];
+        let other = ModelId::repeat_byte(0xef);
         a.handle.announce_worker(announcement(other, 10..20, 8)).await.expect("announce");
         find_until(&c, other, "C finds A for the other model", |f| f.len() == 1).await;
         // Let a refresh reach B and C.

@@ -1,116 +1,72 @@
 //! Bitorch's own typed methods: accounts, staking, validators, jobs and models.
 
-use crate::methods::{internal, required, RpcResult};
+use crate::methods::{internal, required};
 use crate::{parse_address, Ctx, Error};
 use bitorch_primitives::{format_balance, keys::to_ss58};
-use bitorch_runtime::{jobs, models, Balances, Jobs, Models, Staking};
+use bitorch_runtime::{jobs, models};
 use jsonrpsee::server::RpcModule;
 use serde_json::{json, Value};
 
 pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
     method!(m, "bitorch_account", |p, ctx| {
         let who = parse_address(&required::<String>(&p, 0, "account address")?)?;
-        ctx.chain
-            .with(move |s| -> RpcResult {
-                let st = s.chain.state();
-                let a = Balances::account(st, &who).map_err(internal)?;
-                let ledger = Staking::ledger(st, &who).map_err(internal)?;
-                let is_candidate = Staking::is_candidate(st, &who).map_err(internal)?;
-                let worker = Staking::worker_info(st, &who).map_err(internal)?;
-                let active = Staking::validator_set(st).map_err(internal)?.contains(&who);
-                Ok(json!({
-                    "address": to_ss58(&who),
-                    "nonce": a.nonce,
-                    "free": a.free.to_string(),
-                    "reserved": a.reserved.to_string(),
-                    "freeFormatted": format_balance(a.free),
-                    "reservedFormatted": format_balance(a.reserved),
-                    "staking": {
-                        "bonded": ledger.bonded.to_string(),
-                        "unlocking": ledger.unlocking.iter().map(|c| json!({
-                            "amount": c.amount.to_string(),
-                            "unlockAt": c.unlock_at,
-                        })).collect::<Vec<_>>(),
-                        "validatorCandidate": is_candidate,
-                        "activeValidator": active,
-                        "worker": worker.is_some(),
-                    },
-                }))
-            })
-            .await
-            .map_err(internal)?
+        let a = ctx.chain.account(who.clone()).await.map_err(internal)?;
+        Ok(json!({
+            "address": to_ss58(&who),
+            "nonce": a.data.nonce,
+            "free": a.data.free.to_string(),
+            "reserved": a.data.reserved.to_string(),
+            "freeFormatted": format_balance(a.data.free),
+            "reservedFormatted": format_balance(a.data.reserved),
+            "staking": {
+                "bonded": a.ledger.bonded.to_string(),
+                "unlocking": a.ledger.unlocking.iter().map(|c| json!({
+                    "amount": c.amount.to_string(),
+                    "unlockAt": c.unlock_at,
+                })).collect::<Vec<_>>(),
+                "validatorCandidate": a.candidate,
+                "activeValidator": a.active_validator,
+                "worker": a.worker,
+            },
+        }))
     });
     method!(m, "bitorch_validators", |_p, ctx| {
-        ctx.chain
-            .with(|s| -> RpcResult {
-                let set = Staking::validator_set(s.chain.state()).map_err(internal)?;
-                Ok(json!(set.iter().map(to_ss58).collect::<Vec<_>>()))
-            })
-            .await
-            .map_err(internal)?
+        let set = ctx.chain.validators().await.map_err(internal)?;
+        Ok(json!(set.powers.iter().map(|(v, _)| to_ss58(v)).collect::<Vec<_>>()))
     });
     method!(m, "bitorch_consensusState", |_p, ctx| {
         let status = ctx.status.as_ref().map(|s| s.borrow().clone());
-        ctx.chain
-            .with(move |s| -> RpcResult {
-                let validators = s.chain.validators().map_err(internal)?;
-                let finalized = s.chain.finalized();
-                let height = s.chain.best().number + 1;
-                // The round is the engine's while it runs this very height; `null` between a
-                // decision and the start of the next height (block-time pacing).
-                let round =
-                    status.as_ref().filter(|st| st.height == height).and_then(|st| st.round);
-                Ok(json!({
-                    "height": height,
-                    "round": round,
-                    "validating": status.as_ref().is_some_and(|st| st.validating),
-                    "syncing": status.as_ref().is_some_and(|st| st.syncing),
-                    "finalizedNumber": finalized.number,
-                    "finalizedHash": finalized.hash(),
-                    "validators": validators.iter().map(|(v, power)| json!({
-                        "address": to_ss58(v),
-                        "votingPower": power,
-                    })).collect::<Vec<_>>(),
-                }))
-            })
-            .await
-            .map_err(internal)?
+        let validators = ctx.chain.validators().await.map_err(internal)?;
+        let finalized = ctx.chain.finalized().await.map_err(internal)?;
+        let height = validators.best + 1;
+        // The round is the engine's while it runs this very height; `null` between a
+        // decision and the start of the next height (block-time pacing).
+        let round = status.as_ref().filter(|st| st.height == height).and_then(|st| st.round);
+        Ok(json!({
+            "height": height,
+            "round": round,
+            "validating": status.as_ref().is_some_and(|st| st.validating),
+            "syncing": status.as_ref().is_some_and(|st| st.syncing),
+            "finalizedNumber": finalized.number,
+            "finalizedHash": finalized.hash(),
+            "validators": validators.powers.iter().map(|(v, power)| json!({
+                "address": to_ss58(v),
+                "votingPower": power,
+            })).collect::<Vec<_>>(),
+        }))
     });
     method!(m, "bitorch_totalIssuance", |_p, ctx| {
-        ctx.chain
-            .with(|s| -> RpcResult {
-                let issuance = Balances::total_issuance(s.chain.state()).map_err(internal)?;
-                Ok(json!(issuance.to_string()))
-            })
-            .await
-            .map_err(internal)?
+        let issuance = ctx.chain.total_issuance().await.map_err(internal)?;
+        Ok(json!(issuance.to_string()))
     });
     method!(m, "bitorch_job", |p, ctx| {
         let id: u64 = required(&p, 0, "job id")?;
-        ctx.chain
-            .with(move |s| -> RpcResult {
-                Ok(Jobs::job(s.chain.state(), id)
-                    .map_err(internal)?
-                    .map(|j| job_json(id, &j))
-                    .unwrap_or(Value::Null))
-            })
-            .await
-            .map_err(internal)?
+        let job = ctx.chain.job(id).await.map_err(internal)?;
+        Ok(job.map(|j| job_json(id, &j)).unwrap_or(Value::Null))
     });
     method!(m, "bitorch_models", |_p, ctx| {
-        ctx.chain
-            .with(|s| -> RpcResult {
-                let st = s.chain.state();
-                let mut out = Vec::new();
-                for id in Models::model_ids(st).map_err(internal)? {
-                    if let Some(r) = Models::model(st, &id).map_err(internal)? {
-                        out.push(model_json(&id, &r));
-                    }
-                }
-                Ok(Value::Array(out))
-            })
-            .await
-            .map_err(internal)?
+        let models = ctx.chain.models().await.map_err(internal)?;
+        Ok(Value::Array(models.iter().map(|(id, r)| model_json(id, r)).collect()))
     });
     method!(m, "bitorch_workers", |p, ctx| {
         let id = crate::parse_hash(&required::<String>(&p, 0, "model id")?)?;
@@ -120,7 +76,7 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
                 "this node runs without networking (--dev): no workers to find",
             ));
         };
-        let found = net.find_workers(id.0).await.map_err(internal)?;
+        let found = net.find_workers(id).await.map_err(internal)?;
         Ok(Value::Array(
             found
                 .into_iter()
@@ -141,15 +97,8 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
     });
     method!(m, "bitorch_model", |p, ctx| {
         let id = crate::parse_hash(&required::<String>(&p, 0, "model id")?)?;
-        ctx.chain
-            .with(move |s| -> RpcResult {
-                Ok(Models::model(s.chain.state(), &id)
-                    .map_err(internal)?
-                    .map(|r| model_json(&id, &r))
-                    .unwrap_or(Value::Null))
-            })
-            .await
-            .map_err(internal)?
+        let model = ctx.chain.model(id).await.map_err(internal)?;
+        Ok(model.map(|r| model_json(&id, &r)).unwrap_or(Value::Null))
     });
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use crate::{codes, err, header_json, parse_address, parse_hash, Ctx, Error};
 use bitorch_primitives::{keys, Hash, SS58_PREFIX, TOKEN_DECIMALS, TOKEN_SYMBOL};
-use bitorch_runtime::{Balances, MAX_EXTRINSIC_BYTES};
+use bitorch_runtime::MAX_EXTRINSIC_BYTES;
 use bitorch_service::{pool::PoolError, Error as ServiceError};
 use jsonrpsee::server::RpcModule;
 use jsonrpsee::types::{ErrorObjectOwned, Params};
@@ -108,10 +108,10 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
     method!(m, "system_name", |_p, ctx| Ok(json!(ctx.info.name)));
     method!(m, "system_version", |_p, ctx| Ok(json!(ctx.info.version)));
     method!(m, "system_chain", |_p, ctx| {
-        ctx.chain.with(|s| json!(s.chain.spec().name)).await.map_err(internal)
+        Ok(json!(ctx.chain.spec().await.map_err(internal)?.name))
     });
     method!(m, "system_chainType", |_p, ctx| {
-        ctx.chain.with(|s| json!(s.chain.spec().chain_type)).await.map_err(internal)
+        Ok(json!(ctx.chain.spec().await.map_err(internal)?.chain_type))
     });
     method!(m, "system_properties", |_p, _ctx| Ok(json!({
         "tokenSymbol": TOKEN_SYMBOL,
@@ -182,74 +182,45 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
     });
     method!(m, "system_accountNextIndex", |p, ctx| {
         let who = parse_address(&required::<String>(&p, 0, "account address")?)?;
-        ctx.chain
-            .with(move |s| -> RpcResult {
-                let n = Balances::nonce(s.chain.state(), &who).map_err(internal)?;
-                Ok(json!(s.pool.next_nonce(&who, n)))
-            })
-            .await
-            .map_err(internal)?
+        Ok(json!(ctx.chain.next_nonce(who).await.map_err(internal)?))
     });
     method!(m, "chain_getHeader", |p, ctx| {
         let hash = opt::<String>(&p, 0)?.map(|s| parse_hash(&s)).transpose()?;
-        ctx.chain
-            .with(move |s| -> RpcResult {
-                let h = match hash {
-                    None => Some(s.chain.best().clone()),
-                    Some(h) => s.chain.db().header(&h).map_err(internal)?,
-                };
-                Ok(h.map(|h| header_json(&h)).unwrap_or(Value::Null))
-            })
-            .await
-            .map_err(internal)?
+        let h = match hash {
+            None => Some(ctx.chain.best().await.map_err(internal)?),
+            Some(h) => ctx.chain.header(h).await.map_err(internal)?,
+        };
+        Ok(h.map(|h| header_json(&h)).unwrap_or(Value::Null))
     });
     method!(m, "chain_getBlock", |p, ctx| {
         let hash = opt::<String>(&p, 0)?.map(|s| parse_hash(&s)).transpose()?;
-        ctx.chain
-            .with(move |s| -> RpcResult {
-                let hash = hash.unwrap_or_else(|| s.chain.best().hash());
-                let Some(block) = s.chain.block(&hash).map_err(internal)? else { return Ok(Value::Null) };
-                let justification = s.chain.db().justification(&hash).map_err(internal)?;
-                let xts: Vec<String> = block.extrinsics.iter().map(|x| format!("0x{}", hex::encode(x.encode()))).collect();
-                Ok(json!({
-                    "block": { "header": header_json(&block.header), "extrinsics": xts },
-                    "justifications": justification.map(|j| json!([["BTCM", format!("0x{}", hex::encode(j.encode()))]])),
-                }))
-            })
-            .await
-            .map_err(internal)?
+        let Some((block, justification)) = ctx.chain.block(hash).await.map_err(internal)? else {
+            return Ok(Value::Null);
+        };
+        let xts: Vec<String> =
+            block.extrinsics.iter().map(|x| format!("0x{}", hex::encode(x.encode()))).collect();
+        Ok(json!({
+            "block": { "header": header_json(&block.header), "extrinsics": xts },
+            "justifications": justification
+                .map(|j| json!([["BTCM", format!("0x{}", hex::encode(j.encode()))]])),
+        }))
     });
     method!(m, "chain_getBlockHash", |p, ctx| {
         let n = opt::<Value>(&p, 0)?.map(|v| parse_number(&v)).transpose()?;
-        ctx.chain
-            .with(move |s| -> RpcResult {
-                let n = n.unwrap_or(s.chain.best().number);
-                Ok(s.chain
-                    .db()
-                    .hash_at(n)
-                    .map_err(internal)?
-                    .map(|h| json!(h))
-                    .unwrap_or(Value::Null))
-            })
-            .await
-            .map_err(internal)?
+        Ok(ctx.chain.hash_at(n).await.map_err(internal)?.map(|h| json!(h)).unwrap_or(Value::Null))
     });
     method!(m, "chain_getFinalizedHead", |_p, ctx| {
-        ctx.chain.with(|s| json!(s.chain.finalized().hash())).await.map_err(internal)
+        Ok(json!(ctx.chain.finalized().await.map_err(internal)?.hash()))
     });
     method!(m, "author_submitExtrinsic", |p, ctx| {
         let bytes = decode_extrinsic_hex(&required::<String>(&p, 0, "extrinsic hex")?)?;
         submit(&ctx, bytes).await.map(|h| json!(h))
     });
     method!(m, "author_pendingExtrinsics", |_p, ctx| {
-        ctx.chain
-            .with(|s| {
-                let v: Vec<String> =
-                    s.pool.all().iter().map(|x| format!("0x{}", hex::encode(x.encode()))).collect();
-                json!(v)
-            })
-            .await
-            .map_err(internal)
+        let pending = ctx.chain.pending().await.map_err(internal)?;
+        let v: Vec<String> =
+            pending.iter().map(|x| format!("0x{}", hex::encode(x.encode()))).collect();
+        Ok(json!(v))
     });
     crate::bitorch::register(m)?;
     Ok(())

@@ -55,15 +55,15 @@ async fn start() -> Node {
 impl Node {
     async fn author(&self) {
         let alice = pair_from_suri("//Alice").unwrap();
-        self.handle.with(move |s| s.author_and_import(&alice)).await.unwrap().unwrap();
+        self.handle.author_and_import(alice).await.unwrap();
     }
 
     async fn state_root(&self) -> Hash {
-        self.handle.with(|s| s.chain.state().root()).await.unwrap()
+        self.handle.state_root().await.unwrap()
     }
 
     async fn pool_len(&self) -> usize {
-        self.handle.with(|s| s.pool.len()).await.unwrap()
+        self.handle.pool_len().await.unwrap()
     }
 
     async fn free(&self, who: &Pair) -> u128 {
@@ -242,7 +242,14 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "author_unwatchExtrinsic",
         )
         .await;
-    assert!(r.is_err());
+    match r {
+        Err(jsonrpsee::core::ClientError::Call(e)) => {
+            assert!(e.message().contains("stale nonce 0"), "{}", e.message())
+        }
+        other => panic!("a stale transaction was watched: {other:?}"),
+    }
+    assert_eq!(node.state_root().await, root, "state changed after a watched stale nonce");
+    assert_eq!(node.pool_len().await, 0, "pool changed after a watched stale nonce");
 
     // Unknown account formats.
     for bad in ["hello", "0x1234", "15oF4uVJwmo4TdGW7VfQxNLavjCXviqxT9S1MgbjMNHr6Sp5"] {

@@ -2,8 +2,8 @@
 //! the transaction pool, and dev block production.
 //!
 //! One task, [`service::spawn`], owns the chain and the pool; others talk to it through a
-//! cloneable [`service::Handle`] that sends closures over a bounded channel and gets answers
-//! on oneshots. Events (new blocks, transaction status) go out on a bounded broadcast channel.
+//! cloneable [`service::Handle`] whose typed queries and commands ([`query`]) go over a
+//! bounded channel and get answers on oneshots. Events (new blocks, transaction status) go out on a bounded broadcast channel.
 //! In `--dev`, [`service::spawn_dev_authoring`] authors, imports and finalizes a block every
 //! block time as the single validator; the multi-validator consensus of a later release feeds
 //! decided blocks into the same [`chain::Chain::import_block`].
@@ -15,6 +15,7 @@ pub mod chain;
 pub mod error;
 pub mod p2p;
 pub mod pool;
+pub mod query;
 pub mod service;
 pub mod status;
 pub mod wal;
@@ -22,5 +23,6 @@ pub mod wal;
 pub use chain::Chain;
 pub use error::Error;
 pub use pool::{PoolLimits, TxPool};
+pub use query::{Account, FinalBlock, SpecInfo, Validators};
 pub use service::{Event, Handle, TxStatus};
 pub use status::NodeStatus;

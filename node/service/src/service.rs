@@ -45,11 +45,11 @@ pub enum Event {
 type Job = Box<dyn FnOnce(&mut State) + Send>;
 
 /// What the service task owns.
-pub struct State {
+pub(crate) struct State {
     /// The chain.
-    pub chain: Chain,
+    pub(crate) chain: Chain,
     /// The transaction pool.
-    pub pool: TxPool,
+    pub(crate) pool: TxPool,
     events: broadcast::Sender<Event>,
 }
 
@@ -60,7 +60,7 @@ impl State {
     }
 
     /// Submits raw transaction bytes to the pool.
-    pub fn submit(&mut self, bytes: &[u8]) -> Result<Hash, Error> {
+    pub(crate) fn submit(&mut self, bytes: &[u8]) -> Result<Hash, Error> {
         let ctx = self.chain.next_context(self.chain.best().author.clone());
         let admitted = self.pool.submit(self.chain.state(), bytes, &ctx)?;
         for h in admitted.evicted.iter().chain(admitted.replaced.iter()) {
@@ -72,7 +72,7 @@ impl State {
     }
 
     /// Authors, imports and finalizes the next block as the single validator `key`.
-    pub fn author_and_import(&mut self, key: &Pair) -> Result<Imported, Error> {
+    pub(crate) fn author_and_import(&mut self, key: &Pair) -> Result<Imported, Error> {
         let candidates: Vec<_> =
             self.pool.ready(self.chain.state()).into_iter().map(|x| (*x).clone()).collect();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64);
@@ -85,7 +85,7 @@ impl State {
     }
 
     /// Imports a final block and updates the pool and subscribers.
-    pub fn import(&mut self, block: Block, commit: Commit) -> Result<Imported, Error> {
+    pub(crate) fn import(&mut self, block: Block, commit: Commit) -> Result<Imported, Error> {
         let imported = self.chain.import_block(block, commit)?;
         for h in &imported.extrinsics {
             self.pool.remove(h);
@@ -112,8 +112,9 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Runs `f` on the service's state and returns its result.
-    pub async fn with<R: Send + 'static>(
+    /// Runs `f` on the service's state and returns its result. Private to this crate: other
+    /// services use the typed queries of [`crate::query`].
+    pub(crate) async fn with<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut State) -> R + Send + 'static,
     ) -> Result<R, Error> {
@@ -178,21 +179,21 @@ pub fn spawn_dev_authoring(
                 _ = tick.tick() => {}
             }
             let key = key.clone();
-            match handle.with(move |s| s.author_and_import(&key)).await {
-                Ok(Ok(imp)) => tracing::info!(
+            match handle.author_and_import(key).await {
+                Ok(imp) => tracing::info!(
                     target: "authoring",
                     number = imp.header.number,
                     hash = %imp.hash,
                     txs = imp.extrinsics.len(),
                     "finalized block"
                 ),
-                Ok(Err(e)) => {
-                    tracing::error!(target: "authoring", error = %e, "block production failed; stopping the node");
+                Err(Error::Stopped) => {
+                    tracing::error!(target: "authoring", "the chain service is gone; stopping the node");
                     cancel.cancel();
                     break;
                 }
-                Err(_) => {
-                    tracing::error!(target: "authoring", "the chain service is gone; stopping the node");
+                Err(e) => {
+                    tracing::error!(target: "authoring", error = %e, "block production failed; stopping the node");
                     cancel.cancel();
                     break;
                 }

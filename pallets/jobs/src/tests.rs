@@ -3,6 +3,7 @@ use bitorch_pallet_models::example_manifest;
 use bitorch_pallet_staking::Params as StakingParams;
 use bitorch_pallet_support::MemoryState;
 use bitorch_primitives::keys::{account_of, pair_from_suri};
+use bitorch_primitives::Pair;
 use std::sync::OnceLock;
 
 type Balances = bitorch_pallet_balances::Pallet;

@@ -38,8 +38,7 @@ pub const MAX_CHUNKS: usize = 4_096;
 /// Most models the registry holds.
 pub const MAX_MODELS: u32 = 10_000;
 
-/// A model's id: see [`model_id`].
-pub type ModelId = H256;
+pub use bitorch_primitives::ModelId;
 
 /// The id of the model named `name` registered by `owner`.
 pub fn model_id(owner: &AccountId, name: &[u8]) -> ModelId {

@@ -107,7 +107,7 @@ impl Ledger {
 
 /// A registered worker.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct WorkerInfo {
+pub struct WorkerRegistration {
     /// Block at which it registered.
     #[codec(compact)]
     pub registered_at: BlockNumber,
@@ -256,7 +256,7 @@ impl<C: Currency> Pallet<C> {
     pub fn worker_info<S: Storage + ?Sized>(
         s: &S,
         who: &AccountId,
-    ) -> Result<Option<WorkerInfo>, StorageError> {
+    ) -> Result<Option<WorkerRegistration>, StorageError> {
         support::get(s, &worker_key(who))
     }
 
@@ -518,7 +518,7 @@ impl<C: Currency> Pallet<C> {
         if Self::worker_info(s, who)?.is_some() {
             return Err(Error::AlreadyWorker);
         }
-        support::put(s, worker_key(who), &WorkerInfo { registered_at: ctx.block_number });
+        support::put(s, worker_key(who), &WorkerRegistration { registered_at: ctx.block_number });
         Ok(())
     }
 

@@ -111,7 +111,10 @@ fn roles_register_and_deregister() {
     ok(&mut s, 1, Call::RegisterValidator);
     ok(&mut s, 1, Call::RegisterWorker);
     assert!(Staking::is_candidate(&s, &acc(1)).unwrap());
-    assert_eq!(Staking::worker_info(&s, &acc(1)).unwrap(), Some(WorkerInfo { registered_at: 1 }));
+    assert_eq!(
+        Staking::worker_info(&s, &acc(1)).unwrap(),
+        Some(WorkerRegistration { registered_at: 1 })
+    );
     assert!(Staking::is_worker(&s, &acc(1)).unwrap());
     // Validators are the active set, which changes at the end of the block.
     assert!(!Staking::is_validator(&s, &acc(1)).unwrap());

@@ -7,7 +7,6 @@ use bitorch_inference::{Engine, EngineOptions};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
 
@@ -16,16 +15,7 @@ pub const MODEL: &str = "smollm2-135m-instruct";
 /// The body limit of the test server.
 pub const MAX_BODY: usize = 256 * 1024;
 
-/// The real test model (SmolLM2-135M-Instruct Q4_1), from `BITORCH_TEST_MODEL`.
-pub fn real_model() -> PathBuf {
-    match std::env::var_os("BITORCH_TEST_MODEL") {
-        Some(p) if std::path::Path::new(&p).is_file() => PathBuf::from(p),
-        other => panic!(
-            "BITORCH_TEST_MODEL must name the test model (now {other:?}): run scripts/fetch-model.sh \
-             and set BITORCH_TEST_MODEL to the path it prints"
-        ),
-    }
-}
+pub use bitorch_test_support::real_model;
 
 /// A server on loopback: the HTTP endpoint and a JSON-RPC server with the generation methods.
 pub struct Served {

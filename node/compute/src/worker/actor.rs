@@ -7,7 +7,7 @@ use crate::{
     error::WorkerStopped,
     protocol::{StageRequest, StageResponse},
 };
-use bitorch_pallet_jobs::{JobId, SignedReceipt};
+use bitorch_primitives::receipt::{JobId, SignedReceipt};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 

@@ -24,7 +24,7 @@ use crate::protocol::{
 };
 use bitorch_commitment::Trace;
 use bitorch_inference::{Cache, Kernel, Stage};
-use bitorch_pallet_jobs::{JobId, Receipt, SignedReceipt};
+use bitorch_primitives::receipt::{JobId, Receipt, SignedReceipt};
 use bitorch_primitives::{keys, Pair, H256};
 use candle_core::{DType, Tensor};
 use std::{
@@ -126,9 +126,7 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-fn to_u32(x: usize) -> u32 {
-    u32::try_from(x).unwrap_or(u32::MAX)
-}
+use bitorch_primitives::saturating_u32 as to_u32;
 
 impl Worker {
     /// A worker serving `stage`, signing receipts with `key`.

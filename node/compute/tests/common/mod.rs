@@ -10,11 +10,11 @@ use bitorch_compute::{
 };
 use bitorch_inference::{Pipeline, Sampler, SamplingParams, Stage};
 use bitorch_primitives::{keys, Pair, H256};
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 use std::{
     collections::HashMap,
     ops::Range,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Mutex,
@@ -24,88 +24,25 @@ use std::{
 pub const GENESIS: H256 = H256::repeat_byte(0x6e);
 pub const MODEL: ModelId = H256::repeat_byte(0x42);
 
-/// The real test model (SmolLM2-135M-Instruct Q4_1), from `BITORCH_TEST_MODEL`.
-pub fn real_model() -> PathBuf {
-    match std::env::var_os("BITORCH_TEST_MODEL") {
-        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
-        other => panic!(
-            "BITORCH_TEST_MODEL must name the test model (now {other:?}): run scripts/fetch-model.sh \
-             and set BITORCH_TEST_MODEL to the path it prints"
-        ),
-    }
-}
+#[allow(unused_imports)]
+pub use bitorch_test_support::real_model;
+pub use bitorch_test_support::tiny::Tiny;
 
-/// Shape of a tiny random model.
-#[derive(Clone, Copy)]
-pub struct Tiny {
-    pub hidden: usize,
-    pub inter: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub vocab: usize,
-    pub context: usize,
-}
-
-impl Default for Tiny {
-    fn default() -> Self {
-        Self { hidden: 64, inter: 160, layers: 6, heads: 4, kv_heads: 2, vocab: 97, context: 64 }
-    }
-}
-
-fn randn(seed: &mut u64, shape: &[usize], scale: f32) -> Tensor {
-    // xorshift: tests must be reproducible and candle's randn is not seeded.
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            *seed ^= *seed << 13;
-            *seed ^= *seed >> 7;
-            *seed ^= *seed << 17;
-            ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
+/// The tiny model these tests use: six layers, so that a route has room for three stages.
+pub const TINY: Tiny = Tiny {
+    hidden: 64,
+    inter: 160,
+    layers: 6,
+    heads: 4,
+    kv_heads: 2,
+    vocab: 97,
+    context: 64,
+    tie: false,
+};
 
 /// Writes a tiny random safetensors model (f32) into `dir`.
 pub fn write_tiny(dir: &Path, t: &Tiny, seed: u64) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut s = seed.max(1);
-    let hd = t.hidden / t.heads;
-    let (q, kv) = (t.heads * hd, t.kv_heads * hd);
-    let mut out: HashMap<String, Tensor> = HashMap::new();
-    out.insert("model.embed_tokens.weight".into(), randn(&mut s, &[t.vocab, t.hidden], 1.0));
-    let w = 1.0 / (t.hidden as f32).sqrt();
-    for l in 0..t.layers {
-        let p = format!("model.layers.{l}");
-        for (n, shape, scale) in [
-            ("self_attn.q_proj.weight", [q, t.hidden], 2.0 * w),
-            ("self_attn.k_proj.weight", [kv, t.hidden], 2.0 * w),
-            ("self_attn.v_proj.weight", [kv, t.hidden], w),
-            ("self_attn.o_proj.weight", [t.hidden, q], w),
-            ("mlp.gate_proj.weight", [t.inter, t.hidden], w),
-            ("mlp.up_proj.weight", [t.inter, t.hidden], w),
-            ("mlp.down_proj.weight", [t.hidden, t.inter], w),
-        ] {
-            out.insert(format!("{p}.{n}"), randn(&mut s, &shape, scale));
-        }
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            let x = (randn(&mut s, &[t.hidden], 0.2) + 1.0).unwrap();
-            out.insert(format!("{p}.{n}.weight"), x);
-        }
-    }
-    out.insert("model.norm.weight".into(), (randn(&mut s, &[t.hidden], 0.2) + 1.0).unwrap());
-    out.insert("lm_head.weight".into(), randn(&mut s, &[t.vocab, t.hidden], w));
-    candle_core::safetensors::save(&out, dir.join("model.safetensors")).unwrap();
-    let config = format!(
-        r#"{{"architectures": ["LlamaForCausalLM"], "hidden_size": {}, "intermediate_size": {},
-        "vocab_size": {}, "num_hidden_layers": {}, "num_attention_heads": {},
-        "num_key_value_heads": {}, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "max_position_embeddings": {}, "tie_word_embeddings": false, "eos_token_id": 0,
-        "torch_dtype": "float32"}}"#,
-        t.hidden, t.inter, t.vocab, t.layers, t.heads, t.kv_heads, t.context
-    );
-    std::fs::write(dir.join("config.json"), config).unwrap();
+    bitorch_test_support::tiny::write_safetensors(dir, t, seed, DType::F32, None);
 }
 
 /// The dev key `//<name>`.

@@ -5,7 +5,9 @@
 #![allow(dead_code)]
 
 use bitorch_network::sync::{self, Response, SyncBlock};
-use bitorch_network::{spawn, Config, Event, Handle, Multiaddr, NodeKey, PeerId, Topic};
+use bitorch_network::{
+    spawn, Config, Event, Handle, Multiaddr, NodeKey, PeerId, StageInbound, Topic,
+};
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
@@ -71,6 +73,8 @@ pub fn config_on(key: NodeKey, listen: Vec<Multiaddr>, boot_nodes: Vec<Multiaddr
 pub struct TestNode {
     pub handle: Handle,
     pub events: Option<mpsc::Receiver<Event>>,
+    /// Peers' stage requests (take it to serve them; dropped, they are refused).
+    pub stage: Option<mpsc::Receiver<StageInbound>>,
     task: Option<tokio::task::JoinHandle<()>>,
     cancel: CancellationToken,
     /// Its first listen address with `/p2p/<peer id>`.
@@ -83,7 +87,9 @@ impl TestNode {
     pub async fn start(config: Config) -> TestNode {
         let listeners = config.listen.len();
         let cancel = CancellationToken::new();
-        let (handle, events, task) = spawn(config, cancel.clone()).expect("spawn");
+        let service = spawn(config, cancel.clone()).expect("spawn");
+        let (handle, events, stage, task) =
+            (service.handle, service.events, service.stage_requests, service.task);
         let addrs = eventually("every listen address", || {
             let handle = handle.clone();
             async move {
@@ -95,7 +101,15 @@ impl TestNode {
         let addrs: Vec<Multiaddr> =
             addrs.into_iter().map(|a| a.with(Protocol::P2p(handle.local_peer_id()))).collect();
         let addr = addrs[0].clone();
-        TestNode { handle, events: Some(events), task: Some(task), cancel, addr, addrs }
+        TestNode {
+            handle,
+            events: Some(events),
+            stage: Some(stage),
+            task: Some(task),
+            cancel,
+            addr,
+            addrs,
+        }
     }
 
     pub fn id(&self) -> PeerId {

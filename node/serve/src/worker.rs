@@ -1,6 +1,21 @@
 //! The node as a worker: its stage as an actor, peers' stage requests, its DHT announcement.
 
-use super::*;
+use crate::error::{Error, Result};
+use crate::gateway::Peer;
+use crate::model::least_served;
+use crate::{u32_of, TARGET};
+use bitorch_compute::{
+    protocol, StageError, StageRequest, StageResponse, Worker, WorkerConfig, WorkerHandle,
+    WorkerInfo, WorkerStats,
+};
+use bitorch_inference::Stage;
+use bitorch_network::{Handle as NetHandle, StageInbound, WorkerAnnouncement};
+use bitorch_primitives::{Pair, H256};
+use bitorch_runtime::jobs::{JobId, JobStatus};
+use bitorch_service::Handle;
+use std::ops::Range;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
 
 /// One-position forwards [`spawn_worker`] times to measure the stage's speed.
 const BENCHMARK_STEPS: u32 = 16;
@@ -19,14 +34,13 @@ pub fn spawn_worker(
     let mut config = WorkerConfig::new(model, genesis);
     config.max_sessions = max_sessions.max(1);
     let mut w = Worker::new(stage, key, config);
-    let rate = w
-        .benchmark(BENCHMARK_STEPS)
-        .map_err(|e| anyhow!("measuring the stage's speed failed: {e}"))?;
+    let rate = w.benchmark(BENCHMARK_STEPS).map_err(|e| Error::Benchmark(e.to_string()))?;
     let (layers, account) = (w.info().layers, w.account());
     tracing::info!(target: TARGET, layers = ?layers, tokens_per_sec = rate, "measured the stage");
     let capacity = u32_of(w.config().max_sessions);
     // The thread stops when every handle is dropped.
-    let (handle, _thread) = bitorch_compute::worker::spawn(w, 64)?;
+    let (handle, _thread) =
+        bitorch_compute::worker::spawn(w, 64).map_err(|e| Error::Spawn(e.to_string()))?;
     let info = WorkerInfo {
         id: Peer::Local,
         account,
@@ -44,61 +58,68 @@ const JOB_VISIBLE_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether `job` is open on chain for `model` now (before its deadline).
 async fn job_is_open(chain: &Handle, job: JobId, model: H256) -> bool {
-    chain
-        .with(move |s| {
-            let st = s.chain.state();
-            let best = s.chain.best().number;
-            matches!(Jobs::job(st, job), Ok(Some(j))
-                if j.status == jobs::JobStatus::Open && j.model == model && best < j.deadline)
-        })
-        .await
-        .unwrap_or(false)
+    let (Ok(Some(j)), Ok(best)) = (chain.job(job).await, chain.best().await) else {
+        return false;
+    };
+    j.status == JobStatus::Open && j.model == model && best.number < j.deadline
 }
 
-/// The job a session opening names, if the bytes are an [`StageRequest::Open`] with one (other
-/// requests, and bytes that do not decode, are the worker's to answer).
-fn job_of_open(bytes: &[u8]) -> Option<(JobId, H256)> {
-    // Version byte, then the request's variant index: only openings are decoded here.
-    if bytes.get(1) != Some(&0) {
-        return None;
+/// Answers one peer's stage request with `worker`: decodes it (bytes that do not decode are
+/// answered [`StageError::Malformed`]), refuses a session opened for a job that is not open
+/// on `chain` for the model ([`StageError::JobNotOpen`]: its receipt would not be paid), and
+/// passes the rest to the worker. `None`: the worker has stopped (the request is refused).
+async fn answer(
+    worker: &WorkerHandle,
+    chain: &Handle,
+    peer: bitorch_network::PeerId,
+    bytes: &[u8],
+) -> Option<StageResponse> {
+    let req = match protocol::decode_request(bytes, &protocol::Limits::default()) {
+        Ok(req) => req,
+        Err(e) => {
+            tracing::debug!(target: TARGET, %peer, error = %e, "malformed stage request");
+            return Some(StageResponse::Error(StageError::Malformed(e)));
+        }
+    };
+    if let StageRequest::Open { job: Some(job), model, .. } = &req {
+        let (job, model) = (*job, *model);
+        let deadline = tokio::time::Instant::now() + JOB_VISIBLE_WAIT;
+        while !job_is_open(chain, job, model).await {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(target: TARGET, %peer, job, "refused a session: job not open");
+                return Some(StageResponse::Error(StageError::JobNotOpen { job }));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    match protocol::decode_request(bytes, &protocol::Limits::default()) {
-        Ok(StageRequest::Open { job: Some(job), model, .. }) => Some((job, model)),
-        _ => None,
+    match worker.call(req).await {
+        Ok(answer) => Some(answer),
+        Err(e) => {
+            tracing::warn!(target: TARGET, %peer, error = %e, "the worker stopped");
+            None
+        }
     }
 }
 
-/// A [`StageHandler`] answering peers' stage requests with the worker set in `worker`;
-/// requests are refused until it is set (while the model is being registered). A session
-/// opened for a job that is not open on `chain` for the model is refused with
-/// [`StageError::JobNotOpen`](bitorch_compute::StageError::JobNotOpen): its receipt would not
-/// be paid.
-pub fn stage_handler(worker: Arc<OnceLock<WorkerHandle>>, chain: Handle) -> StageHandler {
-    Arc::new(move |peer, bytes| {
-        let worker = worker.get().cloned();
+/// Serves peers' stage requests (`/bitorch/stage/1`, as the network delivers them) until
+/// `requests` closes: one task per request, so that one long forward pass holds up no other.
+/// Until `worker` holds a worker (while the model is registered and loaded) requests are
+/// refused. The network already bounds how many requests wait, and for how long.
+pub async fn serve_stages(
+    mut requests: mpsc::Receiver<StageInbound>,
+    worker: watch::Receiver<Option<WorkerHandle>>,
+    chain: Handle,
+) {
+    while let Some(StageInbound { peer, request, reply }) = requests.recv().await {
+        // Dropping `reply` refuses the request.
+        let Some(worker) = worker.borrow().clone() else { continue };
         let chain = chain.clone();
-        Box::pin(async move {
-            let worker = worker?;
-            if let Some((job, model)) = job_of_open(&bytes) {
-                let deadline = tokio::time::Instant::now() + JOB_VISIBLE_WAIT;
-                while !job_is_open(&chain, job, model).await {
-                    if tokio::time::Instant::now() >= deadline {
-                        tracing::info!(target: TARGET, %peer, job, "refused a session: job not open");
-                        let e = bitorch_compute::StageError::JobNotOpen { job };
-                        return Some(protocol::encode(&StageResponse::Error(e)));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+        tokio::spawn(async move {
+            if let Some(resp) = answer(&worker, &chain, peer, &request).await {
+                let _ = reply.send(protocol::encode(&resp));
             }
-            match worker.call_bytes(bytes).await {
-                Ok(answer) => Some(answer),
-                Err(e) => {
-                    tracing::warn!(target: TARGET, %peer, error = %e, "the worker stopped");
-                    None
-                }
-            }
-        })
-    })
+        });
+    }
 }
 
 /// Tokens per second as announced (whole, at least 1).
@@ -117,7 +138,7 @@ fn announcement(info: &WorkerInfo<Peer>, stats: Option<WorkerStats>) -> WorkerAn
         None => (info.capacity, info.tokens_per_sec),
     };
     WorkerAnnouncement {
-        model: info.model.0,
+        model: info.model,
         layer_start: info.layers.start,
         layer_end: info.layers.end,
         capacity: info.capacity,
@@ -130,7 +151,7 @@ fn announcement(info: &WorkerInfo<Peer>, stats: Option<WorkerStats>) -> WorkerAn
 
 /// Announces this node's worker `info` in the DHT (the network keeps it fresh).
 pub async fn announce(net: &NetHandle, info: &WorkerInfo<Peer>) -> Result<()> {
-    net.announce_worker(announcement(info, None)).await.context("announcing the worker in the DHT")
+    Ok(net.announce_worker(announcement(info, None)).await?)
 }
 
 /// Keeps the worker's announcement current until `cancel`: every couple of seconds its free
@@ -169,7 +190,7 @@ pub async fn keep_announced(
 
 /// Withdraws the worker's announcement (on shutdown), waiting at most `within`.
 pub async fn withdraw(net: &NetHandle, model: H256, within: Duration) {
-    match tokio::time::timeout(within, net.withdraw_worker(model.0)).await {
+    match tokio::time::timeout(within, net.withdraw_worker(model)).await {
         Ok(Ok(_)) => tracing::info!(target: TARGET, %model, "withdrew the worker from the DHT"),
         Ok(Err(e)) => tracing::warn!(target: TARGET, error = %e, "withdrawing the worker failed"),
         Err(_) => tracing::warn!(target: TARGET, "withdrawing the worker timed out"),
@@ -194,7 +215,7 @@ pub async fn choose_layers(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let me = net.local_peer_id();
-    let served: Vec<Range<u32>> = match net.find_workers(model.0).await {
+    let served: Vec<Range<u32>> = match net.find_workers(model).await {
         Ok(found) => found
             .into_iter()
             .filter(|(peer, _)| *peer != me)
@@ -209,27 +230,4 @@ pub async fn choose_layers(
     tracing::info!(target: TARGET, ?served, "--layers auto chose layers {}..{}", layers.start,
         layers.end);
     layers
-}
-
-#[cfg(test)]
-mod tests {
-    use super::job_of_open;
-    use bitorch_compute::{protocol, StageRequest};
-    use bitorch_primitives::H256;
-
-    #[test]
-    fn only_openings_with_a_job_are_checked_on_chain() {
-        let open = |job| StageRequest::Open {
-            session: [1; 16],
-            model: H256([7; 32]),
-            layers: (0, 10),
-            job,
-        };
-        assert_eq!(job_of_open(&protocol::encode(&open(Some(5)))), Some((5, H256([7; 32]))));
-        assert_eq!(job_of_open(&protocol::encode(&open(None))), None);
-        let close = StageRequest::Close { session: [1; 16] };
-        assert_eq!(job_of_open(&protocol::encode(&close)), None);
-        assert_eq!(job_of_open(&[protocol::VERSION, 0, 0xff]), None);
-        assert_eq!(job_of_open(&[]), None);
-    }
 }

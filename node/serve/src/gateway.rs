@@ -1,7 +1,34 @@
 //! The node as a paying gateway: a [`Backend`] that routes generations over the workers and
 //! pays for them on chain.
+//!
+//! Per request it plans a route (no route, no job: nothing is escrowed for a request that
+//! cannot run), takes the job opened ahead or opens one from the API account, runs the
+//! generation through [`Gateway`] and streams its text, then submits the workers' receipts
+//! and closes the job (the jobs pallet pays after the challenge window). A generation that
+//! fails closes the job with no receipts, which refunds the escrow.
 
-use super::*;
+use crate::chain::submit_and_wait;
+use crate::{u32_of, TARGET};
+use bitorch_api::{
+    Backend, BackendError, BackendStats, BoxFuture, ChatRequest, Event, Events, FinishReason,
+    Finished, ModelInfo, Usage,
+};
+use bitorch_compute::{
+    plan_route, protocol, Gateway, GatewayConfig, GatewayRequest, StageRequest, StageResponse,
+    StageTransport, TransportError, WorkerHandle, WorkerInfo,
+};
+use bitorch_inference::{FinishReason as GenFinish, StopStrings, TextStream, Tokenizer};
+use bitorch_network::{Handle as NetHandle, PeerId};
+use bitorch_primitives::{keys::account_of, AccountId, Balance, Pair, H256};
+use bitorch_runtime::{
+    jobs::{self, JobId, SignedReceipt},
+    Call,
+};
+use bitorch_service::Handle;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Mutex};
 
 /// How the gateway addresses a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -101,6 +128,8 @@ struct Inner {
     ahead: Mutex<Option<Ahead>>,
     /// Told when a request takes the job opened ahead.
     taken: tokio::sync::Notify,
+    /// The job counters of [`BackendStats`] (locked briefly, never across an await).
+    counts: std::sync::Mutex<BackendStats>,
 }
 
 /// A [`Backend`] running generations through the [`Gateway`] and paying for them on chain.
@@ -154,6 +183,7 @@ impl GatewayBackend {
             opening: Mutex::new(()),
             ahead: Mutex::new(None),
             taken: tokio::sync::Notify::new(),
+            counts: std::sync::Mutex::new(BackendStats::default()),
         }))
     }
 }
@@ -169,6 +199,31 @@ impl GatewayBackend {
 }
 
 impl Inner {
+    fn count(&self, f: impl FnOnce(&mut BackendStats)) {
+        f(&mut self.counts.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// The counters, with the gateway's own (generations, failovers, sessions per worker).
+    async fn stats(&self) -> BackendStats {
+        let mut out = self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        out.ahead_job = self.ahead.lock().await.map(|a| a.id);
+        let g = self.gateway.stats();
+        out.generations = g.generations;
+        out.failovers = g.failovers;
+        out.sessions_opened = g
+            .sessions_opened
+            .into_iter()
+            .map(|(peer, n)| {
+                let name = match peer {
+                    Peer::Local => "local".to_string(),
+                    Peer::Remote(p) => p.to_string(),
+                };
+                (name, n)
+            })
+            .collect();
+        out
+    }
+
     fn me(&self) -> AccountId {
         account_of(&self.payer.key)
     }
@@ -198,7 +253,7 @@ impl Inner {
                 return workers.clone();
             }
         }
-        let announced = match net.find_workers(self.model.0).await {
+        let announced = match net.find_workers(self.model).await {
             Ok(announced) => announced,
             Err(e) => {
                 tracing::warn!(target: TARGET, error = %e, "finding workers in the DHT failed");
@@ -212,7 +267,7 @@ impl Inner {
             .map(|(peer, a)| WorkerInfo {
                 id: Peer::Remote(peer),
                 account: AccountId::new(a.account),
-                model: H256(a.model),
+                model: a.model,
                 layers: a.layer_start..a.layer_end,
                 capacity: a.free,
                 tokens_per_sec: f64::from(a.tokens_per_sec),
@@ -223,8 +278,7 @@ impl Inner {
     }
 
     async fn submit(&self, calls: Vec<Call>) -> Result<(), String> {
-        let p = &self.payer;
-        submit_and_wait(&p.chain, &p.key, p.genesis, calls).await
+        submit_and_wait(&self.payer.chain, &self.payer.key, calls).await
     }
 
     /// Opens a job for `positions` token positions and returns it, with its id, once it is on
@@ -233,34 +287,15 @@ impl Inner {
         let _one = self.opening.lock().await;
         let me = self.me();
         let pay = |e: String| BackendError::Payment(format!("opening the job on chain: {e}"));
-        let before = self
-            .payer
-            .chain
-            .with(|s| Jobs::next_job_id(s.chain.state()))
-            .await
-            .map_err(|e| pay(e.to_string()))?
-            .map_err(|e| pay(e.to_string()))?;
+        let before = self.payer.chain.next_job_id().await.map_err(|e| pay(e.to_string()))?;
         let call = Call::Jobs(jobs::Call::OpenJob {
             model: self.model,
             max_tokens: positions,
             price_per_layer_token: self.payer.price,
         });
         self.submit(vec![call]).await.map_err(pay)?;
-        let found = self
-            .payer
-            .chain
-            .with(move |s| {
-                let st = s.chain.state();
-                let next = Jobs::next_job_id(st).unwrap_or(before);
-                (before..next).rev().find_map(|id| match Jobs::job(st, id) {
-                    Ok(Some(j)) if j.client == me && j.status == jobs::JobStatus::Open => {
-                        Some((id, j))
-                    }
-                    _ => None,
-                })
-            })
-            .await
-            .map_err(|e| pay(e.to_string()))?;
+        let found =
+            self.payer.chain.newest_open_job(me, before).await.map_err(|e| pay(e.to_string()))?;
         found.ok_or_else(|| {
             pay("the job was not opened (is the account's free balance enough for the escrow?)"
                 .into())
@@ -272,9 +307,10 @@ impl Inner {
     async fn take_ahead(&self, positions: u32) -> Option<JobId> {
         let mut ahead = self.ahead.lock().await;
         let a = (*ahead)?;
-        let best = self.payer.chain.with(|s| s.chain.best().number).await.ok()?;
+        let best = self.payer.chain.best().await.ok()?.number;
         if a.positions >= positions && best.saturating_add(a.lifetime / 2) < a.deadline {
             *ahead = None;
+            self.count(|c| c.jobs_ahead_used += 1);
             self.taken.notify_one();
             return Some(a.id);
         }
@@ -284,6 +320,7 @@ impl Inner {
     /// Opens a job for a whole context, to be used by a later request.
     async fn open_ahead(&self) -> Result<Ahead, BackendError> {
         let (id, job) = self.open_job(self.context_length).await?;
+        self.count(|c| c.jobs_ahead_opened += 1);
         let lifetime = job.deadline.saturating_sub(job.opened_at);
         Ok(Ahead { id, positions: job.max_tokens, deadline: job.deadline, lifetime })
     }
@@ -317,13 +354,17 @@ impl Inner {
                 _ = self.taken.notified() => continue,
                 _ = tokio::time::sleep(AHEAD_CHECK) => {}
             }
-            let best = self.payer.chain.with(|s| s.chain.best().number).await.unwrap_or(0);
+            let best = self.payer.chain.best().await.map(|h| h.number).unwrap_or(0);
             if best.saturating_add(a.lifetime / 2) >= a.deadline {
                 let mut ahead = self.ahead.lock().await;
                 if ahead.map(|x| x.id) == Some(a.id) {
                     *ahead = None;
                     drop(ahead);
                     tracing::info!(target: TARGET, job = a.id, "replacing the job opened ahead");
+                    self.count(|c| {
+                        c.jobs_ahead_replaced += 1;
+                        c.last_replaced_job = Some(a.id);
+                    });
                     self.settle(a.id, Vec::new()).await;
                 }
             }
@@ -354,32 +395,17 @@ impl Inner {
                 "this node pays only from its API account (--api-account)".into(),
             ));
         }
-        let template = self.tokenizer.chat_template().ok_or_else(|| {
-            BackendError::Internal("the model has no chat template we support (ChatML)".into())
-        })?;
-        let messages: Vec<ChatMessage<'_>> =
-            req.messages.iter().map(|m| ChatMessage::new(m.role.as_str(), &m.content)).collect();
         let prompt = self
             .tokenizer
-            .encode(&template.render(&messages))
+            .encode(&req.render(&self.tokenizer, &self.info.id)?)
             .map_err(|e| BackendError::Internal(e.to_string()))?;
-        let context = self.context_length as usize;
-        if prompt.len() >= context {
-            return Err(BackendError::bad_param(
-                "messages",
-                format!(
-                    "the conversation is {} tokens, but the model's context is {context}; \
-                     shorten it",
-                    prompt.len()
-                ),
-            ));
-        }
-        let max_new = req.max_tokens.map_or(usize::MAX, |m| m as usize).min(context - prompt.len());
+        let max_new = req.room_after(prompt.len(), self.context_length as usize)?;
         let positions = u32_of(prompt.len() + max_new);
         // No route, no job: nothing is escrowed for a request that cannot run.
         let workers = self.workers().await;
         if let Err(e) = plan_route(self.num_layers, &workers, |id| self.gateway.is_banned(id)) {
             tracing::warn!(target: TARGET, error = %e, "no route for the request");
+            self.count(|c| c.refused_no_route += 1);
             return Err(BackendError::Unavailable(e.to_string()));
         }
         let job = match self.take_ahead(positions).await {
@@ -390,6 +416,7 @@ impl Inner {
             }
             None => {
                 let (job, _) = self.open_job(positions).await?;
+                self.count(|c| c.jobs_opened += 1);
                 tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new, "job opened");
                 job
             }
@@ -400,12 +427,7 @@ impl Inner {
             num_layers: self.num_layers,
             prompt,
             max_tokens: max_new,
-            sampling: SamplingParams {
-                temperature: req.temperature,
-                top_p: (req.top_p < 1.0).then_some(req.top_p),
-                seed: req.seed.unwrap_or_else(rand::random),
-                ..SamplingParams::greedy()
-            },
+            sampling: req.sampling(),
             eos: self.tokenizer.eos().to_vec(),
             job: Some(job),
         };
@@ -524,5 +546,9 @@ impl Backend for GatewayBackend {
 
     fn generate(&self, request: ChatRequest) -> BoxFuture<'_, Result<Events, BackendError>> {
         Box::pin(self.0.clone().start(request))
+    }
+
+    fn stats(&self) -> BoxFuture<'_, BackendStats> {
+        Box::pin(self.0.stats())
     }
 }
