@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::{free_port, rpc};
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use common::dev::DevNode;
+use common::free_port;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bitorch");
@@ -14,68 +15,10 @@ const BOB: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
 const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
 const UNIT: u128 = 1_000_000_000_000;
 
-/// A node process, killed when dropped.
-struct NodeProc {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(base: &Path, port: u16, tag: &str) -> NodeProc {
+fn start_node(base: &Path, port: u16, tag: &str) -> DevNode {
+    let args = ["--block-time".to_string(), "200".to_string()];
     let log = base.with_extension(format!("{tag}.log"));
-    let child = Command::new(BIN)
-        .args(["node", "--dev", "--block-time", "200", "--rpc-port", &port.to_string()])
-        .arg("--base-path")
-        .arg(base)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start bitorch node");
-    let node = NodeProc { child, port, log };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while rpc(port, "system_health", json!([])).is_err() {
-        assert!(Instant::now() < deadline, "node did not start; log:\n{}", node.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    node
-}
-
-impl NodeProc {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn best(&self) -> u64 {
-        let h = rpc(self.port, "chain_getHeader", json!([])).unwrap();
-        u64::from_str_radix(h["number"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-    }
-
-    fn wait_for_height(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.best() < n {
-            assert!(Instant::now() < deadline, "stuck below #{n}; log:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn free(&self, who: &str) -> u128 {
-        rpc(self.port, "bitorch_account", json!([who])).unwrap()["free"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.port)
-    }
+    DevNode::start(base, port, &args, log, Duration::from_secs(60))
 }
 
 fn cli(args: &[&str]) -> Output {

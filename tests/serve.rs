@@ -10,12 +10,11 @@
 
 mod common;
 
+use common::dev::DevNode;
+use common::free_port;
 use common::model::{chat, infer, model, post};
-use common::net::BIN;
-use common::{free_port, rpc};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
@@ -24,60 +23,33 @@ const PRICE: u128 = 1_000_000;
 const MAX_TOKENS: u32 = 40;
 const PROMPTS: [&str; 2] = ["What is the capital of France?", "List three prime numbers."];
 
-struct NodeProc {
-    child: Child,
-    rpc: u16,
-    api: u16,
-    log: PathBuf,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl NodeProc {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn rpc(&self, method: &str, params: Value) -> Value {
-        rpc(self.rpc, method, params).unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-
-    fn account(&self, who: &str) -> (u128, u128) {
-        let a = self.rpc("bitorch_account", json!([who]));
-        let n = |k: &str| a[k].as_str().unwrap().parse::<u128>().unwrap();
-        (n("free"), n("reserved"))
-    }
-}
-
-fn start(dir: &Path) -> NodeProc {
-    let (rpc_port, api) = (free_port(), free_port());
-    let log = dir.join("node.log");
-    let child = Command::new(BIN)
+fn start(dir: &Path) -> (DevNode, u16) {
+    let api = free_port();
+    let args: Vec<String> = [
         // Each request opens its own job (the path without a job opened ahead; the pipeline
         // test runs with one).
-        .args(["node", "--dev", "--block-time", "500", "--worker-key", "//Bob", "--no-job-ahead"])
-        .args(["--rpc-port", &rpc_port.to_string(), "--api-port", &api.to_string()])
-        .arg("--base-path")
-        .arg(dir.join("base"))
-        .arg("--serve-model")
-        .arg(model())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start bitorch node");
-    let node = NodeProc { child, rpc: rpc_port, api, log };
+        "--block-time",
+        "500",
+        "--worker-key",
+        "//Bob",
+        "--no-job-ahead",
+        "--api-port",
+        &api.to_string(),
+        "--serve-model",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([model().display().to_string()])
+    .collect();
     // The RPC opens once the model is loaded and registered.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while rpc(rpc_port, "system_health", json!([])).is_err() {
-        assert!(Instant::now() < deadline, "node did not start; log:\n{}", node.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    node
+    let node = DevNode::start(
+        &dir.join("base"),
+        free_port(),
+        &args,
+        dir.join("node.log"),
+        Duration::from_secs(300),
+    );
+    (node, api)
 }
 
 fn request(model: &str, prompt: &str, stream: bool) -> Value {
@@ -87,7 +59,7 @@ fn request(model: &str, prompt: &str, stream: bool) -> Value {
 }
 
 /// Waits until job `id` settles; returns it.
-fn settled(node: &NodeProc, id: u64) -> Value {
+fn settled(node: &DevNode, id: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let job = node.rpc("bitorch_job", json!([id]));
@@ -103,7 +75,7 @@ fn settled(node: &NodeProc, id: u64) -> Value {
 fn serve_model_answers_like_infer_and_the_chain_pays_the_worker() {
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    let node = start(dir.path());
+    let (node, api) = start(dir.path());
     eprintln!("node up in {:.1}s", t.elapsed().as_secs_f64());
     let models = node.rpc("bitorch_models", json!([]));
     let layers = models[0]["layerCount"].as_u64().unwrap() as u128;
@@ -120,7 +92,7 @@ fn serve_model_answers_like_infer_and_the_chain_pays_the_worker() {
         let t = Instant::now();
         let stream = i == 1;
         let (status, body) = post(
-            node.api,
+            api,
             "/v1/chat/completions",
             &request(&name, prompt, stream),
             Duration::from_secs(600),

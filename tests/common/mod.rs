@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests (each test binary uses a part of them).
 #![allow(dead_code)]
 
+pub mod dev;
 pub mod model;
 pub mod net;
 

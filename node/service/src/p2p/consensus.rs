@@ -3,24 +3,22 @@
 //! import a decided block, report equivocation — carried out against the chain service and
 //! the network.
 //!
-//! A validator's engine records into the write-ahead log at [`Driver::new`]'s path
+//! A validator's engine records into the write-ahead log at the path in [`super::Options::wal`]
 //! ([`crate::wal::FileWal`]), opened when the engine is created; starting the engine at the
 //! height the log records replays it, so a restarted validator repeats its votes instead of
 //! casting new ones.
 
 use crate::error::Error;
 use crate::service::Handle;
-use crate::status::{NodeStatus, StatusSender};
+use crate::status::NodeStatus;
 use bitorch_consensus::{
     Action, Config, Consensus, MalachiteConsensus, MemoryWal, Timeout, ValidatorSet, Value, Wal,
 };
 use bitorch_network::{GossipId, Handle as NetHandle, Misbehaviour, PeerId, Topic, Verdict};
-use bitorch_primitives::{keys, Hash, Pair};
+use bitorch_primitives::keys;
 use bitorch_runtime::{extrinsic::Block, staking, Call};
 use parity_scale_codec::{DecodeLimit, Encode};
 use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::time::Duration;
 use tokio::time::Instant;
 
 const DEPTH: u32 = bitorch_runtime::DECODE_DEPTH_LIMIT;
@@ -59,21 +57,11 @@ impl<T: PartialEq> Timers<T> {
     }
 }
 
-/// How the driver runs.
-pub(super) struct DriverConfig {
-    pub key: Option<Pair>,
-    pub genesis: Hash,
-    pub block_time: Duration,
-    pub wal: Option<PathBuf>,
-    pub status: StatusSender,
-    pub equivocate: bool,
-}
-
 /// The consensus driver's state.
 pub(super) struct Driver {
     chain: Handle,
     net: NetHandle,
-    config: DriverConfig,
+    config: super::Options,
     engine: Option<MalachiteConsensus>,
     timers: Timers<Timeout>,
     /// The best block's number, as last seen.
@@ -86,7 +74,7 @@ pub(super) struct Driver {
 }
 
 impl Driver {
-    pub(super) fn new(chain: Handle, net: NetHandle, config: DriverConfig) -> Self {
+    pub(super) fn new(chain: Handle, net: NetHandle, config: super::Options) -> Self {
         if config.equivocate {
             tracing::warn!(target: "p2p", "--unsafe-equivocate: this validator double-votes on purpose and will be slashed");
         }
@@ -346,6 +334,7 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn timers_fire_when_due_and_can_be_cancelled() {

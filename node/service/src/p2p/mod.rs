@@ -83,15 +83,7 @@ async fn run(
     options: Options,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
-    let config = consensus::DriverConfig {
-        key: options.key,
-        genesis: options.genesis,
-        block_time: options.block_time,
-        wal: options.wal,
-        status: options.status,
-        equivocate: options.equivocate,
-    };
-    let mut consensus = consensus::Driver::new(chain.clone(), net.clone(), config);
+    let mut consensus = consensus::Driver::new(chain.clone(), net.clone(), options);
     let (mut sync, mut synced) = sync::BlockSync::new(chain.clone(), net.clone());
     let mut relay = relay::TxRelay::new(chain.clone(), net.clone());
     let mut chain_events = chain.subscribe();
