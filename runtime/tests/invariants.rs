@@ -47,16 +47,31 @@ fn totals(s: &MemoryState, who: &[AccountId]) -> (Balance, Balance) {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Transfer { to: usize, amount: u128 },
+    Transfer {
+        to: usize,
+        amount: u128,
+    },
     Bond(u128),
     Unbond(u128),
     Withdraw,
     RegisterWorker,
     RegisterModel,
-    OpenJob { tokens: u32 },
-    Receipt { job: u64, tokens: u32 },
-    Close { job: u64 },
-    Audit { job: u64, passed: bool },
+    OpenJob {
+        tokens: u32,
+    },
+    /// `worker`'s receipt, submitted by the op's account (accepted only from the job's client).
+    Receipt {
+        job: u64,
+        tokens: u32,
+        worker: usize,
+    },
+    Close {
+        job: u64,
+    },
+    Audit {
+        job: u64,
+        passed: bool,
+    },
     NextBlock,
 }
 
@@ -72,7 +87,11 @@ fn op() -> impl Strategy<Value = (usize, Op)> {
             Just(Op::RegisterWorker),
             Just(Op::RegisterModel),
             (0u32..20).prop_map(|tokens| Op::OpenJob { tokens }),
-            (0u64..3, 0u32..20).prop_map(|(job, tokens)| Op::Receipt { job, tokens }),
+            (0u64..3, 0u32..20, 0usize..4).prop_map(|(job, tokens, worker)| Op::Receipt {
+                job,
+                tokens,
+                worker
+            }),
             (0u64..3).prop_map(|job| Op::Close { job }),
             (0u64..3, any::<bool>()).prop_map(|(job, passed)| Op::Audit { job, passed }),
             Just(Op::NextBlock),
@@ -108,9 +127,9 @@ proptest! {
                 Op::RegisterWorker => Call::Staking(staking::Call::RegisterWorker),
                 Op::RegisterModel => Call::Models(models::Call::Register { manifest: models::example_manifest(4) }),
                 Op::OpenJob { tokens } => Call::Jobs(jobs::Call::OpenJob { model, max_tokens: tokens, price_per_layer_token: UNIT }),
-                Op::Receipt { job, tokens } => {
-                    let receipt = jobs::Receipt { job, worker: accounts[who].clone(), layer_start: 0, layer_end: 2, tokens, activation_root: H256::zero() };
-                    Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt.sign(signer, &genesis_hash) })
+                Op::Receipt { job, tokens, worker } => {
+                    let receipt = jobs::Receipt { job, worker: accounts[worker].clone(), layer_start: 0, layer_end: 2, tokens, activation_root: H256::zero() };
+                    Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt.sign(&pairs[worker], &genesis_hash) })
                 }
                 Op::Close { job } => Call::Jobs(jobs::Call::CloseJob { job }),
                 Op::Audit { job, passed } => Call::Jobs(jobs::Call::SubmitAudit { job, receipt_index: 0, passed }),

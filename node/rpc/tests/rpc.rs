@@ -374,6 +374,34 @@ async fn job_life_cycle_through_rpc_pays_workers_exactly() {
     assert!(refused.contains("not a registered worker"), "{refused}");
     assert_eq!(node.state_root().await, root);
 
+    // The attack of issue #11: Bob, a registered worker that served nothing, signs a receipt
+    // claiming Alice's whole escrow and submits it himself. Refused with a typed error naming
+    // the job, and nothing changes.
+    let theft = node
+        .submit_err({
+            let next = node
+                .client
+                .request::<u64, _>(
+                    "system_accountNextIndex",
+                    rpc_params![to_ss58(&account_of(&bob))],
+                )
+                .await
+                .unwrap();
+            let xt = UncheckedExtrinsic::sign(
+                &bob,
+                &g,
+                next,
+                0,
+                1_000,
+                Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&bob, 0, 30, 10) }),
+            );
+            format!("0x{}", hex::encode(xt.encode()))
+        })
+        .await;
+    assert!(theft.contains("only the client of job 0 may submit receipts"), "{theft}");
+    assert_eq!(node.state_root().await, root);
+    assert_eq!(node.pool_len().await, 0);
+
     let (bob0, charlie0) = (node.free(&bob).await, node.free(&charlie).await);
     submit(send(Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&bob, 0, 15, 10) })))
         .await

@@ -42,6 +42,13 @@ pub enum Error {
         /// Its deadline.
         deadline: BlockNumber,
     },
+    /// A receipt submitted by someone other than the job's client, who alone authorizes
+    /// payment from its escrow.
+    #[error("only the client of job {job} may submit receipts against its escrow")]
+    NotJobClient {
+        /// The job.
+        job: JobId,
+    },
     /// The receipt's worker is not a registered worker.
     #[error("the receipt's worker is not a registered worker with the minimum bond")]
     NotAWorker,

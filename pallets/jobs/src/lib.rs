@@ -2,8 +2,10 @@
 //!
 //! A client opens a job for an active model and escrows `max_tokens × layers × price` credits
 //! (reserved in its own account). Workers run layer ranges of the model and sign compute
-//! receipts that commit (a Merkle root) to the activations they produced; anyone (usually the
-//! gateway) submits them. Active validators audit receipts. After the challenge window the
+//! receipts that commit (a Merkle root) to the activations they produced; the job's client
+//! (in practice its gateway, which holds the client's key) submits them, and nobody else may:
+//! its signature on the extrinsic authorizes the payment ([`Error::NotJobClient`] otherwise).
+//! Active validators audit receipts. After the challenge window the
 //! escrow pays each receipt `(layer_end - layer_start) × tokens × price` and refunds the rest.
 //!
 //! Life cycle of a job ([`JobStatus`]):
@@ -208,7 +210,9 @@ pub enum Call {
         #[codec(compact)]
         price_per_layer_token: Balance,
     },
-    /// Records a worker's signed receipt (any signer may submit it).
+    /// Records a worker's signed receipt. Only the job's client may submit it: its signature
+    /// on the extrinsic is what authorizes paying the worker from its escrow (the worker's on
+    /// the receipt proves who did the work). Anyone else gets [`Error::NotJobClient`].
     #[codec(index = 1)]
     SubmitReceipt {
         /// The receipt.
@@ -344,7 +348,7 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
             Call::OpenJob { model, max_tokens, price_per_layer_token } => {
                 Self::open_job(s, who, model, *max_tokens, *price_per_layer_token, ctx)
             }
-            Call::SubmitReceipt { receipt } => Self::submit_receipt(s, receipt, ctx),
+            Call::SubmitReceipt { receipt } => Self::submit_receipt(s, who, receipt, ctx),
             Call::CloseJob { job } => Self::close_job(s, who, *job, ctx),
             Call::SubmitAudit { job, receipt_index, passed } => {
                 Self::submit_audit(s, who, *job, *receipt_index, *passed, ctx)
@@ -406,11 +410,17 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
 
     fn submit_receipt<S: Storage + ?Sized>(
         s: &mut S,
+        who: &AccountId,
         signed: &SignedReceipt,
         ctx: &Context,
     ) -> Result<(), Error> {
         let r = &signed.receipt;
         let mut job = Self::job(s, r.job)?.ok_or(Error::UnknownJob(r.job))?;
+        // Who may move the client's escrow: the client, and nobody else. A worker's own
+        // signature only proves it did the work, not that the client asked for it.
+        if *who != job.client {
+            return Err(Error::NotJobClient { job: r.job });
+        }
         if job.status != JobStatus::Open {
             return Err(Error::JobNotOpen(r.job));
         }

@@ -155,9 +155,15 @@ impl Env {
         id
     }
 
+    /// Submits `worker`'s receipt for `job` as the job's client (the one who may).
     fn receipt(&mut self, worker: usize, job: JobId, range: (u32, u32), tokens: u32) {
         let r = signed(worker, job, range, tokens);
-        self.call(GATEWAY, Call::SubmitReceipt { receipt: r }).unwrap();
+        let client = self.job(job).client;
+        let who = [CLIENT, CLIENT2, VALIDATOR, VALIDATOR2, OWNER, GATEWAY]
+            .into_iter()
+            .find(|n| acc(*n) == client)
+            .expect("a known client");
+        self.call(who, Call::SubmitReceipt { receipt: r }).unwrap();
     }
 
     fn advance_to(&mut self, to: BlockNumber) {
@@ -321,7 +327,7 @@ fn failed_audit_slashes_worker_and_refunds_client() {
     assert!(!Staking::is_worker(&e.s, &w(0)).unwrap());
     let id = e.open(CLIENT, 10, 3);
     assert_eq!(
-        e.call(GATEWAY, Call::SubmitReceipt { receipt: signed(0, id, (0, 1), 1) }),
+        e.call(CLIENT, Call::SubmitReceipt { receipt: signed(0, id, (0, 1), 1) }),
         Err(Error::NotAWorker)
     );
 }
@@ -386,59 +392,62 @@ fn every_rejection_changes_nothing() {
             2,
             Error::Currency(CurrencyError::InsufficientBalance { have: 9_992, need: 4_000_000 }),
         ),
-        (GATEWAY, submit(signed(0, 99, (0, 1), 1)), 2, Error::UnknownJob(99)),
-        (GATEWAY, submit(signed(1, j1, (1, 2), 1)), 2, Error::JobNotOpen(j1)),
-        (GATEWAY, submit(signed(1, j2, (1, 2), 1)), 2, Error::JobNotOpen(j2)),
+        (CLIENT, submit(signed(0, 99, (0, 1), 1)), 2, Error::UnknownJob(99)),
+        // A stranger, and a registered worker, filing a valid receipt against CLIENT's escrow.
+        (GATEWAY, submit(signed(1, j0, (0, 1), 1)), 2, Error::NotJobClient { job: j0 }),
+        (CLIENT2, submit(signed(1, j0, (0, 1), 1)), 2, Error::NotJobClient { job: j0 }),
+        (CLIENT, submit(signed(1, j1, (1, 2), 1)), 2, Error::JobNotOpen(j1)),
+        (CLIENT, submit(signed(1, j2, (1, 2), 1)), 2, Error::JobNotOpen(j2)),
         (
-            GATEWAY,
+            CLIENT,
             submit(signed(1, j0, (0, 1), 1)),
             11,
             Error::PastDeadline { job: j0, deadline: 11 },
         ),
-        (GATEWAY, submit(signed(2, j0, (0, 1), 1)), 2, Error::NotAWorker),
-        (GATEWAY, submit(forged), 2, Error::BadSignature),
-        (GATEWAY, submit(other_chain), 2, Error::BadSignature),
-        (GATEWAY, submit(tampered), 2, Error::BadSignature),
+        (CLIENT, submit(signed(2, j0, (0, 1), 1)), 2, Error::NotAWorker),
+        (CLIENT, submit(forged), 2, Error::BadSignature),
+        (CLIENT, submit(other_chain), 2, Error::BadSignature),
+        (CLIENT, submit(tampered), 2, Error::BadSignature),
         (
-            GATEWAY,
+            CLIENT,
             submit(signed(1, j0, (2, 2), 1)),
             2,
             Error::InvalidLayerRange { start: 2, end: 2, layer_count: 4 },
         ),
         (
-            GATEWAY,
+            CLIENT,
             submit(signed(1, j0, (3, 2), 1)),
             2,
             Error::InvalidLayerRange { start: 3, end: 2, layer_count: 4 },
         ),
         (
-            GATEWAY,
+            CLIENT,
             submit(signed(1, j0, (2, 5), 1)),
             2,
             Error::InvalidLayerRange { start: 2, end: 5, layer_count: 4 },
         ),
         (
-            GATEWAY,
+            CLIENT,
             submit(signed(1, j0, (0, 1), 0)),
             2,
             Error::InvalidTokens { tokens: 0, max_tokens: 10 },
         ),
         (
-            GATEWAY,
+            CLIENT,
             submit(signed(1, j0, (0, 1), 11)),
             2,
             Error::InvalidTokens { tokens: 11, max_tokens: 10 },
         ),
-        (GATEWAY, submit(signed(0, j0, (0, 2), 1)), 2, Error::DuplicateReceipt),
-        (GATEWAY, submit(signed(1, j3, (0, 1), 1)), 2, Error::TooManyReceipts { max: 4 }),
+        (CLIENT, submit(signed(0, j0, (0, 2), 1)), 2, Error::DuplicateReceipt),
+        (CLIENT, submit(signed(1, j3, (0, 1), 1)), 2, Error::TooManyReceipts { max: 4 }),
         (
-            GATEWAY,
+            CLIENT2,
             submit(signed(1, j4, (0, 1), 1)),
             2,
             Error::ClaimExceedsEscrow { amount: 1, available: 0 },
         ),
         (
-            GATEWAY,
+            CLIENT,
             submit(signed(1, j0, (0, 4), 10)),
             2,
             Error::ClaimExceedsEscrow { amount: 120, available: 30 },
