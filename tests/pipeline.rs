@@ -507,12 +507,18 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
         net
     });
     let ask = |peer: usize, bytes: Vec<u8>| rt.block_on(net.stage_request(peers[peer], bytes));
+    // Sessions for a job open on chain: the one node 0's gateway keeps opened ahead.
+    let mut ahead = None;
+    wait_for("a job opened ahead", 60, &nodes, || {
+        ahead = stats(&nodes[0])["aheadJob"].as_u64();
+        ahead.is_some()
+    });
     let open = |session: [u8; 16]| {
         protocol::encode(&StageRequest::Open {
             session,
             model: model_id,
             layers: (10, 20),
-            job: None,
+            job: ahead,
         })
     };
 
@@ -529,6 +535,11 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     };
     assert!(matches!(opened, StageResponse::Opened(_)), "{opened:?}");
     assert_eq!(answer(ask(1, open([8; 16])).unwrap()), StageResponse::Busy);
+    // A stranger's session that no job pays for is refused (this worker has no --allow-unpaid).
+    let unpaid =
+        StageRequest::Open { session: [5; 16], model: model_id, layers: (20, 30), job: None };
+    let refused = answer(ask(2, protocol::encode(&unpaid)).unwrap());
+    assert_eq!(refused, StageResponse::Error(StageError::JobRequired));
     // A session for a job that is not on chain is refused: its receipt would not be paid.
     let unpaid = StageRequest::Open {
         session: [6; 16],

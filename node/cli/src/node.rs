@@ -84,6 +84,10 @@ pub struct NodeArgs {
     /// Most concurrent inference sessions the worker holds; more are answered "busy".
     #[arg(long, default_value_t = 16, requires = "serve_model")]
     max_sessions: usize,
+    /// A peer (libp2p peer id) that may open stage sessions on this worker without a job, i.e.
+    /// unpaid: your own gateway nodes. Repeatable. Everyone else must name a job open on chain.
+    #[arg(long = "allow-unpaid", requires = "serve_model")]
+    allow_unpaid: Vec<String>,
     /// Secret URI of the worker key that signs receipts and registers the model (default: the
     /// `--validator` key; `//Alice` in `--dev`). It must be a worker on chain to be paid.
     #[arg(long)]
@@ -190,6 +194,14 @@ pub fn run(args: NodeArgs) -> Result<()> {
         }
         None => None,
     };
+    let unpaid_peers = args
+        .allow_unpaid
+        .iter()
+        .map(|p| {
+            p.parse::<bitorch_network::PeerId>()
+                .with_context(|| format!("--allow-unpaid {p}: not a peer id (12D3KooW…)"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let db = db_path(&base, &spec);
@@ -265,7 +277,8 @@ pub fn run(args: NodeArgs) -> Result<()> {
         let authoring = match network {
             Some(bitorch_network::Service { handle: net, events, stage_requests, task: _ }) => {
                 if serving.is_some() {
-                    tokio::spawn(bitorch_serve::serve_stages(stage_requests, stage_worker_rx, handle.clone()));
+                    let unpaid = bitorch_serve::UnpaidPolicy::allow(unpaid_peers.clone());
+                    tokio::spawn(bitorch_serve::serve_stages(stage_requests, stage_worker_rx, handle.clone(), unpaid));
                 }
                 Some(bitorch_service::p2p::spawn(
                 handle.clone(),

@@ -367,6 +367,11 @@ pub enum StageError {
         /// The job.
         job: JobId,
     },
+    /// A session opened without a job on a worker that serves paid sessions only (sessions
+    /// without a job are for the peers its operator allows: `--allow-unpaid`).
+    #[error("this worker serves paid sessions only: open the session for a job")]
+    #[codec(index = 13)]
+    JobRequired,
 }
 
 /// Encodes a message with its version byte.

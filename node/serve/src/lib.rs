@@ -33,7 +33,9 @@ pub use chain::{register, submit_and_wait};
 pub use error::{Error, Result};
 pub use gateway::{GatewayBackend, GatewayOptions, NodeTransport, Payer, Peer};
 pub use model::{describe, least_served, parse_layers, Described, LayerChoice};
-pub use worker::{announce, choose_layers, keep_announced, serve_stages, spawn_worker, withdraw};
+pub use worker::{
+    announce, choose_layers, keep_announced, serve_stages, spawn_worker, withdraw, UnpaidPolicy,
+};
 
 /// The log target of this crate.
 const TARGET: &str = "serve";

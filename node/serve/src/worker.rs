@@ -9,10 +9,11 @@ use bitorch_compute::{
     WorkerInfo, WorkerStats,
 };
 use bitorch_inference::Stage;
-use bitorch_network::{Handle as NetHandle, StageInbound, WorkerAnnouncement};
+use bitorch_network::{Handle as NetHandle, PeerId, StageInbound, WorkerAnnouncement};
 use bitorch_primitives::{Pair, H256};
 use bitorch_runtime::jobs::{JobId, JobStatus};
 use bitorch_service::Handle;
+use std::collections::HashSet;
 use std::ops::Range;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -64,14 +65,35 @@ async fn job_is_open(chain: &Handle, job: JobId, model: H256) -> bool {
     j.status == JobStatus::Open && j.model == model && best.number < j.deadline
 }
 
+/// Who may open sessions that no job pays for: nobody on a public worker, or the peers its
+/// operator names (`--allow-unpaid`, e.g. their own gateway nodes).
+#[derive(Debug, Clone, Default)]
+pub struct UnpaidPolicy {
+    allowed: HashSet<PeerId>,
+}
+
+impl UnpaidPolicy {
+    /// Unpaid sessions for these peers only.
+    pub fn allow(peers: impl IntoIterator<Item = PeerId>) -> Self {
+        Self { allowed: peers.into_iter().collect() }
+    }
+
+    /// Whether `peer` may open a session without a job.
+    pub fn allows(&self, peer: &PeerId) -> bool {
+        self.allowed.contains(peer)
+    }
+}
+
 /// Answers one peer's stage request with `worker`: decodes it (bytes that do not decode are
-/// answered [`StageError::Malformed`]), refuses a session opened for a job that is not open
-/// on `chain` for the model ([`StageError::JobNotOpen`]: its receipt would not be paid), and
+/// answered [`StageError::Malformed`]), refuses a session without a job unless `unpaid`
+/// allows the peer ([`StageError::JobRequired`]) and one opened for a job that is not open on
+/// `chain` for the model ([`StageError::JobNotOpen`]: its receipt would not be paid), and
 /// passes the rest to the worker. `None`: the worker has stopped (the request is refused).
 async fn answer(
     worker: &WorkerHandle,
     chain: &Handle,
-    peer: bitorch_network::PeerId,
+    unpaid: &UnpaidPolicy,
+    peer: PeerId,
     bytes: &[u8],
 ) -> Option<StageResponse> {
     let req = match protocol::decode_request(bytes, &protocol::Limits::default()) {
@@ -81,6 +103,10 @@ async fn answer(
             return Some(StageResponse::Error(StageError::Malformed(e)));
         }
     };
+    if matches!(req, StageRequest::Open { job: None, .. }) && !unpaid.allows(&peer) {
+        tracing::info!(target: TARGET, %peer, "refused a session: no job pays for it");
+        return Some(StageResponse::Error(StageError::JobRequired));
+    }
     if let StageRequest::Open { job: Some(job), model, .. } = &req {
         let (job, model) = (*job, *model);
         let deadline = tokio::time::Instant::now() + JOB_VISIBLE_WAIT;
@@ -104,18 +130,21 @@ async fn answer(
 /// Serves peers' stage requests (`/bitorch/stage/1`, as the network delivers them) until
 /// `requests` closes: one task per request, so that one long forward pass holds up no other.
 /// Until `worker` holds a worker (while the model is registered and loaded) requests are
-/// refused. The network already bounds how many requests wait, and for how long.
+/// refused. Sessions without a job are served only for the peers `unpaid` allows. The network
+/// already bounds how many requests wait, and for how long.
 pub async fn serve_stages(
     mut requests: mpsc::Receiver<StageInbound>,
     worker: watch::Receiver<Option<WorkerHandle>>,
     chain: Handle,
+    unpaid: UnpaidPolicy,
 ) {
+    let unpaid = std::sync::Arc::new(unpaid);
     while let Some(StageInbound { peer, request, reply }) = requests.recv().await {
         // Dropping `reply` refuses the request.
         let Some(worker) = worker.borrow().clone() else { continue };
-        let chain = chain.clone();
+        let (chain, unpaid) = (chain.clone(), unpaid.clone());
         tokio::spawn(async move {
-            if let Some(resp) = answer(&worker, &chain, peer, &request).await {
+            if let Some(resp) = answer(&worker, &chain, &unpaid, peer, &request).await {
                 let _ = reply.send(protocol::encode(&resp));
             }
         });
