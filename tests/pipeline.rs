@@ -15,7 +15,7 @@
 mod common;
 
 use bitorch_compute::{
-    protocol, Activation, DecodeError, Floats, StageError, StageRequest, StageResponse,
+    protocol, Activation, DecodeError, Floats, SessionAuth, StageError, StageRequest, StageResponse,
 };
 use bitorch_primitives::keys::{account_of, pair_from_suri, to_ss58};
 use common::free_port;
@@ -513,14 +513,28 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
         ahead = stats(&nodes[0])["aheadJob"].as_u64();
         ahead.is_some()
     });
-    let open = |session: [u8; 16]| {
-        protocol::encode(&StageRequest::Open {
+    let ahead = ahead.unwrap();
+    // Signed by the job's client (//Eve, the API account) for Bob, or by `signer`.
+    let genesis = hash(&nodes[0].rpc("chain_getBlockHash", json!([0])).unwrap());
+    let bob = account_of(&pair_from_suri("//Bob").unwrap());
+    let signed_open = |session: [u8; 16], signer: Option<&str>| {
+        let auth = SessionAuth {
             session,
             model: model_id,
             layers: (10, 20),
             job: ahead,
+            worker: bob.clone(),
+        };
+        let auth = signer.map(|s| auth.sign(&pair_from_suri(s).unwrap(), &genesis));
+        protocol::encode(&StageRequest::Open {
+            session,
+            model: model_id,
+            layers: (10, 20),
+            job: Some(ahead),
+            auth,
         })
     };
+    let open = |session: [u8; 16]| signed_open(session, Some("//Eve"));
 
     // Fill Bob's one session; the next one is answered "busy".
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -535,9 +549,19 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     };
     assert!(matches!(opened, StageResponse::Opened(_)), "{opened:?}");
     assert_eq!(answer(ask(1, open([8; 16])).unwrap()), StageResponse::Busy);
+    // Naming Eve's job without her signature, or with another's, spends nothing of hers.
+    for signer in [None, Some("//Ferdie")] {
+        let refused = answer(ask(1, signed_open([4; 16], signer)).unwrap());
+        assert_eq!(refused, StageResponse::Error(StageError::Unauthorized { job: ahead }));
+    }
     // A stranger's session that no job pays for is refused (this worker has no --allow-unpaid).
-    let unpaid =
-        StageRequest::Open { session: [5; 16], model: model_id, layers: (20, 30), job: None };
+    let unpaid = StageRequest::Open {
+        session: [5; 16],
+        model: model_id,
+        layers: (20, 30),
+        job: None,
+        auth: None,
+    };
     let refused = answer(ask(2, protocol::encode(&unpaid)).unwrap());
     assert_eq!(refused, StageResponse::Error(StageError::JobRequired));
     // A session for a job that is not on chain is refused: its receipt would not be paid.
@@ -546,6 +570,7 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
         model: model_id,
         layers: (20, 30),
         job: Some(999_999),
+        auth: None,
     };
     let refused = answer(ask(2, protocol::encode(&unpaid)).unwrap());
     assert_eq!(refused, StageResponse::Error(StageError::JobNotOpen { job: 999_999 }));

@@ -278,7 +278,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             Some(bitorch_network::Service { handle: net, events, stage_requests, task: _ }) => {
                 if serving.is_some() {
                     let unpaid = bitorch_serve::UnpaidPolicy::allow(unpaid_peers.clone());
-                    tokio::spawn(bitorch_serve::serve_stages(stage_requests, stage_worker_rx, handle.clone(), unpaid));
+                    tokio::spawn(bitorch_serve::serve_stages(stage_requests, stage_worker_rx, handle.clone(), genesis, unpaid));
                 }
                 Some(bitorch_service::p2p::spawn(
                 handle.clone(),
@@ -317,7 +317,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             tracing::info!(target: "node", layers = ?stage.layers(), secs = t.elapsed().as_secs_f64(), "loaded the model");
             let local = tokio::task::block_in_place(|| bitorch_serve::spawn_worker(stage, worker_key.clone(), model, genesis, args.max_sessions))?;
             tracing::info!(target: "node", %model, worker = %to_ss58(&account_of(&worker_key)), layers = ?local.1.layers, "serving the model");
-            stage_worker.send_replace(Some(local.0.clone()));
+            stage_worker.send_replace(Some(bitorch_serve::StageWorker { handle: local.0.clone(), account: local.1.account.clone() }));
             if let Some(net) = &net_handle {
                 bitorch_serve::announce(net, &local.1).await?;
                 tracing::info!(target: "node", %model, layers = ?local.1.layers, "announced the worker in the DHT");

@@ -36,15 +36,15 @@
 use crate::{
     error::{Error, StageFailure, TransportError},
     protocol::{
-        Activation, Closure, Floats, ModelId, SessionId, StageError, StageInfo, StageRequest,
-        StageResponse,
+        Activation, Closure, Floats, ModelId, SessionAuth, SessionId, StageError, StageInfo,
+        StageRequest, StageResponse,
     },
     route::{plan_route_with, Bans, CostModel, WorkerInfo},
 };
 use bitorch_commitment::{leaf_hash, Commitment};
 use bitorch_inference::{FinishReason, Sampler, SamplingParams};
 use bitorch_primitives::receipt::{JobId, SignedReceipt};
-use bitorch_primitives::H256;
+use bitorch_primitives::{Pair, H256};
 use candle_core::{Device, Tensor};
 use std::{
     collections::HashMap,
@@ -77,7 +77,7 @@ pub trait StageTransport: Send + Sync {
 }
 
 /// How a gateway runs generations.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GatewayConfig {
     /// Genesis hash of the chain receipts are for.
     pub genesis: H256,
@@ -91,6 +91,26 @@ pub struct GatewayConfig {
     pub max_failovers: u32,
     /// How routes are costed.
     pub cost: CostModel,
+    /// The key of the jobs' client (the paying account), which signs each paid session's
+    /// [`SessionAuth`] for the worker asked; `None`: sessions carry no authorization (a
+    /// networked worker then refuses those with a job).
+    pub client: Option<Pair>,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client's key is shown by its account, never its secret.
+        let client = self.client.as_ref().map(bitorch_primitives::keys::account_of);
+        f.debug_struct("GatewayConfig")
+            .field("genesis", &self.genesis)
+            .field("ban_duration", &self.ban_duration)
+            .field("busy_backoff", &self.busy_backoff)
+            .field("call_timeout", &self.call_timeout)
+            .field("max_failovers", &self.max_failovers)
+            .field("cost", &self.cost)
+            .field("client", &client)
+            .finish()
+    }
 }
 
 impl GatewayConfig {
@@ -104,6 +124,7 @@ impl GatewayConfig {
             call_timeout: Duration::from_secs(60),
             max_failovers: 16,
             cost: CostModel::default(),
+            client: None,
         }
     }
 }
@@ -581,8 +602,27 @@ impl<T: StageTransport> Run<'_, T> {
     async fn open(&mut self, i: usize) -> Result<(), StageFailure> {
         let hop = &self.route[i];
         let layers = (hop.worker.layers.start, hop.worker.layers.end);
-        let req =
-            StageRequest::Open { session: hop.session, model: self.model, layers, job: self.job };
+        // A paid session carries the client's authorization for this worker.
+        let auth = match (self.job, &self.gw.config.client) {
+            (Some(job), Some(client)) => Some(
+                SessionAuth {
+                    session: hop.session,
+                    model: self.model,
+                    layers,
+                    job,
+                    worker: hop.worker.account.clone(),
+                }
+                .sign(client, &self.gw.config.genesis),
+            ),
+            _ => None,
+        };
+        let req = StageRequest::Open {
+            session: hop.session,
+            model: self.model,
+            layers,
+            job: self.job,
+            auth,
+        };
         *self.gw.stats_mut().sessions_opened.entry(hop.worker.id.clone()).or_default() += 1;
         match self.call(i, req).await? {
             StageResponse::Opened(info) => {

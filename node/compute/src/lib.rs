@@ -42,8 +42,8 @@ pub use gateway::{
     StageReceipt, StageTransport,
 };
 pub use protocol::{
-    Activation, Closure, Floats, Limits, ModelId, SessionId, StageError, StageInfo, StageRequest,
-    StageResponse, PROTOCOL_NAME,
+    Activation, Closure, Floats, Limits, ModelId, SessionAuth, SessionId, StageError, StageInfo,
+    StageRequest, StageResponse, PROTOCOL_NAME,
 };
 pub use route::{plan_route, plan_route_with, Bans, CostModel, Route, WorkerInfo};
 #[cfg(feature = "engine")]

@@ -14,7 +14,9 @@
 //! (it knows its model), answered with [`StageError::WidthMismatch`].
 
 use crate::error::DecodeError;
+pub use bitorch_primitives::receipt::SessionAuth;
 use bitorch_primitives::receipt::{JobId, SignedReceipt};
+use bitorch_primitives::Signature;
 use bitorch_primitives::H256;
 use parity_scale_codec::{Decode, DecodeLimit, Encode, Error as CodecError, Input};
 
@@ -22,7 +24,7 @@ use parity_scale_codec::{Decode, DecodeLimit, Encode, Error as CodecError, Input
 pub const PROTOCOL_NAME: &str = "/bitorch/stage/1";
 
 /// The version byte every message starts with.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Deepest nesting the decoder follows. Our messages nest four levels at most; the limit only
 /// stops a hostile message from recursing through a future recursive type.
@@ -191,6 +193,9 @@ pub enum StageRequest {
         /// The on-chain job paying for it, if any: a closed session of a job yields a signed
         /// receipt.
         job: Option<JobId>,
+        /// The job's client's signature over the [`SessionAuth`] of this opening (the worker
+        /// being the one asked); a networked worker serves a session for a job only with it.
+        auth: Option<Signature>,
     },
     /// Runs positions `pos..pos + n` of a session, `n` the positions `input` carries.
     #[codec(index = 1)]
@@ -372,6 +377,14 @@ pub enum StageError {
     #[error("this worker serves paid sessions only: open the session for a job")]
     #[codec(index = 13)]
     JobRequired,
+    /// The session names a job but lacks its client's signature over the opening (or the
+    /// signature is not the client's): nobody but the client may spend the job's escrow.
+    #[error("the session for job {job} is not authorized by the job's client")]
+    #[codec(index = 14)]
+    Unauthorized {
+        /// The job.
+        job: JobId,
+    },
 }
 
 /// Encodes a message with its version byte.
@@ -445,6 +458,7 @@ mod tests {
                 model: H256::repeat_byte(9),
                 layers: (10, 20),
                 job: Some(4),
+                auth: Some(Signature::from_raw([5; 64])),
             },
             forward(2, 5),
             StageRequest::Forward { session: [2; 16], pos: 0, input: Activation::Tokens(vec![1]) },
@@ -489,11 +503,12 @@ mod tests {
         assert_eq!(decode_request(&encode(&empty), &l), Err(DecodeError::NoPositions));
         let big = encode(&forward(8, 4096));
         assert!(matches!(decode_request(&big, &l), Err(DecodeError::TooLarge { .. })));
+        // Version 1 opened sessions without the client's authorization.
         let mut wrong_version = encode(&forward(1, 1));
-        wrong_version[0] = 2;
+        wrong_version[0] = 1;
         assert_eq!(
             decode_request(&wrong_version, &l),
-            Err(DecodeError::UnsupportedVersion { got: 2, supported: 1 })
+            Err(DecodeError::UnsupportedVersion { got: 1, supported: VERSION })
         );
         assert_eq!(decode_request(&[], &l), Err(DecodeError::Empty));
         let mut trailing = encode(&forward(1, 1));

@@ -187,9 +187,21 @@ async fn tiny_busy_worker_is_routed_around() {
     specs[1].3 = 1; // worker 1 (the preferred one for 2..4) holds one session
     let (gw, infos) = setup(&specs);
     let t = gw.transport();
-    let open = StageRequest::Open { session: [9; 16], model: MODEL, layers: (2, 4), job: None };
+    let open = StageRequest::Open {
+        session: [9; 16],
+        model: MODEL,
+        layers: (2, 4),
+        job: None,
+        auth: None,
+    };
     assert!(matches!(t.call(&1, open.clone()).await.unwrap(), StageResponse::Opened(_)));
-    let again = StageRequest::Open { session: [8; 16], model: MODEL, layers: (2, 4), job: None };
+    let again = StageRequest::Open {
+        session: [8; 16],
+        model: MODEL,
+        layers: (2, 4),
+        job: None,
+        auth: None,
+    };
     assert_eq!(t.call(&1, again).await.unwrap(), StageResponse::Busy);
     let prompt = [3u32, 1, 4, 1, 5];
     let (want, _) = reference(tiny(), &prompt, 10, &SamplingParams::greedy());

@@ -14,8 +14,9 @@
 mod common;
 
 use bitorch_compute::{
-    protocol::encode, Activation, Error, Floats, Gateway, GatewayConfig, GatewayRequest, PlanError,
-    StageError, StageRequest, StageResponse, StageTransport, Worker, WorkerInfo,
+    protocol::{self, encode},
+    Activation, Error, Floats, Gateway, GatewayConfig, GatewayRequest, PlanError, StageError,
+    StageRequest, StageResponse, StageTransport, Worker, WorkerInfo,
 };
 use bitorch_inference::{
     Checkpoint, Engine, EngineOptions, GenerateRequest, GgufWeights, Kernel, LoadOptions, Pipeline,
@@ -212,9 +213,21 @@ async fn real_model_failover_replays_in_one_batch_when_batch_invariant() {
 async fn real_model_busy_worker_is_routed_around() {
     let (gw, infos) = setup(1);
     let t = gw.transport();
-    let open = StageRequest::Open { session: [9; 16], model: MODEL, layers: (10, 20), job: None };
+    let open = StageRequest::Open {
+        session: [9; 16],
+        model: MODEL,
+        layers: (10, 20),
+        job: None,
+        auth: None,
+    };
     assert!(matches!(t.call(&1, open.clone()).await.unwrap(), StageResponse::Opened(_)));
-    let other = StageRequest::Open { session: [8; 16], model: MODEL, layers: (10, 20), job: None };
+    let other = StageRequest::Open {
+        session: [8; 16],
+        model: MODEL,
+        layers: (10, 20),
+        job: None,
+        auth: None,
+    };
     assert_eq!(t.call(&1, other).await.unwrap(), StageResponse::Busy);
     let prompt = prompt_tokens(PROMPTS[1]);
     let gen =
@@ -270,13 +283,19 @@ async fn real_model_bad_messages_do_not_harm_a_live_session() {
     let t = gw.transport();
     let attack = async {
         let s = [0xab; 16];
-        let open = StageRequest::Open { session: s, model: MODEL, layers: (10, 20), job: None };
+        let open = StageRequest::Open {
+            session: s,
+            model: MODEL,
+            layers: (10, 20),
+            job: None,
+            auth: None,
+        };
         assert!(matches!(t.call(&1, open).await.unwrap(), StageResponse::Opened(_)));
         let mut rejected = 0;
         for round in 0..6u32 {
             // Garbage, a message over the size limit, a wrong-width hidden state, a session
             // that does not exist.
-            let garbage = vec![1, 1, 0xff, 0xee, round as u8];
+            let garbage = vec![protocol::VERSION, 1, 0xff, 0xee, round as u8];
             let big = vec![1u8; 33 << 20];
             let narrow = Floats::new(1, 575, &[0.5; 575]).unwrap();
             let wrong = encode(&StageRequest::Forward {

@@ -3,7 +3,7 @@
 mod common;
 
 use bitorch_compute::{
-    protocol::{decode_response, encode},
+    protocol::{decode_response, encode, VERSION},
     worker, Activation, DecodeError, Floats, Limits, SessionId, StageError, StageRequest,
     StageResponse, Worker,
 };
@@ -26,7 +26,7 @@ fn tiny_stages() -> &'static [Stage] {
 }
 
 fn open(session: SessionId, layers: (u32, u32), job: Option<u64>) -> StageRequest {
-    StageRequest::Open { session, model: MODEL, layers, job }
+    StageRequest::Open { session, model: MODEL, layers, job, auth: None }
 }
 
 fn hidden(rows: u32, cols: u32, seed: f32) -> Activation {
@@ -65,7 +65,7 @@ fn bad_requests_fail_alone() {
         let out = w.handle_bytes(bytes);
         err(decode_response(&out, &Limits::default()).unwrap())
     };
-    assert_eq!(dec(&[1, 0xff, 3], &mut w), StageError::Malformed(DecodeError::Invalid));
+    assert_eq!(dec(&[VERSION, 0xff, 3], &mut w), StageError::Malformed(DecodeError::Invalid));
     let big = encode(&fwd(a, 3, hidden(8, 64 * 40, 0.0)));
     assert!(matches!(dec(&big, &mut w), StageError::Malformed(DecodeError::TooLarge { .. })));
     let many = encode(&fwd(a, 3, hidden(9, 64, 0.0)));
@@ -74,7 +74,7 @@ fn bad_requests_fail_alone() {
         StageError::Malformed(DecodeError::TooManyPositions { got: 9, max: 8 })
     );
     let mut v2 = encode(&fwd(a, 3, hidden(1, 64, 0.0)));
-    v2[0] = 2;
+    v2[0] = VERSION + 1;
     assert!(matches!(
         dec(&v2, &mut w),
         StageError::Malformed(DecodeError::UnsupportedVersion { .. })
@@ -107,6 +107,7 @@ fn bad_requests_fail_alone() {
         model: bitorch_primitives::H256::zero(),
         layers: (2, 4),
         job: None,
+        auth: None,
     };
     assert!(matches!(err(w.handle(other_model)), StageError::WrongModel { .. }));
     let b0 = output(w.handle(fwd(b, 0, hidden(2, 64, 5.0))));

@@ -163,7 +163,12 @@ impl GatewayBackend {
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let handle = o.local.as_ref().map(|(h, _)| h.clone());
         let transport = NodeTransport { local: handle, net: o.net.clone() };
-        let gateway = Gateway::new(transport, GatewayConfig::new(o.payer.genesis));
+        // The API account is the jobs' client: it signs each paid session's authorization.
+        let config = GatewayConfig {
+            client: Some(o.payer.key.clone()),
+            ..GatewayConfig::new(o.payer.genesis)
+        };
+        let gateway = Gateway::new(transport, config);
         Self(Arc::new(Inner {
             gateway,
             local: o.local,

@@ -34,7 +34,8 @@ pub use error::{Error, Result};
 pub use gateway::{GatewayBackend, GatewayOptions, NodeTransport, Payer, Peer};
 pub use model::{describe, least_served, parse_layers, Described, LayerChoice};
 pub use worker::{
-    announce, choose_layers, keep_announced, serve_stages, spawn_worker, withdraw, UnpaidPolicy,
+    announce, choose_layers, keep_announced, serve_stages, spawn_worker, withdraw, StageWorker,
+    UnpaidPolicy,
 };
 
 /// The log target of this crate.

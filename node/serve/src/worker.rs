@@ -5,13 +5,13 @@ use crate::gateway::Peer;
 use crate::model::least_served;
 use crate::{u32_of, TARGET};
 use bitorch_compute::{
-    protocol, StageError, StageRequest, StageResponse, Worker, WorkerConfig, WorkerHandle,
-    WorkerInfo, WorkerStats,
+    protocol, SessionAuth, StageError, StageRequest, StageResponse, Worker, WorkerConfig,
+    WorkerHandle, WorkerInfo, WorkerStats,
 };
 use bitorch_inference::Stage;
 use bitorch_network::{Handle as NetHandle, PeerId, StageInbound, WorkerAnnouncement};
-use bitorch_primitives::{Pair, H256};
-use bitorch_runtime::jobs::{JobId, JobStatus};
+use bitorch_primitives::{AccountId, Pair, H256};
+use bitorch_runtime::jobs::{Job, JobId, JobStatus};
 use bitorch_service::Handle;
 use std::collections::HashSet;
 use std::ops::Range;
@@ -57,12 +57,22 @@ pub fn spawn_worker(
 /// block may reach the gateway's node a little earlier).
 const JOB_VISIBLE_WAIT: Duration = Duration::from_secs(2);
 
-/// Whether `job` is open on chain for `model` now (before its deadline).
-async fn job_is_open(chain: &Handle, job: JobId, model: H256) -> bool {
+/// The job `job` if it is open on chain for `model` now (before its deadline).
+async fn open_job(chain: &Handle, job: JobId, model: H256) -> Option<Job> {
     let (Ok(Some(j)), Ok(best)) = (chain.job(job).await, chain.best().await) else {
-        return false;
+        return None;
     };
-    j.status == JobStatus::Open && j.model == model && best.number < j.deadline
+    (j.status == JobStatus::Open && j.model == model && best.number < j.deadline).then_some(j)
+}
+
+/// The worker behind the stage server: its handle, and the account it signs receipts with
+/// (the one a session's authorization must name).
+#[derive(Clone)]
+pub struct StageWorker {
+    /// The worker actor.
+    pub handle: WorkerHandle,
+    /// Its account.
+    pub account: AccountId,
 }
 
 /// Who may open sessions that no job pays for: nobody on a public worker, or the peers its
@@ -86,12 +96,15 @@ impl UnpaidPolicy {
 
 /// Answers one peer's stage request with `worker`: decodes it (bytes that do not decode are
 /// answered [`StageError::Malformed`]), refuses a session without a job unless `unpaid`
-/// allows the peer ([`StageError::JobRequired`]) and one opened for a job that is not open on
-/// `chain` for the model ([`StageError::JobNotOpen`]: its receipt would not be paid), and
-/// passes the rest to the worker. `None`: the worker has stopped (the request is refused).
+/// allows the peer ([`StageError::JobRequired`]), one opened for a job that is not open on
+/// `chain` for the model ([`StageError::JobNotOpen`]: its receipt would not be paid), and one
+/// whose opening the job's client did not sign for this worker ([`StageError::Unauthorized`]:
+/// nobody else may spend the job's escrow), and passes the rest to the worker. `None`: the
+/// worker has stopped (the request is refused).
 async fn answer(
-    worker: &WorkerHandle,
+    worker: &StageWorker,
     chain: &Handle,
+    genesis: &H256,
     unpaid: &UnpaidPolicy,
     peer: PeerId,
     bytes: &[u8],
@@ -107,18 +120,32 @@ async fn answer(
         tracing::info!(target: TARGET, %peer, "refused a session: no job pays for it");
         return Some(StageResponse::Error(StageError::JobRequired));
     }
-    if let StageRequest::Open { job: Some(job), model, .. } = &req {
+    if let StageRequest::Open { session, job: Some(job), model, layers, auth } = &req {
         let (job, model) = (*job, *model);
         let deadline = tokio::time::Instant::now() + JOB_VISIBLE_WAIT;
-        while !job_is_open(chain, job, model).await {
+        let open = loop {
+            if let Some(j) = open_job(chain, job, model).await {
+                break j;
+            }
             if tokio::time::Instant::now() >= deadline {
                 tracing::info!(target: TARGET, %peer, job, "refused a session: job not open");
                 return Some(StageResponse::Error(StageError::JobNotOpen { job }));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let asked = SessionAuth {
+            session: *session,
+            model,
+            layers: *layers,
+            job,
+            worker: worker.account.clone(),
+        };
+        if !auth.as_ref().is_some_and(|sig| asked.verify(sig, &open.client, genesis)) {
+            tracing::info!(target: TARGET, %peer, job, "refused a session: not the client's");
+            return Some(StageResponse::Error(StageError::Unauthorized { job }));
         }
     }
-    match worker.call(req).await {
+    match worker.handle.call(req).await {
         Ok(answer) => Some(answer),
         Err(e) => {
             tracing::warn!(target: TARGET, %peer, error = %e, "the worker stopped");
@@ -134,8 +161,9 @@ async fn answer(
 /// already bounds how many requests wait, and for how long.
 pub async fn serve_stages(
     mut requests: mpsc::Receiver<StageInbound>,
-    worker: watch::Receiver<Option<WorkerHandle>>,
+    worker: watch::Receiver<Option<StageWorker>>,
     chain: Handle,
+    genesis: H256,
     unpaid: UnpaidPolicy,
 ) {
     let unpaid = std::sync::Arc::new(unpaid);
@@ -144,7 +172,8 @@ pub async fn serve_stages(
         let Some(worker) = worker.borrow().clone() else { continue };
         let (chain, unpaid) = (chain.clone(), unpaid.clone());
         tokio::spawn(async move {
-            if let Some(resp) = answer(&worker, &chain, &unpaid, peer, &request).await {
+            let answer = answer(&worker, &chain, &genesis, &unpaid, peer, &request).await;
+            if let Some(resp) = answer {
                 let _ = reply.send(protocol::encode(&resp));
             }
         });

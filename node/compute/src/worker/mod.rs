@@ -174,6 +174,7 @@ impl Worker {
                 model: self.config.model,
                 layers: self.info.layers,
                 job: None,
+                auth: None,
             },
             now,
         ) {
@@ -270,7 +271,9 @@ impl Worker {
     pub fn handle_at(&mut self, req: StageRequest, now: Instant) -> StageResponse {
         self.evict_idle(now);
         match req {
-            StageRequest::Open { session, model, layers, job } => {
+            // The client's authorization is checked by the networked worker (`bitorch-serve`),
+            // which knows the job's client; this pure worker serves what reaches it.
+            StageRequest::Open { session, model, layers, job, auth: _ } => {
                 self.open(session, model, layers, job, now)
             }
             StageRequest::Forward { session, pos, input } => self.forward(session, pos, input, now),
