@@ -2,8 +2,8 @@
 # Inference benchmark (issue 4): prompt and generation tokens/s on 2 threads for candle's
 # quantized_llama, our engine with 1 and 3 in-process stages, and the commitment cost.
 # Usage: scripts/bench-inference.sh [GEN_TOKENS] [PROMPT_TOKENS] [REPEATS] (each row: best of REPEATS)
-# PROFILE=release gives release numbers (a long build); the default is the dev profile, whose
-# dependencies (candle, where the time goes) are built at opt-level 2.
+# PROFILE=release gives release numbers (a long build); the default is the dev profile, which
+# builds the engine, candle and gemm (where the time goes) fully optimized, as release does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"

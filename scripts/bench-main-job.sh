@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Benchmark of the README's main job as a user runs it: a one-node dev chain serving the real
+# model (`scripts/dev-node.sh`'s command, dev build) answering a streamed chat completion on its
+# OpenAI-compatible API, next to `bitorch infer` in one process (the same engine and kernel,
+# no network, no chain) in the same run. Prints time to first token, generated tokens/s (best
+# of REPEATS), the ratio, and the node's resident memory after the requests.
+# Usage: scripts/bench-main-job.sh [MAX_TOKENS] [REPEATS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+MAX="${1:-128}"; REPEATS="${2:-3}"
+BIN="$CARGO_TARGET_DIR/debug/bitorch"
+cargo build -q -p bitorch --bin bitorch
+MODEL="$(scripts/fetch-model.sh)"
+PROMPT="Write a short story about a robot who learns to paint."
+RPC=19960; API=18190
+PID=""
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# One process: prompt and generation speed as `bitorch infer --stats` reports them.
+best_local=""
+for _ in $(seq 1 "$REPEATS"); do
+  line="$("$BIN" infer --model "$MODEL" --chat --record-commitments --max-tokens "$MAX" \
+          --stats "$PROMPT" 2>&1 >/dev/null | grep '^prompt:')"
+  best_local="$(python3 - "$line" "$best_local" <<'PY'
+import re, sys
+m = re.search(r"prompt: (\d+) tokens, ([\d.]+) tokens/s; generated: (\d+) tokens, ([\d.]+) tokens/s", sys.argv[1])
+pt, pts, gt, gts = int(m[1]), float(m[2]), int(m[3]), float(m[4])
+cur = f"{pt / pts:.3f} {gts:.2f} {gt}"
+best = sys.argv[2]
+print(cur if not best or float(best.split()[1]) < gts else best)
+PY
+)"
+done
+
+# The main job: the dev node serving the model, asked over its API.
+LOG="$(mktemp -t bitorch-main-job.XXXXXX.log)"
+"$BIN" node --dev --tmp --rpc-port "$RPC" --serve-model "$MODEL" --api-port "$API" >"$LOG" 2>&1 &
+PID=$!
+for _ in $(seq 1 600); do
+  grep -q "OpenAI-compatible API on" "$LOG" && break
+  kill -0 "$PID" 2>/dev/null || { echo "the node stopped; see $LOG" >&2; exit 1; }
+  sleep 0.2
+done
+best_node="$(python3 scripts/stream_bench.py "$API" "$MAX" "$PROMPT" "$REPEATS")"
+RSS_MB=$(( $(awk '/VmRSS/ {print $2}' "/proc/$PID/status") / 1024 ))
+
+read -r lt ltps lgen <<<"$best_local"
+read -r nt ntps ngen <<<"$best_node"
+printf '\n%-40s %10s %12s %10s\n' "main job (SmolLM2-135M, dev build)" "TTFT s" "gen tok/s" "tokens"
+printf '%-40s %10s %12s %10s\n' "bitorch infer, 1 process" "$lt" "$ltps" "$lgen"
+printf '%-40s %10s %12s %10s\n' "dev node, OpenAI API, streamed" "$nt" "$ntps" "$ngen"
+python3 -c "print(f'ratio node/one process: {float(\"$ntps\")/float(\"$ltps\"):.2f}')"
+echo "dev node resident memory after the requests: ${RSS_MB} MB"
