@@ -64,6 +64,27 @@ pub fn blake2_256(data: &[u8]) -> Hash {
     H256(sp_crypto_hashing::blake2_256(data))
 }
 
+/// blake2-256 of everything `reader` yields, read in 1 MiB pieces (a model file is hashed
+/// without being held in memory), and how many bytes that was. Equal to [`blake2_256`] of the
+/// same bytes.
+pub fn blake2_256_reader(mut reader: impl std::io::Read) -> std::io::Result<(Hash, u64)> {
+    let mut state = blake2b_simd::Params::new().hash_length(32).to_state();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                state.update(&buf[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((H256::from_slice(state.finalize().as_bytes()), len))
+}
+
 /// Formats a base-unit amount as whole tokens with the symbol, e.g. `1.5 BTR`.
 pub fn format_balance(amount: Balance) -> String {
     let whole = amount / UNIT;
@@ -107,6 +128,17 @@ pub fn parse_amount(s: &str) -> Result<Balance, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_hash_equals_the_one_shot_hash() {
+        // Across the 1 MiB read size, and for no bytes at all.
+        for len in [0usize, 1, 1 << 20, (1 << 20) + 7, 3 * (1 << 20) + 1] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let (streamed, n) = blake2_256_reader(&data[..]).unwrap();
+            assert_eq!(n, len as u64);
+            assert_eq!(streamed, blake2_256(&data), "{len} bytes");
+        }
+    }
 
     #[test]
     fn amounts_round_trip() {

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::u32_of;
 use bitorch_inference::{Checkpoint, GgufWeights, LoadOptions, Stage, Tokenizer};
-use bitorch_primitives::blake2_256;
+use bitorch_primitives::blake2_256_reader;
 use bitorch_runtime::models::{self, Chunk, ChunkKind, HyperParams, Manifest};
 use std::ops::Range;
 use std::path::Path;
@@ -132,9 +132,10 @@ pub fn describe(path: &Path) -> Result<Described> {
     };
     let cfg = g.config.clone();
     let tokenizer = Tokenizer::from_gguf(&g.content).map_err(model_err)?;
-    let bytes =
-        std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
-    let file_hash = blake2_256(&bytes);
+    // Hashed as it is read: a model file can be larger than the memory a worker has to spare.
+    let read_err = |source| Error::Read { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let (file_hash, file_len) = blake2_256_reader(file).map_err(read_err)?;
     // The file's name is what the user chose; GGUF's `general.name` is often a training-run id.
     let name = path
         .file_stem()
@@ -163,7 +164,7 @@ pub fn describe(path: &Path) -> Result<Described> {
         chunks: vec![Chunk {
             kind: ChunkKind::Layers { start: 0, end: u32_of(cfg.num_layers) },
             root: file_hash,
-            size: bytes.len() as u64,
+            size: file_len,
             piece_size: PIECE_SIZE,
         }],
     };
