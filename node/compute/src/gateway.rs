@@ -199,6 +199,26 @@ pub struct GatewayGeneration<Id> {
     pub generate_secs: f64,
 }
 
+/// A generation that failed, with the checked receipts of the stages still on its route when
+/// it did: they worked until then, and their work is paid (a stage that failed is not on the
+/// route any more, and gets nothing).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Failed<Id> {
+    /// Why it failed.
+    #[source]
+    pub error: Error,
+    /// What the stages still on the route committed to, checked as at the end of a
+    /// generation that succeeded.
+    pub receipts: Vec<StageReceipt<Id>>,
+}
+
+impl<Id> From<Error> for Failed<Id> {
+    fn from(error: Error) -> Self {
+        Self { error, receipts: Vec::new() }
+    }
+}
+
 /// What a gateway has done since it started, summed over its generations (for operators and
 /// tests: structured facts rather than log lines).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,16 +300,17 @@ impl<T: StageTransport> Gateway<T> {
 
     /// Runs one generation over the announced `workers` (those of other models are ignored),
     /// calling `on_token` with each token as it is sampled; `ControlFlow::Break` stops after
-    /// that token. See the [module docs](self).
+    /// that token. See the [module docs](self). A generation that fails still closes the
+    /// sessions of its route and returns their checked receipts with the error ([`Failed`]).
     pub async fn generate(
         &self,
         workers: &[WorkerInfo<T::WorkerId>],
         req: &GatewayRequest,
         mut on_token: impl FnMut(u32) -> ControlFlow<()> + Send,
-    ) -> Result<GatewayGeneration<T::WorkerId>, Error> {
-        let mut sampler = Sampler::new(req.sampling.clone())?;
+    ) -> Result<GatewayGeneration<T::WorkerId>, Failed<T::WorkerId>> {
+        let mut sampler = Sampler::new(req.sampling.clone()).map_err(Error::from)?;
         if req.prompt.is_empty() {
-            return Err(Error::EmptyPrompt);
+            return Err(Error::EmptyPrompt.into());
         }
         let start = Instant::now();
         self.stats_mut().generations += 1;
@@ -318,13 +339,16 @@ impl<T: StageTransport> Gateway<T> {
             let r = run.generate(req, &mut sampler, &mut tokens, &mut prompt_secs, &mut on_token);
             match tracing::Instrument::instrument(r, span.clone()).await {
                 Ok(f) => finish = f,
-                Err(e) => {
-                    run.close_quietly_all().await;
-                    return Err(e);
+                Err(error) => {
+                    // The stages still on the route worked until now: close them and keep
+                    // what checks out (without banning on a mismatch: the run was cut short).
+                    let close = run.close_all(false);
+                    let (receipts, _) = tracing::Instrument::instrument(close, span).await;
+                    return Err(Failed { error, receipts });
                 }
             }
         }
-        let (receipts, rejected) = tracing::Instrument::instrument(run.close_all(), span).await;
+        let (receipts, rejected) = tracing::Instrument::instrument(run.close_all(true), span).await;
         let total = start.elapsed().as_secs_f64();
         tracing::debug!(target: TARGET, tokens = tokens.len(), failovers = run.failovers,
             rejected = rejected.len(), secs = total, "generation done");
@@ -728,15 +752,11 @@ impl<T: StageTransport> Run<'_, T> {
         }
     }
 
-    async fn close_quietly_all(&mut self) {
-        for hop in std::mem::take(&mut self.route) {
-            self.close_quietly(&hop).await;
-        }
-    }
-
-    /// Closes every stage and checks what each committed to.
+    /// Closes every stage and checks what each committed to; a stage whose commitment does not
+    /// check out is banned when `ban` is set.
     async fn close_all(
         &mut self,
+        ban: bool,
     ) -> (Vec<StageReceipt<T::WorkerId>>, Vec<RejectedReceipt<T::WorkerId>>) {
         let mut receipts = Vec::new();
         let mut rejected = Vec::new();
@@ -762,8 +782,10 @@ impl<T: StageTransport> Run<'_, T> {
                 Err(reason) => {
                     tracing::warn!(target: TARGET, worker = ?hop.worker.id, %reason,
                         "stage's commitment rejected");
-                    let cfg = &self.gw.config;
-                    self.gw.bans().ban(hop.worker.id.clone(), cfg.ban_duration, Instant::now());
+                    if ban {
+                        let cfg = &self.gw.config;
+                        self.gw.bans().ban(hop.worker.id.clone(), cfg.ban_duration, Instant::now());
+                    }
                     rejected.push(RejectedReceipt {
                         worker: hop.worker.id.clone(),
                         layers: hop.worker.layers.clone(),

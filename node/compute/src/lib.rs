@@ -38,8 +38,8 @@ pub mod worker;
 pub use error::{DecodeError, Error, PlanError, StageFailure, TransportError, WorkerStopped};
 #[cfg(feature = "engine")]
 pub use gateway::{
-    Gateway, GatewayConfig, GatewayGeneration, GatewayRequest, GatewayStats, RejectedReceipt,
-    StageReceipt, StageTransport,
+    Failed, Gateway, GatewayConfig, GatewayGeneration, GatewayRequest, GatewayStats,
+    RejectedReceipt, StageReceipt, StageTransport,
 };
 pub use protocol::{
     Activation, Closure, Floats, Limits, ModelId, SessionAuth, SessionId, StageError, StageInfo,

@@ -227,10 +227,11 @@ async fn tiny_missing_layers_are_named() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Plan(PlanError::MissingLayers { missing }) if *missing == vec![2..4]),
+        matches!(&err.error, Error::Plan(PlanError::MissingLayers { missing }) if *missing == vec![2..4]),
         "{err}"
     );
     assert!(err.to_string().contains("layers 2..4"), "{err}");
+    assert!(err.receipts.is_empty(), "no stage worked: nothing to pay");
     assert!(gw.transport().log().is_empty(), "nothing is opened without a full route");
     // Losing the only worker for some layers mid-generation names them too, and closes the
     // sessions it had opened.
@@ -247,12 +248,17 @@ async fn tiny_missing_layers_are_named() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Plan(PlanError::MissingLayers { missing }) if *missing == vec![2..4])
+        matches!(&err.error, Error::Plan(PlanError::MissingLayers { missing }) if *missing == vec![2..4])
     );
     let log = gw.transport().log();
     for id in [0, 2] {
         assert_eq!(log.iter().filter(|(w, k)| *w == id && *k == "close").count(), 1);
     }
+    // The two stages still on the route worked until the failure: their commitments are
+    // checked and returned with the error, to be paid for the positions they ran.
+    let paid: Vec<(u32, u32)> = err.receipts.iter().map(|r| (r.worker, r.positions)).collect();
+    assert_eq!(paid.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 2], "{paid:?}");
+    assert!(paid.iter().all(|p| p.1 >= 3), "{paid:?}");
 }
 
 #[tokio::test]

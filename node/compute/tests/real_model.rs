@@ -246,7 +246,7 @@ async fn real_model_missing_layers_are_named() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Plan(PlanError::MissingLayers { missing }) if *missing == vec![10..20]),
+        matches!(&err.error, Error::Plan(PlanError::MissingLayers { missing }) if *missing == vec![10..20]),
         "{err}"
     );
     eprintln!("{err}");

@@ -488,8 +488,10 @@ impl Inner {
                 self.settle(job, receipts).await;
                 return;
             }
-            (Err(e), _) => {
-                tracing::warn!(target: TARGET, job, error = %e, "generation failed");
+            (Err(failed), _) => {
+                let e = failed.error;
+                tracing::warn!(target: TARGET, job, error = %e, paid_stages = failed.receipts.len(),
+                    "generation failed");
                 let err = match &e {
                     bitorch_compute::Error::Plan(_)
                     | bitorch_compute::Error::TooManyFailures { .. } => {
@@ -502,8 +504,10 @@ impl Inner {
                     _ => BackendError::Internal(e.to_string()),
                 };
                 let _ = tx.try_send(Event::Error(err));
-                // No receipts: closing refunds the escrow.
-                self.settle(job, Vec::new()).await;
+                // The stages that worked until the failure are paid for what they did; the rest
+                // of the escrow is refunded (all of it when none did any work).
+                let receipts = failed.receipts.iter().filter_map(|r| r.receipt.clone()).collect();
+                self.settle(job, receipts).await;
                 return;
             }
         };
