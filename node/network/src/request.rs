@@ -1,8 +1,8 @@
 //! What the request-response protocols of ours (block sync, stage requests) share: how a
 //! peer's request reaches the node ([`crate::Inbound`]), why a node refuses one ([`Refusal`],
 //! one enum for every protocol, sent on the wire), and the service task's bookkeeping for
-//! each protocol: our requests waiting for answers ([`Outbound`]), peers' requests waiting for
-//! the node's answer ([`Replies`]), and peers that sent bad requests ([`BadRequesters`]). A
+//! each protocol: our requests waiting for answers (`Outbound`), peers' requests waiting for
+//! the node's answer (`Replies`), and peers that sent bad requests (`BadRequesters`). A
 //! new protocol is its codec, a sub-state of these, and its two event handlers.
 
 use crate::error::Error;

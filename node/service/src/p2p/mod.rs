@@ -1,11 +1,11 @@
 //! The networked node: Tendermint consensus, block sync and transaction relay over libp2p,
 //! one concern a file:
 //!
-//! - [`consensus`]: the engine (when this node validates), its timers and write-ahead log,
+//! - `consensus`: the engine (when this node validates), its timers and write-ahead log,
 //!   and the actions it asks for (gossip, build or check a block, import a decision, report
 //!   equivocation);
-//! - [`sync`]: catching up from peers ([`SYNC_INTERVAL`]) and answering their sync requests;
-//! - [`relay`]: transactions out to peers in gossip batches, and in from them to the pool.
+//! - `sync`: catching up from peers ([`SYNC_INTERVAL`]) and answering their sync requests;
+//! - `relay`: transactions out to peers in gossip batches, and in from them to the pool.
 //!
 //! One task ([`spawn`]) runs the three: it waits on network events, chain events and timers
 //! and hands each to the part it concerns. Each part talks to the chain service through its
