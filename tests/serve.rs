@@ -152,7 +152,27 @@ fn serve_model_answers_like_infer_and_the_chain_pays_the_worker() {
         let refunded: u128 = s["refunded"].as_str().unwrap().parse().unwrap();
         assert_eq!(refunded, escrow - 30 * tokens * PRICE);
         paid_total += 30 * tokens * PRICE;
+        // The wallet shows the same job.
+        let out = std::process::Command::new(common::net::BIN)
+            .args(["wallet", "job", &id.to_string(), "--rpc", &node.url()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(&format!("Job:      {id}")), "{text}");
+        assert!(text.contains("Status:   settled"), "{text}");
+        assert!(
+            text.contains(&format!("Receipt:  {BOB} layers 0..30 × {tokens} tokens")),
+            "{text}"
+        );
     }
+    // A job that does not exist is an error that says so.
+    let out = std::process::Command::new(common::net::BIN)
+        .args(["wallet", "job", "999", "--rpc", &node.url()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no job 999"));
     let (bob_after, _) = node.account(BOB);
     assert_eq!(bob_after, bob_before + paid_total, "the worker is paid layers × tokens × price");
     let (_, alice_reserved_after) = node.account(ALICE);

@@ -64,6 +64,13 @@ pub enum WalletCmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Show a job: its client, model, escrow, status, and each receipt with what it was paid.
+    Job {
+        /// The job's id.
+        id: u64,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Transfer tokens.
     Transfer {
         /// Recipient address.
@@ -166,6 +173,7 @@ async fn run_async(cmd: WalletCmd) -> Result<()> {
     let amount = |s: &str| -> Result<Balance> { Ok(parse_amount(s)?) };
     let (call, signing, common, what) = match cmd {
         WalletCmd::Balance { address, common } => return balance(&address, &common).await,
+        WalletCmd::Job { id, common } => return job(id, &common).await,
         WalletCmd::Transfer { to, amount: a, signing, common } => {
             let dest = parse_account(&to).context("--to")?;
             let amount = amount(&a)?;
@@ -237,6 +245,44 @@ async fn balance(address: &str, common: &Common) -> Result<()> {
             println!("Free:     {}", info["freeFormatted"].as_str().unwrap_or("?"));
             println!("Reserved: {}", info["reservedFormatted"].as_str().unwrap_or("?"));
             println!("Nonce:    {}", info["nonce"]);
+        }
+    }
+    Ok(())
+}
+
+/// A base-unit amount the RPC gives as a string, formatted in tokens.
+fn tokens(v: &Value) -> String {
+    v.as_str().and_then(|s| s.parse::<Balance>().ok()).map(format_balance).unwrap_or("?".into())
+}
+
+async fn job(id: u64, common: &Common) -> Result<()> {
+    let client = connect(&common.rpc).await?;
+    let job: Value = client.request("bitorch_job", rpc_params![id]).await?;
+    if job.is_null() {
+        bail!("there is no job {id} on this chain");
+    }
+    match common.output_type {
+        OutputType::Json => println!("{}", serde_json::to_string_pretty(&job)?),
+        OutputType::Text => {
+            let status = match &job["status"] {
+                Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
+                other => other.to_string(),
+            };
+            println!("Job:      {id}");
+            println!("Client:   {}", job["client"].as_str().unwrap_or("?"));
+            println!("Model:    {}", job["model"].as_str().unwrap_or("?"));
+            println!("Escrow:   {} ({} claimed)", tokens(&job["escrow"]), tokens(&job["claimed"]));
+            println!("Status:   {status}");
+            for r in job["receipts"].as_array().into_iter().flatten() {
+                println!(
+                    "Receipt:  {} layers {}..{} × {} tokens, paid {}",
+                    r["worker"].as_str().unwrap_or("?"),
+                    r["layerStart"],
+                    r["layerEnd"],
+                    r["tokens"],
+                    tokens(&r["paid"])
+                );
+            }
         }
     }
     Ok(())
