@@ -61,8 +61,18 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
     });
     method!(m, "bitorch_job", |p, ctx| {
         let id: u64 = required(&p, 0, "job id")?;
-        let job = ctx.chain.job(id).await.map_err(internal)?;
-        Ok(job.map(|j| job_json(id, &j)).unwrap_or(Value::Null))
+        let Some(job) = ctx.chain.job(id).await.map_err(internal)? else {
+            return Ok(Value::Null);
+        };
+        let count = u32::try_from(job.receipts.len()).unwrap_or(u32::MAX);
+        let votes = ctx.chain.audit_votes(id, count).await.map_err(internal)?;
+        let mut out = job_json(id, &job);
+        if let Some(receipts) = out["receipts"].as_array_mut() {
+            for (r, votes) in receipts.iter_mut().zip(&votes) {
+                r["votes"] = Value::Array(votes.iter().map(verdict_json).collect());
+            }
+        }
+        Ok(out)
     });
     method!(m, "bitorch_models", |_p, ctx| {
         let models = ctx.chain.models().await.map_err(internal)?;
@@ -119,6 +129,10 @@ fn job_status_json(s: &jobs::JobStatus) -> Value {
     }
 }
 
+fn verdict_json(v: &jobs::Verdict) -> Value {
+    json!({ "auditor": to_ss58(&v.auditor), "passed": v.passed, "at": v.at })
+}
+
 fn job_json(id: u64, j: &jobs::Job) -> Value {
     json!({
         "id": id,
@@ -139,7 +153,7 @@ fn job_json(id: u64, j: &jobs::Job) -> Value {
             "tokens": r.receipt.tokens,
             "activationRoot": r.receipt.activation_root,
             "submittedAt": r.submitted_at,
-            "verdict": r.verdict.as_ref().map(|v| json!({ "auditor": to_ss58(&v.auditor), "passed": v.passed, "at": v.at })),
+            "verdict": r.verdict.as_ref().map(verdict_json),
             "paid": r.paid.to_string(),
         })).collect::<Vec<_>>(),
     })

@@ -12,7 +12,7 @@ use jsonrpsee::core::client::{ClientT, SubscriptionClientT};
 use jsonrpsee::rpc_params;
 use jsonrpsee::ws_client::{WsClient, WsClientBuilder};
 use parity_scale_codec::Encode;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 struct Node {
@@ -421,6 +421,9 @@ async fn job_life_cycle_through_rpc_pays_workers_exactly() {
     node.author().await;
     let job: Value = node.client.request("bitorch_job", rpc_params![0]).await.unwrap();
     assert!(job["status"].get("challenge").is_some(), "{job}");
+    // Each receipt lists the validators' audit votes (none cast here) beside its verdict.
+    assert_eq!(job["receipts"][0]["votes"], json!([]), "{job}");
+    assert_eq!(job["receipts"][0]["verdict"], Value::Null, "{job}");
     for _ in 0..12 {
         node.author().await;
     }

@@ -105,6 +105,9 @@ pub enum Error {
     /// The receipt already has a verdict.
     #[error("receipt {0} has already been audited")]
     AlreadyAudited(u32),
+    /// This validator already voted on the receipt.
+    #[error("this validator has already voted on receipt {0}")]
+    AlreadyVoted(u32),
     /// The auditor is the job's client or the receipt's worker.
     #[error("an auditor may not audit a job it is the client of or a receipt it is the worker of")]
     AuditorIsParty,

@@ -226,7 +226,10 @@ pub enum Call {
         #[codec(compact)]
         job: JobId,
     },
-    /// An active validator's verdict on a receipt.
+    /// An active validator's vote on a receipt. The receipt's verdict is reached when the
+    /// validators voting one way hold at least two thirds of the active set's weight: failed
+    /// slashes the worker and refunds the client, passed closes the audit. One vote decides
+    /// only where one validator holds that much (a one-validator dev chain).
     #[codec(index = 3)]
     SubmitAudit {
         /// The job.
@@ -258,6 +261,10 @@ fn params_key() -> Vec<u8> {
 
 fn next_id_key() -> Vec<u8> {
     support::value_key(PALLET, "next_job_id")
+}
+
+fn votes_key(job: JobId, receipt_index: u32) -> Vec<u8> {
+    support::map_key(PALLET, "votes", &(job, receipt_index))
 }
 
 fn total_escrow_key() -> Vec<u8> {
@@ -537,6 +544,26 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
             return Err(Error::AuditorIsParty);
         }
         let worker = record.receipt.worker.clone();
+        // Votes are counted in the weights of the active set now; a vote from a validator that
+        // has left it no longer counts.
+        let mut votes = Self::votes(s, id, receipt_index)?;
+        if votes.iter().any(|v| &v.auditor == auditor) {
+            return Err(Error::AlreadyVoted(receipt_index));
+        }
+        votes.push(Verdict { auditor: auditor.clone(), passed, at: ctx.block_number });
+        let weights = W::validator_weights(s)?;
+        let total: u128 = weights.iter().map(|(_, w)| u128::from(*w)).sum();
+        let side: u128 = votes
+            .iter()
+            .filter(|v| v.passed == passed)
+            .filter_map(|v| weights.iter().find(|(a, _)| *a == v.auditor))
+            .map(|(_, w)| u128::from(*w))
+            .sum();
+        support::put(s, votes_key(id, receipt_index), &votes);
+        if side.saturating_mul(3) < total.saturating_mul(2) {
+            // No quorum yet: the vote is recorded, nothing else changes.
+            return Ok(());
+        }
         let verdict = Some(Verdict { auditor: auditor.clone(), passed, at: ctx.block_number });
         if passed {
             if let Some(record) = job.receipts.get_mut(index) {
@@ -556,6 +583,15 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         job.status = JobStatus::Failed { receipt_index, auditor: auditor.clone(), slashed };
         Self::put_job(s, id, &job);
         Ok(())
+    }
+
+    /// The validators' votes on receipt `receipt_index` of job `id`, in the order cast.
+    pub fn votes<S: Storage + ?Sized>(
+        s: &S,
+        id: JobId,
+        receipt_index: u32,
+    ) -> Result<Vec<Verdict>, StorageError> {
+        support::get_or_default(s, &votes_key(id, receipt_index))
     }
 
     /// Start of block: processes the jobs scheduled at `ctx.block_number`. Jobs reaching their

@@ -224,14 +224,18 @@ fn full_life_cycle_pays_workers_and_refunds_the_rest() {
     e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: true }).unwrap();
     e.call(CLIENT, Call::CloseJob { job: id }).unwrap();
     assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 8 });
-    // Audits are accepted inside the challenge window.
+    // Audits are accepted inside the challenge window. Two of the three validators make the
+    // two-thirds quorum that gives the receipt its verdict.
     e.advance_to(5);
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 1, passed: true }).unwrap();
+    assert_eq!(e.job(id).receipts[1].verdict, None, "one vote of three is no verdict");
     e.call(VALIDATOR2, Call::SubmitAudit { job: id, receipt_index: 1, passed: true }).unwrap();
     let job = e.job(id);
     assert_eq!(
         job.receipts[1].verdict,
         Some(Verdict { auditor: acc(VALIDATOR2), passed: true, at: 5 })
     );
+    assert_eq!(Jobs::votes(&e.s, id, 1).unwrap().len(), 2);
     e.advance_to(7);
     assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 8 });
     e.advance_to(8);
@@ -293,15 +297,28 @@ fn failed_audit_slashes_worker_and_refunds_client() {
     e.call(CLIENT, Call::CloseJob { job: id }).unwrap();
     e.advance_to(4);
     let (w0_free, _) = e.account(&w(0));
+    // A lone validator's "failed" slashes nobody: one vote of three is recorded, and that is
+    // all; it cannot vote twice.
+    let before = e.s.clone();
     e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }).unwrap();
+    assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 6 });
+    assert_eq!(Staking::ledger(&e.s, &w(0)).unwrap().bonded, 1_000);
+    assert_eq!(Balances::total_issuance(&e.s).unwrap(), issuance);
+    assert_ne!(e.s, before, "the vote is recorded");
+    assert_eq!(
+        e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }),
+        Err(Error::AlreadyVoted(0))
+    );
+    // The second "failed" makes two thirds: the worker is slashed, the client refunded.
+    e.call(VALIDATOR2, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }).unwrap();
     let job = e.job(id);
     assert_eq!(
         job.status,
-        JobStatus::Failed { receipt_index: 0, auditor: acc(VALIDATOR), slashed: 200 }
+        JobStatus::Failed { receipt_index: 0, auditor: acc(VALIDATOR2), slashed: 200 }
     );
     assert_eq!(
         job.receipts[0].verdict,
-        Some(Verdict { auditor: acc(VALIDATOR), passed: false, at: 4 })
+        Some(Verdict { auditor: acc(VALIDATOR2), passed: false, at: 4 })
     );
     // 20% of the 1,000 bond is burned; the worker keeps its role (800 >= 500).
     assert_eq!(Staking::ledger(&e.s, &w(0)).unwrap().bonded, 800);
@@ -322,6 +339,7 @@ fn failed_audit_slashes_worker_and_refunds_client() {
     let id = e.open(CLIENT, 10, 3);
     e.receipt(0, id, (0, 1), 1);
     Jobs::set_params(&mut e.s, &Params { audit_slash_percent: 50, ..jobs_params() });
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }).unwrap();
     e.call(VALIDATOR2, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }).unwrap();
     assert_eq!(Staking::ledger(&e.s, &w(0)).unwrap().bonded, 400);
     assert!(!Staking::is_worker(&e.s, &w(0)).unwrap());
@@ -340,6 +358,8 @@ fn every_rejection_changes_nothing() {
     e.receipt(0, j0, (0, 2), 10);
     e.receipt(1, j0, (2, 4), 5);
     e.call(VALIDATOR, Call::SubmitAudit { job: j0, receipt_index: 0, passed: true }).unwrap();
+    e.call(VALIDATOR2, Call::SubmitAudit { job: j0, receipt_index: 0, passed: true }).unwrap();
+    e.call(VALIDATOR, Call::SubmitAudit { job: j0, receipt_index: 1, passed: true }).unwrap();
     // Job 1: in its challenge window.
     let j1 = e.open(CLIENT, 10, 3);
     e.receipt(0, j1, (0, 1), 1);
@@ -462,6 +482,7 @@ fn every_rejection_changes_nothing() {
         (VALIDATOR, audit(j0, 2), 2, Error::UnknownReceipt(2)),
         (VALIDATOR, audit(j0, u32::MAX), 2, Error::UnknownReceipt(u32::MAX)),
         (VALIDATOR2, audit(j0, 0), 2, Error::AlreadyAudited(0)),
+        (VALIDATOR, audit(j0, 1), 2, Error::AlreadyVoted(1)),
         (VALIDATOR, audit(j5, 0), 2, Error::AuditorIsParty),
     ];
     let before = e.s.clone();

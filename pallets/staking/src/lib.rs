@@ -587,6 +587,17 @@ impl<C: Currency> WorkerRegistry for Pallet<C> {
         Ok(Self::validator_set(s)?.contains(who))
     }
 
+    /// Each active validator's voting power (its bond in whole tokens, at least 1): the weight
+    /// consensus counts, so that a quorum means the same in both.
+    fn validator_weights<S: Storage + ?Sized>(
+        s: &S,
+    ) -> Result<Vec<(AccountId, u64)>, StorageError> {
+        Ok(Self::validator_stakes(s)?
+            .into_iter()
+            .map(|(who, stake)| (who, bitorch_primitives::voting_power(stake)))
+            .collect())
+    }
+
     /// Slashes `percent`% (capped at 100) of `who`'s whole stake, bonded plus unlocking (so
     /// unbonding does not escape a pending slash), rounded down; see [`Pallet::slash`].
     fn slash_percent<S: Storage + ?Sized>(

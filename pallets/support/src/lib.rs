@@ -203,6 +203,9 @@ pub trait WorkerRegistry {
     fn is_worker<S: Storage + ?Sized>(s: &S, who: &AccountId) -> Result<bool, StorageError>;
     /// Whether `who` is in the active validator set (validators audit).
     fn is_validator<S: Storage + ?Sized>(s: &S, who: &AccountId) -> Result<bool, StorageError>;
+    /// The active validators with their voting weight (what an audit quorum is counted in).
+    fn validator_weights<S: Storage + ?Sized>(s: &S)
+        -> Result<Vec<(AccountId, u64)>, StorageError>;
     /// Slashes `percent`% of `who`'s bond; returns the amount slashed (burned).
     fn slash_percent<S: Storage + ?Sized>(
         s: &mut S,
