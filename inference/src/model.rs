@@ -270,14 +270,25 @@ impl Stage {
         let head = if is_last {
             let norm = qnorm(c.qtensor(&mut r, "output_norm.weight", &[h], device)?)?;
             let out = if c.has("output.weight") {
-                c.qtensor(&mut r, "output.weight", &[cfg.vocab_size, h], device)?
+                qlin(c.qtensor(&mut r, "output.weight", &[cfg.vocab_size, h], device)?)?
             } else {
-                match embed_q {
-                    Some(t) => t,
-                    None => c.qtensor(&mut r, "token_embd.weight", &[cfg.vocab_size, h], device)?,
+                match (embed_q, &embed) {
+                    // Tied and both ends here: the head multiplies by the very f32 matrix the
+                    // embedding holds (the same values a second dequantization would give)
+                    // instead of a second copy of the largest tensor (49,152 × 576 here).
+                    (Some(_), Some(e)) if matches!(mode, GgufWeights::Dequantized) => {
+                        Linear::Quantized(QMatMul::Tensor(e.embeddings().clone()))
+                    }
+                    (Some(t), _) => qlin(t)?,
+                    (None, _) => qlin(c.qtensor(
+                        &mut r,
+                        "token_embd.weight",
+                        &[cfg.vocab_size, h],
+                        device,
+                    )?)?,
                 }
             };
-            Some((norm, qlin(out)?))
+            Some((norm, out))
         } else {
             None
         };
