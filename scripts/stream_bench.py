@@ -3,7 +3,8 @@
 
 Usage: stream_bench.py API_PORT MAX_TOKENS PROMPT REPEATS
 Prints "TTFT_SECONDS TOKENS_PER_SECOND GENERATED_TOKENS" for the best of REPEATS requests (by
-generated tokens/s after the first token). Answers other than 200 (no route yet, busy) are
+generated tokens/s after the first token). Tokens are the usage the server reports, or the
+content chunks it streamed where it reports none (one token a chunk). Answers other than 200 (no route yet, busy) are
 retried for up to 30 extra attempts.
 """
 import json
@@ -22,7 +23,7 @@ best = None
 for attempt in range(repeats + 30):
     req = urllib.request.Request(f"http://127.0.0.1:{api}/v1/chat/completions", body,
                                  {"Content-Type": "application/json"})
-    start = time.time(); first = None; usage = None
+    start = time.time(); first = None; usage = None; pieces = 0
     try:
         with urllib.request.urlopen(req, timeout=300) as r:
             for raw in r:
@@ -32,13 +33,16 @@ for attempt in range(repeats + 30):
                 chunk = json.loads(line[6:])
                 if chunk.get("usage"):
                     usage = chunk["usage"]
-                if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    first = time.time()
+                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                    pieces += 1
+                    if first is None:
+                        first = time.time()
     except urllib.error.HTTPError:  # routes not found yet, or busy: retry
         time.sleep(1)
         continue
     end = time.time()
-    gen = usage["completion_tokens"]
+    # Servers that do not report usage in a stream (llama-cpp-python's) send a token a chunk.
+    gen = usage["completion_tokens"] if usage else pieces
     tps = (gen - 1) / (end - first)
     cur = (first - start, tps, gen)
     if best is None or tps > best[1]:
