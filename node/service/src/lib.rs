@@ -1,12 +1,14 @@
 //! The services of a Bitorch node: the chain (RocksDB-backed state and the block import path),
-//! the transaction pool, and dev block production.
+//! the transaction pool, dev block production, and the networked node (consensus, block sync
+//! and transaction relay, [`p2p`]).
 //!
 //! One task, [`service::spawn`], owns the chain and the pool; others talk to it through a
 //! cloneable [`service::Handle`] whose typed queries and commands ([`query`]) go over a
-//! bounded channel and get answers on oneshots. Events (new blocks, transaction status) go out on a bounded broadcast channel.
-//! In `--dev`, [`service::spawn_dev_authoring`] authors, imports and finalizes a block every
-//! block time as the single validator; the multi-validator consensus of a later release feeds
-//! decided blocks into the same [`chain::Chain::import_block`].
+//! bounded channel and get answers on oneshots. Events (new blocks, transaction status) go out
+//! on a bounded broadcast channel. In `--dev`, [`service::spawn_dev_authoring`] authors,
+//! imports and finalizes a block every block time as the single validator; on a network,
+//! [`p2p`] feeds decided blocks (and blocks synced from peers) into the same
+//! [`chain::Chain::import_block`].
 //!
 //! A validator keeps the consensus write-ahead log in a file ([`wal::FileWal`]), so that after
 //! a crash it replays the height it was deciding instead of voting again.
