@@ -73,7 +73,7 @@ fi
 
 read -r lt ltps lgen <<<"$best_local"
 read -r nt ntps ngen <<<"$best_node"
-printf '\n%-40s %10s %12s %10s\n' "main job (SmolLM2-135M, dev build)" "TTFT s" "gen tok/s" "tokens"
+printf '\n%-40s %10s %12s %10s\n' "main job (SmolLM2-135M, dev build)" "TTFT s*" "gen tok/s" "tokens"
 printf '%-40s %10s %12s %10s\n' "bitorch infer, 1 process" "$lt" "$ltps" "$lgen"
 printf '%-40s %10s %12s %10s\n' "dev node, OpenAI API, streamed" "$nt" "$ntps" "$ngen"
 if [ -n "$best_llama" ]; then
@@ -82,4 +82,5 @@ if [ -n "$best_llama" ]; then
 fi
 python3 -c "print(f'ratio node/one process: {float(\"$ntps\")/float(\"$ltps\"):.2f}')"
 [ -n "$best_llama" ] && python3 -c "print(f'ratio node/llama.cpp: tokens/s {float(\"$ntps\")/float(\"$ptps\"):.2f}, TTFT {float(\"$nt\")/float(\"$pt\"):.2f}')"
+echo "* TTFT of the first request (bitorch infer: prefill of one run); tokens/s: best of $REPEATS"
 echo "resident memory after the requests: dev node ${RSS_MB} MB${LRSS_MB:+, llama.cpp server ${LRSS_MB} MB}"

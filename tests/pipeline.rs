@@ -150,7 +150,12 @@ fn start_workers(dir: &Path, ranges: &[&str], extra: &[&[&str]]) -> (Vec<Node>, 
     }
     // `--layers auto` workers start once the others are announced, so that they see them.
     let auto = |i: usize| ranges[i].starts_with("auto");
-    let announced = |n: &Node| n.log().contains("announced the worker in the DHT");
+    // Announced, and serving requests: the JSON-RPC server opens after the API, which opens
+    // once a job is opened ahead (node 0).
+    let announced = |n: &Node| {
+        n.log().contains("announced the worker in the DHT")
+            && n.rpc("system_health", json!([])).is_ok()
+    };
     for phase in [false, true] {
         for i in (0..nodes.len()).filter(|&i| auto(i) == phase) {
             nodes[i].start(&spec, if i == 0 { "" } else { &boot });

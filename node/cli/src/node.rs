@@ -338,6 +338,11 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 payer: bitorch_serve::Payer { chain: handle.clone(), key: api_key.clone(), genesis, price: args.price, job_ahead: !args.no_job_ahead },
             }));
             backend.prepare();
+            // The API opens once a job is ready for its first request (bounded: a network whose
+            // chain stalls must not keep the API closed).
+            if !backend.ready(Duration::from_secs(15)).await {
+                tracing::warn!(target: "node", "no job opened ahead yet; the first request opens its own");
+            }
             module.merge(bitorch_api::rpc_module(backend.clone())?).context("merging the generation RPC methods")?;
             let api = bitorch_api::serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.api_port), backend, cancel.clone()).await?;
             tracing::info!(target: "node", model = %name, payer = %to_ss58(&account_of(&api_key)), "OpenAI-compatible API on http://{api}/v1/chat/completions");

@@ -201,6 +201,27 @@ impl GatewayBackend {
             tokio::spawn(self.0.clone().keep_ahead());
         }
     }
+
+    /// Waits, at most `within`, until the first job opened ahead is on chain (at once without
+    /// [`Payer::job_ahead`]); returns whether it is. A node opens its API after this, so that
+    /// its first request does not wait for blocks: measured on the dev node, the first
+    /// request's time to first token was 1.7 s when it came before the job ahead (it waited for
+    /// that job's block, then for its own), 0.14 s after.
+    pub async fn ready(&self, within: Duration) -> bool {
+        if !self.0.payer.job_ahead {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.0.ahead.lock().await.is_some() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Inner {
