@@ -25,20 +25,7 @@ cleanup() {
 trap cleanup EXIT
 
 # One process: prompt and generation speed as `bitorch infer --stats` reports them.
-best_local=""
-for _ in $(seq 1 "$REPEATS"); do
-  line="$("$BIN" infer --model "$MODEL" --chat --record-commitments --max-tokens "$MAX" \
-          --stats "$PROMPT" 2>&1 >/dev/null | grep '^prompt:')"
-  best_local="$(python3 - "$line" "$best_local" <<'PY'
-import re, sys
-m = re.search(r"prompt: (\d+) tokens, ([\d.]+) tokens/s; generated: (\d+) tokens, ([\d.]+) tokens/s", sys.argv[1])
-pt, pts, gt, gts = int(m[1]), float(m[2]), int(m[3]), float(m[4])
-cur = f"{pt / pts:.3f} {gts:.2f} {gt}"
-best = sys.argv[2]
-print(cur if not best or float(best.split()[1]) < gts else best)
-PY
-)"
-done
+best_local="$(scripts/infer_bench.sh "$BIN" "$MODEL" "$MAX" "$PROMPT" "$REPEATS")"
 
 # The main job: the dev node serving the model, asked over its API.
 LOG="$(mktemp -t bitorch-main-job.XXXXXX.log)"

@@ -20,21 +20,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 # One process.
-best_local=""
-for _ in $(seq 1 "$REPEATS"); do
-  line="$("$BIN" infer --model "$MODEL" --chat --record-commitments --max-tokens "$MAX" \
-          --stats "$PROMPT" 2>&1 >/dev/null | grep '^prompt:')"
-  best_local="$(python3 - "$line" "$best_local" <<'PY'
-import re, sys
-m = re.search(r"prompt: (\d+) tokens, ([\d.]+) tokens/s; generated: (\d+) tokens, ([\d.]+) tokens/s", sys.argv[1])
-pt, pts, gt, gts = int(m[1]), float(m[2]), int(m[3]), float(m[4])
-ttft = pt / pts  # prefill and first token
-cur = f"{ttft:.3f} {gts:.2f} {gt}"
-best = sys.argv[2]
-print(cur if not best or float(best.split()[1]) < gts else best)
-PY
-)"
-done
+best_local="$(scripts/infer_bench.sh "$BIN" "$MODEL" "$MAX" "$PROMPT" "$REPEATS")"
 
 # Three workers on loopback.
 rm -rf "$DIR"; mkdir -p "$DIR"

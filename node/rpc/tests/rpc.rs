@@ -85,6 +85,12 @@ impl Node {
     }
 }
 
+/// `call` signed by `pair` with `nonce`, valid until block `valid_until`, as RPC hex.
+fn signed_hex(pair: &Pair, genesis: &Hash, nonce: u64, valid_until: u64, call: Call) -> String {
+    let xt = UncheckedExtrinsic::sign(pair, genesis, nonce, 0, valid_until, call);
+    format!("0x{}", hex::encode(xt.encode()))
+}
+
 fn transfer(
     pair: &Pair,
     genesis: &Hash,
@@ -94,8 +100,7 @@ fn transfer(
     amount: u128,
 ) -> String {
     let call = Call::Balances(balances::Call::Transfer { dest: account_of(to), amount });
-    let xt = UncheckedExtrinsic::sign(pair, genesis, nonce, 0, valid_until, call);
-    format!("0x{}", hex::encode(xt.encode()))
+    signed_hex(pair, genesis, nonce, valid_until, call)
 }
 
 #[tokio::test]
@@ -316,9 +321,9 @@ async fn job_life_cycle_through_rpc_pays_workers_exactly() {
         ["//Alice", "//Bob", "//Charlie", "//Eve"].map(|s| pair_from_suri(s).unwrap());
     let nonce = std::cell::Cell::new(0u64);
     let send = |call: Call| {
-        let xt = UncheckedExtrinsic::sign(&alice, &g, nonce.get(), 0, 1_000, call);
+        let xt = signed_hex(&alice, &g, nonce.get(), 1_000, call);
         nonce.set(nonce.get() + 1);
-        format!("0x{}", hex::encode(xt.encode()))
+        xt
     };
     let submit = |xt: String| async {
         let r: Result<Value, _> =
@@ -358,46 +363,17 @@ async fn job_life_cycle_through_rpc_pays_workers_exactly() {
     };
     // A receipt from an account that is not a worker is refused, changing nothing.
     let root = node.state_root().await;
-    let refused = node
-        .submit_err({
-            let xt = UncheckedExtrinsic::sign(
-                &alice,
-                &g,
-                nonce.get(),
-                0,
-                1_000,
-                Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&eve, 0, 15, 10) }),
-            );
-            format!("0x{}", hex::encode(xt.encode()))
-        })
-        .await;
+    let not_a_worker = Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&eve, 0, 15, 10) });
+    let refused = node.submit_err(signed_hex(&alice, &g, nonce.get(), 1_000, not_a_worker)).await;
     assert!(refused.contains("not a registered worker"), "{refused}");
     assert_eq!(node.state_root().await, root);
 
     // The attack of issue #11: Bob, a registered worker that served nothing, signs a receipt
     // claiming Alice's whole escrow and submits it himself. Refused with a typed error naming
     // the job, and nothing changes.
-    let theft = node
-        .submit_err({
-            let next = node
-                .client
-                .request::<u64, _>(
-                    "system_accountNextIndex",
-                    rpc_params![to_ss58(&account_of(&bob))],
-                )
-                .await
-                .unwrap();
-            let xt = UncheckedExtrinsic::sign(
-                &bob,
-                &g,
-                next,
-                0,
-                1_000,
-                Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&bob, 0, 30, 10) }),
-            );
-            format!("0x{}", hex::encode(xt.encode()))
-        })
-        .await;
+    // Bob has sent nothing on this chain: his nonce is 0.
+    let theft = Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&bob, 0, 30, 10) });
+    let theft = node.submit_err(signed_hex(&bob, &g, 0, 1_000, theft)).await;
     assert!(theft.contains("only the client of job 0 may submit receipts"), "{theft}");
     assert_eq!(node.state_root().await, root);
     assert_eq!(node.pool_len().await, 0);

@@ -5,7 +5,8 @@
 //! cannot run), takes the job opened ahead or opens one from the API account, runs the
 //! generation through [`Gateway`] and streams its text, then submits the workers' receipts
 //! and closes the job (the jobs pallet pays after the challenge window). A generation that
-//! fails closes the job with no receipts, which refunds the escrow.
+//! fails pays the checked receipts of the stages that worked until then ([`bitorch_compute::Failed`])
+//! and refunds the rest of the escrow; all of it when no stage did any work.
 
 use crate::chain::submit_and_wait;
 use crate::{u32_of, TARGET};

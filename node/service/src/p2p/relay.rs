@@ -43,7 +43,7 @@ pub(super) fn batches(
 
 /// The transactions that came in by gossip, bounded: past `max` it starts over (a forgotten
 /// one may be relayed once more, which gossipsub's own duplicate filter absorbs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Gossiped {
     seen: HashSet<Hash>,
     max: usize,
