@@ -2,9 +2,11 @@
 //! layers 0..10, 10..20 and 20..30 of the real test model, announce themselves in the DHT and
 //! answer `/bitorch/stage/1`; node 0's OpenAI-compatible API routes a greedy chat completion
 //! through all three and answers exactly what `bitorch infer --chat` produces in one process.
-//! Each worker is paid exactly layers × tokens × price and the client gets the rest of its
-//! escrow back, with issuance equal to the sum of all balances; with the 10..20 worker gone,
-//! requests fail with an error naming layers 10..20 and no escrow is kept. With a fourth
+//! Both requests are paid from one channel (a job that pays for many requests); each worker
+//! claims each of its sessions itself with the client's voucher and is paid exactly
+//! layers × positions × price less its claims' fees, the client gets the rest of its escrow
+//! back, with issuance equal to the sum of all balances; with the 10..20 worker gone, requests
+//! fail with an error naming layers 10..20 and no escrow is kept. With a fourth
 //! validator also serving 10..20, killing the 10..20 worker in use in the middle of a
 //! generation still gives the same answer, and the killed worker is not tried again. A worker
 //! at its session cap answers "busy" and the gateway routes around it; malformed and oversized
@@ -27,7 +29,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Price per layer per token the API account offers (the node's default).
-const PRICE: u128 = 1_000_000;
+const PRICE: u128 = 100_000_000;
 const DEV: [&str; 6] = ["Alice", "Bob", "Charlie", "Dave", "Eve", "Ferdie"];
 
 const MAX_TOKENS: u32 = 20;
@@ -217,21 +219,23 @@ fn jobs(node: &Node) -> Vec<Value> {
 
 type Ledger = (BTreeMap<String, (u128, u128)>, u128);
 
-/// A consistent view of the balances while `who` has exactly one open job (the gateway keeps
-/// one opened ahead for the next request, and replaces it now and then): the ledger, and the
-/// escrow of that job. Read until the ledger is the same before and after the jobs are read.
+/// A consistent view of the balances while `who` has at least one open job (the gateway keeps
+/// one opened ahead for the next channel, and replaces it now and then): the ledger, and the
+/// escrow of `who`'s jobs that hold it (open, or in their claim window). Read until the ledger
+/// is the same before and after the jobs are read.
 fn snapshot(node: &Node, who: &str, nodes: &[Node]) -> (Ledger, u128) {
     let mut out = None;
-    wait_for("one job opened ahead", 60, nodes, || {
+    wait_for("a job opened ahead", 60, nodes, || {
         let first = ledger(node);
-        let open: Vec<Value> = jobs(node)
-            .into_iter()
-            .filter(|j| j["client"] == who && j["status"].get("open").is_some())
-            .collect();
-        if open.len() != 1 || ledger(node) != first {
+        let mine: Vec<Value> = jobs(node).into_iter().filter(|j| j["client"] == who).collect();
+        let holding = |j: &&Value| {
+            j["status"].get("open").is_some() || j["status"].get("challenge").is_some()
+        };
+        let open = mine.iter().filter(|j| j["status"].get("open").is_some()).count();
+        if open == 0 || ledger(node) != first {
             return false;
         }
-        out = Some((first, amount(&open[0]["escrow"])));
+        out = Some((first, mine.iter().filter(holding).map(|j| amount(&j["escrow"])).sum()));
         true
     });
     out.unwrap()
@@ -334,7 +338,7 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
         assert!(w["tokensPerSec"].as_u64().unwrap() >= 1, "{w}");
     }
     let eve = address("Eve");
-    let ((before, issued_before), ahead_before) = snapshot(&nodes[0], &eve, &nodes);
+    let ((before, issued_before), held_before) = snapshot(&nodes[0], &eve, &nodes);
     assert_issuance_is_the_sum(&before, issued_before);
     let mut usages = Vec::new();
     for prompt in PROMPTS {
@@ -348,45 +352,63 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
         usages.push(v["usage"].clone());
     }
 
-    let ahead_used = counter(&nodes[0], "jobsAheadUsed");
-    assert!(ahead_used >= 1, "no request used the job opened ahead:\n{}", logs(&nodes));
-    // Each request was a job (opened ahead of it); the three workers' receipts settle it, each
-    // paid its layers × tokens × price, the rest of the escrow refunded.
+    let paid_requests = counter(&nodes[0], "channelRequests");
+    assert_eq!(paid_requests, PROMPTS.len() as u64, "{}", logs(&nodes));
+    // Both requests were paid from one channel, the job opened ahead (no block waited for).
+    assert_eq!(counter(&nodes[0], "jobsAheadUsed"), 1, "{}", logs(&nodes));
+    assert_eq!(counter(&nodes[0], "jobsOpened"), 0, "{}", logs(&nodes));
+    // Each worker claimed each of its sessions itself; once the channel is idle it is closed
+    // and settles after its claim window: each claim paid its layers × positions × price.
     let mut served = Vec::new();
-    wait_for("the receipts of both requests", 60, &nodes, || {
-        served = jobs(&nodes[0])
+    wait_for("the claims of both requests", 90, &nodes, || {
+        let all = jobs(&nodes[0]);
+        let claims: usize = all.iter().map(|j| j["claims"].as_array().unwrap().len()).sum();
+        served = all
             .iter()
-            .filter(|j| !j["receipts"].as_array().unwrap().is_empty())
+            .filter(|j| !j["claims"].as_array().unwrap().is_empty())
             .map(|j| j["id"].as_u64().unwrap())
             .collect();
-        served.len() == usages.len()
+        claims == 3 * usages.len()
     });
+    assert_eq!(served.len(), 1, "one channel paid for both requests");
     let mut earned: BTreeMap<String, u128> = BTreeMap::new();
+    let mut claims_by: BTreeMap<String, u32> = BTreeMap::new();
+    let mut positions: BTreeMap<(u64, u64), Vec<u64>> = BTreeMap::new();
     let mut paid_total = 0;
-    for (&id, usage) in served.iter().zip(&usages) {
+    for &id in &served {
         let job = ended(&nodes[0], id, "settled", &nodes);
         assert_eq!(job["client"], address("Eve"));
-        let positions = usage["prompt_tokens"].as_u64().unwrap()
-            + usage["completion_tokens"].as_u64().unwrap()
-            - 1;
-        let mut ranges = Vec::new();
         let mut paid_job = 0;
-        for r in job["receipts"].as_array().unwrap() {
-            let (start, end) = (r["layerStart"].as_u64().unwrap(), r["layerEnd"].as_u64().unwrap());
-            ranges.push((start, end));
-            assert_eq!(r["tokens"].as_u64(), Some(positions), "job {id}: {job} {usage}");
-            let paid = u128::from(end - start) * u128::from(positions) * PRICE;
-            assert_eq!(amount(&r["paid"]), paid, "job {id}: {job}");
-            *earned.entry(r["worker"].as_str().unwrap().to_string()).or_default() += paid;
+        for c in job["claims"].as_array().unwrap() {
+            let (start, end) = (c["layerStart"].as_u64().unwrap(), c["layerEnd"].as_u64().unwrap());
+            let n = c["positions"].as_u64().unwrap();
+            positions.entry((start, end)).or_default().push(n);
+            let paid = u128::from(end - start) * u128::from(n) * PRICE;
+            assert_eq!(amount(&c["paid"]), paid, "job {id}: {job}");
+            let worker = c["worker"].as_str().unwrap().to_string();
+            *earned.entry(worker.clone()).or_default() += paid;
+            *claims_by.entry(worker).or_default() += 1;
             paid_job += paid;
         }
-        ranges.sort();
-        assert_eq!(ranges, [(0, 10), (10, 20), (20, 30)], "job {id}: {job}");
         let s = &job["status"]["settled"];
         assert_eq!(amount(&s["paid"]), paid_job);
         assert_eq!(amount(&s["refunded"]), amount(&job["escrow"]) - paid_job, "{job}");
         paid_total += paid_job;
     }
+    // Every stage was acknowledged for every position of each request: the prompt and every
+    // generated token but the last.
+    let mut want: Vec<u64> = usages
+        .iter()
+        .map(|u| {
+            u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap() - 1
+        })
+        .collect();
+    want.sort();
+    for (range, mut got) in positions.clone() {
+        got.sort();
+        assert_eq!(got, want, "layers {range:?}: {positions:?} {usages:?}");
+    }
+    assert_eq!(positions.keys().copied().collect::<Vec<_>>(), [(0, 10), (10, 20), (20, 30)]);
     assert_eq!(
         earned.keys().cloned().collect::<Vec<_>>(),
         {
@@ -394,30 +416,56 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
             w.sort();
             w
         },
-        "each worker signs with its validator key"
+        "each worker claims with its validator key"
     );
-    eprintln!("both jobs settled at {:.1}s", t.elapsed().as_secs_f64());
-    let ((after, issued_after), ahead_after) = snapshot(&nodes[0], &eve, &nodes);
+    eprintln!("the channel settled at {:.1}s", t.elapsed().as_secs_f64());
+    let ((after, issued_after), held_after) = snapshot(&nodes[0], &eve, &nodes);
     assert_issuance_is_the_sum(&after, issued_after);
+    // A claim's fee: its extrinsic is about 270 bytes.
+    let sample = bitorch_runtime::Call::Jobs(bitorch_runtime::jobs::Call::Claim {
+        voucher: bitorch_runtime::jobs::Voucher {
+            job: 0,
+            session: [0; 16],
+            worker: account_of(&pair_from_suri("//Bob").unwrap()),
+            layers: (0, 10),
+            positions: 1,
+            trace: Default::default(),
+        }
+        .sign(&pair_from_suri("//Eve").unwrap(), &Default::default()),
+    });
+    let fee_range = (
+        bitorch_runtime::compute_fee(&sample, 240, 0),
+        bitorch_runtime::compute_fee(&sample, 320, 0),
+    );
+    let burned = issued_before - issued_after;
+    let mut worker_fees = 0;
     for (who, (free, reserved)) in &after {
         let (free0, reserved0) = before[who];
-        let gain = earned.get(who).copied().unwrap_or(0);
         if *who == eve {
-            // Only the job opened ahead is still escrowed; the client paid the workers, the
-            // fees of its transactions (burned) and the escrow of that job.
-            assert_eq!(reserved - ahead_after, reserved0 - ahead_before, "escrow left reserved");
-            let fees = issued_before - issued_after;
-            assert!(fees > 0);
-            assert_eq!(
-                free0 - free,
-                paid_total + fees + ahead_after - ahead_before,
-                "Eve paid more than work and fees"
-            );
-        } else {
-            assert_eq!(*reserved, reserved0, "{who}: stake changed");
-            assert_eq!(*free, free0 + gain, "{who} is paid exactly its layers × tokens × price");
+            continue;
         }
+        assert_eq!(*reserved, reserved0, "{who}: stake changed");
+        // Paid exactly its layers × positions × price, less the fees of its claims.
+        let gain = earned.get(who).copied().unwrap_or(0);
+        let fees = free0 + gain - free;
+        let n = u128::from(claims_by.get(who).copied().unwrap_or(0));
+        assert!(
+            (n * fee_range.0..=n * fee_range.1).contains(&fees),
+            "{who}: paid {gain} for {n} claims, but its balance moved by {}",
+            *free as i128 - free0 as i128
+        );
+        worker_fees += fees;
     }
+    // The client paid the workers, the fees of its transactions (all the burned fees but the
+    // workers'), and the escrow it holds now.
+    let (free0, reserved0) = before[&eve];
+    let (free, reserved) = after[&eve];
+    assert_eq!(reserved - held_after, reserved0 - held_before, "escrow left reserved");
+    assert_eq!(
+        free0 - free,
+        paid_total + (burned - worker_fees) + held_after - held_before,
+        "Eve paid more than work and fees"
+    );
 
     // Without the 10..20 worker, a request fails with an error that names the missing layers;
     // a job used before the gateway knew is refunded in full. Stopped as an operator does, the
@@ -428,8 +476,8 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
     assert!(nodes[1].log().contains("withdrew the worker from the DHT"), "{}", nodes[1].log());
     let req = chat(&name, PROMPTS[0], MAX_TOKENS);
     for attempt in 0..2 {
-        // Requests that got a job: one opened for it, or the one opened ahead.
-        let jobs_used = |n: &Node| counter(n, "jobsOpened") + counter(n, "jobsAheadUsed");
+        // Requests that were paid from a channel.
+        let jobs_used = |n: &Node| counter(n, "channelRequests");
         let used_before = jobs_used(&nodes[0]);
         let refused_before = counter(&nodes[0], "refusedNoRoute");
         let (status, body) =
@@ -440,22 +488,22 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
         let message = err["error"]["message"].as_str().unwrap();
         assert!(message.contains("layers 10..20"), "{message}");
         if attempt == 1 {
-            // The failed worker is banned now: the gateway refuses before taking a job.
-            assert_eq!(jobs_used(&nodes[0]), used_before, "a job was used with no route");
+            // The failed worker is banned now: the gateway refuses before reserving anything.
+            assert_eq!(jobs_used(&nodes[0]), used_before, "a channel was used with no route");
             assert_eq!(counter(&nodes[0], "refusedNoRoute"), refused_before + 1);
         }
     }
-    // Every job but the served ones and the one opened ahead was refunded in full.
-    let ((end, issued_end), ahead_end) = snapshot(&nodes[0], &eve, &nodes);
+    // Every job but the served one and those still open is refunded in full once it ends.
+    let ((end, issued_end), held_end) = snapshot(&nodes[0], &eve, &nodes);
     for job in jobs(&nodes[0]) {
         let id = job["id"].as_u64().unwrap();
         if !served.contains(&id) && job["status"].get("open").is_none() {
-            assert!(job["status"].get("refunded").is_some(), "{job}");
-            assert_eq!(job["receipts"], json!([]), "{job}");
+            let job = ended(&nodes[0], id, "refunded", &nodes);
+            assert_eq!(job["claims"], json!([]), "{job}");
         }
     }
     assert_issuance_is_the_sum(&end, issued_end);
-    assert_eq!(end[&eve].1 - ahead_end, before[&eve].1 - ahead_before, "escrow kept");
+    assert_eq!(end[&eve].1 - held_end, before[&eve].1 - held_before, "escrow kept");
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
 }
 
@@ -569,7 +617,7 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     };
     let refused = answer(ask(2, protocol::encode(&unpaid)).unwrap());
     assert_eq!(refused, StageResponse::Error(StageError::JobRequired));
-    // A session for a job that is not on chain is refused: its receipt would not be paid.
+    // A session for a job that is not on chain is refused: its claim would not be paid.
     let unpaid = StageRequest::Open {
         session: [6; 16],
         model: model_id,
@@ -606,6 +654,7 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
         session: [9; 16],
         pos: 0,
         input: Activation::Hidden(wide),
+        voucher: None,
     });
     let refused = answer(ask(2, too_many).unwrap());
     assert!(
@@ -630,14 +679,24 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
         session: [7; 16],
         pos: 0,
         input: Activation::Hidden(Floats::new(1, hidden, &vec![0.1; hidden as usize]).unwrap()),
+        voucher: None,
     };
     let out = answer(ask(1, protocol::encode(&step)).unwrap());
     assert!(
-        matches!(&out, StageResponse::Output(Activation::Hidden(f)) if f.rows() == 1 && f.cols() == hidden),
+        matches!(&out, StageResponse::Output { output: Activation::Hidden(f), .. } if f.rows() == 1 && f.cols() == hidden),
         "{out:?}"
     );
-    let closed =
-        answer(ask(1, protocol::encode(&StageRequest::Close { session: [7; 16] })).unwrap());
+    // The next step needs Eve's voucher for that position: none, no compute.
+    let next = StageRequest::Forward {
+        session: [7; 16],
+        pos: 1,
+        input: Activation::Hidden(Floats::new(1, hidden, &vec![0.2; hidden as usize]).unwrap()),
+        voucher: None,
+    };
+    let refused = answer(ask(1, protocol::encode(&next)).unwrap());
+    assert_eq!(refused, StageResponse::Error(StageError::VoucherRequired { positions: 1 }));
+    let close = StageRequest::Close { session: [7; 16], voucher: None };
+    let closed = answer(ask(1, protocol::encode(&close)).unwrap());
     assert!(matches!(closed, StageResponse::Closed(_)), "{closed:?}");
     cancel.cancel();
 

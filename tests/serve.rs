@@ -1,6 +1,7 @@
 //! End-to-end: a dev node serving the real test model (`--serve-model`, all layers) answers
 //! `POST /v1/chat/completions`, streaming and not, with exactly the text `bitorch infer --chat`
-//! produces for the same prompt (greedy), and the chain pays its worker for each request.
+//! produces for the same prompt (greedy), and the chain pays its worker for each request, on
+//! the worker's own claims with the client's vouchers.
 //!
 //! Kernels: a worker records activation commitments, which selects the batch-invariant
 //! attention kernel; `bitorch infer --record-commitments` selects the same one (both load the
@@ -19,15 +20,15 @@ use std::time::{Duration, Instant};
 
 const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
 const BOB: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
-const PRICE: u128 = 1_000_000;
+const PRICE: u128 = 100_000_000;
 const MAX_TOKENS: u32 = 40;
 const PROMPTS: [&str; 2] = ["What is the capital of France?", "List three prime numbers."];
 
 fn start(dir: &Path) -> (DevNode, u16) {
     let api = free_port();
     let args: Vec<String> = [
-        // Each request opens its own job (the path without a job opened ahead; the pipeline
-        // test runs with one).
+        // The first request opens the channel job itself (the path without a job opened ahead;
+        // the pipeline test runs with one).
         "--block-time",
         "500",
         "--worker-key",
@@ -124,47 +125,52 @@ fn serve_model_answers_like_infer_and_the_chain_pays_the_worker() {
         usages.push(usage);
     }
 
-    // Each request was job i; after its challenge window the worker is paid for its
-    // receipt and the client gets the rest of the escrow back.
+    // Both requests were paid from one channel, job 0 (opened for the first request: this
+    // node keeps no job ahead). The worker claimed each session itself with Alice's voucher;
+    // once the channel idles it is closed, and after its claim window each claim is paid its
+    // layers × positions × price and the client gets the rest of the escrow back.
+    let stats = node.rpc("bitorch_gatewayStats", json!([]));
+    assert_eq!(
+        (stats["channelRequests"].as_u64(), stats["jobsOpened"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let job = settled(&node, 0);
+    assert_eq!(job["client"], ALICE);
+    let escrow: u128 = job["escrow"].as_str().unwrap().parse().unwrap();
+    let max_tokens = job["maxTokens"].as_u64().unwrap() as u128;
+    assert_eq!(escrow, max_tokens * layers * PRICE);
+    let claims = job["claims"].as_array().unwrap();
+    assert_eq!(claims.len(), 2, "one worker, one claim per request: {job}");
     let mut paid_total = 0u128;
-    for (id, usage) in usages.iter().enumerate() {
-        let job = settled(&node, id as u64);
-        assert_eq!(job["client"], ALICE);
-        let escrow: u128 = job["escrow"].as_str().unwrap().parse().unwrap();
-        let max_tokens = job["maxTokens"].as_u64().unwrap() as u128;
-        assert_eq!(escrow, max_tokens * layers * PRICE);
-        let receipts = job["receipts"].as_array().unwrap();
-        assert_eq!(receipts.len(), 1, "one worker, one receipt: {job}");
-        let r = &receipts[0];
-        assert_eq!(r["worker"], BOB);
-        assert_eq!((r["layerStart"].as_u64(), r["layerEnd"].as_u64()), (Some(0), Some(30)));
-        let tokens = r["tokens"].as_u64().unwrap() as u128;
+    for (c, usage) in claims.iter().zip(&usages) {
+        assert_eq!(c["worker"], BOB);
+        assert_eq!((c["layerStart"].as_u64(), c["layerEnd"].as_u64()), (Some(0), Some(30)));
+        let positions = c["positions"].as_u64().unwrap() as u128;
         if let Some(u) = usage {
-            // Every position but the last sampled token's was computed.
-            let positions =
+            // Every position but the last sampled token's was computed and acknowledged.
+            let want =
                 u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap() - 1;
-            assert_eq!(tokens, positions as u128, "{job} {u}");
+            assert_eq!(positions, want as u128, "{job} {u}");
         }
-        let paid = (30 * tokens * PRICE).to_string();
-        assert_eq!(r["paid"], paid);
-        let s = &job["status"]["settled"];
-        assert_eq!(s["paid"], paid);
-        let refunded: u128 = s["refunded"].as_str().unwrap().parse().unwrap();
-        assert_eq!(refunded, escrow - 30 * tokens * PRICE);
-        paid_total += 30 * tokens * PRICE;
-        // The wallet shows the same job.
-        let out = std::process::Command::new(common::net::BIN)
-            .args(["wallet", "job", &id.to_string(), "--rpc", &node.url()])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains(&format!("Job:      {id}")), "{text}");
-        assert!(text.contains("Status:   settled"), "{text}");
-        assert!(
-            text.contains(&format!("Receipt:  {BOB} layers 0..30 × {tokens} tokens")),
-            "{text}"
-        );
+        assert_eq!(c["paid"], (30 * positions * PRICE).to_string());
+        paid_total += 30 * positions * PRICE;
+    }
+    let s = &job["status"]["settled"];
+    assert_eq!(s["paid"], paid_total.to_string());
+    let refunded: u128 = s["refunded"].as_str().unwrap().parse().unwrap();
+    assert_eq!(refunded, escrow - paid_total);
+    // The wallet shows the same job.
+    let out = std::process::Command::new(common::net::BIN)
+        .args(["wallet", "job", "0", "--rpc", &node.url()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Job:      0"), "{text}");
+    assert!(text.contains("Status:   settled"), "{text}");
+    for c in claims {
+        let line = format!("Claim:    {BOB} layers 0..30 × {} positions", c["positions"]);
+        assert!(text.contains(&line), "{text}");
     }
     // A job that does not exist is an error that says so.
     let out = std::process::Command::new(common::net::BIN)
@@ -173,8 +179,15 @@ fn serve_model_answers_like_infer_and_the_chain_pays_the_worker() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("there is no job 999"));
+    // Bob is paid exactly that, less the fees of his two claims (burned: issuance fell by
+    // them and Alice's fees).
     let (bob_after, _) = node.account(BOB);
-    assert_eq!(bob_after, bob_before + paid_total, "the worker is paid layers × tokens × price");
+    let fees = bob_before + paid_total - bob_after;
+    assert!(
+        fees > 0 && fees < PRICE * 1_000,
+        "Bob's balance moved by {} for {paid_total}",
+        bob_after as i128 - bob_before as i128
+    );
     let (_, alice_reserved_after) = node.account(ALICE);
     assert_eq!(alice_reserved_after, alice_reserved_before, "no escrow left reserved");
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());

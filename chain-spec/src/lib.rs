@@ -93,14 +93,15 @@ pub struct StakingJson {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JobsJson {
-    /// Blocks from opening a job to its receipt deadline.
+    /// Blocks from opening a job to its deadline (no new sessions after it).
     pub job_timeout: u64,
-    /// Blocks during which receipts can be audited before payment.
+    /// Blocks after closing (or the deadline) during which claims are still accepted and
+    /// audited, before payment.
     pub challenge_window: u64,
     /// Percentage of a worker's bond slashed by a failed audit.
     pub audit_slash_percent: u8,
-    /// Most receipts a job accepts.
-    pub max_receipts: u32,
+    /// Most claims a job accepts (a claim per worker and session).
+    pub max_claims: u32,
 }
 
 /// The `genesis` section.
@@ -157,7 +158,7 @@ fn default_staking() -> StakingJson {
 }
 
 fn default_jobs() -> JobsJson {
-    JobsJson { job_timeout: 60, challenge_window: 10, audit_slash_percent: 10, max_receipts: 64 }
+    JobsJson { job_timeout: 60, challenge_window: 10, audit_slash_percent: 10, max_claims: 256 }
 }
 
 impl ChainSpec {
@@ -300,7 +301,7 @@ impl ChainSpec {
                 job_timeout: g.jobs.job_timeout,
                 challenge_window: g.jobs.challenge_window,
                 audit_slash_percent: g.jobs.audit_slash_percent,
-                max_receipts: g.jobs.max_receipts,
+                max_claims: g.jobs.max_claims,
             },
         };
         // Build once so that every invalid value is reported here, not at node start.

@@ -32,6 +32,7 @@ pub type Hash = [u8; 32];
 pub struct Trace {
     leaves: Vec<Leaf>,
     hashes: Vec<Hash>,
+    chain: Hash,
 }
 
 impl Trace {
@@ -44,9 +45,17 @@ impl Trace {
     pub fn push(&mut self, input: Vec<f32>, output: Vec<f32>) -> u32 {
         let position = self.leaves.len() as u32;
         let leaf = Leaf { position, input, output };
-        self.hashes.push(leaf.hash());
+        let hash = leaf.hash();
+        self.chain = chain_step(&self.chain, &hash);
+        self.hashes.push(hash);
         self.leaves.push(leaf);
         position
+    }
+
+    /// The running hash of every leaf recorded so far ([`chain_of`] of [`Trace::hashes`]),
+    /// kept up to date in constant time per position: what a client's voucher signs.
+    pub fn chain(&self) -> Hash {
+        self.chain
     }
 
     /// Number of recorded positions.
@@ -88,6 +97,23 @@ impl Trace {
         let positions: Vec<u32> = (0..=last).collect();
         self.open(&positions)
     }
+}
+
+/// One step of the running trace hash: `blake2_256(b"bitorch/trace/1" ‖ prev ‖ leaf)`.
+pub fn chain_step(prev: &Hash, leaf: &Hash) -> Hash {
+    let mut buf = [0u8; 15 + 64];
+    buf[..15].copy_from_slice(b"bitorch/trace/1");
+    buf[15..47].copy_from_slice(prev);
+    buf[47..].copy_from_slice(leaf);
+    sp_crypto_hashing::blake2_256(&buf)
+}
+
+/// The running trace hash of leaf hashes in position order, from all zeros (the hash of an
+/// empty trace). Unlike the Merkle root it extends in constant time per position, so a client
+/// can acknowledge every step of a session (vouchers) without
+/// rehashing the whole trace; an auditor given every leaf hash recomputes it.
+pub fn chain_of(hashes: &[Hash]) -> Hash {
+    hashes.iter().fold([0u8; 32], |acc, h| chain_step(&acc, h))
 }
 
 /// Committed leaves and the proof that they belong to a commitment.
@@ -282,6 +308,25 @@ mod tests {
             trace.push(i, o);
         }
         trace
+    }
+
+    #[test]
+    fn the_running_trace_hash_is_the_chain_of_the_leaf_hashes_and_moves_with_any_leaf() {
+        let trace = honest(5);
+        assert_eq!(trace.chain(), chain_of(trace.hashes()));
+        assert_eq!(Trace::new().chain(), [0; 32]);
+        let mut other = Trace::new();
+        for (i, leaf) in trace.leaves().iter().enumerate() {
+            let mut output = leaf.output.clone();
+            if i == 3 {
+                output[0] = f32::from_bits(output[0].to_bits() ^ 1);
+            }
+            other.push(leaf.input.clone(), output);
+        }
+        assert_ne!(other.chain(), trace.chain(), "one bit of one output changes the hash");
+        let mut swapped = trace.hashes().to_vec();
+        swapped.swap(1, 2);
+        assert_ne!(chain_of(&swapped), trace.chain(), "the order is committed to");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Compute receipts: what a worker signs for the work it did on a job, and what the jobs pallet
-//! pays against; and the client's authorization of a paid stage session ([`SessionAuth`]). They live here, not in the pallet, because the worker that signs them and the
-//! gateway that checks them are off-chain and must not depend on a pallet.
+//! What a job's client signs for the work it asks of workers: the authorization of a paid stage
+//! session ([`SessionAuth`]) and the vouchers that acknowledge the work as it is done
+//! ([`Voucher`]), with which a worker claims its pay from the job's escrow. They live here, not
+//! in the jobs pallet, because the gateway that signs them and the worker that checks them are
+//! off-chain and must not depend on a pallet.
 
 use crate::{keys, AccountId, Balance, Pair, Signature, H256};
 use parity_scale_codec::{Decode, Encode};
@@ -8,57 +10,67 @@ use parity_scale_codec::{Decode, Encode};
 /// A job's id: a counter from 0, assigned by the jobs pallet when the job is opened.
 pub type JobId = u64;
 
-/// A worker's claim that it ran `layer_start..layer_end` of a job's model for `tokens` tokens.
+/// A client's acknowledgement of the work a worker did in one stage session of a job: the
+/// first `positions` token positions of layers `layers.0..layers.1`, whose leaves hash to
+/// `trace` (`bitorch_commitment::chain_of`). The client signs it ([`SignedVoucher`]) as the
+/// session goes (with each step's request, acknowledging everything before it) and at its
+/// close; the worker claims its pay on chain with the latest one. It is cumulative: a later
+/// voucher of the session supersedes the earlier ones, and the chain pays one per session.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct Receipt {
-    /// The job.
+pub struct Voucher {
+    /// The job whose escrow pays.
     pub job: JobId,
-    /// The worker that did the work (and signs the receipt).
+    /// The gateway's session id (one claim per worker and session).
+    pub session: [u8; 16],
+    /// The worker that did the work, the only account that may claim with it.
     pub worker: AccountId,
-    /// First layer run.
-    pub layer_start: u32,
-    /// One past the last layer run.
-    pub layer_end: u32,
-    /// Token positions processed.
-    pub tokens: u32,
-    /// Merkle root of the activation commitments (one leaf per token position).
-    pub activation_root: H256,
+    /// The layers run, `start..end`.
+    pub layers: (u32, u32),
+    /// Token positions acknowledged, from position 0.
+    pub positions: u32,
+    /// Running hash of the session's leaves at those positions (what an audit opens).
+    pub trace: H256,
 }
 
-impl Receipt {
-    /// The bytes the worker signs: `(b"bitorch/receipt/1", genesis, self)` SCALE-encoded.
+impl Voucher {
+    /// The bytes the client signs: `(b"bitorch/voucher/1", genesis, self)` SCALE-encoded.
     pub fn signing_payload(&self, genesis: &H256) -> Vec<u8> {
-        (b"bitorch/receipt/1", genesis, self).encode()
+        (b"bitorch/voucher/1", genesis, self).encode()
     }
 
-    /// Signs the receipt with the worker's key for the chain with this genesis hash.
-    pub fn sign(self, pair: &Pair, genesis: &H256) -> SignedReceipt {
+    /// Signs the voucher with the client's key for the chain with this genesis hash.
+    pub fn sign(self, client: &Pair, genesis: &H256) -> SignedVoucher {
         use sp_core::crypto::Pair as _;
-        let signature = pair.sign(&self.signing_payload(genesis));
-        SignedReceipt { receipt: self, signature }
+        let signature = client.sign(&self.signing_payload(genesis));
+        SignedVoucher { voucher: self, signature }
     }
 
-    /// What the receipt earns at `price` per layer-token: `layers × tokens × price`; `None` on
+    /// What it earns at `price` per layer-token: `layers × positions × price`; `None` on
     /// overflow or an inverted range.
     pub fn amount(&self, price: Balance) -> Option<Balance> {
-        let layers = self.layer_end.checked_sub(self.layer_start)?;
-        Balance::from(layers).checked_mul(Balance::from(self.tokens))?.checked_mul(price)
+        Balance::from(self.layer_positions()?).checked_mul(price)
+    }
+
+    /// `layers × positions`, the work it acknowledges; `None` on an inverted range.
+    pub fn layer_positions(&self) -> Option<u64> {
+        let layers = self.layers.1.checked_sub(self.layers.0)?;
+        Some(u64::from(layers) * u64::from(self.positions))
     }
 }
 
-/// A receipt with the worker's sr25519 signature over [`Receipt::signing_payload`].
+/// A voucher with the client's sr25519 signature over [`Voucher::signing_payload`].
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct SignedReceipt {
-    /// The receipt.
-    pub receipt: Receipt,
-    /// The worker's signature.
+pub struct SignedVoucher {
+    /// The voucher.
+    pub voucher: Voucher,
+    /// The client's signature.
     pub signature: Signature,
 }
 
-impl SignedReceipt {
-    /// Whether the signature is the worker's over the receipt on the chain `genesis`.
-    pub fn verify(&self, genesis: &H256) -> bool {
-        keys::verify(&self.signature, &self.receipt.signing_payload(genesis), &self.receipt.worker)
+impl SignedVoucher {
+    /// Whether the signature is `client`'s over the voucher on the chain `genesis`.
+    pub fn verify(&self, client: &AccountId, genesis: &H256) -> bool {
+        keys::verify(&self.signature, &self.voucher.signing_payload(genesis), client)
     }
 }
 
@@ -102,6 +114,35 @@ impl SessionAuth {
 mod tests {
     use super::*;
     use crate::keys::{account_of, pair_from_suri};
+
+    #[test]
+    fn a_voucher_verifies_only_for_its_client_chain_and_fields() {
+        let (alice, bob) = (pair_from_suri("//Alice").unwrap(), pair_from_suri("//Bob").unwrap());
+        let g = H256::repeat_byte(1);
+        let v = Voucher {
+            job: 3,
+            session: [5; 16],
+            worker: account_of(&bob),
+            layers: (0, 10),
+            positions: 7,
+            trace: H256::repeat_byte(4),
+        };
+        assert_eq!(v.amount(3), Some(210));
+        let signed = v.clone().sign(&alice, &g);
+        assert!(signed.verify(&account_of(&alice), &g));
+        assert!(!signed.verify(&account_of(&bob), &g), "the client's, not the worker's");
+        assert!(!signed.verify(&account_of(&alice), &H256::repeat_byte(2)), "another chain");
+        let more = SignedVoucher {
+            voucher: Voucher { positions: 8, ..v.clone() },
+            signature: signed.signature,
+        };
+        assert!(!more.verify(&account_of(&alice), &g), "more positions than signed");
+        let other = SignedVoucher {
+            voucher: Voucher { worker: account_of(&alice), ..v },
+            signature: signed.signature,
+        };
+        assert!(!other.verify(&account_of(&alice), &g), "another worker");
+    }
 
     #[test]
     fn a_session_authorization_verifies_only_for_its_client_chain_and_fields() {

@@ -76,8 +76,8 @@ impl Call {
             Call::Staking(staking::Call::ReportDoubleProposal { .. }) => 10,
             Call::Staking(_) => 2,
             Call::Models(_) => 10,
-            // Receipts carry a signature to verify.
-            Call::Jobs(jobs::Call::SubmitReceipt { .. }) => 5,
+            // A claim carries the client's voucher signature to verify.
+            Call::Jobs(jobs::Call::Claim { .. }) => 5,
             Call::Jobs(_) => 3,
         }
     }

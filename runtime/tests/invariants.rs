@@ -32,7 +32,7 @@ fn genesis() -> (MemoryState, Vec<Pair>) {
             job_timeout: 5,
             challenge_window: 2,
             audit_slash_percent: 10,
-            max_receipts: 8,
+            max_claims: 8,
         },
     };
     (config.build_state().unwrap(), pairs)
@@ -59,8 +59,9 @@ enum Op {
     OpenJob {
         tokens: u32,
     },
-    /// `worker`'s receipt, submitted by the op's account (accepted only from the job's client).
-    Receipt {
+    /// `worker`'s claim (signed by the worker) with a voucher signed by the op's account
+    /// (accepted only when that is the job's client).
+    Claim {
         job: u64,
         tokens: u32,
         worker: usize,
@@ -87,7 +88,7 @@ fn op() -> impl Strategy<Value = (usize, Op)> {
             Just(Op::RegisterWorker),
             Just(Op::RegisterModel),
             (0u32..20).prop_map(|tokens| Op::OpenJob { tokens }),
-            (0u64..3, 0u32..20, 0usize..4).prop_map(|(job, tokens, worker)| Op::Receipt {
+            (0u64..3, 0u32..20, 0usize..4).prop_map(|(job, tokens, worker)| Op::Claim {
                 job,
                 tokens,
                 worker
@@ -109,7 +110,7 @@ proptest! {
         let mut ctx = Context { block_number: 1, genesis_hash, author: accounts[0].clone() };
         let model = models::model_id(&accounts[0], &models::example_manifest(4).name);
         for (who, op) in ops {
-            let signer = &pairs[who];
+            let mut signer = &pairs[who];
             let call = match op {
                 Op::NextBlock => {
                     executive::finalize_block(&mut state, &ctx).unwrap();
@@ -127,14 +128,16 @@ proptest! {
                 Op::RegisterWorker => Call::Staking(staking::Call::RegisterWorker),
                 Op::RegisterModel => Call::Models(models::Call::Register { manifest: models::example_manifest(4) }),
                 Op::OpenJob { tokens } => Call::Jobs(jobs::Call::OpenJob { model, max_tokens: tokens, price_per_layer_token: UNIT }),
-                Op::Receipt { job, tokens, worker } => {
-                    let receipt = jobs::Receipt { job, worker: accounts[worker].clone(), layer_start: 0, layer_end: 2, tokens, activation_root: H256::zero() };
-                    Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt.sign(&pairs[worker], &genesis_hash) })
+                Op::Claim { job, tokens, worker } => {
+                    let voucher = jobs::Voucher { job, session: [tokens as u8; 16], worker: accounts[worker].clone(), layers: (0, 2), positions: tokens, trace: H256::zero() };
+                    let voucher = voucher.sign(&pairs[who], &genesis_hash);
+                    signer = &pairs[worker];
+                    Call::Jobs(jobs::Call::Claim { voucher })
                 }
                 Op::Close { job } => Call::Jobs(jobs::Call::CloseJob { job }),
-                Op::Audit { job, passed } => Call::Jobs(jobs::Call::SubmitAudit { job, receipt_index: 0, passed }),
+                Op::Audit { job, passed } => Call::Jobs(jobs::Call::SubmitAudit { job, claim_index: 0, passed }),
             };
-            let nonce = Balances::nonce(&state, &accounts[who]).unwrap();
+            let nonce = Balances::nonce(&state, &account_of(signer)).unwrap();
             let xt = UncheckedExtrinsic::sign(signer, &genesis_hash, nonce, 0, 1_000, call);
             let len = xt.encoded_size();
             let before = state.clone();

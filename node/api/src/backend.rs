@@ -59,6 +59,12 @@ pub struct BackendStats {
     pub jobs_ahead_used: u64,
     /// Jobs opened ahead that were closed unused at half their life (and replaced).
     pub jobs_ahead_replaced: u64,
+    /// Requests paid from a channel (a job that pays for many requests).
+    pub channel_requests: u64,
+    /// Channels closed (idle, full, or at half their life); their workers claim in the window.
+    pub channels_closed: u64,
+    /// The channel new requests are paid from now, if any.
+    pub channel_job: Option<u64>,
     /// The job opened ahead now, if any.
     pub ahead_job: Option<u64>,
     /// The last job opened ahead that was replaced, if any.

@@ -6,7 +6,8 @@
 //!   or `{ "error": { message, code, status } }`; `bitorch_unsubscribeGeneration` (or closing
 //!   the connection) cancels the generation.
 //! - `bitorch_gatewayStats() -> { generations, jobsOpened, jobsAheadOpened, jobsAheadUsed,
-//!   jobsAheadReplaced, aheadJob, lastReplacedJob, refusedNoRoute, failovers, sessionsOpened }`:
+//!   jobsAheadReplaced, channelRequests, channelsClosed, channelJob, aheadJob, lastReplacedJob,
+//!   refusedNoRoute, failovers, sessionsOpened }`:
 //!   what the backend has done since the node started ([`crate::BackendStats`]).
 //!
 //! `params` is one object, by name or as the single positional parameter, with the fields of

@@ -98,8 +98,9 @@ pub struct NodeArgs {
     /// Secret URI of the account that pays for API requests (`--dev` default: `//Alice`).
     #[arg(long)]
     api_account: Option<String>,
-    /// Price per layer per token the API account offers, in base units.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Price per layer per token the API account offers, in base units (default 0.0001 BTR:
+    /// a worker's claim for a short answer is worth well over its transaction fee).
+    #[arg(long, default_value_t = 100_000_000)]
     price: u128,
     /// Do not keep a job opened ahead (escrowing a whole context) for the next API request;
     /// each request then waits for its own job to be included in a block before its first
@@ -278,7 +279,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             Some(bitorch_network::Service { handle: net, events, stage_requests, task: _ }) => {
                 if serving.is_some() {
                     let unpaid = bitorch_serve::UnpaidPolicy::allow(unpaid_peers.clone());
-                    tokio::spawn(bitorch_serve::serve_stages(stage_requests, stage_worker_rx, handle.clone(), genesis, unpaid));
+                    tokio::spawn(bitorch_serve::serve_stages(stage_requests, stage_worker_rx, handle.clone(), unpaid));
                 }
                 Some(bitorch_service::p2p::spawn(
                 handle.clone(),
@@ -301,6 +302,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             }),
         };
         let mut served = None;
+        let mut claimer = None;
         if let Some(((described, choice), worker_key, api_key)) = serving {
             let manifest = described.manifest.clone();
             let model = bitorch_serve::register(&handle, &worker_key, &manifest).await?;
@@ -318,6 +320,10 @@ pub fn run(args: NodeArgs) -> Result<()> {
             let local = tokio::task::block_in_place(|| bitorch_serve::spawn_worker(stage, worker_key.clone(), model, genesis, args.max_sessions))?;
             tracing::info!(target: "node", %model, worker = %to_ss58(&account_of(&worker_key)), layers = ?local.1.layers, "serving the model");
             stage_worker.send_replace(Some(bitorch_serve::StageWorker { handle: local.0.clone(), account: local.1.account.clone() }));
+            // The worker claims its pay itself, with the clients' vouchers.
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(bitorch_serve::submit_claims(handle.clone(), worker_key.clone(), local.0.clone(), stop.clone()));
+            claimer = Some((stop, task));
             if let Some(net) = &net_handle {
                 bitorch_serve::announce(net, &local.1).await?;
                 tracing::info!(target: "node", %model, layers = ?local.1.layers, "announced the worker in the DHT");
@@ -360,6 +366,11 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 cancel.cancel();
                 bail!("the chain service stopped unexpectedly");
             }
+        }
+        if let Some((stop, task)) = claimer {
+            // Claims of the sessions closed last are submitted before the node goes.
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         if let Some((net, model, stop, task)) = served {
             stop.cancel();

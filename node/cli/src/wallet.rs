@@ -64,7 +64,7 @@ pub enum WalletCmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Show a job: its client, model, escrow, status, and each receipt with what it was paid.
+    /// Show a job: its client, model, escrow, status, and each claim with what it was paid.
     Job {
         /// The job's id.
         id: u64,
@@ -273,14 +273,15 @@ async fn job(id: u64, common: &Common) -> Result<()> {
             println!("Model:    {}", job["model"].as_str().unwrap_or("?"));
             println!("Escrow:   {} ({} claimed)", tokens(&job["escrow"]), tokens(&job["claimed"]));
             println!("Status:   {status}");
-            for r in job["receipts"].as_array().into_iter().flatten() {
+            for r in job["claims"].as_array().into_iter().flatten() {
                 println!(
-                    "Receipt:  {} layers {}..{} × {} tokens, paid {}",
+                    "Claim:    {} layers {}..{} × {} positions, paid {} (session {})",
                     r["worker"].as_str().unwrap_or("?"),
                     r["layerStart"],
                     r["layerEnd"],
-                    r["tokens"],
-                    tokens(&r["paid"])
+                    r["positions"],
+                    tokens(&r["paid"]),
+                    r["session"].as_str().unwrap_or("?"),
                 );
             }
         }

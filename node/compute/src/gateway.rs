@@ -30,8 +30,13 @@
 //! position and recomputes the Merkle root itself, which proves that the worker committed to
 //! what it returned and to what its predecessor returned. (The first stage's inputs are token
 //! embeddings and the last stage's outputs are hidden states it never sends; those two roots are
-//! checked by auditors.) Receipts must be signed by the announced account, for the job, the
-//! layers and the positions, with the closure's root.
+//! checked by auditors.)
+//!
+//! A generation for a job pays by vouchers: the gateway, holding the job's client's key, signs
+//! each stage's [`Voucher`] for every position the stage returned (with the trace hash it
+//! returned) on the next forward and at the close, and counts what it acknowledged
+//! ([`GatewayGeneration::acknowledged`]). Each worker claims on chain itself. The closure's
+//! claim must be the gateway's last voucher for that stage.
 
 use crate::{
     error::{Error, StageFailure, TransportError},
@@ -41,10 +46,10 @@ use crate::{
     },
     route::{plan_route_with, Bans, CostModel, WorkerInfo},
 };
-use bitorch_commitment::{leaf_hash, Commitment};
+use bitorch_commitment::{chain_of, leaf_hash, Commitment};
 use bitorch_inference::{FinishReason, Sampler, SamplingParams};
-use bitorch_primitives::receipt::{JobId, SignedReceipt};
-use bitorch_primitives::{Pair, H256};
+use bitorch_primitives::receipt::{JobId, SignedVoucher, Voucher};
+use bitorch_primitives::{Pair, Signature, H256};
 use candle_core::{Device, Tensor};
 use std::{
     collections::HashMap,
@@ -52,7 +57,10 @@ use std::{
     future::Future,
     hash::Hash,
     ops::{ControlFlow, Range},
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -79,7 +87,7 @@ pub trait StageTransport: Send + Sync {
 /// How a gateway runs generations.
 #[derive(Clone)]
 pub struct GatewayConfig {
-    /// Genesis hash of the chain receipts are for.
+    /// Genesis hash of the chain the vouchers are for.
     pub genesis: H256,
     /// How long a failed worker is not used.
     pub ban_duration: Duration,
@@ -92,8 +100,8 @@ pub struct GatewayConfig {
     /// How routes are costed.
     pub cost: CostModel,
     /// The key of the jobs' client (the paying account), which signs each paid session's
-    /// [`SessionAuth`] for the worker asked; `None`: sessions carry no authorization (a
-    /// networked worker then refuses those with a job).
+    /// [`SessionAuth`] for the worker asked and its vouchers; `None`: sessions carry neither
+    /// (a worker then refuses those with a job).
     pub client: Option<Pair>,
 }
 
@@ -144,7 +152,7 @@ pub struct GatewayRequest {
     pub sampling: SamplingParams,
     /// End-of-sequence token ids.
     pub eos: Vec<u32>,
-    /// The on-chain job paying for it, if any (workers then sign receipts).
+    /// The on-chain job paying for it, if any (the gateway then signs vouchers).
     pub job: Option<JobId>,
 }
 
@@ -161,8 +169,8 @@ pub struct StageReceipt<Id> {
     pub root: H256,
     /// Whether the gateway recomputed the root itself (stages between two others).
     pub root_recomputed: bool,
-    /// The signed receipt, for a job.
-    pub receipt: Option<SignedReceipt>,
+    /// The claim the worker holds: the gateway's last voucher of the session, for a job.
+    pub claim: Option<SignedVoucher>,
 }
 
 /// A stage whose closure or receipt did not check out (its worker is banned).
@@ -193,6 +201,9 @@ pub struct GatewayGeneration<Id> {
     pub rejected: Vec<RejectedReceipt<Id>>,
     /// Worker failures survived.
     pub failovers: u32,
+    /// Layer-positions acknowledged by vouchers over every session of the run (those of
+    /// stages that failed or were replaced included): at most what the workers can claim.
+    pub acknowledged: u64,
     /// Seconds to the first token (planning, opening, prefill).
     pub prompt_secs: f64,
     /// Seconds for the following tokens.
@@ -211,11 +222,13 @@ pub struct Failed<Id> {
     /// What the stages still on the route committed to, checked as at the end of a
     /// generation that succeeded.
     pub receipts: Vec<StageReceipt<Id>>,
+    /// Layer-positions acknowledged by vouchers ([`GatewayGeneration::acknowledged`]).
+    pub acknowledged: u64,
 }
 
 impl<Id> From<Error> for Failed<Id> {
     fn from(error: Error) -> Self {
-        Self { error, receipts: Vec::new() }
+        Self { error, receipts: Vec::new(), acknowledged: 0 }
     }
 }
 
@@ -329,6 +342,7 @@ impl<T: StageTransport> Gateway<T> {
             logits: Vec::new(),
             logits_at: 0,
             failovers: 0,
+            acknowledged: AtomicU64::new(0),
         };
         let mut tokens = Vec::new();
         let mut finish = FinishReason::Length;
@@ -344,7 +358,8 @@ impl<T: StageTransport> Gateway<T> {
                     // what checks out (without banning on a mismatch: the run was cut short).
                     let close = run.close_all(false);
                     let (receipts, _) = tracing::Instrument::instrument(close, span).await;
-                    return Err(Failed { error, receipts });
+                    let acknowledged = run.acknowledged.load(Ordering::Relaxed);
+                    return Err(Failed { error, receipts, acknowledged });
                 }
             }
         }
@@ -360,6 +375,7 @@ impl<T: StageTransport> Gateway<T> {
             receipts,
             rejected,
             failovers: run.failovers,
+            acknowledged: run.acknowledged.load(Ordering::Relaxed),
             prompt_secs,
             generate_secs: total - prompt_secs,
         })
@@ -380,11 +396,21 @@ struct Hop<Id> {
     /// Replay positions in the batches they were first fed in (the prompt, then one per step)
     /// rather than all at once.
     as_fed: bool,
+    /// The running hash of its trace over the `done` positions, as it last reported it.
+    trace: H256,
 }
 
 impl<Id> Hop<Id> {
     fn new(worker: WorkerInfo<Id>) -> Self {
-        Self { worker, session: rand::random(), info: None, done: 0, restart: false, as_fed: false }
+        Self {
+            worker,
+            session: rand::random(),
+            info: None,
+            done: 0,
+            restart: false,
+            as_fed: false,
+            trace: H256::zero(),
+        }
     }
 }
 
@@ -407,6 +433,9 @@ struct Run<'g, T: StageTransport> {
     /// How many positions had been processed when `logits` were produced.
     logits_at: u32,
     failovers: u32,
+    /// Layer-positions acknowledged by the vouchers sent so far, counted as each session
+    /// ends (closed, dropped, or failed).
+    acknowledged: AtomicU64,
 }
 
 impl<T: StageTransport> Run<'_, T> {
@@ -535,12 +564,14 @@ impl<T: StageTransport> Run<'_, T> {
                     )
                 };
                 let session = self.route[i].session;
-                let req = StageRequest::Forward { session, pos: done, input };
+                let voucher = self.voucher(&self.route[i]);
+                let req = StageRequest::Forward { session, pos: done, input, voucher };
                 let resp = self.call(i, req).await.map_err(|f| (i, f))?;
                 match resp {
-                    StageResponse::Output(Activation::Hidden(f))
+                    StageResponse::Output { output: Activation::Hidden(f), trace }
                         if !last && f.rows() == chunk && f.cols() == width =>
                     {
+                        self.route[i].trace = trace;
                         let values = f.to_vec();
                         if let Some(p) = self.diverges(end, done, &values, width as usize) {
                             if !self.route[i].as_fed {
@@ -559,9 +590,10 @@ impl<T: StageTransport> Run<'_, T> {
                         }
                         self.append(end, done, &values, width as usize);
                     }
-                    StageResponse::Output(Activation::Logits(f))
+                    StageResponse::Output { output: Activation::Logits(f), trace }
                         if last && f.rows() == 1 && Some(f.cols()) == self.vocab =>
                     {
+                        self.route[i].trace = trace;
                         if done + chunk == target {
                             self.logits = f.to_vec();
                             self.logits_at = target;
@@ -656,7 +688,8 @@ impl<T: StageTransport> Run<'_, T> {
                     && self.vocab.is_none_or(|v| v == info.vocab_size)
                     && info.max_positions > 0;
                 if !consistent {
-                    let close = StageRequest::Close { session: self.route[i].session };
+                    let close =
+                        StageRequest::Close { session: self.route[i].session, voucher: None };
                     let _ = self.call(i, close).await;
                     return Err(StageFailure::Unexpected(format!("inconsistent stage {info:?}")));
                 }
@@ -737,6 +770,9 @@ impl<T: StageTransport> Run<'_, T> {
         self.gw.stats_mut().failovers += 1;
         if hop.info.is_some() && !matches!(f, StageFailure::Transport(_)) {
             self.close_quietly(&hop).await;
+        } else {
+            // Unreachable now, but its last forward may have carried a voucher for `done`.
+            self.count_acknowledged(&hop);
         }
         self.failovers += 1;
         if self.failovers > cfg.max_failovers {
@@ -745,10 +781,39 @@ impl<T: StageTransport> Run<'_, T> {
         Ok(())
     }
 
+    /// Closes a session the route no longer uses, acknowledging what it computed.
     async fn close_quietly(&self, hop: &Hop<T::WorkerId>) {
         if hop.info.is_some() {
-            let req = StageRequest::Close { session: hop.session };
+            let req = StageRequest::Close { session: hop.session, voucher: self.voucher(hop) };
+            self.count_acknowledged(hop);
             let _ = call(self.gw, &hop.worker.id, req).await;
+        }
+    }
+
+    /// The client's signature over the voucher for everything `hop` returned so far: `None`
+    /// without a job or a client key, or before the first position.
+    fn voucher(&self, hop: &Hop<T::WorkerId>) -> Option<Signature> {
+        let (job, client) = (self.job?, self.gw.config.client.as_ref()?);
+        (hop.done > 0)
+            .then(|| self.voucher_of(hop, job).sign(client, &self.gw.config.genesis).signature)
+    }
+
+    fn voucher_of(&self, hop: &Hop<T::WorkerId>, job: JobId) -> Voucher {
+        Voucher {
+            job,
+            session: hop.session,
+            worker: hop.worker.account.clone(),
+            layers: (hop.worker.layers.start, hop.worker.layers.end),
+            positions: hop.done,
+            trace: hop.trace,
+        }
+    }
+
+    /// Counts `hop`'s acknowledged work once its session ends.
+    fn count_acknowledged(&self, hop: &Hop<T::WorkerId>) {
+        if self.job.is_some() && self.gw.config.client.is_some() {
+            let layers = u64::from(hop.worker.layers.end.saturating_sub(hop.worker.layers.start));
+            self.acknowledged.fetch_add(layers * u64::from(hop.done), Ordering::Relaxed);
         }
     }
 
@@ -762,7 +827,8 @@ impl<T: StageTransport> Run<'_, T> {
         let mut rejected = Vec::new();
         for i in 0..self.route.len() {
             let hop = &self.route[i];
-            let req = StageRequest::Close { session: hop.session };
+            let req = StageRequest::Close { session: hop.session, voucher: self.voucher(hop) };
+            self.count_acknowledged(hop);
             let checked = match call(self.gw, &hop.worker.id, req).await {
                 Ok(StageResponse::Closed(c)) => {
                     self.check(hop, &c).map(|recomputed| (c, recomputed))
@@ -777,7 +843,7 @@ impl<T: StageTransport> Run<'_, T> {
                     positions: c.positions,
                     root: c.root,
                     root_recomputed,
-                    receipt: c.receipt,
+                    claim: c.claim,
                 }),
                 Err(reason) => {
                     tracing::warn!(target: TARGET, worker = ?hop.worker.id, %reason,
@@ -806,6 +872,9 @@ impl<T: StageTransport> Run<'_, T> {
                 c.positions, hop.done
             ));
         }
+        if c.trace != hop.trace {
+            return Err("the closure's trace hash is not the one the stage last returned".into());
+        }
         let inner = layers.start > 0 && layers.end < self.num_layers;
         if inner {
             let w = self.width.unwrap_or(0) as usize;
@@ -823,24 +892,23 @@ impl<T: StageTransport> Run<'_, T> {
             if Commitment::from_leaf_hashes(&hashes).root != c.root.0 {
                 return Err("commitment root does not match the activations exchanged".into());
             }
+            if chain_of(&hashes) != c.trace.0 {
+                return Err("trace hash does not match the activations exchanged".into());
+            }
         }
-        match (&c.receipt, self.job) {
+        let paid = self.job.zip(self.gw.config.client.as_ref());
+        match (&c.claim, paid) {
             (None, None) => {}
             (None, Some(_)) if c.positions == 0 => {}
-            (None, Some(_)) => return Err("no receipt for a job".into()),
-            (Some(_), None) => return Err("a receipt for no job".into()),
-            (Some(s), Some(job)) => {
-                let r = &s.receipt;
-                if r.job != job
-                    || r.worker != hop.worker.account
-                    || (r.layer_start, r.layer_end) != (layers.start, layers.end)
-                    || r.tokens != c.positions
-                    || r.activation_root != c.root
-                {
-                    return Err(format!("receipt does not match the session: {r:?}"));
+            (None, Some(_)) => return Err("no claim for a paid session".into()),
+            (Some(_), None) => return Err("a claim for an unpaid session".into()),
+            (Some(claim), Some((job, client))) => {
+                if claim.voucher != self.voucher_of(hop, job) {
+                    return Err(format!("claim is not the last voucher: {:?}", claim.voucher));
                 }
-                if !s.verify(&self.gw.config.genesis) {
-                    return Err("receipt signature is invalid".into());
+                let client = bitorch_primitives::keys::account_of(client);
+                if !claim.verify(&client, &self.gw.config.genesis) {
+                    return Err("claim's signature is not the client's".into());
                 }
             }
         }

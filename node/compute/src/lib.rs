@@ -8,16 +8,16 @@
 //!   position limits into typed errors.
 //! - [`worker`]: [`Worker`] owns one loaded [`bitorch_inference::Stage`] and serves sessions,
 //!   each with its KV cache and activation-commitment trace, under a session cap, a cached
-//!   positions budget and an idle timeout; closing a session of a paid job yields a receipt
-//!   signed with the worker's sr25519 key ([`bitorch_primitives::receipt::Receipt`], what
-//!   the jobs pallet pays against).
+//!   positions budget and an idle timeout; a session of a paid job goes on only as its
+//!   client acknowledges the work with vouchers ([`bitorch_primitives::receipt::Voucher`]),
+//!   the latest of which is the worker's claim on the jobs pallet ([`Worker::take_claims`]).
 //!   [`worker::spawn`] runs it as an actor on its own thread behind a [`WorkerHandle`].
 //! - [`route`]: what workers announce ([`WorkerInfo`]) and [`plan_route`], the route of least
 //!   estimated latency covering all layers exactly.
 //! - [`gateway`]: [`Gateway::generate`] runs a generation over any [`StageTransport`]: opens a
 //!   session per stage, prefills, streams sampled tokens, fails over to other workers (replaying
-//!   the session's inputs, so the output is unchanged), checks that the stages' commitments
-//!   chain and collects the receipts.
+//!   the session's inputs, so the output is unchanged), signs the stages' vouchers, and
+//!   checks that their commitments chain.
 //!
 //! No I/O of its own: the node's libp2p request-response behaviour implements
 //! [`StageTransport`] and calls [`Worker::handle_bytes`] (through a [`WorkerHandle`]); tests use

@@ -4,7 +4,15 @@
 //! opens a session on a worker for the worker's layer range ([`StageRequest::Open`]), feeds it
 //! activations position by position ([`StageRequest::Forward`]: the whole prompt in one batch,
 //! then one position per generated token) and closes it ([`StageRequest::Close`]), receiving the
-//! commitment to everything the stage computed and, for a paid job, the worker's signed receipt.
+//! commitment to everything the stage computed.
+//!
+//! A paid session (one opened for a job, with the job's client's [`SessionAuth`]) is paid by
+//! vouchers ([`bitorch_primitives::receipt::Voucher`]): every output carries the worker's
+//! running trace hash, and every later forward, and the close, carries the client's signature
+//! over the voucher for all positions so far with that hash. A worker computes nothing more for
+//! a session whose client has not acknowledged what it already computed
+//! ([`StageError::VoucherRequired`]), and claims its pay on chain with the latest voucher; so
+//! neither side can lose more than one step to the other.
 //!
 //! Untrusted bytes are decoded with [`decode_request`] / [`decode_response`]: the size is checked
 //! before anything is parsed, SCALE decoding runs with a depth limit and must consume the whole
@@ -15,7 +23,7 @@
 
 use crate::error::DecodeError;
 pub use bitorch_primitives::receipt::SessionAuth;
-use bitorch_primitives::receipt::{JobId, SignedReceipt};
+use bitorch_primitives::receipt::{JobId, SignedVoucher};
 use bitorch_primitives::Signature;
 use bitorch_primitives::H256;
 use parity_scale_codec::{Decode, DecodeLimit, Encode, Error as CodecError, Input};
@@ -24,7 +32,7 @@ use parity_scale_codec::{Decode, DecodeLimit, Encode, Error as CodecError, Input
 pub const PROTOCOL_NAME: &str = "/bitorch/stage/1";
 
 /// The version byte every message starts with.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 /// Deepest nesting the decoder follows. Our messages nest four levels at most; the limit only
 /// stops a hostile message from recursing through a future recursive type.
@@ -190,8 +198,7 @@ pub enum StageRequest {
         model: ModelId,
         /// The layer range the gateway expects the worker to run.
         layers: (u32, u32),
-        /// The on-chain job paying for it, if any: a closed session of a job yields a signed
-        /// receipt.
+        /// The on-chain job paying for it, if any (the session is then paid by vouchers).
         job: Option<JobId>,
         /// The job's client's signature over the [`SessionAuth`] of this opening (the worker
         /// being the one asked); a networked worker serves a session for a job only with it.
@@ -206,12 +213,18 @@ pub enum StageRequest {
         pos: u32,
         /// Token ids for the first stage, hidden states for the others.
         input: Activation,
+        /// For a paid session past position 0: the client's signature over the voucher for
+        /// positions `0..pos` with the trace hash the worker last returned.
+        voucher: Option<Signature>,
     },
     /// Ends a session and frees its cache.
     #[codec(index = 2)]
     Close {
         /// The session.
         session: SessionId,
+        /// For a paid session: the client's signature over the voucher for every position
+        /// processed (the worker claims with it; without it, with the last one it got).
+        voucher: Option<Signature>,
     },
 }
 
@@ -221,7 +234,7 @@ impl StageRequest {
         match self {
             Self::Open { session, .. }
             | Self::Forward { session, .. }
-            | Self::Close { session } => session,
+            | Self::Close { session, .. } => session,
         }
     }
 }
@@ -243,16 +256,19 @@ pub struct StageInfo {
     pub max_message_bytes: u32,
 }
 
-/// What a closed session leaves: the commitment to its trace and, for a job, the receipt.
+/// What a closed session leaves: the commitment to its trace and, for a job, the claim.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Closure {
     /// Positions processed (leaves of the commitment).
     pub positions: u32,
     /// Merkle root of the trace's leaves (`bitorch_commitment`), all zeros when empty.
     pub root: H256,
-    /// The worker's signed receipt (for a session of a job that processed at least one
-    /// position).
-    pub receipt: Option<SignedReceipt>,
+    /// Running hash of the trace's leaves (`bitorch_commitment::chain_of`), what vouchers
+    /// sign.
+    pub trace: H256,
+    /// The latest voucher of a paid session, which the worker claims with on chain; `None`
+    /// for an unpaid session or one that was never acknowledged.
+    pub claim: Option<SignedVoucher>,
 }
 
 /// A worker's answer.
@@ -262,9 +278,14 @@ pub enum StageResponse {
     #[codec(index = 0)]
     Opened(StageInfo),
     /// Hidden states of every position of the request (or the logits of its last position, from
-    /// the last stage).
+    /// the last stage), and the session's trace hash after them (what the next voucher signs).
     #[codec(index = 1)]
-    Output(Activation),
+    Output {
+        /// The output.
+        output: Activation,
+        /// The running hash of the session's trace so far.
+        trace: H256,
+    },
     /// The worker has no room now (session cap or memory budget); try another.
     #[codec(index = 2)]
     Busy,
@@ -385,6 +406,15 @@ pub enum StageError {
         /// The job.
         job: JobId,
     },
+    /// A paid session's forward without a valid voucher from the job's client for the
+    /// positions already computed (missing, not the client's, or for another trace hash): the
+    /// worker computes nothing more until its work is acknowledged.
+    #[error("send the client's voucher for positions 0..{positions} of this session")]
+    #[codec(index = 15)]
+    VoucherRequired {
+        /// Positions computed so far, which the voucher must cover.
+        positions: u32,
+    },
 }
 
 /// Encodes a message with its version byte.
@@ -426,8 +456,8 @@ pub fn decode_request(bytes: &[u8], limits: &Limits) -> Result<StageRequest, Dec
 /// Decodes a response from untrusted bytes, within `limits`.
 pub fn decode_response(bytes: &[u8], limits: &Limits) -> Result<StageResponse, DecodeError> {
     let resp: StageResponse = decode(bytes, limits.max_message_bytes)?;
-    if let StageResponse::Output(a) = &resp {
-        check_activation(a, limits)?;
+    if let StageResponse::Output { output, .. } = &resp {
+        check_activation(output, limits)?;
     }
     Ok(resp)
 }
@@ -447,6 +477,7 @@ mod tests {
             session: [7; 16],
             pos: 3,
             input: Activation::Hidden(Floats::new(rows, cols, &values).unwrap()),
+            voucher: Some(Signature::from_raw([6; 64])),
         }
     }
 
@@ -461,8 +492,13 @@ mod tests {
                 auth: Some(Signature::from_raw([5; 64])),
             },
             forward(2, 5),
-            StageRequest::Forward { session: [2; 16], pos: 0, input: Activation::Tokens(vec![1]) },
-            StageRequest::Close { session: [3; 16] },
+            StageRequest::Forward {
+                session: [2; 16],
+                pos: 0,
+                input: Activation::Tokens(vec![1]),
+                voucher: None,
+            },
+            StageRequest::Close { session: [3; 16], voucher: Some(Signature::from_raw([7; 64])) },
         ];
         for m in msgs {
             assert_eq!(decode_request(&encode(&m), &limits()).unwrap(), m);
@@ -471,10 +507,16 @@ mod tests {
             StageResponse::Busy,
             StageResponse::Error(StageError::WidthMismatch { expected: 576, got: 575 }),
             StageResponse::Error(StageError::Malformed(DecodeError::Invalid)),
-            StageResponse::Closed(Closure { positions: 3, root: H256::zero(), receipt: None }),
-            StageResponse::Output(Activation::Logits(
-                Floats::new(1, 3, &[1.0, -2.0, 3.5]).unwrap(),
-            )),
+            StageResponse::Closed(Closure {
+                positions: 3,
+                root: H256::zero(),
+                trace: H256::repeat_byte(2),
+                claim: None,
+            }),
+            StageResponse::Output {
+                output: Activation::Logits(Floats::new(1, 3, &[1.0, -2.0, 3.5]).unwrap()),
+                trace: H256::repeat_byte(3),
+            },
         ];
         for r in resps {
             assert_eq!(decode_response(&encode(&r), &limits()).unwrap(), r);
@@ -498,12 +540,16 @@ mod tests {
             decode_request(&too_many, &l),
             Err(DecodeError::TooManyPositions { got: 9, max: 8 })
         );
-        let empty =
-            StageRequest::Forward { session: [0; 16], pos: 0, input: Activation::Tokens(vec![]) };
+        let empty = StageRequest::Forward {
+            session: [0; 16],
+            pos: 0,
+            input: Activation::Tokens(vec![]),
+            voucher: None,
+        };
         assert_eq!(decode_request(&encode(&empty), &l), Err(DecodeError::NoPositions));
         let big = encode(&forward(8, 4096));
         assert!(matches!(decode_request(&big, &l), Err(DecodeError::TooLarge { .. })));
-        // Version 1 opened sessions without the client's authorization.
+        // Version 2 had no vouchers.
         let mut wrong_version = encode(&forward(1, 1));
         wrong_version[0] = 1;
         assert_eq!(
@@ -527,7 +573,13 @@ mod tests {
         bytes.extend_from_slice(&2u32.to_le_bytes());
         bytes.extend_from_slice(&(4u32 << 2).to_le_bytes()[..1]); // compact length 4
         bytes.extend_from_slice(&[0; 4]);
+        bytes.push(0); // no voucher
         assert_eq!(decode_request(&bytes, &limits()), Err(DecodeError::Invalid));
+        // The same message with a consistent byte length decodes.
+        let mut good = bytes.clone();
+        good[31] = 8u8 << 2;
+        good.splice(32..36, [0u8; 8]);
+        assert!(decode_request(&good, &limits()).is_ok(), "{good:?}");
     }
 
     proptest! {
@@ -539,7 +591,7 @@ mod tests {
             let back: Vec<u32> = f.to_vec().iter().map(|v| v.to_bits()).collect();
             let want: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
             prop_assert_eq!(back, want);
-            let req = StageRequest::Forward { session: [1; 16], pos: seed, input: Activation::Hidden(f) };
+            let req = StageRequest::Forward { session: [1; 16], pos: seed, input: Activation::Hidden(f), voucher: None };
             prop_assert_eq!(decode_request(&encode(&req), &limits()).unwrap(), req);
         }
 

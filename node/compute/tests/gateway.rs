@@ -41,6 +41,7 @@ fn setup(specs: &[Spec]) -> (Gateway<MemTransport>, Vec<WorkerInfo<u32>>) {
     }
     let mut cfg = GatewayConfig::new(GENESIS);
     cfg.call_timeout = Duration::from_secs(30);
+    cfg.client = Some(key(CLIENT));
     (Gateway::new(MemTransport::new(workers), cfg), infos)
 }
 
@@ -262,7 +263,7 @@ async fn tiny_missing_layers_are_named() {
 }
 
 #[tokio::test]
-async fn tiny_receipts_verify_and_match_the_traces() {
+async fn tiny_claims_are_the_clients_vouchers_for_the_traces() {
     let (gw, infos) = setup(&three());
     let prompt = [11u32, 22, 33, 44];
     let mut req = request(&prompt, 12, SamplingParams::greedy());
@@ -274,15 +275,24 @@ async fn tiny_receipts_verify_and_match_the_traces() {
     assert_eq!(gen.receipts.len(), 3);
     // Positions fed: the prompt and every generated token but the last.
     let fed = (prompt.len() + want.len() - 1) as u32;
+    let client = bitorch_primitives::keys::account_of(&key(CLIENT));
+    let mut claimed = Vec::new();
     for (r, c) in gen.receipts.iter().zip(&commitments) {
-        let signed = r.receipt.as_ref().unwrap();
-        assert!(signed.verify(&GENESIS));
-        let rc = &signed.receipt;
-        assert_eq!((rc.job, rc.tokens, r.positions), (77, fed, fed));
-        assert_eq!((rc.layer_start, rc.layer_end), (r.layers.start, r.layers.end));
-        assert_eq!(rc.activation_root.0, c.root);
+        let claim = r.claim.as_ref().unwrap();
+        assert!(claim.verify(&client, &GENESIS));
+        let v = &claim.voucher;
+        assert_eq!((v.job, v.positions, r.positions), (77, fed, fed));
+        assert_eq!(v.layers, (r.layers.start, r.layers.end));
+        assert_eq!(r.root.0, c.root);
         assert_eq!(c.len, fed);
+        claimed.push(claim.clone());
     }
+    // Each worker holds exactly the claim the gateway saw, once.
+    for (id, claim) in [0u32, 1, 2].into_iter().zip(&claimed) {
+        assert_eq!(gw.transport().handle(id).take_claims().await.unwrap(), vec![claim.clone()]);
+    }
+    // What the gateway counts as acknowledged is what the claims are worth: 6 layers × fed.
+    assert_eq!(gen.acknowledged, 6 * u64::from(fed));
     let recomputed: Vec<bool> = gen.receipts.iter().map(|r| r.root_recomputed).collect();
     assert_eq!(recomputed, vec![false, true, false]);
 }

@@ -103,7 +103,8 @@ fn setup_of(r: &Real, max_sessions_1: usize) -> (Gateway<MemTransport>, Vec<Work
         infos.push(info(id, &w, tps));
         workers.push((id, w));
     }
-    (Gateway::new(MemTransport::new(workers), GatewayConfig::new(GENESIS)), infos)
+    let cfg = GatewayConfig { client: Some(key(CLIENT)), ..GatewayConfig::new(GENESIS) };
+    (Gateway::new(MemTransport::new(workers), cfg), infos)
 }
 
 fn request(prompt: &[u32], n: usize) -> GatewayRequest {
@@ -253,7 +254,7 @@ async fn real_model_missing_layers_are_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_model_receipts_verify_and_match_the_traces() {
+async fn real_model_claims_verify_and_match_the_traces() {
     let (gw, infos) = setup(4);
     let prompt = prompt_tokens(PROMPTS[2]);
     let mut req = request(&prompt, 12);
@@ -264,12 +265,13 @@ async fn real_model_receipts_verify_and_match_the_traces() {
     assert!(gen.rejected.is_empty(), "{:?}", gen.rejected);
     let fed = (prompt.len() + want.len() - 1) as u32;
     assert_eq!(gen.receipts.len(), 3);
+    let client = bitorch_primitives::keys::account_of(&key(CLIENT));
     for (r, c) in gen.receipts.iter().zip(&commitments) {
-        let s = r.receipt.as_ref().unwrap();
-        assert!(s.verify(&GENESIS));
-        assert_eq!((s.receipt.job, s.receipt.tokens), (5, fed));
-        assert_eq!((s.receipt.layer_start, s.receipt.layer_end), (r.layers.start, r.layers.end));
-        assert_eq!(s.receipt.activation_root.0, c.root, "layers {:?}", r.layers);
+        let s = r.claim.as_ref().unwrap();
+        assert!(s.verify(&client, &GENESIS));
+        assert_eq!((s.voucher.job, s.voucher.positions), (5, fed));
+        assert_eq!(s.voucher.layers, (r.layers.start, r.layers.end));
+        assert_eq!(r.root.0, c.root, "layers {:?}", r.layers);
         assert_eq!(c.len, fed);
     }
     assert!(gen.receipts[1].root_recomputed);
@@ -302,8 +304,9 @@ async fn real_model_bad_messages_do_not_harm_a_live_session() {
                 session: s,
                 pos: 0,
                 input: Activation::Hidden(narrow),
+                voucher: None,
             });
-            let ghost = encode(&StageRequest::Close { session: [round as u8; 16] });
+            let ghost = encode(&StageRequest::Close { session: [round as u8; 16], voucher: None });
             for bytes in [garbage, big, wrong, ghost] {
                 match t.raw(1, bytes).await {
                     StageResponse::Error(

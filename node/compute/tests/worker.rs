@@ -1,4 +1,4 @@
-//! The stage worker on a tiny random model: sessions, limits, bad requests, eviction, receipts.
+//! The stage worker on a tiny random model: sessions, limits, bad requests, eviction, vouchers.
 
 mod common;
 
@@ -8,6 +8,9 @@ use bitorch_compute::{
     StageResponse, Worker,
 };
 use bitorch_inference::{Checkpoint, Kernel, LoadOptions, Stage};
+use bitorch_primitives::keys::account_of;
+use bitorch_primitives::receipt::{SessionAuth, Voucher};
+use bitorch_primitives::{Signature, H256};
 use common::*;
 use std::{
     sync::OnceLock,
@@ -35,12 +38,16 @@ fn hidden(rows: u32, cols: u32, seed: f32) -> Activation {
 }
 
 fn fwd(session: SessionId, pos: u32, input: Activation) -> StageRequest {
-    StageRequest::Forward { session, pos, input }
+    StageRequest::Forward { session, pos, input, voucher: None }
+}
+
+fn close(session: SessionId) -> StageRequest {
+    StageRequest::Close { session, voucher: None }
 }
 
 fn output(r: StageResponse) -> Floats {
     match r {
-        StageResponse::Output(Activation::Hidden(f) | Activation::Logits(f)) => f,
+        StageResponse::Output { output: Activation::Hidden(f) | Activation::Logits(f), .. } => f,
         other => panic!("expected output, got {other:?}"),
     }
 }
@@ -175,12 +182,12 @@ fn context_length_is_enforced() {
     let mut last = Worker::new(s[2].clone(), key("Charlie"), worker_config(2));
     let a = [1; 16];
     last.handle(open(a, (4, 6), None));
-    assert!(matches!(last.handle(fwd(a, 0, hidden(60, 64, 1.0))), StageResponse::Output(_)));
+    assert!(matches!(last.handle(fwd(a, 0, hidden(60, 64, 1.0))), StageResponse::Output { .. }));
     assert_eq!(
         last.handle(fwd(a, 60, hidden(5, 64, 1.0))),
         StageResponse::Error(StageError::ContextFull { end: 65, limit: 64 })
     );
-    assert!(matches!(last.handle(fwd(a, 60, hidden(4, 64, 1.0))), StageResponse::Output(_)));
+    assert!(matches!(last.handle(fwd(a, 60, hidden(4, 64, 1.0))), StageResponse::Output { .. }));
 }
 
 #[test]
@@ -191,73 +198,162 @@ fn session_cap_and_position_budget_answer_busy() {
     assert!(matches!(w.handle(open([1; 16], (2, 4), None)), StageResponse::Opened(_)));
     assert!(matches!(w.handle(open([2; 16], (2, 4), None)), StageResponse::Opened(_)));
     assert_eq!(w.handle(open([3; 16], (2, 4), None)), StageResponse::Busy);
-    assert!(matches!(w.handle(fwd([1; 16], 0, hidden(6, 64, 0.0))), StageResponse::Output(_)));
+    assert!(matches!(w.handle(fwd([1; 16], 0, hidden(6, 64, 0.0))), StageResponse::Output { .. }));
     // 6 + 5 > 10 cached positions.
     assert_eq!(w.handle(fwd([2; 16], 0, hidden(5, 64, 0.0))), StageResponse::Busy);
-    assert!(matches!(w.handle(fwd([2; 16], 0, hidden(4, 64, 0.0))), StageResponse::Output(_)));
+    assert!(matches!(w.handle(fwd([2; 16], 0, hidden(4, 64, 0.0))), StageResponse::Output { .. }));
     assert_eq!(w.cached_positions(), 10);
     // Closing frees both a slot and the positions.
-    assert!(matches!(w.handle(StageRequest::Close { session: [1; 16] }), StageResponse::Closed(_)));
+    assert!(matches!(w.handle(close([1; 16])), StageResponse::Closed(_)));
     assert!(matches!(w.handle(open([3; 16], (2, 4), None)), StageResponse::Opened(_)));
-    assert!(matches!(w.handle(fwd([3; 16], 0, hidden(6, 64, 0.0))), StageResponse::Output(_)));
+    assert!(matches!(w.handle(fwd([3; 16], 0, hidden(6, 64, 0.0))), StageResponse::Output { .. }));
+}
+
+/// A paid session of job 3 on Dave's worker for layers 2..4, asked by Alice (the client).
+fn paid_open(session: SessionId, signer: &str) -> StageRequest {
+    let auth = SessionAuth {
+        session,
+        model: MODEL,
+        layers: (2, 4),
+        job: 3,
+        worker: account_of(&key("Dave")),
+    }
+    .sign(&key(signer), &GENESIS);
+    StageRequest::Open { session, model: MODEL, layers: (2, 4), job: Some(3), auth: Some(auth) }
+}
+
+/// `signer`'s signature over the voucher of `session` for `positions` with `trace`.
+fn voucher(session: SessionId, positions: u32, trace: H256, signer: &str) -> Signature {
+    let v = Voucher {
+        job: 3,
+        session,
+        worker: account_of(&key("Dave")),
+        layers: (2, 4),
+        positions,
+        trace,
+    };
+    v.sign(&key(signer), &GENESIS).signature
+}
+
+fn traced(r: StageResponse) -> H256 {
+    match r {
+        StageResponse::Output { trace, .. } => trace,
+        other => panic!("expected output, got {other:?}"),
+    }
 }
 
 #[test]
-fn idle_sessions_are_evicted_and_their_receipts_kept() {
+fn a_paid_session_needs_the_clients_authorization_and_goes_on_only_as_acknowledged() {
+    let mut w = Worker::new(tiny_stages()[1].clone(), key("Dave"), worker_config(4));
+    let alice = account_of(&key("Alice"));
+    let now = Instant::now;
+    let a = [4; 16];
+    // Without knowing the client, or with someone else's signature: refused.
+    let unauthorized = StageResponse::Error(StageError::Unauthorized { job: 3 });
+    assert_eq!(w.handle(paid_open(a, "Alice")), unauthorized);
+    assert_eq!(w.handle_for(paid_open(a, "Bob"), Some(&alice), now()), unauthorized);
+    assert_eq!(w.sessions(), 0);
+    assert!(matches!(
+        w.handle_for(paid_open(a, "Alice"), Some(&alice), now()),
+        StageResponse::Opened(_)
+    ));
+    // Position 0 needs no voucher; it returns the trace hash the next voucher must sign.
+    let t4 = traced(w.handle(fwd(a, 0, hidden(4, 64, 0.0))));
+    assert_eq!(t4.0, w.trace(&a).unwrap().chain());
+    // No voucher, the worker's own, Bob's, for other positions or another trace: no compute.
+    let behind = StageResponse::Error(StageError::VoucherRequired { positions: 4 });
+    let step =
+        |v| StageRequest::Forward { session: a, pos: 4, input: hidden(1, 64, 9.0), voucher: v };
+    for v in [
+        None,
+        Some(voucher(a, 4, t4, "Dave")),
+        Some(voucher(a, 4, t4, "Bob")),
+        Some(voucher(a, 3, t4, "Alice")),
+        Some(voucher(a, 4, H256::repeat_byte(1), "Alice")),
+        Some(voucher([5; 16], 4, t4, "Alice")),
+    ] {
+        assert_eq!(w.handle(step(v)), behind);
+        assert_eq!(w.trace(&a).unwrap().len(), 4, "nothing computed");
+    }
+    let t5 = traced(w.handle(step(Some(voucher(a, 4, t4, "Alice")))));
+    assert_ne!(t5, t4);
+    // Closed with the final voucher: that is the claim, queued for the chain.
+    let done = voucher(a, 5, t5, "Alice");
+    let StageResponse::Closed(c) =
+        w.handle(StageRequest::Close { session: a, voucher: Some(done) })
+    else {
+        panic!("not closed")
+    };
+    let want = Voucher {
+        job: 3,
+        session: a,
+        worker: account_of(&key("Dave")),
+        layers: (2, 4),
+        positions: 5,
+        trace: t5,
+    };
+    let claim = c.claim.clone().unwrap();
+    assert_eq!((claim.voucher.clone(), c.positions, c.trace), (want, 5, t5));
+    assert!(claim.verify(&alice, &GENESIS));
+    assert_eq!(w.take_claims(), vec![claim]);
+    assert!(w.take_claims().is_empty(), "taken once");
+
+    // Closed without a final voucher (a client that went away): the last one is the claim,
+    // one step short of the work.
+    let b = [6; 16];
+    w.handle_for(paid_open(b, "Alice"), Some(&alice), now());
+    let t3 = traced(w.handle(fwd(b, 0, hidden(3, 64, 0.0))));
+    let step = StageRequest::Forward {
+        session: b,
+        pos: 3,
+        input: hidden(1, 64, 1.0),
+        voucher: Some(voucher(b, 3, t3, "Alice")),
+    };
+    traced(w.handle(step));
+    let StageResponse::Closed(c) = w.handle(close(b)) else { panic!("not closed") };
+    assert_eq!((c.positions, c.claim.as_ref().map(|v| v.voucher.positions)), (4, Some(3)));
+    // A paid session never acknowledged leaves no claim; nor does an unpaid one.
+    w.handle_for(paid_open(b, "Alice"), Some(&alice), now());
+    w.handle(fwd(b, 0, hidden(3, 64, 0.0)));
+    let StageResponse::Closed(c) = w.handle(close(b)) else { panic!("not closed") };
+    assert_eq!((c.positions, c.claim), (3, None));
+    w.handle(open(b, (2, 4), None));
+    let StageResponse::Closed(c) = w.handle(close(b)) else { panic!("not closed") };
+    assert_eq!((c.positions, c.claim), (0, None));
+    assert_eq!(w.take_claims().len(), 1, "only b's first session claims");
+}
+
+#[test]
+fn idle_sessions_are_evicted_and_their_claims_kept() {
     let mut cfg = worker_config(2);
     cfg.idle_timeout = Duration::from_secs(30);
-    let mut w = Worker::new(tiny_stages()[1].clone(), key("Bob"), cfg);
+    let mut w = Worker::new(tiny_stages()[1].clone(), key("Dave"), cfg);
+    let alice = account_of(&key("Alice"));
     let t0 = Instant::now();
     let at = |s: u64| t0 + Duration::from_secs(s);
-    w.handle_at(open([1; 16], (2, 4), Some(7)), at(0));
-    w.handle_at(open([2; 16], (2, 4), Some(8)), at(0));
-    w.handle_at(fwd([1; 16], 0, hidden(2, 64, 0.0)), at(1));
+    w.handle_for(paid_open([1; 16], "Alice"), Some(&alice), at(0));
+    w.handle_at(open([2; 16], (2, 4), None), at(0));
+    let t2 = traced(w.handle_at(fwd([1; 16], 0, hidden(2, 64, 0.0)), at(1)));
+    let step = StageRequest::Forward {
+        session: [1; 16],
+        pos: 2,
+        input: hidden(1, 64, 1.0),
+        voucher: Some(voucher([1; 16], 2, t2, "Alice")),
+    };
+    traced(w.handle_at(step, at(2)));
     w.handle_at(fwd([2; 16], 0, hidden(3, 64, 0.0)), at(20));
     assert_eq!(w.handle_at(open([3; 16], (2, 4), None), at(25)), StageResponse::Busy);
-    // At 31 s session 1 has idled 30 s: evicted, and its slot is free.
-    assert!(matches!(w.handle_at(open([3; 16], (2, 4), None), at(31)), StageResponse::Opened(_)));
+    // At 32 s session 1 has idled 30 s: evicted, and its slot is free.
+    assert!(matches!(w.handle_at(open([3; 16], (2, 4), None), at(32)), StageResponse::Opened(_)));
     assert_eq!(
-        w.handle_at(fwd([1; 16], 2, hidden(1, 64, 0.0)), at(31)),
+        w.handle_at(fwd([1; 16], 3, hidden(1, 64, 0.0)), at(32)),
         StageResponse::Error(StageError::UnknownSession)
     );
-    let evicted = w.take_receipts();
+    let evicted = w.take_claims();
     assert_eq!(evicted.len(), 1);
-    assert_eq!((evicted[0].receipt.job, evicted[0].receipt.tokens), (7, 2));
-    assert!(evicted[0].verify(&GENESIS));
-    // Ending job 8 closes session 2 and returns its receipt.
-    let ended = w.end_job(8);
-    assert_eq!(ended.len(), 1);
-    assert_eq!((ended[0].receipt.tokens, ended[0].receipt.layer_start), (3, 2));
-    assert_eq!(w.sessions(), 1);
-}
-
-#[test]
-fn receipts_commit_to_the_trace() {
-    let mut w = Worker::new(tiny_stages()[1].clone(), key("Dave"), worker_config(2));
-    let a = [4; 16];
-    w.handle(open(a, (2, 4), Some(3)));
-    w.handle(fwd(a, 0, hidden(4, 64, 0.0)));
-    w.handle(fwd(a, 4, hidden(1, 64, 9.0)));
-    let want = w.trace(&a).unwrap().commitment();
-    let StageResponse::Closed(c) = w.handle(StageRequest::Close { session: a }) else {
-        panic!("not closed")
-    };
-    assert_eq!((c.positions, c.root.0), (want.len, want.root));
-    let r = c.receipt.unwrap();
-    assert!(r.verify(&GENESIS));
-    assert!(!r.verify(&bitorch_primitives::H256::zero()), "bound to the chain");
-    assert_eq!(r.receipt.worker, bitorch_primitives::keys::account_of(&key("Dave")));
-    assert_eq!(
-        (r.receipt.job, r.receipt.layer_start, r.receipt.layer_end, r.receipt.tokens),
-        (3, 2, 4, 5)
-    );
-    assert_eq!(r.receipt.activation_root, c.root);
-    // No job, no receipt; an empty session's commitment is empty.
-    w.handle(open(a, (2, 4), None));
-    let StageResponse::Closed(c) = w.handle(StageRequest::Close { session: a }) else {
-        panic!("not closed")
-    };
-    assert_eq!((c.positions, c.receipt), (0, None));
+    assert_eq!((evicted[0].voucher.job, evicted[0].voucher.positions), (3, 2));
+    assert!(evicted[0].verify(&alice, &GENESIS));
+    assert_eq!(w.sessions(), 2);
 }
 
 #[tokio::test]
@@ -294,7 +390,7 @@ fn stats_report_free_sessions_and_a_measured_speed() {
         assert_eq!(w.stats().free(), 2);
         // Real one-position steps move the measurement.
         let input = if i == 0 { Activation::Tokens(vec![5]) } else { hidden(1, 64, 1.0) };
-        assert!(matches!(w.handle(fwd([1; 16], 0, input)), StageResponse::Output(_)));
+        assert!(matches!(w.handle(fwd([1; 16], 0, input)), StageResponse::Output { .. }));
         let after = w.stats().tokens_per_sec.unwrap();
         assert!(after.is_finite() && after > 0.0 && after != rate, "{after} vs {rate}");
     }

@@ -64,11 +64,11 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
         let Some(job) = ctx.chain.job(id).await.map_err(internal)? else {
             return Ok(Value::Null);
         };
-        let count = u32::try_from(job.receipts.len()).unwrap_or(u32::MAX);
+        let count = u32::try_from(job.claims.len()).unwrap_or(u32::MAX);
         let votes = ctx.chain.audit_votes(id, count).await.map_err(internal)?;
         let mut out = job_json(id, &job);
-        if let Some(receipts) = out["receipts"].as_array_mut() {
-            for (r, votes) in receipts.iter_mut().zip(&votes) {
+        if let Some(claims) = out["claims"].as_array_mut() {
+            for (r, votes) in claims.iter_mut().zip(&votes) {
                 r["votes"] = Value::Array(votes.iter().map(verdict_json).collect());
             }
         }
@@ -122,8 +122,8 @@ fn job_status_json(s: &jobs::JobStatus) -> Value {
             json!({ "settled": { "paid": paid.to_string(), "refunded": refunded.to_string() } })
         }
         Refunded => json!({ "refunded": null }),
-        Failed { receipt_index, auditor, slashed } => json!({ "failed": {
-            "receiptIndex": receipt_index, "auditor": to_ss58(auditor), "slashed": slashed.to_string()
+        Failed { claim_index, auditor, slashed } => json!({ "failed": {
+            "claimIndex": claim_index, "auditor": to_ss58(auditor), "slashed": slashed.to_string()
         } }),
         Stuck { reason } => json!({ "stuck": String::from_utf8_lossy(reason) }),
     }
@@ -146,12 +146,14 @@ fn job_json(id: u64, j: &jobs::Job) -> Value {
         "openedAt": j.opened_at,
         "deadline": j.deadline,
         "status": job_status_json(&j.status),
-        "receipts": j.receipts.iter().map(|r| json!({
-            "worker": to_ss58(&r.receipt.worker),
-            "layerStart": r.receipt.layer_start,
-            "layerEnd": r.receipt.layer_end,
-            "tokens": r.receipt.tokens,
-            "activationRoot": r.receipt.activation_root,
+        "claims": j.claims.iter().map(|r| json!({
+            "worker": to_ss58(&r.voucher.worker),
+            "session": format!("0x{}", hex::encode(r.voucher.session)),
+            "layerStart": r.voucher.layers.0,
+            "layerEnd": r.voucher.layers.1,
+            "positions": r.voucher.positions,
+            "trace": r.voucher.trace,
+            "clientSignature": format!("0x{}", hex::encode(r.signature.0)),
             "submittedAt": r.submitted_at,
             "verdict": r.verdict.as_ref().map(verdict_json),
             "paid": r.paid.to_string(),

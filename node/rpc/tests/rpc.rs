@@ -350,56 +350,65 @@ async fn job_life_cycle_through_rpc_pays_workers_exactly() {
     let job: Value = node.client.request("bitorch_job", rpc_params![0]).await.unwrap();
     assert_eq!(job["escrow"], (10 * 30 * price).to_string());
 
-    let receipt = |worker: &Pair, start, end, tokens| {
-        jobs::Receipt {
+    // Alice, the client, acknowledges work with vouchers; each worker claims with its own.
+    let voucher = |signer: &Pair, worker: &Pair, start: u32, end: u32, positions| {
+        jobs::Voucher {
             job: 0,
+            session: [start as u8; 16],
             worker: account_of(worker),
-            layer_start: start,
-            layer_end: end,
-            tokens,
-            activation_root: Hash::repeat_byte(start as u8),
+            layers: (start, end),
+            positions,
+            trace: Hash::repeat_byte(start as u8),
         }
-        .sign(worker, &g)
+        .sign(signer, &g)
     };
-    // A receipt from an account that is not a worker is refused, changing nothing.
+    let claim = |voucher| Call::Jobs(jobs::Call::Claim { voucher });
+    // A claim from an account that is not a worker is refused, changing nothing.
     let root = node.state_root().await;
-    let not_a_worker = Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&eve, 0, 15, 10) });
-    let refused = node.submit_err(signed_hex(&alice, &g, nonce.get(), 1_000, not_a_worker)).await;
+    let not_a_worker = claim(voucher(&alice, &eve, 0, 15, 10));
+    let refused = node.submit_err(signed_hex(&eve, &g, 0, 1_000, not_a_worker)).await;
     assert!(refused.contains("not a registered worker"), "{refused}");
     assert_eq!(node.state_root().await, root);
 
-    // The attack of issue #11: Bob, a registered worker that served nothing, signs a receipt
-    // claiming Alice's whole escrow and submits it himself. Refused with a typed error naming
-    // the job, and nothing changes.
-    // Bob has sent nothing on this chain: his nonce is 0.
-    let theft = Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&bob, 0, 30, 10) });
+    // The attack of issue #11: Bob, a registered worker that served nothing, claims Alice's
+    // whole escrow with a voucher he signed himself. Refused with a typed error naming the
+    // job, and nothing changes. Bob has sent nothing on this chain: his nonce is 0.
+    let theft = claim(voucher(&bob, &bob, 0, 30, 10));
     let theft = node.submit_err(signed_hex(&bob, &g, 0, 1_000, theft)).await;
-    assert!(theft.contains("only the client of job 0 may submit receipts"), "{theft}");
+    assert!(theft.contains("not signed by the client of job 0"), "{theft}");
+    // Nor may he claim with a voucher Alice gave Charlie.
+    let stolen = claim(voucher(&alice, &charlie, 15, 30, 8));
+    let stolen = node.submit_err(signed_hex(&bob, &g, 0, 1_000, stolen)).await;
+    assert!(stolen.contains("only the worker named in the voucher"), "{stolen}");
     assert_eq!(node.state_root().await, root);
     assert_eq!(node.pool_len().await, 0);
 
     let (bob0, charlie0) = (node.free(&bob).await, node.free(&charlie).await);
-    submit(send(Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&bob, 0, 15, 10) })))
-        .await
-        .unwrap();
-    submit(send(Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&charlie, 15, 30, 8) })))
-        .await
-        .unwrap();
+    // Each pays its claim's fee.
+    let fee = |call: &Call, hex: &str| bitorch_runtime::compute_fee(call, (hex.len() - 2) / 2, 0);
+    let bobs = claim(voucher(&alice, &bob, 0, 15, 10));
+    let xt = signed_hex(&bob, &g, 0, 1_000, bobs.clone());
+    let bob_fee = fee(&bobs, &xt);
+    submit(xt).await.unwrap();
+    let charlies = claim(voucher(&alice, &charlie, 15, 30, 8));
+    let xt = signed_hex(&charlie, &g, 0, 1_000, charlies.clone());
+    let charlie_fee = fee(&charlies, &xt);
+    submit(xt).await.unwrap();
     node.author().await;
-    // The same receipt twice is a duplicate.
-    let dup =
-        submit(send(Call::Jobs(jobs::Call::SubmitReceipt { receipt: receipt(&bob, 0, 15, 10) })))
-            .await
-            .unwrap_err();
-    assert!(dup.contains("already submitted"), "{dup}");
-    nonce.set(nonce.get() - 1);
+    // The same claim again (a replay) is refused.
+    let dup = submit(signed_hex(&bob, &g, 1, 1_000, bobs)).await.unwrap_err();
+    assert!(dup.contains("already claimed"), "{dup}");
     submit(send(Call::Jobs(jobs::Call::CloseJob { job: 0 }))).await.unwrap();
     node.author().await;
     let job: Value = node.client.request("bitorch_job", rpc_params![0]).await.unwrap();
     assert!(job["status"].get("challenge").is_some(), "{job}");
-    // Each receipt lists the validators' audit votes (none cast here) beside its verdict.
-    assert_eq!(job["receipts"][0]["votes"], json!([]), "{job}");
-    assert_eq!(job["receipts"][0]["verdict"], Value::Null, "{job}");
+    // Each claim shows the voucher it was made with, the validators' audit votes (none cast
+    // here) and its verdict.
+    let c = &job["claims"][0];
+    assert_eq!((c["positions"].as_u64(), c["layerEnd"].as_u64()), (Some(10), Some(15)), "{job}");
+    assert!(c["clientSignature"].as_str().unwrap().len() == 130, "{job}");
+    assert_eq!(c["votes"], json!([]), "{job}");
+    assert_eq!(c["verdict"], Value::Null, "{job}");
     for _ in 0..12 {
         node.author().await;
     }
@@ -407,8 +416,9 @@ async fn job_life_cycle_through_rpc_pays_workers_exactly() {
     let paid = 15 * 10 * price + 15 * 8 * price;
     assert_eq!(job["status"]["settled"]["paid"], paid.to_string(), "{job}");
     assert_eq!(job["status"]["settled"]["refunded"], (10 * 30 * price - paid).to_string());
-    assert_eq!(node.free(&bob).await, bob0 + 15 * 10 * price);
-    assert_eq!(node.free(&charlie).await, charlie0 + 15 * 8 * price);
+    // Each worker is paid exactly its acknowledged work, less the fee of its claim.
+    assert_eq!(node.free(&bob).await, bob0 + 15 * 10 * price - bob_fee);
+    assert_eq!(node.free(&charlie).await, charlie0 + 15 * 8 * price - charlie_fee);
     let alice_info: Value = node
         .client
         .request("bitorch_account", rpc_params![to_ss58(&account_of(&alice))])

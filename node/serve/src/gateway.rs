@@ -1,12 +1,16 @@
 //! The node as a paying gateway: a [`Backend`] that routes generations over the workers and
 //! pays for them on chain.
 //!
-//! Per request it plans a route (no route, no job: nothing is escrowed for a request that
-//! cannot run), takes the job opened ahead or opens one from the API account, runs the
-//! generation through [`Gateway`] and streams its text, then submits the workers' receipts
-//! and closes the job (the jobs pallet pays after the challenge window). A generation that
-//! fails pays the checked receipts of the stages that worked until then ([`bitorch_compute::Failed`])
-//! and refunds the rest of the escrow; all of it when no stage did any work.
+//! Jobs are channels: one job, opened from the API account, pays for many requests (up to
+//! [`CHANNEL_REQUESTS`], and what its escrow of [`CHANNEL_CONTEXTS`] whole contexts covers), so
+//! a request does not wait for a block: the chain sees a transaction per channel and a claim
+//! per stage session, not a transaction per request. Per request the gateway plans a route (no
+//! route, nothing reserved for a request that cannot run), reserves the request's worst case
+//! from the current channel (or starts a new one: the job opened ahead, or one opened then),
+//! runs the generation through [`Gateway`], which signs each worker's vouchers, streams its
+//! text, and returns what it did not use to the channel. The workers claim for themselves. A
+//! channel that is idle, full or at half its life is closed; claims still land in its claim
+//! window, and the jobs pallet refunds the rest of the escrow after it.
 
 use crate::chain::submit_and_wait;
 use crate::{u32_of, TARGET};
@@ -22,7 +26,7 @@ use bitorch_inference::{FinishReason as GenFinish, StopStrings, TextStream, Toke
 use bitorch_network::{Handle as NetHandle, PeerId};
 use bitorch_primitives::{keys::account_of, AccountId, Balance, Pair, H256};
 use bitorch_runtime::{
-    jobs::{self, JobId, SignedReceipt},
+    jobs::{self, JobId},
     Call,
 };
 use bitorch_service::Handle;
@@ -40,11 +44,12 @@ pub enum Peer {
     Remote(PeerId),
 }
 
-/// The node's [`StageTransport`]: its own worker through its handle, others' over the
-/// network.
+/// The node's [`StageTransport`]: its own worker through its handle (an opening for a job
+/// checked against the chain as a peer's would be), others' over the network.
 pub struct NodeTransport {
     local: Option<WorkerHandle>,
     net: Option<NetHandle>,
+    chain: Handle,
 }
 
 impl StageTransport for NodeTransport {
@@ -59,6 +64,7 @@ impl StageTransport for NodeTransport {
             Peer::Local => (self.local.clone(), None),
             Peer::Remote(peer) => (None, self.net.clone().map(|net| (net, *peer))),
         };
+        let chain = self.chain.clone();
         async move {
             if let Some((net, peer)) = remote {
                 if matches!(req, StageRequest::Open { .. }) {
@@ -71,7 +77,11 @@ impl StageTransport for NodeTransport {
                 return Ok(protocol::decode_response(&bytes, &protocol::Limits::default())?);
             }
             let h = local.ok_or_else(|| TransportError::Unreachable("no local worker".into()))?;
-            h.call(req).await.map_err(|e| TransportError::Unreachable(e.to_string()))
+            let client = match crate::worker::job_client(&chain, &req).await {
+                Ok(client) => client,
+                Err(e) => return Ok(StageResponse::Error(e)),
+            };
+            h.call_for(req, client).await.map_err(|e| TransportError::Unreachable(e.to_string()))
         }
     }
 }
@@ -91,8 +101,49 @@ pub struct Payer {
     pub job_ahead: bool,
 }
 
-/// How often the job opened ahead is checked for age.
+/// How often the job opened ahead and the channels are checked for age.
 const AHEAD_CHECK: Duration = Duration::from_secs(2);
+/// A channel's escrow covers this many whole contexts over every layer.
+pub const CHANNEL_CONTEXTS: u32 = 16;
+/// Most requests one channel pays for (each stage session of a request is a claim on its job,
+/// and a job takes a bounded number).
+pub const CHANNEL_REQUESTS: u32 = 64;
+/// A channel no request has used for this long is closed.
+const CHANNEL_IDLE: Duration = Duration::from_secs(10);
+/// A request reserves its worst case times this from its channel: a failover replays the
+/// session's positions on a new worker, which is paid for them too.
+const FAILOVER_MARGIN: u64 = 2;
+
+/// A job paying for requests.
+#[derive(Debug, Clone)]
+struct Channel {
+    id: JobId,
+    /// Layer-positions of its escrow no request has reserved.
+    left: u64,
+    /// Requests it may still take.
+    requests_left: u32,
+    /// Block after which workers take no new sessions for it.
+    deadline: u64,
+    /// Blocks from opening to the deadline.
+    lifetime: u64,
+    /// Requests running on it.
+    in_flight: u32,
+    /// When a request last ended on it (or it started).
+    last_used: std::time::Instant,
+    /// Takes no new requests; closed once the last running one ends.
+    retired: bool,
+}
+
+impl Channel {
+    /// Whether it can take a request reserving `need` layer-positions at block `best`:
+    /// enough escrow, a request slot, and at least half its life ahead.
+    fn takes(&self, need: u64, best: u64) -> bool {
+        !self.retired
+            && self.left >= need
+            && self.requests_left > 0
+            && best.saturating_add(self.lifetime / 2) < self.deadline
+    }
+}
 
 /// A job opened ahead of the request that will use it.
 #[derive(Debug, Clone, Copy)]
@@ -129,6 +180,9 @@ struct Inner {
     ahead: Mutex<Option<Ahead>>,
     /// Told when a request takes the job opened ahead.
     taken: tokio::sync::Notify,
+    /// The channels: the newest takes new requests, retired ones close when their requests
+    /// end (locked briefly, never across an await).
+    channels: std::sync::Mutex<Vec<Channel>>,
     /// The job counters of [`BackendStats`] (locked briefly, never across an await).
     counts: std::sync::Mutex<BackendStats>,
 }
@@ -163,7 +217,8 @@ impl GatewayBackend {
         let created =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let handle = o.local.as_ref().map(|(h, _)| h.clone());
-        let transport = NodeTransport { local: handle, net: o.net.clone() };
+        let transport =
+            NodeTransport { local: handle, net: o.net.clone(), chain: o.payer.chain.clone() };
         // The API account is the jobs' client: it signs each paid session's authorization.
         let config = GatewayConfig {
             client: Some(o.payer.key.clone()),
@@ -189,6 +244,7 @@ impl GatewayBackend {
             opening: Mutex::new(()),
             ahead: Mutex::new(None),
             taken: tokio::sync::Notify::new(),
+            channels: std::sync::Mutex::new(Vec::new()),
             counts: std::sync::Mutex::new(BackendStats::default()),
         }))
     }
@@ -197,10 +253,20 @@ impl GatewayBackend {
 impl GatewayBackend {
     /// Opens the first job ahead (with [`Payer::job_ahead`]), so that even the first request
     /// does not wait for a block.
+    /// Also starts closing the channels that are idle, full or at half their life.
     pub fn prepare(&self) {
         if self.0.payer.job_ahead {
             tokio::spawn(self.0.clone().keep_ahead());
         }
+        let inner = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            // Ends with the backend.
+            while let Some(inner) = inner.upgrade() {
+                inner.age_channels().await;
+                drop(inner);
+                tokio::time::sleep(AHEAD_CHECK).await;
+            }
+        });
     }
 
     /// Waits, at most `within`, until the first job opened ahead is on chain (at once without
@@ -234,6 +300,7 @@ impl Inner {
     async fn stats(&self) -> BackendStats {
         let mut out = self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
         out.ahead_job = self.ahead.lock().await.map(|a| a.id);
+        out.channel_job = self.channels().iter().rev().find(|c| !c.retired).map(|c| c.id);
         let g = self.gateway.stats();
         out.generations = g.generations;
         out.failovers = g.failovers;
@@ -329,27 +396,154 @@ impl Inner {
         })
     }
 
-    /// The job opened ahead, if it covers `positions` and has at least half its life left
-    /// (a generation must end before the deadline for its receipts to count).
-    async fn take_ahead(&self, positions: u32) -> Option<JobId> {
+    fn channels(&self) -> std::sync::MutexGuard<'_, Vec<Channel>> {
+        // Plain data: a panic elsewhere cannot leave it half written.
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The job opened ahead, if it covers `need` layer-positions and has at least half its
+    /// life left (a generation must start before the deadline).
+    async fn take_ahead(&self, need: u64) -> Option<Ahead> {
         let mut ahead = self.ahead.lock().await;
         let a = (*ahead)?;
         let best = self.payer.chain.best().await.ok()?.number;
-        if a.positions >= positions && best.saturating_add(a.lifetime / 2) < a.deadline {
+        let covers = u64::from(a.positions) * u64::from(self.num_layers) >= need;
+        if covers && best.saturating_add(a.lifetime / 2) < a.deadline {
             *ahead = None;
             self.count(|c| c.jobs_ahead_used += 1);
             self.taken.notify_one();
-            return Some(a.id);
+            return Some(a);
         }
         None
     }
 
-    /// Opens a job for a whole context, to be used by a later request.
-    async fn open_ahead(&self) -> Result<Ahead, BackendError> {
-        let (id, job) = self.open_job(self.context_length).await?;
-        self.count(|c| c.jobs_ahead_opened += 1);
+    /// Opens a job for a whole channel ([`CHANNEL_CONTEXTS`] contexts).
+    async fn open_channel_job(&self) -> Result<Ahead, BackendError> {
+        let positions = self.context_length.saturating_mul(CHANNEL_CONTEXTS);
+        let (id, job) = self.open_job(positions).await?;
         let lifetime = job.deadline.saturating_sub(job.opened_at);
         Ok(Ahead { id, positions: job.max_tokens, deadline: job.deadline, lifetime })
+    }
+
+    /// Reserves `need` layer-positions for a request from a channel: the current one if it
+    /// takes it, else a new one (the job opened ahead, or one opened now; only then does the
+    /// request wait for a block). Returns the job.
+    async fn reserve(&self, need: u64) -> Result<JobId, BackendError> {
+        let best = self.payer.chain.best().await.map(|h| h.number).unwrap_or(0);
+        let to_close = {
+            let mut channels = self.channels();
+            if let Some(c) = channels.iter_mut().rev().find(|c| c.takes(need, best)) {
+                c.left -= need;
+                c.requests_left -= 1;
+                c.in_flight += 1;
+                let id = c.id;
+                drop(channels);
+                self.count(|c| c.channel_requests += 1);
+                return Ok(id);
+            }
+            // None takes it: the current one is done with.
+            for c in channels.iter_mut() {
+                c.retired = true;
+            }
+            Self::drain_idle(&mut channels)
+        };
+        self.close_channels(to_close);
+        let a = match self.take_ahead(need).await {
+            Some(a) => a,
+            None => {
+                let a = self.open_channel_job().await?;
+                self.count(|c| c.jobs_opened += 1);
+                a
+            }
+        };
+        let capacity = u64::from(a.positions) * u64::from(self.num_layers);
+        if capacity < need {
+            self.close_channels(vec![a.id]);
+            return Err(BackendError::bad_request(format!(
+                "the request needs {need} layer-positions; a channel holds {capacity}"
+            )));
+        }
+        tracing::info!(target: TARGET, job = a.id, deadline = a.deadline, "new channel");
+        self.channels().push(Channel {
+            id: a.id,
+            left: capacity - need,
+            requests_left: CHANNEL_REQUESTS - 1,
+            deadline: a.deadline,
+            lifetime: a.lifetime,
+            in_flight: 1,
+            last_used: std::time::Instant::now(),
+            retired: false,
+        });
+        self.count(|c| c.channel_requests += 1);
+        Ok(a.id)
+    }
+
+    /// A request on channel `id` ended having reserved `need` layer-positions and had `used`
+    /// acknowledged: the rest goes back to the channel, and a retired channel whose last
+    /// request this was is closed.
+    fn release(&self, id: JobId, need: u64, used: u64) {
+        let to_close = {
+            let mut channels = self.channels();
+            if let Some(c) = channels.iter_mut().find(|c| c.id == id) {
+                if used > need {
+                    // More failovers than the margin covers: some claim may find the escrow
+                    // short; take no more requests on it.
+                    tracing::warn!(target: TARGET, job = id, need, used,
+                        "a request used more than it reserved");
+                    c.retired = true;
+                }
+                c.left += need.saturating_sub(used);
+                c.in_flight = c.in_flight.saturating_sub(1);
+                c.last_used = std::time::Instant::now();
+            }
+            Self::drain_idle(&mut channels)
+        };
+        self.close_channels(to_close);
+    }
+
+    /// Removes the retired channels no request runs on; returns their jobs, to close.
+    fn drain_idle(channels: &mut Vec<Channel>) -> Vec<JobId> {
+        let (done, keep): (Vec<Channel>, Vec<Channel>) =
+            channels.drain(..).partition(|c| c.retired && c.in_flight == 0);
+        *channels = keep;
+        done.into_iter().map(|c| c.id).collect()
+    }
+
+    /// Retires the channels idle for [`CHANNEL_IDLE`] or at half their life, and closes those
+    /// no request runs on.
+    async fn age_channels(&self) {
+        let best = self.payer.chain.best().await.map(|h| h.number).unwrap_or(0);
+        let to_close = {
+            let mut channels = self.channels();
+            for c in channels.iter_mut() {
+                let idle = c.in_flight == 0 && c.last_used.elapsed() >= CHANNEL_IDLE;
+                if idle || best.saturating_add(c.lifetime / 2) >= c.deadline {
+                    c.retired = true;
+                }
+            }
+            Self::drain_idle(&mut channels)
+        };
+        self.close_channels(to_close);
+    }
+
+    /// Closes these jobs on chain, in the background.
+    fn close_channels(&self, ids: Vec<JobId>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.count(|c| c.channels_closed += ids.len() as u64);
+        let (chain, key) = (self.payer.chain.clone(), self.payer.key.clone());
+        tokio::spawn(async move {
+            for job in ids {
+                let call = Call::Jobs(jobs::Call::CloseJob { job });
+                match submit_and_wait(&chain, &key, vec![call]).await {
+                    Ok(()) => tracing::info!(target: TARGET, job, "channel closed"),
+                    Err(e) => {
+                        tracing::warn!(target: TARGET, job, error = %e, "closing the channel failed")
+                    }
+                }
+            }
+        });
     }
 
     /// Keeps a job opened ahead ([`Payer::job_ahead`]) for as long as the node runs: opens
@@ -361,10 +555,11 @@ impl Inner {
         loop {
             let current = *self.ahead.lock().await;
             let Some(a) = current else {
-                match self.open_ahead().await {
+                match self.open_channel_job().await {
                     Ok(a) => {
+                        self.count(|c| c.jobs_ahead_opened += 1);
                         tracing::info!(target: TARGET, job = a.id, deadline = a.deadline,
-                            "opened a job ahead for the next request");
+                            "opened a job ahead for the next channel");
                         *self.ahead.lock().await = Some(a);
                         wait = Duration::from_secs(1);
                     }
@@ -392,23 +587,9 @@ impl Inner {
                         c.jobs_ahead_replaced += 1;
                         c.last_replaced_job = Some(a.id);
                     });
-                    self.settle(a.id, Vec::new()).await;
+                    self.close_channels(vec![a.id]);
                 }
             }
-        }
-    }
-
-    /// Submits the receipts and closes the job.
-    async fn settle(&self, job: JobId, receipts: Vec<SignedReceipt>) {
-        let n = receipts.len();
-        let mut calls: Vec<Call> = receipts
-            .into_iter()
-            .map(|receipt| Call::Jobs(jobs::Call::SubmitReceipt { receipt }))
-            .collect();
-        calls.push(Call::Jobs(jobs::Call::CloseJob { job }));
-        match self.submit(calls).await {
-            Ok(()) => tracing::info!(target: TARGET, job, receipts = n, "job closed"),
-            Err(e) => tracing::warn!(target: TARGET, job, error = %e, "closing the job failed"),
         }
     }
 
@@ -435,19 +616,10 @@ impl Inner {
             self.count(|c| c.refused_no_route += 1);
             return Err(BackendError::Unavailable(e.to_string()));
         }
-        let job = match self.take_ahead(positions).await {
-            Some(job) => {
-                tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new,
-                    "using the job opened ahead");
-                job
-            }
-            None => {
-                let (job, _) = self.open_job(positions).await?;
-                self.count(|c| c.jobs_opened += 1);
-                tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new, "job opened");
-                job
-            }
-        };
+        // The request's worst case: every position on every layer, with room for failovers.
+        let need = u64::from(positions) * u64::from(self.num_layers) * FAILOVER_MARGIN;
+        let job = self.reserve(need).await?;
+        tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new, "paid from channel");
 
         let greq = GatewayRequest {
             model: self.model,
@@ -461,17 +633,22 @@ impl Inner {
         // At most one text event per token plus the tail and the end: never full.
         let (tx, rx) = mpsc::channel(max_new.saturating_add(2));
         let this = self.clone();
-        tokio::spawn(async move { this.run(greq, req.stop, tx, workers).await });
+        tokio::spawn(async move {
+            let used = this.run(greq, req.stop, tx, workers).await;
+            this.release(job, need, used);
+        });
         Ok(rx)
     }
 
+    /// Runs the generation and streams it; returns the layer-positions its vouchers
+    /// acknowledged.
     async fn run(
         &self,
         greq: GatewayRequest,
         stop: Vec<String>,
         tx: mpsc::Sender<Event>,
         workers: Vec<WorkerInfo<Peer>>,
-    ) {
+    ) -> u64 {
         let job = greq.job.unwrap_or_default();
         let mut stream = TextStream::new();
         let mut stops = StopStrings::new(&stop);
@@ -506,9 +683,7 @@ impl Inner {
             (Ok(gen), None) => gen,
             (Ok(gen), Some(e)) => {
                 let _ = tx.try_send(Event::Error(BackendError::Internal(e)));
-                let receipts = gen.receipts.iter().filter_map(|r| r.receipt.clone()).collect();
-                self.settle(job, receipts).await;
-                return;
+                return gen.acknowledged;
             }
             (Err(failed), _) => {
                 let e = failed.error;
@@ -526,11 +701,9 @@ impl Inner {
                     _ => BackendError::Internal(e.to_string()),
                 };
                 let _ = tx.try_send(Event::Error(err));
-                // The stages that worked until the failure are paid for what they did; the rest
-                // of the escrow is refunded (all of it when none did any work).
-                let receipts = failed.receipts.iter().filter_map(|r| r.receipt.clone()).collect();
-                self.settle(job, receipts).await;
-                return;
+                // The stages that worked until the failure claim what they were acknowledged;
+                // the rest of the reservation goes back to the channel.
+                return failed.acknowledged;
             }
         };
         let cancelled = gen.finish == GenFinish::Cancelled && !stopped;
@@ -560,13 +733,12 @@ impl Inner {
         }));
         for r in &gen.rejected {
             tracing::warn!(target: TARGET, job, worker = ?r.worker, reason = %r.reason,
-                "receipt rejected");
+                "stage's commitment rejected");
         }
-        let receipts: Vec<_> = gen.receipts.iter().filter_map(|r| r.receipt.clone()).collect();
         tracing::info!(target: TARGET, job, tokens = gen.tokens.len(),
-            receipts = receipts.len(), secs = gen.prompt_secs + gen.generate_secs,
+            acknowledged = gen.acknowledged, secs = gen.prompt_secs + gen.generate_secs,
             "generation done");
-        self.settle(job, receipts).await;
+        gen.acknowledged
     }
 }
 

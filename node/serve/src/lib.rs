@@ -1,27 +1,30 @@
 //! The node's serving service: the worker and the paying gateway, with their I/O.
 //!
-//! The pure parts (the `/bitorch/stage/1` messages, route planning, failover, receipt checks)
+//! The pure parts (the `/bitorch/stage/1` messages, route planning, failover, vouchers)
 //! live in `bitorch-compute` and are tested without a network; this crate runs them as the
 //! node's actors and connects them to the network ([`bitorch_network::Handle`]) and to the
 //! chain (the chain service's typed queries, [`bitorch_service::query`]). The binary only
 //! wires it up.
 //!
 //! A chat request's path: the API (`bitorch-api`) calls [`GatewayBackend`] (the gateway),
-//! which plans a route over the workers, opens a job on chain ([`chain`]), and drives the
-//! stages through [`NodeTransport`]: its own worker by its handle, other nodes' over
-//! `/bitorch/stage/1`. On those nodes the network hands the request to [`serve_stages`] (the
-//! worker side), which decodes it, checks that a session's job is open on chain, and passes
-//! it to the [`bitorch_compute::Worker`] actor that runs the stage (`bitorch-inference`).
-//! The gateway then submits the workers' receipts and closes the job.
+//! which plans a route over the workers, pays from a channel (a job on chain that pays for
+//! many requests), and drives the stages through [`NodeTransport`]: its own worker by its
+//! handle, other nodes' over `/bitorch/stage/1`, signing each stage's vouchers as it goes. On
+//! those nodes the network hands the request to [`serve_stages`] (the worker side), which
+//! decodes it, looks up the session's job and client on chain, and passes it to the
+//! [`bitorch_compute::Worker`] actor that runs the stage (`bitorch-inference`) and checks the
+//! client's authorization and vouchers. [`submit_claims`] then claims the pay of each closed
+//! session on chain with its latest voucher, signed by the worker.
 //!
 //! - [`model`]: [`describe`] a GGUF model as a manifest, load a stage of it, and pick the
 //!   layers (`--layers START..END | auto | auto:N`, [`least_served`]);
 //! - [`chain`]: [`register`] the model, [`submit_and_wait`] for our transactions;
 //! - [`worker`]: [`spawn_worker`] (measures the stage, then runs it as an actor),
-//!   [`serve_stages`] (peers' stage requests), [`announce`] / [`keep_announced`] /
-//!   [`withdraw`] (the DHT record with free sessions and measured speed);
-//! - [`gateway`]: [`GatewayBackend`], the API's backend: routing, the job opened ahead,
-//!   payment and settlement.
+//!   [`serve_stages`] (peers' stage requests), [`submit_claims`] (the worker's pay),
+//!   [`announce`] / [`keep_announced`] / [`withdraw`] (the DHT record with free sessions and
+//!   measured speed);
+//! - [`gateway`]: [`GatewayBackend`], the API's backend: routing, channels and the job opened
+//!   ahead.
 
 pub mod chain;
 pub mod error;
@@ -34,8 +37,8 @@ pub use error::{Error, Result};
 pub use gateway::{GatewayBackend, GatewayOptions, NodeTransport, Payer, Peer};
 pub use model::{describe, least_served, parse_layers, Described, LayerChoice};
 pub use worker::{
-    announce, choose_layers, keep_announced, serve_stages, spawn_worker, withdraw, StageWorker,
-    UnpaidPolicy,
+    announce, choose_layers, keep_announced, serve_stages, spawn_worker, submit_claims, withdraw,
+    StageWorker, UnpaidPolicy,
 };
 
 /// The log target of this crate.

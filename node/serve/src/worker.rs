@@ -1,17 +1,19 @@
 //! The node as a worker: its stage as an actor, peers' stage requests, its DHT announcement.
 
+use crate::chain::submit_and_wait;
 use crate::error::{Error, Result};
 use crate::gateway::Peer;
 use crate::model::least_served;
 use crate::{u32_of, TARGET};
 use bitorch_compute::{
-    protocol, SessionAuth, StageError, StageRequest, StageResponse, Worker, WorkerConfig,
-    WorkerHandle, WorkerInfo, WorkerStats,
+    protocol, StageError, StageRequest, StageResponse, Worker, WorkerConfig, WorkerHandle,
+    WorkerInfo, WorkerStats,
 };
 use bitorch_inference::Stage;
 use bitorch_network::{Handle as NetHandle, PeerId, StageInbound, WorkerAnnouncement};
 use bitorch_primitives::{AccountId, Pair, H256};
-use bitorch_runtime::jobs::{Job, JobId, JobStatus};
+use bitorch_runtime::jobs::{self, Job, JobId, JobStatus};
+use bitorch_runtime::Call;
 use bitorch_service::Handle;
 use std::collections::HashSet;
 use std::ops::Range;
@@ -23,8 +25,8 @@ const BENCHMARK_STEPS: u32 = 16;
 /// How often the announcement is checked against the worker's load.
 const ANNOUNCE_CHECK: Duration = Duration::from_secs(2);
 
-/// Runs `stage` as a worker for model `model` with at most `max_sessions` sessions, signing
-/// receipts with `key`; measures its speed first ([`Worker::benchmark`]).
+/// Runs `stage` as a worker for model `model` with at most `max_sessions` sessions, as the
+/// account of `key` (the one vouchers name); measures its speed first ([`Worker::benchmark`]).
 pub fn spawn_worker(
     stage: Stage,
     key: Pair,
@@ -65,8 +67,8 @@ async fn open_job(chain: &Handle, job: JobId, model: H256) -> Option<Job> {
     (j.status == JobStatus::Open && j.model == model && best.number < j.deadline).then_some(j)
 }
 
-/// The worker behind the stage server: its handle, and the account it signs receipts with
-/// (the one a session's authorization must name).
+/// The worker behind the stage server: its handle, and the account it works as (the one a
+/// session's authorization and vouchers must name).
 #[derive(Clone)]
 pub struct StageWorker {
     /// The worker actor.
@@ -94,17 +96,38 @@ impl UnpaidPolicy {
     }
 }
 
+/// The client of the job a paid opening names, once this node sees the job open on chain for
+/// the model (waiting up to [`JOB_VISIBLE_WAIT`]: its block may reach the gateway's node a
+/// little earlier); [`StageError::JobNotOpen`] otherwise, since the worker would not be paid.
+/// `None` for any other request (a session knows its client from its opening).
+pub(crate) async fn job_client(
+    chain: &Handle,
+    req: &StageRequest,
+) -> Result<Option<AccountId>, StageError> {
+    let StageRequest::Open { job: Some(job), model, .. } = req else { return Ok(None) };
+    let (job, model) = (*job, *model);
+    let deadline = tokio::time::Instant::now() + JOB_VISIBLE_WAIT;
+    loop {
+        if let Some(j) = open_job(chain, job, model).await {
+            return Ok(Some(j.client));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StageError::JobNotOpen { job });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Answers one peer's stage request with `worker`: decodes it (bytes that do not decode are
 /// answered [`StageError::Malformed`]), refuses a session without a job unless `unpaid`
-/// allows the peer ([`StageError::JobRequired`]), one opened for a job that is not open on
-/// `chain` for the model ([`StageError::JobNotOpen`]: its receipt would not be paid), and one
-/// whose opening the job's client did not sign for this worker ([`StageError::Unauthorized`]:
-/// nobody else may spend the job's escrow), and passes the rest to the worker. `None`: the
-/// worker has stopped (the request is refused).
+/// allows the peer ([`StageError::JobRequired`]), and one opened for a job that is not open on
+/// `chain` for the model ([`StageError::JobNotOpen`]); the worker itself refuses an opening the
+/// job's client did not sign for it ([`StageError::Unauthorized`]) and a step the client did
+/// not acknowledge the work before ([`StageError::VoucherRequired`]). `None`: the worker has
+/// stopped (the request is refused).
 async fn answer(
     worker: &StageWorker,
     chain: &Handle,
-    genesis: &H256,
     unpaid: &UnpaidPolicy,
     peer: PeerId,
     bytes: &[u8],
@@ -120,32 +143,14 @@ async fn answer(
         tracing::info!(target: TARGET, %peer, "refused a session: no job pays for it");
         return Some(StageResponse::Error(StageError::JobRequired));
     }
-    if let StageRequest::Open { session, job: Some(job), model, layers, auth } = &req {
-        let (job, model) = (*job, *model);
-        let deadline = tokio::time::Instant::now() + JOB_VISIBLE_WAIT;
-        let open = loop {
-            if let Some(j) = open_job(chain, job, model).await {
-                break j;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::info!(target: TARGET, %peer, job, "refused a session: job not open");
-                return Some(StageResponse::Error(StageError::JobNotOpen { job }));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let asked = SessionAuth {
-            session: *session,
-            model,
-            layers: *layers,
-            job,
-            worker: worker.account.clone(),
-        };
-        if !auth.as_ref().is_some_and(|sig| asked.verify(sig, &open.client, genesis)) {
-            tracing::info!(target: TARGET, %peer, job, "refused a session: not the client's");
-            return Some(StageResponse::Error(StageError::Unauthorized { job }));
+    let client = match job_client(chain, &req).await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::info!(target: TARGET, %peer, error = %e, "refused a session");
+            return Some(StageResponse::Error(e));
         }
-    }
-    match worker.handle.call(req).await {
+    };
+    match worker.handle.call_for(req, client).await {
         Ok(answer) => Some(answer),
         Err(e) => {
             tracing::warn!(target: TARGET, %peer, error = %e, "the worker stopped");
@@ -163,7 +168,6 @@ pub async fn serve_stages(
     mut requests: mpsc::Receiver<StageInbound>,
     worker: watch::Receiver<Option<StageWorker>>,
     chain: Handle,
-    genesis: H256,
     unpaid: UnpaidPolicy,
 ) {
     let unpaid = std::sync::Arc::new(unpaid);
@@ -172,12 +176,69 @@ pub async fn serve_stages(
         let Some(worker) = worker.borrow().clone() else { continue };
         let (chain, unpaid) = (chain.clone(), unpaid.clone());
         tokio::spawn(async move {
-            let answer = answer(&worker, &chain, &genesis, &unpaid, peer, &request).await;
+            let answer = answer(&worker, &chain, &unpaid, peer, &request).await;
             if let Some(resp) = answer {
                 let _ = reply.send(protocol::encode(&resp));
             }
         });
     }
+}
+
+/// How often the worker's claims are collected and submitted.
+const CLAIM_EVERY: Duration = Duration::from_secs(1);
+
+/// Submits the worker's claims on chain until `cancel` (and once more then): every
+/// [`CLAIM_EVERY`] it takes the latest vouchers of the paid sessions closed or evicted since
+/// ([`WorkerHandle::take_claims`]) and submits them as `Claim` calls signed by the worker's
+/// `key`, waiting for their inclusion. A claim the chain refuses is logged and dropped (it
+/// would be refused again).
+pub async fn submit_claims(
+    chain: Handle,
+    key: Pair,
+    worker: WorkerHandle,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = tokio::time::sleep(CLAIM_EVERY) => false,
+        };
+        let Ok(claims) = worker.take_claims().await else { break };
+        let mut calls = Vec::with_capacity(claims.len());
+        for voucher in claims {
+            let job = voucher.voucher.job;
+            let call = Call::Jobs(jobs::Call::Claim { voucher });
+            if worth_claiming(&chain, &call).await {
+                calls.push(call);
+            } else {
+                tracing::info!(target: TARGET, job, "a claim worth less than its fee is dropped");
+            }
+        }
+        if !calls.is_empty() {
+            let n = calls.len();
+            match submit_and_wait(&chain, &key, calls).await {
+                Ok(()) => tracing::info!(target: TARGET, claims = n, "claims included"),
+                Err(e) => tracing::warn!(target: TARGET, claims = n, error = %e, "claims failed"),
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
+}
+
+/// Bytes of a claim's extrinsic, a little over (signer, signature, nonce, mortality, call).
+const CLAIM_BYTES: usize = 320;
+
+/// Whether `call` (a claim) pays more than its transaction fee at its job's price.
+async fn worth_claiming(chain: &Handle, call: &Call) -> bool {
+    let Call::Jobs(jobs::Call::Claim { voucher }) = call else { return true };
+    let Ok(Some(job)) = chain.job(voucher.voucher.job).await else {
+        // Unknown here: let the chain say why.
+        return true;
+    };
+    let fee = bitorch_runtime::compute_fee(call, CLAIM_BYTES, 0);
+    voucher.voucher.amount(job.price_per_layer_token).is_some_and(|a| a > fee)
 }
 
 /// Tokens per second as announced (whole, at least 1).

@@ -1,17 +1,20 @@
 //! The worker side of `/bitorch/stage/1` as the network hands it requests ([`serve_stages`]),
 //! against a real chain service (dev spec, blocks authored by the test) and a worker running a
-//! tiny random model: who may open a session, and for which job.
+//! tiny random model: who may open a session, for which job, how far it runs without the
+//! client's vouchers, and the worker's claim on chain with them.
 
 use bitorch_chain_spec::ChainSpec;
 use bitorch_compute::{
-    protocol, SessionAuth, StageError, StageRequest, StageResponse, Worker, WorkerConfig,
+    protocol, Activation, SessionAuth, StageError, StageRequest, StageResponse, Worker,
+    WorkerConfig, WorkerHandle,
 };
 use bitorch_inference::{Checkpoint, LoadOptions, Stage};
 use bitorch_network::{PeerId, StageInbound};
 use bitorch_primitives::keys::{account_of, pair_from_suri};
+use bitorch_primitives::receipt::Voucher;
 use bitorch_primitives::{Pair, H256, UNIT};
 use bitorch_runtime::{jobs, models, Call};
-use bitorch_serve::{serve_stages, StageWorker, UnpaidPolicy};
+use bitorch_serve::{serve_stages, submit_claims, StageWorker, UnpaidPolicy};
 use bitorch_service::{service, Chain, Handle, PoolLimits};
 use bitorch_test_support::tiny::{write_safetensors, Tiny};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,6 +26,7 @@ struct Setup {
     model: H256,
     job: u64,
     bob: Pair,
+    worker: WorkerHandle,
     requests: mpsc::Sender<StageInbound>,
     cancel: CancellationToken,
     _dir: tempfile::TempDir,
@@ -62,14 +66,14 @@ async fn setup(allowed: PeerId) -> Setup {
     let stage = Stage::load(&ckpt, 0..tiny.layers, &LoadOptions::default()).unwrap();
     let worker = Worker::new(stage, bob.clone(), WorkerConfig::new(model, genesis));
     let (handle, _thread) = bitorch_compute::worker::spawn(worker, 8).unwrap();
-    let worker = StageWorker { handle, account: account_of(&bob) };
+    let worker = StageWorker { handle: handle.clone(), account: account_of(&bob) };
     let (_keep, worker_rx) = watch::channel(Some(worker));
     let (requests, rx) = mpsc::channel(8);
     let unpaid = UnpaidPolicy::allow([allowed]);
-    tokio::spawn(serve_stages(rx, worker_rx, chain.clone(), genesis, unpaid));
+    tokio::spawn(serve_stages(rx, worker_rx, chain.clone(), unpaid));
     // The stage server ends when `requests` is dropped; the watch sender may go now.
     drop(_keep);
-    Setup { chain, genesis, model, job: 0, bob, requests, cancel, _dir: dir }
+    Setup { chain, genesis, model, job: 0, bob, worker: handle, requests, cancel, _dir: dir }
 }
 
 impl Setup {
@@ -134,12 +138,63 @@ async fn only_paid_sessions_authorized_by_the_client_are_served() {
     replayed[at..].copy_from_slice(&other[other.len() - 64..]);
     assert_eq!(error(s.ask(stranger, replayed).await), StageError::Unauthorized { job: s.job });
 
+    // Session 4 is paid by vouchers: its first forward needs none; the next is refused until
+    // Alice acknowledges what it computed, and then runs.
+    let forward = |pos: u32, voucher| {
+        let input = Activation::Tokens(vec![3; if pos == 0 { 5 } else { 1 }]);
+        protocol::encode(&StageRequest::Forward { session: [4; 16], pos, input, voucher })
+    };
+    let trace = |r: StageResponse| match r {
+        StageResponse::Output { trace, .. } => trace,
+        other => panic!("expected an output, got {other:?}"),
+    };
+    let t5 = trace(s.ask(stranger, forward(0, None)).await);
+    let voucher = |positions, trace, signer: &str| {
+        let v = Voucher {
+            job: s.job,
+            session: [4; 16],
+            worker: account_of(&s.bob),
+            layers: (0, 4),
+            positions,
+            trace,
+        };
+        v.sign(&pair_from_suri(signer).unwrap(), &s.genesis).signature
+    };
+    for v in [None, Some(voucher(5, t5, "//Bob")), Some(voucher(5, H256::zero(), "//Alice"))] {
+        let refused = error(s.ask(stranger, forward(5, v)).await);
+        assert_eq!(refused, StageError::VoucherRequired { positions: 5 });
+    }
+    let t6 = trace(s.ask(stranger, forward(5, Some(voucher(5, t5, "//Alice")))).await);
+    let close = StageRequest::Close { session: [4; 16], voucher: Some(voucher(6, t6, "//Alice")) };
+    let StageResponse::Closed(closed) = s.ask(stranger, protocol::encode(&close)).await else {
+        panic!("not closed")
+    };
+    assert_eq!(closed.claim.as_ref().map(|c| c.voucher.positions), Some(6));
+    // Bob's node claims it on chain, signed by Bob: 4 layers × 6 positions × 1 UNIT.
+    let stop = CancellationToken::new();
+    let claimer =
+        tokio::spawn(submit_claims(s.chain.clone(), s.bob.clone(), s.worker.clone(), stop.clone()));
+    let alice = pair_from_suri("//Alice").unwrap();
+    let mut claims = Vec::new();
+    for _ in 0..100 {
+        s.chain.author_and_import(alice.clone()).await.unwrap();
+        claims = s.chain.job(s.job).await.unwrap().unwrap().claims;
+        if !claims.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    claimer.await.unwrap();
+    assert_eq!(claims.len(), 1, "Bob's claim is on chain");
+    assert_eq!(claims[0].voucher, closed.claim.unwrap().voucher);
+    assert_eq!(s.chain.job(s.job).await.unwrap().unwrap().claimed, 24 * UNIT);
+
     // A job that is not on chain, or no longer open, is refused as not open.
     assert_eq!(
         error(s.ask(stranger, s.open(7, Some(99), Some("//Alice"))).await),
         StageError::JobNotOpen { job: 99 }
     );
-    let alice = pair_from_suri("//Alice").unwrap();
     let close = Call::Jobs(jobs::Call::CloseJob { job: s.job });
     s.chain.sign_and_submit(alice.clone(), vec![close], 64).await.unwrap();
     s.chain.author_and_import(alice).await.unwrap();

@@ -192,16 +192,14 @@ impl Handle {
         self.with(move |s| Ok(Jobs::job(s.chain.state(), id)?)).await?
     }
 
-    /// The validators' audit votes on each of job `id`'s first `receipts` receipts.
+    /// The validators' audit votes on each of job `id`'s first `claims` claims.
     pub async fn audit_votes(
         &self,
         id: JobId,
-        receipts: u32,
+        claims: u32,
     ) -> Result<Vec<Vec<bitorch_runtime::jobs::Verdict>>, Error> {
-        self.with(move |s| {
-            (0..receipts).map(|i| Ok(Jobs::votes(s.chain.state(), id, i)?)).collect()
-        })
-        .await?
+        self.with(move |s| (0..claims).map(|i| Ok(Jobs::votes(s.chain.state(), id, i)?)).collect())
+            .await?
     }
 
     /// The id the next job opened will get.

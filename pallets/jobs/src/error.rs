@@ -31,61 +31,60 @@ pub enum Error {
     /// No job with this id.
     #[error("no job with id {0}")]
     UnknownJob(JobId),
-    /// The job no longer accepts receipts or closing.
+    /// The job is not open (closing it, or opening a session for it).
     #[error("job {0} is not open")]
     JobNotOpen(JobId),
-    /// The job's deadline has passed.
-    #[error("job {job} reached its deadline at block {deadline}; it accepts no more receipts")]
-    PastDeadline {
-        /// The job.
-        job: JobId,
-        /// Its deadline.
-        deadline: BlockNumber,
-    },
-    /// A receipt submitted by someone other than the job's client, who alone authorizes
-    /// payment from its escrow.
-    #[error("only the client of job {job} may submit receipts against its escrow")]
-    NotJobClient {
+    /// The job is settled, refunded or failed: its claim window is over.
+    #[error("job {0} is past its claim window; it accepts no more claims")]
+    ClaimWindowClosed(JobId),
+    /// A claim submitted by an account other than the worker its voucher names: only that
+    /// worker may be paid for the work.
+    #[error("only the worker named in the voucher may claim with it (job {job})")]
+    NotVoucherWorker {
         /// The job.
         job: JobId,
     },
-    /// The receipt's worker is not a registered worker.
-    #[error("the receipt's worker is not a registered worker with the minimum bond")]
+    /// The claim's worker is not a registered worker.
+    #[error("the claim's worker is not a registered worker with the minimum bond")]
     NotAWorker,
-    /// The receipt's signature does not verify for its worker.
-    #[error("the receipt's signature is not valid for its worker on this chain")]
-    BadSignature,
-    /// The receipt's layer range is empty or beyond the model.
+    /// The voucher is not signed by the job's client (a voucher the client never gave, or
+    /// one changed after signing).
+    #[error("the voucher is not signed by the client of job {job} on this chain")]
+    BadVoucherSignature {
+        /// The job.
+        job: JobId,
+    },
+    /// The voucher's layer range is empty or beyond the model.
     #[error("layer range {start}..{end} is empty or beyond the model's {layer_count} layers")]
     InvalidLayerRange {
-        /// layer_start.
+        /// First layer.
         start: u32,
-        /// layer_end.
+        /// One past the last layer.
         end: u32,
         /// The model's layer count.
         layer_count: u32,
     },
-    /// The receipt's token count is zero or above the job's maximum.
-    #[error("tokens must be 1 to {max_tokens}, got {tokens}")]
+    /// The voucher's position count is zero or above the job's maximum.
+    #[error("positions must be 1 to {max_tokens}, got {tokens}")]
     InvalidTokens {
-        /// tokens.
+        /// Positions claimed.
         tokens: u32,
         /// The job's max_tokens.
         max_tokens: u32,
     },
-    /// The worker already submitted a receipt for this range.
-    #[error("this worker already submitted a receipt for this layer range of the job")]
-    DuplicateReceipt,
-    /// The job has the maximum number of receipts.
-    #[error("the job already has the maximum of {max} receipts")]
-    TooManyReceipts {
+    /// The worker already claimed for this session (a replayed or second claim).
+    #[error("this worker already claimed for this session of the job")]
+    DuplicateClaim,
+    /// The job has the maximum number of claims.
+    #[error("the job already has the maximum of {max} claims")]
+    TooManyClaims {
         /// The maximum.
         max: u32,
     },
-    /// The receipt would claim more than is left in escrow.
-    #[error("receipt claims {amount} but only {available} of the escrow is unclaimed")]
+    /// The claim is worth more than is left in escrow.
+    #[error("claim is worth {amount} but only {available} of the escrow is unclaimed")]
     ClaimExceedsEscrow {
-        /// What the receipt is worth (saturated on overflow).
+        /// What the claim is worth (saturated on overflow).
         amount: Balance,
         /// escrow - claimed.
         available: Balance,
@@ -99,17 +98,17 @@ pub enum Error {
     /// The job is already settled, refunded or failed.
     #[error("job {0} is past its challenge window; audits are no longer accepted")]
     AuditWindowClosed(JobId),
-    /// No receipt at this index.
-    #[error("job has no receipt at index {0}")]
-    UnknownReceipt(u32),
-    /// The receipt already has a verdict.
-    #[error("receipt {0} has already been audited")]
+    /// No claim at this index.
+    #[error("job has no claim at index {0}")]
+    UnknownClaim(u32),
+    /// The claim already has a verdict.
+    #[error("claim {0} has already been audited")]
     AlreadyAudited(u32),
-    /// This validator already voted on the receipt.
-    #[error("this validator has already voted on receipt {0}")]
+    /// This validator already voted on the claim.
+    #[error("this validator has already voted on claim {0}")]
     AlreadyVoted(u32),
-    /// The auditor is the job's client or the receipt's worker.
-    #[error("an auditor may not audit a job it is the client of or a receipt it is the worker of")]
+    /// The auditor is the job's client or the claim's worker.
+    #[error("an auditor may not audit a job it is the client of or a claim it is the worker of")]
     AuditorIsParty,
     /// Arithmetic overflow in amounts or block numbers.
     #[error("arithmetic overflow")]

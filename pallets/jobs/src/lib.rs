@@ -1,21 +1,24 @@
 //! The jobs pallet: the inference market.
 //!
 //! A client opens a job for an active model and escrows `max_tokens × layers × price` credits
-//! (reserved in its own account). Workers run layer ranges of the model and sign compute
-//! receipts that commit (a Merkle root) to the activations they produced; the job's client
-//! (in practice its gateway, which holds the client's key) submits them, and nobody else may:
-//! its signature on the extrinsic authorizes the payment ([`Error::NotJobClient`] otherwise).
-//! Active validators audit receipts. After the challenge window the
-//! escrow pays each receipt `(layer_end - layer_start) × tokens × price` and refunds the rest.
+//! (reserved in its own account): a channel that pays for any number of stage sessions, on any
+//! workers, until its escrow or its time runs out. The client acknowledges each session's work
+//! as it goes with signed cumulative [`Voucher`]s (job, session, worker, layers, positions,
+//! running trace hash); a worker claims its pay itself ([`Call::Claim`], signed by the worker)
+//! with the latest voucher of a session. A claim is valid only with the job's client's
+//! signature ([`Error::BadVoucherSignature`]), only from the worker it names
+//! ([`Error::NotVoucherWorker`]), once per worker and session ([`Error::DuplicateClaim`]), and
+//! within the escrow. Active validators audit claims. At settlement the escrow pays each claim
+//! `layers × positions × price` and refunds the rest.
 //!
 //! Life cycle of a job ([`JobStatus`]):
-//! - `Open` from [`Call::OpenJob`] until its deadline (`opened_at + job_timeout`); receipts are
-//!   accepted while it is open and before the deadline.
-//! - [`Call::CloseJob`] by the client, or the deadline in [`Pallet::on_initialize`]: with no
-//!   receipts the escrow is refunded at once (`Refunded`); otherwise the job enters
-//!   `Challenge { settle_at }` (`challenge_window` blocks later).
-//! - At `settle_at`, [`Pallet::on_initialize`] pays the workers and refunds the rest
-//!   (`Settled`).
+//! - `Open` from [`Call::OpenJob`] until its deadline (`opened_at + job_timeout`): workers
+//!   open sessions for it and claim.
+//! - [`Call::CloseJob`] by the client, or the deadline in [`Pallet::on_initialize`]: the job
+//!   enters `Challenge { settle_at }` (`challenge_window` blocks later), the claim window:
+//!   claims are still accepted, so closing a job cannot cut off the work it acknowledged.
+//! - At `settle_at`, [`Pallet::on_initialize`] pays the claims and refunds the rest
+//!   (`Settled`), or refunds everything when nobody claimed (`Refunded`).
 //! - A failed audit, any time before settlement, slashes the worker's stake by
 //!   `audit_slash_percent` (burned by staking), refunds the client's whole escrow and ends the
 //!   job (`Failed`); nobody is paid.
@@ -26,7 +29,7 @@
 //! left below the existential deposit) is refunded to the client instead and recorded as unpaid.
 //!
 //! A `job_timeout` or `challenge_window` of zero is treated as one block: a job always has at
-//! least one block to receive receipts, and settles in a later block than the one that closed
+//! least one block to receive claims, and settles in a later block than the one that closed
 //! it.
 
 use bitorch_pallet_support::{
@@ -45,10 +48,10 @@ mod tests;
 
 const PALLET: &str = "jobs";
 
-pub use bitorch_primitives::receipt::{JobId, Receipt, SignedReceipt};
+pub use bitorch_primitives::receipt::{JobId, SignedVoucher, Voucher};
 
-/// Hard cap on receipts per job, whatever `Params::max_receipts` says.
-pub const MAX_RECEIPTS: u32 = 256;
+/// Hard cap on claims per job, whatever `Params::max_claims` says.
+pub const MAX_CLAIMS: u32 = 1_024;
 /// Most jobs scheduled at one block.
 pub const MAX_DUE_PER_BLOCK: u32 = 1_024;
 /// How many blocks past its intended settlement block a job may be pushed when that block's
@@ -63,25 +66,26 @@ pub struct Params {
     /// Blocks from opening to the deadline (0 is treated as 1).
     #[codec(compact)]
     pub job_timeout: BlockNumber,
-    /// Blocks between closing (or the deadline) and settlement (0 is treated as 1).
+    /// Blocks between closing (or the deadline) and settlement, during which claims and
+    /// audits are still accepted (0 is treated as 1).
     #[codec(compact)]
     pub challenge_window: BlockNumber,
     /// Percentage of a worker's stake slashed on a failed audit (above 100 counts as 100).
     pub audit_slash_percent: u8,
-    /// Most receipts per job (capped at [`MAX_RECEIPTS`]).
+    /// Most claims per job (capped at [`MAX_CLAIMS`]).
     #[codec(compact)]
-    pub max_receipts: u32,
+    pub max_claims: u32,
 }
 
 impl Default for Params {
-    /// Development values: 100-block timeout, 20-block challenge window, 10% slash, 64
-    /// receipts.
+    /// Development values: 100-block timeout, 20-block challenge window, 10% slash, 256
+    /// claims.
     fn default() -> Self {
-        Self { job_timeout: 100, challenge_window: 20, audit_slash_percent: 10, max_receipts: 64 }
+        Self { job_timeout: 100, challenge_window: 20, audit_slash_percent: 10, max_claims: 256 }
     }
 }
 
-/// An auditor's verdict on a receipt.
+/// An auditor's verdict on a claim.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Verdict {
     /// The validator that audited.
@@ -93,12 +97,12 @@ pub struct Verdict {
     pub at: BlockNumber,
 }
 
-/// A receipt as the job holds it.
+/// A claim as the job holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct ReceiptRecord {
-    /// The receipt.
-    pub receipt: Receipt,
-    /// Its signature (evidence for audits).
+pub struct ClaimRecord {
+    /// The client's voucher it claims with.
+    pub voucher: Voucher,
+    /// The client's signature on it (evidence that the client acknowledged the work).
     pub signature: Signature,
     /// Block in which it was submitted.
     #[codec(compact)]
@@ -113,10 +117,11 @@ pub struct ReceiptRecord {
 /// Where a job is in its life cycle.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum JobStatus {
-    /// Accepting receipts until the deadline.
+    /// Accepting sessions and claims until the deadline.
     #[codec(index = 0)]
     Open,
-    /// Closed; audits still accepted; settles at `settle_at`.
+    /// Closed (or past its deadline); claims and audits still accepted; settles at
+    /// `settle_at`.
     #[codec(index = 1)]
     Challenge {
         /// Block at whose start the job settles.
@@ -133,15 +138,15 @@ pub enum JobStatus {
         #[codec(compact)]
         refunded: Balance,
     },
-    /// Closed with no receipts; the whole escrow returned to the client.
+    /// Settled with no claims; the whole escrow returned to the client.
     #[codec(index = 3)]
     Refunded,
-    /// A receipt failed its audit: the worker was slashed, the client refunded in full.
+    /// A claim failed its audit: the worker was slashed, the client refunded in full.
     #[codec(index = 4)]
     Failed {
-        /// The receipt that failed.
+        /// The claim that failed.
         #[codec(compact)]
-        receipt_index: u32,
+        claim_index: u32,
         /// The auditor.
         auditor: AccountId,
         /// Stake slashed (burned) from the worker.
@@ -172,7 +177,8 @@ pub struct Job {
     pub model: H256,
     /// The model's layer count when the job opened.
     pub layer_count: u32,
-    /// Most tokens a receipt may claim.
+    /// Token positions the escrow covers over the whole model (a claim covers at most this
+    /// many positions).
     pub max_tokens: u32,
     /// Price per layer per token.
     #[codec(compact)]
@@ -183,14 +189,14 @@ pub struct Job {
     /// Block it opened in.
     #[codec(compact)]
     pub opened_at: BlockNumber,
-    /// Block at whose start it stops accepting receipts.
+    /// Block at whose start it stops accepting sessions (claims go on until settlement).
     #[codec(compact)]
     pub deadline: BlockNumber,
     /// Where it is in its life cycle.
     pub status: JobStatus,
-    /// Receipts submitted (at most `max_receipts`).
-    pub receipts: Vec<ReceiptRecord>,
-    /// Sum of what the receipts are worth (never above `escrow`).
+    /// Claims submitted (at most `max_claims`).
+    pub claims: Vec<ClaimRecord>,
+    /// Sum of what the claims are worth (never above `escrow`).
     #[codec(compact)]
     pub claimed: Balance,
 }
@@ -203,30 +209,31 @@ pub enum Call {
     OpenJob {
         /// An active model.
         model: H256,
-        /// Most tokens a receipt may claim.
+        /// Token positions over the whole model the escrow covers.
         #[codec(compact)]
         max_tokens: u32,
         /// Price per layer per token.
         #[codec(compact)]
         price_per_layer_token: Balance,
     },
-    /// Records a worker's signed receipt. Only the job's client may submit it: its signature
-    /// on the extrinsic is what authorizes paying the worker from its escrow (the worker's on
-    /// the receipt proves who did the work). Anyone else gets [`Error::NotJobClient`].
+    /// A worker's claim for one session of a job, signed by the worker the voucher names
+    /// ([`Error::NotVoucherWorker`] otherwise), with the job's client's signature on the
+    /// voucher, which is what authorizes paying from its escrow. Accepted while the job is open
+    /// or in its claim window, once per worker and session.
     #[codec(index = 1)]
-    SubmitReceipt {
-        /// The receipt.
-        receipt: SignedReceipt,
+    Claim {
+        /// The client's latest voucher of the session.
+        voucher: SignedVoucher,
     },
-    /// Closes an open job (client only): refund if it has no receipts, else the challenge
-    /// window starts.
+    /// Closes an open job (client only): it takes no new sessions, and settles after the claim
+    /// window.
     #[codec(index = 2)]
     CloseJob {
         /// The job.
         #[codec(compact)]
         job: JobId,
     },
-    /// An active validator's vote on a receipt. The receipt's verdict is reached when the
+    /// An active validator's vote on a claim. The claim's verdict is reached when the
     /// validators voting one way hold at least two thirds of the active set's weight: failed
     /// slashes the worker and refunds the client, passed closes the audit. One vote decides
     /// only where one validator holds that much (a one-validator dev chain).
@@ -235,9 +242,9 @@ pub enum Call {
         /// The job.
         #[codec(compact)]
         job: JobId,
-        /// Index of the receipt in the job.
+        /// Index of the claim in the job.
         #[codec(compact)]
-        receipt_index: u32,
+        claim_index: u32,
         /// Whether re-execution matched the commitment.
         passed: bool,
     },
@@ -263,8 +270,8 @@ fn next_id_key() -> Vec<u8> {
     support::value_key(PALLET, "next_job_id")
 }
 
-fn votes_key(job: JobId, receipt_index: u32) -> Vec<u8> {
-    support::map_key(PALLET, "votes", &(job, receipt_index))
+fn votes_key(job: JobId, claim_index: u32) -> Vec<u8> {
+    support::map_key(PALLET, "votes", &(job, claim_index))
 }
 
 fn total_escrow_key() -> Vec<u8> {
@@ -355,10 +362,10 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
             Call::OpenJob { model, max_tokens, price_per_layer_token } => {
                 Self::open_job(s, who, model, *max_tokens, *price_per_layer_token, ctx)
             }
-            Call::SubmitReceipt { receipt } => Self::submit_receipt(s, who, receipt, ctx),
+            Call::Claim { voucher } => Self::claim(s, who, voucher, ctx),
             Call::CloseJob { job } => Self::close_job(s, who, *job, ctx),
-            Call::SubmitAudit { job, receipt_index, passed } => {
-                Self::submit_audit(s, who, *job, *receipt_index, *passed, ctx)
+            Call::SubmitAudit { job, claim_index, passed } => {
+                Self::submit_audit(s, who, *job, *claim_index, *passed, ctx)
             }
         }
     }
@@ -405,7 +412,7 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
             opened_at: ctx.block_number,
             deadline,
             status: JobStatus::Open,
-            receipts: Vec::new(),
+            claims: Vec::new(),
             claimed: 0,
         };
         Self::put_job(s, id, &job);
@@ -415,54 +422,46 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         Ok(())
     }
 
-    fn submit_receipt<S: Storage + ?Sized>(
+    fn claim<S: Storage + ?Sized>(
         s: &mut S,
         who: &AccountId,
-        signed: &SignedReceipt,
+        signed: &SignedVoucher,
         ctx: &Context,
     ) -> Result<(), Error> {
-        let r = &signed.receipt;
-        let mut job = Self::job(s, r.job)?.ok_or(Error::UnknownJob(r.job))?;
-        // Who may move the client's escrow: the client, and nobody else. A worker's own
-        // signature only proves it did the work, not that the client asked for it.
-        if *who != job.client {
-            return Err(Error::NotJobClient { job: r.job });
+        let v = &signed.voucher;
+        // Who may claim: the worker the client's voucher names, and nobody else. The client's
+        // signature proves it asked for the work; the worker's on the extrinsic that it is the
+        // one being paid (a stranger replaying the voucher gains nothing either way).
+        if *who != v.worker {
+            return Err(Error::NotVoucherWorker { job: v.job });
         }
-        if job.status != JobStatus::Open {
-            return Err(Error::JobNotOpen(r.job));
+        let mut job = Self::job(s, v.job)?.ok_or(Error::UnknownJob(v.job))?;
+        if !matches!(job.status, JobStatus::Open | JobStatus::Challenge { .. }) {
+            return Err(Error::ClaimWindowClosed(v.job));
         }
-        if ctx.block_number >= job.deadline {
-            return Err(Error::PastDeadline { job: r.job, deadline: job.deadline });
-        }
-        if !W::is_worker(s, &r.worker)? {
+        if !W::is_worker(s, &v.worker)? {
             return Err(Error::NotAWorker);
         }
-        if !signed.verify(&ctx.genesis_hash) {
-            return Err(Error::BadSignature);
+        if !signed.verify(&job.client, &ctx.genesis_hash) {
+            return Err(Error::BadVoucherSignature { job: v.job });
         }
-        if r.layer_start >= r.layer_end || r.layer_end > job.layer_count {
-            return Err(Error::InvalidLayerRange {
-                start: r.layer_start,
-                end: r.layer_end,
-                layer_count: job.layer_count,
-            });
+        let (start, end) = v.layers;
+        if start >= end || end > job.layer_count {
+            return Err(Error::InvalidLayerRange { start, end, layer_count: job.layer_count });
         }
-        if r.tokens == 0 || r.tokens > job.max_tokens {
-            return Err(Error::InvalidTokens { tokens: r.tokens, max_tokens: job.max_tokens });
+        if v.positions == 0 || v.positions > job.max_tokens {
+            return Err(Error::InvalidTokens { tokens: v.positions, max_tokens: job.max_tokens });
         }
-        if job.receipts.iter().any(|x| {
-            x.receipt.worker == r.worker
-                && x.receipt.layer_start == r.layer_start
-                && x.receipt.layer_end == r.layer_end
-        }) {
-            return Err(Error::DuplicateReceipt);
+        if job.claims.iter().any(|x| x.voucher.worker == v.worker && x.voucher.session == v.session)
+        {
+            return Err(Error::DuplicateClaim);
         }
-        let max = Self::params(s)?.max_receipts.min(MAX_RECEIPTS);
-        if job.receipts.len() >= max as usize {
-            return Err(Error::TooManyReceipts { max });
+        let max = Self::params(s)?.max_claims.min(MAX_CLAIMS);
+        if job.claims.len() >= max as usize {
+            return Err(Error::TooManyClaims { max });
         }
         let available = job.escrow.saturating_sub(job.claimed);
-        let amount = r.amount(job.price_per_layer_token);
+        let amount = v.amount(job.price_per_layer_token);
         let claimed = amount.and_then(|a| job.claimed.checked_add(a)).filter(|c| *c <= job.escrow);
         let Some(claimed) = claimed else {
             return Err(Error::ClaimExceedsEscrow {
@@ -471,14 +470,29 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
             });
         };
         job.claimed = claimed;
-        job.receipts.push(ReceiptRecord {
-            receipt: r.clone(),
+        job.claims.push(ClaimRecord {
+            voucher: v.clone(),
             signature: signed.signature,
             submitted_at: ctx.block_number,
             verdict: None,
             paid: 0,
         });
-        Self::put_job(s, r.job, &job);
+        Self::put_job(s, v.job, &job);
+        Ok(())
+    }
+
+    /// Starts the claim window of job `id`: it settles `challenge_window` blocks from `now`.
+    fn start_claim_window<S: Storage + ?Sized>(
+        s: &mut S,
+        id: JobId,
+        job: &mut Job,
+        now: BlockNumber,
+    ) -> Result<(), Error> {
+        let window = Self::params(s)?.challenge_window.max(1);
+        let from = now.checked_add(window).ok_or(Error::Overflow)?;
+        let settle_at = Self::schedule_near(s, from, id)?;
+        job.status = JobStatus::Challenge { settle_at };
+        Self::put_job(s, id, job);
         Ok(())
     }
 
@@ -495,18 +509,8 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         if job.status != JobStatus::Open {
             return Err(Error::JobNotOpen(id));
         }
-        if job.receipts.is_empty() {
-            Self::refund(s, id, &mut job)?;
-        } else {
-            let window = Self::params(s)?.challenge_window.max(1);
-            let settle_at = ctx.block_number.checked_add(window).ok_or(Error::Overflow)?;
-            let due = Self::with_due(s, settle_at, id)?
-                .ok_or(Error::TooManyJobsDue { block: settle_at })?;
-            support::put(s, due_key(settle_at), &due);
-            job.status = JobStatus::Challenge { settle_at };
-            Self::put_job(s, id, &job);
-        }
-        Ok(())
+        // Not a refund now: workers may still claim what the client acknowledged.
+        Self::start_claim_window(s, id, &mut job, ctx.block_number)
     }
 
     /// Returns the whole escrow to the client; the job becomes `Refunded`.
@@ -523,7 +527,7 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         s: &mut S,
         auditor: &AccountId,
         id: JobId,
-        receipt_index: u32,
+        claim_index: u32,
         passed: bool,
         ctx: &Context,
     ) -> Result<(), Error> {
@@ -534,21 +538,20 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         if !matches!(job.status, JobStatus::Open | JobStatus::Challenge { .. }) {
             return Err(Error::AuditWindowClosed(id));
         }
-        let index =
-            usize::try_from(receipt_index).map_err(|_| Error::UnknownReceipt(receipt_index))?;
-        let record = job.receipts.get(index).ok_or(Error::UnknownReceipt(receipt_index))?;
+        let index = usize::try_from(claim_index).map_err(|_| Error::UnknownClaim(claim_index))?;
+        let record = job.claims.get(index).ok_or(Error::UnknownClaim(claim_index))?;
         if record.verdict.is_some() {
-            return Err(Error::AlreadyAudited(receipt_index));
+            return Err(Error::AlreadyAudited(claim_index));
         }
-        if &record.receipt.worker == auditor || &job.client == auditor {
+        if &record.voucher.worker == auditor || &job.client == auditor {
             return Err(Error::AuditorIsParty);
         }
-        let worker = record.receipt.worker.clone();
+        let worker = record.voucher.worker.clone();
         // Votes are counted in the weights of the active set now; a vote from a validator that
         // has left it no longer counts.
-        let mut votes = Self::votes(s, id, receipt_index)?;
+        let mut votes = Self::votes(s, id, claim_index)?;
         if votes.iter().any(|v| &v.auditor == auditor) {
-            return Err(Error::AlreadyVoted(receipt_index));
+            return Err(Error::AlreadyVoted(claim_index));
         }
         votes.push(Verdict { auditor: auditor.clone(), passed, at: ctx.block_number });
         let weights = W::validator_weights(s)?;
@@ -559,14 +562,14 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
             .filter_map(|v| weights.iter().find(|(a, _)| *a == v.auditor))
             .map(|(_, w)| u128::from(*w))
             .sum();
-        support::put(s, votes_key(id, receipt_index), &votes);
+        support::put(s, votes_key(id, claim_index), &votes);
         if side.saturating_mul(3) < total.saturating_mul(2) {
             // No quorum yet: the vote is recorded, nothing else changes.
             return Ok(());
         }
         let verdict = Some(Verdict { auditor: auditor.clone(), passed, at: ctx.block_number });
         if passed {
-            if let Some(record) = job.receipts.get_mut(index) {
+            if let Some(record) = job.claims.get_mut(index) {
                 record.verdict = verdict;
             }
             Self::put_job(s, id, &job);
@@ -577,26 +580,26 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         C::unreserve(s, &job.client, job.escrow)?;
         support::put(s, total_escrow_key(), &total);
         let slashed = W::slash_percent(s, &worker, percent, ctx)?;
-        if let Some(record) = job.receipts.get_mut(index) {
+        if let Some(record) = job.claims.get_mut(index) {
             record.verdict = verdict;
         }
-        job.status = JobStatus::Failed { receipt_index, auditor: auditor.clone(), slashed };
+        job.status = JobStatus::Failed { claim_index, auditor: auditor.clone(), slashed };
         Self::put_job(s, id, &job);
         Ok(())
     }
 
-    /// The validators' votes on receipt `receipt_index` of job `id`, in the order cast.
+    /// The validators' votes on claim `claim_index` of job `id`, in the order cast.
     pub fn votes<S: Storage + ?Sized>(
         s: &S,
         id: JobId,
-        receipt_index: u32,
+        claim_index: u32,
     ) -> Result<Vec<Verdict>, StorageError> {
-        support::get_or_default(s, &votes_key(id, receipt_index))
+        support::get_or_default(s, &votes_key(id, claim_index))
     }
 
     /// Start of block: processes the jobs scheduled at `ctx.block_number`. Jobs reaching their
-    /// deadline are refunded (no receipts) or enter the challenge window; jobs at the end of
-    /// their challenge window settle. Each job is processed on its own: one that fails is
+    /// deadline enter the claim window; jobs at its end settle (or are refunded when nobody
+    /// claimed). Each job is processed on its own: one that fails is
     /// marked `Stuck` and the others proceed. Fails only on a corrupt schedule.
     pub fn on_initialize<S: Storage + ?Sized>(
         s: &mut S,
@@ -632,28 +635,22 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         let now = ctx.block_number;
         match job.status {
             JobStatus::Open if now >= job.deadline => {
-                if job.receipts.is_empty() {
-                    Self::refund(s, id, &mut job)
-                } else {
-                    let window = Self::params(s)?.challenge_window.max(1);
-                    let from = now.checked_add(window).ok_or(Error::Overflow)?;
-                    let settle_at = Self::schedule_near(s, from, id)?;
-                    job.status = JobStatus::Challenge { settle_at };
-                    Self::put_job(s, id, &job);
-                    Ok(())
-                }
+                Self::start_claim_window(s, id, &mut job, now)
+            }
+            JobStatus::Challenge { settle_at } if settle_at <= now && job.claims.is_empty() => {
+                Self::refund(s, id, &mut job)
             }
             JobStatus::Challenge { settle_at } if settle_at <= now => Self::settle(s, id, job),
             _ => Ok(()),
         }
     }
 
-    /// Pays every receipt from the client's escrow and refunds the rest.
+    /// Pays every claim from the client's escrow and refunds the rest.
     fn settle<S: Storage + ?Sized>(s: &mut S, id: JobId, mut job: Job) -> Result<(), Error> {
         let mut paid: Balance = 0;
-        for record in job.receipts.iter_mut() {
-            let amount = record.receipt.amount(job.price_per_layer_token).ok_or(Error::Overflow)?;
-            let worker = &record.receipt.worker;
+        for record in job.claims.iter_mut() {
+            let amount = record.voucher.amount(job.price_per_layer_token).ok_or(Error::Overflow)?;
+            let worker = &record.voucher.worker;
             match support::transactional(s, |o| {
                 C::repatriate_reserved(o, &job.client, worker, amount)
             }) {

@@ -18,8 +18,17 @@ const VALIDATOR2: u8 = 4;
 const OWNER: u8 = 8;
 const GATEWAY: u8 = 99;
 
+/// Account `n`'s key (clients sign vouchers).
+fn key(n: u8) -> Pair {
+    static KEYS: OnceLock<Vec<Pair>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        (0..=u8::MAX).map(|n| pair_from_suri(&format!("//Account{n}")).expect("dev key")).collect()
+    })[usize::from(n)]
+    .clone()
+}
+
 fn acc(n: u8) -> AccountId {
-    AccountId::new([n; 32])
+    account_of(&key(n))
 }
 
 /// Worker 1, worker 2 (also a validator), and an outsider that is no worker.
@@ -51,7 +60,7 @@ fn all_accounts() -> Vec<AccountId> {
 }
 
 fn jobs_params() -> Params {
-    Params { job_timeout: 10, challenge_window: 5, audit_slash_percent: 20, max_receipts: 4 }
+    Params { job_timeout: 10, challenge_window: 5, audit_slash_percent: 20, max_claims: 4 }
 }
 
 struct Env {
@@ -104,9 +113,9 @@ fn escrow_held(s: &MemoryState) -> Balance {
     for id in 0..Jobs::next_job_id(s).unwrap() {
         let job = Jobs::job(s, id).unwrap().expect("every id below next_job_id exists");
         assert!(job.claimed <= job.escrow);
-        assert!(job.receipts.len() <= jobs_params().max_receipts as usize);
+        assert!(job.claims.len() <= jobs_params().max_claims as usize);
         let claimed: Balance =
-            job.receipts.iter().map(|r| r.receipt.amount(job.price_per_layer_token).unwrap()).sum();
+            job.claims.iter().map(|r| r.voucher.amount(job.price_per_layer_token).unwrap()).sum();
         assert_eq!(claimed, job.claimed);
         if job.status.holds_escrow() {
             held += job.escrow;
@@ -155,15 +164,19 @@ impl Env {
         id
     }
 
-    /// Submits `worker`'s receipt for `job` as the job's client (the one who may).
-    fn receipt(&mut self, worker: usize, job: JobId, range: (u32, u32), tokens: u32) {
-        let r = signed(worker, job, range, tokens);
+    /// The key of job `job`'s client.
+    fn client_of(&self, job: JobId) -> u8 {
         let client = self.job(job).client;
-        let who = [CLIENT, CLIENT2, VALIDATOR, VALIDATOR2, OWNER, GATEWAY]
+        [CLIENT, CLIENT2, VALIDATOR, VALIDATOR2, OWNER, GATEWAY]
             .into_iter()
             .find(|n| acc(*n) == client)
-            .expect("a known client");
-        self.call(who, Call::SubmitReceipt { receipt: r }).unwrap();
+            .expect("a known client")
+    }
+
+    /// `worker` claims, itself, with the job's client's voucher for `positions` of `range`.
+    fn claim(&mut self, worker: usize, job: JobId, range: (u32, u32), positions: u32) {
+        let v = signed(self.client_of(job), worker, job, range, positions);
+        self.call_as(&w(worker), Call::Claim { voucher: v }).unwrap();
     }
 
     fn advance_to(&mut self, to: BlockNumber) {
@@ -184,19 +197,24 @@ impl Env {
     }
 }
 
-fn unsigned(worker: usize, job: JobId, (start, end): (u32, u32), tokens: u32) -> Receipt {
-    Receipt {
+/// A voucher for `worker`'s session of `range` (one session per range, in these tests).
+fn unsigned(worker: usize, job: JobId, (start, end): (u32, u32), positions: u32) -> Voucher {
+    let mut session = [0; 16];
+    session[0] = start as u8;
+    session[1] = end as u8;
+    Voucher {
         job,
+        session,
         worker: w(worker),
-        layer_start: start,
-        layer_end: end,
-        tokens,
-        activation_root: H256::repeat_byte(start as u8 + 1),
+        layers: (start, end),
+        positions,
+        trace: H256::repeat_byte(start as u8 + 1),
     }
 }
 
-fn signed(worker: usize, job: JobId, range: (u32, u32), tokens: u32) -> SignedReceipt {
-    unsigned(worker, job, range, tokens).sign(&pairs()[worker], &genesis())
+/// That voucher signed by account `client`.
+fn signed(client: u8, worker: usize, job: JobId, range: (u32, u32), tokens: u32) -> SignedVoucher {
+    unsigned(worker, job, range, tokens).sign(&key(client), &genesis())
 }
 
 #[test]
@@ -217,22 +235,22 @@ fn full_life_cycle_pays_workers_and_refunds_the_rest() {
     assert_eq!(Jobs::due(&e.s, 11).unwrap(), vec![id]);
 
     e.advance_to(2);
-    e.receipt(0, id, (0, 2), 10); // 2 × 10 × 3 = 60
-    e.receipt(1, id, (2, 4), 5); // 2 × 5 × 3 = 30
+    e.claim(0, id, (0, 2), 10); // 2 × 10 × 3 = 60
+    e.claim(1, id, (2, 4), 5); // 2 × 5 × 3 = 30
     assert_eq!(e.job(id).claimed, 90);
     e.advance_to(3);
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: true }).unwrap();
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 0, passed: true }).unwrap();
     e.call(CLIENT, Call::CloseJob { job: id }).unwrap();
     assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 8 });
     // Audits are accepted inside the challenge window. Two of the three validators make the
     // two-thirds quorum that gives the receipt its verdict.
     e.advance_to(5);
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 1, passed: true }).unwrap();
-    assert_eq!(e.job(id).receipts[1].verdict, None, "one vote of three is no verdict");
-    e.call(VALIDATOR2, Call::SubmitAudit { job: id, receipt_index: 1, passed: true }).unwrap();
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 1, passed: true }).unwrap();
+    assert_eq!(e.job(id).claims[1].verdict, None, "one vote of three is no verdict");
+    e.call(VALIDATOR2, Call::SubmitAudit { job: id, claim_index: 1, passed: true }).unwrap();
     let job = e.job(id);
     assert_eq!(
-        job.receipts[1].verdict,
+        job.claims[1].verdict,
         Some(Verdict { auditor: acc(VALIDATOR2), passed: true, at: 5 })
     );
     assert_eq!(Jobs::votes(&e.s, id, 1).unwrap().len(), 2);
@@ -241,7 +259,7 @@ fn full_life_cycle_pays_workers_and_refunds_the_rest() {
     e.advance_to(8);
     let job = e.job(id);
     assert_eq!(job.status, JobStatus::Settled { paid: 90, refunded: 30 });
-    assert_eq!((job.receipts[0].paid, job.receipts[1].paid), (60, 30));
+    assert_eq!((job.claims[0].paid, job.claims[1].paid), (60, 30));
     assert_eq!(e.account(&acc(CLIENT)), (9_910, 0));
     assert_eq!(e.account(&w(0)).0, w0_free + 60);
     assert_eq!(e.account(&w(1)).0, w1_free + 30);
@@ -254,33 +272,58 @@ fn full_life_cycle_pays_workers_and_refunds_the_rest() {
 }
 
 #[test]
-fn deadline_without_receipts_refunds_in_full() {
+fn a_job_nobody_claims_is_refunded_in_full_after_its_claim_window() {
     let mut e = setup();
     let id = e.open(CLIENT, 5, 2);
     assert_eq!(e.account(&acc(CLIENT)), (9_960, 40));
     e.advance_to(10);
     assert_eq!(e.job(id).status, JobStatus::Open);
     e.advance_to(11);
+    assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 16 });
+    e.advance_to(16);
     assert_eq!(e.job(id).status, JobStatus::Refunded);
     assert_eq!(e.account(&acc(CLIENT)), (10_000, 0));
-    // Closing with no receipts refunds at once too.
+    // Closing with no claims yet is no refund at once: the workers' claims may still come.
     let id = e.open(CLIENT2, 5, 2);
     e.call(CLIENT2, Call::CloseJob { job: id }).unwrap();
+    assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 21 });
+    e.advance_to(21);
     assert_eq!(e.job(id).status, JobStatus::Refunded);
     assert_eq!(e.account(&acc(CLIENT2)), (10_000, 0));
     e.advance_to(30);
 }
 
 #[test]
-fn deadline_with_receipts_starts_challenge_then_settles() {
+fn closing_a_job_cannot_cut_off_the_claims_it_acknowledged() {
+    let mut e = setup();
+    let (w0, _) = e.account(&w(0));
+    let id = e.open(CLIENT, 10, 1);
+    // The client acknowledged 7 positions of layers 0..4, then closed the job at once, before
+    // the worker claimed: the claim still lands in the window and is paid.
+    let voucher = signed(CLIENT, 0, id, (0, 4), 7);
+    e.call(CLIENT, Call::CloseJob { job: id }).unwrap();
+    e.advance_to(4);
+    e.call_as(&w(0), Call::Claim { voucher: voucher.clone() }).unwrap();
+    // A replay of the same claim is refused.
+    assert_eq!(e.call_as(&w(0), Call::Claim { voucher }), Err(Error::DuplicateClaim));
+    e.advance_to(6);
+    assert_eq!(e.job(id).status, JobStatus::Settled { paid: 28, refunded: 12 });
+    assert_eq!(e.account(&w(0)).0, w0 + 28);
+    // After settlement the window is shut.
+    let late = signed(CLIENT, 0, id, (1, 2), 1);
+    assert_eq!(e.call_as(&w(0), Call::Claim { voucher: late }), Err(Error::ClaimWindowClosed(id)));
+}
+
+#[test]
+fn deadline_with_claims_starts_challenge_then_settles() {
     let mut e = setup();
     let id = e.open(CLIENT, 10, 1);
     e.advance_to(5);
-    e.receipt(0, id, (0, 4), 7); // 28
+    e.claim(0, id, (0, 4), 7); // 28
     e.advance_to(11);
     assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 16 });
     e.advance_to(15);
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: true }).unwrap();
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 0, passed: true }).unwrap();
     e.advance_to(16);
     assert_eq!(e.job(id).status, JobStatus::Settled { paid: 28, refunded: 12 });
     assert_eq!(e.account(&acc(CLIENT)), (10_000 - 28, 0));
@@ -291,33 +334,33 @@ fn failed_audit_slashes_worker_and_refunds_client() {
     let mut e = setup();
     let issuance = Balances::total_issuance(&e.s).unwrap();
     let id = e.open(CLIENT, 10, 3);
-    e.receipt(0, id, (0, 2), 10);
-    e.receipt(1, id, (2, 4), 10);
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 1, passed: true }).unwrap();
+    e.claim(0, id, (0, 2), 10);
+    e.claim(1, id, (2, 4), 10);
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 1, passed: true }).unwrap();
     e.call(CLIENT, Call::CloseJob { job: id }).unwrap();
     e.advance_to(4);
     let (w0_free, _) = e.account(&w(0));
     // A lone validator's "failed" slashes nobody: one vote of three is recorded, and that is
     // all; it cannot vote twice.
     let before = e.s.clone();
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }).unwrap();
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 0, passed: false }).unwrap();
     assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 6 });
     assert_eq!(Staking::ledger(&e.s, &w(0)).unwrap().bonded, 1_000);
     assert_eq!(Balances::total_issuance(&e.s).unwrap(), issuance);
     assert_ne!(e.s, before, "the vote is recorded");
     assert_eq!(
-        e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }),
+        e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 0, passed: false }),
         Err(Error::AlreadyVoted(0))
     );
     // The second "failed" makes two thirds: the worker is slashed, the client refunded.
-    e.call(VALIDATOR2, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }).unwrap();
+    e.call(VALIDATOR2, Call::SubmitAudit { job: id, claim_index: 0, passed: false }).unwrap();
     let job = e.job(id);
     assert_eq!(
         job.status,
-        JobStatus::Failed { receipt_index: 0, auditor: acc(VALIDATOR2), slashed: 200 }
+        JobStatus::Failed { claim_index: 0, auditor: acc(VALIDATOR2), slashed: 200 }
     );
     assert_eq!(
-        job.receipts[0].verdict,
+        job.claims[0].verdict,
         Some(Verdict { auditor: acc(VALIDATOR2), passed: false, at: 4 })
     );
     // 20% of the 1,000 bond is burned; the worker keeps its role (800 >= 500).
@@ -331,21 +374,21 @@ fn failed_audit_slashes_worker_and_refunds_client() {
     assert!(matches!(e.job(id).status, JobStatus::Failed { .. }));
     assert_eq!(e.account(&acc(CLIENT)), (10_000, 0));
     assert_eq!(
-        e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 1, passed: false }),
+        e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 1, passed: false }),
         Err(Error::AuditWindowClosed(id))
     );
 
     // A second failure takes the worker below the minimum: it is no longer a worker.
     let id = e.open(CLIENT, 10, 3);
-    e.receipt(0, id, (0, 1), 1);
+    e.claim(0, id, (0, 1), 1);
     Jobs::set_params(&mut e.s, &Params { audit_slash_percent: 50, ..jobs_params() });
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }).unwrap();
-    e.call(VALIDATOR2, Call::SubmitAudit { job: id, receipt_index: 0, passed: false }).unwrap();
+    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 0, passed: false }).unwrap();
+    e.call(VALIDATOR2, Call::SubmitAudit { job: id, claim_index: 0, passed: false }).unwrap();
     assert_eq!(Staking::ledger(&e.s, &w(0)).unwrap().bonded, 400);
     assert!(!Staking::is_worker(&e.s, &w(0)).unwrap());
     let id = e.open(CLIENT, 10, 3);
     assert_eq!(
-        e.call(CLIENT, Call::SubmitReceipt { receipt: signed(0, id, (0, 1), 1) }),
+        e.call_as(&w(0), Call::Claim { voucher: signed(CLIENT, 0, id, (0, 1), 1) }),
         Err(Error::NotAWorker)
     );
 }
@@ -353,43 +396,50 @@ fn failed_audit_slashes_worker_and_refunds_client() {
 #[test]
 fn every_rejection_changes_nothing() {
     let mut e = setup();
-    // Job 0: open, receipts from both workers, the first audited.
+    // Job 0: open, claims from both workers, the first audited.
     let j0 = e.open(CLIENT, 10, 3);
-    e.receipt(0, j0, (0, 2), 10);
-    e.receipt(1, j0, (2, 4), 5);
-    e.call(VALIDATOR, Call::SubmitAudit { job: j0, receipt_index: 0, passed: true }).unwrap();
-    e.call(VALIDATOR2, Call::SubmitAudit { job: j0, receipt_index: 0, passed: true }).unwrap();
-    e.call(VALIDATOR, Call::SubmitAudit { job: j0, receipt_index: 1, passed: true }).unwrap();
+    e.claim(0, j0, (0, 2), 10);
+    e.claim(1, j0, (2, 4), 5);
+    e.call(VALIDATOR, Call::SubmitAudit { job: j0, claim_index: 0, passed: true }).unwrap();
+    e.call(VALIDATOR2, Call::SubmitAudit { job: j0, claim_index: 0, passed: true }).unwrap();
+    e.call(VALIDATOR, Call::SubmitAudit { job: j0, claim_index: 1, passed: true }).unwrap();
     // Job 1: in its challenge window.
     let j1 = e.open(CLIENT, 10, 3);
-    e.receipt(0, j1, (0, 1), 1);
+    e.claim(0, j1, (0, 1), 1);
     e.call(CLIENT, Call::CloseJob { job: j1 }).unwrap();
-    // Job 2: refunded.
+    // Job 2: closed with no claims; refunded after its window (block 7).
     let j2 = e.open(CLIENT, 10, 3);
     e.call(CLIENT, Call::CloseJob { job: j2 }).unwrap();
-    // Job 3: full of receipts.
+    e.advance_to(7);
+    assert_eq!(e.job(j2).status, JobStatus::Refunded);
+    // Job 3: full of claims.
     let j3 = e.open(CLIENT, 10, 3);
     for l in 0..4 {
-        e.receipt(0, j3, (l, l + 1), 1);
+        e.claim(0, j3, (l, l + 1), 1);
     }
     // Job 4: escrow of 8, all claimed.
     let j4 = e.open(CLIENT2, 2, 1);
-    e.receipt(0, j4, (0, 4), 2);
+    e.claim(0, j4, (0, 4), 2);
     // Job 5: opened by a validator.
     let j5 = e.open(VALIDATOR, 10, 3);
-    e.receipt(0, j5, (0, 1), 1);
+    e.claim(0, j5, (0, 1), 1);
 
     let model = e.model;
     let open =
         |max_tokens, price| Call::OpenJob { model, max_tokens, price_per_layer_token: price };
-    let submit = |receipt| Call::SubmitReceipt { receipt };
-    let audit = |job, receipt_index| Call::SubmitAudit { job, receipt_index, passed: false };
-    let mut forged = signed(1, j0, (0, 1), 1);
-    forged.signature = signed(0, j0, (0, 1), 1).signature;
-    let other_chain = unsigned(1, j0, (0, 1), 1).sign(&pairs()[1], &H256::repeat_byte(8));
-    let mut tampered = signed(1, j0, (0, 1), 1);
-    tampered.receipt.tokens = 2;
+    let claim = |voucher| Call::Claim { voucher };
+    let audit = |job, claim_index| Call::SubmitAudit { job, claim_index, passed: false };
+    // Worker 2 (index 1) claims on job 0 with vouchers in every wrong way.
+    let by_client = |worker, job, range, n| signed(CLIENT, worker, job, range, n);
+    let forged = signed(CLIENT2, 1, j0, (0, 1), 1);
+    let own = unsigned(1, j0, (0, 1), 1).sign(&pairs()[1], &genesis()); // the worker's own
+    let other_chain = unsigned(1, j0, (0, 1), 1).sign(&key(CLIENT), &H256::repeat_byte(8));
+    let mut tampered = by_client(1, j0, (0, 1), 1);
+    tampered.voucher.positions = 2;
+    let (w1, w2) = (201u8, 202u8);
+    const STRANGER: u8 = GATEWAY;
 
+    // (signer, call, block, error); signer `w1`/`w2` stand for workers 2 and 3 (see below).
     let cases: Vec<(u8, Call, BlockNumber, Error)> = vec![
         (CLIENT, open(0, 3), 2, Error::ZeroMaxTokens),
         (CLIENT, open(10, 0), 2, Error::ZeroPrice),
@@ -412,63 +462,62 @@ fn every_rejection_changes_nothing() {
             2,
             Error::Currency(CurrencyError::InsufficientBalance { have: 9_992, need: 4_000_000 }),
         ),
-        (CLIENT, submit(signed(0, 99, (0, 1), 1)), 2, Error::UnknownJob(99)),
-        // A stranger, and a registered worker, filing a valid receipt against CLIENT's escrow.
-        (GATEWAY, submit(signed(1, j0, (0, 1), 1)), 2, Error::NotJobClient { job: j0 }),
-        (CLIENT2, submit(signed(1, j0, (0, 1), 1)), 2, Error::NotJobClient { job: j0 }),
-        (CLIENT, submit(signed(1, j1, (1, 2), 1)), 2, Error::JobNotOpen(j1)),
-        (CLIENT, submit(signed(1, j2, (1, 2), 1)), 2, Error::JobNotOpen(j2)),
+        (w1, claim(by_client(1, 99, (0, 1), 1)), 2, Error::UnknownJob(99)),
+        // A stranger, the client, and another registered worker, filing a valid voucher of
+        // worker 2's: only worker 2 may claim with it.
+        (STRANGER, claim(by_client(1, j0, (0, 1), 1)), 2, Error::NotVoucherWorker { job: j0 }),
+        (CLIENT, claim(by_client(1, j0, (0, 1), 1)), 2, Error::NotVoucherWorker { job: j0 }),
+        (w2, claim(by_client(1, j0, (0, 1), 1)), 2, Error::NotVoucherWorker { job: j0 }),
+        (w1, claim(signed(CLIENT, 1, j2, (1, 2), 1)), 9, Error::ClaimWindowClosed(j2)),
+        (w2, claim(by_client(2, j0, (0, 1), 1)), 2, Error::NotAWorker),
+        // Vouchers the client never signed.
+        (w1, claim(forged), 2, Error::BadVoucherSignature { job: j0 }),
+        (w1, claim(own), 2, Error::BadVoucherSignature { job: j0 }),
+        (w1, claim(other_chain), 2, Error::BadVoucherSignature { job: j0 }),
+        (w1, claim(tampered), 2, Error::BadVoucherSignature { job: j0 }),
         (
-            CLIENT,
-            submit(signed(1, j0, (0, 1), 1)),
-            11,
-            Error::PastDeadline { job: j0, deadline: 11 },
-        ),
-        (CLIENT, submit(signed(2, j0, (0, 1), 1)), 2, Error::NotAWorker),
-        (CLIENT, submit(forged), 2, Error::BadSignature),
-        (CLIENT, submit(other_chain), 2, Error::BadSignature),
-        (CLIENT, submit(tampered), 2, Error::BadSignature),
-        (
-            CLIENT,
-            submit(signed(1, j0, (2, 2), 1)),
+            w1,
+            claim(by_client(1, j0, (2, 2), 1)),
             2,
             Error::InvalidLayerRange { start: 2, end: 2, layer_count: 4 },
         ),
         (
-            CLIENT,
-            submit(signed(1, j0, (3, 2), 1)),
+            w1,
+            claim(by_client(1, j0, (3, 2), 1)),
             2,
             Error::InvalidLayerRange { start: 3, end: 2, layer_count: 4 },
         ),
         (
-            CLIENT,
-            submit(signed(1, j0, (2, 5), 1)),
+            w1,
+            claim(by_client(1, j0, (2, 5), 1)),
             2,
             Error::InvalidLayerRange { start: 2, end: 5, layer_count: 4 },
         ),
         (
-            CLIENT,
-            submit(signed(1, j0, (0, 1), 0)),
+            w1,
+            claim(by_client(1, j0, (0, 1), 0)),
             2,
             Error::InvalidTokens { tokens: 0, max_tokens: 10 },
         ),
         (
-            CLIENT,
-            submit(signed(1, j0, (0, 1), 11)),
+            w1,
+            claim(by_client(1, j0, (0, 1), 11)),
             2,
             Error::InvalidTokens { tokens: 11, max_tokens: 10 },
         ),
-        (CLIENT, submit(signed(0, j0, (0, 2), 1)), 2, Error::DuplicateReceipt),
-        (CLIENT, submit(signed(1, j3, (0, 1), 1)), 2, Error::TooManyReceipts { max: 4 }),
+        // The same session claimed again (a replay, or a later voucher of it).
+        (w1, claim(by_client(1, j0, (2, 4), 5)), 2, Error::DuplicateClaim),
+        (w1, claim(by_client(1, j0, (2, 4), 6)), 2, Error::DuplicateClaim),
+        (w1, claim(by_client(1, j3, (0, 1), 1)), 2, Error::TooManyClaims { max: 4 }),
         (
-            CLIENT2,
-            submit(signed(1, j4, (0, 1), 1)),
+            w1,
+            claim(signed(CLIENT2, 1, j4, (0, 1), 1)),
             2,
             Error::ClaimExceedsEscrow { amount: 1, available: 0 },
         ),
         (
-            CLIENT,
-            submit(signed(1, j0, (0, 4), 10)),
+            w1,
+            claim(by_client(1, j0, (0, 4), 10)),
             2,
             Error::ClaimExceedsEscrow { amount: 120, available: 30 },
         ),
@@ -479,20 +528,25 @@ fn every_rejection_changes_nothing() {
         (CLIENT2, audit(j0, 1), 2, Error::NotAValidator),
         (VALIDATOR, audit(99, 0), 2, Error::UnknownJob(99)),
         (VALIDATOR, audit(j2, 0), 2, Error::AuditWindowClosed(j2)),
-        (VALIDATOR, audit(j0, 2), 2, Error::UnknownReceipt(2)),
-        (VALIDATOR, audit(j0, u32::MAX), 2, Error::UnknownReceipt(u32::MAX)),
+        (VALIDATOR, audit(j0, 2), 2, Error::UnknownClaim(2)),
+        (VALIDATOR, audit(j0, u32::MAX), 2, Error::UnknownClaim(u32::MAX)),
         (VALIDATOR2, audit(j0, 0), 2, Error::AlreadyAudited(0)),
         (VALIDATOR, audit(j0, 1), 2, Error::AlreadyVoted(1)),
         (VALIDATOR, audit(j5, 0), 2, Error::AuditorIsParty),
     ];
     let before = e.s.clone();
     for (who, call, at, err) in cases {
+        let signer = match who {
+            201 => w(1),
+            202 => w(2),
+            n => acc(n),
+        };
         // Straight on the state, no overlay: the pallet validates before it writes.
-        let r = Jobs::dispatch(&mut e.s, &acc(who), &call, &ctx(at));
+        let r = Jobs::dispatch(&mut e.s, &signer, &call, &ctx(at));
         assert_eq!(r, Err(err), "{call:?}");
         assert_eq!(e.s, before, "{call:?} changed state");
     }
-    // The worker auditing its own receipt (worker 2 is also a validator).
+    // The worker auditing its own claim (worker 2 is also a validator).
     let r = Jobs::dispatch(&mut e.s, &w(1), &audit(j0, 1), &ctx(2));
     assert_eq!(r, Err(Error::AuditorIsParty));
     assert_eq!(e.s, before);
@@ -504,10 +558,10 @@ fn unpayable_share_is_refunded_and_stuck_jobs_do_not_stop_the_block() {
     let mut e = setup();
     Balances::set_existential_deposit(&mut e.s, 100);
     let a = e.open(CLIENT, 10, 1);
-    e.receipt(0, a, (0, 1), 10); // 10, to worker 1
-    e.receipt(1, a, (1, 2), 10); // 10, to worker 2
-                                 // Worker 1 loses its whole stake and empties its account: a payment of 10 would leave it
-                                 // below the existential deposit.
+    e.claim(0, a, (0, 1), 10); // 10, to worker 1
+    e.claim(1, a, (1, 2), 10); // 10, to worker 2
+                               // Worker 1 loses its whole stake and empties its account: a payment of 10 would leave it
+                               // below the existential deposit.
     Staking::slash(&mut e.s, &w(0), Balance::MAX, &ctx(1)).unwrap();
     let free = e.account(&w(0)).0;
     Balances::transfer(&mut e.s, &w(0), &acc(GATEWAY), free).unwrap();
@@ -515,14 +569,14 @@ fn unpayable_share_is_refunded_and_stuck_jobs_do_not_stop_the_block() {
     e.advance_to(6);
     let job = e.job(a);
     assert_eq!(job.status, JobStatus::Settled { paid: 10, refunded: 30 });
-    assert_eq!((job.receipts[0].paid, job.receipts[1].paid), (0, 10));
+    assert_eq!((job.claims[0].paid, job.claims[1].paid), (0, 10));
     assert_eq!(e.account(&w(0)), (0, 0));
 
     // Two jobs settle in the same block; one client's reserve was tampered with.
     let b = e.open(CLIENT, 10, 1);
     let c = e.open(CLIENT2, 10, 1);
-    e.receipt(1, b, (0, 1), 1);
-    e.receipt(1, c, (0, 1), 1);
+    e.claim(1, b, (0, 1), 1);
+    e.claim(1, c, (0, 1), 1);
     e.call(CLIENT, Call::CloseJob { job: b }).unwrap();
     e.call(CLIENT2, Call::CloseJob { job: c }).unwrap();
     let mut client = Balances::account(&e.s, &acc(CLIENT)).unwrap();
@@ -544,7 +598,7 @@ fn zero_timeouts_still_give_a_block() {
     Jobs::set_params(&mut e.s, &Params { job_timeout: 0, challenge_window: 0, ..jobs_params() });
     let id = e.open(CLIENT, 1, 1);
     assert_eq!(e.job(id).deadline, 2);
-    e.receipt(0, id, (0, 4), 1);
+    e.claim(0, id, (0, 4), 1);
     e.advance_to(2);
     assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 3 });
     e.advance_to(3);
@@ -563,7 +617,7 @@ fn full_schedules_are_rejected_or_spill_over() {
     );
     support::remove(&mut e.s, due_key(11));
     let id = e.open(CLIENT, 1, 1);
-    e.receipt(0, id, (0, 4), 1);
+    e.claim(0, id, (0, 4), 1);
     support::put(&mut e.s, due_key(16), &full);
     support::put(&mut e.s, due_key(17), &full);
     e.advance_to(11);
@@ -573,15 +627,15 @@ fn full_schedules_are_rejected_or_spill_over() {
 
 #[test]
 fn codec_round_trips_and_payload_is_domain_separated() {
-    let r = signed(0, 3, (1, 2), 5);
-    let call = Call::SubmitReceipt { receipt: r.clone() };
+    let v = signed(CLIENT, 0, 3, (1, 2), 5);
+    let call = Call::Claim { voucher: v.clone() };
     assert_eq!(Call::decode(&mut &call.encode()[..]).unwrap(), call);
-    assert!(r.verify(&genesis()));
-    assert!(!r.verify(&H256::zero()));
-    let payload = r.receipt.signing_payload(&genesis());
-    assert!(payload.starts_with(b"bitorch/receipt/1"));
+    assert!(v.verify(&acc(CLIENT), &genesis()));
+    assert!(!v.verify(&acc(CLIENT), &H256::zero()));
+    let payload = v.voucher.signing_payload(&genesis());
+    assert!(payload.starts_with(b"bitorch/voucher/1"));
     assert_eq!(&payload[17..49], genesis().as_bytes());
-    assert_eq!(&payload[49..], &r.receipt.encode()[..]);
+    assert_eq!(&payload[49..], &v.voucher.encode()[..]);
 }
 
 mod props {
@@ -629,7 +683,10 @@ mod props {
                     }
                     Op::Receipt(w, j, s, l, t) => {
                         let j = pick(&e, j);
-                        let _ = e.call(GATEWAY, Call::SubmitReceipt { receipt: signed(w, j, (s, s + l), t) });
+                        // Mostly the job's client's voucher, sometimes another client's.
+                        let client = Jobs::job(&e.s, j).unwrap().map(|_| e.client_of(j)).unwrap_or(CLIENT);
+                        let client = if t % 5 == 4 { CLIENT2 } else { client };
+                        let _ = e.call_as(&super::w(w), Call::Claim { voucher: signed(client, w, j, (s, s + l), t) });
                     }
                     Op::Close(c, j) => {
                         let j = pick(&e, j);
@@ -637,10 +694,10 @@ mod props {
                     }
                     Op::Audit(a, j, i, p) => {
                         let j = pick(&e, j);
-                        // Mostly an existing receipt, sometimes one past the end.
-                        let n = Jobs::job(&e.s, j).unwrap().map_or(0, |job| job.receipts.len() as u32);
+                        // Mostly an existing claim, sometimes one past the end.
+                        let n = Jobs::job(&e.s, j).unwrap().map_or(0, |job| job.claims.len() as u32);
                         let i = i % (n + 1);
-                        let _ = e.call(a, Call::SubmitAudit { job: j, receipt_index: i, passed: p });
+                        let _ = e.call(a, Call::SubmitAudit { job: j, claim_index: i, passed: p });
                     }
                     Op::Advance(n) => e.advance_to(e.now + n),
                 }
@@ -666,8 +723,8 @@ mod props {
                 opened_at: 1,
                 deadline: settle_at,
                 status: JobStatus::Challenge { settle_at },
-                receipts: vec![ReceiptRecord {
-                    receipt: unsigned(0, 1, (0, 1), 1),
+                claims: vec![ClaimRecord {
+                    voucher: unsigned(0, 1, (0, 1), 1),
                     signature: Signature::from_raw([5; 64]),
                     submitted_at: 2,
                     verdict: Some(Verdict { auditor: acc(3), passed: true, at: 3 }),

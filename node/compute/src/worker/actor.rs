@@ -7,15 +7,14 @@ use crate::{
     error::WorkerStopped,
     protocol::{StageRequest, StageResponse},
 };
-use bitorch_primitives::receipt::{JobId, SignedReceipt};
+use bitorch_primitives::{receipt::SignedVoucher, AccountId};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 enum Message {
-    Call(StageRequest, oneshot::Sender<StageResponse>),
+    Call(StageRequest, Option<AccountId>, oneshot::Sender<StageResponse>),
     CallBytes(Vec<u8>, oneshot::Sender<Vec<u8>>),
-    EndJob(JobId, oneshot::Sender<Vec<SignedReceipt>>),
-    TakeReceipts(oneshot::Sender<Vec<SignedReceipt>>),
+    TakeClaims(oneshot::Sender<Vec<SignedVoucher>>),
     Stats(oneshot::Sender<WorkerStats>),
 }
 
@@ -43,17 +42,14 @@ pub fn spawn(
             match rt.block_on(async { tokio::time::timeout(tick, rx.recv()).await }) {
                 Ok(Some(msg)) => match msg {
                     // A dropped receiver only means the caller gave up waiting.
-                    Message::Call(req, reply) => {
-                        let _ = reply.send(worker.handle(req));
+                    Message::Call(req, client, reply) => {
+                        let _ = reply.send(worker.handle_for(req, client.as_ref(), Instant::now()));
                     }
                     Message::CallBytes(bytes, reply) => {
                         let _ = reply.send(worker.handle_bytes(&bytes));
                     }
-                    Message::EndJob(job, reply) => {
-                        let _ = reply.send(worker.end_job(job));
-                    }
-                    Message::TakeReceipts(reply) => {
-                        let _ = reply.send(worker.take_receipts());
+                    Message::TakeClaims(reply) => {
+                        let _ = reply.send(worker.take_claims());
                     }
                     Message::Stats(reply) => {
                         let _ = reply.send(worker.stats());
@@ -81,9 +77,18 @@ impl WorkerHandle {
         rx.await.map_err(|_| WorkerStopped)
     }
 
-    /// Handles a request.
+    /// Handles a request, not knowing any job's client ([`Worker::handle`]).
     pub async fn call(&self, req: StageRequest) -> Result<StageResponse, WorkerStopped> {
-        self.ask(|tx| Message::Call(req, tx)).await
+        self.ask(|tx| Message::Call(req, None, tx)).await
+    }
+
+    /// Handles a request for a job whose client is `client` ([`Worker::handle_for`]).
+    pub async fn call_for(
+        &self,
+        req: StageRequest,
+        client: Option<AccountId>,
+    ) -> Result<StageResponse, WorkerStopped> {
+        self.ask(|tx| Message::Call(req, client, tx)).await
     }
 
     /// Handles a request's bytes and returns the answer's bytes ([`Worker::handle_bytes`]).
@@ -91,14 +96,9 @@ impl WorkerHandle {
         self.ask(|tx| Message::CallBytes(bytes, tx)).await
     }
 
-    /// Closes the sessions of a job and returns its receipts ([`Worker::end_job`]).
-    pub async fn end_job(&self, job: JobId) -> Result<Vec<SignedReceipt>, WorkerStopped> {
-        self.ask(|tx| Message::EndJob(job, tx)).await
-    }
-
-    /// Takes the receipts of evicted job sessions ([`Worker::take_receipts`]).
-    pub async fn take_receipts(&self) -> Result<Vec<SignedReceipt>, WorkerStopped> {
-        self.ask(Message::TakeReceipts).await
+    /// Takes the claims of paid sessions closed or evicted ([`Worker::take_claims`]).
+    pub async fn take_claims(&self) -> Result<Vec<SignedVoucher>, WorkerStopped> {
+        self.ask(Message::TakeClaims).await
     }
 
     /// Its load and measured speed ([`Worker::stats`]).

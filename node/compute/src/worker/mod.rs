@@ -6,7 +6,14 @@
 //!
 //! Each session has its own KV cache (with the batch-invariant attention kernel, so that an
 //! auditor's batched re-execution reproduces the outputs bit for bit) and the commitment
-//! [`Trace`] of every position the stage computed. Resources are bounded: at most
+//! [`Trace`] of every position the stage computed.
+//!
+//! A session opened for a job is paid by its client's vouchers ([`Voucher`]): it opens only
+//! with the client's [`SessionAuth`] for this worker, each forward after the first must carry
+//! the client's signature over the voucher for every position computed so far (with the trace
+//! hash the worker returned), and the latest voucher is the session's claim
+//! ([`Worker::take_claims`]), which the node submits on chain. The worker never runs more than
+//! one forward ahead of what the client acknowledged. Resources are bounded: at most
 //! `max_sessions` sessions, at most `max_cached_positions` positions cached over all of them
 //! (a new session or a forward that does not fit is answered [`StageResponse::Busy`] once idle
 //! sessions have been evicted), positions per message and message bytes per [`Limits`], and a
@@ -24,8 +31,8 @@ use crate::protocol::{
 };
 use bitorch_commitment::Trace;
 use bitorch_inference::{Cache, Kernel, Stage};
-use bitorch_primitives::receipt::{JobId, Receipt, SignedReceipt};
-use bitorch_primitives::{keys, Pair, H256};
+use bitorch_primitives::receipt::{JobId, SessionAuth, SignedVoucher, Voucher};
+use bitorch_primitives::{keys, AccountId, Pair, Signature, H256};
 use candle_core::{DType, Tensor};
 use std::{
     collections::{HashMap, VecDeque},
@@ -53,9 +60,9 @@ pub struct WorkerConfig {
     /// Attention kernel of sessions. Committed runs need [`Kernel::BatchInvariant`] (the
     /// default) so that audits reproduce them; [`Kernel::Reference`] is for experiments.
     pub kernel: Kernel,
-    /// Receipts of evicted job sessions kept for [`Worker::take_receipts`]; the oldest are
-    /// dropped beyond this.
-    pub max_unclaimed_receipts: usize,
+    /// Claims of closed or evicted paid sessions kept for [`Worker::take_claims`]; the oldest
+    /// are dropped beyond this.
+    pub max_unclaimed: usize,
 }
 
 impl WorkerConfig {
@@ -70,7 +77,7 @@ impl WorkerConfig {
             idle_timeout: Duration::from_secs(60),
             limits: Limits::default(),
             kernel: Kernel::BatchInvariant,
-            max_unclaimed_receipts: 1_024,
+            max_unclaimed: 1_024,
         }
     }
 }
@@ -78,8 +85,18 @@ impl WorkerConfig {
 struct Session {
     cache: Cache,
     trace: Trace,
-    job: Option<JobId>,
+    /// For a session of a job: who pays, and what it acknowledged.
+    paid: Option<Paid>,
     last_used: Instant,
+}
+
+/// The payment side of a session opened for a job.
+struct Paid {
+    job: JobId,
+    /// The job's client, whose vouchers count.
+    client: AccountId,
+    /// The latest voucher (the claim), once the client acknowledged any position.
+    latest: Option<SignedVoucher>,
 }
 
 /// One loaded stage serving sessions; see the [module docs](self).
@@ -89,7 +106,7 @@ pub struct Worker {
     config: WorkerConfig,
     info: StageInfo,
     sessions: HashMap<SessionId, Session>,
-    unclaimed: VecDeque<SignedReceipt>,
+    unclaimed: VecDeque<SignedVoucher>,
     /// Measured seconds per one-position forward (a generation step), smoothed.
     step_secs: Option<f64>,
 }
@@ -129,7 +146,7 @@ impl std::fmt::Debug for Worker {
 use bitorch_primitives::saturating_u32 as to_u32;
 
 impl Worker {
-    /// A worker serving `stage`, signing receipts with `key`.
+    /// A worker serving `stage` as the account of `key` (the one clients' vouchers name).
     pub fn new(stage: Stage, key: Pair, config: WorkerConfig) -> Self {
         let cfg = stage.config();
         let layers = stage.layers();
@@ -196,9 +213,9 @@ impl Worker {
         let mut result = Ok(());
         for pos in 0..=steps {
             let t = Instant::now();
-            let req = StageRequest::Forward { session, pos, input: input() };
+            let req = StageRequest::Forward { session, pos, input: input(), voucher: None };
             match self.handle_at(req, Instant::now()) {
-                StageResponse::Output(_) => {}
+                StageResponse::Output { .. } => {}
                 StageResponse::Error(e) => {
                     result = Err(e);
                     break;
@@ -229,7 +246,7 @@ impl Worker {
         &self.config
     }
 
-    /// The account its receipts name.
+    /// The account it works as (what vouchers and session authorizations name).
     pub fn account(&self) -> bitorch_primitives::AccountId {
         keys::account_of(&self.key)
     }
@@ -249,8 +266,9 @@ impl Worker {
         self.sessions.get(session).map(|s| &s.trace)
     }
 
-    /// Decodes a request from untrusted bytes (within the configured limits), handles it and
-    /// encodes the answer; bytes that do not decode get [`StageError::Malformed`].
+    /// Decodes a request from untrusted bytes (within the configured limits), handles it for
+    /// an unknown client ([`Worker::handle`]) and encodes the answer; bytes that do not decode
+    /// get [`StageError::Malformed`].
     pub fn handle_bytes(&mut self, bytes: &[u8]) -> Vec<u8> {
         let resp = match protocol::decode_request(bytes, &self.config.limits) {
             Ok(req) => self.handle(req),
@@ -262,30 +280,97 @@ impl Worker {
         protocol::encode(&resp)
     }
 
-    /// Handles one request now.
+    /// Handles one request now, not knowing any job's client: an opening for a job is refused
+    /// ([`StageError::Unauthorized`]); see [`Worker::handle_for`].
     pub fn handle(&mut self, req: StageRequest) -> StageResponse {
-        self.handle_at(req, Instant::now())
+        self.handle_for(req, None, Instant::now())
     }
 
-    /// Handles one request at time `now` (idle times are measured against it).
-    pub fn handle_at(&mut self, req: StageRequest, now: Instant) -> StageResponse {
+    /// Handles one request at time `now` (idle times are measured against it), for a job
+    /// whose client is `client` (the caller looked it up on chain: the job is open for this
+    /// model). An opening for a job is served only when its `auth` is `client`'s signature
+    /// over the [`SessionAuth`] for this worker.
+    pub fn handle_for(
+        &mut self,
+        req: StageRequest,
+        client: Option<&AccountId>,
+        now: Instant,
+    ) -> StageResponse {
         self.evict_idle(now);
         match req {
-            // The client's authorization is checked by the networked worker (`bitorch-serve`),
-            // which knows the job's client; this pure worker serves what reaches it.
-            StageRequest::Open { session, model, layers, job, auth: _ } => {
-                self.open(session, model, layers, job, now)
+            StageRequest::Open { session, model, layers, job, auth } => {
+                let paid = match job {
+                    None => None,
+                    Some(job) => match self.authorize(session, model, layers, job, auth, client) {
+                        Some(client) => Some(Paid { job, client, latest: None }),
+                        None => return StageResponse::Error(StageError::Unauthorized { job }),
+                    },
+                };
+                self.open(session, model, layers, paid, now)
             }
-            StageRequest::Forward { session, pos, input } => self.forward(session, pos, input, now),
-            StageRequest::Close { session } => match self.sessions.remove(&session) {
-                Some(s) => StageResponse::Closed(self.close(s)),
+            StageRequest::Forward { session, pos, input, voucher } => {
+                self.forward(session, pos, input, voucher, now)
+            }
+            StageRequest::Close { session, voucher } => match self.sessions.remove(&session) {
+                Some(mut s) => {
+                    if let Some(sig) = voucher {
+                        self.acknowledge(&session, &mut s, sig);
+                    }
+                    StageResponse::Closed(self.close(s))
+                }
                 None => StageResponse::Error(StageError::UnknownSession),
             },
         }
     }
 
-    /// Evicts sessions idle for `idle_timeout` at `now`; returns how many. The receipts of
-    /// evicted job sessions are kept for [`Worker::take_receipts`].
+    /// Handles one request at `now` for an unknown client ([`Worker::handle_for`]).
+    pub fn handle_at(&mut self, req: StageRequest, now: Instant) -> StageResponse {
+        self.handle_for(req, None, now)
+    }
+
+    /// The client, if `auth` is its signature over this opening for this worker.
+    fn authorize(
+        &self,
+        session: SessionId,
+        model: ModelId,
+        layers: (u32, u32),
+        job: JobId,
+        auth: Option<Signature>,
+        client: Option<&AccountId>,
+    ) -> Option<AccountId> {
+        let (client, sig) = (client?, auth?);
+        let asked = SessionAuth { session, model, layers, job, worker: self.account() };
+        asked.verify(&sig, client, &self.config.genesis).then(|| client.clone())
+    }
+
+    /// The voucher of `s` for everything it computed so far.
+    fn voucher(&self, session: &SessionId, s: &Session, job: JobId) -> Voucher {
+        Voucher {
+            job,
+            session: *session,
+            worker: self.account(),
+            layers: self.info.layers,
+            positions: to_u32(s.trace.len()),
+            trace: H256(s.trace.chain()),
+        }
+    }
+
+    /// Takes `sig` as the client's acknowledgement of everything `s` computed, if it is one;
+    /// returns whether it was.
+    fn acknowledge(&self, session: &SessionId, s: &mut Session, sig: Signature) -> bool {
+        let Some(paid) = &s.paid else { return false };
+        let signed = SignedVoucher { voucher: self.voucher(session, s, paid.job), signature: sig };
+        if !signed.verify(&paid.client, &self.config.genesis) {
+            return false;
+        }
+        if let Some(paid) = s.paid.as_mut() {
+            paid.latest = Some(signed);
+        }
+        true
+    }
+
+    /// Evicts sessions idle for `idle_timeout` at `now`; returns how many. The claims of
+    /// evicted paid sessions are kept for [`Worker::take_claims`].
     pub fn evict_idle(&mut self, now: Instant) -> usize {
         let timeout = self.config.idle_timeout;
         let idle: Vec<SessionId> = self
@@ -297,62 +382,36 @@ impl Worker {
         for id in &idle {
             if let Some(s) = self.sessions.remove(id) {
                 tracing::debug!(target: TARGET, positions = s.cache.len(), "evicted idle session");
-                if let Some(r) = self.close(s).receipt {
-                    self.keep_unclaimed(r);
-                }
+                self.close(s);
             }
         }
         idle.len()
     }
 
-    /// Closes every session of `job` (the job ended) and returns all receipts for it, those of
-    /// sessions evicted earlier included.
-    pub fn end_job(&mut self, job: JobId) -> Vec<SignedReceipt> {
-        let ids: Vec<SessionId> =
-            self.sessions.iter().filter(|(_, s)| s.job == Some(job)).map(|(id, _)| *id).collect();
-        let mut out: Vec<SignedReceipt> = Vec::new();
-        for id in ids {
-            if let Some(s) = self.sessions.remove(&id) {
-                out.extend(self.close(s).receipt);
-            }
-        }
-        let (mine, rest): (Vec<_>, Vec<_>) =
-            self.unclaimed.drain(..).partition(|r| r.receipt.job == job);
-        self.unclaimed = rest.into();
-        out.extend(mine);
-        out
-    }
-
-    /// Takes the receipts of evicted job sessions.
-    pub fn take_receipts(&mut self) -> Vec<SignedReceipt> {
+    /// Takes the claims of paid sessions closed or evicted since the last call: the latest
+    /// voucher of each, to submit on chain.
+    pub fn take_claims(&mut self) -> Vec<SignedVoucher> {
         self.unclaimed.drain(..).collect()
     }
 
-    fn keep_unclaimed(&mut self, r: SignedReceipt) {
-        if self.config.max_unclaimed_receipts == 0 {
+    fn keep_unclaimed(&mut self, v: SignedVoucher) {
+        if self.config.max_unclaimed == 0 {
             return;
         }
-        while self.unclaimed.len() >= self.config.max_unclaimed_receipts {
+        while self.unclaimed.len() >= self.config.max_unclaimed {
             self.unclaimed.pop_front();
         }
-        self.unclaimed.push_back(r);
+        self.unclaimed.push_back(v);
     }
 
-    fn close(&self, s: Session) -> Closure {
+    /// Closes a session: its commitment, and its claim queued for [`Worker::take_claims`].
+    fn close(&mut self, s: Session) -> Closure {
         let c = s.trace.commitment();
-        let root = H256(c.root);
-        let receipt = s.job.filter(|_| c.len > 0).map(|job| {
-            Receipt {
-                job,
-                worker: keys::account_of(&self.key),
-                layer_start: self.info.layers.0,
-                layer_end: self.info.layers.1,
-                tokens: c.len,
-                activation_root: root,
-            }
-            .sign(&self.key, &self.config.genesis)
-        });
-        Closure { positions: c.len, root, receipt }
+        let claim = s.paid.and_then(|p| p.latest);
+        if let Some(v) = &claim {
+            self.keep_unclaimed(v.clone());
+        }
+        Closure { positions: c.len, root: H256(c.root), trace: H256(s.trace.chain()), claim }
     }
 
     fn open(
@@ -360,7 +419,7 @@ impl Worker {
         session: SessionId,
         model: ModelId,
         layers: (u32, u32),
-        job: Option<JobId>,
+        paid: Option<Paid>,
         now: Instant,
     ) -> StageResponse {
         if model != self.config.model {
@@ -379,7 +438,7 @@ impl Worker {
             return StageResponse::Busy;
         }
         let cache = self.stage.new_cache_with(self.config.kernel);
-        self.sessions.insert(session, Session { cache, trace: Trace::new(), job, last_used: now });
+        self.sessions.insert(session, Session { cache, trace: Trace::new(), paid, last_used: now });
         StageResponse::Opened(self.info)
     }
 
@@ -425,6 +484,7 @@ impl Worker {
         session: SessionId,
         pos: u32,
         input: Activation,
+        voucher: Option<Signature>,
         now: Instant,
     ) -> StageResponse {
         let Some(s) = self.sessions.get(&session) else {
@@ -432,6 +492,18 @@ impl Worker {
         };
         if let Err(e) = self.check_forward(s, pos, &input) {
             return StageResponse::Error(e);
+        }
+        // A paid session goes on only once the client acknowledged what was computed.
+        if s.paid.is_some() && pos > 0 {
+            let Some(mut s) = self.sessions.remove(&session) else {
+                return StageResponse::Error(StageError::UnknownSession);
+            };
+            let acknowledged = voucher.is_some_and(|sig| self.acknowledge(&session, &mut s, sig));
+            self.sessions.insert(session, s);
+            if !acknowledged {
+                tracing::debug!(target: TARGET, pos, "refused a forward: not acknowledged");
+                return StageResponse::Error(StageError::VoucherRequired { positions: pos });
+            }
         }
         let n = input.positions() as usize;
         if self.cached_positions() + n > self.config.max_cached_positions {
@@ -452,7 +524,7 @@ impl Worker {
                         None => secs,
                     });
                 }
-                StageResponse::Output(out)
+                StageResponse::Output { output: out, trace: H256(s.trace.chain()) }
             }
             Err(e) => {
                 // The cache may hold some layers' keys for these positions and not others.

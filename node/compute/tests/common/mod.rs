@@ -9,7 +9,7 @@ use bitorch_compute::{
     WorkerConfig, WorkerHandle, WorkerInfo,
 };
 use bitorch_inference::{Pipeline, Sampler, SamplingParams, Stage};
-use bitorch_primitives::{keys, Pair, H256};
+use bitorch_primitives::{keys, AccountId, Pair, H256};
 use candle_core::DType;
 use std::{
     collections::HashMap,
@@ -44,6 +44,10 @@ pub const TINY: Tiny = Tiny {
 pub fn write_tiny(dir: &Path, t: &Tiny, seed: u64) {
     bitorch_test_support::tiny::write_safetensors(dir, t, seed, DType::F32, None);
 }
+
+/// The jobs' client in these tests: the gateway signs with its key, the transport tells
+/// workers it is the client of every job.
+pub const CLIENT: &str = "Client";
 
 /// The dev key `//<name>`.
 pub fn key(name: &str) -> Pair {
@@ -89,11 +93,13 @@ struct Entry {
 }
 
 /// An in-memory transport: requests and answers go through their wire encoding to workers
-/// running on their own threads. A worker can be made unreachable ("killed") and back.
+/// running on their own threads, which are told that [`CLIENT`] is the client of every job
+/// (what a node looks up on chain). A worker can be made unreachable ("killed") and back.
 pub struct MemTransport {
     workers: HashMap<u32, Entry>,
     limits: Limits,
     log: Mutex<Vec<(u32, &'static str)>>,
+    client: AccountId,
 }
 
 impl MemTransport {
@@ -106,7 +112,8 @@ impl MemTransport {
                 (id, Entry { handle, dead: AtomicBool::new(false), calls: AtomicUsize::new(0) })
             })
             .collect();
-        Self { workers, limits: Limits::default(), log: Mutex::new(Vec::new()) }
+        let client = keys::account_of(&key(CLIENT));
+        Self { workers, limits: Limits::default(), log: Mutex::new(Vec::new()), client }
     }
 
     pub fn kill(&self, id: u32) {
@@ -158,12 +165,12 @@ impl StageTransport for MemTransport {
         self.log.lock().unwrap().push((*worker, kind));
         let bytes = encode(&req);
         assert_eq!(decode_request(&bytes, &self.limits).as_ref(), Ok(&req));
-        let out = e
+        let resp = e
             .handle
-            .call_bytes(bytes)
+            .call_for(req, Some(self.client.clone()))
             .await
             .map_err(|e| TransportError::Unreachable(e.to_string()))?;
-        Ok(decode_response(&out, &self.limits)?)
+        Ok(decode_response(&encode(&resp), &self.limits)?)
     }
 }
 
