@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Request throughput of the README's main job (a one-node dev chain serving the real model, dev
+# build, as scripts/dev-node.sh runs it): REQUESTS short chat completions (MAX_TOKENS tokens,
+# greedy) from CLIENTS concurrent clients on its OpenAI-compatible API. Prints requests/s, p50
+# and p99 latency, one idle request's latency, their ratio, and the jobs opened on chain during
+# the load (a transaction each). With a git revision REF as the first argument, the binary
+# built from REF runs the same load in the same run, as the reference (built in a worktree
+# with the same target directory, then copied aside).
+# Usage: scripts/bench-throughput.sh [REF] [REQUESTS] [CLIENTS] [MAX_TOKENS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+REF="${1:-}"; N="${2:-200}"; CLIENTS="${3:-8}"; MAX="${4:-8}"
+MODEL="$(scripts/fetch-model.sh)"
+RPC=19970; API=18200
+PID=""; WORK=""
+cleanup() {
+  [ -n "$PID" ] && kill "$PID" 2>/dev/null
+  wait 2>/dev/null || true
+  [ -n "$WORK" ] && git worktree remove --force "$WORK" 2>/dev/null
+  true
+}
+trap cleanup EXIT
+
+BINS=()
+if [ -n "$REF" ]; then
+  WORK="$(mktemp -d -t bitorch-ref.XXXXXX)"
+  git worktree add --detach "$WORK" "$REF" >/dev/null
+  (cd "$WORK" && cargo build -q -p bitorch --bin bitorch)
+  cp "$CARGO_TARGET_DIR/debug/bitorch" "$WORK/bitorch-ref"
+  BINS+=("$WORK/bitorch-ref")
+fi
+cargo build -q -p bitorch --bin bitorch
+BINS+=("$CARGO_TARGET_DIR/debug/bitorch")
+
+rpc() {
+  python3 -c "
+import json, sys, urllib.request
+body = json.dumps({'jsonrpc': '2.0', 'id': 1, 'method': sys.argv[1], 'params': json.loads(sys.argv[2])})
+req = urllib.request.Request('http://127.0.0.1:$RPC', body.encode(), {'Content-Type': 'application/json'})
+print(json.dumps(json.load(urllib.request.urlopen(req))['result']))" "$@"
+}
+# Jobs opened so far: the first id with no job.
+jobs() {
+  local i=0
+  while [ "$(rpc bitorch_job "[$i]")" != "null" ]; do i=$((i + 1)); done
+  echo "$i"
+}
+
+printf '\n%-34s %8s %8s %8s %8s %8s %6s %6s\n' "$N requests x $MAX tokens, $CLIENTS clients" \
+  "req/s" "p50 s" "p99 s" "idle s" "p50/idle" "jobs" "failed"
+for BIN in "${BINS[@]}"; do
+  LOG="$(mktemp -t bitorch-throughput.XXXXXX.log)"
+  "$BIN" node --dev --tmp --rpc-port "$RPC" --serve-model "$MODEL" --api-port "$API" >"$LOG" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 600); do
+    grep -q "OpenAI-compatible API on" "$LOG" && break
+    kill -0 "$PID" 2>/dev/null || { echo "the node stopped; see $LOG" >&2; exit 1; }
+    sleep 0.2
+  done
+  before="$(jobs)"
+  read -r solo rps p50 p99 failed <<<"$(python3 scripts/load_bench.py "$API" "$N" "$CLIENTS" "$MAX")"
+  opened=$(( $(jobs) - before ))
+  kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; PID=""
+  name="this tree"; [ "$BIN" != "${BINS[-1]}" ] && name="reference $REF"
+  ratio="$(python3 -c "print(f'{$p50 / $solo:.2f}')")"
+  printf '%-34s %8s %8s %8s %8s %8s %6s %6s\n' "$name" "$rps" "$p50" "$p99" "$solo" "$ratio" \
+    "$opened" "$failed"
+done
+echo "idle: median latency of 5 requests one at a time before the load; jobs: opened during the load"
