@@ -102,6 +102,35 @@ pub struct JobsJson {
     pub audit_slash_percent: u8,
     /// Most claims a job accepts (a claim per worker and session).
     pub max_claims: u32,
+    /// Least share of claims audited, in percent (more for claims large against the worker's
+    /// stake).
+    #[serde(default = "default_audit_percent")]
+    pub audit_percent: u8,
+    /// Validators assigned to audit a claim.
+    #[serde(default = "default_auditors")]
+    pub auditors: u8,
+    /// Blocks auditors have to commit to a finding, and again to reveal it.
+    #[serde(default = "default_audit_window")]
+    pub audit_window: u64,
+    /// Audit fee, in percent of a claim, shared by the auditors on the side of the outcome.
+    #[serde(default = "default_audit_fee_percent")]
+    pub audit_fee_percent: u8,
+}
+
+fn default_audit_percent() -> u8 {
+    10
+}
+
+fn default_auditors() -> u8 {
+    3
+}
+
+fn default_audit_window() -> u64 {
+    5
+}
+
+fn default_audit_fee_percent() -> u8 {
+    5
 }
 
 /// The `genesis` section.
@@ -158,7 +187,16 @@ fn default_staking() -> StakingJson {
 }
 
 fn default_jobs() -> JobsJson {
-    JobsJson { job_timeout: 60, challenge_window: 10, audit_slash_percent: 10, max_claims: 256 }
+    JobsJson {
+        job_timeout: 60,
+        challenge_window: 10,
+        audit_slash_percent: 10,
+        max_claims: 256,
+        audit_percent: default_audit_percent(),
+        auditors: default_auditors(),
+        audit_window: default_audit_window(),
+        audit_fee_percent: default_audit_fee_percent(),
+    }
 }
 
 impl ChainSpec {
@@ -302,6 +340,10 @@ impl ChainSpec {
                 challenge_window: g.jobs.challenge_window,
                 audit_slash_percent: g.jobs.audit_slash_percent,
                 max_claims: g.jobs.max_claims,
+                audit_percent: g.jobs.audit_percent,
+                auditors: g.jobs.auditors,
+                audit_window: g.jobs.audit_window,
+                audit_fee_percent: g.jobs.audit_fee_percent,
             },
         };
         // Build once so that every invalid value is reported here, not at node start.

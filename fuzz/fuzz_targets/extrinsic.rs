@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         (tree, header.hash())
     });
     if let Ok(xt) = UncheckedExtrinsic::decode_untrusted(data) {
-        let ctx = Context { block_number: 1, genesis_hash: *genesis, author: AccountId::new([0; 32]) };
+        let ctx = Context { block_number: 1, genesis_hash: *genesis, author: AccountId::new([0; 32]), parent_hash: Default::default() };
         let _ = executive::validate_transaction(state, &xt, data.len(), &ctx);
     }
 });

@@ -138,6 +138,7 @@ pub fn execute_block<S: Storage + ?Sized>(
         block_number: block.header.number,
         genesis_hash: *genesis,
         author: block.header.author.clone(),
+        parent_hash: block.header.parent_hash,
     };
     initialize_block(state, &ctx)?;
     for (index, xt) in block.extrinsics.iter().enumerate() {

@@ -111,6 +111,7 @@ impl GenesisConfig {
             block_number: 0,
             genesis_hash: Hash::zero(),
             author: AccountId::new([0; 32]),
+            parent_hash: Default::default(),
         };
         let workers: BTreeSet<&AccountId> = self.workers.iter().map(|(w, _)| w).collect();
         for (who, stake) in &self.validators {

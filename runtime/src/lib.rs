@@ -78,6 +78,8 @@ impl Call {
             Call::Models(_) => 10,
             // A claim carries the client's voucher signature to verify.
             Call::Jobs(jobs::Call::Claim { .. }) => 5,
+            // A commitment to check against the finding revealed.
+            Call::Jobs(jobs::Call::RevealVerdict { .. }) => 4,
             Call::Jobs(_) => 3,
         }
     }

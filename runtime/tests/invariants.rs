@@ -33,6 +33,10 @@ fn genesis() -> (MemoryState, Vec<Pair>) {
             challenge_window: 2,
             audit_slash_percent: 10,
             max_claims: 8,
+            audit_percent: 50,
+            auditors: 1,
+            audit_window: 1,
+            audit_fee_percent: 10,
         },
     };
     (config.build_state().unwrap(), pairs)
@@ -69,9 +73,16 @@ enum Op {
     Close {
         job: u64,
     },
-    Audit {
+    /// The op's account commits to a finding on a job's first claim (accepted only from an
+    /// assigned auditor in the commit window).
+    Commit {
         job: u64,
-        passed: bool,
+        failed: bool,
+    },
+    /// ... and reveals it (accepted only in the reveal window).
+    Reveal {
+        job: u64,
+        failed: bool,
     },
     NextBlock,
 }
@@ -94,10 +105,23 @@ fn op() -> impl Strategy<Value = (usize, Op)> {
                 worker
             }),
             (0u64..3).prop_map(|job| Op::Close { job }),
-            (0u64..3, any::<bool>()).prop_map(|(job, passed)| Op::Audit { job, passed }),
+            (0u64..3, any::<bool>()).prop_map(|(job, failed)| Op::Commit { job, failed }),
+            (0u64..3, any::<bool>()).prop_map(|(job, failed)| Op::Reveal { job, failed }),
             Just(Op::NextBlock),
         ],
     )
+}
+
+/// Stake slashed by every failed audit so far.
+fn slashed(s: &MemoryState) -> Balance {
+    (0..Jobs::next_job_id(s).unwrap())
+        .filter_map(|id| Jobs::job(s, id).unwrap())
+        .flat_map(|j| j.claims)
+        .filter_map(|c| match c.audit.and_then(|a| a.outcome) {
+            Some(jobs::Outcome::Failed { slashed }) => Some(slashed),
+            _ => None,
+        })
+        .sum()
 }
 
 proptest! {
@@ -107,7 +131,7 @@ proptest! {
         let (mut state, pairs) = genesis();
         let accounts: Vec<AccountId> = pairs.iter().map(account_of).collect();
         let genesis_hash = H256::repeat_byte(1);
-        let mut ctx = Context { block_number: 1, genesis_hash, author: accounts[0].clone() };
+        let mut ctx = Context { block_number: 1, genesis_hash, author: accounts[0].clone(), parent_hash: Default::default() };
         let model = models::model_id(&accounts[0], &models::example_manifest(4).name);
         for (who, op) in ops {
             let mut signer = &pairs[who];
@@ -116,9 +140,11 @@ proptest! {
                     executive::finalize_block(&mut state, &ctx).unwrap();
                     ctx.block_number += 1;
                     let before = Balances::total_issuance(&state).unwrap();
+                    let slashed_before = slashed(&state);
                     executive::initialize_block(&mut state, &ctx).unwrap();
-                    // Settlement moves value, slashing is only by audit: hooks burn nothing.
-                    prop_assert_eq!(Balances::total_issuance(&state).unwrap(), before);
+                    // Settlement moves value; hooks burn only what failed audits slash.
+                    let burned = before - Balances::total_issuance(&state).unwrap();
+                    prop_assert_eq!(burned, slashed(&state) - slashed_before);
                     continue;
                 }
                 Op::Transfer { to, amount } => Call::Balances(balances::Call::Transfer { dest: accounts[to].clone(), amount }),
@@ -135,7 +161,15 @@ proptest! {
                     Call::Jobs(jobs::Call::Claim { voucher })
                 }
                 Op::Close { job } => Call::Jobs(jobs::Call::CloseJob { job }),
-                Op::Audit { job, passed } => Call::Jobs(jobs::Call::SubmitAudit { job, claim_index: 0, passed }),
+                Op::Commit { job, failed } => {
+                    let finding = if failed { jobs::Finding::Failed { outputs: H256::zero() } } else { jobs::Finding::Passed { outputs: H256::zero() } };
+                    let commitment = jobs::verdict_commitment(job, 0, &accounts[who], &finding, &[0; 32]);
+                    Call::Jobs(jobs::Call::CommitVerdict { job, claim_index: 0, commitment })
+                }
+                Op::Reveal { job, failed } => {
+                    let finding = if failed { jobs::Finding::Failed { outputs: H256::zero() } } else { jobs::Finding::Passed { outputs: H256::zero() } };
+                    Call::Jobs(jobs::Call::RevealVerdict { job, claim_index: 0, finding, salt: [0; 32] })
+                }
             };
             let nonce = Balances::nonce(&state, &account_of(signer)).unwrap();
             let xt = UncheckedExtrinsic::sign(signer, &genesis_hash, nonce, 0, 1_000, call);
@@ -147,12 +181,7 @@ proptest! {
                 Ok(()) => {
                     let burned = issuance - Balances::total_issuance(&state).unwrap();
                     let fee = compute_fee(&xt.call, len, 0);
-                    let is_failed_audit = matches!(xt.call, Call::Jobs(jobs::Call::SubmitAudit { passed: false, .. }));
-                    if is_failed_audit {
-                        prop_assert!(burned >= fee, "a failed audit burns the fee plus the slash");
-                    } else {
-                        prop_assert_eq!(burned, fee, "only the fee is burned");
-                    }
+                    prop_assert_eq!(burned, fee, "only the fee is burned");
                 }
             }
             let (total, reserved) = totals(&state, &accounts);
@@ -168,7 +197,12 @@ fn a_signed_transfer_pays_its_fee_and_bumps_the_nonce() {
     let (mut state, pairs) = genesis();
     let (alice, bob) = (account_of(&pairs[0]), account_of(&pairs[1]));
     let g = H256::repeat_byte(1);
-    let ctx = Context { block_number: 1, genesis_hash: g, author: alice.clone() };
+    let ctx = Context {
+        block_number: 1,
+        genesis_hash: g,
+        author: alice.clone(),
+        parent_hash: Default::default(),
+    };
     let call = Call::Balances(balances::Call::Transfer { dest: bob.clone(), amount: 5 * UNIT });
     let xt = UncheckedExtrinsic::sign(&pairs[0], &g, 0, 0, 10, call);
     let len = xt.encode().len();

@@ -283,10 +283,34 @@ async fn job(id: u64, common: &Common) -> Result<()> {
                     tokens(&r["paid"]),
                     r["session"].as_str().unwrap_or("?"),
                 );
+                println!("          audit: {}", audit_line(&r["audit"]));
             }
         }
     }
     Ok(())
+}
+
+/// One line about a claim's audit, from `bitorch_job`'s JSON.
+fn audit_line(a: &Value) -> String {
+    if a.is_null() {
+        return "not chosen".into();
+    }
+    let auditors = a["auditors"].as_array().map_or(0, Vec::len);
+    let findings = a["findings"].as_array().map_or(0, Vec::len);
+    match &a["outcome"] {
+        Value::Null => format!(
+            "open: {auditors} auditors, positions 0..={}, {findings} findings, resolved at block {}",
+            a["lastPosition"], a["revealBy"]
+        ),
+        Value::String(s) => format!("{s} ({findings} of {auditors} auditors revealed)"),
+        other => match other["failed"]["slashed"].as_str() {
+            Some(_) => format!(
+                "failed, worker slashed {} ({findings} of {auditors} auditors revealed)",
+                tokens(&other["failed"]["slashed"])
+            ),
+            None => other.to_string(),
+        },
+    }
 }
 
 fn parse_hash_value(v: &Value) -> Result<Hash> {

@@ -64,15 +64,7 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
         let Some(job) = ctx.chain.job(id).await.map_err(internal)? else {
             return Ok(Value::Null);
         };
-        let count = u32::try_from(job.claims.len()).unwrap_or(u32::MAX);
-        let votes = ctx.chain.audit_votes(id, count).await.map_err(internal)?;
-        let mut out = job_json(id, &job);
-        if let Some(claims) = out["claims"].as_array_mut() {
-            for (r, votes) in claims.iter_mut().zip(&votes) {
-                r["votes"] = Value::Array(votes.iter().map(verdict_json).collect());
-            }
-        }
-        Ok(out)
+        Ok(job_json(id, &job))
     });
     method!(m, "bitorch_models", |_p, ctx| {
         let models = ctx.chain.models().await.map_err(internal)?;
@@ -122,15 +114,36 @@ fn job_status_json(s: &jobs::JobStatus) -> Value {
             json!({ "settled": { "paid": paid.to_string(), "refunded": refunded.to_string() } })
         }
         Refunded => json!({ "refunded": null }),
-        Failed { claim_index, auditor, slashed } => json!({ "failed": {
-            "claimIndex": claim_index, "auditor": to_ss58(auditor), "slashed": slashed.to_string()
-        } }),
         Stuck { reason } => json!({ "stuck": String::from_utf8_lossy(reason) }),
     }
 }
 
-fn verdict_json(v: &jobs::Verdict) -> Value {
-    json!({ "auditor": to_ss58(&v.auditor), "passed": v.passed, "at": v.at })
+fn finding_json(f: &jobs::Finding) -> Value {
+    match f {
+        jobs::Finding::Passed { outputs } => json!({ "passed": { "outputs": outputs } }),
+        jobs::Finding::Failed { outputs } => json!({ "failed": { "outputs": outputs } }),
+        jobs::Finding::NoOpening => json!({ "noOpening": null }),
+    }
+}
+
+fn audit_json(a: &jobs::Audit) -> Value {
+    let outcome = match &a.outcome {
+        None => Value::Null,
+        Some(jobs::Outcome::Passed) => json!("passed"),
+        Some(jobs::Outcome::Failed { slashed }) => {
+            json!({ "failed": { "slashed": slashed.to_string() } })
+        }
+        Some(jobs::Outcome::Inconclusive) => json!("inconclusive"),
+    };
+    json!({
+        "lastPosition": a.last,
+        "auditors": a.auditors.iter().map(|(who, w)| json!({ "auditor": to_ss58(who), "weight": w })).collect::<Vec<_>>(),
+        "commitBy": a.commit_by,
+        "revealBy": a.reveal_by,
+        "commits": a.commits.iter().map(|(who, c)| json!({ "auditor": to_ss58(who), "commitment": c })).collect::<Vec<_>>(),
+        "findings": a.reveals.iter().map(|(who, f)| json!({ "auditor": to_ss58(who), "finding": finding_json(f) })).collect::<Vec<_>>(),
+        "outcome": outcome,
+    })
 }
 
 fn job_json(id: u64, j: &jobs::Job) -> Value {
@@ -155,7 +168,8 @@ fn job_json(id: u64, j: &jobs::Job) -> Value {
             "trace": r.voucher.trace,
             "clientSignature": format!("0x{}", hex::encode(r.signature.0)),
             "submittedAt": r.submitted_at,
-            "verdict": r.verdict.as_ref().map(verdict_json),
+            "auditFee": r.audit_fee.to_string(),
+            "audit": r.audit.as_ref().map(audit_json),
             "paid": r.paid.to_string(),
         })).collect::<Vec<_>>(),
     })

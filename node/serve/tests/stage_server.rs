@@ -170,7 +170,7 @@ async fn only_paid_sessions_authorized_by_the_client_are_served() {
         panic!("not closed")
     };
     assert_eq!(closed.claim.as_ref().map(|c| c.voucher.positions), Some(6));
-    // Bob's node claims it on chain, signed by Bob: 4 layers × 6 positions × 1 UNIT.
+    // Bob's node claims it on chain, signed by Bob: 4 layers × 6 positions × 1 BTR.
     let stop = CancellationToken::new();
     let claimer =
         tokio::spawn(submit_claims(s.chain.clone(), s.bob.clone(), s.worker.clone(), stop.clone()));
@@ -188,7 +188,8 @@ async fn only_paid_sessions_authorized_by_the_client_are_served() {
     claimer.await.unwrap();
     assert_eq!(claims.len(), 1, "Bob's claim is on chain");
     assert_eq!(claims[0].voucher, closed.claim.unwrap().voucher);
-    assert_eq!(s.chain.job(s.job).await.unwrap().unwrap().claimed, 24 * UNIT);
+    // Worth 24 BTR, with the dev chain's 5% audit fee reserved beside it.
+    assert_eq!(s.chain.job(s.job).await.unwrap().unwrap().claimed, 24 * UNIT * 105 / 100);
 
     // A job that is not on chain, or no longer open, is refused as not open.
     assert_eq!(

@@ -145,7 +145,12 @@ impl Chain {
 
     /// The context of the next block, authored by `author`.
     pub fn next_context(&self, author: AccountId) -> Context {
-        Context { block_number: self.best.number + 1, genesis_hash: self.genesis, author }
+        Context {
+            block_number: self.best.number + 1,
+            genesis_hash: self.genesis,
+            author,
+            parent_hash: self.best.hash(),
+        }
     }
 
     /// A full block by hash.

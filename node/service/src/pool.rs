@@ -283,6 +283,7 @@ mod tests {
             block_number: 1,
             genesis_hash: header.hash(),
             author: account_of(&pair_from_suri("//Alice").unwrap()),
+            parent_hash: Default::default(),
         };
         (state, ctx)
     }

@@ -192,14 +192,10 @@ impl Handle {
         self.with(move |s| Ok(Jobs::job(s.chain.state(), id)?)).await?
     }
 
-    /// The validators' audit votes on each of job `id`'s first `claims` claims.
-    pub async fn audit_votes(
-        &self,
-        id: JobId,
-        claims: u32,
-    ) -> Result<Vec<Vec<bitorch_runtime::jobs::Verdict>>, Error> {
-        self.with(move |s| (0..claims).map(|i| Ok(Jobs::votes(s.chain.state(), id, i)?)).collect())
-            .await?
+    /// The audits not yet resolved, as (job, claim index): what an auditor looks through for
+    /// those assigned to it.
+    pub async fn open_audits(&self) -> Result<Vec<(JobId, u32)>, Error> {
+        self.with(move |s| Ok(Jobs::open_audits(s.chain.state())?)).await?
     }
 
     /// The id the next job opened will get.

@@ -7,7 +7,12 @@ fn acc(n: u8) -> AccountId {
 }
 
 fn ctx() -> Context {
-    Context { block_number: 1, genesis_hash: H256::zero(), author: acc(9) }
+    Context {
+        block_number: 1,
+        genesis_hash: H256::zero(),
+        author: acc(9),
+        parent_hash: Default::default(),
+    }
 }
 
 fn setup() -> MemoryState {

@@ -92,24 +92,50 @@ pub enum Error {
     /// Only the job's client may do this.
     #[error("only the job's client may close it")]
     NotClient,
-    /// The auditor is not in the active validator set.
-    #[error("only active validators may submit audits")]
-    NotAValidator,
-    /// The job is already settled, refunded or failed.
-    #[error("job {0} is past its challenge window; audits are no longer accepted")]
-    AuditWindowClosed(JobId),
     /// No claim at this index.
     #[error("job has no claim at index {0}")]
     UnknownClaim(u32),
-    /// The claim already has a verdict.
-    #[error("claim {0} has already been audited")]
-    AlreadyAudited(u32),
-    /// This validator already voted on the claim.
-    #[error("this validator has already voted on claim {0}")]
-    AlreadyVoted(u32),
-    /// The auditor is the job's client or the claim's worker.
-    #[error("an auditor may not audit a job it is the client of or a claim it is the worker of")]
-    AuditorIsParty,
+    /// The claim was not chosen for an audit.
+    #[error("claim {0} is not being audited")]
+    NotAudited(u32),
+    /// The claim's audit is already resolved.
+    #[error("the audit of claim {0} is already resolved")]
+    AuditResolved(u32),
+    /// The signer is not one of the auditors the chain assigned to the claim.
+    #[error("only the auditors the chain assigned to claim {0} may give a verdict on it")]
+    NotAnAuditor(u32),
+    /// The commit window is over.
+    #[error("commitments were accepted until block {commit_by}")]
+    CommitWindowClosed {
+        /// First block past the window.
+        commit_by: BlockNumber,
+    },
+    /// This auditor already committed.
+    #[error("this auditor already committed to a finding on claim {0}")]
+    AlreadyCommitted(u32),
+    /// A reveal without a commitment.
+    #[error("this auditor did not commit to a finding on claim {0}")]
+    NotCommitted(u32),
+    /// A reveal before the commit window ended.
+    #[error(
+        "findings are revealed from block {from}, once every auditor had its chance to commit"
+    )]
+    RevealTooEarly {
+        /// First block of the reveal window.
+        from: BlockNumber,
+    },
+    /// The reveal window is over.
+    #[error("findings were revealed until block {reveal_by}")]
+    RevealWindowClosed {
+        /// First block past the window.
+        reveal_by: BlockNumber,
+    },
+    /// This auditor already revealed.
+    #[error("this auditor already revealed its finding on claim {0}")]
+    AlreadyRevealed(u32),
+    /// The revealed finding and salt do not hash to the commitment.
+    #[error("the revealed finding on claim {0} is not the one committed to")]
+    CommitmentMismatch(u32),
     /// Arithmetic overflow in amounts or block numbers.
     #[error("arithmetic overflow")]
     Overflow,

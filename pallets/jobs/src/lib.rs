@@ -8,8 +8,26 @@
 //! with the latest voucher of a session. A claim is valid only with the job's client's
 //! signature ([`Error::BadVoucherSignature`]), only from the worker it names
 //! ([`Error::NotVoucherWorker`]), once per worker and session ([`Error::DuplicateClaim`]), and
-//! within the escrow. Active validators audit claims. At settlement the escrow pays each claim
+//! within the escrow (with room for its audit fee). At settlement the escrow pays each claim
 //! `layers × positions × price` and refunds the rest.
+//!
+//! Audits are chosen by the chain ([`Audit`]): in the block after a claim, the parent block's
+//! hash (which the worker could not know when it signed) decides whether the claim is audited,
+//! which prefix of positions is re-executed, and which validators audit it (drawn by voting
+//! weight, never the worker or the client). The probability is at least `audit_percent`, and
+//! more for a claim that is large against the worker's stake ([`audit_ppm`]): audited with
+//! probability `p` and slashed `audit_slash_percent` of its stake when caught, a cheating worker
+//! loses at least twice what the claim could gain, in expectation. The assigned auditors commit
+//! to their finding ([`Call::CommitVerdict`]: a hash of the finding, with the hash of their
+//! recomputed outputs, and a salt) within `audit_window` blocks, and reveal it
+//! ([`Call::RevealVerdict`]) within the next `audit_window`, so no auditor can copy another's
+//! verdict. At the end of the reveal window the audit is resolved: auditors holding two thirds
+//! of the assigned weight finding it failed (wrong outputs, or no opening served) slash the
+//! worker and void the claim; two thirds finding it passed confirm it; anything else is
+//! inconclusive and the claim is paid. The auditors on the side of the outcome share the
+//! claim's audit fee (`audit_fee_percent` of its amount, reserved from the escrow with the
+//! claim); the others, and those who did not reveal, get nothing. A job settles only once its
+//! audits are resolved.
 //!
 //! Life cycle of a job ([`JobStatus`]):
 //! - `Open` from [`Call::OpenJob`] until its deadline (`opened_at + job_timeout`): workers
@@ -63,6 +81,17 @@ pub const MAX_STUCK_REASON: usize = 256;
 /// Jobs parameters, set at genesis.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Params {
+    /// Least probability, in percent, that a claim is audited (above 100 counts as 100).
+    pub audit_percent: u8,
+    /// Auditors assigned to an audited claim (fewer when fewer validators are eligible).
+    pub auditors: u8,
+    /// Blocks the auditors have to commit to their finding, and then again to reveal it (0 is
+    /// treated as 1).
+    #[codec(compact)]
+    pub audit_window: BlockNumber,
+    /// Audit fee, in percent of a claim's amount, reserved from the escrow with the claim and
+    /// shared by the auditors on the side of the outcome (above 100 counts as 100).
+    pub audit_fee_percent: u8,
     /// Blocks from opening to the deadline (0 is treated as 1).
     #[codec(compact)]
     pub job_timeout: BlockNumber,
@@ -79,22 +108,104 @@ pub struct Params {
 
 impl Default for Params {
     /// Development values: 100-block timeout, 20-block challenge window, 10% slash, 256
-    /// claims.
+    /// claims; at least 10% of claims audited by 3 validators with 5 blocks to commit and 5 to
+    /// reveal, for a 5% fee.
     fn default() -> Self {
-        Self { job_timeout: 100, challenge_window: 20, audit_slash_percent: 10, max_claims: 256 }
+        Self {
+            audit_percent: 10,
+            auditors: 3,
+            audit_window: 5,
+            audit_fee_percent: 5,
+            job_timeout: 100,
+            challenge_window: 20,
+            audit_slash_percent: 10,
+            max_claims: 256,
+        }
     }
 }
 
-/// An auditor's verdict on a claim.
+/// What an assigned auditor found.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct Verdict {
-    /// The validator that audited.
-    pub auditor: AccountId,
-    /// Whether the re-execution matched.
-    pub passed: bool,
-    /// Block of the verdict.
+pub enum Finding {
+    /// The opening matched the voucher's trace hash and re-execution reproduced the outputs;
+    /// `outputs` is the hash of the auditor's recomputed outputs.
+    #[codec(index = 0)]
+    Passed {
+        /// blake2-256 of the recomputed outputs of the opened positions.
+        outputs: H256,
+    },
+    /// The opening did not match the trace hash, or re-execution gave other outputs.
+    #[codec(index = 1)]
+    Failed {
+        /// blake2-256 of the recomputed outputs (zero when the opening itself was wrong).
+        outputs: H256,
+    },
+    /// The worker did not serve the opening in time.
+    #[codec(index = 2)]
+    NoOpening,
+}
+
+impl Finding {
+    /// Whether it finds against the worker.
+    pub fn against(&self) -> bool {
+        !matches!(self, Finding::Passed { .. })
+    }
+}
+
+/// What an audit concluded.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Outcome {
+    /// Two thirds of the assigned weight found the work right.
+    #[codec(index = 0)]
+    Passed,
+    /// Two thirds of the assigned weight found it wrong or unopened: the worker was slashed
+    /// and the claim is void.
+    #[codec(index = 1)]
+    Failed {
+        /// Stake slashed (burned) from the worker.
+        #[codec(compact)]
+        slashed: Balance,
+    },
+    /// Neither side reached two thirds (or nobody was eligible to audit): the claim is paid.
+    #[codec(index = 2)]
+    Inconclusive,
+}
+
+/// A claim's audit, as the chain chose it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Audit {
+    /// The positions `0..=last` are opened and re-executed.
     #[codec(compact)]
-    pub at: BlockNumber,
+    pub last: u32,
+    /// The assigned auditors and their voting weight when assigned.
+    pub auditors: Vec<(AccountId, u64)>,
+    /// Commitments are accepted before this block.
+    #[codec(compact)]
+    pub commit_by: BlockNumber,
+    /// Reveals are accepted from `commit_by` until before this block, at whose start the audit
+    /// is resolved.
+    #[codec(compact)]
+    pub reveal_by: BlockNumber,
+    /// Each committed auditor's commitment ([`verdict_commitment`]).
+    pub commits: Vec<(AccountId, H256)>,
+    /// Each revealed finding.
+    pub reveals: Vec<(AccountId, Finding)>,
+    /// The outcome, once resolved.
+    pub outcome: Option<Outcome>,
+}
+
+/// What an auditor commits to: `blake2_256((b"bitorch/verdict/1", job, claim_index, auditor,
+/// finding, salt))`.
+pub fn verdict_commitment(
+    job: JobId,
+    claim_index: u32,
+    auditor: &AccountId,
+    finding: &Finding,
+    salt: &[u8; 32],
+) -> H256 {
+    bitorch_primitives::blake2_256(
+        &(b"bitorch/verdict/1", job, claim_index, auditor, finding, salt).encode(),
+    )
 }
 
 /// A claim as the job holds it.
@@ -107,8 +218,11 @@ pub struct ClaimRecord {
     /// Block in which it was submitted.
     #[codec(compact)]
     pub submitted_at: BlockNumber,
-    /// The audit verdict, if audited.
-    pub verdict: Option<Verdict>,
+    /// The audit fee reserved from the escrow with it.
+    #[codec(compact)]
+    pub audit_fee: Balance,
+    /// Its audit, if the chain chose it for one.
+    pub audit: Option<Audit>,
     /// What settlement paid the worker (0 until settled, or if the payment could not be made).
     #[codec(compact)]
     pub paid: Balance,
@@ -141,18 +255,6 @@ pub enum JobStatus {
     /// Settled with no claims; the whole escrow returned to the client.
     #[codec(index = 3)]
     Refunded,
-    /// A claim failed its audit: the worker was slashed, the client refunded in full.
-    #[codec(index = 4)]
-    Failed {
-        /// The claim that failed.
-        #[codec(compact)]
-        claim_index: u32,
-        /// The auditor.
-        auditor: AccountId,
-        /// Stake slashed (burned) from the worker.
-        #[codec(compact)]
-        slashed: Balance,
-    },
     /// Processing at its due block failed; the escrow stays reserved. Should never happen.
     #[codec(index = 5)]
     Stuck {
@@ -196,7 +298,7 @@ pub struct Job {
     pub status: JobStatus,
     /// Claims submitted (at most `max_claims`).
     pub claims: Vec<ClaimRecord>,
-    /// Sum of what the claims are worth (never above `escrow`).
+    /// Sum of what the claims are worth with their audit fees (never above `escrow`).
     #[codec(compact)]
     pub claimed: Balance,
 }
@@ -233,20 +335,33 @@ pub enum Call {
         #[codec(compact)]
         job: JobId,
     },
-    /// An active validator's vote on a claim. The claim's verdict is reached when the
-    /// validators voting one way hold at least two thirds of the active set's weight: failed
-    /// slashes the worker and refunds the client, passed closes the audit. One vote decides
-    /// only where one validator holds that much (a one-validator dev chain).
+    /// An assigned auditor's commitment to its finding on a claim ([`verdict_commitment`]),
+    /// before the audit's `commit_by`.
     #[codec(index = 3)]
-    SubmitAudit {
+    CommitVerdict {
         /// The job.
         #[codec(compact)]
         job: JobId,
         /// Index of the claim in the job.
         #[codec(compact)]
         claim_index: u32,
-        /// Whether re-execution matched the commitment.
-        passed: bool,
+        /// The commitment.
+        commitment: H256,
+    },
+    /// An auditor's reveal of the finding it committed to, from `commit_by` until before
+    /// `reveal_by`.
+    #[codec(index = 4)]
+    RevealVerdict {
+        /// The job.
+        #[codec(compact)]
+        job: JobId,
+        /// Index of the claim in the job.
+        #[codec(compact)]
+        claim_index: u32,
+        /// The finding.
+        finding: Finding,
+        /// The salt of the commitment.
+        salt: [u8; 32],
     },
 }
 
@@ -270,8 +385,36 @@ fn next_id_key() -> Vec<u8> {
     support::value_key(PALLET, "next_job_id")
 }
 
-fn votes_key(job: JobId, claim_index: u32) -> Vec<u8> {
-    support::map_key(PALLET, "votes", &(job, claim_index))
+fn select_key(block: BlockNumber) -> Vec<u8> {
+    support::map_key(PALLET, "select", &block)
+}
+
+fn resolve_key(block: BlockNumber) -> Vec<u8> {
+    support::map_key(PALLET, "resolve", &block)
+}
+
+fn open_audits_key() -> Vec<u8> {
+    support::value_key(PALLET, "open_audits")
+}
+
+/// `percent`% of `x` (above 100 counts as 100), rounded down, without overflow.
+fn percent_of(x: Balance, percent: u8) -> Balance {
+    let p = Balance::from(percent.min(100));
+    x / 100 * p + x % 100 * p / 100
+}
+
+/// The probability, in parts per million, that a claim worth `amount` by a worker with `stake`
+/// is audited: at least `audit_percent`, and enough that the expected slash when cheating,
+/// probability × `slash_percent` of the stake, is at least twice the claim's amount (what
+/// cheating on it could gain). Certain when the worker has nothing to slash.
+pub fn audit_ppm(audit_percent: u8, slash_percent: u8, amount: Balance, stake: Balance) -> u64 {
+    let base = u64::from(audit_percent.min(100)) * 10_000;
+    let slash = percent_of(stake, slash_percent);
+    if slash == 0 {
+        return 1_000_000;
+    }
+    let need = amount.saturating_mul(2_000_000).div_ceil(slash).min(1_000_000);
+    base.max(need as u64)
 }
 
 fn total_escrow_key() -> Vec<u8> {
@@ -364,8 +507,11 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
             }
             Call::Claim { voucher } => Self::claim(s, who, voucher, ctx),
             Call::CloseJob { job } => Self::close_job(s, who, *job, ctx),
-            Call::SubmitAudit { job, claim_index, passed } => {
-                Self::submit_audit(s, who, *job, *claim_index, *passed, ctx)
+            Call::CommitVerdict { job, claim_index, commitment } => {
+                Self::commit_verdict(s, who, *job, *claim_index, *commitment, ctx)
+            }
+            Call::RevealVerdict { job, claim_index, finding, salt } => {
+                Self::reveal_verdict(s, who, *job, *claim_index, finding, salt, ctx)
             }
         }
     }
@@ -460,24 +606,35 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         if job.claims.len() >= max as usize {
             return Err(Error::TooManyClaims { max });
         }
+        let fee_percent = Self::params(s)?.audit_fee_percent;
         let available = job.escrow.saturating_sub(job.claimed);
         let amount = v.amount(job.price_per_layer_token);
-        let claimed = amount.and_then(|a| job.claimed.checked_add(a)).filter(|c| *c <= job.escrow);
+        let fee = amount.map(|a| percent_of(a, fee_percent));
+        let with_fee = amount.zip(fee).and_then(|(a, f)| a.checked_add(f));
+        let claimed =
+            with_fee.and_then(|a| job.claimed.checked_add(a)).filter(|c| *c <= job.escrow);
         let Some(claimed) = claimed else {
             return Err(Error::ClaimExceedsEscrow {
-                amount: amount.unwrap_or(Balance::MAX),
+                amount: with_fee.unwrap_or(Balance::MAX),
                 available,
             });
         };
+        // Whether it is audited is decided in the next block, with this block's hash.
+        let at = ctx.block_number.checked_add(1).ok_or(Error::Overflow)?;
+        let index = u32::try_from(job.claims.len()).map_err(|_| Error::Overflow)?;
+        let mut select = Self::selection(s, at)?;
+        select.push((v.job, index));
         job.claimed = claimed;
         job.claims.push(ClaimRecord {
             voucher: v.clone(),
             signature: signed.signature,
             submitted_at: ctx.block_number,
-            verdict: None,
+            audit_fee: fee.unwrap_or(0),
+            audit: None,
             paid: 0,
         });
         Self::put_job(s, v.job, &job);
+        support::put(s, select_key(at), &select);
         Ok(())
     }
 
@@ -523,78 +680,231 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         Ok(())
     }
 
-    fn submit_audit<S: Storage + ?Sized>(
-        s: &mut S,
-        auditor: &AccountId,
+    /// Claims whose audit is decided at the start of `block`, as (job, claim index).
+    pub fn selection<S: Storage + ?Sized>(
+        s: &S,
+        block: BlockNumber,
+    ) -> Result<Vec<(JobId, u32)>, StorageError> {
+        support::get_or_default(s, &select_key(block))
+    }
+
+    /// Audits resolved at the start of `block`, as (job, claim index).
+    pub fn resolutions<S: Storage + ?Sized>(
+        s: &S,
+        block: BlockNumber,
+    ) -> Result<Vec<(JobId, u32)>, StorageError> {
+        support::get_or_default(s, &resolve_key(block))
+    }
+
+    /// Audits not yet resolved, as (job, claim index), in the order chosen: what an auditor
+    /// looks through for those assigned to it.
+    pub fn open_audits<S: Storage + ?Sized>(s: &S) -> Result<Vec<(JobId, u32)>, StorageError> {
+        support::get_or_default(s, &open_audits_key())
+    }
+
+    /// Job `id` and the index of its claim `claim_index`, which must have an open audit.
+    fn open_audit<S: Storage + ?Sized>(
+        s: &S,
         id: JobId,
         claim_index: u32,
-        passed: bool,
+    ) -> Result<(Job, usize), Error> {
+        let job = Self::job(s, id)?.ok_or(Error::UnknownJob(id))?;
+        let i = usize::try_from(claim_index).map_err(|_| Error::UnknownClaim(claim_index))?;
+        let record = job.claims.get(i).ok_or(Error::UnknownClaim(claim_index))?;
+        match &record.audit {
+            None => Err(Error::NotAudited(claim_index)),
+            Some(a) if a.outcome.is_some() => Err(Error::AuditResolved(claim_index)),
+            Some(_) => Ok((job, i)),
+        }
+    }
+
+    fn commit_verdict<S: Storage + ?Sized>(
+        s: &mut S,
+        who: &AccountId,
+        id: JobId,
+        claim_index: u32,
+        commitment: H256,
         ctx: &Context,
     ) -> Result<(), Error> {
-        if !W::is_validator(s, auditor)? {
-            return Err(Error::NotAValidator);
+        let (mut job, i) = Self::open_audit(s, id, claim_index)?;
+        let Some(audit) = job.claims.get_mut(i).and_then(|c| c.audit.as_mut()) else {
+            return Err(Error::NotAudited(claim_index));
+        };
+        if !audit.auditors.iter().any(|(a, _)| a == who) {
+            return Err(Error::NotAnAuditor(claim_index));
         }
-        let mut job = Self::job(s, id)?.ok_or(Error::UnknownJob(id))?;
-        if !matches!(job.status, JobStatus::Open | JobStatus::Challenge { .. }) {
-            return Err(Error::AuditWindowClosed(id));
+        if ctx.block_number >= audit.commit_by {
+            return Err(Error::CommitWindowClosed { commit_by: audit.commit_by });
         }
-        let index = usize::try_from(claim_index).map_err(|_| Error::UnknownClaim(claim_index))?;
-        let record = job.claims.get(index).ok_or(Error::UnknownClaim(claim_index))?;
-        if record.verdict.is_some() {
-            return Err(Error::AlreadyAudited(claim_index));
+        if audit.commits.iter().any(|(a, _)| a == who) {
+            return Err(Error::AlreadyCommitted(claim_index));
         }
-        if &record.voucher.worker == auditor || &job.client == auditor {
-            return Err(Error::AuditorIsParty);
-        }
-        let worker = record.voucher.worker.clone();
-        // Votes are counted in the weights of the active set now; a vote from a validator that
-        // has left it no longer counts.
-        let mut votes = Self::votes(s, id, claim_index)?;
-        if votes.iter().any(|v| &v.auditor == auditor) {
-            return Err(Error::AlreadyVoted(claim_index));
-        }
-        votes.push(Verdict { auditor: auditor.clone(), passed, at: ctx.block_number });
-        let weights = W::validator_weights(s)?;
-        let total: u128 = weights.iter().map(|(_, w)| u128::from(*w)).sum();
-        let side: u128 = votes
-            .iter()
-            .filter(|v| v.passed == passed)
-            .filter_map(|v| weights.iter().find(|(a, _)| *a == v.auditor))
-            .map(|(_, w)| u128::from(*w))
-            .sum();
-        support::put(s, votes_key(id, claim_index), &votes);
-        if side.saturating_mul(3) < total.saturating_mul(2) {
-            // No quorum yet: the vote is recorded, nothing else changes.
-            return Ok(());
-        }
-        let verdict = Some(Verdict { auditor: auditor.clone(), passed, at: ctx.block_number });
-        if passed {
-            if let Some(record) = job.claims.get_mut(index) {
-                record.verdict = verdict;
-            }
-            Self::put_job(s, id, &job);
-            return Ok(());
-        }
-        let percent = Self::params(s)?.audit_slash_percent;
-        let total = Self::total_escrow_less(s, job.escrow)?;
-        C::unreserve(s, &job.client, job.escrow)?;
-        support::put(s, total_escrow_key(), &total);
-        let slashed = W::slash_percent(s, &worker, percent, ctx)?;
-        if let Some(record) = job.claims.get_mut(index) {
-            record.verdict = verdict;
-        }
-        job.status = JobStatus::Failed { claim_index, auditor: auditor.clone(), slashed };
+        audit.commits.push((who.clone(), commitment));
         Self::put_job(s, id, &job);
         Ok(())
     }
 
-    /// The validators' votes on claim `claim_index` of job `id`, in the order cast.
-    pub fn votes<S: Storage + ?Sized>(
-        s: &S,
+    fn reveal_verdict<S: Storage + ?Sized>(
+        s: &mut S,
+        who: &AccountId,
         id: JobId,
         claim_index: u32,
-    ) -> Result<Vec<Verdict>, StorageError> {
-        support::get_or_default(s, &votes_key(id, claim_index))
+        finding: &Finding,
+        salt: &[u8; 32],
+        ctx: &Context,
+    ) -> Result<(), Error> {
+        let (mut job, i) = Self::open_audit(s, id, claim_index)?;
+        let Some(audit) = job.claims.get_mut(i).and_then(|c| c.audit.as_mut()) else {
+            return Err(Error::NotAudited(claim_index));
+        };
+        let Some((_, committed)) = audit.commits.iter().find(|(a, _)| a == who) else {
+            return Err(Error::NotCommitted(claim_index));
+        };
+        if ctx.block_number < audit.commit_by {
+            return Err(Error::RevealTooEarly { from: audit.commit_by });
+        }
+        if ctx.block_number >= audit.reveal_by {
+            return Err(Error::RevealWindowClosed { reveal_by: audit.reveal_by });
+        }
+        if audit.reveals.iter().any(|(a, _)| a == who) {
+            return Err(Error::AlreadyRevealed(claim_index));
+        }
+        if verdict_commitment(id, claim_index, who, finding, salt) != *committed {
+            return Err(Error::CommitmentMismatch(claim_index));
+        }
+        audit.reveals.push((who.clone(), finding.clone()));
+        Self::put_job(s, id, &job);
+        Ok(())
+    }
+
+    /// Decides, with the parent block's hash, whether claim `index` of job `id` is audited,
+    /// and if so which positions and which auditors; schedules its resolution.
+    fn select<S: Storage + ?Sized>(
+        s: &mut S,
+        id: JobId,
+        index: u32,
+        ctx: &Context,
+    ) -> Result<(), Error> {
+        let Some(mut job) = Self::job(s, id)? else { return Ok(()) };
+        let i = usize::try_from(index).map_err(|_| Error::Overflow)?;
+        let Some(record) = job.claims.get(i) else { return Ok(()) };
+        if record.audit.is_some() {
+            return Ok(());
+        }
+        let params = Self::params(s)?;
+        let seed = bitorch_primitives::blake2_256(
+            &(b"bitorch/audit/1", ctx.parent_hash, id, index).encode(),
+        );
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&seed.as_bytes()[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let worker = record.voucher.worker.clone();
+        let amount = record.voucher.amount(job.price_per_layer_token).ok_or(Error::Overflow)?;
+        let stake = W::stake(s, &worker)?;
+        let ppm = audit_ppm(params.audit_percent, params.audit_slash_percent, amount, stake);
+        if word(0) % 1_000_000 >= ppm {
+            return Ok(());
+        }
+        let last = u32::try_from(word(8) % u64::from(record.voucher.positions.max(1)))
+            .map_err(|_| Error::Overflow)?;
+        let mut eligible: Vec<(AccountId, u64)> = W::validator_weights(s)?
+            .into_iter()
+            .filter(|(a, w)| *a != worker && *a != job.client && *w > 0)
+            .collect();
+        let mut auditors = Vec::new();
+        for round in 0..params.auditors {
+            let total: u128 = eligible.iter().map(|(_, w)| u128::from(*w)).sum();
+            if total == 0 {
+                break;
+            }
+            let h = bitorch_primitives::blake2_256(&(seed, round).encode());
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&h.as_bytes()[..16]);
+            let mut x = u128::from_le_bytes(b) % total;
+            let pick = eligible
+                .iter()
+                .position(|(_, w)| {
+                    if x < u128::from(*w) {
+                        true
+                    } else {
+                        x -= u128::from(*w);
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            auditors.push(eligible.remove(pick));
+        }
+        let window = params.audit_window.max(1);
+        let commit_by = ctx.block_number.checked_add(window).ok_or(Error::Overflow)?;
+        let reveal_by = commit_by.checked_add(window).ok_or(Error::Overflow)?;
+        // With nobody eligible (a one-validator chain whose validator is the worker or the
+        // client), nobody can audit: the claim stands.
+        let outcome = auditors.is_empty().then_some(Outcome::Inconclusive);
+        if outcome.is_none() {
+            let mut due = Self::resolutions(s, reveal_by)?;
+            due.push((id, index));
+            support::put(s, resolve_key(reveal_by), &due);
+            let mut open = Self::open_audits(s)?;
+            open.push((id, index));
+            support::put(s, open_audits_key(), &open);
+        }
+        let audit = Audit {
+            last,
+            auditors,
+            commit_by,
+            reveal_by,
+            commits: Vec::new(),
+            reveals: Vec::new(),
+            outcome,
+        };
+        if let Some(record) = job.claims.get_mut(i) {
+            record.audit = Some(audit);
+        }
+        Self::put_job(s, id, &job);
+        Ok(())
+    }
+
+    /// Resolves the audit of claim `index` of job `id` at the end of its reveal window: two
+    /// thirds of the assigned weight against the worker slash it and void the claim, two
+    /// thirds for it confirm it, anything else is inconclusive.
+    fn resolve<S: Storage + ?Sized>(
+        s: &mut S,
+        id: JobId,
+        index: u32,
+        ctx: &Context,
+    ) -> Result<(), Error> {
+        let mut open = Self::open_audits(s)?;
+        open.retain(|x| *x != (id, index));
+        support::put(s, open_audits_key(), &open);
+        let Some(mut job) = Self::job(s, id)? else { return Ok(()) };
+        let i = usize::try_from(index).map_err(|_| Error::Overflow)?;
+        let Some(record) = job.claims.get_mut(i) else { return Ok(()) };
+        let worker = record.voucher.worker.clone();
+        let Some(audit) = record.audit.as_mut() else { return Ok(()) };
+        if audit.outcome.is_some() {
+            return Ok(());
+        }
+        let weight = |who: &AccountId| {
+            audit.auditors.iter().find(|(a, _)| a == who).map_or(0, |(_, w)| u128::from(*w))
+        };
+        let total: u128 = audit.auditors.iter().map(|(_, w)| u128::from(*w)).sum();
+        let against: u128 =
+            audit.reveals.iter().filter(|(_, f)| f.against()).map(|(a, _)| weight(a)).sum();
+        let passed: u128 =
+            audit.reveals.iter().filter(|(_, f)| !f.against()).map(|(a, _)| weight(a)).sum();
+        let outcome = if total > 0 && against.saturating_mul(3) >= total.saturating_mul(2) {
+            let percent = Self::params(s)?.audit_slash_percent;
+            Outcome::Failed { slashed: W::slash_percent(s, &worker, percent, ctx)? }
+        } else if total > 0 && passed.saturating_mul(3) >= total.saturating_mul(2) {
+            Outcome::Passed
+        } else {
+            Outcome::Inconclusive
+        };
+        audit.outcome = Some(outcome);
+        Self::put_job(s, id, &job);
+        Ok(())
     }
 
     /// Start of block: processes the jobs scheduled at `ctx.block_number`. Jobs reaching their
@@ -605,6 +915,22 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         s: &mut S,
         ctx: &Context,
     ) -> Result<(), StorageError> {
+        // Audits first: a claim of the last block is chosen (or not), and audits whose reveal
+        // window ended are resolved, before any job of theirs settles.
+        let chosen = Self::selection(s, ctx.block_number)?;
+        support::remove(s, select_key(ctx.block_number));
+        for (id, index) in chosen {
+            if let Err(e) = support::transactional(s, |o| Self::select(o, id, index, ctx)) {
+                Self::mark_stuck(s, id, &e);
+            }
+        }
+        let resolved = Self::resolutions(s, ctx.block_number)?;
+        support::remove(s, resolve_key(ctx.block_number));
+        for (id, index) in resolved {
+            if let Err(e) = support::transactional(s, |o| Self::resolve(o, id, index, ctx)) {
+                Self::mark_stuck(s, id, &e);
+            }
+        }
         let ids = Self::due(s, ctx.block_number)?;
         support::remove(s, due_key(ctx.block_number));
         for id in ids {
@@ -640,30 +966,86 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
             JobStatus::Challenge { settle_at } if settle_at <= now && job.claims.is_empty() => {
                 Self::refund(s, id, &mut job)
             }
+            JobStatus::Challenge { settle_at } if settle_at <= now && Self::auditing(&job) => {
+                // Settles once its audits are resolved.
+                let last = job
+                    .claims
+                    .iter()
+                    .filter_map(|c| c.audit.as_ref())
+                    .filter(|a| a.outcome.is_none())
+                    .map(|a| a.reveal_by)
+                    .max()
+                    .unwrap_or(now);
+                let from = last.max(now).checked_add(1).ok_or(Error::Overflow)?;
+                let settle_at = Self::schedule_near(s, from, id)?;
+                job.status = JobStatus::Challenge { settle_at };
+                Self::put_job(s, id, &job);
+                Ok(())
+            }
             JobStatus::Challenge { settle_at } if settle_at <= now => Self::settle(s, id, job),
             _ => Ok(()),
         }
     }
 
-    /// Pays every claim from the client's escrow and refunds the rest.
+    /// Whether a claim of `job` has an audit still open.
+    fn auditing(job: &Job) -> bool {
+        job.claims.iter().any(|c| c.audit.as_ref().is_some_and(|a| a.outcome.is_none()))
+    }
+
+    /// Pays `amount` of `job`'s escrow to `to`; returns whether it could (a payment that
+    /// would leave the account below the existential deposit cannot be made, and stays in the
+    /// escrow for the client).
+    fn pay<S: Storage + ?Sized>(
+        s: &mut S,
+        client: &AccountId,
+        to: &AccountId,
+        amount: Balance,
+    ) -> Result<bool, Error> {
+        if amount == 0 {
+            return Ok(true);
+        }
+        match support::transactional(s, |o| C::repatriate_reserved(o, client, to, amount)) {
+            Ok(()) => Ok(true),
+            // Corrupt state is not the payee's fault, but it is not a payment problem either:
+            // the job must not settle.
+            Err(CurrencyError::Storage(e)) => Err(e.into()),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Pays every claim not voided by its audit, and the audit fee to the auditors on the side
+    /// of each outcome, from the client's escrow; refunds the rest.
     fn settle<S: Storage + ?Sized>(s: &mut S, id: JobId, mut job: Job) -> Result<(), Error> {
         let mut paid: Balance = 0;
+        let client = job.client.clone();
         for record in job.claims.iter_mut() {
             let amount = record.voucher.amount(job.price_per_layer_token).ok_or(Error::Overflow)?;
-            let worker = &record.voucher.worker;
-            match support::transactional(s, |o| {
-                C::repatriate_reserved(o, &job.client, worker, amount)
-            }) {
-                Ok(()) => {
-                    record.paid = amount;
-                    paid = paid.checked_add(amount).ok_or(Error::Overflow)?;
+            let outcome = record.audit.as_ref().and_then(|a| a.outcome.clone());
+            if !matches!(outcome, Some(Outcome::Failed { .. }))
+                && Self::pay(s, &client, &record.voucher.worker, amount)?
+            {
+                record.paid = amount;
+                paid = paid.checked_add(amount).ok_or(Error::Overflow)?;
+            }
+            let Some(audit) = &record.audit else { continue };
+            let winners: Vec<&AccountId> = match outcome {
+                Some(Outcome::Passed) => {
+                    audit.reveals.iter().filter(|(_, f)| !f.against()).map(|(a, _)| a).collect()
                 }
-                // Corrupt state is not the worker's fault, but it is not a payment problem
-                // either: the job must not settle.
-                Err(CurrencyError::Storage(e)) => return Err(e.into()),
-                // The payment cannot be made (e.g. it would leave the worker's account below
-                // the existential deposit): the share goes back to the client.
-                Err(_) => {}
+                Some(Outcome::Failed { .. }) => {
+                    audit.reveals.iter().filter(|(_, f)| f.against()).map(|(a, _)| a).collect()
+                }
+                _ => Vec::new(),
+            };
+            let n = Balance::try_from(winners.len()).map_err(|_| Error::Overflow)?;
+            if n == 0 {
+                continue;
+            }
+            let share = record.audit_fee / n;
+            for auditor in winners {
+                if Self::pay(s, &client, auditor, share)? {
+                    paid = paid.checked_add(share).ok_or(Error::Overflow)?;
+                }
             }
         }
         let refunded = job.escrow.checked_sub(paid).ok_or(Error::Overflow)?;

@@ -15,6 +15,7 @@ const CLIENT: u8 = 1;
 const CLIENT2: u8 = 2;
 const VALIDATOR: u8 = 3;
 const VALIDATOR2: u8 = 4;
+const VALIDATOR3: u8 = 5;
 const OWNER: u8 = 8;
 const GATEWAY: u8 = 99;
 
@@ -48,11 +49,16 @@ fn genesis() -> H256 {
 }
 
 fn ctx(block_number: BlockNumber) -> Context {
-    Context { block_number, genesis_hash: genesis(), author: acc(GATEWAY) }
+    Context {
+        block_number,
+        genesis_hash: genesis(),
+        author: acc(GATEWAY),
+        parent_hash: Default::default(),
+    }
 }
 
 fn all_accounts() -> Vec<AccountId> {
-    [CLIENT, CLIENT2, VALIDATOR, VALIDATOR2, OWNER, GATEWAY]
+    [CLIENT, CLIENT2, VALIDATOR, VALIDATOR2, VALIDATOR3, OWNER, GATEWAY]
         .map(acc)
         .into_iter()
         .chain((0..3).map(w))
@@ -60,7 +66,16 @@ fn all_accounts() -> Vec<AccountId> {
 }
 
 fn jobs_params() -> Params {
-    Params { job_timeout: 10, challenge_window: 5, audit_slash_percent: 20, max_claims: 4 }
+    Params {
+        audit_percent: 100,
+        auditors: 0,
+        audit_window: 2,
+        audit_fee_percent: 0,
+        job_timeout: 10,
+        challenge_window: 5,
+        audit_slash_percent: 20,
+        max_claims: 4,
+    }
 }
 
 struct Env {
@@ -70,14 +85,23 @@ struct Env {
     retired: H256,
 }
 
+/// Clients with 10,000 each; workers 1 and 2 bonded 1,000 (worker 2 also a validator);
+/// validators 1 and 2 bonded 2,000. [`jobs_params`] assigns no auditors: every claim is chosen
+/// for audit, finds nobody to audit it, and stands.
 fn setup() -> Env {
+    setup_with(&[(VALIDATOR, 2_000), (VALIDATOR2, 2_000)], true)
+}
+
+/// Like [`setup`], with these validators and stakes (and 10,000 free each), worker 2 a
+/// validator or not.
+fn setup_with(validators: &[(u8, Balance)], worker2_validates: bool) -> Env {
     let mut s = MemoryState::default();
     let c0 = ctx(0);
     Balances::set_existential_deposit(&mut s, 1);
     for n in [CLIENT, CLIENT2] {
         Balances::mint(&mut s, &acc(n), 10_000).unwrap();
     }
-    for who in [acc(VALIDATOR), acc(VALIDATOR2), w(0), w(1), w(2)] {
+    for who in [w(0), w(1), w(2)] {
         Balances::mint(&mut s, &who, 5_000).unwrap();
     }
     Staking::set_params(
@@ -89,10 +113,12 @@ fn setup() -> Env {
             max_validators: 10,
         },
     );
-    Staking::genesis_stake(&mut s, &acc(VALIDATOR), 2_000, true, false, &c0).unwrap();
-    Staking::genesis_stake(&mut s, &acc(VALIDATOR2), 2_000, true, false, &c0).unwrap();
+    for &(v, stake) in validators {
+        Balances::mint(&mut s, &acc(v), stake + 10_000).unwrap();
+        Staking::genesis_stake(&mut s, &acc(v), stake, true, false, &c0).unwrap();
+    }
     Staking::genesis_stake(&mut s, &w(0), 1_000, false, true, &c0).unwrap();
-    Staking::genesis_stake(&mut s, &w(1), 1_000, true, true, &c0).unwrap();
+    Staking::genesis_stake(&mut s, &w(1), 1_000, worker2_validates, true, &c0).unwrap();
     let model = Models::register(&mut s, &acc(OWNER), example_manifest(4), &c0).unwrap();
     let retired = Models::register(&mut s, &acc(OWNER), example_manifest(2), &c0).unwrap();
     Models::dispatch(
@@ -114,8 +140,11 @@ fn escrow_held(s: &MemoryState) -> Balance {
         let job = Jobs::job(s, id).unwrap().expect("every id below next_job_id exists");
         assert!(job.claimed <= job.escrow);
         assert!(job.claims.len() <= jobs_params().max_claims as usize);
-        let claimed: Balance =
-            job.claims.iter().map(|r| r.voucher.amount(job.price_per_layer_token).unwrap()).sum();
+        let claimed: Balance = job
+            .claims
+            .iter()
+            .map(|r| r.voucher.amount(job.price_per_layer_token).unwrap() + r.audit_fee)
+            .sum();
         assert_eq!(claimed, job.claimed);
         if job.status.holds_escrow() {
             held += job.escrow;
@@ -239,21 +268,14 @@ fn full_life_cycle_pays_workers_and_refunds_the_rest() {
     e.claim(1, id, (2, 4), 5); // 2 × 5 × 3 = 30
     assert_eq!(e.job(id).claimed, 90);
     e.advance_to(3);
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 0, passed: true }).unwrap();
+    // Both claims were chosen for audit, but these parameters assign no auditors: nobody can
+    // audit, and the claims stand.
+    for c in &e.job(id).claims {
+        let audit = c.audit.as_ref().unwrap();
+        assert_eq!((audit.auditors.len(), &audit.outcome), (0, &Some(Outcome::Inconclusive)));
+    }
     e.call(CLIENT, Call::CloseJob { job: id }).unwrap();
     assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 8 });
-    // Audits are accepted inside the challenge window. Two of the three validators make the
-    // two-thirds quorum that gives the receipt its verdict.
-    e.advance_to(5);
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 1, passed: true }).unwrap();
-    assert_eq!(e.job(id).claims[1].verdict, None, "one vote of three is no verdict");
-    e.call(VALIDATOR2, Call::SubmitAudit { job: id, claim_index: 1, passed: true }).unwrap();
-    let job = e.job(id);
-    assert_eq!(
-        job.claims[1].verdict,
-        Some(Verdict { auditor: acc(VALIDATOR2), passed: true, at: 5 })
-    );
-    assert_eq!(Jobs::votes(&e.s, id, 1).unwrap().len(), 2);
     e.advance_to(7);
     assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 8 });
     e.advance_to(8);
@@ -322,87 +344,244 @@ fn deadline_with_claims_starts_challenge_then_settles() {
     e.claim(0, id, (0, 4), 7); // 28
     e.advance_to(11);
     assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 16 });
-    e.advance_to(15);
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 0, passed: true }).unwrap();
     e.advance_to(16);
     assert_eq!(e.job(id).status, JobStatus::Settled { paid: 28, refunded: 12 });
     assert_eq!(e.account(&acc(CLIENT)), (10_000 - 28, 0));
 }
 
+/// Three validators with 3, 2 and 1 whole tokens of voting weight (worker 2 not one), and
+/// `params` with three auditors per audit: two thirds of the weight (4 of 6) needs the first
+/// and one of the others.
+fn weighted_with(params: Params) -> Env {
+    use bitorch_primitives::UNIT;
+    let mut e =
+        setup_with(&[(VALIDATOR, 3 * UNIT), (VALIDATOR2, 2 * UNIT), (VALIDATOR3, UNIT)], false);
+    Jobs::set_params(&mut e.s, &Params { auditors: 3, ..params });
+    e
+}
+
+fn weighted() -> Env {
+    weighted_with(jobs_params())
+}
+
+const SALT: [u8; 32] = [7; 32];
+
+impl Env {
+    fn commit(
+        &mut self,
+        auditor: u8,
+        job: JobId,
+        claim_index: u32,
+        f: &Finding,
+    ) -> Result<(), Error> {
+        let commitment = verdict_commitment(job, claim_index, &acc(auditor), f, &SALT);
+        self.call(auditor, Call::CommitVerdict { job, claim_index, commitment })
+    }
+
+    fn reveal(
+        &mut self,
+        auditor: u8,
+        job: JobId,
+        claim_index: u32,
+        f: &Finding,
+    ) -> Result<(), Error> {
+        let finding = f.clone();
+        self.call(auditor, Call::RevealVerdict { job, claim_index, finding, salt: SALT })
+    }
+
+    fn audit(&self, job: JobId, claim_index: usize) -> Audit {
+        self.job(job).claims[claim_index].audit.clone().expect("audited")
+    }
+}
+
+fn passed() -> Finding {
+    Finding::Passed { outputs: H256::repeat_byte(1) }
+}
+
+fn failed() -> Finding {
+    Finding::Failed { outputs: H256::repeat_byte(2) }
+}
+
 #[test]
-fn failed_audit_slashes_worker_and_refunds_client() {
-    let mut e = setup();
-    let issuance = Balances::total_issuance(&e.s).unwrap();
+fn the_chain_draws_each_audit_from_the_parent_hash_and_never_a_party() {
+    let mut e = weighted();
     let id = e.open(CLIENT, 10, 3);
     e.claim(0, id, (0, 2), 10);
-    e.claim(1, id, (2, 4), 10);
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 1, passed: true }).unwrap();
+    assert_eq!(e.job(id).claims[0].audit, None, "decided in the next block");
+    e.advance_to(2);
+    let audit = e.audit(id, 0);
+    let mut who: Vec<AccountId> = audit.auditors.iter().map(|(a, _)| a.clone()).collect();
+    who.sort();
+    let mut want = vec![acc(VALIDATOR), acc(VALIDATOR2), acc(VALIDATOR3)];
+    want.sort();
+    assert_eq!(who, want, "three eligible validators, three auditors");
+    assert!(audit.last < 10);
+    assert_eq!((audit.commit_by, audit.reveal_by, &audit.outcome), (4, 6, &None));
+    assert_eq!(Jobs::open_audits(&e.s).unwrap(), vec![(id, 0)]);
+    // The client and the worker never audit themselves: a job of VALIDATOR's, and a claim of
+    // worker 2 (a validator too, without weight).
+    let j = e.open(VALIDATOR, 10, 3);
+    e.claim(1, j, (0, 1), 1);
+    e.advance_to(3);
+    let audit = e.audit(j, 0);
+    assert_eq!(audit.auditors.len(), 2);
+    assert!(audit.auditors.iter().all(|(a, _)| *a != acc(VALIDATOR) && *a != w(1)));
+    // The same parent hash and claim give the same draw; another parent hash, another.
+    let draw = |parent: H256| {
+        let mut e = weighted();
+        let id = e.open(CLIENT, 10, 3);
+        e.claim(0, id, (0, 2), 10);
+        let at = Context { parent_hash: parent, ..ctx(2) };
+        Jobs::on_initialize(&mut e.s, &at).unwrap();
+        e.audit(id, 0)
+    };
+    assert_eq!(draw(H256::repeat_byte(3)), draw(H256::repeat_byte(3)));
+    let draws: Vec<Audit> = (0..8).map(|b| draw(H256::repeat_byte(b))).collect();
+    assert!(draws.iter().any(|a| a.last != draws[0].last || a.auditors != draws[0].auditors));
+}
+
+#[test]
+fn two_thirds_against_a_cheater_slash_it_void_its_claim_and_pay_them() {
+    let mut e =
+        weighted_with(Params { audit_fee_percent: 10, challenge_window: 1, ..jobs_params() });
+    let issuance = Balances::total_issuance(&e.s).unwrap();
+    let id = e.open(CLIENT, 10, 3);
+    e.claim(0, id, (0, 2), 10); // 60, and a fee of 6 reserved
+    assert_eq!(e.job(id).claimed, 66);
+    e.advance_to(2);
+    // VALIDATOR re-executed and found other outputs, VALIDATOR3 got no opening, VALIDATOR2
+    // says it passed (a liar, or lazy).
+    let findings =
+        [(VALIDATOR, failed()), (VALIDATOR3, Finding::NoOpening), (VALIDATOR2, passed())];
+    for (a, f) in &findings {
+        e.commit(*a, id, 0, f).unwrap();
+    }
+    assert_eq!(e.commit(VALIDATOR, id, 0, &failed()), Err(Error::AlreadyCommitted(0)));
+    // Nothing is revealed before everyone could commit; nothing is committed after.
+    assert_eq!(e.reveal(VALIDATOR, id, 0, &failed()), Err(Error::RevealTooEarly { from: 4 }));
     e.call(CLIENT, Call::CloseJob { job: id }).unwrap();
     e.advance_to(4);
-    let (w0_free, _) = e.account(&w(0));
-    // A lone validator's "failed" slashes nobody: one vote of three is recorded, and that is
-    // all; it cannot vote twice.
-    let before = e.s.clone();
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 0, passed: false }).unwrap();
-    assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 6 });
-    assert_eq!(Staking::ledger(&e.s, &w(0)).unwrap().bonded, 1_000);
-    assert_eq!(Balances::total_issuance(&e.s).unwrap(), issuance);
-    assert_ne!(e.s, before, "the vote is recorded");
-    assert_eq!(
-        e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 0, passed: false }),
-        Err(Error::AlreadyVoted(0))
-    );
-    // The second "failed" makes two thirds: the worker is slashed, the client refunded.
-    e.call(VALIDATOR2, Call::SubmitAudit { job: id, claim_index: 0, passed: false }).unwrap();
-    let job = e.job(id);
-    assert_eq!(
-        job.status,
-        JobStatus::Failed { claim_index: 0, auditor: acc(VALIDATOR2), slashed: 200 }
-    );
-    assert_eq!(
-        job.claims[0].verdict,
-        Some(Verdict { auditor: acc(VALIDATOR2), passed: false, at: 4 })
-    );
-    // 20% of the 1,000 bond is burned; the worker keeps its role (800 >= 500).
-    assert_eq!(Staking::ledger(&e.s, &w(0)).unwrap().bonded, 800);
-    assert_eq!(e.account(&w(0)), (w0_free, 800));
+    assert_eq!(e.job(id).status, JobStatus::Challenge { settle_at: 7 }, "waits for the audit");
+    for (a, f) in &findings {
+        e.reveal(*a, id, 0, f).unwrap();
+    }
+    assert_eq!(e.reveal(VALIDATOR, id, 0, &failed()), Err(Error::AlreadyRevealed(0)));
+    let (w0_free, w0_reserved) = e.account(&w(0));
+    e.advance_to(6);
+    // 3 + 1 of 6 is two thirds: 20% of the worker's 1,000 is burned.
+    assert_eq!(e.audit(id, 0).outcome, Some(Outcome::Failed { slashed: 200 }));
+    assert_eq!(e.account(&w(0)), (w0_free, w0_reserved - 200));
     assert_eq!(Balances::total_issuance(&e.s).unwrap(), issuance - 200);
-    assert!(Staking::is_worker(&e.s, &w(0)).unwrap());
-    assert_eq!(e.account(&acc(CLIENT)), (10_000, 0));
-    // Nothing is paid later, and no more verdicts are taken.
-    e.advance_to(20);
-    assert!(matches!(e.job(id).status, JobStatus::Failed { .. }));
-    assert_eq!(e.account(&acc(CLIENT)), (10_000, 0));
-    assert_eq!(
-        e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 1, passed: false }),
-        Err(Error::AuditWindowClosed(id))
-    );
+    assert!(Jobs::open_audits(&e.s).unwrap().is_empty());
+    let before = [VALIDATOR, VALIDATOR2, VALIDATOR3].map(|v| e.account(&acc(v)).0);
+    e.advance_to(7);
+    // The claim is void; the two who found against it share its fee, the liar gets nothing.
+    let job = e.job(id);
+    assert_eq!(job.status, JobStatus::Settled { paid: 6, refunded: 114 });
+    assert_eq!(job.claims[0].paid, 0);
+    assert_eq!(e.account(&w(0)).0, w0_free);
+    let after = [VALIDATOR, VALIDATOR2, VALIDATOR3].map(|v| e.account(&acc(v)).0);
+    assert_eq!([after[0] - before[0], after[1] - before[1], after[2] - before[2]], [3, 0, 3]);
+    assert_eq!(e.account(&acc(CLIENT)), (10_000 - 6, 0));
+}
 
-    // A second failure takes the worker below the minimum: it is no longer a worker.
+#[test]
+fn a_lone_liar_can_neither_slash_nor_clear_and_silence_pays_the_worker() {
+    let mut e = weighted_with(Params { audit_fee_percent: 10, ..jobs_params() });
     let id = e.open(CLIENT, 10, 3);
-    e.claim(0, id, (0, 1), 1);
-    Jobs::set_params(&mut e.s, &Params { audit_slash_percent: 50, ..jobs_params() });
-    e.call(VALIDATOR, Call::SubmitAudit { job: id, claim_index: 0, passed: false }).unwrap();
-    e.call(VALIDATOR2, Call::SubmitAudit { job: id, claim_index: 0, passed: false }).unwrap();
-    assert_eq!(Staking::ledger(&e.s, &w(0)).unwrap().bonded, 400);
-    assert!(!Staking::is_worker(&e.s, &w(0)).unwrap());
+    e.claim(0, id, (0, 2), 10); // 60 + 6
+    e.claim(1, id, (2, 4), 5); // 30 + 3
+    e.advance_to(2);
+    // Claim 0 is honest: VALIDATOR3 alone says it failed. Claim 1: VALIDATOR alone (3 of 6)
+    // says it failed, the others never reveal.
+    for (a, f) in [(VALIDATOR, passed()), (VALIDATOR2, passed()), (VALIDATOR3, failed())] {
+        e.commit(a, id, 0, &f).unwrap();
+    }
+    e.commit(VALIDATOR, id, 1, &failed()).unwrap();
+    e.commit(VALIDATOR2, id, 1, &passed()).unwrap();
+    e.advance_to(4);
+    for (a, f) in [(VALIDATOR, passed()), (VALIDATOR2, passed()), (VALIDATOR3, failed())] {
+        e.reveal(a, id, 0, &f).unwrap();
+    }
+    e.reveal(VALIDATOR, id, 1, &failed()).unwrap();
+    let (w0, w1) = (e.account(&w(0)), e.account(&w(1)));
+    let v = [VALIDATOR, VALIDATOR2, VALIDATOR3].map(|v| e.account(&acc(v)).0);
+    e.advance_to(6);
+    assert_eq!(e.audit(id, 0).outcome, Some(Outcome::Passed));
+    assert_eq!(e.audit(id, 1).outcome, Some(Outcome::Inconclusive));
+    assert_eq!((e.account(&w(0)), e.account(&w(1))), (w0, w1), "nobody slashed");
+    e.call(CLIENT, Call::CloseJob { job: id }).unwrap();
+    e.advance_to(12);
+    let job = e.job(id);
+    // Both workers paid; the two who passed claim 0 share its fee of 6; nobody is paid for
+    // the inconclusive audit.
+    assert_eq!(job.status, JobStatus::Settled { paid: 96, refunded: 24 });
+    assert_eq!((e.account(&w(0)).0, e.account(&w(1)).0), (w0.0 + 60, w1.0 + 30));
+    let after = [VALIDATOR, VALIDATOR2, VALIDATOR3].map(|v| e.account(&acc(v)).0);
+    assert_eq!([after[0] - v[0], after[1] - v[1], after[2] - v[2]], [3, 3, 0]);
+}
+
+#[test]
+fn verdicts_only_from_assigned_auditors_in_their_windows() {
+    let mut e = weighted();
     let id = e.open(CLIENT, 10, 3);
+    e.claim(0, id, (0, 2), 10);
+    let commitment = verdict_commitment(id, 0, &acc(VALIDATOR), &passed(), &SALT);
+    let commit = |claim_index| Call::CommitVerdict { job: id, claim_index, commitment };
+    // Not chosen yet (the next block decides).
+    assert_eq!(e.call(VALIDATOR, commit(0)), Err(Error::NotAudited(0)));
+    e.advance_to(2);
+    assert_eq!(e.call(VALIDATOR, commit(1)), Err(Error::UnknownClaim(1)));
+    let other = Call::CommitVerdict { job: 99, claim_index: 0, commitment };
+    assert_eq!(e.call(VALIDATOR, other), Err(Error::UnknownJob(99)));
+    // Neither the client, nor the worker, nor a stranger may give a verdict.
+    assert_eq!(e.call(CLIENT, commit(0)), Err(Error::NotAnAuditor(0)));
+    assert_eq!(e.call_as(&w(0), commit(0)), Err(Error::NotAnAuditor(0)));
+    assert_eq!(e.call(GATEWAY, commit(0)), Err(Error::NotAnAuditor(0)));
+    e.commit(VALIDATOR, id, 0, &passed()).unwrap();
+    e.advance_to(4);
     assert_eq!(
-        e.call_as(&w(0), Call::Claim { voucher: signed(CLIENT, 0, id, (0, 1), 1) }),
-        Err(Error::NotAWorker)
+        e.commit(VALIDATOR2, id, 0, &passed()),
+        Err(Error::CommitWindowClosed { commit_by: 4 })
     );
+    assert_eq!(e.reveal(VALIDATOR2, id, 0, &passed()), Err(Error::NotCommitted(0)));
+    // A reveal must be what was committed to.
+    assert_eq!(e.reveal(VALIDATOR, id, 0, &failed()), Err(Error::CommitmentMismatch(0)));
+    let late = Call::RevealVerdict { job: id, claim_index: 0, finding: passed(), salt: SALT };
+    let r = Jobs::dispatch(&mut e.s.clone(), &acc(VALIDATOR), &late, &ctx(6));
+    assert_eq!(r, Err(Error::RevealWindowClosed { reveal_by: 6 }));
+    e.advance_to(6);
+    // One revealer of three (3 of 6) is not a quorum: inconclusive, and no more verdicts.
+    assert_eq!(e.audit(id, 0).outcome, Some(Outcome::Inconclusive));
+    assert_eq!(e.reveal(VALIDATOR, id, 0, &passed()), Err(Error::AuditResolved(0)));
+}
+
+#[test]
+fn audits_are_likelier_for_claims_large_against_the_stake() {
+    // At least the base rate; enough that probability × slash covers twice the claim.
+    assert_eq!(audit_ppm(10, 10, 0, 1_000), 100_000);
+    assert_eq!(audit_ppm(10, 10, 5, 1_000), 100_000);
+    assert_eq!(audit_ppm(10, 10, 20, 1_000), 400_000);
+    assert_eq!(audit_ppm(10, 10, 50, 1_000), 1_000_000);
+    assert_eq!(audit_ppm(100, 10, 0, 1_000), 1_000_000);
+    assert_eq!(audit_ppm(0, 10, 1, 0), 1_000_000, "nothing to slash: always audited");
+    for (amount, stake) in [(1u128, 1_000_000u128), (3_000, 1_000_000), (77, 5_000)] {
+        let p = audit_ppm(10, 10, amount, stake) as u128;
+        assert!(p * (stake / 10) >= 2 * amount * 1_000_000, "{amount} {stake}");
+    }
+    // The dev chain's numbers: a 100 BTR worker bond, 10% slash, 10% base rate; a claim of
+    // 300 positions on 30 layers at 0.0001 BTR is 0.9 BTR: audited 18% of the time.
+    let unit = bitorch_primitives::UNIT;
+    assert_eq!(audit_ppm(10, 10, 9 * unit / 10, 100 * unit), 180_000);
 }
 
 #[test]
 fn every_rejection_changes_nothing() {
     let mut e = setup();
-    // Job 0: open, claims from both workers, the first audited.
+    // Job 0: open, claims from both workers.
     let j0 = e.open(CLIENT, 10, 3);
     e.claim(0, j0, (0, 2), 10);
     e.claim(1, j0, (2, 4), 5);
-    e.call(VALIDATOR, Call::SubmitAudit { job: j0, claim_index: 0, passed: true }).unwrap();
-    e.call(VALIDATOR2, Call::SubmitAudit { job: j0, claim_index: 0, passed: true }).unwrap();
-    e.call(VALIDATOR, Call::SubmitAudit { job: j0, claim_index: 1, passed: true }).unwrap();
     // Job 1: in its challenge window.
     let j1 = e.open(CLIENT, 10, 3);
     e.claim(0, j1, (0, 1), 1);
@@ -428,7 +607,6 @@ fn every_rejection_changes_nothing() {
     let open =
         |max_tokens, price| Call::OpenJob { model, max_tokens, price_per_layer_token: price };
     let claim = |voucher| Call::Claim { voucher };
-    let audit = |job, claim_index| Call::SubmitAudit { job, claim_index, passed: false };
     // Worker 2 (index 1) claims on job 0 with vouchers in every wrong way.
     let by_client = |worker, job, range, n| signed(CLIENT, worker, job, range, n);
     let forged = signed(CLIENT2, 1, j0, (0, 1), 1);
@@ -525,14 +703,6 @@ fn every_rejection_changes_nothing() {
         (CLIENT2, Call::CloseJob { job: j0 }, 2, Error::NotClient),
         (CLIENT, Call::CloseJob { job: j1 }, 2, Error::JobNotOpen(j1)),
         (CLIENT, Call::CloseJob { job: j2 }, 2, Error::JobNotOpen(j2)),
-        (CLIENT2, audit(j0, 1), 2, Error::NotAValidator),
-        (VALIDATOR, audit(99, 0), 2, Error::UnknownJob(99)),
-        (VALIDATOR, audit(j2, 0), 2, Error::AuditWindowClosed(j2)),
-        (VALIDATOR, audit(j0, 2), 2, Error::UnknownClaim(2)),
-        (VALIDATOR, audit(j0, u32::MAX), 2, Error::UnknownClaim(u32::MAX)),
-        (VALIDATOR2, audit(j0, 0), 2, Error::AlreadyAudited(0)),
-        (VALIDATOR, audit(j0, 1), 2, Error::AlreadyVoted(1)),
-        (VALIDATOR, audit(j5, 0), 2, Error::AuditorIsParty),
     ];
     let before = e.s.clone();
     for (who, call, at, err) in cases {
@@ -546,10 +716,6 @@ fn every_rejection_changes_nothing() {
         assert_eq!(r, Err(err), "{call:?}");
         assert_eq!(e.s, before, "{call:?} changed state");
     }
-    // The worker auditing its own claim (worker 2 is also a validator).
-    let r = Jobs::dispatch(&mut e.s, &w(1), &audit(j0, 1), &ctx(2));
-    assert_eq!(r, Err(Error::AuditorIsParty));
-    assert_eq!(e.s, before);
     check_invariants(&e.s);
 }
 
@@ -647,19 +813,24 @@ mod props {
         Open(u8, u32, Balance),
         Receipt(usize, JobId, u32, u32, u32),
         Close(u8, JobId),
-        Audit(u8, JobId, u32, bool),
+        /// An auditor's commitment (finding: passed, failed, no opening by `u8 % 3`).
+        Commit(u8, JobId, u32, u8),
+        /// An auditor's reveal of what it committed to.
+        Reveal(u8, JobId, u32),
         Advance(u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         let client = prop_oneof![Just(CLIENT), Just(CLIENT2), Just(VALIDATOR)];
+        let auditor =
+            prop_oneof![Just(VALIDATOR), Just(VALIDATOR2), Just(VALIDATOR3), Just(CLIENT)];
         prop_oneof![
             2 => (client.clone(), 0u32..12, 0u128..5).prop_map(|(c, t, p)| Op::Open(c, t, p)),
             4 => (prop_oneof![4 => 0usize..2, 1 => Just(2usize)], 0u64..8, 0u32..5, 0u32..3, 0u32..12)
                 .prop_map(|(w, j, s, l, t)| Op::Receipt(w, j, s, l, t)),
             1 => (client, 0u64..8).prop_map(|(c, j)| Op::Close(c, j)),
-            2 => (prop_oneof![Just(VALIDATOR), Just(VALIDATOR2), Just(CLIENT)], 0u64..8, 0u32..4, prop::bool::weighted(0.7))
-                .prop_map(|(a, j, i, p)| Op::Audit(a, j, i, p)),
+            3 => (auditor.clone(), 0u64..8, 0u32..4, 0u8..3).prop_map(|(a, j, i, f)| Op::Commit(a, j, i, f)),
+            3 => (auditor, 0u64..8, 0u32..4).prop_map(|(a, j, i)| Op::Reveal(a, j, i)),
             1 => (1u64..8).prop_map(Op::Advance),
         ]
     }
@@ -668,8 +839,10 @@ mod props {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
         fn random_markets_keep_invariants(ops in prop::collection::vec(op(), 1..80)) {
-            let mut e = setup();
+            // Validators with weight: audits are assigned, committed, revealed and resolved.
+            let mut e = weighted_with(Params { audit_fee_percent: 10, ..jobs_params() });
             let model = e.model;
+            let mut committed = std::collections::HashMap::new();
             // Job numbers pick among the three latest jobs, so most ops hit a live job.
             let pick = |e: &Env, j: JobId| {
                 let next = Jobs::next_job_id(&e.s).unwrap();
@@ -692,22 +865,42 @@ mod props {
                         let j = pick(&e, j);
                         let _ = e.call(c, Call::CloseJob { job: j });
                     }
-                    Op::Audit(a, j, i, p) => {
+                    Op::Commit(a, j, i, f) => {
                         let j = pick(&e, j);
                         // Mostly an existing claim, sometimes one past the end.
                         let n = Jobs::job(&e.s, j).unwrap().map_or(0, |job| job.claims.len() as u32);
                         let i = i % (n + 1);
-                        let _ = e.call(a, Call::SubmitAudit { job: j, claim_index: i, passed: p });
+                        let f = [passed(), failed(), Finding::NoOpening][usize::from(f)].clone();
+                        if e.commit(a, j, i, &f).is_ok() {
+                            committed.insert((a, j, i), f);
+                        }
+                    }
+                    Op::Reveal(a, j, i) => {
+                        let j = pick(&e, j);
+                        let n = Jobs::job(&e.s, j).unwrap().map_or(0, |job| job.claims.len() as u32);
+                        let i = i % (n + 1);
+                        let f = committed.get(&(a, j, i)).cloned().unwrap_or_else(passed);
+                        let _ = e.reveal(a, j, i, &f);
                     }
                     Op::Advance(n) => e.advance_to(e.now + n),
                 }
             }
             // Everything settles eventually and all escrow is released.
-            e.advance_to(e.now + 20);
+            e.advance_to(e.now + 40);
             prop_assert_eq!(Jobs::total_escrow(&e.s).unwrap(), 0);
+            prop_assert!(Jobs::open_audits(&e.s).unwrap().is_empty());
             for id in 0..Jobs::next_job_id(&e.s).unwrap() {
-                let status = e.job(id).status;
-                prop_assert!(matches!(status, JobStatus::Settled { .. } | JobStatus::Refunded | JobStatus::Failed { .. }), "{:?}", status);
+                let job = e.job(id);
+                prop_assert!(matches!(job.status, JobStatus::Settled { .. } | JobStatus::Refunded), "{:?}", job.status);
+                for c in &job.claims {
+                    // Every audit resolved; a voided claim paid nothing.
+                    if let Some(a) = &c.audit {
+                        prop_assert!(a.outcome.is_some());
+                        if matches!(a.outcome, Some(Outcome::Failed { .. })) {
+                            prop_assert_eq!(c.paid, 0);
+                        }
+                    }
+                }
             }
         }
 
@@ -727,7 +920,16 @@ mod props {
                     voucher: unsigned(0, 1, (0, 1), 1),
                     signature: Signature::from_raw([5; 64]),
                     submitted_at: 2,
-                    verdict: Some(Verdict { auditor: acc(3), passed: true, at: 3 }),
+                    audit_fee: 7,
+                    audit: Some(Audit {
+                        last: 0,
+                        auditors: vec![(acc(3), 2)],
+                        commit_by: 4,
+                        reveal_by: 6,
+                        commits: vec![(acc(3), H256::repeat_byte(4))],
+                        reveals: vec![(acc(3), Finding::NoOpening)],
+                        outcome: Some(Outcome::Failed { slashed: 9 }),
+                    }),
                     paid,
                 }],
                 claimed: 0,

@@ -6,7 +6,12 @@ fn acc(n: u8) -> AccountId {
 }
 
 fn ctx_at(block_number: BlockNumber) -> Context {
-    Context { block_number, genesis_hash: H256::zero(), author: acc(99) }
+    Context {
+        block_number,
+        genesis_hash: H256::zero(),
+        author: acc(99),
+        parent_hash: Default::default(),
+    }
 }
 
 fn dispatch(s: &mut MemoryState, who: u8, call: &Call, at: BlockNumber) -> Result<(), Error> {

@@ -598,6 +598,10 @@ impl<C: Currency> WorkerRegistry for Pallet<C> {
             .collect())
     }
 
+    fn stake<S: Storage + ?Sized>(s: &S, who: &AccountId) -> Result<Balance, StorageError> {
+        Ok(Self::ledger(s, who)?.total())
+    }
+
     /// Slashes `percent`% (capped at 100) of `who`'s whole stake, bonded plus unlocking (so
     /// unbonding does not escape a pending slash), rounded down; see [`Pallet::slash`].
     fn slash_percent<S: Storage + ?Sized>(

@@ -13,7 +13,12 @@ fn acc(n: u8) -> AccountId {
 }
 
 fn ctx_at(block_number: BlockNumber) -> Context {
-    Context { block_number, genesis_hash: H256::zero(), author: acc(99) }
+    Context {
+        block_number,
+        genesis_hash: H256::zero(),
+        author: acc(99),
+        parent_hash: Default::default(),
+    }
 }
 
 fn ctx() -> Context {
@@ -401,7 +406,12 @@ mod props {
 /// context of block 3 on a chain whose genesis hash is 0x0505….
 fn alice_validating() -> (MemoryState, bitorch_primitives::Pair, Context) {
     let mut s = setup();
-    let ctx = Context { block_number: 3, genesis_hash: H256::repeat_byte(5), author: acc(99) };
+    let ctx = Context {
+        block_number: 3,
+        genesis_hash: H256::repeat_byte(5),
+        author: acc(99),
+        parent_hash: Default::default(),
+    };
     let pair = pair_from_suri("//Alice").unwrap();
     let alice = account_of(&pair);
     Balances::mint(&mut s, &alice, 1_000).unwrap();

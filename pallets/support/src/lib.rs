@@ -156,6 +156,9 @@ pub struct Context {
     pub genesis_hash: Hash,
     /// The block author.
     pub author: AccountId,
+    /// The parent block's hash: randomness no transaction of this block could know when it
+    /// was signed (what chooses audits).
+    pub parent_hash: Hash,
 }
 
 /// Native currency operations, implemented by the balances pallet.
@@ -206,6 +209,8 @@ pub trait WorkerRegistry {
     /// The active validators with their voting weight (what an audit quorum is counted in).
     fn validator_weights<S: Storage + ?Sized>(s: &S)
         -> Result<Vec<(AccountId, u64)>, StorageError>;
+    /// `who`'s whole stake (bonded plus unlocking): what a slash takes its percentage of.
+    fn stake<S: Storage + ?Sized>(s: &S, who: &AccountId) -> Result<Balance, StorageError>;
     /// Slashes `percent`% of `who`'s bond; returns the amount slashed (burned).
     fn slash_percent<S: Storage + ?Sized>(
         s: &mut S,
