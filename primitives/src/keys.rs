@@ -41,6 +41,12 @@ pub fn parse_account(s: &str) -> Result<AccountId, Error> {
     Ok(account)
 }
 
+/// `pair`'s sr25519 signature over `message`.
+pub fn sign(pair: &Pair, message: &[u8]) -> Signature {
+    use sp_core::crypto::Pair as _;
+    pair.sign(message)
+}
+
 /// Verifies an sr25519 signature by `signer` over `message`.
 pub fn verify(signature: &Signature, message: &[u8], signer: &AccountId) -> bool {
     let public = Public::from_raw(*signer.as_ref());

@@ -53,6 +53,10 @@ pub struct NodeArgs {
     /// reports the double votes and slashes this validator).
     #[arg(long, hide = true)]
     unsafe_equivocate: bool,
+    /// Test only: the worker cheats (`random-outputs`: returns and commits to random hidden
+    /// states), for the adversarial tests of the audits.
+    #[arg(long, hide = true, value_parser = ["random-outputs"])]
+    unsafe_cheat: Option<String>,
     /// Target time between blocks, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     block_time: u64,
@@ -317,13 +321,32 @@ pub fn run(args: NodeArgs) -> Result<()> {
             let t = std::time::Instant::now();
             let stage = tokio::task::block_in_place(|| described.load_stage(layers))?;
             tracing::info!(target: "node", layers = ?stage.layers(), secs = t.elapsed().as_secs_f64(), "loaded the model");
-            let local = tokio::task::block_in_place(|| bitorch_serve::spawn_worker(stage, worker_key.clone(), model, genesis, args.max_sessions))?;
+            let cheat = args.unsafe_cheat.as_ref().map(|_| bitorch_compute::Cheat::RandomOutputs);
+            if cheat.is_some() {
+                tracing::warn!(target: "node", "--unsafe-cheat: this worker returns random outputs (tests of the audits only)");
+            }
+            let local = tokio::task::block_in_place(|| bitorch_serve::spawn_worker(stage, worker_key.clone(), model, genesis, args.max_sessions, cheat))?;
             tracing::info!(target: "node", %model, worker = %to_ss58(&account_of(&worker_key)), layers = ?local.1.layers, "serving the model");
-            stage_worker.send_replace(Some(bitorch_serve::StageWorker { handle: local.0.clone(), account: local.1.account.clone() }));
-            // The worker claims its pay itself, with the clients' vouchers.
+            let traces = std::sync::Arc::new(bitorch_serve::TraceStore::open(base.join("chains").join(&chain_id).join("traces")).context("the trace folder")?);
+            stage_worker.send_replace(Some(bitorch_serve::StageWorker { handle: local.0.clone(), account: local.1.account.clone(), traces: traces.clone(), genesis }));
+            // The worker claims its pay itself, with the clients' vouchers, and keeps the
+            // claimed sessions' leaves for audits.
             let stop = CancellationToken::new();
-            let task = tokio::spawn(bitorch_serve::submit_claims(handle.clone(), worker_key.clone(), local.0.clone(), stop.clone()));
+            let task = tokio::spawn(bitorch_serve::submit_claims(handle.clone(), worker_key.clone(), local.0.clone(), traces, stop.clone()));
             claimer = Some((stop, task));
+            let described = std::sync::Arc::new(described);
+            // A validator audits the claims the chain assigns it, on the model it has.
+            if let (Some(net), Some(suri)) = (&net_handle, &validator_suri) {
+                let auditor = bitorch_serve::Auditor {
+                    chain: handle.clone(),
+                    net: net.clone(),
+                    key: pair_from_suri(suri).context("--validator")?,
+                    genesis,
+                    model,
+                    described: described.clone(),
+                };
+                tokio::spawn(bitorch_serve::run_auditor(auditor, cancel.clone()));
+            }
             if let Some(net) = &net_handle {
                 bitorch_serve::announce(net, &local.1).await?;
                 tracing::info!(target: "node", %model, layers = ?local.1.layers, "announced the worker in the DHT");
@@ -331,7 +354,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 let task = tokio::spawn(bitorch_serve::keep_announced(net.clone(), local.0.clone(), local.1.clone(), stop.clone()));
                 served = Some((net.clone(), model, stop, task));
             }
-            let bitorch_serve::Described { tokenizer, context_length, .. } = described;
+            let (tokenizer, context_length) = (described.tokenizer.clone(), described.context_length);
             let name = String::from_utf8_lossy(&manifest.name).into_owned();
             let backend = std::sync::Arc::new(bitorch_serve::GatewayBackend::new(bitorch_serve::GatewayOptions {
                 model,

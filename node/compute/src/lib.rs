@@ -42,9 +42,9 @@ pub use gateway::{
     RejectedReceipt, StageReceipt, StageTransport,
 };
 pub use protocol::{
-    Activation, Closure, Floats, Limits, ModelId, SessionAuth, SessionId, StageError, StageInfo,
-    StageRequest, StageResponse, PROTOCOL_NAME,
+    Activation, Closure, Floats, Limits, ModelId, OpeningRequest, SessionAuth, SessionId,
+    StageError, StageInfo, StageRequest, StageResponse, TraceOpening, PROTOCOL_NAME,
 };
 pub use route::{plan_route, plan_route_with, Bans, CostModel, Route, WorkerInfo};
 #[cfg(feature = "engine")]
-pub use worker::{Worker, WorkerConfig, WorkerHandle, WorkerStats};
+pub use worker::{Cheat, ClaimedSession, Worker, WorkerConfig, WorkerHandle, WorkerStats};

@@ -24,8 +24,7 @@
 use crate::error::DecodeError;
 pub use bitorch_primitives::receipt::SessionAuth;
 use bitorch_primitives::receipt::{JobId, SignedVoucher};
-use bitorch_primitives::Signature;
-use bitorch_primitives::H256;
+use bitorch_primitives::{AccountId, Signature, H256};
 use parity_scale_codec::{Decode, DecodeLimit, Encode, Error as CodecError, Input};
 
 /// The libp2p protocol name.
@@ -226,15 +225,77 @@ pub enum StageRequest {
         /// processed (the worker claims with it; without it, with the last one it got).
         voucher: Option<Signature>,
     },
+    /// An assigned auditor asks for the opening of a claim the chain chose for audit: the
+    /// leaves of the positions the audit names and the leaf hashes after them.
+    #[codec(index = 3)]
+    Opening(OpeningRequest),
+}
+
+/// What an auditor asks a worker to open.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OpeningRequest {
+    /// The job.
+    pub job: JobId,
+    /// The claim's index in the job.
+    pub claim_index: u32,
+    /// The auditor (one the chain assigned to the claim).
+    pub auditor: AccountId,
+    /// The auditor's signature over [`OpeningRequest::signing_payload`].
+    pub signature: Signature,
+}
+
+impl OpeningRequest {
+    /// What the auditor signs: `(b"bitorch/opening/1", genesis, job, claim_index, auditor)`.
+    pub fn signing_payload(
+        genesis: &H256,
+        job: JobId,
+        claim_index: u32,
+        auditor: &AccountId,
+    ) -> Vec<u8> {
+        (b"bitorch/opening/1", genesis, job, claim_index, auditor).encode()
+    }
+
+    /// A request signed by `auditor`.
+    pub fn sign(
+        auditor: &bitorch_primitives::Pair,
+        genesis: &H256,
+        job: JobId,
+        claim_index: u32,
+    ) -> Self {
+        let account = bitorch_primitives::keys::account_of(auditor);
+        let payload = Self::signing_payload(genesis, job, claim_index, &account);
+        let signature = bitorch_primitives::keys::sign(auditor, &payload);
+        Self { job, claim_index, auditor: account, signature }
+    }
+
+    /// Whether the signature is the auditor's, on the chain `genesis`.
+    pub fn verify(&self, genesis: &H256) -> bool {
+        let payload = Self::signing_payload(genesis, self.job, self.claim_index, &self.auditor);
+        bitorch_primitives::keys::verify(&self.signature, &payload, &self.auditor)
+    }
+}
+
+/// A worker's opening of a claimed session for its audit: the committed inputs and outputs of
+/// positions `0..=last` (each a row), and the leaf hashes of the positions after, up to the
+/// claim's; from them the auditor recomputes the voucher's trace hash and re-executes.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TraceOpening {
+    /// Inputs, `(last + 1) × hidden`.
+    pub inputs: Floats,
+    /// Outputs, `(last + 1) × hidden`.
+    pub outputs: Floats,
+    /// Leaf hashes of positions `last + 1..positions`.
+    pub hashes_after: Vec<H256>,
 }
 
 impl StageRequest {
-    /// The session it is about.
-    pub fn session(&self) -> &SessionId {
+    /// The session it is about (none for an opening, which names a claim).
+    pub fn session(&self) -> Option<&SessionId> {
         match self {
             Self::Open { session, .. }
             | Self::Forward { session, .. }
-            | Self::Close { session, .. } => session,
+            | Self::Close { session, .. } => Some(session),
+            Self::Opening(_) => None,
         }
     }
 }
@@ -295,6 +356,9 @@ pub enum StageResponse {
     /// The request was rejected; other sessions are unaffected.
     #[codec(index = 4)]
     Error(StageError),
+    /// The opening an auditor asked for.
+    #[codec(index = 5)]
+    Opening(TraceOpening),
 }
 
 /// Why a worker rejected a request. Unless noted, the session (if any) is unchanged and can
@@ -415,6 +479,18 @@ pub enum StageError {
         /// Positions computed so far, which the voucher must cover.
         positions: u32,
     },
+    /// An opening this worker cannot serve: the claim is not this worker's, not under an open
+    /// audit, the requester is not one of its auditors (or did not sign), or the trace is gone.
+    #[error("no opening for claim {claim_index} of job {job}: {reason}")]
+    #[codec(index = 16)]
+    NoOpening {
+        /// The job.
+        job: JobId,
+        /// The claim.
+        claim_index: u32,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Encodes a message with its version byte.
@@ -456,8 +532,14 @@ pub fn decode_request(bytes: &[u8], limits: &Limits) -> Result<StageRequest, Dec
 /// Decodes a response from untrusted bytes, within `limits`.
 pub fn decode_response(bytes: &[u8], limits: &Limits) -> Result<StageResponse, DecodeError> {
     let resp: StageResponse = decode(bytes, limits.max_message_bytes)?;
-    if let StageResponse::Output { output, .. } = &resp {
-        check_activation(output, limits)?;
+    match &resp {
+        StageResponse::Output { output, .. } => check_activation(output, limits)?,
+        StageResponse::Opening(o)
+            if o.inputs.rows() != o.outputs.rows() || o.inputs.cols() != o.outputs.cols() =>
+        {
+            return Err(DecodeError::Invalid);
+        }
+        _ => {}
     }
     Ok(resp)
 }
@@ -499,6 +581,12 @@ mod tests {
                 voucher: None,
             },
             StageRequest::Close { session: [3; 16], voucher: Some(Signature::from_raw([7; 64])) },
+            StageRequest::Opening(OpeningRequest {
+                job: 5,
+                claim_index: 2,
+                auditor: AccountId::new([4; 32]),
+                signature: Signature::from_raw([8; 64]),
+            }),
         ];
         for m in msgs {
             assert_eq!(decode_request(&encode(&m), &limits()).unwrap(), m);
@@ -517,10 +605,44 @@ mod tests {
                 output: Activation::Logits(Floats::new(1, 3, &[1.0, -2.0, 3.5]).unwrap()),
                 trace: H256::repeat_byte(3),
             },
+            StageResponse::Opening(TraceOpening {
+                inputs: Floats::new(2, 2, &[1.0, 2.0, 3.0, 4.0]).unwrap(),
+                outputs: Floats::new(2, 2, &[5.0, 6.0, 7.0, 8.0]).unwrap(),
+                hashes_after: vec![H256::repeat_byte(9)],
+            }),
+            StageResponse::Error(StageError::NoOpening {
+                job: 1,
+                claim_index: 0,
+                reason: "no".into(),
+            }),
         ];
         for r in resps {
             assert_eq!(decode_response(&encode(&r), &limits()).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn an_opening_request_verifies_only_as_signed() {
+        let pair = bitorch_primitives::keys::pair_from_suri("//Dave").unwrap();
+        let g = H256::repeat_byte(1);
+        let req = OpeningRequest::sign(&pair, &g, 3, 1);
+        assert!(req.verify(&g));
+        assert!(!req.verify(&H256::repeat_byte(2)), "another chain");
+        assert!(!OpeningRequest { claim_index: 2, ..req.clone() }.verify(&g), "another claim");
+        let other = bitorch_primitives::keys::account_of(
+            &bitorch_primitives::keys::pair_from_suri("//Eve").unwrap(),
+        );
+        assert!(!OpeningRequest { auditor: other, ..req }.verify(&g), "another auditor");
+    }
+
+    #[test]
+    fn openings_with_mismatched_shapes_are_refused() {
+        let bad = StageResponse::Opening(TraceOpening {
+            inputs: Floats::new(2, 2, &[0.0; 4]).unwrap(),
+            outputs: Floats::new(1, 2, &[0.0; 2]).unwrap(),
+            hashes_after: vec![],
+        });
+        assert_eq!(decode_response(&encode(&bad), &limits()), Err(DecodeError::Invalid));
     }
 
     #[test]

@@ -289,7 +289,12 @@ async fn tiny_claims_are_the_clients_vouchers_for_the_traces() {
     }
     // Each worker holds exactly the claim the gateway saw, once.
     for (id, claim) in [0u32, 1, 2].into_iter().zip(&claimed) {
-        assert_eq!(gw.transport().handle(id).take_claims().await.unwrap(), vec![claim.clone()]);
+        let held = gw.transport().handle(id).take_claims().await.unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].claim, claim.clone());
+        // With the leaves it covers, whose running hash is the voucher's.
+        let hashes: Vec<_> = held[0].leaves.iter().map(|l| l.hash()).collect();
+        assert_eq!(bitorch_commitment::chain_of(&hashes), claim.voucher.trace.0);
     }
     // What the gateway counts as acknowledged is what the claims are worth: 6 layers × fed.
     assert_eq!(gen.acknowledged, 6 * u64::from(fed));

@@ -277,6 +277,7 @@ fn a_paid_session_needs_the_clients_authorization_and_goes_on_only_as_acknowledg
     }
     let t5 = traced(w.handle(step(Some(voucher(a, 4, t4, "Alice")))));
     assert_ne!(t5, t4);
+    let w_leaves = w.trace(&a).unwrap().leaves().to_vec();
     // Closed with the final voucher: that is the claim, queued for the chain.
     let done = voucher(a, 5, t5, "Alice");
     let StageResponse::Closed(c) =
@@ -295,7 +296,10 @@ fn a_paid_session_needs_the_clients_authorization_and_goes_on_only_as_acknowledg
     let claim = c.claim.clone().unwrap();
     assert_eq!((claim.voucher.clone(), c.positions, c.trace), (want, 5, t5));
     assert!(claim.verify(&alice, &GENESIS));
-    assert_eq!(w.take_claims(), vec![claim]);
+    let taken = w.take_claims();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].claim, claim);
+    assert_eq!(taken[0].leaves, w_leaves);
     assert!(w.take_claims().is_empty(), "taken once");
 
     // Closed without a final voucher (a client that went away): the last one is the claim,
@@ -351,8 +355,11 @@ fn idle_sessions_are_evicted_and_their_claims_kept() {
     );
     let evicted = w.take_claims();
     assert_eq!(evicted.len(), 1);
-    assert_eq!((evicted[0].voucher.job, evicted[0].voucher.positions), (3, 2));
-    assert!(evicted[0].verify(&alice, &GENESIS));
+    let e0 = &evicted[0].claim;
+    assert_eq!((e0.voucher.job, e0.voucher.positions), (3, 2));
+    assert!(e0.verify(&alice, &GENESIS));
+    // The leaves kept are those the voucher covers: the third position was not acknowledged.
+    assert_eq!(evicted[0].leaves.len(), 2);
     assert_eq!(w.sessions(), 2);
 }
 

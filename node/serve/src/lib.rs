@@ -24,18 +24,26 @@
 //!   [`announce`] / [`keep_announced`] / [`withdraw`] (the DHT record with free sessions and
 //!   measured speed);
 //! - [`gateway`]: [`GatewayBackend`], the API's backend: routing, channels and the job opened
-//!   ahead.
+//!   ahead;
+//! - [`traces`]: the leaves of the worker's claimed sessions, kept on disk for audits, and the
+//!   openings made from them ([`serve_stages`] answers assigned auditors' opening requests);
+//! - [`auditor`]: [`run_auditor`], the validator's side of the chain's audits: it fetches the
+//!   openings assigned to it, re-executes, and commits and reveals its finding.
 
+pub mod auditor;
 pub mod chain;
 pub mod error;
 pub mod gateway;
 pub mod model;
+pub mod traces;
 pub mod worker;
 
+pub use auditor::{run_auditor, Auditor};
 pub use chain::{register, submit_and_wait};
 pub use error::{Error, Result};
 pub use gateway::{GatewayBackend, GatewayOptions, NodeTransport, Payer, Peer};
 pub use model::{describe, least_served, parse_layers, Described, LayerChoice};
+pub use traces::TraceStore;
 pub use worker::{
     announce, choose_layers, keep_announced, serve_stages, spawn_worker, submit_claims, withdraw,
     StageWorker, UnpaidPolicy,

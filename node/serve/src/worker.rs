@@ -4,10 +4,11 @@ use crate::chain::submit_and_wait;
 use crate::error::{Error, Result};
 use crate::gateway::Peer;
 use crate::model::least_served;
+use crate::traces::TraceStore;
 use crate::{u32_of, TARGET};
 use bitorch_compute::{
-    protocol, StageError, StageRequest, StageResponse, Worker, WorkerConfig, WorkerHandle,
-    WorkerInfo, WorkerStats,
+    protocol, ClaimedSession, OpeningRequest, StageError, StageRequest, StageResponse, Worker,
+    WorkerConfig, WorkerHandle, WorkerInfo, WorkerStats,
 };
 use bitorch_inference::Stage;
 use bitorch_network::{Handle as NetHandle, PeerId, StageInbound, WorkerAnnouncement};
@@ -17,6 +18,7 @@ use bitorch_runtime::Call;
 use bitorch_service::Handle;
 use std::collections::HashSet;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -33,9 +35,11 @@ pub fn spawn_worker(
     model: H256,
     genesis: H256,
     max_sessions: usize,
+    cheat: Option<bitorch_compute::Cheat>,
 ) -> Result<(WorkerHandle, WorkerInfo<Peer>)> {
     let mut config = WorkerConfig::new(model, genesis);
     config.max_sessions = max_sessions.max(1);
+    config.cheat = cheat;
     let mut w = Worker::new(stage, key, config);
     let rate = w.benchmark(BENCHMARK_STEPS).map_err(|e| Error::Benchmark(e.to_string()))?;
     let (layers, account) = (w.info().layers, w.account());
@@ -67,14 +71,19 @@ async fn open_job(chain: &Handle, job: JobId, model: H256) -> Option<Job> {
     (j.status == JobStatus::Open && j.model == model && best.number < j.deadline).then_some(j)
 }
 
-/// The worker behind the stage server: its handle, and the account it works as (the one a
-/// session's authorization and vouchers must name).
+/// The worker behind the stage server: its handle, the account it works as (the one a
+/// session's authorization and vouchers must name), and where the leaves of its claimed
+/// sessions are kept for audits.
 #[derive(Clone)]
 pub struct StageWorker {
     /// The worker actor.
     pub handle: WorkerHandle,
     /// Its account.
     pub account: AccountId,
+    /// Its claimed sessions' leaves.
+    pub traces: Arc<TraceStore>,
+    /// The chain's genesis hash (what auditors' opening requests are signed for).
+    pub genesis: H256,
 }
 
 /// Who may open sessions that no job pays for: nobody on a public worker, or the peers its
@@ -143,6 +152,9 @@ async fn answer(
         tracing::info!(target: TARGET, %peer, "refused a session: no job pays for it");
         return Some(StageResponse::Error(StageError::JobRequired));
     }
+    if let StageRequest::Opening(o) = &req {
+        return Some(serve_opening(worker, chain, o).await);
+    }
     let client = match job_client(chain, &req).await {
         Ok(client) => client,
         Err(e) => {
@@ -156,6 +168,47 @@ async fn answer(
             tracing::warn!(target: TARGET, %peer, error = %e, "the worker stopped");
             None
         }
+    }
+}
+
+/// The opening an assigned auditor asked for: only for a claim of this worker's, under an
+/// open audit the requester is assigned to and signed for; from the leaves kept on disk.
+async fn serve_opening(worker: &StageWorker, chain: &Handle, o: &OpeningRequest) -> StageResponse {
+    let refuse = |reason: &str| {
+        tracing::info!(target: TARGET, job = o.job, claim = o.claim_index, reason, "refused an opening");
+        StageResponse::Error(StageError::NoOpening {
+            job: o.job,
+            claim_index: o.claim_index,
+            reason: reason.into(),
+        })
+    };
+    if !o.verify(&worker.genesis) {
+        return refuse("not signed by the auditor it names");
+    }
+    let Ok(Some(job)) = chain.job(o.job).await else { return refuse("no such job") };
+    let Some(claim) = job.claims.get(o.claim_index as usize) else {
+        return refuse("no such claim");
+    };
+    if claim.voucher.worker != worker.account {
+        return refuse("not this worker's claim");
+    }
+    let Some(audit) = claim.audit.as_ref().filter(|a| a.outcome.is_none()) else {
+        return refuse("the claim is not under an open audit");
+    };
+    if !audit.auditors.iter().any(|(a, _)| *a == o.auditor) {
+        return refuse("the requester is not one of the claim's auditors");
+    }
+    let (store, v, last) = (worker.traces.clone(), claim.voucher.clone(), audit.last);
+    let opened =
+        tokio::task::spawn_blocking(move || store.opening(v.job, &v.session, last, v.positions))
+            .await;
+    match opened {
+        Ok(Ok(opening)) => {
+            tracing::info!(target: TARGET, job = o.job, claim = o.claim_index, last, "opened a claim");
+            StageResponse::Opening(opening)
+        }
+        Ok(Err(reason)) => refuse(&reason),
+        Err(_) => refuse("reading the trace failed"),
     }
 }
 
@@ -196,8 +249,10 @@ pub async fn submit_claims(
     chain: Handle,
     key: Pair,
     worker: WorkerHandle,
+    traces: Arc<TraceStore>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
+    let mut pruned_at = std::time::Instant::now();
     loop {
         let stopping = tokio::select! {
             _ = cancel.cancelled() => true,
@@ -205,8 +260,15 @@ pub async fn submit_claims(
         };
         let Ok(claims) = worker.take_claims().await else { break };
         let mut calls = Vec::with_capacity(claims.len());
-        for voucher in claims {
+        for ClaimedSession { claim: voucher, leaves } in claims {
             let job = voucher.voucher.job;
+            // Kept for the audits the chain may choose, before the claim exists on chain.
+            let (store, session) = (traces.clone(), voucher.voucher.session);
+            match tokio::task::spawn_blocking(move || store.save(job, &session, &leaves)).await {
+                Ok(Ok(())) => {}
+                other => tracing::warn!(target: TARGET, job, ok = other.is_ok(),
+                    "cannot keep a claimed session's trace; an audit of it will fail"),
+            }
             let call = Call::Jobs(jobs::Call::Claim { voucher });
             if worth_claiming(&chain, &call).await {
                 calls.push(call);
@@ -221,9 +283,45 @@ pub async fn submit_claims(
                 Err(e) => tracing::warn!(target: TARGET, claims = n, error = %e, "claims failed"),
             }
         }
+        if pruned_at.elapsed() >= PRUNE_EVERY {
+            pruned_at = std::time::Instant::now();
+            prune(&chain, &traces).await;
+        }
         if stopping {
             break;
         }
+    }
+}
+
+/// How often the traces of finished jobs are removed.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Removes the traces of jobs that no longer hold escrow (settled or refunded: no audit can
+/// open them any more).
+async fn prune(chain: &Handle, traces: &Arc<TraceStore>) {
+    let Ok(entries) = std::fs::read_dir(traces.dir()) else { return };
+    let jobs: Vec<JobId> =
+        entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    let mut live = HashSet::new();
+    for job in jobs {
+        match chain.job(job).await {
+            Ok(Some(j)) if j.status.holds_escrow() => {
+                live.insert(job);
+            }
+            Ok(_) => {}
+            // Unknown now: keep it.
+            Err(_) => {
+                live.insert(job);
+            }
+        }
+    }
+    let store = traces.clone();
+    match tokio::task::spawn_blocking(move || store.prune(|job| live.contains(&job))).await {
+        Ok(Ok(n)) if n > 0 => {
+            tracing::debug!(target: TARGET, jobs = n, "removed finished jobs' traces")
+        }
+        Ok(Err(e)) => tracing::warn!(target: TARGET, error = %e, "pruning traces failed"),
+        _ => {}
     }
 }
 

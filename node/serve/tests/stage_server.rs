@@ -5,8 +5,8 @@
 
 use bitorch_chain_spec::ChainSpec;
 use bitorch_compute::{
-    protocol, Activation, SessionAuth, StageError, StageRequest, StageResponse, Worker,
-    WorkerConfig, WorkerHandle,
+    protocol, Activation, OpeningRequest, SessionAuth, StageError, StageRequest, StageResponse,
+    Worker, WorkerConfig, WorkerHandle,
 };
 use bitorch_inference::{Checkpoint, LoadOptions, Stage};
 use bitorch_network::{PeerId, StageInbound};
@@ -14,9 +14,10 @@ use bitorch_primitives::keys::{account_of, pair_from_suri};
 use bitorch_primitives::receipt::Voucher;
 use bitorch_primitives::{Pair, H256, UNIT};
 use bitorch_runtime::{jobs, models, Call};
-use bitorch_serve::{serve_stages, submit_claims, StageWorker, UnpaidPolicy};
+use bitorch_serve::{serve_stages, submit_claims, StageWorker, TraceStore, UnpaidPolicy};
 use bitorch_service::{service, Chain, Handle, PoolLimits};
 use bitorch_test_support::tiny::{write_safetensors, Tiny};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,7 @@ struct Setup {
     job: u64,
     bob: Pair,
     worker: WorkerHandle,
+    traces: Arc<TraceStore>,
     requests: mpsc::Sender<StageInbound>,
     cancel: CancellationToken,
     _dir: tempfile::TempDir,
@@ -66,14 +68,31 @@ async fn setup(allowed: PeerId) -> Setup {
     let stage = Stage::load(&ckpt, 0..tiny.layers, &LoadOptions::default()).unwrap();
     let worker = Worker::new(stage, bob.clone(), WorkerConfig::new(model, genesis));
     let (handle, _thread) = bitorch_compute::worker::spawn(worker, 8).unwrap();
-    let worker = StageWorker { handle: handle.clone(), account: account_of(&bob) };
+    let traces = Arc::new(TraceStore::open(dir.path().join("traces")).unwrap());
+    let worker = StageWorker {
+        handle: handle.clone(),
+        account: account_of(&bob),
+        traces: traces.clone(),
+        genesis,
+    };
     let (_keep, worker_rx) = watch::channel(Some(worker));
     let (requests, rx) = mpsc::channel(8);
     let unpaid = UnpaidPolicy::allow([allowed]);
     tokio::spawn(serve_stages(rx, worker_rx, chain.clone(), unpaid));
     // The stage server ends when `requests` is dropped; the watch sender may go now.
     drop(_keep);
-    Setup { chain, genesis, model, job: 0, bob, worker: handle, requests, cancel, _dir: dir }
+    Setup {
+        chain,
+        genesis,
+        model,
+        job: 0,
+        bob,
+        worker: handle,
+        traces,
+        requests,
+        cancel,
+        _dir: dir,
+    }
 }
 
 impl Setup {
@@ -172,8 +191,13 @@ async fn only_paid_sessions_authorized_by_the_client_are_served() {
     assert_eq!(closed.claim.as_ref().map(|c| c.voucher.positions), Some(6));
     // Bob's node claims it on chain, signed by Bob: 4 layers × 6 positions × 1 BTR.
     let stop = CancellationToken::new();
-    let claimer =
-        tokio::spawn(submit_claims(s.chain.clone(), s.bob.clone(), s.worker.clone(), stop.clone()));
+    let claimer = tokio::spawn(submit_claims(
+        s.chain.clone(),
+        s.bob.clone(),
+        s.worker.clone(),
+        s.traces.clone(),
+        stop.clone(),
+    ));
     let alice = pair_from_suri("//Alice").unwrap();
     let mut claims = Vec::new();
     for _ in 0..100 {
@@ -190,6 +214,18 @@ async fn only_paid_sessions_authorized_by_the_client_are_served() {
     assert_eq!(claims[0].voucher, closed.claim.unwrap().voucher);
     // Worth 24 BTR, with the dev chain's 5% audit fee reserved beside it.
     assert_eq!(s.chain.job(s.job).await.unwrap().unwrap().claimed, 24 * UNIT * 105 / 100);
+    // Its six leaves are kept on disk for an audit, and hash to the voucher's trace.
+    let kept = s.traces.load(s.job, &[4; 16]).unwrap();
+    let hashes: Vec<_> = kept.iter().map(|l| l.hash()).collect();
+    assert_eq!(bitorch_commitment::chain_of(&hashes), claims[0].voucher.trace.0);
+    // Nobody opens it but an auditor the chain assigned (this chain's one validator is the
+    // client: nobody is eligible), even with a valid signature.
+    for who in ["//Alice", "//Ferdie"] {
+        let pair = pair_from_suri(who).unwrap();
+        let req = OpeningRequest::sign(&pair, &s.genesis, s.job, 0);
+        let refused = error(s.ask(stranger, protocol::encode(&StageRequest::Opening(req))).await);
+        assert!(matches!(refused, StageError::NoOpening { .. }), "{refused:?}");
+    }
 
     // A job that is not on chain, or no longer open, is refused as not open.
     assert_eq!(

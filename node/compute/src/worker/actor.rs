@@ -2,19 +2,20 @@
 //! through a [`WorkerHandle`] over a bounded channel, each request with a `oneshot` for its
 //! answer.
 
+use super::ClaimedSession;
 use super::{Worker, WorkerStats, TARGET};
 use crate::{
     error::WorkerStopped,
     protocol::{StageRequest, StageResponse},
 };
-use bitorch_primitives::{receipt::SignedVoucher, AccountId};
+use bitorch_primitives::AccountId;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 enum Message {
     Call(StageRequest, Option<AccountId>, oneshot::Sender<StageResponse>),
     CallBytes(Vec<u8>, oneshot::Sender<Vec<u8>>),
-    TakeClaims(oneshot::Sender<Vec<SignedVoucher>>),
+    TakeClaims(oneshot::Sender<Vec<ClaimedSession>>),
     Stats(oneshot::Sender<WorkerStats>),
 }
 
@@ -97,7 +98,7 @@ impl WorkerHandle {
     }
 
     /// Takes the claims of paid sessions closed or evicted ([`Worker::take_claims`]).
-    pub async fn take_claims(&self) -> Result<Vec<SignedVoucher>, WorkerStopped> {
+    pub async fn take_claims(&self) -> Result<Vec<ClaimedSession>, WorkerStopped> {
         self.ask(Message::TakeClaims).await
     }
 

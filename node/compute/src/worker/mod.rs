@@ -63,6 +63,16 @@ pub struct WorkerConfig {
     /// Claims of closed or evicted paid sessions kept for [`Worker::take_claims`]; the oldest
     /// are dropped beyond this.
     pub max_unclaimed: usize,
+    /// For tests of the audits only: cheat this way.
+    pub cheat: Option<Cheat>,
+}
+
+/// How a worker built for adversarial tests cheats (`--unsafe-cheat`); never on a real network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cheat {
+    /// Returns, and commits to, random hidden states of the right shape instead of computing
+    /// its layers' outputs.
+    RandomOutputs,
 }
 
 impl WorkerConfig {
@@ -78,6 +88,7 @@ impl WorkerConfig {
             limits: Limits::default(),
             kernel: Kernel::BatchInvariant,
             max_unclaimed: 1_024,
+            cheat: None,
         }
     }
 }
@@ -106,9 +117,19 @@ pub struct Worker {
     config: WorkerConfig,
     info: StageInfo,
     sessions: HashMap<SessionId, Session>,
-    unclaimed: VecDeque<SignedVoucher>,
+    unclaimed: VecDeque<ClaimedSession>,
     /// Measured seconds per one-position forward (a generation step), smoothed.
     step_secs: Option<f64>,
+}
+
+/// A paid session's claim and the leaves it covers (what an audit opens), taken by the node to
+/// submit the claim and keep the leaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedSession {
+    /// The latest voucher of the session.
+    pub claim: SignedVoucher,
+    /// The leaves of the positions the voucher covers.
+    pub leaves: Vec<bitorch_commitment::Leaf>,
 }
 
 /// What a worker reports about its load, for its DHT announcement.
@@ -311,6 +332,12 @@ impl Worker {
             StageRequest::Forward { session, pos, input, voucher } => {
                 self.forward(session, pos, input, voucher, now)
             }
+            // Openings are served by the node from the traces it keeps on disk.
+            StageRequest::Opening(o) => StageResponse::Error(StageError::NoOpening {
+                job: o.job,
+                claim_index: o.claim_index,
+                reason: "this worker keeps no traces".into(),
+            }),
             StageRequest::Close { session, voucher } => match self.sessions.remove(&session) {
                 Some(mut s) => {
                     if let Some(sig) = voucher {
@@ -389,12 +416,12 @@ impl Worker {
     }
 
     /// Takes the claims of paid sessions closed or evicted since the last call: the latest
-    /// voucher of each, to submit on chain.
-    pub fn take_claims(&mut self) -> Vec<SignedVoucher> {
+    /// voucher of each, to submit on chain, with the leaves it covers.
+    pub fn take_claims(&mut self) -> Vec<ClaimedSession> {
         self.unclaimed.drain(..).collect()
     }
 
-    fn keep_unclaimed(&mut self, v: SignedVoucher) {
+    fn keep_unclaimed(&mut self, v: ClaimedSession) {
         if self.config.max_unclaimed == 0 {
             return;
         }
@@ -409,7 +436,9 @@ impl Worker {
         let c = s.trace.commitment();
         let claim = s.paid.and_then(|p| p.latest);
         if let Some(v) = &claim {
-            self.keep_unclaimed(v.clone());
+            let n = (v.voucher.positions as usize).min(s.trace.len());
+            let leaves = s.trace.leaves()[..n].to_vec();
+            self.keep_unclaimed(ClaimedSession { claim: v.clone(), leaves });
         }
         Closure { positions: c.len, root: H256(c.root), trace: H256(s.trace.chain()), claim }
     }
@@ -515,7 +544,7 @@ impl Worker {
         };
         s.last_used = now;
         let t = Instant::now();
-        match run(&self.stage, s, input) {
+        match run(&self.stage, s, input, self.config.cheat) {
             Ok(out) => {
                 if n == 1 {
                     let secs = t.elapsed().as_secs_f64();
@@ -537,7 +566,12 @@ impl Worker {
 }
 
 /// Runs the stage over a checked input, records the positions in the trace.
-fn run(stage: &Stage, s: &mut Session, input: Activation) -> bitorch_inference::Result<Activation> {
+fn run(
+    stage: &Stage,
+    s: &mut Session,
+    input: Activation,
+    cheat: Option<Cheat>,
+) -> bitorch_inference::Result<Activation> {
     let dev = stage.device();
     let hidden = stage.config().hidden_size;
     let x = match input {
@@ -552,6 +586,10 @@ fn run(stage: &Stage, s: &mut Session, input: Activation) -> bitorch_inference::
     };
     let pos = s.cache.len();
     let y = stage.forward_layers(&x, pos, &mut s.cache)?;
+    let y = match cheat {
+        Some(Cheat::RandomOutputs) => y.randn_like(0.0, 1.0)?,
+        None => y,
+    };
     let rows = |t: &Tensor| -> bitorch_inference::Result<Vec<Vec<f32>>> {
         Ok(t.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     };

@@ -160,6 +160,7 @@ impl StageTransport for MemTransport {
             StageRequest::Open { .. } => "open",
             StageRequest::Forward { .. } => "forward",
             StageRequest::Close { .. } => "close",
+            StageRequest::Opening(_) => "opening",
         };
         e.calls.fetch_add(1, Ordering::SeqCst);
         self.log.lock().unwrap().push((*worker, kind));

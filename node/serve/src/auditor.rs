@@ -1,0 +1,227 @@
+//! The node as an auditor: the validator's side of the chain's audits.
+//!
+//! Every block it looks through the audits still open on chain ([`bitorch_service::Handle::open_audits`])
+//! for those the chain assigned to this validator, on the model this node has. For each, before
+//! the commit window ends, it asks the claim's worker (found by its account in the DHT) for the
+//! opening ([`OpeningRequest`], signed by the validator), checks that the leaf hashes it opens
+//! rebuild the voucher's trace hash for exactly the claimed positions, re-executes the claim's
+//! layers on the opened inputs in one batched pass ([`bitorch_commitment::Reexecute`]) and
+//! compares the outputs within [`Tolerance`]: that is its finding (no opening in time counts
+//! against the worker). It commits to the finding with a random salt and reveals it once the
+//! commit window is over. Nothing but the chain tells it what to audit.
+
+use crate::chain::submit_and_wait;
+use crate::model::Described;
+use crate::TARGET;
+use bitorch_commitment::{chain_of, leaf_hash, Reexecute, Tolerance};
+use bitorch_compute::{protocol, OpeningRequest, StageRequest, StageResponse, TraceOpening};
+use bitorch_inference::Stage;
+use bitorch_network::{Handle as NetHandle, PeerId};
+use bitorch_primitives::{keys::account_of, AccountId, Pair, H256};
+use bitorch_runtime::jobs::{self, Audit, ClaimRecord, Finding, JobId};
+use bitorch_runtime::Call;
+use bitorch_service::Handle;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the open audits are looked through.
+const POLL: Duration = Duration::from_millis(500);
+
+/// A finding committed to and not yet revealed.
+struct Committed {
+    finding: Finding,
+    salt: [u8; 32],
+}
+
+/// What the auditor needs.
+pub struct Auditor {
+    /// The chain.
+    pub chain: Handle,
+    /// The network, where workers are found and asked for openings.
+    pub net: NetHandle,
+    /// The validator's key: the account the chain assigns audits to.
+    pub key: Pair,
+    /// The chain's genesis hash.
+    pub genesis: H256,
+    /// The model this node has (its id on chain), and its weights.
+    pub model: H256,
+    /// The model's file, to load the layers a claim ran.
+    pub described: Arc<Described>,
+}
+
+impl Auditor {
+    fn me(&self) -> AccountId {
+        account_of(&self.key)
+    }
+}
+
+/// Runs the auditor until `cancel`; see the [module docs](self).
+pub async fn run_auditor(a: Auditor, cancel: tokio_util::sync::CancellationToken) {
+    let me = a.me();
+    tracing::info!(target: TARGET, auditor = %me, "auditing the claims the chain assigns");
+    let mut stages: HashMap<(u32, u32), Arc<Stage>> = HashMap::new();
+    let mut committed: HashMap<(JobId, u32), Committed> = HashMap::new();
+    let mut done: HashSet<(JobId, u32)> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        let (Ok(open), Ok(best)) = (a.chain.open_audits().await, a.chain.best().await) else {
+            continue;
+        };
+        let next = best.number.saturating_add(1);
+        done.retain(|x| open.contains(x));
+        committed.retain(|x, _| open.contains(x));
+        for (job, index) in open {
+            if done.contains(&(job, index)) {
+                continue;
+            }
+            let Ok(Some(j)) = a.chain.job(job).await else { continue };
+            let Some(claim) = j.claims.get(index as usize) else { continue };
+            let Some(audit) = claim.audit.as_ref().filter(|x| x.outcome.is_none()) else {
+                continue;
+            };
+            if j.model != a.model || !audit.auditors.iter().any(|(x, _)| *x == me) {
+                done.insert((job, index));
+                continue;
+            }
+            match committed.get(&(job, index)) {
+                None if next < audit.commit_by => {
+                    let finding = examine(&a, &mut stages, job, index, claim, audit).await;
+                    let salt: [u8; 32] = rand::random();
+                    let commitment = jobs::verdict_commitment(job, index, &me, &finding, &salt);
+                    let call = Call::Jobs(jobs::Call::CommitVerdict {
+                        job,
+                        claim_index: index,
+                        commitment,
+                    });
+                    match submit_and_wait(&a.chain, &a.key, vec![call]).await {
+                        Ok(()) => {
+                            tracing::info!(target: TARGET, job, claim = index, ?finding, "committed a finding");
+                            committed.insert((job, index), Committed { finding, salt });
+                        }
+                        Err(e) => {
+                            tracing::warn!(target: TARGET, job, claim = index, error = %e, "commit failed");
+                            done.insert((job, index));
+                        }
+                    }
+                }
+                None => {
+                    // Too late to commit (this node came up, or learned of it, after the window).
+                    done.insert((job, index));
+                }
+                Some(c) if next >= audit.commit_by && next < audit.reveal_by => {
+                    let call = Call::Jobs(jobs::Call::RevealVerdict {
+                        job,
+                        claim_index: index,
+                        finding: c.finding.clone(),
+                        salt: c.salt,
+                    });
+                    match submit_and_wait(&a.chain, &a.key, vec![call]).await {
+                        Ok(()) => tracing::info!(target: TARGET, job, claim = index, "revealed"),
+                        Err(e) => {
+                            tracing::warn!(target: TARGET, job, claim = index, error = %e, "reveal failed")
+                        }
+                    }
+                    done.insert((job, index));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// The worker announced in the DHT for `model` with this account.
+async fn peer_of(net: &NetHandle, model: H256, worker: &AccountId) -> Option<PeerId> {
+    let found = net.find_workers(model).await.ok()?;
+    found.into_iter().find(|(_, a)| AccountId::new(a.account) == *worker).map(|(p, _)| p)
+}
+
+/// Asks the claim's worker for its opening; `None` when it cannot be reached or refuses.
+async fn fetch(a: &Auditor, job: JobId, index: u32, worker: &AccountId) -> Option<TraceOpening> {
+    let peer = peer_of(&a.net, a.model, worker).await?;
+    let req = StageRequest::Opening(OpeningRequest::sign(&a.key, &a.genesis, job, index));
+    let bytes = a.net.stage_request(peer, protocol::encode(&req)).await.ok()?;
+    match protocol::decode_response(&bytes, &protocol::Limits::default()) {
+        Ok(StageResponse::Opening(o)) => Some(o),
+        other => {
+            tracing::info!(target: TARGET, job, claim = index, answer = ?other.map(|_| ()), "no opening");
+            None
+        }
+    }
+}
+
+/// What this auditor finds about claim `index` of `job`.
+async fn examine(
+    a: &Auditor,
+    stages: &mut HashMap<(u32, u32), Arc<Stage>>,
+    job: JobId,
+    index: u32,
+    claim: &ClaimRecord,
+    audit: &Audit,
+) -> Finding {
+    let v = &claim.voucher;
+    let Some(o) = fetch(a, job, index, &v.worker).await else { return Finding::NoOpening };
+    let wrong = Finding::Failed { outputs: H256::zero() };
+    let n = audit.last as usize + 1;
+    let width = o.inputs.cols() as usize;
+    if o.inputs.rows() as usize != n
+        || o.hashes_after.len() + n != v.positions as usize
+        || width == 0
+    {
+        tracing::info!(target: TARGET, job, claim = index, "the opening does not cover the claim");
+        return wrong;
+    }
+    let (ins, outs) = (o.inputs.to_vec(), o.outputs.to_vec());
+    let rows =
+        |xs: &[f32]| -> Vec<Vec<f32>> { xs.chunks_exact(width).map(<[f32]>::to_vec).collect() };
+    let (ins, outs) = (rows(&ins), rows(&outs));
+    let mut hashes: Vec<[u8; 32]> =
+        (0..n).map(|p| leaf_hash(p as u32, &ins[p], &outs[p])).collect();
+    hashes.extend(o.hashes_after.iter().map(|h| h.0));
+    if chain_of(&hashes) != v.trace.0 {
+        tracing::info!(target: TARGET, job, claim = index, "the opening is not what the voucher signed");
+        return wrong;
+    }
+    let layers = v.layers;
+    let stage = match stages.get(&layers) {
+        Some(s) => s.clone(),
+        None => {
+            let d = a.described.clone();
+            let range = layers.0 as usize..layers.1 as usize;
+            match tokio::task::spawn_blocking(move || d.load_stage(range)).await {
+                Ok(Ok(s)) => {
+                    let s = Arc::new(s);
+                    stages.insert(layers, s.clone());
+                    s
+                }
+                other => {
+                    // This node cannot judge: it abstains rather than accuse.
+                    tracing::warn!(target: TARGET, ?layers, ok = other.is_ok(), "cannot load the layers to audit");
+                    return Finding::Passed { outputs: H256::zero() };
+                }
+            }
+        }
+    };
+    let inputs = ins.clone();
+    let recomputed = match tokio::task::spawn_blocking(move || stage.reexecute(&inputs)).await {
+        Ok(Ok(r)) if r.len() == n => r,
+        _ => return wrong,
+    };
+    let mut bytes = Vec::with_capacity(n * width * 4);
+    for x in recomputed.iter().flatten() {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    let outputs = bitorch_primitives::blake2_256(&bytes);
+    let tolerance = Tolerance::default();
+    match outs.iter().zip(&recomputed).position(|(c, r)| !tolerance.accepts(c, r)) {
+        None => Finding::Passed { outputs },
+        Some(p) => {
+            tracing::info!(target: TARGET, job, claim = index, position = p,
+                error = Tolerance::relative_error(&outs[p], &recomputed[p]), "outputs differ");
+            Finding::Failed { outputs }
+        }
+    }
+}
