@@ -126,7 +126,24 @@ fn completion(api: u16, name: &str, prompt: &str, max_tokens: u32, nodes: &[Node
 /// a job opened ahead); returns
 /// them, node 0's API port and the boot address once every worker is announced.
 fn start_workers(dir: &Path, ranges: &[&str], extra: &[&[&str]]) -> (Vec<Node>, u16, String) {
+    // No audits: these tests count every transaction's fee (an auditor's commit and reveal would
+    // move its balance), and audits have a test of their own.
+    start_workers_with(dir, ranges, extra, |spec| {
+        spec["genesis"]["jobs"]["auditPercent"] = json!(0)
+    })
+}
+
+/// [`start_workers`] on a chain spec changed by `patch` first.
+fn start_workers_with(
+    dir: &Path,
+    ranges: &[&str],
+    extra: &[&[&str]],
+    patch: impl FnOnce(&mut Value),
+) -> (Vec<Node>, u16, String) {
     let (spec, mut nodes, boot) = testnet(dir, ranges.len());
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&spec).unwrap()).unwrap();
+    patch(&mut json);
+    std::fs::write(&spec, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     let model = model();
     let api = free_port();
     for (i, n) in nodes.iter_mut().enumerate() {
@@ -715,5 +732,68 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     assert_eq!(complete(api, &name, PROMPTS[0], MAX_TOKENS, &nodes), infer(PROMPTS[0], MAX_TOKENS));
     let after = stats(&nodes[0]);
     assert_eq!(after["jobsAheadUsed"], used + 1, "{after}\n{}", logs(&nodes));
+    eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
+}
+
+#[test]
+fn a_worker_returning_random_activations_is_caught_by_the_chains_audit_slashed_and_unpaid() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    // Every claim audited, with room to fetch, re-execute and commit. Bob serves 10..30 and
+    // returns (and commits to) random hidden states; the others serve 0..10 honestly. Every
+    // validator serving the model audits.
+    let (nodes, api, _) = start_workers_with(
+        dir.path(),
+        &["0..10", "10..30", "0..10", "0..10"],
+        &[&[], &["--unsafe-cheat", "random-outputs"]],
+        |spec| {
+            spec["genesis"]["jobs"]["auditPercent"] = json!(100);
+            spec["genesis"]["jobs"]["auditWindow"] = json!(20);
+        },
+    );
+    eprintln!("workers up in {:.1}s", t.elapsed().as_secs_f64());
+    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
+    let name = models[0]["name"].as_str().unwrap().to_string();
+    let bob = address("Bob");
+    let stake =
+        |who: &str| amount(&nodes[0].rpc("bitorch_account", json!([who])).unwrap()["reserved"]);
+    let bob_stake = stake(&bob);
+    // The gateway cannot tell Bob's last-stage outputs from honest ones: the answer comes.
+    let answer = completion(api, &name, PROMPTS[0], 8, &nodes);
+    eprintln!(
+        "answer with Bob's random activations: {}",
+        answer["choices"][0]["message"]["content"]
+    );
+    // Bob's claim and an honest one, each audited by the three other validators.
+    let mut job = Value::Null;
+    wait_for("both claims audited and the job settled", 180, &nodes, || {
+        job = jobs(&nodes[0])
+            .into_iter()
+            .find(|j| j["claims"].as_array().unwrap().len() >= 2)
+            .unwrap_or(Value::Null);
+        job["status"].get("settled").is_some()
+    });
+    eprintln!("settled at {:.1}s: {job}", t.elapsed().as_secs_f64());
+    let claims = job["claims"].as_array().unwrap();
+    let bobs = claims.iter().find(|c| c["worker"] == bob.as_str()).expect("Bob claimed");
+    let honest = claims.iter().find(|c| c["worker"] != bob.as_str()).expect("an honest claim");
+    // Bob: every auditor found his outputs wrong; slashed, and paid nothing.
+    let audit = &bobs["audit"];
+    assert_eq!(audit["auditors"].as_array().unwrap().len(), 3, "{job}");
+    assert!(audit["auditors"].as_array().unwrap().iter().all(|a| a["auditor"] != bob.as_str()));
+    let findings = audit["findings"].as_array().unwrap();
+    assert!(findings.len() >= 2, "{job}");
+    assert!(findings.iter().all(|f| f["finding"].get("failed").is_some()), "{job}");
+    let slashed = amount(&audit["outcome"]["failed"]["slashed"]);
+    assert!(slashed > 0, "{job}");
+    assert_eq!(amount(&bobs["paid"]), 0, "{job}");
+    assert_eq!(stake(&bob), bob_stake - slashed, "Bob's stake lost the slash");
+    // The honest worker: audited, passed, paid its layers × positions × price.
+    assert_eq!(honest["audit"]["outcome"], "passed", "{job}");
+    let positions = u128::from(honest["positions"].as_u64().unwrap());
+    assert_eq!(amount(&honest["paid"]), 10 * positions * PRICE, "{job}");
+    let (accounts, issuance) = ledger(&nodes[0]);
+    assert_issuance_is_the_sum(&accounts, issuance);
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
 }

@@ -81,7 +81,8 @@ pub const MAX_STUCK_REASON: usize = 256;
 /// Jobs parameters, set at genesis.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Params {
-    /// Least probability, in percent, that a claim is audited (above 100 counts as 100).
+    /// Least probability, in percent, that a claim is audited (above 100 counts as 100; 0
+    /// turns audits off).
     pub audit_percent: u8,
     /// Auditors assigned to an audited claim (fewer when fewer validators are eligible).
     pub auditors: u8,
@@ -406,8 +407,12 @@ fn percent_of(x: Balance, percent: u8) -> Balance {
 /// The probability, in parts per million, that a claim worth `amount` by a worker with `stake`
 /// is audited: at least `audit_percent`, and enough that the expected slash when cheating,
 /// probability × `slash_percent` of the stake, is at least twice the claim's amount (what
-/// cheating on it could gain). Certain when the worker has nothing to slash.
+/// cheating on it could gain). Certain when the worker has nothing to slash. An
+/// `audit_percent` of 0 turns audits off (a private network that trusts its workers).
 pub fn audit_ppm(audit_percent: u8, slash_percent: u8, amount: Balance, stake: Balance) -> u64 {
+    if audit_percent == 0 {
+        return 0;
+    }
     let base = u64::from(audit_percent.min(100)) * 10_000;
     let slash = percent_of(stake, slash_percent);
     if slash == 0 {

@@ -564,7 +564,8 @@ fn audits_are_likelier_for_claims_large_against_the_stake() {
     assert_eq!(audit_ppm(10, 10, 20, 1_000), 400_000);
     assert_eq!(audit_ppm(10, 10, 50, 1_000), 1_000_000);
     assert_eq!(audit_ppm(100, 10, 0, 1_000), 1_000_000);
-    assert_eq!(audit_ppm(0, 10, 1, 0), 1_000_000, "nothing to slash: always audited");
+    assert_eq!(audit_ppm(1, 10, 1, 0), 1_000_000, "nothing to slash: always audited");
+    assert_eq!(audit_ppm(0, 10, 1_000, 1), 0, "a base rate of 0 turns audits off");
     for (amount, stake) in [(1u128, 1_000_000u128), (3_000, 1_000_000), (77, 5_000)] {
         let p = audit_ppm(10, 10, amount, stake) as u128;
         assert!(p * (stake / 10) >= 2 * amount * 1_000_000, "{amount} {stake}");
