@@ -742,15 +742,13 @@ fn a_worker_returning_random_activations_is_caught_by_the_chains_audit_slashed_a
     let t = Instant::now();
     // Every claim audited, with room to fetch, re-execute and commit. Bob serves 10..30 and
     // returns (and commits to) random hidden states; the others serve 0..10 honestly. Every
-    // validator serving the model audits.
+    // validator serving the model audits; Dave's auditor reveals the opposite of what it finds
+    // (it says "passed" for the cheater, "failed" for honest work).
     let (nodes, api, _) = start_workers_with(
         dir.path(),
         &["0..10", "10..30", "0..10", "0..10"],
-        &[&[], &["--unsafe-cheat", "random-outputs"]],
-        |spec| {
-            spec["genesis"]["jobs"]["auditPercent"] = json!(100);
-            spec["genesis"]["jobs"]["auditWindow"] = json!(20);
-        },
+        &[&[], &["--unsafe-cheat", "random-outputs"], &[], &["--unsafe-auditor", "lie"]],
+        audit_everything,
     );
     eprintln!("workers up in {:.1}s", t.elapsed().as_secs_f64());
     let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
@@ -782,17 +780,89 @@ fn a_worker_returning_random_activations_is_caught_by_the_chains_audit_slashed_a
     let audit = &bobs["audit"];
     assert_eq!(audit["auditors"].as_array().unwrap().len(), 3, "{job}");
     assert!(audit["auditors"].as_array().unwrap().iter().all(|a| a["auditor"] != bob.as_str()));
-    let findings = audit["findings"].as_array().unwrap();
-    assert!(findings.len() >= 2, "{job}");
-    assert!(findings.iter().all(|f| f["finding"].get("failed").is_some()), "{job}");
+    let finding = |audit: &Value, who: &str| {
+        let f = audit["findings"].as_array().unwrap().iter().find(|f| f["auditor"] == who);
+        f.map(|f| f["finding"].as_object().unwrap().keys().next().unwrap().clone())
+    };
+    let dave = address("Dave");
+    for who in ["Alice", "Charlie"] {
+        assert_eq!(finding(audit, &address(who)).as_deref(), Some("failed"), "{who}: {job}");
+    }
+    assert_eq!(finding(audit, &dave).as_deref(), Some("passed"), "the liar: {job}");
     let slashed = amount(&audit["outcome"]["failed"]["slashed"]);
     assert!(slashed > 0, "{job}");
     assert_eq!(amount(&bobs["paid"]), 0, "{job}");
     assert_eq!(stake(&bob), bob_stake - slashed, "Bob's stake lost the slash");
-    // The honest worker: audited, passed, paid its layers × positions × price.
+    // The honest worker: audited, passed, paid its layers × positions × price (Dave, when he
+    // audited it, said it failed: a lone liar changes nothing).
     assert_eq!(honest["audit"]["outcome"], "passed", "{job}");
+    if honest["worker"] != dave.as_str() {
+        assert_eq!(finding(&honest["audit"], &dave).as_deref(), Some("failed"), "{job}");
+    }
     let positions = u128::from(honest["positions"].as_u64().unwrap());
     assert_eq!(amount(&honest["paid"]), 10 * positions * PRICE, "{job}");
+    // Each audit fee was shared by the auditors on the outcome's side, and by nobody else (the
+    // liar got nothing): the job paid the honest claim and those shares.
+    let shares = |c: &Value, side: &str| {
+        let winners = c["audit"]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["finding"].get(side).is_some())
+            .count() as u128;
+        amount(&c["auditFee"]) / winners * winners
+    };
+    let paid = amount(&job["status"]["settled"]["paid"]);
+    assert_eq!(
+        paid,
+        amount(&honest["paid"]) + shares(bobs, "failed") + shares(honest, "passed"),
+        "{job}"
+    );
+    let (accounts, issuance) = ledger(&nodes[0]);
+    assert_issuance_is_the_sum(&accounts, issuance);
+    eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
+}
+
+/// Every claim audited, with 20 blocks (10 s) to fetch, re-execute and commit.
+fn audit_everything(spec: &mut Value) {
+    spec["genesis"]["jobs"]["auditPercent"] = json!(100);
+    spec["genesis"]["jobs"]["auditWindow"] = json!(20);
+}
+
+#[test]
+fn a_worker_that_refuses_to_open_its_trace_is_slashed_and_unpaid() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    // Bob computes 10..30 honestly but opens nothing to the auditors.
+    let (nodes, api, _) = start_workers_with(
+        dir.path(),
+        &["0..10", "10..30", "0..10", "0..10"],
+        &[&[], &["--unsafe-cheat", "refuse-openings"]],
+        audit_everything,
+    );
+    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
+    let name = models[0]["name"].as_str().unwrap().to_string();
+    // Honest outputs: the answer is what `bitorch infer` gives.
+    assert_eq!(complete(api, &name, PROMPTS[1], MAX_TOKENS, &nodes), infer(PROMPTS[1], MAX_TOKENS));
+    let bob = address("Bob");
+    let mut job = Value::Null;
+    wait_for("both claims audited and the job settled", 180, &nodes, || {
+        job = jobs(&nodes[0])
+            .into_iter()
+            .find(|j| j["claims"].as_array().unwrap().len() >= 2)
+            .unwrap_or(Value::Null);
+        job["status"].get("settled").is_some()
+    });
+    let claims = job["claims"].as_array().unwrap();
+    let bobs = claims.iter().find(|c| c["worker"] == bob.as_str()).expect("Bob claimed");
+    let findings = bobs["audit"]["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 3, "{job}");
+    assert!(findings.iter().all(|f| f["finding"].get("noOpening").is_some()), "{job}");
+    assert!(amount(&bobs["audit"]["outcome"]["failed"]["slashed"]) > 0, "{job}");
+    assert_eq!(amount(&bobs["paid"]), 0, "{job}");
+    let honest = claims.iter().find(|c| c["worker"] != bob.as_str()).unwrap();
+    assert_eq!(honest["audit"]["outcome"], "passed", "{job}");
     let (accounts, issuance) = ledger(&nodes[0]);
     assert_issuance_is_the_sum(&accounts, issuance);
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());

@@ -54,9 +54,13 @@ pub struct NodeArgs {
     #[arg(long, hide = true)]
     unsafe_equivocate: bool,
     /// Test only: the worker cheats (`random-outputs`: returns and commits to random hidden
-    /// states), for the adversarial tests of the audits.
-    #[arg(long, hide = true, value_parser = ["random-outputs"])]
+    /// states; `refuse-openings`: computes honestly but opens nothing to auditors), for the
+    /// adversarial tests of the audits.
+    #[arg(long, hide = true, value_parser = ["random-outputs", "refuse-openings"])]
     unsafe_cheat: Option<String>,
+    /// Test only: this validator's auditor reveals the opposite of what it found (`lie`).
+    #[arg(long, hide = true, value_parser = ["lie"])]
+    unsafe_auditor: Option<String>,
     /// Target time between blocks, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     block_time: u64,
@@ -321,14 +325,15 @@ pub fn run(args: NodeArgs) -> Result<()> {
             let t = std::time::Instant::now();
             let stage = tokio::task::block_in_place(|| described.load_stage(layers))?;
             tracing::info!(target: "node", layers = ?stage.layers(), secs = t.elapsed().as_secs_f64(), "loaded the model");
-            let cheat = args.unsafe_cheat.as_ref().map(|_| bitorch_compute::Cheat::RandomOutputs);
-            if cheat.is_some() {
-                tracing::warn!(target: "node", "--unsafe-cheat: this worker returns random outputs (tests of the audits only)");
+            let cheat = (args.unsafe_cheat.as_deref() == Some("random-outputs")).then_some(bitorch_compute::Cheat::RandomOutputs);
+            let refuse_openings = args.unsafe_cheat.as_deref() == Some("refuse-openings");
+            if let Some(how) = &args.unsafe_cheat {
+                tracing::warn!(target: "node", how, "--unsafe-cheat: this worker cheats (tests of the audits only)");
             }
             let local = tokio::task::block_in_place(|| bitorch_serve::spawn_worker(stage, worker_key.clone(), model, genesis, args.max_sessions, cheat))?;
             tracing::info!(target: "node", %model, worker = %to_ss58(&account_of(&worker_key)), layers = ?local.1.layers, "serving the model");
             let traces = std::sync::Arc::new(bitorch_serve::TraceStore::open(base.join("chains").join(&chain_id).join("traces")).context("the trace folder")?);
-            stage_worker.send_replace(Some(bitorch_serve::StageWorker { handle: local.0.clone(), account: local.1.account.clone(), traces: traces.clone(), genesis }));
+            stage_worker.send_replace(Some(bitorch_serve::StageWorker { handle: local.0.clone(), account: local.1.account.clone(), traces: traces.clone(), genesis, refuse_openings }));
             // The worker claims its pay itself, with the clients' vouchers, and keeps the
             // claimed sessions' leaves for audits.
             let stop = CancellationToken::new();
@@ -344,6 +349,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                     genesis,
                     model,
                     described: described.clone(),
+                    lie: args.unsafe_auditor.is_some(),
                 };
                 tokio::spawn(bitorch_serve::run_auditor(auditor, cancel.clone()));
             }

@@ -48,6 +48,8 @@ pub struct Auditor {
     pub model: H256,
     /// The model's file, to load the layers a claim ran.
     pub described: Arc<Described>,
+    /// For the adversarial tests only: reveal the opposite of what re-execution found.
+    pub lie: bool,
 }
 
 impl Auditor {
@@ -89,7 +91,13 @@ pub async fn run_auditor(a: Auditor, cancel: tokio_util::sync::CancellationToken
             }
             match committed.get(&(job, index)) {
                 None if next < audit.commit_by => {
-                    let finding = examine(&a, &mut stages, job, index, claim, audit).await;
+                    let mut finding = examine(&a, &mut stages, job, index, claim, audit).await;
+                    if a.lie {
+                        finding = match finding {
+                            Finding::Passed { outputs } => Finding::Failed { outputs },
+                            _ => Finding::Passed { outputs: H256::zero() },
+                        };
+                    }
                     let salt: [u8; 32] = rand::random();
                     let commitment = jobs::verdict_commitment(job, index, &me, &finding, &salt);
                     let call = Call::Jobs(jobs::Call::CommitVerdict {

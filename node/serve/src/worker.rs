@@ -84,6 +84,8 @@ pub struct StageWorker {
     pub traces: Arc<TraceStore>,
     /// The chain's genesis hash (what auditors' opening requests are signed for).
     pub genesis: H256,
+    /// For the adversarial tests only: refuse every opening.
+    pub refuse_openings: bool,
 }
 
 /// Who may open sessions that no job pays for: nobody on a public worker, or the peers its
@@ -182,6 +184,9 @@ async fn serve_opening(worker: &StageWorker, chain: &Handle, o: &OpeningRequest)
             reason: reason.into(),
         })
     };
+    if worker.refuse_openings {
+        return refuse("this worker refuses openings (--unsafe-cheat refuse-openings)");
+    }
     if !o.verify(&worker.genesis) {
         return refuse("not signed by the auditor it names");
     }

@@ -74,6 +74,7 @@ async fn setup(allowed: PeerId) -> Setup {
         account: account_of(&bob),
         traces: traces.clone(),
         genesis,
+        refuse_openings: false,
     };
     let (_keep, worker_rx) = watch::channel(Some(worker));
     let (requests, rx) = mpsc::channel(8);
