@@ -867,3 +867,53 @@ fn a_worker_that_refuses_to_open_its_trace_is_slashed_and_unpaid() {
     assert_issuance_is_the_sum(&accounts, issuance);
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
 }
+
+#[test]
+fn an_honest_worker_that_restarts_between_its_claim_and_the_audit_passes_and_is_paid() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    // Commit windows of 60 blocks (30 s): room for a restart.
+    let (mut nodes, api, boot) =
+        start_workers_with(dir.path(), &["0..10", "10..30", "0..10", "0..10"], &[], |spec| {
+            audit_everything(spec);
+            spec["genesis"]["jobs"]["auditWindow"] = json!(60);
+        });
+    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
+    let name = models[0]["name"].as_str().unwrap().to_string();
+    assert_eq!(complete(api, &name, PROMPTS[0], MAX_TOKENS, &nodes), infer(PROMPTS[0], MAX_TOKENS));
+    let bob = address("Bob");
+    let bobs_claim = |nodes: &[Node]| {
+        jobs(&nodes[0]).into_iter().find_map(|j| {
+            let claims = j["claims"].as_array().unwrap();
+            claims.iter().any(|c| c["worker"] == bob.as_str()).then(|| j["id"].as_u64().unwrap())
+        })
+    };
+    let mut id = None;
+    wait_for("Bob's claim on chain", 60, &nodes, || {
+        id = bobs_claim(&nodes);
+        id.is_some()
+    });
+    // Bob's node dies the moment its claim is on chain, before any auditor could open it, and
+    // comes back: its trace is on disk.
+    nodes[1].stop();
+    eprintln!("Bob stopped at {:.1}s", t.elapsed().as_secs_f64());
+    std::thread::sleep(Duration::from_secs(3));
+    nodes[1].start(&dir.path().join("spec.json"), &boot);
+    let job = ended(&nodes[0], id.unwrap(), "settled", &nodes);
+    eprintln!("settled at {:.1}s", t.elapsed().as_secs_f64());
+    // The scenario happened: an auditor asked while Bob was down, and asked again.
+    assert!(
+        nodes.iter().any(|n| n.log().contains("no opening yet; asking again")),
+        "no auditor found Bob down:\n{}",
+        logs(&nodes)
+    );
+    let claims = job["claims"].as_array().unwrap();
+    let bobs = claims.iter().find(|c| c["worker"] == bob.as_str()).unwrap();
+    assert_eq!(bobs["audit"]["outcome"], "passed", "{job}");
+    let findings = bobs["audit"]["findings"].as_array().unwrap();
+    assert!(findings.iter().all(|f| f["finding"].get("passed").is_some()), "{job}");
+    let positions = u128::from(bobs["positions"].as_u64().unwrap());
+    assert_eq!(amount(&bobs["paid"]), 20 * positions * PRICE, "{job}");
+    eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
+}

@@ -7,7 +7,8 @@
 //! rebuild the voucher's trace hash for exactly the claimed positions, re-executes the claim's
 //! layers on the opened inputs in one batched pass ([`bitorch_commitment::Reexecute`]) and
 //! compares the outputs within [`Tolerance`]: that is its finding (no opening in time counts
-//! against the worker). It commits to the finding with a random salt and reveals it once the
+//! against the worker, once it has been asked until a few blocks before the window ends). It
+//! commits to the finding with a random salt and reveals it once the
 //! commit window is over. Nothing but the chain tells it what to audit.
 
 use crate::chain::submit_and_wait;
@@ -27,6 +28,9 @@ use std::time::Duration;
 
 /// How often the open audits are looked through.
 const POLL: Duration = Duration::from_millis(500);
+/// A worker that does not answer is asked again until this many blocks before the commit
+/// window ends (it may be restarting); only then is "no opening" the finding.
+const LAST_CHANCE: u64 = 3;
 
 /// A finding committed to and not yet revealed.
 struct Committed {
@@ -91,7 +95,15 @@ pub async fn run_auditor(a: Auditor, cancel: tokio_util::sync::CancellationToken
             }
             match committed.get(&(job, index)) {
                 None if next < audit.commit_by => {
-                    let mut finding = examine(&a, &mut stages, job, index, claim, audit).await;
+                    let found = examine(&a, &mut stages, job, index, claim, audit).await;
+                    let mut finding = match found {
+                        Some(f) => f,
+                        None if next.saturating_add(LAST_CHANCE) < audit.commit_by => {
+                            tracing::info!(target: TARGET, job, claim = index, "no opening yet; asking again");
+                            continue;
+                        }
+                        None => Finding::NoOpening,
+                    };
                     if a.lie {
                         finding = match finding {
                             Finding::Passed { outputs } => Finding::Failed { outputs },
@@ -161,7 +173,8 @@ async fn fetch(a: &Auditor, job: JobId, index: u32, worker: &AccountId) -> Optio
     }
 }
 
-/// What this auditor finds about claim `index` of `job`.
+/// What this auditor finds about claim `index` of `job`; `None` when the worker gave no
+/// opening (yet).
 async fn examine(
     a: &Auditor,
     stages: &mut HashMap<(u32, u32), Arc<Stage>>,
@@ -169,9 +182,23 @@ async fn examine(
     index: u32,
     claim: &ClaimRecord,
     audit: &Audit,
+) -> Option<Finding> {
+    let v = &claim.voucher;
+    let o = fetch(a, job, index, &v.worker).await?;
+    Some(judge(a, stages, job, index, claim, audit, o).await)
+}
+
+/// The finding on an opening of claim `index` of `job`.
+async fn judge(
+    a: &Auditor,
+    stages: &mut HashMap<(u32, u32), Arc<Stage>>,
+    job: JobId,
+    index: u32,
+    claim: &ClaimRecord,
+    audit: &Audit,
+    o: TraceOpening,
 ) -> Finding {
     let v = &claim.voucher;
-    let Some(o) = fetch(a, job, index, &v.worker).await else { return Finding::NoOpening };
     let wrong = Finding::Failed { outputs: H256::zero() };
     let n = audit.last as usize + 1;
     let width = o.inputs.cols() as usize;
