@@ -1,0 +1,159 @@
+//! Audits of honest work, across thread counts: does re-execution ever accuse an honest worker,
+//! and what does it cost against the work it audits?
+//!
+//! `audits generate DIR N`: a worker serving layers 0..10 of the real test model (weights as the
+//! node loads them) runs N sessions (a 6-token prompt, then 6 one-token steps, tokens drawn from
+//! a seeded generator) and keeps each session's leaves in DIR, with the generation time.
+//! `audits verify DIR`: an auditor re-executes, for each session, the prefix `0..=last` (`last`
+//! drawn uniformly, as the chain draws it) in one batched pass and compares it with the
+//! committed outputs within the commitment tolerance. Prints the audits, the false accusations,
+//! how many were bit-exact, the auditor's time against the generation time (and that share at
+//! the chain's 10% base audit rate), and the trace bytes kept per position.
+//!
+//! Run: `scripts/bench-audits.sh [N]`, which generates with 1 thread and verifies with 2, and
+//! the other way round (`RAYON_NUM_THREADS`).
+
+use bitorch_commitment::{Leaf, Reexecute, Tolerance};
+use bitorch_compute::{Activation, StageRequest, StageResponse, Worker, WorkerConfig};
+use bitorch_inference::{Checkpoint, GgufWeights, LoadOptions, Stage};
+use bitorch_primitives::{keys::pair_from_suri, H256};
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::time::Instant;
+
+const LAYERS: std::ops::Range<usize> = 0..10;
+const PROMPT: u32 = 6;
+const STEPS: u32 = 6;
+
+fn stage() -> Stage {
+    let ckpt = Checkpoint::open(bitorch_test_support::real_model()).expect("the test model");
+    let options = LoadOptions { gguf: GgufWeights::Dequantized, ..Default::default() };
+    Stage::load(&ckpt, LAYERS, &options).expect("loading the layers")
+}
+
+fn write(path: &Path, leaves: &[Leaf]) {
+    let width = leaves[0].input.len();
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&(leaves.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&(width as u32).to_le_bytes());
+    for l in leaves {
+        for x in l.input.iter().chain(&l.output) {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn read(path: &Path) -> Vec<Leaf> {
+    let bytes = std::fs::read(path).unwrap();
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let (n, width) = (word(0), word(4));
+    let floats: Vec<f32> =
+        bytes[8..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    floats
+        .chunks_exact(2 * width)
+        .take(n)
+        .enumerate()
+        .map(|(p, r)| Leaf {
+            position: p as u32,
+            input: r[..width].to_vec(),
+            output: r[width..].to_vec(),
+        })
+        .collect()
+}
+
+fn generate(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut w = Worker::new(
+        stage(),
+        pair_from_suri("//Bob").unwrap(),
+        WorkerConfig::new(H256::zero(), H256::zero()),
+    );
+    let layers = (LAYERS.start as u32, LAYERS.end as u32);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (mut secs, mut positions, mut bytes) = (0.0, 0usize, 0u64);
+    for i in 0..n {
+        let session = [(i % 251) as u8; 16];
+        let open =
+            StageRequest::Open { session, model: H256::zero(), layers, job: None, auth: None };
+        assert!(matches!(w.handle(open), StageResponse::Opened(_)));
+        let t = Instant::now();
+        let prompt: Vec<u32> = (0..PROMPT).map(|_| rng.gen_range(1..40_000)).collect();
+        let mut req = StageRequest::Forward {
+            session,
+            pos: 0,
+            input: Activation::Tokens(prompt),
+            voucher: None,
+        };
+        for step in 0..=STEPS {
+            assert!(matches!(w.handle(req), StageResponse::Output { .. }), "step {step}");
+            let tok = rng.gen_range(1..40_000);
+            req = StageRequest::Forward {
+                session,
+                pos: PROMPT + step,
+                input: Activation::Tokens(vec![tok]),
+                voucher: None,
+            };
+        }
+        secs += t.elapsed().as_secs_f64();
+        let leaves = w.trace(&session).unwrap().leaves().to_vec();
+        positions += leaves.len();
+        let path = dir.join(format!("{i}.trace"));
+        write(&path, &leaves);
+        bytes += std::fs::metadata(&path).unwrap().len();
+        w.handle(StageRequest::Close { session, voucher: None });
+    }
+    std::fs::write(dir.join("summary"), format!("{secs} {positions} {bytes}")).unwrap();
+}
+
+fn verify(dir: &Path) {
+    let stage = stage();
+    let summary = std::fs::read_to_string(dir.join("summary")).unwrap();
+    let mut it = summary.split_whitespace();
+    let gen_secs: f64 = it.next().unwrap().parse().unwrap();
+    let positions: f64 = it.next().unwrap().parse().unwrap();
+    let bytes: f64 = it.next().unwrap().parse().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let tolerance = Tolerance::default();
+    let (mut audits, mut accused, mut exact, mut secs) = (0, 0, 0, 0.0);
+    let mut i = 0;
+    while dir.join(format!("{i}.trace")).exists() {
+        let leaves = read(&dir.join(format!("{i}.trace")));
+        let last = rng.gen_range(0..leaves.len());
+        let inputs: Vec<Vec<f32>> = leaves[..=last].iter().map(|l| l.input.clone()).collect();
+        let t = Instant::now();
+        let outputs = stage.reexecute(&inputs).unwrap();
+        secs += t.elapsed().as_secs_f64();
+        let committed = &leaves[..=last];
+        if committed.iter().zip(&outputs).any(|(l, r)| !tolerance.accepts(&l.output, r)) {
+            accused += 1;
+        }
+        let same = |l: &Leaf, r: &Vec<f32>| {
+            l.output.iter().zip(r).all(|(a, b)| a.to_bits() == b.to_bits())
+        };
+        if committed.iter().zip(&outputs).all(|(l, r)| same(l, r)) {
+            exact += 1;
+        }
+        audits += 1;
+        i += 1;
+    }
+    println!(
+        "{audits} {accused} {exact} {secs:.2} {gen_secs:.2} {:.3} {:.0}",
+        secs / gen_secs * 100.0 * 0.10,
+        bytes / positions
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes `--bench`; the mode and its arguments follow.
+    let args: Vec<&str> =
+        args.iter().skip(1).map(String::as_str).filter(|a| *a != "--bench").collect();
+    match args.as_slice() {
+        ["generate", dir, n] => generate(Path::new(dir), n.parse().unwrap()),
+        ["verify", dir] => verify(Path::new(dir)),
+        _ => eprintln!(
+            "usage: audits generate DIR N | audits verify DIR (see scripts/bench-audits.sh)"
+        ),
+    }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Audits of honest work across thread counts (node/compute/benches/audits.rs): N sessions of
+# layers 0..10 of the real test model generated with 1 thread and audited with 2, and the
+# other way round. Prints, per direction: audits, false accusations (must be 0), bit-exact
+# re-executions, the auditor's seconds against the generation's, that share at the chain's
+# 10% base audit rate, and the trace bytes kept per position.
+# Usage: scripts/bench-audits.sh [N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+N="${1:-250}"
+BITORCH_TEST_MODEL="$(scripts/fetch-model.sh)"
+export BITORCH_TEST_MODEL
+cargo bench -q -p bitorch-compute --bench audits --no-run
+BIN="$(ls -t "$CARGO_TARGET_DIR"/release/deps/audits-* | grep -v '\.d$' | head -1)"
+WORK="$(mktemp -d -t bitorch-audits.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+printf '\n%-28s %7s %8s %10s %10s %9s %14s %12s\n' "layers 0..10, $N sessions" audits accused bit-exact "audit s" "gen s" "% at p=10%" "bytes/pos"
+for pair in "1 2" "2 1"; do
+  read -r gen ver <<<"$pair"
+  RAYON_NUM_THREADS="$gen" "$BIN" generate "$WORK/$gen" "$N"
+  read -r audits accused exact secs gen_secs share per <<<"$(RAYON_NUM_THREADS="$ver" "$BIN" verify "$WORK/$gen")"
+  printf '%-28s %7s %8s %10s %10s %9s %14s %12s\n' "worker $gen thr, auditor $ver" "$audits" "$accused" "$exact" "$secs" "$gen_secs" "$share" "$per"
+done
