@@ -917,3 +917,40 @@ fn an_honest_worker_that_restarts_between_its_claim_and_the_audit_passes_and_is_
     assert_eq!(amount(&bobs["paid"]), 20 * positions * PRICE, "{job}");
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
 }
+
+#[test]
+fn a_worker_running_other_weights_is_caught_slashed_and_unpaid() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    // Bob runs 10..30 with candle's quantized kernels (activations rounded to 8 bits): cheaper,
+    // and not the computation the job pays for.
+    let (nodes, api, _) = start_workers_with(
+        dir.path(),
+        &["0..10", "10..30", "0..10", "0..10"],
+        &[&[], &["--unsafe-cheat", "other-weights"]],
+        audit_everything,
+    );
+    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
+    let name = models[0]["name"].as_str().unwrap().to_string();
+    completion(api, &name, PROMPTS[0], MAX_TOKENS, &nodes);
+    let bob = address("Bob");
+    let mut job = Value::Null;
+    wait_for("both claims audited and the job settled", 180, &nodes, || {
+        job = jobs(&nodes[0])
+            .into_iter()
+            .find(|j| j["claims"].as_array().unwrap().len() >= 2)
+            .unwrap_or(Value::Null);
+        job["status"].get("settled").is_some()
+    });
+    let claims = job["claims"].as_array().unwrap();
+    let bobs = claims.iter().find(|c| c["worker"] == bob.as_str()).expect("Bob claimed");
+    let findings = bobs["audit"]["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 3, "{job}");
+    assert!(findings.iter().all(|f| f["finding"].get("failed").is_some()), "{job}");
+    assert!(amount(&bobs["audit"]["outcome"]["failed"]["slashed"]) > 0, "{job}");
+    assert_eq!(amount(&bobs["paid"]), 0, "{job}");
+    let honest = claims.iter().find(|c| c["worker"] != bob.as_str()).unwrap();
+    assert_eq!(honest["audit"]["outcome"], "passed", "{job}");
+    eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
+}

@@ -54,9 +54,11 @@ pub struct NodeArgs {
     #[arg(long, hide = true)]
     unsafe_equivocate: bool,
     /// Test only: the worker cheats (`random-outputs`: returns and commits to random hidden
-    /// states; `refuse-openings`: computes honestly but opens nothing to auditors), for the
-    /// adversarial tests of the audits.
-    #[arg(long, hide = true, value_parser = ["random-outputs", "refuse-openings"])]
+    /// states; `refuse-openings`: computes honestly but opens nothing to auditors;
+    /// `other-weights`: runs candle's 8-bit-activation quantized kernels instead of the
+    /// model's weights as registered, a cheaper computation), for the adversarial tests of the
+    /// audits.
+    #[arg(long, hide = true, value_parser = ["random-outputs", "refuse-openings", "other-weights"])]
     unsafe_cheat: Option<String>,
     /// Test only: this validator's auditor reveals the opposite of what it found (`lie`).
     #[arg(long, hide = true, value_parser = ["lie"])]
@@ -323,7 +325,12 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 (bitorch_serve::LayerChoice::Auto { .. }, None) => bail!("--layers auto needs a network"),
             };
             let t = std::time::Instant::now();
-            let stage = tokio::task::block_in_place(|| described.load_stage(layers))?;
+            let weights = if args.unsafe_cheat.as_deref() == Some("other-weights") {
+                bitorch_inference::GgufWeights::Candle
+            } else {
+                bitorch_inference::GgufWeights::Dequantized
+            };
+            let stage = tokio::task::block_in_place(|| described.load_stage_with(layers, weights))?;
             tracing::info!(target: "node", layers = ?stage.layers(), secs = t.elapsed().as_secs_f64(), "loaded the model");
             let cheat = (args.unsafe_cheat.as_deref() == Some("random-outputs")).then_some(bitorch_compute::Cheat::RandomOutputs);
             let refuse_openings = args.unsafe_cheat.as_deref() == Some("refuse-openings");
