@@ -735,24 +735,89 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
 }
 
+/// Every claim audited, with 20 blocks (10 s) to fetch, re-execute and commit.
+fn audit_everything(spec: &mut Value) {
+    spec["genesis"]["jobs"]["auditPercent"] = json!(100);
+    spec["genesis"]["jobs"]["auditWindow"] = json!(20);
+}
+
+/// Four validators on loopback, every claim audited (`patch` may change the spec more): Alice,
+/// Charlie and Dave serve 0..10 honestly, Bob serves 10..30 with `bob` more arguments (Dave
+/// with `dave`); every validator serving the model audits. Returns the nodes, node 0's API
+/// port, the model's name and the boot address.
+fn audited_net(
+    dir: &Path,
+    bob: &[&str],
+    dave: &[&str],
+    patch: impl FnOnce(&mut Value),
+) -> (Vec<Node>, u16, String, String) {
+    let (nodes, api, boot) = start_workers_with(
+        dir,
+        &["0..10", "10..30", "0..10", "0..10"],
+        &[&[], bob, &[], dave],
+        |spec| {
+            audit_everything(spec);
+            patch(spec);
+        },
+    );
+    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
+    let name = models[0]["name"].as_str().unwrap().to_string();
+    (nodes, api, name, boot)
+}
+
+/// Waits for a settled job with Bob's claim and another; returns it, Bob's claim, the other.
+fn settled_with_bob(nodes: &[Node]) -> (Value, Value, Value) {
+    let bob = address("Bob");
+    let mut job = Value::Null;
+    wait_for("both claims audited and the job settled", 180, nodes, || {
+        job = jobs(&nodes[0])
+            .into_iter()
+            .find(|j| j["claims"].as_array().unwrap().iter().any(|c| c["worker"] == bob.as_str()))
+            .unwrap_or(Value::Null);
+        job["status"].get("settled").is_some() && job["claims"].as_array().unwrap().len() >= 2
+    });
+    let claims = job["claims"].as_array().unwrap();
+    let bobs = claims.iter().find(|c| c["worker"] == bob.as_str()).unwrap().clone();
+    let other = claims.iter().find(|c| c["worker"] != bob.as_str()).unwrap().clone();
+    (job, bobs, other)
+}
+
+/// What `who` found in `audit` ("passed", "failed", "noOpening"), if it revealed.
+fn finding(audit: &Value, who: &str) -> Option<String> {
+    let f = audit["findings"].as_array().unwrap().iter().find(|f| f["auditor"] == who);
+    f.map(|f| f["finding"].as_object().unwrap().keys().next().unwrap().clone())
+}
+
+/// Bob's claim was audited by the three others, each of `auditors` found `found`, and the
+/// outcome slashed him and voided it; the honest claim passed and was paid exactly.
+fn assert_caught(job: &Value, bobs: &Value, honest: &Value, auditors: &[&str], found: &str) {
+    let audit = &bobs["audit"];
+    let assigned = audit["auditors"].as_array().unwrap();
+    assert_eq!(assigned.len(), 3, "{job}");
+    assert!(assigned.iter().all(|a| a["auditor"] != address("Bob").as_str()), "{job}");
+    for who in auditors {
+        assert_eq!(finding(audit, &address(who)).as_deref(), Some(found), "{who}: {job}");
+    }
+    assert!(amount(&audit["outcome"]["failed"]["slashed"]) > 0, "{job}");
+    assert_eq!(amount(&bobs["paid"]), 0, "{job}");
+    assert_eq!(honest["audit"]["outcome"], "passed", "{job}");
+    let positions = u128::from(honest["positions"].as_u64().unwrap());
+    assert_eq!(amount(&honest["paid"]), 10 * positions * PRICE, "{job}");
+}
+
 #[test]
 fn a_worker_returning_random_activations_is_caught_by_the_chains_audit_slashed_and_unpaid() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    // Every claim audited, with room to fetch, re-execute and commit. Bob serves 10..30 and
-    // returns (and commits to) random hidden states; the others serve 0..10 honestly. Every
-    // validator serving the model audits; Dave's auditor reveals the opposite of what it finds
-    // (it says "passed" for the cheater, "failed" for honest work).
-    let (nodes, api, _) = start_workers_with(
+    // Bob returns (and commits to) random hidden states; Dave's auditor reveals the opposite
+    // of what it finds ("passed" for the cheater, "failed" for honest work).
+    let (nodes, api, name, _) = audited_net(
         dir.path(),
-        &["0..10", "10..30", "0..10", "0..10"],
-        &[&[], &["--unsafe-cheat", "random-outputs"], &[], &["--unsafe-auditor", "lie"]],
-        audit_everything,
+        &["--unsafe-cheat", "random-outputs"],
+        &["--unsafe-auditor", "lie"],
+        |_| {},
     );
-    eprintln!("workers up in {:.1}s", t.elapsed().as_secs_f64());
-    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
-    let name = models[0]["name"].as_str().unwrap().to_string();
     let bob = address("Bob");
     let stake =
         |who: &str| amount(&nodes[0].rpc("bitorch_account", json!([who])).unwrap()["reserved"]);
@@ -763,109 +828,60 @@ fn a_worker_returning_random_activations_is_caught_by_the_chains_audit_slashed_a
         "answer with Bob's random activations: {}",
         answer["choices"][0]["message"]["content"]
     );
-    // Bob's claim and an honest one, each audited by the three other validators.
-    let mut job = Value::Null;
-    wait_for("both claims audited and the job settled", 180, &nodes, || {
-        job = jobs(&nodes[0])
-            .into_iter()
-            .find(|j| j["claims"].as_array().unwrap().len() >= 2)
-            .unwrap_or(Value::Null);
-        job["status"].get("settled").is_some()
-    });
+    let (job, bobs, honest) = settled_with_bob(&nodes);
     eprintln!("settled at {:.1}s: {job}", t.elapsed().as_secs_f64());
-    let claims = job["claims"].as_array().unwrap();
-    let bobs = claims.iter().find(|c| c["worker"] == bob.as_str()).expect("Bob claimed");
-    let honest = claims.iter().find(|c| c["worker"] != bob.as_str()).expect("an honest claim");
-    // Bob: every auditor found his outputs wrong; slashed, and paid nothing.
-    let audit = &bobs["audit"];
-    assert_eq!(audit["auditors"].as_array().unwrap().len(), 3, "{job}");
-    assert!(audit["auditors"].as_array().unwrap().iter().all(|a| a["auditor"] != bob.as_str()));
-    let finding = |audit: &Value, who: &str| {
-        let f = audit["findings"].as_array().unwrap().iter().find(|f| f["auditor"] == who);
-        f.map(|f| f["finding"].as_object().unwrap().keys().next().unwrap().clone())
-    };
+    // Alice and Charlie re-executed and found his outputs wrong; the liar's "passed" changed
+    // nothing: Bob is slashed (his stake lost it) and unpaid.
+    assert_caught(&job, &bobs, &honest, &["Alice", "Charlie"], "failed");
     let dave = address("Dave");
-    for who in ["Alice", "Charlie"] {
-        assert_eq!(finding(audit, &address(who)).as_deref(), Some("failed"), "{who}: {job}");
-    }
-    assert_eq!(finding(audit, &dave).as_deref(), Some("passed"), "the liar: {job}");
-    let slashed = amount(&audit["outcome"]["failed"]["slashed"]);
-    assert!(slashed > 0, "{job}");
-    assert_eq!(amount(&bobs["paid"]), 0, "{job}");
+    assert_eq!(finding(&bobs["audit"], &dave).as_deref(), Some("passed"), "the liar: {job}");
+    let slashed = amount(&bobs["audit"]["outcome"]["failed"]["slashed"]);
     assert_eq!(stake(&bob), bob_stake - slashed, "Bob's stake lost the slash");
-    // The honest worker: audited, passed, paid its layers × positions × price (Dave, when he
-    // audited it, said it failed: a lone liar changes nothing).
-    assert_eq!(honest["audit"]["outcome"], "passed", "{job}");
+    // When Dave audited the honest claim, he said it failed: it passed all the same.
     if honest["worker"] != dave.as_str() {
         assert_eq!(finding(&honest["audit"], &dave).as_deref(), Some("failed"), "{job}");
     }
-    let positions = u128::from(honest["positions"].as_u64().unwrap());
-    assert_eq!(amount(&honest["paid"]), 10 * positions * PRICE, "{job}");
     // Each audit fee was shared by the auditors on the outcome's side, and by nobody else (the
     // liar got nothing): the job paid the honest claim and those shares.
     let shares = |c: &Value, side: &str| {
-        let winners = c["audit"]["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|f| f["finding"].get(side).is_some())
-            .count() as u128;
-        amount(&c["auditFee"]) / winners * winners
+        let findings = c["audit"]["findings"].as_array().unwrap();
+        let winners = findings.iter().filter(|f| f["finding"].get(side).is_some()).count();
+        amount(&c["auditFee"]) / winners as u128 * winners as u128
     };
     let paid = amount(&job["status"]["settled"]["paid"]);
-    assert_eq!(
-        paid,
-        amount(&honest["paid"]) + shares(bobs, "failed") + shares(honest, "passed"),
-        "{job}"
-    );
+    let want = amount(&honest["paid"]) + shares(&bobs, "failed") + shares(&honest, "passed");
+    assert_eq!(paid, want, "{job}");
     let (accounts, issuance) = ledger(&nodes[0]);
     assert_issuance_is_the_sum(&accounts, issuance);
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
-}
-
-/// Every claim audited, with 20 blocks (10 s) to fetch, re-execute and commit.
-fn audit_everything(spec: &mut Value) {
-    spec["genesis"]["jobs"]["auditPercent"] = json!(100);
-    spec["genesis"]["jobs"]["auditWindow"] = json!(20);
 }
 
 #[test]
 fn a_worker_that_refuses_to_open_its_trace_is_slashed_and_unpaid() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let t = Instant::now();
     // Bob computes 10..30 honestly but opens nothing to the auditors.
-    let (nodes, api, _) = start_workers_with(
-        dir.path(),
-        &["0..10", "10..30", "0..10", "0..10"],
-        &[&[], &["--unsafe-cheat", "refuse-openings"]],
-        audit_everything,
-    );
-    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
-    let name = models[0]["name"].as_str().unwrap().to_string();
+    let (nodes, api, name, _) =
+        audited_net(dir.path(), &["--unsafe-cheat", "refuse-openings"], &[], |_| {});
     // Honest outputs: the answer is what `bitorch infer` gives.
     assert_eq!(complete(api, &name, PROMPTS[1], MAX_TOKENS, &nodes), infer(PROMPTS[1], MAX_TOKENS));
-    let bob = address("Bob");
-    let mut job = Value::Null;
-    wait_for("both claims audited and the job settled", 180, &nodes, || {
-        job = jobs(&nodes[0])
-            .into_iter()
-            .find(|j| j["claims"].as_array().unwrap().len() >= 2)
-            .unwrap_or(Value::Null);
-        job["status"].get("settled").is_some()
-    });
-    let claims = job["claims"].as_array().unwrap();
-    let bobs = claims.iter().find(|c| c["worker"] == bob.as_str()).expect("Bob claimed");
-    let findings = bobs["audit"]["findings"].as_array().unwrap();
-    assert_eq!(findings.len(), 3, "{job}");
-    assert!(findings.iter().all(|f| f["finding"].get("noOpening").is_some()), "{job}");
-    assert!(amount(&bobs["audit"]["outcome"]["failed"]["slashed"]) > 0, "{job}");
-    assert_eq!(amount(&bobs["paid"]), 0, "{job}");
-    let honest = claims.iter().find(|c| c["worker"] != bob.as_str()).unwrap();
-    assert_eq!(honest["audit"]["outcome"], "passed", "{job}");
+    let (job, bobs, honest) = settled_with_bob(&nodes);
+    assert_caught(&job, &bobs, &honest, &["Alice", "Charlie", "Dave"], "noOpening");
     let (accounts, issuance) = ledger(&nodes[0]);
     assert_issuance_is_the_sum(&accounts, issuance);
-    eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
+}
+
+#[test]
+fn a_worker_running_other_weights_is_caught_slashed_and_unpaid() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Bob runs 10..30 with candle's quantized kernels (activations rounded to 8 bits): cheaper,
+    // and not the computation the job pays for.
+    let (nodes, api, name, _) =
+        audited_net(dir.path(), &["--unsafe-cheat", "other-weights"], &[], |_| {});
+    completion(api, &name, PROMPTS[0], MAX_TOKENS, &nodes);
+    let (job, bobs, honest) = settled_with_bob(&nodes);
+    assert_caught(&job, &bobs, &honest, &["Alice", "Charlie", "Dave"], "failed");
 }
 
 #[test]
@@ -874,25 +890,15 @@ fn an_honest_worker_that_restarts_between_its_claim_and_the_audit_passes_and_is_
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
     // Commit windows of 60 blocks (30 s): room for a restart.
-    let (mut nodes, api, boot) =
-        start_workers_with(dir.path(), &["0..10", "10..30", "0..10", "0..10"], &[], |spec| {
-            audit_everything(spec);
-            spec["genesis"]["jobs"]["auditWindow"] = json!(60);
-        });
-    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
-    let name = models[0]["name"].as_str().unwrap().to_string();
+    let (mut nodes, api, name, boot) = audited_net(dir.path(), &[], &[], |spec| {
+        spec["genesis"]["jobs"]["auditWindow"] = json!(60);
+    });
     assert_eq!(complete(api, &name, PROMPTS[0], MAX_TOKENS, &nodes), infer(PROMPTS[0], MAX_TOKENS));
     let bob = address("Bob");
-    let bobs_claim = |nodes: &[Node]| {
-        jobs(&nodes[0]).into_iter().find_map(|j| {
-            let claims = j["claims"].as_array().unwrap();
-            claims.iter().any(|c| c["worker"] == bob.as_str()).then(|| j["id"].as_u64().unwrap())
-        })
-    };
-    let mut id = None;
     wait_for("Bob's claim on chain", 60, &nodes, || {
-        id = bobs_claim(&nodes);
-        id.is_some()
+        jobs(&nodes[0])
+            .iter()
+            .any(|j| j["claims"].as_array().unwrap().iter().any(|c| c["worker"] == bob.as_str()))
     });
     // Bob's node dies the moment its claim is on chain, before any auditor could open it, and
     // comes back: its trace is on disk.
@@ -900,7 +906,7 @@ fn an_honest_worker_that_restarts_between_its_claim_and_the_audit_passes_and_is_
     eprintln!("Bob stopped at {:.1}s", t.elapsed().as_secs_f64());
     std::thread::sleep(Duration::from_secs(3));
     nodes[1].start(&dir.path().join("spec.json"), &boot);
-    let job = ended(&nodes[0], id.unwrap(), "settled", &nodes);
+    let (job, bobs, _) = settled_with_bob(&nodes);
     eprintln!("settled at {:.1}s", t.elapsed().as_secs_f64());
     // The scenario happened: an auditor asked while Bob was down, and asked again.
     assert!(
@@ -908,49 +914,9 @@ fn an_honest_worker_that_restarts_between_its_claim_and_the_audit_passes_and_is_
         "no auditor found Bob down:\n{}",
         logs(&nodes)
     );
-    let claims = job["claims"].as_array().unwrap();
-    let bobs = claims.iter().find(|c| c["worker"] == bob.as_str()).unwrap();
     assert_eq!(bobs["audit"]["outcome"], "passed", "{job}");
     let findings = bobs["audit"]["findings"].as_array().unwrap();
     assert!(findings.iter().all(|f| f["finding"].get("passed").is_some()), "{job}");
     let positions = u128::from(bobs["positions"].as_u64().unwrap());
     assert_eq!(amount(&bobs["paid"]), 20 * positions * PRICE, "{job}");
-    eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
-}
-
-#[test]
-fn a_worker_running_other_weights_is_caught_slashed_and_unpaid() {
-    let _turn = one_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
-    let t = Instant::now();
-    // Bob runs 10..30 with candle's quantized kernels (activations rounded to 8 bits): cheaper,
-    // and not the computation the job pays for.
-    let (nodes, api, _) = start_workers_with(
-        dir.path(),
-        &["0..10", "10..30", "0..10", "0..10"],
-        &[&[], &["--unsafe-cheat", "other-weights"]],
-        audit_everything,
-    );
-    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
-    let name = models[0]["name"].as_str().unwrap().to_string();
-    completion(api, &name, PROMPTS[0], MAX_TOKENS, &nodes);
-    let bob = address("Bob");
-    let mut job = Value::Null;
-    wait_for("both claims audited and the job settled", 180, &nodes, || {
-        job = jobs(&nodes[0])
-            .into_iter()
-            .find(|j| j["claims"].as_array().unwrap().len() >= 2)
-            .unwrap_or(Value::Null);
-        job["status"].get("settled").is_some()
-    });
-    let claims = job["claims"].as_array().unwrap();
-    let bobs = claims.iter().find(|c| c["worker"] == bob.as_str()).expect("Bob claimed");
-    let findings = bobs["audit"]["findings"].as_array().unwrap();
-    assert_eq!(findings.len(), 3, "{job}");
-    assert!(findings.iter().all(|f| f["finding"].get("failed").is_some()), "{job}");
-    assert!(amount(&bobs["audit"]["outcome"]["failed"]["slashed"]) > 0, "{job}");
-    assert_eq!(amount(&bobs["paid"]), 0, "{job}");
-    let honest = claims.iter().find(|c| c["worker"] != bob.as_str()).unwrap();
-    assert_eq!(honest["audit"]["outcome"], "passed", "{job}");
-    eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
 }
