@@ -185,20 +185,6 @@ async fn examine(
 ) -> Option<Finding> {
     let v = &claim.voucher;
     let o = fetch(a, job, index, &v.worker).await?;
-    Some(judge(a, stages, job, index, claim, audit, o).await)
-}
-
-/// The finding on an opening of claim `index` of `job`.
-async fn judge(
-    a: &Auditor,
-    stages: &mut HashMap<(u32, u32), Arc<Stage>>,
-    job: JobId,
-    index: u32,
-    claim: &ClaimRecord,
-    audit: &Audit,
-    o: TraceOpening,
-) -> Finding {
-    let v = &claim.voucher;
     let wrong = Finding::Failed { outputs: H256::zero() };
     let n = audit.last as usize + 1;
     let width = o.inputs.cols() as usize;
@@ -207,7 +193,7 @@ async fn judge(
         || width == 0
     {
         tracing::info!(target: TARGET, job, claim = index, "the opening does not cover the claim");
-        return wrong;
+        return Some(wrong);
     }
     let (ins, outs) = (o.inputs.to_vec(), o.outputs.to_vec());
     let rows =
@@ -218,7 +204,7 @@ async fn judge(
     hashes.extend(o.hashes_after.iter().map(|h| h.0));
     if chain_of(&hashes) != v.trace.0 {
         tracing::info!(target: TARGET, job, claim = index, "the opening is not what the voucher signed");
-        return wrong;
+        return Some(wrong);
     }
     let layers = v.layers;
     let stage = match stages.get(&layers) {
@@ -235,7 +221,7 @@ async fn judge(
                 other => {
                     // This node cannot judge: it abstains rather than accuse.
                     tracing::warn!(target: TARGET, ?layers, ok = other.is_ok(), "cannot load the layers to audit");
-                    return Finding::Passed { outputs: H256::zero() };
+                    return Some(Finding::Passed { outputs: H256::zero() });
                 }
             }
         }
@@ -243,7 +229,7 @@ async fn judge(
     let inputs = ins.clone();
     let recomputed = match tokio::task::spawn_blocking(move || stage.reexecute(&inputs)).await {
         Ok(Ok(r)) if r.len() == n => r,
-        _ => return wrong,
+        _ => return Some(wrong),
     };
     let mut bytes = Vec::with_capacity(n * width * 4);
     for x in recomputed.iter().flatten() {
@@ -251,12 +237,12 @@ async fn judge(
     }
     let outputs = bitorch_primitives::blake2_256(&bytes);
     let tolerance = Tolerance::default();
-    match outs.iter().zip(&recomputed).position(|(c, r)| !tolerance.accepts(c, r)) {
+    Some(match outs.iter().zip(&recomputed).position(|(c, r)| !tolerance.accepts(c, r)) {
         None => Finding::Passed { outputs },
         Some(p) => {
             tracing::info!(target: TARGET, job, claim = index, position = p,
                 error = Tolerance::relative_error(&outs[p], &recomputed[p]), "outputs differ");
             Finding::Failed { outputs }
         }
-    }
+    })
 }
