@@ -139,7 +139,7 @@ fn escrow_held(s: &MemoryState) -> Balance {
     for id in 0..Jobs::next_job_id(s).unwrap() {
         let job = Jobs::job(s, id).unwrap().expect("every id below next_job_id exists");
         assert!(job.claimed <= job.escrow);
-        assert!(job.claims.len() <= jobs_params().max_claims as usize);
+        assert!(job.claims.len() <= Jobs::params(s).unwrap().max_claims as usize);
         let claimed: Balance = job
             .claims
             .iter()
@@ -554,6 +554,40 @@ fn verdicts_only_from_assigned_auditors_in_their_windows() {
     // One revealer of three (3 of 6) is not a quorum: inconclusive, and no more verdicts.
     assert_eq!(e.audit(id, 0).outcome, Some(Outcome::Inconclusive));
     assert_eq!(e.reveal(VALIDATOR, id, 0, &passed()), Err(Error::AuditResolved(0)));
+}
+
+/// Over many claims with the chain's own draws, the share audited (what an honest auditor set
+/// catches of a cheater's claims) is the probability `audit_ppm` promises.
+#[test]
+fn the_share_of_claims_audited_is_the_promised_probability() {
+    let mut e = weighted_with(Params { audit_percent: 10, max_claims: 1_024, ..jobs_params() });
+    // Worker 1's stake is 1,000 and the slash 20%: a claim worth 1 is audited at the 10% base
+    // rate, one worth 40 at 2 × 40 / 200 = 40%.
+    for (amount, n, client) in [(1u32, 400u32, CLIENT), (40, 240, CLIENT2)] {
+        let id = e.open(client, amount * n / 4, 1);
+        for i in 0..n {
+            let mut session = [0u8; 16];
+            session[..4].copy_from_slice(&i.to_le_bytes());
+            let v = Voucher {
+                job: id,
+                session,
+                worker: w(0),
+                layers: (0, 1),
+                positions: amount,
+                trace: H256::repeat_byte(1),
+            };
+            let voucher = v.sign(&key(client), &genesis());
+            e.call_as(&w(0), Call::Claim { voucher }).unwrap();
+        }
+        e.advance_to(e.now + 1);
+        let job = e.job(id);
+        let audited = job.claims.iter().filter(|c| c.audit.is_some()).count() as f64;
+        let p = audit_ppm(10, 20, Balance::from(amount), 1_000) as f64 / 1e6;
+        let (mean, sd) = (p * f64::from(n), (p * (1.0 - p) * f64::from(n)).sqrt());
+        eprintln!("claims worth {amount}: {audited} of {n} audited, expected {mean:.0} ± {sd:.1}");
+        assert!((audited - mean).abs() <= 4.0 * sd, "{audited} audited, expected {mean} ± {sd}");
+        e.call(client, Call::CloseJob { job: id }).unwrap();
+    }
 }
 
 #[test]
