@@ -707,20 +707,24 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         support::get_or_default(s, &open_audits_key())
     }
 
-    /// Job `id` and the index of its claim `claim_index`, which must have an open audit.
-    fn open_audit<S: Storage + ?Sized>(
-        s: &S,
+    /// Applies `f` to the open audit of claim `claim_index` of job `id` and stores the job;
+    /// nothing is stored when there is no such audit or `f` fails.
+    fn update_open_audit<S: Storage + ?Sized>(
+        s: &mut S,
         id: JobId,
         claim_index: u32,
-    ) -> Result<(Job, usize), Error> {
-        let job = Self::job(s, id)?.ok_or(Error::UnknownJob(id))?;
+        f: impl FnOnce(&mut Audit) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut job = Self::job(s, id)?.ok_or(Error::UnknownJob(id))?;
         let i = usize::try_from(claim_index).map_err(|_| Error::UnknownClaim(claim_index))?;
-        let record = job.claims.get(i).ok_or(Error::UnknownClaim(claim_index))?;
-        match &record.audit {
-            None => Err(Error::NotAudited(claim_index)),
-            Some(a) if a.outcome.is_some() => Err(Error::AuditResolved(claim_index)),
-            Some(_) => Ok((job, i)),
+        let record = job.claims.get_mut(i).ok_or(Error::UnknownClaim(claim_index))?;
+        match record.audit.as_mut() {
+            None => return Err(Error::NotAudited(claim_index)),
+            Some(a) if a.outcome.is_some() => return Err(Error::AuditResolved(claim_index)),
+            Some(a) => f(a)?,
         }
+        Self::put_job(s, id, &job);
+        Ok(())
     }
 
     fn commit_verdict<S: Storage + ?Sized>(
@@ -731,22 +735,19 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         commitment: H256,
         ctx: &Context,
     ) -> Result<(), Error> {
-        let (mut job, i) = Self::open_audit(s, id, claim_index)?;
-        let Some(audit) = job.claims.get_mut(i).and_then(|c| c.audit.as_mut()) else {
-            return Err(Error::NotAudited(claim_index));
-        };
-        if !audit.auditors.iter().any(|(a, _)| a == who) {
-            return Err(Error::NotAnAuditor(claim_index));
-        }
-        if ctx.block_number >= audit.commit_by {
-            return Err(Error::CommitWindowClosed { commit_by: audit.commit_by });
-        }
-        if audit.commits.iter().any(|(a, _)| a == who) {
-            return Err(Error::AlreadyCommitted(claim_index));
-        }
-        audit.commits.push((who.clone(), commitment));
-        Self::put_job(s, id, &job);
-        Ok(())
+        Self::update_open_audit(s, id, claim_index, |audit| {
+            if !audit.auditors.iter().any(|(a, _)| a == who) {
+                return Err(Error::NotAnAuditor(claim_index));
+            }
+            if ctx.block_number >= audit.commit_by {
+                return Err(Error::CommitWindowClosed { commit_by: audit.commit_by });
+            }
+            if audit.commits.iter().any(|(a, _)| a == who) {
+                return Err(Error::AlreadyCommitted(claim_index));
+            }
+            audit.commits.push((who.clone(), commitment));
+            Ok(())
+        })
     }
 
     fn reveal_verdict<S: Storage + ?Sized>(
@@ -758,28 +759,25 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         salt: &[u8; 32],
         ctx: &Context,
     ) -> Result<(), Error> {
-        let (mut job, i) = Self::open_audit(s, id, claim_index)?;
-        let Some(audit) = job.claims.get_mut(i).and_then(|c| c.audit.as_mut()) else {
-            return Err(Error::NotAudited(claim_index));
-        };
-        let Some((_, committed)) = audit.commits.iter().find(|(a, _)| a == who) else {
-            return Err(Error::NotCommitted(claim_index));
-        };
-        if ctx.block_number < audit.commit_by {
-            return Err(Error::RevealTooEarly { from: audit.commit_by });
-        }
-        if ctx.block_number >= audit.reveal_by {
-            return Err(Error::RevealWindowClosed { reveal_by: audit.reveal_by });
-        }
-        if audit.reveals.iter().any(|(a, _)| a == who) {
-            return Err(Error::AlreadyRevealed(claim_index));
-        }
-        if verdict_commitment(id, claim_index, who, finding, salt) != *committed {
-            return Err(Error::CommitmentMismatch(claim_index));
-        }
-        audit.reveals.push((who.clone(), finding.clone()));
-        Self::put_job(s, id, &job);
-        Ok(())
+        Self::update_open_audit(s, id, claim_index, |audit| {
+            let Some((_, committed)) = audit.commits.iter().find(|(a, _)| a == who) else {
+                return Err(Error::NotCommitted(claim_index));
+            };
+            if ctx.block_number < audit.commit_by {
+                return Err(Error::RevealTooEarly { from: audit.commit_by });
+            }
+            if ctx.block_number >= audit.reveal_by {
+                return Err(Error::RevealWindowClosed { reveal_by: audit.reveal_by });
+            }
+            if audit.reveals.iter().any(|(a, _)| a == who) {
+                return Err(Error::AlreadyRevealed(claim_index));
+            }
+            if verdict_commitment(id, claim_index, who, finding, salt) != *committed {
+                return Err(Error::CommitmentMismatch(claim_index));
+            }
+            audit.reveals.push((who.clone(), finding.clone()));
+            Ok(())
+        })
     }
 
     /// Decides, with the parent block's hash, whether claim `index` of job `id` is audited,
