@@ -340,8 +340,9 @@ impl Worker {
             }),
             StageRequest::Close { session, voucher } => match self.sessions.remove(&session) {
                 Some(mut s) => {
-                    if let Some(sig) = voucher {
-                        self.acknowledge(&session, &mut s, sig);
+                    let ack = voucher.and_then(|sig| self.acknowledgement(&session, &s, sig));
+                    if let (Some(v), Some(paid)) = (ack, s.paid.as_mut()) {
+                        paid.latest = Some(v);
                     }
                     StageResponse::Closed(self.close(s))
                 }
@@ -382,18 +383,17 @@ impl Worker {
         }
     }
 
-    /// Takes `sig` as the client's acknowledgement of everything `s` computed, if it is one;
-    /// returns whether it was.
-    fn acknowledge(&self, session: &SessionId, s: &mut Session, sig: Signature) -> bool {
-        let Some(paid) = &s.paid else { return false };
+    /// The client's voucher for everything `s` computed, if `sig` is the client's signature
+    /// over it.
+    fn acknowledgement(
+        &self,
+        session: &SessionId,
+        s: &Session,
+        sig: Signature,
+    ) -> Option<SignedVoucher> {
+        let paid = s.paid.as_ref()?;
         let signed = SignedVoucher { voucher: self.voucher(session, s, paid.job), signature: sig };
-        if !signed.verify(&paid.client, &self.config.genesis) {
-            return false;
-        }
-        if let Some(paid) = s.paid.as_mut() {
-            paid.latest = Some(signed);
-        }
-        true
+        signed.verify(&paid.client, &self.config.genesis).then_some(signed)
     }
 
     /// Evicts sessions idle for `idle_timeout` at `now`; returns how many. The claims of
@@ -524,14 +524,12 @@ impl Worker {
         }
         // A paid session goes on only once the client acknowledged what was computed.
         if s.paid.is_some() && pos > 0 {
-            let Some(mut s) = self.sessions.remove(&session) else {
-                return StageResponse::Error(StageError::UnknownSession);
-            };
-            let acknowledged = voucher.is_some_and(|sig| self.acknowledge(&session, &mut s, sig));
-            self.sessions.insert(session, s);
-            if !acknowledged {
+            let Some(ack) = voucher.and_then(|sig| self.acknowledgement(&session, s, sig)) else {
                 tracing::debug!(target: TARGET, pos, "refused a forward: not acknowledged");
                 return StageResponse::Error(StageError::VoucherRequired { positions: pos });
+            };
+            if let Some(paid) = self.sessions.get_mut(&session).and_then(|s| s.paid.as_mut()) {
+                paid.latest = Some(ack);
             }
         }
         let n = input.positions() as usize;
