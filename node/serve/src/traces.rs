@@ -5,15 +5,15 @@
 //! positions and the hidden width as u32 little-endian, then per position its input and its
 //! output as f32 little-endian. A file is written to a temporary name and renamed, so a crash
 //! leaves either the whole file or none; one that does not parse is reported, never
-//! half-read. Files survive restarts; [`TraceStore::prune`] removes those of jobs that no
-//! longer hold escrow (settled or refunded: no audit can open them).
+//! half-read. Files survive restarts; the node removes those of jobs that no longer hold
+//! escrow (settled or refunded: no audit can open them).
 
 use bitorch_commitment::Leaf;
 use bitorch_compute::{Floats, TraceOpening};
 use bitorch_primitives::H256;
 use bitorch_runtime::jobs::JobId;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const MAGIC: &[u8; 5] = b"BTRC1";
 /// Largest trace file read back (a 2,048-position session of hidden size 8,192 is 128 MiB).
@@ -31,11 +31,6 @@ impl TraceStore {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         Ok(Self { dir })
-    }
-
-    /// Its folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn path(&self, job: JobId, session: &[u8; 16]) -> PathBuf {
@@ -136,20 +131,23 @@ impl TraceStore {
         })
     }
 
-    /// Removes the traces of every job for which `keep` is false; returns how many jobs'.
-    pub fn prune(&self, keep: impl Fn(JobId) -> bool) -> io::Result<usize> {
-        let mut removed = 0;
+    /// The jobs it keeps traces of.
+    pub fn jobs(&self) -> io::Result<Vec<JobId>> {
+        let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let Some(job) = entry.file_name().to_str().and_then(|s| s.parse::<JobId>().ok()) else {
-                continue;
-            };
-            if !keep(job) {
-                std::fs::remove_dir_all(entry.path())?;
-                removed += 1;
+            if let Some(job) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
+                out.push(job);
             }
         }
-        Ok(removed)
+        Ok(out)
+    }
+
+    /// Removes every trace of these jobs.
+    pub fn remove(&self, jobs: &[JobId]) -> io::Result<()> {
+        for job in jobs {
+            std::fs::remove_dir_all(self.dir.join(job.to_string()))?;
+        }
+        Ok(())
     }
 }
 
@@ -189,9 +187,13 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         assert_eq!(again.load(3, &[9; 16]).unwrap_err().kind(), io::ErrorKind::InvalidData);
-        // Pruning removes the jobs it is told to.
+        // Removing a job's traces leaves the others.
         store.save(4, &[1; 16], &l).unwrap();
-        assert_eq!(store.prune(|job| job == 4).unwrap(), 1);
+        let mut jobs = store.jobs().unwrap();
+        jobs.sort();
+        assert_eq!(jobs, [3, 4]);
+        store.remove(&[3]).unwrap();
+        assert_eq!(store.jobs().unwrap(), [4]);
         assert!(store.load(3, &[9; 16]).is_err());
         assert!(store.load(4, &[1; 16]).is_ok());
     }

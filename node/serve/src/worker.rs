@@ -304,29 +304,24 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Removes the traces of jobs that no longer hold escrow (settled or refunded: no audit can
 /// open them any more).
 async fn prune(chain: &Handle, traces: &Arc<TraceStore>) {
-    let Ok(entries) = std::fs::read_dir(traces.dir()) else { return };
-    let jobs: Vec<JobId> =
-        entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-    let mut live = HashSet::new();
+    let store = traces.clone();
+    let Ok(Ok(jobs)) = tokio::task::spawn_blocking(move || store.jobs()).await else { return };
+    let mut finished = Vec::new();
     for job in jobs {
-        match chain.job(job).await {
-            Ok(Some(j)) if j.status.holds_escrow() => {
-                live.insert(job);
-            }
-            Ok(_) => {}
-            // Unknown now: keep it.
-            Err(_) => {
-                live.insert(job);
-            }
+        // Settled, refunded or gone: finished. A query that fails keeps it.
+        if matches!(chain.job(job).await, Ok(j) if !j.as_ref().is_some_and(|j| j.status.holds_escrow()))
+        {
+            finished.push(job);
         }
     }
-    let store = traces.clone();
-    match tokio::task::spawn_blocking(move || store.prune(|job| live.contains(&job))).await {
-        Ok(Ok(n)) if n > 0 => {
-            tracing::debug!(target: TARGET, jobs = n, "removed finished jobs' traces")
-        }
+    if finished.is_empty() {
+        return;
+    }
+    let (store, n) = (traces.clone(), finished.len());
+    match tokio::task::spawn_blocking(move || store.remove(&finished)).await {
+        Ok(Ok(())) => tracing::debug!(target: TARGET, jobs = n, "removed finished jobs' traces"),
         Ok(Err(e)) => tracing::warn!(target: TARGET, error = %e, "pruning traces failed"),
-        _ => {}
+        Err(_) => {}
     }
 }
 
