@@ -9,6 +9,8 @@
 # Usage: scripts/bench-main-job.sh [MAX_TOKENS] [REPEATS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/dev-node.sh
+source scripts/lib/dev-node.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
 MAX="${1:-128}"; REPEATS="${2:-3}"
 BIN="$CARGO_TARGET_DIR/debug/bitorch"
@@ -28,14 +30,7 @@ trap cleanup EXIT
 best_local="$(scripts/infer_bench.sh "$BIN" "$MODEL" "$MAX" "$PROMPT" "$REPEATS")"
 
 # The main job: the dev node serving the model, asked over its API.
-LOG="$(mktemp -t bitorch-main-job.XXXXXX.log)"
-"$BIN" node --dev --tmp --rpc-port "$RPC" --serve-model "$MODEL" --api-port "$API" >"$LOG" 2>&1 &
-PID=$!
-for _ in $(seq 1 600); do
-  grep -q "OpenAI-compatible API on" "$LOG" && break
-  kill -0 "$PID" 2>/dev/null || { echo "the node stopped; see $LOG" >&2; exit 1; }
-  sleep 0.2
-done
+start_dev_node "$BIN" "$(mktemp -t bitorch-main-job.XXXXXX.log)" "$RPC" "$API" "$MODEL"
 best_node="$(python3 scripts/stream_bench.py "$API" "$MAX" "$PROMPT" "$REPEATS")"
 RSS_MB=$(( $(awk '/VmRSS/ {print $2}' "/proc/$PID/status") / 1024 ))
 kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; PID=""

@@ -9,6 +9,8 @@
 # Usage: scripts/bench-throughput.sh [REF] [REQUESTS] [CLIENTS] [MAX_TOKENS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/dev-node.sh
+source scripts/lib/dev-node.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
 REF="${1:-}"; N="${2:-200}"; CLIENTS="${3:-8}"; MAX="${4:-8}"
 MODEL="$(scripts/fetch-model.sh)"
@@ -53,14 +55,7 @@ jobs() {
 printf '\n%-34s %8s %8s %8s %8s %8s %6s %6s\n' "$N requests x $MAX tokens, $CLIENTS clients" \
   "req/s" "p50 s" "p99 s" "idle s" "p50/idle" "jobs" "failed"
 for BIN in "${BINS[@]}"; do
-  LOG="$(mktemp -t bitorch-throughput.XXXXXX.log)"
-  "$BIN" node --dev --tmp --rpc-port "$RPC" --serve-model "$MODEL" --api-port "$API" >"$LOG" 2>&1 &
-  PID=$!
-  for _ in $(seq 1 600); do
-    grep -q "OpenAI-compatible API on" "$LOG" && break
-    kill -0 "$PID" 2>/dev/null || { echo "the node stopped; see $LOG" >&2; exit 1; }
-    sleep 0.2
-  done
+  start_dev_node "$BIN" "$(mktemp -t bitorch-throughput.XXXXXX.log)" "$RPC" "$API" "$MODEL"
   before="$(jobs)"
   read -r solo rps p50 p99 failed <<<"$(python3 scripts/load_bench.py "$API" "$N" "$CLIENTS" "$MAX")"
   opened=$(( $(jobs) - before ))

@@ -17,19 +17,12 @@ import time
 import urllib.error
 import urllib.request
 
+from api_wait import served_model
+
 api, n, clients, max_tokens = (int(a) for a in sys.argv[1:5])
 SOLO = 5
 url = f"http://127.0.0.1:{api}/v1/chat/completions"
-deadline = time.time() + 60
-while True:
-    try:
-        models = json.load(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/models", timeout=30))
-        break
-    except (urllib.error.URLError, ConnectionError):
-        if time.time() > deadline:
-            raise
-        time.sleep(0.2)
-model = models["data"][0]["id"]
+model = served_model(api)
 
 
 def ask(i):

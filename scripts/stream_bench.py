@@ -15,18 +15,10 @@ import time
 import urllib.error
 import urllib.request
 
+from api_wait import served_model
+
 api, max_tokens, prompt, repeats = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-# The API opens a moment after a node announces its worker (once a job is opened ahead).
-deadline = time.time() + 60
-while True:
-    try:
-        models = json.load(urllib.request.urlopen(f"http://127.0.0.1:{api}/v1/models", timeout=30))
-        break
-    except (urllib.error.URLError, ConnectionError):
-        if time.time() > deadline:
-            raise
-        time.sleep(0.2)
-model = models["data"][0]["id"]
+model = served_model(api)
 body = json.dumps({"model": model, "temperature": 0, "max_tokens": max_tokens, "stream": True,
                    "stream_options": {"include_usage": True},
                    "messages": [{"role": "user", "content": prompt}]}).encode()
