@@ -288,18 +288,6 @@ pub struct TraceOpening {
     pub hashes_after: Vec<H256>,
 }
 
-impl StageRequest {
-    /// The session it is about (none for an opening, which names a claim).
-    pub fn session(&self) -> Option<&SessionId> {
-        match self {
-            Self::Open { session, .. }
-            | Self::Forward { session, .. }
-            | Self::Close { session, .. } => Some(session),
-            Self::Opening(_) => None,
-        }
-    }
-}
-
 /// What a worker tells a gateway about the stage it opened a session on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub struct StageInfo {
