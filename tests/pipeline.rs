@@ -885,6 +885,33 @@ fn a_worker_running_other_weights_is_caught_slashed_and_unpaid() {
 }
 
 #[test]
+fn a_worker_skipping_half_its_layers_is_caught_slashed_and_unpaid() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Bob announces and claims 10..30 but runs every other layer: half the work.
+    let (nodes, api, name, _) =
+        audited_net(dir.path(), &["--unsafe-cheat", "skip-layers"], &[], |_| {});
+    completion(api, &name, PROMPTS[0], MAX_TOKENS, &nodes);
+    let (job, bobs, honest) = settled_with_bob(&nodes);
+    assert_caught(&job, &bobs, &honest, &["Alice", "Charlie", "Dave"], "failed");
+    let (accounts, issuance) = ledger(&nodes[0]);
+    assert_issuance_is_the_sum(&accounts, issuance);
+}
+
+#[test]
+fn a_worker_committing_to_other_outputs_than_it_answered_is_caught_slashed_and_unpaid() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Bob computes 10..30 honestly (the answer is `bitorch infer`'s) but the trace he commits
+    // to, and would open, holds other outputs than those he returned.
+    let (nodes, api, name, _) =
+        audited_net(dir.path(), &["--unsafe-cheat", "other-trace"], &[], |_| {});
+    assert_eq!(complete(api, &name, PROMPTS[1], MAX_TOKENS, &nodes), infer(PROMPTS[1], MAX_TOKENS));
+    let (job, bobs, honest) = settled_with_bob(&nodes);
+    assert_caught(&job, &bobs, &honest, &["Alice", "Charlie", "Dave"], "failed");
+}
+
+#[test]
 fn an_honest_worker_that_restarts_between_its_claim_and_the_audit_passes_and_is_paid() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();

@@ -56,9 +56,10 @@ pub struct NodeArgs {
     /// Test only: the worker cheats (`random-outputs`: returns and commits to random hidden
     /// states; `refuse-openings`: computes honestly but opens nothing to auditors;
     /// `other-weights`: runs candle's 8-bit-activation quantized kernels instead of the
-    /// model's weights as registered, a cheaper computation), for the adversarial tests of the
-    /// audits.
-    #[arg(long, hide = true, value_parser = ["random-outputs", "refuse-openings", "other-weights"])]
+    /// model's weights as registered, a cheaper computation; `skip-layers`: runs every other
+    /// layer of its range only; `other-trace`: answers honestly but commits to other outputs
+    /// than it returned), for the adversarial tests of the audits.
+    #[arg(long, hide = true, value_parser = ["random-outputs", "refuse-openings", "other-weights", "skip-layers", "other-trace"])]
     unsafe_cheat: Option<String>,
     /// Test only: this validator's auditor reveals the opposite of what it found (`lie`).
     #[arg(long, hide = true, value_parser = ["lie"])]
@@ -330,9 +331,16 @@ pub fn run(args: NodeArgs) -> Result<()> {
             } else {
                 bitorch_inference::GgufWeights::Dequantized
             };
-            let stage = tokio::task::block_in_place(|| described.load_stage_with(layers, weights))?;
+            let mut stage = tokio::task::block_in_place(|| described.load_stage_with(layers, weights))?;
+            if args.unsafe_cheat.as_deref() == Some("skip-layers") {
+                stage.unsafe_skip_every_other_layer();
+            }
             tracing::info!(target: "node", layers = ?stage.layers(), secs = t.elapsed().as_secs_f64(), "loaded the model");
-            let cheat = (args.unsafe_cheat.as_deref() == Some("random-outputs")).then_some(bitorch_compute::Cheat::RandomOutputs);
+            let cheat = match args.unsafe_cheat.as_deref() {
+                Some("random-outputs") => Some(bitorch_compute::Cheat::RandomOutputs),
+                Some("other-trace") => Some(bitorch_compute::Cheat::OtherTrace),
+                _ => None,
+            };
             let refuse_openings = args.unsafe_cheat.as_deref() == Some("refuse-openings");
             if let Some(how) = &args.unsafe_cheat {
                 tracing::warn!(target: "node", how, "--unsafe-cheat: this worker cheats (tests of the audits only)");
