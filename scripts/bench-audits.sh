@@ -3,7 +3,9 @@
 # layers 0..10 of the real test model generated with 1 thread and audited with 2, and the
 # other way round. Prints, per direction: audits, false accusations (must be 0), bit-exact
 # re-executions, the auditor's seconds against the generation's, that share at the chain's
-# 10% base audit rate, and the trace bytes kept per position.
+# 10% base audit rate, and the trace bytes kept per position; then, for each direction, how
+# many audits' probes from a 1-thread and a 2-thread auditor agree by the chain's rule (an
+# honest auditor whose probe matched no other's would lose its verdict: must be all).
 # Usage: scripts/bench-audits.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +21,13 @@ printf '\n%-28s %7s %8s %10s %10s %9s %14s %12s\n' "layers 0..10, $N sessions" a
 for pair in "1 2" "2 1"; do
   read -r gen ver <<<"$pair"
   RAYON_NUM_THREADS="$gen" "$BIN" generate "$WORK/$gen" "$N"
-  read -r audits accused exact secs gen_secs share per <<<"$(RAYON_NUM_THREADS="$ver" "$BIN" verify "$WORK/$gen")"
+  read -r audits accused exact secs gen_secs share per <<<"$(RAYON_NUM_THREADS="$ver" "$BIN" verify "$WORK/$gen" "$WORK/probes-$gen-$ver")"
   printf '%-28s %7s %8s %10s %10s %9s %14s %12s\n' "worker $gen thr, auditor $ver" "$audits" "$accused" "$exact" "$secs" "$gen_secs" "$share" "$per"
+  RAYON_NUM_THREADS="$gen" "$BIN" verify "$WORK/$gen" "$WORK/probes-$gen-$gen" >/dev/null
+done
+printf '\n%-28s %7s %14s %10s\n' "probes, auditor 1 vs 2 thr" audits agreeing identical
+for gen in 1 2; do
+  other=$((3 - gen))
+  read -r n agreeing identical <<<"$("$BIN" agree "$WORK/probes-$gen-$gen" "$WORK/probes-$gen-$other")"
+  printf '%-28s %7s %14s %10s\n' "worker $gen thr" "$n" "$agreeing" "$identical"
 done

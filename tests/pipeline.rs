@@ -912,6 +912,52 @@ fn a_worker_committing_to_other_outputs_than_it_answered_is_caught_slashed_and_u
 }
 
 #[test]
+fn a_lazy_auditor_is_found_out_its_finding_void_and_unpaid() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Everyone honest, except that Dave's auditor says "passed" without re-executing: it checks
+    // the opening against the voucher, copies the worker's outputs and guesses the probe.
+    let (nodes, api, name, _) = audited_net(dir.path(), &[], &["--unsafe-auditor", "lazy"], |_| {});
+    assert_eq!(complete(api, &name, PROMPTS[0], MAX_TOKENS, &nodes), infer(PROMPTS[0], MAX_TOKENS));
+    let (job, bobs, honest) = settled_with_bob(&nodes);
+    let dave = address("Dave");
+    for claim in [&bobs, &honest].into_iter().filter(|c| c["worker"] != dave.as_str()) {
+        let audit = &claim["audit"];
+        assert_eq!(audit["outcome"], "passed", "{job}");
+        // Dave's verdict was right by luck, but his probe matched nobody's: it did not count.
+        assert_eq!(finding(audit, &dave).as_deref(), Some("passed"), "{job}");
+        assert_eq!(audit["unconfirmed"], json!([dave]), "{job}");
+        // The two who re-executed reported the same probe (and so confirmed each other).
+        let probes: Vec<&Value> = audit["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["auditor"] != dave.as_str())
+            .map(|f| &f["finding"]["passed"]["probe"])
+            .collect();
+        assert_eq!(probes.len(), 2, "{job}");
+        let real =
+            |p: &&Value| p.as_array().is_some_and(|a| a.len() == 8 && a.iter().any(|v| v != 0));
+        assert!(probes.iter().all(real), "{job}");
+        eprintln!("findings: {}", audit["findings"]);
+    }
+    // Each claim paid exactly, and each audit fee shared by the two who re-executed only.
+    let positions = |c: &Value| u128::from(c["positions"].as_u64().unwrap());
+    assert_eq!(amount(&bobs["paid"]), 20 * positions(&bobs) * PRICE, "{job}");
+    assert_eq!(amount(&honest["paid"]), 10 * positions(&honest) * PRICE, "{job}");
+    let shares = |c: &Value| {
+        let findings = c["audit"]["findings"].as_array().unwrap();
+        let counted = findings.iter().filter(|f| f["auditor"] != dave.as_str()).count() as u128;
+        amount(&c["auditFee"]) / counted * counted
+    };
+    let paid = amount(&job["status"]["settled"]["paid"]);
+    let want = amount(&bobs["paid"]) + amount(&honest["paid"]) + shares(&bobs) + shares(&honest);
+    assert_eq!(paid, want, "{job}");
+    let (accounts, issuance) = ledger(&nodes[0]);
+    assert_issuance_is_the_sum(&accounts, issuance);
+}
+
+#[test]
 fn an_honest_worker_that_restarts_between_its_claim_and_the_audit_passes_and_is_paid() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();

@@ -18,6 +18,7 @@
 
 pub mod error;
 pub mod leaf;
+pub mod probe;
 pub mod tree;
 
 pub use error::Error;

@@ -162,12 +162,14 @@ proptest! {
                 }
                 Op::Close { job } => Call::Jobs(jobs::Call::CloseJob { job }),
                 Op::Commit { job, failed } => {
-                    let finding = if failed { jobs::Finding::Failed { outputs: H256::zero() } } else { jobs::Finding::Passed { outputs: H256::zero() } };
+                    let probe = jobs::Probe([0; jobs::PROBE_VALUES]);
+                    let finding = if failed { jobs::Finding::Failed { outputs: H256::zero(), probe: Some(probe) } } else { jobs::Finding::Passed { outputs: H256::zero(), probe } };
                     let commitment = jobs::verdict_commitment(job, 0, &accounts[who], &finding, &[0; 32]);
                     Call::Jobs(jobs::Call::CommitVerdict { job, claim_index: 0, commitment })
                 }
                 Op::Reveal { job, failed } => {
-                    let finding = if failed { jobs::Finding::Failed { outputs: H256::zero() } } else { jobs::Finding::Passed { outputs: H256::zero() } };
+                    let probe = jobs::Probe([0; jobs::PROBE_VALUES]);
+                    let finding = if failed { jobs::Finding::Failed { outputs: H256::zero(), probe: Some(probe) } } else { jobs::Finding::Passed { outputs: H256::zero(), probe } };
                     Call::Jobs(jobs::Call::RevealVerdict { job, claim_index: 0, finding, salt: [0; 32] })
                 }
             };

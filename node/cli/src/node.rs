@@ -61,8 +61,9 @@ pub struct NodeArgs {
     /// than it returned), for the adversarial tests of the audits.
     #[arg(long, hide = true, value_parser = ["random-outputs", "refuse-openings", "other-weights", "skip-layers", "other-trace"])]
     unsafe_cheat: Option<String>,
-    /// Test only: this validator's auditor reveals the opposite of what it found (`lie`).
-    #[arg(long, hide = true, value_parser = ["lie"])]
+    /// Test only: this validator's auditor reveals the opposite of what it found (`lie`), or
+    /// says "passed" without re-executing (`lazy`).
+    #[arg(long, hide = true, value_parser = ["lie", "lazy"])]
     unsafe_auditor: Option<String>,
     /// Target time between blocks, in milliseconds.
     #[arg(long, default_value_t = 1000)]
@@ -364,7 +365,11 @@ pub fn run(args: NodeArgs) -> Result<()> {
                     genesis,
                     model,
                     described: described.clone(),
-                    lie: args.unsafe_auditor.is_some(),
+                    pretend: match args.unsafe_auditor.as_deref() {
+                        Some("lie") => Some(bitorch_serve::Pretend::Lie),
+                        Some("lazy") => Some(bitorch_serve::Pretend::Lazy),
+                        _ => None,
+                    },
                 };
                 tokio::spawn(bitorch_serve::run_auditor(auditor, cancel.clone()));
             }

@@ -4,18 +4,24 @@
 //! `audits generate DIR N`: a worker serving layers 0..10 of the real test model (weights as the
 //! node loads them) runs N sessions (a 6-token prompt, then 6 one-token steps, tokens drawn from
 //! a seeded generator) and keeps each session's leaves in DIR, with the generation time.
-//! `audits verify DIR`: an auditor re-executes, for each session, the prefix `0..=last` (`last`
-//! drawn uniformly, as the chain draws it) in one batched pass and compares it with the
-//! committed outputs within the commitment tolerance. Prints the audits, the false accusations,
-//! how many were bit-exact, the auditor's time against the generation time (and that share at
-//! the chain's 10% base audit rate), and the trace bytes kept per position.
+//! `audits verify DIR PROBES`: an auditor re-executes, for each session, the prefix `0..=last`
+//! (`last` and the probe's seed drawn from a seeded generator, as the chain draws them) in one
+//! batched pass with the audit's probe appended (`bitorch_commitment::probe::reexecute`, as the
+//! node's auditor does) and compares it with the committed outputs within the commitment
+//! tolerance. Prints the audits, the false accusations, how many were bit-exact, the auditor's
+//! time against the generation time (and that share at the chain's 10% base audit rate), and
+//! the trace bytes kept per position; writes the probes' sketches to PROBES.
+//! `audits agree A B`: how many of two auditors' probes agree by the chain's rule
+//! (`jobs::probes_agree`), of how many.
 //!
 //! Run: `scripts/bench-audits.sh [N]`, which generates with 1 thread and verifies with 2, and
-//! the other way round (`RAYON_NUM_THREADS`).
+//! the other way round (`RAYON_NUM_THREADS`), and compares each audit's probes from a 1-thread
+//! and a 2-thread auditor.
 
-use bitorch_commitment::{Leaf, Reexecute, Tolerance};
+use bitorch_commitment::{probe, Leaf, Tolerance};
 use bitorch_compute::{Activation, StageRequest, StageResponse, Worker, WorkerConfig};
 use bitorch_inference::{Checkpoint, GgufWeights, LoadOptions, Stage};
+use bitorch_pallet_jobs::{probes_agree, Probe};
 use bitorch_primitives::{keys::pair_from_suri, H256};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
@@ -106,7 +112,7 @@ fn generate(dir: &Path, n: usize) {
     std::fs::write(dir.join("summary"), format!("{secs} {positions} {bytes}")).unwrap();
 }
 
-fn verify(dir: &Path) {
+fn verify(dir: &Path, probes_out: &Path) {
     let stage = stage();
     let summary = std::fs::read_to_string(dir.join("summary")).unwrap();
     let mut it = summary.split_whitespace();
@@ -116,14 +122,19 @@ fn verify(dir: &Path) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let tolerance = Tolerance::default();
     let (mut audits, mut accused, mut exact, mut secs) = (0, 0, 0, 0.0);
+    let mut probes = String::new();
     let mut i = 0;
     while dir.join(format!("{i}.trace")).exists() {
         let leaves = read(&dir.join(format!("{i}.trace")));
         let last = rng.gen_range(0..leaves.len());
         let inputs: Vec<Vec<f32>> = leaves[..=last].iter().map(|l| l.input.clone()).collect();
+        let seed: [u8; 32] = rng.gen();
         let t = Instant::now();
-        let outputs = stage.reexecute(&inputs).unwrap();
+        let (outputs, sketch) = probe::reexecute(&stage, &inputs, &seed, true).unwrap();
         secs += t.elapsed().as_secs_f64();
+        let line: Vec<String> = sketch.iter().map(i32::to_string).collect();
+        probes.push_str(&line.join(" "));
+        probes.push('\n');
         let committed = &leaves[..=last];
         if committed.iter().zip(&outputs).any(|(l, r)| !tolerance.accepts(&l.output, r)) {
             accused += 1;
@@ -137,11 +148,30 @@ fn verify(dir: &Path) {
         audits += 1;
         i += 1;
     }
+    std::fs::write(probes_out, probes).unwrap();
     println!(
         "{audits} {accused} {exact} {secs:.2} {gen_secs:.2} {:.3} {:.0}",
         secs / gen_secs * 100.0 * 0.10,
         bytes / positions
     );
+}
+
+fn read_probes(path: &Path) -> Vec<Probe> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: Vec<i32> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            Probe(v.try_into().unwrap())
+        })
+        .collect()
+}
+
+fn agree(a: &Path, b: &Path) {
+    let (a, b) = (read_probes(a), read_probes(b));
+    assert_eq!(a.len(), b.len(), "the same audits");
+    let agreeing = a.iter().zip(&b).filter(|(x, y)| probes_agree(x, y)).count();
+    let identical = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    println!("{} {agreeing} {identical}", a.len());
 }
 
 fn main() {
@@ -151,9 +181,11 @@ fn main() {
         args.iter().skip(1).map(String::as_str).filter(|a| *a != "--bench").collect();
     match args.as_slice() {
         ["generate", dir, n] => generate(Path::new(dir), n.parse().unwrap()),
-        ["verify", dir] => verify(Path::new(dir)),
+        ["verify", dir, probes] => verify(Path::new(dir), Path::new(probes)),
+        ["agree", a, b] => agree(Path::new(a), Path::new(b)),
         _ => eprintln!(
-            "usage: audits generate DIR N | audits verify DIR (see scripts/bench-audits.sh)"
+            "usage: audits generate DIR N | audits verify DIR PROBES | audits agree A B \
+             (see scripts/bench-audits.sh)"
         ),
     }
 }

@@ -120,8 +120,12 @@ fn job_status_json(s: &jobs::JobStatus) -> Value {
 
 fn finding_json(f: &jobs::Finding) -> Value {
     match f {
-        jobs::Finding::Passed { outputs } => json!({ "passed": { "outputs": outputs } }),
-        jobs::Finding::Failed { outputs } => json!({ "failed": { "outputs": outputs } }),
+        jobs::Finding::Passed { outputs, probe } => {
+            json!({ "passed": { "outputs": outputs, "probe": probe.0 } })
+        }
+        jobs::Finding::Failed { outputs, probe } => {
+            json!({ "failed": { "outputs": outputs, "probe": probe.as_ref().map(|p| p.0) } })
+        }
         jobs::Finding::NoOpening => json!({ "noOpening": null }),
     }
 }
@@ -143,6 +147,8 @@ fn audit_json(a: &jobs::Audit) -> Value {
         "commits": a.commits.iter().map(|(who, c)| json!({ "auditor": to_ss58(who), "commitment": c })).collect::<Vec<_>>(),
         "findings": a.reveals.iter().map(|(who, f)| json!({ "auditor": to_ss58(who), "finding": finding_json(f) })).collect::<Vec<_>>(),
         "outcome": outcome,
+        "probeSeed": a.probe,
+        "unconfirmed": a.unconfirmed.iter().map(to_ss58).collect::<Vec<_>>(),
     })
 }
 

@@ -14,12 +14,12 @@
 use crate::chain::submit_and_wait;
 use crate::model::Described;
 use crate::TARGET;
-use bitorch_commitment::{chain_of, leaf_hash, Reexecute, Tolerance};
+use bitorch_commitment::{chain_of, leaf_hash, probe, Tolerance};
 use bitorch_compute::{protocol, OpeningRequest, StageRequest, StageResponse, TraceOpening};
 use bitorch_inference::Stage;
 use bitorch_network::{Handle as NetHandle, PeerId};
 use bitorch_primitives::{keys::account_of, AccountId, Pair, H256};
-use bitorch_runtime::jobs::{self, Audit, ClaimRecord, Finding, JobId};
+use bitorch_runtime::jobs::{self, Audit, ClaimRecord, Finding, JobId, Probe, PROBE_VALUES};
 use bitorch_runtime::Call;
 use bitorch_service::Handle;
 use std::collections::{HashMap, HashSet};
@@ -52,8 +52,29 @@ pub struct Auditor {
     pub model: H256,
     /// The model's file, to load the layers a claim ran.
     pub described: Arc<Described>,
-    /// For the adversarial tests only: reveal the opposite of what re-execution found.
-    pub lie: bool,
+    /// For the adversarial tests only: audit dishonestly this way.
+    pub pretend: Option<Pretend>,
+}
+
+/// How an auditor built for the adversarial tests misbehaves (`--unsafe-auditor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pretend {
+    /// Re-executes, then reveals the opposite of what it found.
+    Lie,
+    /// Checks the opening against the voucher but does not re-execute: finds "passed", with
+    /// the worker's outputs as its own and the best guess of the probe it can make without
+    /// running the layers (the worker's last output, permuted like the probe input).
+    Lazy,
+}
+
+/// What examining a claim gave.
+enum Examined {
+    /// A finding to commit to.
+    Found(Finding),
+    /// The worker gave no opening (yet).
+    NoAnswer,
+    /// This node cannot judge the claim (it could not load the layers): it commits nothing.
+    Abstain,
 }
 
 impl Auditor {
@@ -97,17 +118,28 @@ pub async fn run_auditor(a: Auditor, cancel: tokio_util::sync::CancellationToken
                 None if next < audit.commit_by => {
                     let found = examine(&a, &mut stages, job, index, claim, audit).await;
                     let mut finding = match found {
-                        Some(f) => f,
-                        None if next.saturating_add(LAST_CHANCE) < audit.commit_by => {
+                        Examined::Found(f) => f,
+                        Examined::NoAnswer
+                            if next.saturating_add(LAST_CHANCE) < audit.commit_by =>
+                        {
                             tracing::info!(target: TARGET, job, claim = index, "no opening yet; asking again");
                             continue;
                         }
-                        None => Finding::NoOpening,
+                        Examined::NoAnswer => Finding::NoOpening,
+                        Examined::Abstain => {
+                            done.insert((job, index));
+                            continue;
+                        }
                     };
-                    if a.lie {
+                    if a.pretend == Some(Pretend::Lie) {
                         finding = match finding {
-                            Finding::Passed { outputs } => Finding::Failed { outputs },
-                            _ => Finding::Passed { outputs: H256::zero() },
+                            Finding::Passed { outputs, probe } => {
+                                Finding::Failed { outputs, probe: Some(probe) }
+                            }
+                            other => Finding::Passed {
+                                outputs: H256::zero(),
+                                probe: other.probe().cloned().unwrap_or(Probe([0; PROBE_VALUES])),
+                            },
                         };
                     }
                     let salt: [u8; 32] = rand::random();
@@ -173,8 +205,7 @@ async fn fetch(a: &Auditor, job: JobId, index: u32, worker: &AccountId) -> Optio
     }
 }
 
-/// What this auditor finds about claim `index` of `job`; `None` when the worker gave no
-/// opening (yet).
+/// What this auditor finds about claim `index` of `job` (see [`Examined`]).
 async fn examine(
     a: &Auditor,
     stages: &mut HashMap<(u32, u32), Arc<Stage>>,
@@ -182,18 +213,20 @@ async fn examine(
     index: u32,
     claim: &ClaimRecord,
     audit: &Audit,
-) -> Option<Finding> {
+) -> Examined {
     let v = &claim.voucher;
-    let o = fetch(a, job, index, &v.worker).await?;
-    let wrong = Finding::Failed { outputs: H256::zero() };
+    let Some(o) = fetch(a, job, index, &v.worker).await else { return Examined::NoAnswer };
+    let wrong = Examined::Found(Finding::Failed { outputs: H256::zero(), probe: None });
     let n = audit.last as usize + 1;
     let width = o.inputs.cols() as usize;
     if o.inputs.rows() as usize != n
+        || o.outputs.rows() as usize != n
+        || o.outputs.cols() as usize != width
         || o.hashes_after.len() + n != v.positions as usize
         || width == 0
     {
         tracing::info!(target: TARGET, job, claim = index, "the opening does not cover the claim");
-        return Some(wrong);
+        return wrong;
     }
     let (ins, outs) = (o.inputs.to_vec(), o.outputs.to_vec());
     let rows =
@@ -204,7 +237,16 @@ async fn examine(
     hashes.extend(o.hashes_after.iter().map(|h| h.0));
     if chain_of(&hashes) != v.trace.0 {
         tracing::info!(target: TARGET, job, claim = index, "the opening is not what the voucher signed");
-        return Some(wrong);
+        return wrong;
+    }
+    let seed = audit.probe.0;
+    if a.pretend == Some(Pretend::Lazy) {
+        let probe_in = probe::input(&seed, &ins[n - 1]);
+        let guess = probe::input(&seed, &outs[n - 1]);
+        return Examined::Found(Finding::Passed {
+            outputs: hash_rows(&outs),
+            probe: Probe(probe::sketch(&seed, &probe_in, &guess)),
+        });
     }
     let layers = v.layers;
     let stage = match stages.get(&layers) {
@@ -221,28 +263,39 @@ async fn examine(
                 other => {
                     // This node cannot judge: it abstains rather than accuse.
                     tracing::warn!(target: TARGET, ?layers, ok = other.is_ok(), "cannot load the layers to audit");
-                    return Some(Finding::Passed { outputs: H256::zero() });
+                    return Examined::Abstain;
                 }
             }
         }
     };
     let inputs = ins.clone();
-    let recomputed = match tokio::task::spawn_blocking(move || stage.reexecute(&inputs)).await {
-        Ok(Ok(r)) if r.len() == n => r,
-        _ => return Some(wrong),
+    // The probe goes after the opened prefix when the context has room for one more position.
+    let room = n < stage.config().context_length;
+    let run = move || probe::reexecute(stage.as_ref(), &inputs, &seed, room);
+    let (recomputed, sketch) = match tokio::task::spawn_blocking(run).await {
+        Ok(Ok((r, p))) if r.len() == n => (r, p),
+        _ => return wrong,
     };
-    let mut bytes = Vec::with_capacity(n * width * 4);
-    for x in recomputed.iter().flatten() {
+    let outputs = hash_rows(&recomputed);
+    let probe = Probe(sketch);
+    let tolerance = Tolerance::default();
+    Examined::Found(
+        match outs.iter().zip(&recomputed).position(|(c, r)| !tolerance.accepts(c, r)) {
+            None => Finding::Passed { outputs, probe },
+            Some(p) => {
+                tracing::info!(target: TARGET, job, claim = index, position = p,
+                error = Tolerance::relative_error(&outs[p], &recomputed[p]), "outputs differ");
+                Finding::Failed { outputs, probe: Some(probe) }
+            }
+        },
+    )
+}
+
+/// blake2-256 of rows of floats, little-endian.
+fn hash_rows(rows: &[Vec<f32>]) -> H256 {
+    let mut bytes = Vec::with_capacity(rows.iter().map(Vec::len).sum::<usize>() * 4);
+    for x in rows.iter().flatten() {
         bytes.extend_from_slice(&x.to_le_bytes());
     }
-    let outputs = bitorch_primitives::blake2_256(&bytes);
-    let tolerance = Tolerance::default();
-    Some(match outs.iter().zip(&recomputed).position(|(c, r)| !tolerance.accepts(c, r)) {
-        None => Finding::Passed { outputs },
-        Some(p) => {
-            tracing::info!(target: TARGET, job, claim = index, position = p,
-                error = Tolerance::relative_error(&outs[p], &recomputed[p]), "outputs differ");
-            Finding::Failed { outputs }
-        }
-    })
+    bitorch_primitives::blake2_256(&bytes)
 }

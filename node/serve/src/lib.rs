@@ -38,7 +38,7 @@ pub mod model;
 pub mod traces;
 pub mod worker;
 
-pub use auditor::{run_auditor, Auditor};
+pub use auditor::{run_auditor, Auditor, Pretend};
 pub use chain::{register, submit_and_wait};
 pub use error::{Error, Result};
 pub use gateway::{GatewayBackend, GatewayOptions, NodeTransport, Payer, Peer};

@@ -24,8 +24,9 @@
 //! verdict. At the end of the reveal window the audit is resolved: auditors holding two thirds
 //! of the assigned weight finding it failed (wrong outputs, or no opening served) slash the
 //! worker and void the claim; two thirds finding it passed confirm it; anything else is
-//! inconclusive and the claim is paid. The auditors on the side of the outcome share the
-//! claim's audit fee (`audit_fee_percent` of its amount, reserved from the escrow with the
+//! inconclusive and the claim is paid. A finding carries a [`Probe`], what only re-executing
+//! yields; one that no other auditor's probe matches does not count. The auditors on the side
+//! of the outcome (with a counted finding) share the claim's audit fee (`audit_fee_percent` of its amount, reserved from the escrow with the
 //! claim); the others, and those who did not reveal, get nothing. A job settles only once its
 //! audits are resolved.
 //!
@@ -125,6 +126,28 @@ impl Default for Params {
     }
 }
 
+/// How many values a [`Probe`] holds.
+pub const PROBE_VALUES: usize = 8;
+
+/// What re-execution alone yields, so a verdict cannot be given without it: the auditor runs the
+/// claim's layers once more on an input the chain chose when it selected the audit (the opened
+/// input of the last audited position with its values permuted by [`Audit::probe`], appended
+/// after the opened prefix; nobody computed it before) and reports what the layers added to it
+/// (output − input) at [`PROBE_VALUES`] coordinates the same seed picks, in units of 1/1024
+/// (`bitorch_commitment::probe`). Auditors commit to it with their finding; at resolution a
+/// probe that no other auditor's matches ([`probes_agree`]) voids its finding.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Probe(pub [i32; PROBE_VALUES]);
+
+/// Two probes agree when every value is within 2% of the larger, or 16 units (1/64).
+pub fn probes_agree(a: &Probe, b: &Probe) -> bool {
+    a.0.iter().zip(&b.0).all(|(&x, &y)| {
+        let (x, y) = (i64::from(x), i64::from(y));
+        let diff = (x - y).abs();
+        diff <= 16 || diff * 50 <= x.abs().max(y.abs())
+    })
+}
+
 /// What an assigned auditor found.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Finding {
@@ -134,12 +157,16 @@ pub enum Finding {
     Passed {
         /// blake2-256 of the recomputed outputs of the opened positions.
         outputs: H256,
+        /// The audit's [`Probe`].
+        probe: Probe,
     },
     /// The opening did not match the trace hash, or re-execution gave other outputs.
     #[codec(index = 1)]
     Failed {
         /// blake2-256 of the recomputed outputs (zero when the opening itself was wrong).
         outputs: H256,
+        /// The audit's [`Probe`], when the opening could be re-executed.
+        probe: Option<Probe>,
     },
     /// The worker did not serve the opening in time.
     #[codec(index = 2)]
@@ -150,6 +177,15 @@ impl Finding {
     /// Whether it finds against the worker.
     pub fn against(&self) -> bool {
         !matches!(self, Finding::Passed { .. })
+    }
+
+    /// The probe it carries, if it re-executed.
+    pub fn probe(&self) -> Option<&Probe> {
+        match self {
+            Finding::Passed { probe, .. } => Some(probe),
+            Finding::Failed { probe, .. } => probe.as_ref(),
+            Finding::NoOpening => None,
+        }
     }
 }
 
@@ -193,6 +229,12 @@ pub struct Audit {
     pub reveals: Vec<(AccountId, Finding)>,
     /// The outcome, once resolved.
     pub outcome: Option<Outcome>,
+    /// The seed of the audit's [`Probe`], drawn with the audit.
+    pub probe: H256,
+    /// Set at resolution: the auditors whose probe no other auditor's matched (they did not
+    /// re-execute, or not the claim's layers); their findings did not count, and they share
+    /// no fee.
+    pub unconfirmed: Vec<AccountId>,
 }
 
 /// What an auditor commits to: `blake2_256((b"bitorch/verdict/1", job, claim_index, auditor,
@@ -861,6 +903,8 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
             commits: Vec::new(),
             reveals: Vec::new(),
             outcome,
+            probe: bitorch_primitives::blake2_256(&(b"bitorch/probe/1", seed).encode()),
+            unconfirmed: Vec::new(),
         };
         if let Some(record) = job.claims.get_mut(i) {
             record.audit = Some(audit);
@@ -889,14 +933,28 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         if audit.outcome.is_some() {
             return Ok(());
         }
+        // A finding with a probe counts only when another auditor's probe matches it.
+        audit.unconfirmed = audit
+            .reveals
+            .iter()
+            .filter(|(a, f)| {
+                f.probe().is_some_and(|p| {
+                    !audit
+                        .reveals
+                        .iter()
+                        .any(|(b, g)| b != a && g.probe().is_some_and(|q| probes_agree(p, q)))
+                })
+            })
+            .map(|(a, _)| a.clone())
+            .collect();
         let weight = |who: &AccountId| {
             audit.auditors.iter().find(|(a, _)| a == who).map_or(0, |(_, w)| u128::from(*w))
         };
         let total: u128 = audit.auditors.iter().map(|(_, w)| u128::from(*w)).sum();
-        let against: u128 =
-            audit.reveals.iter().filter(|(_, f)| f.against()).map(|(a, _)| weight(a)).sum();
-        let passed: u128 =
-            audit.reveals.iter().filter(|(_, f)| !f.against()).map(|(a, _)| weight(a)).sum();
+        let counted = audit.reveals.iter().filter(|(a, _)| !audit.unconfirmed.contains(a));
+        let (against, passed): (Vec<_>, Vec<_>) = counted.partition(|(_, f)| f.against());
+        let against: u128 = against.iter().map(|(a, _)| weight(a)).sum();
+        let passed: u128 = passed.iter().map(|(a, _)| weight(a)).sum();
         let outcome = if total > 0 && against.saturating_mul(3) >= total.saturating_mul(2) {
             let percent = Self::params(s)?.audit_slash_percent;
             Outcome::Failed { slashed: W::slash_percent(s, &worker, percent, ctx)? }
@@ -1031,15 +1089,17 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
                 paid = paid.checked_add(amount).ok_or(Error::Overflow)?;
             }
             let Some(audit) = &record.audit else { continue };
-            let winners: Vec<&AccountId> = match outcome {
-                Some(Outcome::Passed) => {
-                    audit.reveals.iter().filter(|(_, f)| !f.against()).map(|(a, _)| a).collect()
-                }
-                Some(Outcome::Failed { .. }) => {
-                    audit.reveals.iter().filter(|(_, f)| f.against()).map(|(a, _)| a).collect()
-                }
-                _ => Vec::new(),
+            let side = match outcome {
+                Some(Outcome::Passed) => Some(false),
+                Some(Outcome::Failed { .. }) => Some(true),
+                _ => None,
             };
+            let winners: Vec<&AccountId> = audit
+                .reveals
+                .iter()
+                .filter(|(a, f)| Some(f.against()) == side && !audit.unconfirmed.contains(a))
+                .map(|(a, _)| a)
+                .collect();
             let n = Balance::try_from(winners.len()).map_err(|_| Error::Overflow)?;
             if n == 0 {
                 continue;

@@ -394,12 +394,79 @@ impl Env {
     }
 }
 
+/// The probe every honest auditor of these tests reports.
+const PROBE: Probe = Probe([1_000, -2_000, 5, 0, 77, 123_456, -9, 42]);
+
 fn passed() -> Finding {
-    Finding::Passed { outputs: H256::repeat_byte(1) }
+    Finding::Passed { outputs: H256::repeat_byte(1), probe: PROBE }
 }
 
 fn failed() -> Finding {
-    Finding::Failed { outputs: H256::repeat_byte(2) }
+    Finding::Failed { outputs: H256::repeat_byte(2), probe: Some(PROBE) }
+}
+
+/// "Passed" from an auditor that did not re-execute: its guess of the probe is off.
+fn lazy() -> Finding {
+    let mut guess = PROBE;
+    guess.0[5] = 118_000; // 4.4% off
+    Finding::Passed { outputs: H256::repeat_byte(1), probe: guess }
+}
+
+#[test]
+fn probes_agree_within_two_percent_or_sixteen_units() {
+    let with = |i: usize, v: i32| {
+        let mut p = PROBE;
+        p.0[i] = v;
+        p
+    };
+    assert!(probes_agree(&PROBE, &PROBE));
+    assert!(probes_agree(&PROBE, &with(5, 123_456 - 2_469)), "2% of the larger");
+    assert!(!probes_agree(&PROBE, &with(5, 123_456 - 2_500)));
+    assert!(probes_agree(&PROBE, &with(3, 16)) && probes_agree(&PROBE, &with(3, -16)));
+    assert!(!probes_agree(&PROBE, &with(3, 17)));
+    assert!(!probes_agree(&PROBE, &with(1, 2_000)), "the sign matters");
+    assert!(probes_agree(&Probe([i32::MIN; 8]), &Probe([i32::MIN; 8])));
+    assert!(!probes_agree(&Probe([i32::MIN; 8]), &Probe([i32::MAX; 8])));
+}
+
+#[test]
+fn a_lazy_auditors_finding_does_not_count_and_earns_nothing() {
+    let mut e = weighted_with(Params { audit_fee_percent: 10, ..jobs_params() });
+    let id = e.open(CLIENT, 20, 3); // 20 tokens × 4 layers × 3: an escrow of 240
+    e.claim(0, id, (0, 2), 10); // 60 + 6: honest
+    e.claim(1, id, (2, 4), 10); // 60 + 6: a cheater
+    e.advance_to(2);
+    // VALIDATOR2 (weight 2 of 6) never re-executes: it says "passed" with a guessed probe.
+    let claim0 = [(VALIDATOR, passed()), (VALIDATOR2, lazy()), (VALIDATOR3, passed())];
+    let claim1 = [(VALIDATOR, failed()), (VALIDATOR2, lazy()), (VALIDATOR3, failed())];
+    for (i, findings) in [(0, &claim0), (1, &claim1)] {
+        for (a, f) in findings {
+            e.commit(*a, id, i, f).unwrap();
+        }
+    }
+    e.advance_to(4);
+    for (i, findings) in [(0, &claim0), (1, &claim1)] {
+        for (a, f) in findings {
+            e.reveal(*a, id, i, f).unwrap();
+        }
+    }
+    let (w0, w1) = (e.account(&w(0)), e.account(&w(1)));
+    e.advance_to(6);
+    // Its findings did not count (4 of the 6 assigned decide each), and say so on chain.
+    for i in 0..2 {
+        assert_eq!(e.audit(id, i).unconfirmed, vec![acc(VALIDATOR2)]);
+    }
+    assert_eq!(e.audit(id, 0).outcome, Some(Outcome::Passed));
+    assert_eq!(e.audit(id, 1).outcome, Some(Outcome::Failed { slashed: 200 }));
+    assert_eq!(e.account(&w(0)), w0);
+    assert_eq!(e.account(&w(1)), (w1.0, w1.1 - 200), "20% of its stake");
+    let before = [VALIDATOR, VALIDATOR2, VALIDATOR3].map(|v| e.account(&acc(v)).0);
+    e.call(CLIENT, Call::CloseJob { job: id }).unwrap();
+    e.advance_to(12);
+    // The worker is paid; each fee of 6 goes to the two who re-executed, none to the lazy one.
+    assert_eq!(e.job(id).status, JobStatus::Settled { paid: 72, refunded: 168 });
+    let after = [VALIDATOR, VALIDATOR2, VALIDATOR3].map(|v| e.account(&acc(v)).0);
+    assert_eq!([after[0] - before[0], after[1] - before[1], after[2] - before[2]], [6, 0, 6]);
 }
 
 #[test]
@@ -964,6 +1031,8 @@ mod props {
                         commits: vec![(acc(3), H256::repeat_byte(4))],
                         reveals: vec![(acc(3), Finding::NoOpening)],
                         outcome: Some(Outcome::Failed { slashed: 9 }),
+                        probe: H256::repeat_byte(6),
+                        unconfirmed: vec![acc(4)],
                     }),
                     paid,
                 }],
