@@ -322,6 +322,67 @@ fn a_killed_worker_mid_generation_is_replaced_and_the_answer_is_the_same() {
 }
 
 #[test]
+fn a_client_that_vanishes_mid_generation_still_pays_what_it_acknowledged() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    // Short jobs (20 blocks) and claim windows (10 blocks): a session left open by a vanished
+    // client would idle longer (60 s) than its job takes to stop accepting claims.
+    let (mut nodes, api, _) =
+        start_workers_with(dir.path(), &["0..10", "10..30", "0..10", ""], &[], |spec| {
+            spec["genesis"]["jobs"]["jobTimeout"] = json!(20);
+            spec["genesis"]["jobs"]["challengeWindow"] = json!(10);
+        });
+    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
+    let name = models[0]["name"].as_str().unwrap().to_string();
+    let bob = address("Bob");
+    let bobs = |node: &Node| -> Vec<(Value, Value)> {
+        jobs(node)
+            .into_iter()
+            .flat_map(|j| {
+                let claims = j["claims"].as_array().unwrap().clone();
+                claims
+                    .into_iter()
+                    .filter(|c| c["worker"] == bob.as_str())
+                    .map(move |c| (j.clone(), c))
+            })
+            .collect()
+    };
+    // A first request so that every worker is found; Bob claims it when it closes.
+    complete(api, &name, PROMPTS[0], 4, &nodes);
+    wait_for("Bob's first claim", 60, &nodes, || !bobs(&nodes[0]).is_empty());
+    let first = bobs(&nodes[0])[0].1["session"].clone();
+    // The gateway (node 0, the client's node: Eve's key) is killed mid-generation: nothing
+    // closes Bob's session or signs another voucher.
+    let gen =
+        spawn_completion(api, &name, "Write a short story about a robot who learns to paint.", 150);
+    let peer = nodes[1].peer_id();
+    let before = sessions_on(&nodes[0], &peer);
+    wait_for("a session on Bob", 60, &nodes, || sessions_on(&nodes[0], &peer) > before);
+    std::thread::sleep(Duration::from_secs(2));
+    nodes[0].stop();
+    eprintln!("killed the gateway at {:.1}s", t.elapsed().as_secs_f64());
+    assert!(gen.join().is_err(), "the generation finished before the gateway was killed");
+    // Bob's node closes the session once the job stops taking work and claims what Eve
+    // acknowledged; the job settles and pays it, exactly.
+    let mut found = None;
+    wait_for("Bob's claim for the cut generation, settled", 120, &nodes[1..], || {
+        found = bobs(&nodes[1])
+            .into_iter()
+            .find(|(j, c)| c["session"] != first && j["status"].get("settled").is_some());
+        found.is_some()
+    });
+    let (job, claim) = found.unwrap();
+    eprintln!("settled at {:.1}s: {claim}", t.elapsed().as_secs_f64());
+    let positions = u128::from(claim["positions"].as_u64().unwrap());
+    assert!(positions > 10, "a few steps were acknowledged before the kill: {claim}");
+    assert!(positions < 150, "the generation (the prompt and 150 tokens) was cut: {claim}");
+    assert_eq!(amount(&claim["paid"]), 20 * positions * PRICE, "{job}");
+    let (accounts, issuance) = ledger(&nodes[1]);
+    assert_issuance_is_the_sum(&accounts, issuance);
+}
+
+#[test]
 fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refused() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();

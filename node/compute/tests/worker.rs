@@ -364,6 +364,38 @@ fn idle_sessions_are_evicted_and_their_claims_kept() {
 }
 
 #[tokio::test]
+async fn the_sessions_of_a_job_that_stopped_taking_work_are_closed_and_claimed() {
+    let mut w = Worker::new(tiny_stages()[1].clone(), key("Dave"), worker_config(4));
+    let alice = account_of(&key("Alice"));
+    let a = [7; 16];
+    w.handle_for(paid_open(a, "Alice"), Some(&alice), Instant::now());
+    w.handle(open([8; 16], (2, 4), None));
+    let t2 = traced(w.handle(fwd(a, 0, hidden(2, 64, 0.0))));
+    let step = StageRequest::Forward {
+        session: a,
+        pos: 2,
+        input: hidden(1, 64, 1.0),
+        voucher: Some(voucher(a, 2, t2, "Alice")),
+    };
+    traced(w.handle(step));
+    assert_eq!(w.paid_jobs(), vec![3], "the unpaid session names no job");
+    // The client vanished: nothing closes session a, until the node sees job 3 stop.
+    let (h, thread) = worker::spawn(w, 2).unwrap();
+    assert!(h.take_claims().await.unwrap().is_empty());
+    assert_eq!(h.close_job(4).await.unwrap(), 0, "another job: nothing closed");
+    assert_eq!(h.close_job(3).await.unwrap(), 1);
+    assert_eq!(h.paid_jobs().await.unwrap(), Vec::<u64>::new());
+    let claims = h.take_claims().await.unwrap();
+    assert_eq!(claims.len(), 1);
+    let v = &claims[0].claim;
+    assert_eq!((v.voucher.session, v.voucher.positions), (a, 2), "what was acknowledged");
+    assert!(v.verify(&alice, &GENESIS));
+    assert_eq!(h.stats().await.unwrap().sessions, 1, "the unpaid session stays");
+    drop(h);
+    thread.join().unwrap();
+}
+
+#[tokio::test]
 async fn actor_serves_requests_and_bytes() {
     let w = Worker::new(tiny_stages()[0].clone(), key("Alice"), worker_config(2));
     let (h, thread) = worker::spawn(w, 2).unwrap();

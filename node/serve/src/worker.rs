@@ -246,7 +246,8 @@ pub async fn serve_stages(
 const CLAIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Submits the worker's claims on chain until `cancel` (and once more then): every
-/// [`CLAIM_EVERY`] it takes the latest vouchers of the paid sessions closed or evicted since
+/// [`CLAIM_EVERY`] it closes the sessions of jobs that stopped taking work, takes the latest
+/// vouchers of the paid sessions closed or evicted since
 /// ([`WorkerHandle::take_claims`]) and submits them as `Claim` calls signed by the worker's
 /// `key`, waiting for their inclusion. A claim the chain refuses is logged and dropped (it
 /// would be refused again).
@@ -263,6 +264,7 @@ pub async fn submit_claims(
             _ = cancel.cancelled() => true,
             _ = tokio::time::sleep(CLAIM_EVERY) => false,
         };
+        close_stopped_jobs(&chain, &worker).await;
         let Ok(claims) = worker.take_claims().await else { break };
         let mut calls = Vec::with_capacity(claims.len());
         for ClaimedSession { claim: voucher, leaves } in claims {
@@ -294,6 +296,21 @@ pub async fn submit_claims(
         }
         if stopping {
             break;
+        }
+    }
+}
+
+/// Closes the open sessions of jobs that stopped taking work (closed by their client, past
+/// their deadline, or gone), so that what was acknowledged is claimed now, inside the job's
+/// claim window, rather than when the session would be evicted as idle: a client that vanished
+/// mid-generation never closes its sessions, and the idle timeout may outlast the window.
+async fn close_stopped_jobs(chain: &Handle, worker: &WorkerHandle) {
+    let Ok(paid) = worker.paid_jobs().await else { return };
+    for job in paid {
+        // A query that fails closes nothing.
+        let status = chain.job(job).await.map(|j| j.map(|j| j.status));
+        if matches!(status, Ok(s) if s != Some(jobs::JobStatus::Open)) {
+            let _ = worker.close_job(job).await;
         }
     }
 }

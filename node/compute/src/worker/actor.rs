@@ -8,7 +8,7 @@ use crate::{
     error::WorkerStopped,
     protocol::{StageRequest, StageResponse},
 };
-use bitorch_primitives::AccountId;
+use bitorch_primitives::{receipt::JobId, AccountId};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,6 +16,8 @@ enum Message {
     Call(StageRequest, Option<AccountId>, oneshot::Sender<StageResponse>),
     CallBytes(Vec<u8>, oneshot::Sender<Vec<u8>>),
     TakeClaims(oneshot::Sender<Vec<ClaimedSession>>),
+    PaidJobs(oneshot::Sender<Vec<JobId>>),
+    CloseJob(JobId, oneshot::Sender<usize>),
     Stats(oneshot::Sender<WorkerStats>),
 }
 
@@ -51,6 +53,12 @@ pub fn spawn(
                     }
                     Message::TakeClaims(reply) => {
                         let _ = reply.send(worker.take_claims());
+                    }
+                    Message::PaidJobs(reply) => {
+                        let _ = reply.send(worker.paid_jobs());
+                    }
+                    Message::CloseJob(job, reply) => {
+                        let _ = reply.send(worker.close_job(job));
                     }
                     Message::Stats(reply) => {
                         let _ = reply.send(worker.stats());
@@ -100,6 +108,16 @@ impl WorkerHandle {
     /// Takes the claims of paid sessions closed or evicted ([`Worker::take_claims`]).
     pub async fn take_claims(&self) -> Result<Vec<ClaimedSession>, WorkerStopped> {
         self.ask(Message::TakeClaims).await
+    }
+
+    /// The jobs of its open paid sessions ([`Worker::paid_jobs`]).
+    pub async fn paid_jobs(&self) -> Result<Vec<JobId>, WorkerStopped> {
+        self.ask(Message::PaidJobs).await
+    }
+
+    /// Closes the open sessions of `job` ([`Worker::close_job`]).
+    pub async fn close_job(&self, job: JobId) -> Result<usize, WorkerStopped> {
+        self.ask(|tx| Message::CloseJob(job, tx)).await
     }
 
     /// Its load and measured speed ([`Worker::stats`]).

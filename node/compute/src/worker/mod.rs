@@ -418,6 +418,34 @@ impl Worker {
         idle.len()
     }
 
+    /// The jobs that open paid sessions are for.
+    pub fn paid_jobs(&self) -> Vec<JobId> {
+        let mut jobs: Vec<JobId> =
+            self.sessions.values().filter_map(|s| s.paid.as_ref().map(|p| p.job)).collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        jobs
+    }
+
+    /// Closes every open session of `job` (its client vanished, or the job stopped taking
+    /// work: what was acknowledged must be claimed within the job's claim window); their
+    /// claims are kept for [`Worker::take_claims`]. Returns how many were closed.
+    pub fn close_job(&mut self, job: JobId) -> usize {
+        let of_job: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.paid.as_ref().is_some_and(|p| p.job == job))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &of_job {
+            if let Some(s) = self.sessions.remove(id) {
+                tracing::info!(target: TARGET, job, positions = s.cache.len(), "closed a session of a job that stopped taking work");
+                self.close(s);
+            }
+        }
+        of_job.len()
+    }
+
     /// Takes the claims of paid sessions closed or evicted since the last call: the latest
     /// voucher of each, to submit on chain, with the leaves it covers.
     pub fn take_claims(&mut self) -> Vec<ClaimedSession> {
