@@ -6,6 +6,7 @@
 # 10% base audit rate, and the trace bytes kept per position; then, for each direction, how
 # many audits' probes from a 1-thread and a 2-thread auditor agree by the chain's rule (an
 # honest auditor whose probe matched no other's would lose its verdict: must be all).
+# A last row audits N/10 longer sessions (126 positions) at 2 threads.
 # Usage: scripts/bench-audits.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,12 @@ for pair in "1 2" "2 1"; do
   printf '%-28s %7s %8s %10s %10s %9s %14s %12s\n' "worker $gen thr, auditor $ver" "$audits" "$accused" "$exact" "$secs" "$gen_secs" "$share" "$per"
   RAYON_NUM_THREADS="$gen" "$BIN" verify "$WORK/$gen" "$WORK/probes-$gen-$gen" >/dev/null
 done
+# Longer sessions (a 6-token prompt and 120 tokens, as a chat answer): the audit's one batched
+# pass against the generation's 121 steps.
+LONG=$(( (N + 9) / 10 ))
+RAYON_NUM_THREADS=2 "$BIN" generate "$WORK/long" "$LONG" 120
+read -r audits accused exact secs gen_secs share per <<<"$(RAYON_NUM_THREADS=2 "$BIN" verify "$WORK/long" "$WORK/probes-long")"
+printf '%-28s %7s %8s %10s %10s %9s %14s %12s\n' "126 positions, 2 thr" "$audits" "$accused" "$exact" "$secs" "$gen_secs" "$share" "$per"
 printf '\n%-28s %7s %14s %10s\n' "probes, auditor 1 vs 2 thr" audits agreeing identical
 for gen in 1 2; do
   other=$((3 - gen))

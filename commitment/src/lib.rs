@@ -17,6 +17,7 @@
 //! This crate does no I/O and has no model dependency, so the jobs pallet can use it too.
 
 pub mod error;
+pub mod file;
 pub mod leaf;
 pub mod probe;
 pub mod tree;

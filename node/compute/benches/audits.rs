@@ -1,11 +1,12 @@
 //! Audits of honest work, across thread counts: does re-execution ever accuse an honest worker,
 //! and what does it cost against the work it audits?
 //!
-//! `audits generate DIR N`: a worker serving layers 0..10 of the real test model (weights as the
-//! node loads them) runs N sessions (a 6-token prompt, then 6 one-token steps, tokens drawn from
-//! a seeded generator) and keeps each session's leaves in DIR, with the generation time.
+//! `audits generate DIR N [STEPS]`: a worker serving layers 0..10 of the real test model (weights
+//! as the node loads them) runs N sessions (a 6-token prompt, then STEPS one-token steps, 6 by
+//! default, tokens drawn from a seeded generator) and keeps each session's leaves in DIR, with the generation time.
 //! `audits verify DIR PROBES`: an auditor re-executes, for each session, the prefix `0..=last`
-//! (`last` and the probe's seed drawn from a seeded generator, as the chain draws them) in one
+//! (`last` and the probe's seed drawn from a seeded generator as the chain draws them: the whole
+//! claim half the time, a uniform prefix else) in one
 //! batched pass with the audit's probe appended (`bitorch_commitment::probe::reexecute`, as the
 //! node's auditor does) and compares it with the committed outputs within the commitment
 //! tolerance. Prints the audits, the false accusations, how many were bit-exact, the auditor's
@@ -29,6 +30,7 @@ use std::time::Instant;
 
 const LAYERS: std::ops::Range<usize> = 0..10;
 const PROMPT: u32 = 6;
+/// One-token steps after the prompt, unless `generate` is given another number.
 const STEPS: u32 = 6;
 
 fn stage() -> Stage {
@@ -68,7 +70,7 @@ fn read(path: &Path) -> Vec<Leaf> {
         .collect()
 }
 
-fn generate(dir: &Path, n: usize) {
+fn generate(dir: &Path, n: usize, steps: u32) {
     std::fs::create_dir_all(dir).unwrap();
     let mut w = Worker::new(
         stage(),
@@ -91,7 +93,7 @@ fn generate(dir: &Path, n: usize) {
             input: Activation::Tokens(prompt),
             voucher: None,
         };
-        for step in 0..=STEPS {
+        for step in 0..=steps {
             assert!(matches!(w.handle(req), StageResponse::Output { .. }), "step {step}");
             let tok = rng.gen_range(1..40_000);
             req = StageRequest::Forward {
@@ -126,7 +128,9 @@ fn verify(dir: &Path, probes_out: &Path) {
     let mut i = 0;
     while dir.join(format!("{i}.trace")).exists() {
         let leaves = read(&dir.join(format!("{i}.trace")));
-        let last = rng.gen_range(0..leaves.len());
+        // As the chain draws it: the whole claim for half the audits, a uniform prefix else.
+        let last =
+            if rng.gen::<bool>() { leaves.len() - 1 } else { rng.gen_range(0..leaves.len()) };
         let inputs: Vec<Vec<f32>> = leaves[..=last].iter().map(|l| l.input.clone()).collect();
         let seed: [u8; 32] = rng.gen();
         let t = Instant::now();
@@ -180,11 +184,14 @@ fn main() {
     let args: Vec<&str> =
         args.iter().skip(1).map(String::as_str).filter(|a| *a != "--bench").collect();
     match args.as_slice() {
-        ["generate", dir, n] => generate(Path::new(dir), n.parse().unwrap()),
+        ["generate", dir, n] => generate(Path::new(dir), n.parse().unwrap(), STEPS),
+        ["generate", dir, n, steps] => {
+            generate(Path::new(dir), n.parse().unwrap(), steps.parse().unwrap())
+        }
         ["verify", dir, probes] => verify(Path::new(dir), Path::new(probes)),
         ["agree", a, b] => agree(Path::new(a), Path::new(b)),
         _ => eprintln!(
-            "usage: audits generate DIR N | audits verify DIR PROBES | audits agree A B \
+            "usage: audits generate DIR N [STEPS] | audits verify DIR PROBES | audits agree A B \
              (see scripts/bench-audits.sh)"
         ),
     }

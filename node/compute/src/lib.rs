@@ -43,7 +43,8 @@ pub use gateway::{
 };
 pub use protocol::{
     Activation, Closure, Floats, Limits, ModelId, OpeningRequest, SessionAuth, SessionId,
-    StageError, StageInfo, StageRequest, StageResponse, TraceOpening, PROTOCOL_NAME,
+    StageError, StageInfo, StageRequest, StageResponse, TraceOpening, OPENING_PAGE_BYTES,
+    PROTOCOL_NAME,
 };
 pub use route::{plan_route, plan_route_with, Bans, CostModel, Route, WorkerInfo};
 #[cfg(feature = "engine")]

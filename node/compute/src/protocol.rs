@@ -31,7 +31,7 @@ use parity_scale_codec::{Decode, DecodeLimit, Encode, Error as CodecError, Input
 pub const PROTOCOL_NAME: &str = "/bitorch/stage/1";
 
 /// The version byte every message starts with.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 
 /// Deepest nesting the decoder follows. Our messages nest four levels at most; the limit only
 /// stops a hostile message from recursing through a future recursive type.
@@ -240,51 +240,66 @@ pub struct OpeningRequest {
     pub claim_index: u32,
     /// The auditor (one the chain assigned to the claim).
     pub auditor: AccountId,
+    /// The first position wanted: an opening comes in pages of at most
+    /// [`OPENING_PAGE_BYTES`] of rows, and the auditor asks for the next from where the last
+    /// ended.
+    pub from: u32,
     /// The auditor's signature over [`OpeningRequest::signing_payload`].
     pub signature: Signature,
 }
 
+/// Most bytes of rows (inputs and outputs, with the leaf hashes of the first page) one page of
+/// an opening carries: well under the network's 8 MiB response limit, whatever the model's
+/// width or the claim's length.
+pub const OPENING_PAGE_BYTES: usize = 4 << 20;
+
 impl OpeningRequest {
-    /// What the auditor signs: `(b"bitorch/opening/1", genesis, job, claim_index, auditor)`.
+    /// What the auditor signs: `(b"bitorch/opening/2", genesis, job, claim_index, auditor,
+    /// from)`.
     pub fn signing_payload(
         genesis: &H256,
         job: JobId,
         claim_index: u32,
         auditor: &AccountId,
+        from: u32,
     ) -> Vec<u8> {
-        (b"bitorch/opening/1", genesis, job, claim_index, auditor).encode()
+        (b"bitorch/opening/2", genesis, job, claim_index, auditor, from).encode()
     }
 
-    /// A request signed by `auditor`.
+    /// A request for the page starting at position `from`, signed by `auditor`.
     pub fn sign(
         auditor: &bitorch_primitives::Pair,
         genesis: &H256,
         job: JobId,
         claim_index: u32,
+        from: u32,
     ) -> Self {
         let account = bitorch_primitives::keys::account_of(auditor);
-        let payload = Self::signing_payload(genesis, job, claim_index, &account);
+        let payload = Self::signing_payload(genesis, job, claim_index, &account, from);
         let signature = bitorch_primitives::keys::sign(auditor, &payload);
-        Self { job, claim_index, auditor: account, signature }
+        Self { job, claim_index, auditor: account, from, signature }
     }
 
     /// Whether the signature is the auditor's, on the chain `genesis`.
     pub fn verify(&self, genesis: &H256) -> bool {
-        let payload = Self::signing_payload(genesis, self.job, self.claim_index, &self.auditor);
+        let payload =
+            Self::signing_payload(genesis, self.job, self.claim_index, &self.auditor, self.from);
         bitorch_primitives::keys::verify(&self.signature, &payload, &self.auditor)
     }
 }
 
-/// A worker's opening of a claimed session for its audit: the committed inputs and outputs of
-/// positions `0..=last` (each a row), and the leaf hashes of the positions after, up to the
-/// claim's; from them the auditor recomputes the voucher's trace hash and re-executes.
+/// A page of a worker's opening of a claimed session for its audit: the committed inputs and
+/// outputs of positions `from..` (each a row; the request's `from`), up to `last` or as many as
+/// fit in [`OPENING_PAGE_BYTES`], and, in the first page only, the leaf hashes of the positions
+/// after `last`, up to the claim's. From all pages the auditor recomputes the voucher's trace
+/// hash and re-executes.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct TraceOpening {
-    /// Inputs, `(last + 1) × hidden`.
+    /// Inputs, `rows × hidden`.
     pub inputs: Floats,
-    /// Outputs, `(last + 1) × hidden`.
+    /// Outputs, `rows × hidden`.
     pub outputs: Floats,
-    /// Leaf hashes of positions `last + 1..positions`.
+    /// Leaf hashes of positions `last + 1..positions` (first page), or none.
     pub hashes_after: Vec<H256>,
 }
 
@@ -573,6 +588,7 @@ mod tests {
                 job: 5,
                 claim_index: 2,
                 auditor: AccountId::new([4; 32]),
+                from: 7,
                 signature: Signature::from_raw([8; 64]),
             }),
         ];
@@ -613,10 +629,11 @@ mod tests {
     fn an_opening_request_verifies_only_as_signed() {
         let pair = bitorch_primitives::keys::pair_from_suri("//Dave").unwrap();
         let g = H256::repeat_byte(1);
-        let req = OpeningRequest::sign(&pair, &g, 3, 1);
+        let req = OpeningRequest::sign(&pair, &g, 3, 1, 0);
         assert!(req.verify(&g));
         assert!(!req.verify(&H256::repeat_byte(2)), "another chain");
         assert!(!OpeningRequest { claim_index: 2, ..req.clone() }.verify(&g), "another claim");
+        assert!(!OpeningRequest { from: 1, ..req.clone() }.verify(&g), "another page");
         let other = bitorch_primitives::keys::account_of(
             &bitorch_primitives::keys::pair_from_suri("//Eve").unwrap(),
         );

@@ -3,7 +3,7 @@
 //! Every block it looks through the audits still open on chain ([`bitorch_service::Handle::open_audits`])
 //! for those the chain assigned to this validator, on the model this node has. For each, before
 //! the commit window ends, it asks the claim's worker (found by its account in the DHT) for the
-//! opening ([`OpeningRequest`], signed by the validator), checks that the leaf hashes it opens
+//! opening, page by page ([`OpeningRequest`], signed by the validator), checks that the leaf hashes it opens
 //! rebuild the voucher's trace hash for exactly the claimed positions, re-executes the claim's
 //! layers on the opened inputs in one batched pass ([`bitorch_commitment::Reexecute`]) and
 //! compares the outputs within [`Tolerance`]: that is its finding (no opening in time counts
@@ -191,18 +191,48 @@ async fn peer_of(net: &NetHandle, model: H256, worker: &AccountId) -> Option<Pee
     found.into_iter().find(|(_, a)| AccountId::new(a.account) == *worker).map(|(p, _)| p)
 }
 
-/// Asks the claim's worker for its opening; `None` when it cannot be reached or refuses.
-async fn fetch(a: &Auditor, job: JobId, index: u32, worker: &AccountId) -> Option<TraceOpening> {
+/// Asks the claim's worker for its opening of positions `0..=last`, page by page (each request
+/// starts where the last page ended); `None` when it cannot be reached, refuses, or sends a
+/// page that does not fit (no rows, more rows than asked, another width).
+async fn fetch(
+    a: &Auditor,
+    job: JobId,
+    index: u32,
+    worker: &AccountId,
+    last: u32,
+) -> Option<TraceOpening> {
     let peer = peer_of(&a.net, a.model, worker).await?;
-    let req = StageRequest::Opening(OpeningRequest::sign(&a.key, &a.genesis, job, index));
-    let bytes = a.net.stage_request(peer, protocol::encode(&req)).await.ok()?;
-    match protocol::decode_response(&bytes, &protocol::Limits::default()) {
-        Ok(StageResponse::Opening(o)) => Some(o),
-        other => {
-            tracing::info!(target: TARGET, job, claim = index, answer = ?other.map(|_| ()), "no opening");
-            None
+    let rows = last as usize + 1;
+    let (mut inputs, mut outputs, mut hashes_after) = (Vec::new(), Vec::new(), Vec::new());
+    let mut width = None;
+    let mut from = 0usize;
+    while from < rows {
+        let req = OpeningRequest::sign(&a.key, &a.genesis, job, index, from as u32);
+        let bytes =
+            a.net.stage_request(peer, protocol::encode(&StageRequest::Opening(req))).await.ok()?;
+        let page = match protocol::decode_response(&bytes, &protocol::Limits::default()) {
+            Ok(StageResponse::Opening(o)) => o,
+            other => {
+                tracing::info!(target: TARGET, job, claim = index, from, answer = ?other.map(|_| ()), "no opening");
+                return None;
+            }
+        };
+        let n = page.inputs.rows() as usize;
+        let cols = page.inputs.cols();
+        if n == 0 || from + n > rows || *width.get_or_insert(cols) != cols {
+            tracing::info!(target: TARGET, job, claim = index, from, rows = n, "a page that does not fit");
+            return None;
         }
+        if from == 0 {
+            hashes_after = page.hashes_after;
+        }
+        inputs.extend(page.inputs.to_vec());
+        outputs.extend(page.outputs.to_vec());
+        from += n;
     }
+    let width = width?;
+    let shape = |v: &[f32]| protocol::Floats::new(rows as u32, width, v);
+    Some(TraceOpening { inputs: shape(&inputs)?, outputs: shape(&outputs)?, hashes_after })
 }
 
 /// What this auditor finds about claim `index` of `job` (see [`Examined`]).
@@ -215,7 +245,9 @@ async fn examine(
     audit: &Audit,
 ) -> Examined {
     let v = &claim.voucher;
-    let Some(o) = fetch(a, job, index, &v.worker).await else { return Examined::NoAnswer };
+    let Some(o) = fetch(a, job, index, &v.worker, audit.last).await else {
+        return Examined::NoAnswer;
+    };
     let wrong = Examined::Found(Finding::Failed { outputs: H256::zero(), probe: None });
     let n = audit.last as usize + 1;
     let width = o.inputs.cols() as usize;

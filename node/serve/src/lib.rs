@@ -43,7 +43,7 @@ pub use chain::{register, submit_and_wait};
 pub use error::{Error, Result};
 pub use gateway::{GatewayBackend, GatewayOptions, NodeTransport, Payer, Peer};
 pub use model::{describe, least_served, parse_layers, Described, LayerChoice};
-pub use traces::TraceStore;
+pub use traces::{Page, TraceStore};
 pub use worker::{
     announce, choose_layers, keep_announced, serve_stages, spawn_worker, submit_claims, withdraw,
     StageWorker, UnpaidPolicy,

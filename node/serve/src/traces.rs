@@ -1,13 +1,13 @@
 //! The leaves of the sessions this worker claimed, kept on disk until their jobs settle, and
 //! the openings made from them for the auditors the chain assigns.
 //!
-//! One file per claimed session, `DIR/JOB/SESSION` (hex): the magic `BTRC1`, the number of
-//! positions and the hidden width as u32 little-endian, then per position its input and its
-//! output as f32 little-endian. A file is written to a temporary name and renamed, so a crash
+//! One file per claimed session, `DIR/JOB/SESSION` (hex), in the format of
+//! [`bitorch_commitment::file`]. A file is written to a temporary name and renamed, so a crash
 //! leaves either the whole file or none; one that does not parse is reported, never
 //! half-read. Files survive restarts; the node removes those of jobs that no longer hold
 //! escrow (settled or refunded: no audit can open them).
 
+use bitorch_commitment::file::{decode_leaves, encode_leaves};
 use bitorch_commitment::Leaf;
 use bitorch_compute::{Floats, TraceOpening};
 use bitorch_primitives::H256;
@@ -15,9 +15,21 @@ use bitorch_runtime::jobs::JobId;
 use std::io;
 use std::path::PathBuf;
 
-const MAGIC: &[u8; 5] = b"BTRC1";
 /// Largest trace file read back (a 2,048-position session of hidden size 8,192 is 128 MiB).
 const MAX_FILE_BYTES: u64 = 512 << 20;
+
+/// Which page of a claim's opening to read ([`TraceStore::opening`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// First position of the page.
+    pub from: u32,
+    /// The audit opens positions `0..=last`.
+    pub last: u32,
+    /// The claim's positions.
+    pub positions: u32,
+    /// Most bytes of rows (and hashes) in the page; at least one row is always given.
+    pub max_bytes: usize,
+}
 
 /// Where a worker keeps the leaves of its claimed sessions.
 #[derive(Debug, Clone)]
@@ -37,21 +49,11 @@ impl TraceStore {
         self.dir.join(job.to_string()).join(hex::encode(session))
     }
 
-    /// Keeps the leaves of `session` of `job` (replacing any kept before).
+    /// Keeps the leaves of `session` of `job` (replacing any kept before), in the trace file
+    /// format ([`bitorch_commitment::file`]).
     pub fn save(&self, job: JobId, session: &[u8; 16], leaves: &[Leaf]) -> io::Result<()> {
-        let width = leaves.first().map_or(0, |l| l.input.len());
-        if leaves.iter().any(|l| l.input.len() != width || l.output.len() != width) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "leaves of mixed widths"));
-        }
-        let mut bytes = Vec::with_capacity(13 + leaves.len() * width * 8);
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&(leaves.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&(width as u32).to_le_bytes());
-        for l in leaves {
-            for x in l.input.iter().chain(&l.output) {
-                bytes.extend_from_slice(&x.to_le_bytes());
-            }
-        }
+        let bytes = encode_leaves(leaves)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let path = self.path(job, session);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -65,39 +67,13 @@ impl TraceStore {
     pub fn load(&self, job: JobId, session: &[u8; 16]) -> io::Result<Vec<Leaf>> {
         let path = self.path(job, session);
         let size = std::fs::metadata(&path)?.len();
-        let bad = |what: &str| {
+        let bad = |what: &dyn std::fmt::Display| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", path.display()))
         };
         if size > MAX_FILE_BYTES {
-            return Err(bad("larger than a trace can be"));
+            return Err(bad(&"larger than a trace can be"));
         }
-        let bytes = std::fs::read(&path)?;
-        if bytes.len() < 13 || &bytes[..5] != MAGIC {
-            return Err(bad("not a trace file"));
-        }
-        let word = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
-        };
-        let (n, width) = (word(5), word(9));
-        let want =
-            n.checked_mul(width).and_then(|x| x.checked_mul(8)).and_then(|x| x.checked_add(13));
-        if want != Some(bytes.len()) {
-            return Err(bad("its length does not match its header"));
-        }
-        let floats: Vec<f32> = bytes[13..]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        Ok(floats
-            .chunks_exact((2 * width).max(1))
-            .take(n)
-            .enumerate()
-            .map(|(p, row)| Leaf {
-                position: p as u32,
-                input: row[..width].to_vec(),
-                output: row[width..].to_vec(),
-            })
-            .collect())
+        decode_leaves(&std::fs::read(&path)?).map_err(|e| bad(&e))
     }
 
     /// The opening of positions `0..=last` of the session's first `positions` leaves.
@@ -105,29 +81,38 @@ impl TraceStore {
         &self,
         job: JobId,
         session: &[u8; 16],
-        last: u32,
-        positions: u32,
+        page: Page,
     ) -> Result<TraceOpening, String> {
         let leaves = self.load(job, session).map_err(|e| format!("trace not kept: {e}"))?;
-        let (last, positions) = (last as usize, positions as usize);
-        if last >= positions || leaves.len() < positions {
+        let Page { from, last, positions, max_bytes } = page;
+        let (from, last, positions) = (from as usize, last as usize, positions as usize);
+        if last >= positions || leaves.len() < positions || from > last {
             return Err(format!(
-                "the trace has {} positions; the audit opens 0..={last} of {positions}",
+                "the trace has {} positions; the audit opens {from}..={last} of {positions}",
                 leaves.len()
             ));
         }
         let width = leaves[0].input.len();
-        let rows = (last + 1) as u32;
+        // The first page carries the hashes after `last`; the rows fill what is left.
+        let hashes_after: Vec<H256> = if from == 0 {
+            leaves[last + 1..positions].iter().map(|l| H256(l.hash())).collect()
+        } else {
+            Vec::new()
+        };
+        let room = max_bytes.saturating_sub(hashes_after.len() * 32);
+        let rows = (room / (2 * 4 * width.max(1))).clamp(1, last + 1 - from);
+        let end = from + rows;
         let flat = |f: fn(&Leaf) -> &Vec<f32>| -> Vec<f32> {
-            leaves[..=last].iter().flat_map(|l| f(l).iter().copied()).collect()
+            leaves[from..end].iter().flat_map(|l| f(l).iter().copied()).collect()
         };
         let shape = |v: Vec<f32>| {
-            Floats::new(rows, width as u32, &v).ok_or_else(|| "trace of mixed widths".to_string())
+            Floats::new(rows as u32, width as u32, &v)
+                .ok_or_else(|| "trace of mixed widths".to_string())
         };
         Ok(TraceOpening {
             inputs: shape(flat(|l| &l.input))?,
             outputs: shape(flat(|l| &l.output))?,
-            hashes_after: leaves[last + 1..positions].iter().map(|l| H256(l.hash())).collect(),
+            hashes_after,
         })
     }
 
@@ -174,14 +159,29 @@ mod tests {
         // Another store on the same folder (a restart) finds them.
         let again = TraceStore::open(dir.path().join("traces")).unwrap();
         assert_eq!(again.load(3, &[9; 16]).unwrap(), l);
-        let o = again.opening(3, &[9; 16], 2, 5).unwrap();
+        let page = |from, last, positions| Page { from, last, positions, max_bytes: 1 << 20 };
+        let o = again.opening(3, &[9; 16], page(0, 2, 5)).unwrap();
         assert_eq!((o.inputs.rows(), o.inputs.cols(), o.hashes_after.len()), (3, 4, 2));
         assert_eq!(o.outputs.to_vec()[4..8], l[1].output[..]);
         assert_eq!(o.hashes_after[1], H256(l[4].hash()));
-        // Positions past the trace, or a prefix past the claim, are refused.
-        assert!(again.opening(3, &[9; 16], 5, 5).is_err());
-        assert!(again.opening(3, &[9; 16], 1, 7).is_err());
-        assert!(again.opening(4, &[9; 16], 1, 2).unwrap_err().contains("not kept"));
+        // Positions past the trace, a prefix past the claim, or a page past it, are refused.
+        assert!(again.opening(3, &[9; 16], page(0, 5, 5)).is_err());
+        assert!(again.opening(3, &[9; 16], page(0, 1, 7)).is_err());
+        assert!(again.opening(3, &[9; 16], page(3, 2, 5)).is_err());
+        assert!(again.opening(4, &[9; 16], page(0, 1, 2)).unwrap_err().contains("not kept"));
+        // Pages: rows of 2 × 4 floats are 32 bytes. With 100 bytes, the first page holds the
+        // two hashes after position 3 (64 bytes) and one row; the next, up to three rows.
+        let small = |from| Page { from, last: 3, positions: 6, max_bytes: 100 };
+        let o = again.opening(3, &[9; 16], small(0)).unwrap();
+        assert_eq!((o.inputs.rows(), o.hashes_after.len()), (1, 2));
+        let o = again.opening(3, &[9; 16], small(1)).unwrap();
+        assert_eq!((o.inputs.rows(), o.hashes_after.len()), (3, 0));
+        assert_eq!(o.inputs.to_vec()[..4], l[1].input[..]);
+        let o = again.opening(3, &[9; 16], small(3)).unwrap();
+        assert_eq!((o.inputs.rows(), o.outputs.to_vec()), (1, l[3].output.clone()));
+        // A budget smaller than a row still gives one.
+        let tiny = Page { from: 0, last: 4, positions: 5, max_bytes: 0 };
+        assert_eq!(again.opening(3, &[9; 16], tiny).unwrap().inputs.rows(), 1);
         // A damaged file is an error, not a half trace.
         let path = again.path(3, &[9; 16]);
         let bytes = std::fs::read(&path).unwrap();

@@ -4,11 +4,11 @@ use crate::chain::submit_and_wait;
 use crate::error::{Error, Result};
 use crate::gateway::Peer;
 use crate::model::least_served;
-use crate::traces::TraceStore;
+use crate::traces::{Page, TraceStore};
 use crate::{u32_of, TARGET};
 use bitorch_compute::{
     protocol, ClaimedSession, OpeningRequest, StageError, StageRequest, StageResponse, Worker,
-    WorkerConfig, WorkerHandle, WorkerInfo, WorkerStats,
+    WorkerConfig, WorkerHandle, WorkerInfo, WorkerStats, OPENING_PAGE_BYTES,
 };
 use bitorch_inference::Stage;
 use bitorch_network::{Handle as NetHandle, PeerId, StageInbound, WorkerAnnouncement};
@@ -204,12 +204,12 @@ async fn serve_opening(worker: &StageWorker, chain: &Handle, o: &OpeningRequest)
         return refuse("the requester is not one of the claim's auditors");
     }
     let (store, v, last) = (worker.traces.clone(), claim.voucher.clone(), audit.last);
-    let opened =
-        tokio::task::spawn_blocking(move || store.opening(v.job, &v.session, last, v.positions))
-            .await;
+    let page = Page { from: o.from, last, positions: v.positions, max_bytes: OPENING_PAGE_BYTES };
+    let opened = tokio::task::spawn_blocking(move || store.opening(v.job, &v.session, page)).await;
     match opened {
         Ok(Ok(opening)) => {
-            tracing::info!(target: TARGET, job = o.job, claim = o.claim_index, last, "opened a claim");
+            tracing::info!(target: TARGET, job = o.job, claim = o.claim_index, from = o.from,
+                rows = opening.inputs.rows(), last, "opened a claim");
             StageResponse::Opening(opening)
         }
         Ok(Err(reason)) => refuse(&reason),

@@ -223,7 +223,7 @@ async fn only_paid_sessions_authorized_by_the_client_are_served() {
     // client: nobody is eligible), even with a valid signature.
     for who in ["//Alice", "//Ferdie"] {
         let pair = pair_from_suri(who).unwrap();
-        let req = OpeningRequest::sign(&pair, &s.genesis, s.job, 0);
+        let req = OpeningRequest::sign(&pair, &s.genesis, s.job, 0, 0);
         let refused = error(s.ask(stranger, protocol::encode(&StageRequest::Opening(req))).await);
         assert!(matches!(refused, StageError::NoOpening { .. }), "{refused:?}");
     }

@@ -658,6 +658,39 @@ fn the_share_of_claims_audited_is_the_promised_probability() {
 }
 
 #[test]
+fn half_the_audits_open_the_whole_claim_and_the_others_a_uniform_prefix() {
+    let mut e = weighted_with(Params { audit_percent: 100, max_claims: 1_024, ..jobs_params() });
+    let (n, positions) = (200u32, 40u32);
+    // An escrow of 4 layers × 2,200 tokens: room for the 200 claims and their audit fees.
+    let id = e.open(CLIENT, 2_200, 1);
+    for i in 0..n {
+        let mut session = [0u8; 16];
+        session[..4].copy_from_slice(&i.to_le_bytes());
+        let v = Voucher {
+            job: id,
+            session,
+            worker: w(0),
+            layers: (0, 1),
+            positions,
+            trace: H256::repeat_byte(1),
+        };
+        e.call_as(&w(0), Call::Claim { voucher: v.sign(&key(CLIENT), &genesis()) }).unwrap();
+    }
+    e.advance_to(e.now + 1);
+    let lasts: Vec<u32> = e.job(id).claims.iter().map(|c| c.audit.as_ref().unwrap().last).collect();
+    assert_eq!(lasts.len(), n as usize);
+    assert!(lasts.iter().all(|&l| l < positions));
+    // A cheat on the last position only is caught by the audits that open it: 1/2 + 1/80.
+    let whole = lasts.iter().filter(|&&l| l == positions - 1).count() as f64;
+    let p = 0.5 + 0.5 / f64::from(positions);
+    let (mean, sd) = (p * f64::from(n), (p * (1.0 - p) * f64::from(n)).sqrt());
+    eprintln!("whole claim opened by {whole} of {n} audits, expected {mean:.0} ± {sd:.1}");
+    assert!((whole - mean).abs() <= 4.0 * sd, "{whole}, expected {mean} ± {sd}");
+    // The others spread over the prefixes: both halves are drawn.
+    assert!(lasts.iter().any(|&l| l < positions / 2) && lasts.iter().any(|&l| l >= positions / 2));
+}
+
+#[test]
 fn audits_are_likelier_for_claims_large_against_the_stake() {
     // At least the base rate; enough that probability × slash covers twice the claim.
     assert_eq!(audit_ppm(10, 10, 0, 1_000), 100_000);
