@@ -5,12 +5,32 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-/// A free TCP port on loopback (the OS picks it; the test binds it right after).
+/// A free TCP port on loopback for a node to listen on, from 20000..32768: below Linux's
+/// ephemeral range (32768..61000), so that no outgoing connection (a libp2p dial, an HTTP
+/// client) can take it between this call and the node's bind, which the OS's own pick
+/// (binding port 0) allowed. Ports are handed out once per process, starting at an offset
+/// drawn from the process id and the clock (test binaries run side by side), and each is
+/// checked free by binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = || {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        (std::process::id().wrapping_mul(7_919) ^ nanos) % SPAN
+    };
+    let _ = NEXT.compare_exchange(u32::MAX, start(), Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        let port = u16::try_from(port).expect("below 32768");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32768")
 }
 
 /// A greedy chat completion request for `/v1/chat/completions`.
