@@ -11,7 +11,7 @@
 //! commits to the finding with a random salt and reveals it once the
 //! commit window is over. Nothing but the chain tells it what to audit.
 
-use crate::chain::submit_and_wait;
+use crate::chain::submit_each_and_wait;
 use crate::model::Described;
 use crate::TARGET;
 use bitorch_commitment::{chain_of, leaf_hash, probe, Tolerance};
@@ -83,7 +83,10 @@ impl Auditor {
     }
 }
 
-/// Runs the auditor until `cancel`; see the [module docs](self).
+/// Runs the auditor until `cancel`; see the [module docs](self). Each pass examines every
+/// audit due, then submits all its commitments, and all its due reveals, and waits for them
+/// together (one wait for inclusion per pass, not one per audit: with many audits open at
+/// once, waiting for each in turn missed commit windows).
 pub async fn run_auditor(a: Auditor, cancel: tokio_util::sync::CancellationToken) {
     let me = a.me();
     tracing::info!(target: TARGET, auditor = %me, "auditing the claims the chain assigns");
@@ -101,6 +104,8 @@ pub async fn run_auditor(a: Auditor, cancel: tokio_util::sync::CancellationToken
         let next = best.number.saturating_add(1);
         done.retain(|x| open.contains(x));
         committed.retain(|x, _| open.contains(x));
+        let mut commits: Vec<((JobId, u32), Committed, Call)> = Vec::new();
+        let mut reveals: Vec<((JobId, u32), Call)> = Vec::new();
         for (job, index) in open {
             if done.contains(&(job, index)) {
                 continue;
@@ -149,16 +154,7 @@ pub async fn run_auditor(a: Auditor, cancel: tokio_util::sync::CancellationToken
                         claim_index: index,
                         commitment,
                     });
-                    match submit_and_wait(&a.chain, &a.key, vec![call]).await {
-                        Ok(()) => {
-                            tracing::info!(target: TARGET, job, claim = index, ?finding, "committed a finding");
-                            committed.insert((job, index), Committed { finding, salt });
-                        }
-                        Err(e) => {
-                            tracing::warn!(target: TARGET, job, claim = index, error = %e, "commit failed");
-                            done.insert((job, index));
-                        }
-                    }
+                    commits.push(((job, index), Committed { finding, salt }, call));
                 }
                 None => {
                     // Too late to commit (this node came up, or learned of it, after the window).
@@ -171,15 +167,38 @@ pub async fn run_auditor(a: Auditor, cancel: tokio_util::sync::CancellationToken
                         finding: c.finding.clone(),
                         salt: c.salt,
                     });
-                    match submit_and_wait(&a.chain, &a.key, vec![call]).await {
-                        Ok(()) => tracing::info!(target: TARGET, job, claim = index, "revealed"),
-                        Err(e) => {
-                            tracing::warn!(target: TARGET, job, claim = index, error = %e, "reveal failed")
-                        }
-                    }
-                    done.insert((job, index));
+                    reveals.push(((job, index), call));
                 }
                 Some(_) => {}
+            }
+        }
+        if !commits.is_empty() {
+            let calls = commits.iter().map(|(_, _, call)| call.clone()).collect();
+            let outcomes = submit_each_and_wait(&a.chain, &a.key, calls).await;
+            for (((job, index), c, _), outcome) in commits.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(()) => {
+                        tracing::info!(target: TARGET, job, claim = index, finding = ?c.finding, "committed a finding");
+                        committed.insert((job, index), c);
+                    }
+                    // Examined again next pass while its window is open.
+                    Err(e) => {
+                        tracing::warn!(target: TARGET, job, claim = index, error = %e, "commit failed")
+                    }
+                }
+            }
+        }
+        if !reveals.is_empty() {
+            let calls = reveals.iter().map(|(_, call)| call.clone()).collect();
+            let outcomes = submit_each_and_wait(&a.chain, &a.key, calls).await;
+            for (((job, index), _), outcome) in reveals.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(()) => tracing::info!(target: TARGET, job, claim = index, "revealed"),
+                    Err(e) => {
+                        tracing::warn!(target: TARGET, job, claim = index, error = %e, "reveal failed")
+                    }
+                }
+                done.insert((job, index));
             }
         }
     }

@@ -20,30 +20,80 @@ const MORTALITY: u64 = 64;
 /// Signs `calls` from `key` with consecutive nonces, submits them, and waits until all are in
 /// a block.
 pub async fn submit_and_wait(chain: &Handle, key: &Pair, calls: Vec<Call>) -> Result<(), String> {
-    let mut events = chain.subscribe();
-    let mut pending: Vec<H256> =
+    let events = chain.subscribe();
+    let hashes =
         chain.sign_and_submit(key.clone(), calls, MORTALITY).await.map_err(|e| e.to_string())?;
+    let n = hashes.len();
+    let outcomes = wait_for_inclusion(events, hashes.into_iter().enumerate().collect(), n).await;
+    outcomes.into_iter().collect()
+}
+
+/// Like [`submit_and_wait`] for calls that stand alone: each is signed and submitted on its
+/// own, so that one the pool refuses (its window closed) does not keep the others out, and all
+/// are waited for together. Returns each call's outcome, in order.
+pub async fn submit_each_and_wait(
+    chain: &Handle,
+    key: &Pair,
+    calls: Vec<Call>,
+) -> Vec<Result<(), String>> {
+    let events = chain.subscribe();
+    let n = calls.len();
+    let mut refused = Vec::new();
+    let mut pending = Vec::new();
+    for (i, call) in calls.into_iter().enumerate() {
+        match chain.sign_and_submit(key.clone(), vec![call], MORTALITY).await {
+            Ok(hashes) => pending.extend(hashes.into_iter().map(|h| (i, h))),
+            Err(e) => refused.push((i, e.to_string())),
+        }
+    }
+    let mut outcomes = wait_for_inclusion(events, pending, n).await;
+    for (i, e) in refused {
+        outcomes[i] = Err(e);
+    }
+    outcomes
+}
+
+/// Waits until each of the `pending` transactions (call index, hash) is in a block, invalid or
+/// dropped, or [`INCLUSION_TIMEOUT`] passes; the outcome of each of `n` calls, in order (a call
+/// not pending is `Ok`).
+async fn wait_for_inclusion(
+    mut events: tokio::sync::broadcast::Receiver<bitorch_service::Event>,
+    mut pending: Vec<(usize, H256)>,
+    n: usize,
+) -> Vec<Result<(), String>> {
+    let mut outcomes: Vec<Result<(), String>> = vec![Ok(()); n];
     let wait = async {
         while !pending.is_empty() {
             match events.recv().await {
-                Ok(bitorch_service::Event::Tx(h, status)) if pending.contains(&h) => match status {
-                    TxStatus::InBlock(_) | TxStatus::Finalized(_) => pending.retain(|x| *x != h),
-                    TxStatus::Invalid(e) => return Err(format!("transaction {h} invalid: {e}")),
-                    TxStatus::Dropped => return Err(format!("transaction {h} was dropped")),
-                    TxStatus::Ready | TxStatus::Future => {}
-                },
+                Ok(bitorch_service::Event::Tx(h, status)) => {
+                    let Some(at) = pending.iter().position(|(_, x)| *x == h) else { continue };
+                    let failed = match status {
+                        TxStatus::InBlock(_) | TxStatus::Finalized(_) => None,
+                        TxStatus::Invalid(e) => Some(format!("transaction {h} invalid: {e}")),
+                        TxStatus::Dropped => Some(format!("transaction {h} was dropped")),
+                        TxStatus::Ready | TxStatus::Future => continue,
+                    };
+                    let (i, _) = pending.swap_remove(at);
+                    if let Some(e) = failed {
+                        outcomes[i] = Err(e);
+                    }
+                }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    return Err("the chain service stopped".into())
+                    for (i, _) in pending.drain(..) {
+                        outcomes[i] = Err("the chain service stopped".into());
+                    }
                 }
             }
         }
-        Ok(())
     };
-    tokio::time::timeout(INCLUSION_TIMEOUT, wait)
-        .await
-        .map_err(|_| "timed out waiting for inclusion".to_string())?
+    if tokio::time::timeout(INCLUSION_TIMEOUT, wait).await.is_err() {
+        for (i, _) in pending {
+            outcomes[i] = Err("timed out waiting for inclusion".into());
+        }
+    }
+    outcomes
 }
 
 /// The id of the active model with this manifest on chain, registering it from `key` first if
