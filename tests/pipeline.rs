@@ -946,6 +946,46 @@ fn a_worker_running_other_weights_is_caught_slashed_and_unpaid() {
 }
 
 #[test]
+fn a_worker_claiming_more_than_was_acknowledged_is_refused_and_unpaid() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Bob computes 10..30 honestly but claims 16 positions more than Eve's voucher says.
+    let (nodes, api, _) = start_workers(
+        dir.path(),
+        &["0..10", "10..30", "0..10", "0..10"],
+        &[&[], &["--unsafe-cheat", "overclaim"]],
+    );
+    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
+    let name = models[0]["name"].as_str().unwrap().to_string();
+    let bob = address("Bob");
+    let free = |who: &str| amount(&nodes[0].rpc("bitorch_account", json!([who])).unwrap()["free"]);
+    let bob_before = free(&bob);
+    assert_eq!(complete(api, &name, PROMPTS[0], MAX_TOKENS, &nodes), infer(PROMPTS[0], MAX_TOKENS));
+    // The request's job settles with the honest 0..10 claim paid exactly and none of Bob's:
+    // the chain refused his (the voucher's signature does not cover what he claimed).
+    let mut job = Value::Null;
+    wait_for("the job settled with the honest claim", 180, &nodes, || {
+        job = jobs(&nodes[0])
+            .into_iter()
+            .find(|j| !j["claims"].as_array().unwrap().is_empty())
+            .unwrap_or(Value::Null);
+        job["status"].get("settled").is_some()
+    });
+    let claims = job["claims"].as_array().unwrap();
+    assert!(claims.iter().all(|c| c["worker"] != bob.as_str()), "Bob's claim got in: {job}");
+    let honest = &claims[0];
+    let positions = u128::from(honest["positions"].as_u64().unwrap());
+    assert_eq!(amount(&honest["paid"]), 10 * positions * PRICE, "{job}");
+    assert_eq!(amount(&job["status"]["settled"]["paid"]), 10 * positions * PRICE, "{job}");
+    // Bob neither gained nor paid anything (the pool refused the claim before any fee), and
+    // he did try: his node reports the refusal.
+    assert_eq!(free(&bob), bob_before);
+    assert!(nodes[1].log().contains("claims failed"), "Bob never claimed:\n{}", logs(&nodes));
+    let (accounts, issuance) = ledger(&nodes[0]);
+    assert_issuance_is_the_sum(&accounts, issuance);
+}
+
+#[test]
 fn a_worker_skipping_half_its_layers_is_caught_slashed_and_unpaid() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();

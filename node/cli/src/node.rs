@@ -58,8 +58,9 @@ pub struct NodeArgs {
     /// `other-weights`: runs candle's 8-bit-activation quantized kernels instead of the
     /// model's weights as registered, a cheaper computation; `skip-layers`: runs every other
     /// layer of its range only; `other-trace`: answers honestly but commits to other outputs
-    /// than it returned), for the adversarial tests of the audits.
-    #[arg(long, hide = true, value_parser = ["random-outputs", "refuse-openings", "other-weights", "skip-layers", "other-trace"])]
+    /// than it returned; `overclaim`: claims more positions than acknowledged), for the
+    /// adversarial tests of the audits and claims.
+    #[arg(long, hide = true, value_parser = ["random-outputs", "refuse-openings", "other-weights", "skip-layers", "other-trace", "overclaim"])]
     unsafe_cheat: Option<String>,
     /// Test only: this validator's auditor reveals the opposite of what it found (`lie`), or
     /// says "passed" without re-executing (`lazy`).
@@ -340,6 +341,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             let cheat = match args.unsafe_cheat.as_deref() {
                 Some("random-outputs") => Some(bitorch_compute::Cheat::RandomOutputs),
                 Some("other-trace") => Some(bitorch_compute::Cheat::OtherTrace),
+                Some("overclaim") => Some(bitorch_compute::Cheat::Overclaim),
                 _ => None,
             };
             let refuse_openings = args.unsafe_cheat.as_deref() == Some("refuse-openings");

@@ -76,6 +76,9 @@ pub enum Cheat {
     /// Answers honestly but commits to other outputs (zeros) than those it returned: the
     /// trace it would open is not the work it did.
     OtherTrace,
+    /// Computes honestly but claims 16 positions more than the client acknowledged (the
+    /// voucher's signature no longer covers it).
+    Overclaim,
 }
 
 impl WorkerConfig {
@@ -469,7 +472,11 @@ impl Worker {
         if let Some(v) = &claim {
             let n = (v.voucher.positions as usize).min(s.trace.len());
             let leaves = s.trace.leaves()[..n].to_vec();
-            self.keep_unclaimed(ClaimedSession { claim: v.clone(), leaves });
+            let mut claim = v.clone();
+            if self.config.cheat == Some(Cheat::Overclaim) {
+                claim.voucher.positions += 16;
+            }
+            self.keep_unclaimed(ClaimedSession { claim, leaves });
         }
         Closure { positions: c.len, root: H256(c.root), trace: H256(s.trace.chain()), claim }
     }
@@ -617,7 +624,7 @@ fn run(
     let y = stage.forward_layers(&x, pos, &mut s.cache)?;
     let y = match cheat {
         Some(Cheat::RandomOutputs) => y.randn_like(0.0, 1.0)?,
-        Some(Cheat::OtherTrace) | None => y,
+        Some(Cheat::OtherTrace | Cheat::Overclaim) | None => y,
     };
     let rows = |t: &Tensor| -> bitorch_inference::Result<Vec<Vec<f32>>> {
         Ok(t.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
