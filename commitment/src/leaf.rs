@@ -3,8 +3,9 @@
 use crate::Hash;
 
 /// What a stage computed at one token position: the hidden state it received and the one it
-/// produced. For the first stage the input is the token embedding; for the last stage the output
-/// is the hidden state after its last layer (before the final norm and LM head).
+/// produced. For the first stage the input is the token id it received, as a [`token_row`], so
+/// that whoever sent it can check the leaf; for the last stage the output is the hidden state
+/// after its last layer (before the final norm and LM head).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Leaf {
     /// Token position in the session, from 0.
@@ -44,6 +45,21 @@ pub fn encode_leaf(position: u32, input: &[f32], output: &[f32]) -> Vec<u8> {
     out
 }
 
+/// The committed input of a first stage at a position where it received token `id`: a row of
+/// the hidden width holding the id (exact in f32 below 2^24) then zeros. Re-execution embeds the
+/// id in its first value.
+pub fn token_row(id: u32, width: usize) -> Vec<f32> {
+    let mut row = vec![0.0; width.max(1)];
+    row[0] = id as f32;
+    row
+}
+
+/// The token id a [`token_row`] holds, if its first value is one below `vocab`.
+pub fn token_of(row: &[f32], vocab: usize) -> Option<u32> {
+    let x = *row.first()?;
+    (x >= 0.0 && x.fract() == 0.0 && (x as usize) < vocab).then_some(x as u32)
+}
+
 /// blake2-256 of [`encode_leaf`].
 pub fn leaf_hash(position: u32, input: &[f32], output: &[f32]) -> Hash {
     sp_crypto_hashing::blake2_256(&encode_leaf(position, input, output))
@@ -52,6 +68,17 @@ pub fn leaf_hash(position: u32, input: &[f32], output: &[f32]) -> Hash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_rows_hold_the_id() {
+        assert_eq!(token_row(7, 3), [7.0, 0.0, 0.0]);
+        assert_eq!(token_of(&token_row(49_151, 576), 49_152), Some(49_151));
+        assert_eq!(token_of(&token_row(49_152, 576), 49_152), None, "outside the vocabulary");
+        assert_eq!(token_of(&[1.5], 10), None);
+        assert_eq!(token_of(&[-1.0], 10), None);
+        assert_eq!(token_of(&[f32::NAN], 10), None);
+        assert_eq!(token_of(&[], 10), None);
+    }
 
     #[test]
     fn encoding_layout() {

@@ -23,7 +23,7 @@ pub mod probe;
 pub mod tree;
 
 pub use error::Error;
-pub use leaf::{encode_leaf, leaf_hash, Leaf};
+pub use leaf::{encode_leaf, leaf_hash, token_of, token_row, Leaf};
 pub use tree::{prove, verify_hashes, verify_proof, Blake2Merge, Commitment, Proof};
 
 /// A blake2-256 hash.

@@ -1,13 +1,13 @@
 //! Re-executing a stage on committed inputs, for the auditor of a commitment.
 
 use crate::Stage;
-use bitorch_commitment::Reexecute;
+use bitorch_commitment::{token_of, Reexecute};
 use candle_core::{DType, Tensor};
 
 impl Reexecute for Stage {
     /// One batched pass over the committed inputs from an empty cache, with the batch-invariant
     /// attention kernel that committed sessions use (f32 inputs are cast to the stage's dtype,
-    /// outputs back to f32).
+    /// outputs back to f32; a first stage's inputs are token rows, embedded first).
     fn reexecute(&self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
         let run = || -> crate::Result<Vec<Vec<f32>>> {
             let hidden = self.config().hidden_size;
@@ -16,9 +16,19 @@ impl Reexecute for Stage {
                     "committed inputs must have {hidden} floats"
                 )));
             }
-            let flat: Vec<f32> = inputs.iter().flatten().copied().collect();
-            let x = Tensor::from_vec(flat, (1, inputs.len(), hidden), self.device())?
-                .to_dtype(self.dtype())?;
+            let x = if self.is_first() {
+                // A first stage commits to the token ids it received.
+                let vocab = self.config().vocab_size;
+                let ids: Option<Vec<u32>> = inputs.iter().map(|r| token_of(r, vocab)).collect();
+                let ids = ids.ok_or_else(|| {
+                    crate::Error::StageInput("a first stage's inputs must be token rows".into())
+                })?;
+                self.embed(&Tensor::new(ids.as_slice(), self.device())?.unsqueeze(0)?)?
+            } else {
+                let flat: Vec<f32> = inputs.iter().flatten().copied().collect();
+                Tensor::from_vec(flat, (1, inputs.len(), hidden), self.device())?
+                    .to_dtype(self.dtype())?
+            };
             let mut cache = self.new_cache_with(crate::model::Kernel::BatchInvariant);
             let y = self.forward_layers(&x, 0, &mut cache)?;
             Ok(y.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)

@@ -114,7 +114,16 @@ impl Pipeline {
             let out = stage.forward_layers(&h, pos, cache)?;
             if let Some(traces) = session.traces.as_mut() {
                 let t = Instant::now();
-                record(&mut traces[i], &h, &out)?;
+                // The first stage commits to the token ids, the others to their hidden input.
+                let inputs = if i == 0 {
+                    let width = stage.config().hidden_size;
+                    tokens.iter().map(|&id| bitorch_commitment::token_row(id, width)).collect()
+                } else {
+                    rows(&h)?
+                };
+                for (x, y) in inputs.into_iter().zip(rows(&out)?) {
+                    traces[i].push(x, y);
+                }
                 session.commit_secs += t.elapsed().as_secs_f64();
             }
             h = out;
@@ -124,15 +133,9 @@ impl Pipeline {
     }
 }
 
-/// Appends one leaf per position of a pass to a stage's trace.
-fn record(trace: &mut Trace, input: &Tensor, output: &Tensor) -> Result<()> {
-    let rows = |t: &Tensor| -> Result<Vec<Vec<f32>>> {
-        Ok(t.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
-    };
-    for (i, o) in rows(input)?.into_iter().zip(rows(output)?) {
-        trace.push(i, o);
-    }
-    Ok(())
+/// The rows of `(1, seq, hidden)` as f32.
+fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(t.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
 }
 
 /// How a model is loaded.

@@ -46,7 +46,7 @@ use crate::{
     },
     route::{plan_route_with, Bans, CostModel, WorkerInfo},
 };
-use bitorch_commitment::{chain_of, leaf_hash, Commitment};
+use bitorch_commitment::{chain_of, chain_step, leaf_hash, token_row, Commitment};
 use bitorch_inference::{FinishReason, Sampler, SamplingParams};
 use bitorch_primitives::receipt::{JobId, SignedVoucher, Voucher};
 use bitorch_primitives::{Pair, Signature, H256};
@@ -398,6 +398,9 @@ struct Hop<Id> {
     as_fed: bool,
     /// The running hash of its trace over the `done` positions, as it last reported it.
     trace: H256,
+    /// The same hash computed here from what it was sent and returned (stages other than the
+    /// last, whose outputs the gateway sees whole).
+    checked: [u8; 32],
 }
 
 impl<Id> Hop<Id> {
@@ -410,6 +413,7 @@ impl<Id> Hop<Id> {
             restart: false,
             as_fed: false,
             trace: H256::zero(),
+            checked: [0; 32],
         }
     }
 }
@@ -571,8 +575,19 @@ impl<T: StageTransport> Run<'_, T> {
                     StageResponse::Output { output: Activation::Hidden(f), trace }
                         if !last && f.rows() == chunk && f.cols() == width =>
                     {
-                        self.route[i].trace = trace;
                         let values = f.to_vec();
+                        // Its trace must chain what it was sent and returned; one that commits to
+                        // anything else is never acknowledged for it.
+                        let checked = self.chain_io(i, start, done, &values, width as usize);
+                        if checked != Some(trace.0) {
+                            let f = StageFailure::Unexpected(
+                                "its trace hash is not the chain of what it was sent and returned"
+                                    .into(),
+                            );
+                            return Err((i, f));
+                        }
+                        self.route[i].trace = trace;
+                        self.route[i].checked = trace.0;
                         if let Some(p) = self.diverges(end, done, &values, width as usize) {
                             if !self.route[i].as_fed {
                                 // A stage that is not batch-invariant (f32 matmuls pick other
@@ -608,6 +623,31 @@ impl<T: StageTransport> Run<'_, T> {
             }
         }
         Ok(())
+    }
+
+    /// Stage `i`'s trace hash extended from what was checked before by the leaves of positions
+    /// `from..` it was sent (token rows from the tokens when it starts at layer 0, else the
+    /// hidden states stored at boundary `start`) and returned (`values`, rows of width `w`);
+    /// `None` when the inputs are not here.
+    fn chain_io(
+        &self,
+        i: usize,
+        start: u32,
+        from: u32,
+        values: &[f32],
+        w: usize,
+    ) -> Option<[u8; 32]> {
+        let mut chain = self.route[i].checked;
+        for (r, out) in values.chunks_exact(w.max(1)).enumerate() {
+            let p = from as usize + r;
+            let input = if start == 0 {
+                token_row(*self.tokens.get(p)?, w)
+            } else {
+                self.hidden.get(&start)?.get(p * w..(p + 1) * w)?.to_vec()
+            };
+            chain = chain_step(&chain, &leaf_hash(p as u32, &input, out));
+        }
+        Some(chain)
     }
 
     /// The first position in `from..` where `values` (rows of width `w`) differ from what is

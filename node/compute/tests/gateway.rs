@@ -6,7 +6,7 @@
 mod common;
 
 use bitorch_compute::{
-    Error, Gateway, GatewayConfig, GatewayRequest, PlanError, StageRequest, StageResponse,
+    Cheat, Error, Gateway, GatewayConfig, GatewayRequest, PlanError, StageRequest, StageResponse,
     StageTransport, Worker, WorkerInfo,
 };
 use bitorch_inference::{Checkpoint, Kernel, LoadOptions, Pipeline, SamplingParams};
@@ -29,12 +29,21 @@ fn tiny() -> &'static Pipeline {
 type Spec = (u32, usize, f64, usize, Kernel);
 
 fn setup(specs: &[Spec]) -> (Gateway<MemTransport>, Vec<WorkerInfo<u32>>) {
+    setup_with(specs, |_| None)
+}
+
+/// [`setup`], with worker `id` cheating as `cheat(id)` says.
+fn setup_with(
+    specs: &[Spec],
+    cheat: impl Fn(u32) -> Option<Cheat>,
+) -> (Gateway<MemTransport>, Vec<WorkerInfo<u32>>) {
     let names = ["Alice", "Bob", "Charlie", "Dave", "Eve", "Ferdie"];
     let mut infos = Vec::new();
     let mut workers = Vec::new();
     for &(id, stage, tps, max_sessions, kernel) in specs {
         let mut cfg = worker_config(max_sessions);
         cfg.kernel = kernel;
+        cfg.cheat = cheat(id);
         let w = Worker::new(tiny().stages()[stage].clone(), key(names[id as usize]), cfg);
         infos.push(info(id, &w, tps));
         workers.push((id, w));
@@ -180,6 +189,40 @@ async fn tiny_failover_mid_generation_is_exact() {
         .await
         .unwrap();
     assert_eq!(gen.route[1].id, 1);
+}
+
+#[tokio::test]
+async fn tiny_a_stage_committing_to_other_outputs_than_it_returned_is_dropped_at_once() {
+    let prompt = [4u32, 8, 15, 16, 23, 42];
+    let (want, _) = reference(tiny(), &prompt, 8, &SamplingParams::greedy());
+    // The first stage (worker 0) and then an inner one (worker 1), each preferred for its
+    // speed, answer honestly but commit to zeros as outputs; workers 4 and 3 serve the same
+    // layers honestly.
+    for cheater in [0u32, 1] {
+        let specs = vec![
+            (0, 0, 300.0, 4, BI),
+            (4, 0, 100.0, 4, BI),
+            (1, 1, 300.0, 4, BI),
+            (3, 1, 100.0, 4, BI),
+            (2, 2, 100.0, 4, BI),
+        ];
+        let (gw, infos) = setup_with(&specs, |id| (id == cheater).then_some(Cheat::OtherTrace));
+        let gen = gw
+            .generate(&infos, &request(&prompt, 8, SamplingParams::greedy()), |_| {
+                ControlFlow::Continue(())
+            })
+            .await
+            .unwrap();
+        // The gateway checks each trace hash against the leaves of what it sent and got back
+        // (token rows for the first stage): the cheater's first answer is its last.
+        assert_eq!(gen.tokens, want, "cheater {cheater}");
+        assert!(gw.is_banned(&cheater), "cheater {cheater}");
+        assert_eq!(forwards(&gw.transport().log(), cheater), 1, "cheater {cheater}");
+        let honest = if cheater == 0 { 4 } else { 3 };
+        assert_eq!(gen.route[cheater as usize].id, honest);
+        // Honest stages are never dropped.
+        assert_eq!(gen.failovers, 1);
+    }
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ use crate::protocol::{
     self, Activation, ActivationKind, Closure, Floats, Limits, ModelId, SessionId, StageError,
     StageInfo, StageRequest, StageResponse,
 };
-use bitorch_commitment::Trace;
+use bitorch_commitment::{token_row, Trace};
 use bitorch_inference::{Cache, Kernel, Stage};
 use bitorch_primitives::receipt::{JobId, SessionAuth, SignedVoucher, Voucher};
 use bitorch_primitives::{keys, AccountId, Pair, Signature, H256};
@@ -610,11 +610,18 @@ fn run(
 ) -> bitorch_inference::Result<Activation> {
     let dev = stage.device();
     let hidden = stage.config().hidden_size;
-    let x = match input {
-        Activation::Tokens(ids) => stage.embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?,
+    // The trace commits to the input as received (token ids as token rows), so that the client
+    // that sent it can check every leaf it has the output of.
+    let (x, xs) = match input {
+        Activation::Tokens(ids) => {
+            let xs: Vec<Vec<f32>> = ids.iter().map(|&id| token_row(id, hidden)).collect();
+            (stage.embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?, xs)
+        }
         Activation::Hidden(f) => {
             let n = f.rows() as usize;
-            Tensor::from_vec(f.to_vec(), (1, n, hidden), dev)?.to_dtype(stage.dtype())?
+            let flat = f.to_vec();
+            let xs: Vec<Vec<f32>> = flat.chunks_exact(hidden.max(1)).map(<[f32]>::to_vec).collect();
+            (Tensor::from_vec(flat, (1, n, hidden), dev)?.to_dtype(stage.dtype())?, xs)
         }
         Activation::Logits(_) => {
             return Err(bitorch_inference::Error::StageInput("logits are not an input".into()))
@@ -629,7 +636,7 @@ fn run(
     let rows = |t: &Tensor| -> bitorch_inference::Result<Vec<Vec<f32>>> {
         Ok(t.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     };
-    let (xs, ys) = (rows(&x)?, rows(&y)?);
+    let ys: Vec<Vec<f32>> = rows(&y)?;
     let n = ys.len();
     let out = if stage.is_last() {
         let logits = stage.head(&y)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
