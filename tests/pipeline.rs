@@ -638,11 +638,15 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
         net
     });
     let ask = |peer: usize, bytes: Vec<u8>| rt.block_on(net.stage_request(peers[peer], bytes));
-    // Sessions for a job open on chain: the one node 0's gateway keeps opened ahead.
+    // Sessions for a job open on chain: the one node 0's gateway keeps opened ahead, freshly
+    // replaced (it is replaced at half its life, 15 s here, and Bob's node then closes the
+    // sessions of the old one): what follows on Bob's session takes well under that.
+    let replaced_before = counter(&nodes[0], "jobsAheadReplaced");
     let mut ahead = None;
-    wait_for("a job opened ahead", 60, &nodes, || {
-        ahead = stats(&nodes[0])["aheadJob"].as_u64();
-        ahead.is_some()
+    wait_for("a fresh job opened ahead", 60, &nodes, || {
+        let s = stats(&nodes[0]);
+        ahead = s["aheadJob"].as_u64();
+        ahead.is_some() && s["jobsAheadReplaced"].as_u64() > Some(replaced_before)
     });
     let ahead = ahead.unwrap();
     // Signed by the job's client (//Eve, the API account) for Bob, or by `signer`.
@@ -712,6 +716,31 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     assert_eq!(got, infer(PROMPTS[1], MAX_TOKENS));
     assert!(sessions_on(&nodes[0], &peers[3].to_string()) > dave_before, "Dave was not used");
 
+    // Bob's session outlived the busy answers and still computes.
+    let step = StageRequest::Forward {
+        session: [7; 16],
+        pos: 0,
+        input: Activation::Hidden(Floats::new(1, hidden, &vec![0.1; hidden as usize]).unwrap()),
+        voucher: None,
+    };
+    let out = answer(ask(1, protocol::encode(&step)).unwrap());
+    assert!(
+        matches!(&out, StageResponse::Output { output: Activation::Hidden(f), .. } if f.rows() == 1 && f.cols() == hidden),
+        "{out:?}"
+    );
+    // The next step needs Eve's voucher for that position: none, no compute.
+    let next = StageRequest::Forward {
+        session: [7; 16],
+        pos: 1,
+        input: Activation::Hidden(Floats::new(1, hidden, &vec![0.2; hidden as usize]).unwrap()),
+        voucher: None,
+    };
+    let refused = answer(ask(1, protocol::encode(&next)).unwrap());
+    assert_eq!(refused, StageResponse::Error(StageError::VoucherRequired { positions: 1 }));
+    let close = StageRequest::Close { session: [7; 16], voucher: None };
+    let closed = answer(ask(1, protocol::encode(&close)).unwrap());
+    assert!(matches!(closed, StageResponse::Closed(_)), "{closed:?}");
+
     // Bad messages to Charlie (the only 20..30 worker) in the middle of a generation.
     let prompt = "Write a short story about a robot who learns to paint.";
     let want = infer(prompt, LONG);
@@ -752,30 +781,6 @@ fn a_full_worker_answers_busy_and_bad_stage_messages_harm_no_session() {
     assert_eq!(got, want, "the generation changed after bad messages to its worker");
     assert_eq!(failovers(&nodes[0]), failovers_before, "a stage failed");
 
-    // Bob's session outlived the busy answers and still computes.
-    let step = StageRequest::Forward {
-        session: [7; 16],
-        pos: 0,
-        input: Activation::Hidden(Floats::new(1, hidden, &vec![0.1; hidden as usize]).unwrap()),
-        voucher: None,
-    };
-    let out = answer(ask(1, protocol::encode(&step)).unwrap());
-    assert!(
-        matches!(&out, StageResponse::Output { output: Activation::Hidden(f), .. } if f.rows() == 1 && f.cols() == hidden),
-        "{out:?}"
-    );
-    // The next step needs Eve's voucher for that position: none, no compute.
-    let next = StageRequest::Forward {
-        session: [7; 16],
-        pos: 1,
-        input: Activation::Hidden(Floats::new(1, hidden, &vec![0.2; hidden as usize]).unwrap()),
-        voucher: None,
-    };
-    let refused = answer(ask(1, protocol::encode(&next)).unwrap());
-    assert_eq!(refused, StageResponse::Error(StageError::VoucherRequired { positions: 1 }));
-    let close = StageRequest::Close { session: [7; 16], voucher: None };
-    let closed = answer(ask(1, protocol::encode(&close)).unwrap());
-    assert!(matches!(closed, StageResponse::Closed(_)), "{closed:?}");
     cancel.cancel();
 
     // An idle gateway replaces its job opened ahead at half its life (here 30 blocks of 0.5 s),
