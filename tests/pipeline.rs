@@ -991,6 +991,41 @@ fn a_worker_claiming_more_than_was_acknowledged_is_refused_and_unpaid() {
 }
 
 #[test]
+fn a_client_that_withholds_its_acknowledgements_gets_one_step_and_pays_nothing() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Node 0's gateway (Eve's account) opens sessions but never signs a voucher.
+    let (nodes, api, _) = start_workers(
+        dir.path(),
+        &["0..10", "10..30", "0..10"],
+        &[&["--unsafe-client", "withhold-vouchers"]],
+    );
+    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
+    let name = models[0]["name"].as_str().unwrap().to_string();
+    wait_for("the three workers announced", 60, &nodes, || {
+        let w = nodes[0].rpc("bitorch_workers", json!([models[0]["id"]])).unwrap();
+        w.as_array().unwrap().len() == 3
+    });
+    let mut ahead = None;
+    wait_for("a job opened ahead", 60, &nodes, || {
+        ahead = stats(&nodes[0])["aheadJob"].as_u64();
+        ahead.is_some()
+    });
+    let job = ahead.unwrap();
+    // Every worker answers the prompt (a position 0 needs no voucher), then refuses the next
+    // step without one: the request fails, typed, after trying every worker.
+    let req = chat(&name, PROMPTS[0], MAX_TOKENS);
+    let (status, body) = post(api, "/v1/chat/completions", &req, Duration::from_secs(300)).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(counter(&nodes[0], "failovers") >= 1, "{}", stats(&nodes[0]));
+    // The job that paid for it ends refunded whole: nobody holds a voucher to claim with.
+    let ended = ended(&nodes[0], job, "refunded", &nodes);
+    assert_eq!(ended["claims"], json!([]), "{ended}");
+    let (accounts, issuance) = ledger(&nodes[0]);
+    assert_issuance_is_the_sum(&accounts, issuance);
+}
+
+#[test]
 fn a_worker_skipping_half_its_layers_is_caught_slashed_and_unpaid() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();

@@ -66,6 +66,10 @@ pub struct NodeArgs {
     /// says "passed" without re-executing (`lazy`).
     #[arg(long, hide = true, value_parser = ["lie", "lazy"])]
     unsafe_auditor: Option<String>,
+    /// Test only: this node's API gateway never signs a voucher (`withhold-vouchers`): a client
+    /// that withholds its acknowledgements.
+    #[arg(long, hide = true, value_parser = ["withhold-vouchers"])]
+    unsafe_client: Option<String>,
     /// Target time between blocks, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     block_time: u64,
@@ -393,6 +397,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 local: Some(local),
                 net: net_handle.clone(),
                 payer: bitorch_serve::Payer { chain: handle.clone(), key: api_key.clone(), genesis, price: args.price, job_ahead: !args.no_job_ahead },
+                unsafe_withhold_vouchers: args.unsafe_client.is_some(),
             }));
             backend.prepare();
             // The API opens once a job is ready for its first request (bounded: a network whose

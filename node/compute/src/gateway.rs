@@ -103,6 +103,9 @@ pub struct GatewayConfig {
     /// [`SessionAuth`] for the worker asked and its vouchers; `None`: sessions carry neither
     /// (a worker then refuses those with a job).
     pub client: Option<Pair>,
+    /// For the adversarial tests only: sign the sessions' authorizations but never a voucher
+    /// (a client that withholds its acknowledgements).
+    pub unsafe_withhold_vouchers: bool,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -117,6 +120,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("max_failovers", &self.max_failovers)
             .field("cost", &self.cost)
             .field("client", &client)
+            .field("unsafe_withhold_vouchers", &self.unsafe_withhold_vouchers)
             .finish()
     }
 }
@@ -133,6 +137,7 @@ impl GatewayConfig {
             max_failovers: 16,
             cost: CostModel::default(),
             client: None,
+            unsafe_withhold_vouchers: false,
         }
     }
 }
@@ -834,7 +839,7 @@ impl<T: StageTransport> Run<'_, T> {
     /// without a job or a client key, or before the first position.
     fn voucher(&self, hop: &Hop<T::WorkerId>) -> Option<Signature> {
         let (job, client) = (self.job?, self.gw.config.client.as_ref()?);
-        (hop.done > 0)
+        (hop.done > 0 && !self.gw.config.unsafe_withhold_vouchers)
             .then(|| self.voucher_of(hop, job).sign(client, &self.gw.config.genesis).signature)
     }
 

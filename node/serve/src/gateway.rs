@@ -209,6 +209,8 @@ pub struct GatewayOptions {
     pub net: Option<NetHandle>,
     /// Who pays.
     pub payer: Payer,
+    /// For the adversarial tests only: never acknowledge a worker's work (no vouchers).
+    pub unsafe_withhold_vouchers: bool,
 }
 
 impl GatewayBackend {
@@ -222,6 +224,7 @@ impl GatewayBackend {
         // The API account is the jobs' client: it signs each paid session's authorization.
         let config = GatewayConfig {
             client: Some(o.payer.key.clone()),
+            unsafe_withhold_vouchers: o.unsafe_withhold_vouchers,
             ..GatewayConfig::new(o.payer.genesis)
         };
         let gateway = Gateway::new(transport, config);
