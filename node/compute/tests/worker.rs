@@ -235,6 +235,17 @@ fn voucher(session: SessionId, positions: u32, trace: H256, signer: &str) -> Sig
     v.sign(&key(signer), &GENESIS).signature
 }
 
+/// One more position of `session` at `pos`, with Alice's voucher for the `pos` before it
+/// (whose trace hash is `trace`).
+fn acknowledged_step(session: SessionId, pos: u32, trace: H256) -> StageRequest {
+    StageRequest::Forward {
+        session,
+        pos,
+        input: hidden(1, 64, 1.0),
+        voucher: Some(voucher(session, pos, trace, "Alice")),
+    }
+}
+
 fn traced(r: StageResponse) -> H256 {
     match r {
         StageResponse::Output { trace, .. } => trace,
@@ -307,13 +318,7 @@ fn a_paid_session_needs_the_clients_authorization_and_goes_on_only_as_acknowledg
     let b = [6; 16];
     w.handle_for(paid_open(b, "Alice"), Some(&alice), now());
     let t3 = traced(w.handle(fwd(b, 0, hidden(3, 64, 0.0))));
-    let step = StageRequest::Forward {
-        session: b,
-        pos: 3,
-        input: hidden(1, 64, 1.0),
-        voucher: Some(voucher(b, 3, t3, "Alice")),
-    };
-    traced(w.handle(step));
+    traced(w.handle(acknowledged_step(b, 3, t3)));
     let StageResponse::Closed(c) = w.handle(close(b)) else { panic!("not closed") };
     assert_eq!((c.positions, c.claim.as_ref().map(|v| v.voucher.positions)), (4, Some(3)));
     // A paid session never acknowledged leaves no claim; nor does an unpaid one.
@@ -338,13 +343,7 @@ fn idle_sessions_are_evicted_and_their_claims_kept() {
     w.handle_for(paid_open([1; 16], "Alice"), Some(&alice), at(0));
     w.handle_at(open([2; 16], (2, 4), None), at(0));
     let t2 = traced(w.handle_at(fwd([1; 16], 0, hidden(2, 64, 0.0)), at(1)));
-    let step = StageRequest::Forward {
-        session: [1; 16],
-        pos: 2,
-        input: hidden(1, 64, 1.0),
-        voucher: Some(voucher([1; 16], 2, t2, "Alice")),
-    };
-    traced(w.handle_at(step, at(2)));
+    traced(w.handle_at(acknowledged_step([1; 16], 2, t2), at(2)));
     w.handle_at(fwd([2; 16], 0, hidden(3, 64, 0.0)), at(20));
     assert_eq!(w.handle_at(open([3; 16], (2, 4), None), at(25)), StageResponse::Busy);
     // At 32 s session 1 has idled 30 s: evicted, and its slot is free.
@@ -371,13 +370,7 @@ async fn the_sessions_of_a_job_that_stopped_taking_work_are_closed_and_claimed()
     w.handle_for(paid_open(a, "Alice"), Some(&alice), Instant::now());
     w.handle(open([8; 16], (2, 4), None));
     let t2 = traced(w.handle(fwd(a, 0, hidden(2, 64, 0.0))));
-    let step = StageRequest::Forward {
-        session: a,
-        pos: 2,
-        input: hidden(1, 64, 1.0),
-        voucher: Some(voucher(a, 2, t2, "Alice")),
-    };
-    traced(w.handle(step));
+    traced(w.handle(acknowledged_step(a, 2, t2)));
     assert_eq!(w.paid_jobs(), vec![3], "the unpaid session names no job");
     // The client vanished: nothing closes session a, until the node sees job 3 stop.
     let (h, thread) = worker::spawn(w, 2).unwrap();

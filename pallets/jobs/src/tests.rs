@@ -625,6 +625,24 @@ fn verdicts_only_from_assigned_auditors_in_their_windows() {
 
 /// Over many claims with the chain's own draws, the share audited (what an honest auditor set
 /// catches of a cheater's claims) is the probability `audit_ppm` promises.
+/// Worker 0 claims `n` sessions of `positions` positions of layer 0 on job `id`, each with
+/// `client`'s voucher.
+fn claim_sessions(e: &mut Env, id: JobId, client: u8, n: u32, positions: u32) {
+    for i in 0..n {
+        let mut session = [0u8; 16];
+        session[..4].copy_from_slice(&i.to_le_bytes());
+        let v = Voucher {
+            job: id,
+            session,
+            worker: w(0),
+            layers: (0, 1),
+            positions,
+            trace: H256::repeat_byte(1),
+        };
+        e.call_as(&w(0), Call::Claim { voucher: v.sign(&key(client), &genesis()) }).unwrap();
+    }
+}
+
 #[test]
 fn the_share_of_claims_audited_is_the_promised_probability() {
     let mut e = weighted_with(Params { audit_percent: 10, max_claims: 1_024, ..jobs_params() });
@@ -632,20 +650,7 @@ fn the_share_of_claims_audited_is_the_promised_probability() {
     // rate, one worth 40 at 2 × 40 / 200 = 40%.
     for (amount, n, client) in [(1u32, 400u32, CLIENT), (40, 240, CLIENT2)] {
         let id = e.open(client, amount * n / 4, 1);
-        for i in 0..n {
-            let mut session = [0u8; 16];
-            session[..4].copy_from_slice(&i.to_le_bytes());
-            let v = Voucher {
-                job: id,
-                session,
-                worker: w(0),
-                layers: (0, 1),
-                positions: amount,
-                trace: H256::repeat_byte(1),
-            };
-            let voucher = v.sign(&key(client), &genesis());
-            e.call_as(&w(0), Call::Claim { voucher }).unwrap();
-        }
+        claim_sessions(&mut e, id, client, n, amount);
         e.advance_to(e.now + 1);
         let job = e.job(id);
         let audited = job.claims.iter().filter(|c| c.audit.is_some()).count() as f64;
@@ -663,19 +668,7 @@ fn half_the_audits_open_the_whole_claim_and_the_others_a_uniform_prefix() {
     let (n, positions) = (200u32, 40u32);
     // An escrow of 4 layers × 2,200 tokens: room for the 200 claims and their audit fees.
     let id = e.open(CLIENT, 2_200, 1);
-    for i in 0..n {
-        let mut session = [0u8; 16];
-        session[..4].copy_from_slice(&i.to_le_bytes());
-        let v = Voucher {
-            job: id,
-            session,
-            worker: w(0),
-            layers: (0, 1),
-            positions,
-            trace: H256::repeat_byte(1),
-        };
-        e.call_as(&w(0), Call::Claim { voucher: v.sign(&key(CLIENT), &genesis()) }).unwrap();
-    }
+    claim_sessions(&mut e, id, CLIENT, n, positions);
     e.advance_to(e.now + 1);
     let lasts: Vec<u32> = e.job(id).claims.iter().map(|c| c.audit.as_ref().unwrap().last).collect();
     assert_eq!(lasts.len(), n as usize);
