@@ -441,12 +441,6 @@ fn open_audits_key() -> Vec<u8> {
     support::value_key(PALLET, "open_audits")
 }
 
-/// `percent`% of `x` (above 100 counts as 100), rounded down, without overflow.
-fn percent_of(x: Balance, percent: u8) -> Balance {
-    let p = Balance::from(percent.min(100));
-    x / 100 * p + x % 100 * p / 100
-}
-
 /// The probability, in parts per million, that a claim worth `amount` by a worker with `stake`
 /// is audited: at least `audit_percent`, and enough that the expected slash when cheating,
 /// probability × `slash_percent` of the stake, is at least twice the claim's amount (what
@@ -457,7 +451,7 @@ pub fn audit_ppm(audit_percent: u8, slash_percent: u8, amount: Balance, stake: B
         return 0;
     }
     let base = u64::from(audit_percent.min(100)) * 10_000;
-    let slash = percent_of(stake, slash_percent);
+    let slash = support::percent_of(stake, slash_percent);
     if slash == 0 {
         return 1_000_000;
     }
@@ -657,7 +651,7 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         let fee_percent = Self::params(s)?.audit_fee_percent;
         let available = job.escrow.saturating_sub(job.claimed);
         let amount = v.amount(job.price_per_layer_token);
-        let fee = amount.map(|a| percent_of(a, fee_percent));
+        let fee = amount.map(|a| support::percent_of(a, fee_percent));
         let with_fee = amount.zip(fee).and_then(|(a, f)| a.checked_add(f));
         let claimed =
             with_fee.and_then(|a| job.claimed.checked_add(a)).filter(|c| *c <= job.escrow);

@@ -194,12 +194,6 @@ fn required(min: Balance) -> Balance {
     min.max(1)
 }
 
-/// `amount * percent / 100` without overflow, `percent` capped at 100.
-fn percent_of(amount: Balance, percent: u8) -> Balance {
-    let p = Balance::from(percent.min(100));
-    (amount / 100).saturating_mul(p).saturating_add((amount % 100).saturating_mul(p) / 100)
-}
-
 /// A currency failure while burning stake that the ledger says is reserved: the two disagree,
 /// which only corrupt state can cause.
 fn inconsistent(who: &AccountId, e: CurrencyError) -> StorageError {
@@ -611,6 +605,6 @@ impl<C: Currency> WorkerRegistry for Pallet<C> {
         ctx: &Context,
     ) -> Result<Balance, StorageError> {
         let total = Self::ledger(s, who)?.total();
-        Self::slash(s, who, percent_of(total, percent), ctx)
+        Self::slash(s, who, support::percent_of(total, percent), ctx)
     }
 }

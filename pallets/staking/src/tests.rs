@@ -295,8 +295,8 @@ fn slash_percent_counts_bonded_and_unlocking() {
     assert_eq!(Staking::slash_percent(&mut s, &acc(1), 250, &ctx()).unwrap(), 270);
     check_invariants(&s);
     assert_eq!(Staking::ledger(&s, &acc(1)).unwrap(), Ledger::default());
-    assert_eq!(percent_of(Balance::MAX, 100), Balance::MAX);
-    assert_eq!(percent_of(199, 50), 99);
+    assert_eq!(support::percent_of(Balance::MAX, 100), Balance::MAX);
+    assert_eq!(support::percent_of(199, 50), 99);
 }
 
 #[test]

@@ -95,6 +95,12 @@ where
     Ok(out)
 }
 
+/// `percent`% of `amount` (above 100 counts as 100), rounded down, without overflow.
+pub fn percent_of(amount: Balance, percent: u8) -> Balance {
+    let p = Balance::from(percent.min(100));
+    (amount / 100).saturating_mul(p).saturating_add((amount % 100).saturating_mul(p) / 100)
+}
+
 /// The storage key of `item` in `pallet` for map key `k`: `pallet:item:` followed by the
 /// SCALE encoding of `k`.
 pub fn map_key(pallet: &str, item: &str, k: &impl Encode) -> Vec<u8> {
