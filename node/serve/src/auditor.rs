@@ -15,7 +15,7 @@ use crate::chain::submit_each_and_wait;
 use crate::model::Described;
 use crate::TARGET;
 use bitorch_commitment::{chain_of, leaf_hash, probe, Tolerance};
-use bitorch_compute::{protocol, OpeningRequest, StageRequest, StageResponse, TraceOpening};
+use bitorch_compute::{protocol, OpeningRequest, StageRequest, StageResponse};
 use bitorch_inference::Stage;
 use bitorch_network::{Handle as NetHandle, PeerId};
 use bitorch_primitives::{keys::account_of, AccountId, Pair, H256};
@@ -210,25 +210,36 @@ async fn peer_of(net: &NetHandle, model: H256, worker: &AccountId) -> Option<Pee
     found.into_iter().find(|(_, a)| AccountId::new(a.account) == *worker).map(|(p, _)| p)
 }
 
+/// A claim's opening as the auditor assembled it from the worker's pages.
+struct Opened {
+    /// The committed inputs of positions `0..=last`, a row each.
+    inputs: Vec<Vec<f32>>,
+    /// Their committed outputs.
+    outputs: Vec<Vec<f32>>,
+    /// The leaf hashes of the positions after `last`.
+    hashes_after: Vec<H256>,
+}
+
 /// Asks the claim's worker for its opening of positions `0..=last`, page by page (each request
 /// starts where the last page ended); `None` when it cannot be reached, refuses, or sends a
-/// page that does not fit (no rows, more rows than asked, another width).
+/// page that does not fit (no rows, more rows than asked, another width, an empty width).
 async fn fetch(
     a: &Auditor,
     job: JobId,
     index: u32,
     worker: &AccountId,
     last: u32,
-) -> Option<TraceOpening> {
+) -> Option<Opened> {
     let peer = peer_of(&a.net, a.model, worker).await?;
     let rows = last as usize + 1;
-    let (mut inputs, mut outputs, mut hashes_after) = (Vec::new(), Vec::new(), Vec::new());
+    let mut o = Opened { inputs: Vec::new(), outputs: Vec::new(), hashes_after: Vec::new() };
     let mut width = None;
-    let mut from = 0usize;
-    while from < rows {
+    while o.inputs.len() < rows {
+        let from = o.inputs.len();
         let req = OpeningRequest::sign(&a.key, &a.genesis, job, index, from as u32);
         let bytes =
             a.net.stage_request(peer, protocol::encode(&StageRequest::Opening(req))).await.ok()?;
+        // The decoder refuses inputs and outputs of different shapes.
         let page = match protocol::decode_response(&bytes, &protocol::Limits::default()) {
             Ok(StageResponse::Opening(o)) => o,
             other => {
@@ -236,22 +247,21 @@ async fn fetch(
                 return None;
             }
         };
-        let n = page.inputs.rows() as usize;
-        let cols = page.inputs.cols();
-        if n == 0 || from + n > rows || *width.get_or_insert(cols) != cols {
+        let (n, cols) = (page.inputs.rows() as usize, page.inputs.cols());
+        if n == 0 || cols == 0 || from + n > rows || *width.get_or_insert(cols) != cols {
             tracing::info!(target: TARGET, job, claim = index, from, rows = n, "a page that does not fit");
             return None;
         }
         if from == 0 {
-            hashes_after = page.hashes_after;
+            o.hashes_after = page.hashes_after;
         }
-        inputs.extend(page.inputs.to_vec());
-        outputs.extend(page.outputs.to_vec());
-        from += n;
+        let split = |xs: Vec<f32>| -> Vec<Vec<f32>> {
+            xs.chunks_exact(cols as usize).map(<[f32]>::to_vec).collect()
+        };
+        o.inputs.extend(split(page.inputs.to_vec()));
+        o.outputs.extend(split(page.outputs.to_vec()));
     }
-    let width = width?;
-    let shape = |v: &[f32]| protocol::Floats::new(rows as u32, width, v);
-    Some(TraceOpening { inputs: shape(&inputs)?, outputs: shape(&outputs)?, hashes_after })
+    Some(o)
 }
 
 /// What this auditor finds about claim `index` of `job` (see [`Examined`]).
@@ -264,28 +274,20 @@ async fn examine(
     audit: &Audit,
 ) -> Examined {
     let v = &claim.voucher;
-    let Some(o) = fetch(a, job, index, &v.worker, audit.last).await else {
+    let Some(Opened { inputs: ins, outputs: outs, hashes_after }) =
+        fetch(a, job, index, &v.worker, audit.last).await
+    else {
         return Examined::NoAnswer;
     };
     let wrong = Examined::Found(Finding::Failed { outputs: H256::zero(), probe: None });
-    let n = audit.last as usize + 1;
-    let width = o.inputs.cols() as usize;
-    if o.inputs.rows() as usize != n
-        || o.outputs.rows() as usize != n
-        || o.outputs.cols() as usize != width
-        || o.hashes_after.len() + n != v.positions as usize
-        || width == 0
-    {
+    let n = ins.len();
+    if hashes_after.len() + n != v.positions as usize {
         tracing::info!(target: TARGET, job, claim = index, "the opening does not cover the claim");
         return wrong;
     }
-    let (ins, outs) = (o.inputs.to_vec(), o.outputs.to_vec());
-    let rows =
-        |xs: &[f32]| -> Vec<Vec<f32>> { xs.chunks_exact(width).map(<[f32]>::to_vec).collect() };
-    let (ins, outs) = (rows(&ins), rows(&outs));
     let mut hashes: Vec<[u8; 32]> =
         (0..n).map(|p| leaf_hash(p as u32, &ins[p], &outs[p])).collect();
-    hashes.extend(o.hashes_after.iter().map(|h| h.0));
+    hashes.extend(hashes_after.iter().map(|h| h.0));
     if chain_of(&hashes) != v.trace.0 {
         tracing::info!(target: TARGET, job, claim = index, "the opening is not what the voucher signed");
         return wrong;
@@ -319,10 +321,9 @@ async fn examine(
             }
         }
     };
-    let inputs = ins.clone();
     // The probe goes after the opened prefix when the context has room for one more position.
     let room = n < stage.config().context_length;
-    let run = move || probe::reexecute(stage.as_ref(), &inputs, &seed, room);
+    let run = move || probe::reexecute(stage.as_ref(), &ins, &seed, room);
     let (recomputed, sketch) = match tokio::task::spawn_blocking(run).await {
         Ok(Ok((r, p))) if r.len() == n => (r, p),
         _ => return wrong,
