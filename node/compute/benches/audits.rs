@@ -19,7 +19,7 @@
 //! the other way round (`RAYON_NUM_THREADS`), and compares each audit's probes from a 1-thread
 //! and a 2-thread auditor.
 
-use bitorch_commitment::{probe, Leaf, Tolerance};
+use bitorch_commitment::{file, probe, Leaf, Tolerance};
 use bitorch_compute::{Activation, StageRequest, StageResponse, Worker, WorkerConfig};
 use bitorch_inference::{Checkpoint, GgufWeights, LoadOptions, Stage};
 use bitorch_pallet_jobs::{probes_agree, Probe};
@@ -39,35 +39,13 @@ fn stage() -> Stage {
     Stage::load(&ckpt, LAYERS, &options).expect("loading the layers")
 }
 
+/// Keeps leaves in the worker's trace file format.
 fn write(path: &Path, leaves: &[Leaf]) {
-    let width = leaves[0].input.len();
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(&(leaves.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&(width as u32).to_le_bytes());
-    for l in leaves {
-        for x in l.input.iter().chain(&l.output) {
-            bytes.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    std::fs::write(path, bytes).unwrap();
+    std::fs::write(path, file::encode_leaves(leaves).unwrap()).unwrap();
 }
 
 fn read(path: &Path) -> Vec<Leaf> {
-    let bytes = std::fs::read(path).unwrap();
-    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-    let (n, width) = (word(0), word(4));
-    let floats: Vec<f32> =
-        bytes[8..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    floats
-        .chunks_exact(2 * width)
-        .take(n)
-        .enumerate()
-        .map(|(p, r)| Leaf {
-            position: p as u32,
-            input: r[..width].to_vec(),
-            output: r[width..].to_vec(),
-        })
-        .collect()
+    file::decode_leaves(&std::fs::read(path).unwrap()).unwrap()
 }
 
 fn generate(dir: &Path, n: usize, steps: u32) {
