@@ -5,13 +5,13 @@
 # the chain audited against the expected number, how many caught him, what he was paid, and
 # the honest claims wrongly failed (must be 0).
 # Usage: scripts/bench-detection.sh [REQUESTS] [CHEAT...]
-#   CHEAT: random-outputs skip-layers other-weights other-trace refuse-openings (default: all)
+#   CHEAT: random-outputs skip-layers other-weights other-trace other-logits refuse-openings (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
 N="${1:-200}"; shift || true
 MODES=("$@")
-[ ${#MODES[@]} -gt 0 ] || MODES=(random-outputs skip-layers other-weights other-trace refuse-openings)
+[ ${#MODES[@]} -gt 0 ] || MODES=(random-outputs skip-layers other-weights other-trace other-logits refuse-openings)
 MODEL="$(scripts/fetch-model.sh)"
 scripts/install-deps.sh
 cargo build -q -p bitorch --bin bitorch

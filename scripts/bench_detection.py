@@ -4,7 +4,7 @@
 Usage: bench_detection.py BIN MODEL WORKDIR REQUESTS MODE [MODE...]
 
 For each MODE (an `--unsafe-cheat` of the node: random-outputs, skip-layers, other-weights,
-other-trace, refuse-openings): a 4-validator loopback testnet with the chain's default audit
+other-trace, other-logits, refuse-openings): a 4-validator loopback testnet with the chain's default audit
 parameters (base rate, slash, auditors); Alice serves layers 0..10 and the OpenAI API (paid by
 //Eve), Bob serves 10..30 cheating that way, Charlie and Dave serve 0..10 honestly. REQUESTS
 short greedy chat completions are sent one after another; once every job has settled, Bob's

@@ -1043,13 +1043,34 @@ fn a_worker_skipping_half_its_layers_is_caught_slashed_and_unpaid() {
 fn a_worker_committing_to_other_outputs_than_it_answered_is_caught_slashed_and_unpaid() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    // Bob computes 10..30 honestly (the answer is `bitorch infer`'s) but the trace he commits
-    // to, and would open, holds other outputs than those he returned.
+    // Bob computes 10..30 honestly (the answer is `bitorch infer`'s: his logits are those of
+    // his real outputs) but the hidden states he returns and commits to, and would open, are
+    // other outputs (zeros) than his layers computed.
     let (nodes, api, name, _) =
         audited_net(dir.path(), &["--unsafe-cheat", "other-trace"], &[], |_| {});
     assert_eq!(complete(api, &name, PROMPTS[1], MAX_TOKENS, &nodes), infer(PROMPTS[1], MAX_TOKENS));
     let (job, bobs, honest) = settled_with_bob(&nodes);
     assert_caught(&job, &bobs, &honest, &["Alice", "Charlie", "Dave"], "failed");
+}
+
+#[test]
+fn a_last_stage_returning_other_logits_is_caught_slashed_and_unpaid() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Bob computes 10..30 honestly but returns, and commits to, other logits than his head
+    // gives (the sixth best token's raised above the best's): the gateway samples from them,
+    // so the answer is not `bitorch infer`'s, and the voucher acknowledges them.
+    let (nodes, api, name, _) =
+        audited_net(dir.path(), &["--unsafe-cheat", "other-logits"], &[], |_| {});
+    let answer = complete(api, &name, PROMPTS[1], MAX_TOKENS, &nodes);
+    assert_ne!(answer, infer(PROMPTS[1], MAX_TOKENS));
+    eprintln!("answer from Bob's other logits: {answer:?}");
+    // The auditors re-execute his layers (his hidden states pass), apply the head to his
+    // committed outputs and find the committed logits are not its top.
+    let (job, bobs, honest) = settled_with_bob(&nodes);
+    assert_caught(&job, &bobs, &honest, &["Alice", "Charlie", "Dave"], "failed");
+    let (accounts, issuance) = ledger(&nodes[0]);
+    assert_issuance_is_the_sum(&accounts, issuance);
 }
 
 #[test]

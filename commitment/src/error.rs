@@ -66,4 +66,12 @@ pub enum Error {
         /// The first position where they differ.
         position: u32,
     },
+    /// The logits a leaf holds are not the top of the head's logits for its output.
+    #[error("the logits committed at position {position} are not the head's: {error}")]
+    Logits {
+        /// The leaf's position.
+        position: u32,
+        /// What is wrong with them.
+        error: crate::TopError,
+    },
 }

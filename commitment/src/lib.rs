@@ -20,10 +20,12 @@ pub mod error;
 pub mod file;
 pub mod leaf;
 pub mod probe;
+pub mod top;
 pub mod tree;
 
 pub use error::Error;
-pub use leaf::{encode_leaf, leaf_hash, token_of, token_row, Leaf};
+pub use leaf::{encode_leaf, leaf_hash, token_of, token_row, Leaf, Logit};
+pub use top::{top_logits, verify_top, TopError, TOP_LOGITS};
 pub use tree::{prove, verify_hashes, verify_proof, Blake2Merge, Commitment, Proof};
 
 /// A blake2-256 hash.
@@ -43,10 +45,11 @@ impl Trace {
         Self::default()
     }
 
-    /// Records the next position's input and output hidden states; returns its position.
-    pub fn push(&mut self, input: Vec<f32>, output: Vec<f32>) -> u32 {
+    /// Records the next position's input and output hidden states, and the logits a last
+    /// stage returned there (empty if none); returns its position.
+    pub fn push(&mut self, input: Vec<f32>, output: Vec<f32>, logits: Vec<Logit>) -> u32 {
         let position = self.leaves.len() as u32;
-        let leaf = Leaf { position, input, output };
+        let leaf = Leaf { position, input, output, logits };
         let hash = leaf.hash();
         self.chain = chain_step(&self.chain, &hash);
         self.hashes.push(hash);
@@ -133,6 +136,14 @@ pub trait Reexecute {
     /// `0..inputs.len()`, in one batched pass, and returns the output hidden state of every
     /// position.
     fn reexecute(&self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String>;
+
+    /// A last stage's logits over the whole vocabulary for each of `outputs` (output hidden
+    /// states of its last layer): its final norm and LM head. A stage without the head has
+    /// none to give.
+    fn logits(&self, outputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+        let _ = outputs;
+        Err("this stage has no LM head".into())
+    }
 }
 
 /// How close a committed output must be to the recomputed one.
@@ -215,8 +226,9 @@ impl Tolerance {
 
 /// Verifies an opened stage run: the opening must cover positions `0..=last` (attention makes
 /// every output depend on all earlier inputs), its leaves and proof must rebuild the committed
-/// root, and re-executing the stage on the committed inputs must reproduce every committed
-/// output within `tolerance`.
+/// root, re-executing the stage on the committed inputs must reproduce every committed
+/// output within `tolerance`, and where a leaf holds logits, they must be the top of the head's
+/// logits for its committed output ([`verify_top`]).
 pub fn verify_stage<R: Reexecute + ?Sized>(
     commitment: &Commitment,
     opening: &Opening,
@@ -257,6 +269,29 @@ pub fn verify_stage<R: Reexecute + ?Sized>(
                 tolerance: tolerance.rel,
             });
         }
+    }
+    verify_logits(leaves, stage, tolerance)
+}
+
+/// Checks every leaf that holds logits against the head applied to its committed output
+/// ([`verify_top`]), all such leaves in one call of [`Reexecute::logits`].
+pub fn verify_logits<R: Reexecute + ?Sized>(
+    leaves: &[Leaf],
+    stage: &R,
+    tolerance: Tolerance,
+) -> Result<(), Error> {
+    let with: Vec<&Leaf> = leaves.iter().filter(|l| !l.logits.is_empty()).collect();
+    if with.is_empty() {
+        return Ok(());
+    }
+    let outputs: Vec<Vec<f32>> = with.iter().map(|l| l.output.clone()).collect();
+    let recomputed = stage.logits(&outputs).map_err(Error::Reexecution)?;
+    if recomputed.len() != with.len() {
+        return Err(Error::ReexecutionShape { got: recomputed.len(), expected: with.len() });
+    }
+    for (leaf, r) in with.iter().zip(&recomputed) {
+        verify_top(r, &leaf.logits, tolerance)
+            .map_err(|error| Error::Logits { position: leaf.position, error })?;
     }
     Ok(())
 }
@@ -307,7 +342,7 @@ mod tests {
         let outputs = PrefixSum.reexecute(&inputs).unwrap();
         let mut trace = Trace::new();
         for (i, o) in inputs.into_iter().zip(outputs) {
-            trace.push(i, o);
+            trace.push(i, o, Vec::new());
         }
         trace
     }
@@ -323,7 +358,7 @@ mod tests {
             if i == 3 {
                 output[0] = f32::from_bits(output[0].to_bits() ^ 1);
             }
-            other.push(leaf.input.clone(), output);
+            other.push(leaf.input.clone(), output, Vec::new());
         }
         assert_ne!(other.chain(), trace.chain(), "one bit of one output changes the hash");
         let mut swapped = trace.hashes().to_vec();
@@ -338,11 +373,78 @@ mod tests {
         verify_stage(&trace.commitment(), &opening, &PrefixSum, Tolerance::default()).unwrap();
     }
 
+    /// [`PrefixSum`] with a "head": logits over a vocabulary of 100, token `t`'s logit the
+    /// dot product of the output with `(1, t/100, -1)`.
+    struct WithHead;
+
+    impl Reexecute for WithHead {
+        fn reexecute(&self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+            PrefixSum.reexecute(inputs)
+        }
+
+        fn logits(&self, outputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+            let head = |o: &Vec<f32>| -> Vec<f32> {
+                (0..100).map(|t| o[0] + o[1] * t as f32 / 100.0 - o[2]).collect()
+            };
+            Ok(outputs.iter().map(head).collect())
+        }
+    }
+
+    #[test]
+    fn committed_logits_are_checked_against_the_head() {
+        let inputs: Vec<Vec<f32>> =
+            (0..4).map(|i| vec![i as f32 + 1.0, 0.5 - i as f32, 3.0]).collect();
+        let outputs = PrefixSum.reexecute(&inputs).unwrap();
+        let run = |promote: bool| {
+            let mut trace = Trace::new();
+            for (p, (i, o)) in inputs.iter().zip(&outputs).enumerate() {
+                // Logits at positions 1 (a prompt's last) and 3 (a step's).
+                let mut logits = match p {
+                    1 | 3 => top_logits(&WithHead.logits(std::slice::from_ref(o)).unwrap()[0]),
+                    _ => Vec::new(),
+                };
+                if promote && p == 3 {
+                    logits[10].1 = logits[0].1 + 1.0;
+                }
+                trace.push(i.clone(), o.clone(), logits);
+            }
+            trace
+        };
+        let honest = run(false);
+        assert_eq!(honest.leaves()[1].logits.len(), TOP_LOGITS);
+        verify_stage(
+            &honest.commitment(),
+            &honest.open_prefix(3).unwrap(),
+            &WithHead,
+            Tolerance::default(),
+        )
+        .unwrap();
+        let cheat = run(true);
+        let err = verify_stage(
+            &cheat.commitment(),
+            &cheat.open_prefix(3).unwrap(),
+            &WithHead,
+            Tolerance::default(),
+        );
+        assert!(
+            matches!(err, Err(Error::Logits { position: 3, error: TopError::Values { .. } })),
+            "{err:?}"
+        );
+        // A stage without a head cannot vouch for logits.
+        let err = verify_stage(
+            &honest.commitment(),
+            &honest.open_prefix(1).unwrap(),
+            &PrefixSum,
+            Tolerance::default(),
+        );
+        assert!(matches!(err, Err(Error::Reexecution(_))), "{err:?}");
+    }
+
     #[test]
     fn wrong_output_is_rejected() {
         let mut trace = Trace::new();
-        trace.push(vec![1.0, 2.0], vec![2.0, 4.0]);
-        trace.push(vec![1.0, 1.0], vec![4.0, 6.1]);
+        trace.push(vec![1.0, 2.0], vec![2.0, 4.0], Vec::new());
+        trace.push(vec![1.0, 1.0], vec![4.0, 6.1], Vec::new());
         let opening = trace.open_prefix(1).unwrap();
         let err = verify_stage(&trace.commitment(), &opening, &PrefixSum, Tolerance::default());
         assert!(matches!(err, Err(Error::OutputMismatch { position: 1, .. })), "{err:?}");
@@ -380,7 +482,7 @@ mod tests {
         let a = honest(3);
         let mut b = Trace::new();
         for leaf in a.leaves() {
-            b.push(leaf.output.clone(), vec![0.0; 3]);
+            b.push(leaf.output.clone(), vec![0.0; 3], Vec::new());
         }
         verify_chain(a.leaves(), b.leaves()).unwrap();
         let mut broken = b.leaves().to_vec();

@@ -128,6 +128,7 @@ mod tests {
             position,
             input: vec![position as f32, 1.5],
             output: vec![-(position as f32), 2.5, 3.5],
+            logits: Vec::new(),
         }
     }
 

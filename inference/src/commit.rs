@@ -35,4 +35,26 @@ impl Reexecute for Stage {
         };
         run().map_err(|e| e.to_string())
     }
+
+    /// The final norm and LM head over each committed output, one row at a time as the worker
+    /// ran it (f32 rows cast to the stage's dtype, logits back to f32).
+    fn logits(&self, outputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+        let run = || -> crate::Result<Vec<Vec<f32>>> {
+            let hidden = self.config().hidden_size;
+            outputs
+                .iter()
+                .map(|row| {
+                    if row.len() != hidden {
+                        return Err(crate::Error::StageInput(format!(
+                            "committed outputs must have {hidden} floats"
+                        )));
+                    }
+                    let x = Tensor::from_vec(row.clone(), (1, 1, hidden), self.device())?
+                        .to_dtype(self.dtype())?;
+                    Ok(self.head(&x)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+                })
+                .collect()
+        };
+        run().map_err(|e| e.to_string())
+    }
 }

@@ -110,8 +110,13 @@ impl Pipeline {
         let first = &self.stages[0];
         let ids = Tensor::new(tokens, first.device())?.unsqueeze(0)?;
         let mut h = first.embed(&ids)?;
+        let last = self.stages.len() - 1;
+        let mut logits = None;
         for (i, (stage, cache)) in self.stages.iter().zip(session.caches.iter_mut()).enumerate() {
             let out = stage.forward_layers(&h, pos, cache)?;
+            if i == last {
+                logits = Some(stage.head(&out)?);
+            }
             if let Some(traces) = session.traces.as_mut() {
                 let t = Instant::now();
                 // The first stage commits to the token ids, the others to their hidden input.
@@ -121,15 +126,24 @@ impl Pipeline {
                 } else {
                     rows(&h)?
                 };
-                for (x, y) in inputs.into_iter().zip(rows(&out)?) {
-                    traces[i].push(x, y);
+                let outputs = rows(&out)?;
+                let n = outputs.len();
+                for (r, (x, y)) in inputs.into_iter().zip(outputs).enumerate() {
+                    // The last stage commits to the logits it returns, at the last position.
+                    let top = match &logits {
+                        Some(l) if i == last && r + 1 == n => bitorch_commitment::top_logits(
+                            &l.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                        ),
+                        _ => Vec::new(),
+                    };
+                    traces[i].push(x, y, top);
                 }
                 session.commit_secs += t.elapsed().as_secs_f64();
             }
             h = out;
         }
         session.pos = pos + n;
-        self.stages[self.stages.len() - 1].head(&h)
+        logits.ok_or_else(|| Error::StageInput("a pipeline has a last stage".into()))
     }
 }
 

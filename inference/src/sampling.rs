@@ -1,7 +1,13 @@
 //! Choosing the next token: greedy, temperature, top-k, top-p, repetition penalty, seeded.
+//!
+//! Always among the [`TOP_LOGITS`] most likely tokens: that is all a network's last stage
+//! returns and commits to ([`bitorch_commitment::top`]), so the same sampler gives the same
+//! tokens in one process and over the network (greedy decoding is unaffected; sampling at a
+//! temperature is as with a top-64 cut, llama.cpp's default cut being 40).
 
 use crate::{Error, Result};
-use candle_core::Tensor;
+use bitorch_commitment::{top_logits, TOP_LOGITS};
+use candle_core::{DType, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 
 /// How to pick tokens. The default is greedy decoding.
@@ -84,9 +90,21 @@ impl Sampler {
         Ok(Self { inner: LogitsProcessor::from_sampling(params.seed, sampling), params })
     }
 
-    /// Picks a token from logits `(vocab)` or `(1, vocab)`, given the tokens so far.
+    /// Picks a token from logits `(vocab)` or `(1, vocab)`, given the tokens so far: among the
+    /// top [`TOP_LOGITS`] (the others' logits count as minus infinity), then the repetition
+    /// penalty, then the sampling.
     pub fn sample(&mut self, logits: &Tensor, history: &[u32]) -> Result<u32> {
-        let logits = logits.flatten_all()?;
+        let logits = logits.flatten_all()?.to_dtype(DType::F32)?;
+        let all = logits.to_vec1::<f32>()?;
+        let logits = if all.len() > TOP_LOGITS {
+            let mut kept = vec![f32::NEG_INFINITY; all.len()];
+            for (id, x) in top_logits(&all) {
+                kept[id as usize] = x;
+            }
+            Tensor::from_vec(kept, all.len(), logits.device())?
+        } else {
+            logits
+        };
         let logits = if self.params.repeat_penalty == 1.0 {
             logits
         } else {
@@ -117,6 +135,19 @@ mod tests {
         let mut s =
             Sampler::new(SamplingParams { repeat_penalty: 1.5, ..Default::default() }).unwrap();
         assert_eq!(s.sample(&logits(), &[1]).unwrap(), 2);
+    }
+
+    #[test]
+    fn only_the_top_logits_are_ever_picked() {
+        // 200 tokens, token t's logit t/1000: nearly flat at temperature 10.
+        let flat: Vec<f32> = (0..200).map(|t| t as f32 / 1000.0).collect();
+        let logits = Tensor::new(flat.as_slice(), &Device::Cpu).unwrap();
+        let p = SamplingParams { temperature: 10.0, seed: 3, ..Default::default() };
+        let mut s = Sampler::new(p).unwrap();
+        let picks: Vec<u32> = (0..500).map(|_| s.sample(&logits, &[]).unwrap()).collect();
+        let lowest_kept = (200 - TOP_LOGITS) as u32;
+        assert!(picks.iter().all(|&t| t >= lowest_kept), "{picks:?}");
+        assert!(picks.iter().any(|&t| t < lowest_kept + 8), "the whole top is reachable");
     }
 
     #[test]

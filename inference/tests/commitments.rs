@@ -3,7 +3,7 @@
 mod common;
 
 use bitorch_inference::{
-    commitment::{verify_chain, verify_stage, Error as CError, Opening, Tolerance, Trace},
+    commitment::{verify_chain, verify_stage, Error as CError, Logit, Opening, Tolerance, Trace},
     Checkpoint, GgufWeights, LoadOptions, Pipeline, Stage,
 };
 use candle_core::DType;
@@ -25,7 +25,7 @@ fn traces(p: &Pipeline, prompt: &[u32], gen: usize) -> Vec<Trace> {
 fn forged(inputs: &[Vec<f32>], outputs: Vec<Vec<f32>>) -> Trace {
     let mut t = Trace::new();
     for (i, o) in inputs.iter().zip(outputs) {
-        t.push(i.clone(), o);
+        t.push(i.clone(), o, Vec::new());
     }
     t
 }
@@ -128,6 +128,36 @@ fn real_model_commitments() {
     // An opening of a prefix verifies on its own.
     let opening = t.open_prefix(3).unwrap();
     verify_stage(&t.commitment(), &opening, mid, Tolerance::default()).unwrap();
+
+    // The last stage committed to the logits it returned: at the prompt's last position and
+    // at every step's (checked against its head above). Other logits are refused.
+    let last = &p.stages()[2];
+    let t = &ts[2];
+    let with: Vec<u32> =
+        t.leaves().iter().filter(|l| !l.logits.is_empty()).map(|l| l.position).collect();
+    let want: Vec<u32> = (prompt.len() as u32 - 1..prompt.len() as u32 + 12).collect();
+    assert_eq!(with, want);
+    let relogit = |change: &dyn Fn(&mut Vec<Logit>)| {
+        let mut forged = Trace::new();
+        for l in t.leaves() {
+            let mut logits = l.logits.clone();
+            if l.position == 20 {
+                change(&mut logits);
+            }
+            forged.push(l.input.clone(), l.output.clone(), logits);
+        }
+        forged
+    };
+    let logits_err = |r: Result<(), CError>| {
+        eprintln!("  -> {r:?}");
+        matches!(r, Err(CError::Logits { position: 20, .. }))
+    };
+    // The 6th token promoted above the best.
+    assert!(logits_err(check(&relogit(&|l| l[5].1 = l[0].1 + 0.5), last)));
+    // The best token left out.
+    assert!(logits_err(check(&relogit(&|l| l[0].0 = 0), last)));
+    // Fewer logits.
+    assert!(logits_err(check(&relogit(&|l| l.truncate(8)), last)));
 }
 
 /// The f32-activation modes a worker would run: our Q4_1 kernel reproduces bit for bit; f32
@@ -178,7 +208,7 @@ fn tiny_model_commitments_and_other_weights() {
     assert!(mismatch(check(&forged(&xs, theirs), &pa.stages()[1])));
     // A leaf whose hidden size is wrong is rejected, not a panic.
     let mut bad = Trace::new();
-    bad.push(vec![0.0; 3], vec![0.0; 3]);
+    bad.push(vec![0.0; 3], vec![0.0; 3], Vec::new());
     let r = check(&bad, &pa.stages()[1]);
     assert!(matches!(r, Err(CError::Reexecution(_))), "{r:?}");
 }

@@ -57,10 +57,11 @@ pub struct NodeArgs {
     /// states; `refuse-openings`: computes honestly but opens nothing to auditors;
     /// `other-weights`: runs candle's 8-bit-activation quantized kernels instead of the
     /// model's weights as registered, a cheaper computation; `skip-layers`: runs every other
-    /// layer of its range only; `other-trace`: answers honestly but commits to other outputs
-    /// than it returned; `overclaim`: claims more positions than acknowledged), for the
-    /// adversarial tests of the audits and claims.
-    #[arg(long, hide = true, value_parser = ["random-outputs", "refuse-openings", "other-weights", "skip-layers", "other-trace", "overclaim"])]
+    /// layer of its range only; `other-trace`: commits to other outputs than its layers
+    /// computed (a last stage answers with honest logits); `other-logits`: a last stage that
+    /// returns and commits to other logits than its head gives; `overclaim`: claims more
+    /// positions than acknowledged), for the adversarial tests of the audits and claims.
+    #[arg(long, hide = true, value_parser = ["random-outputs", "refuse-openings", "other-weights", "skip-layers", "other-trace", "other-logits", "overclaim"])]
     unsafe_cheat: Option<String>,
     /// Test only: this validator's auditor reveals the opposite of what it found (`lie`), or
     /// says "passed" without re-executing (`lazy`).
@@ -345,6 +346,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             let cheat = match args.unsafe_cheat.as_deref() {
                 Some("random-outputs") => Some(bitorch_compute::Cheat::RandomOutputs),
                 Some("other-trace") => Some(bitorch_compute::Cheat::OtherTrace),
+                Some("other-logits") => Some(bitorch_compute::Cheat::OtherLogits),
                 Some("overclaim") => Some(bitorch_compute::Cheat::Overclaim),
                 _ => None,
             };

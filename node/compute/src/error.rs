@@ -49,6 +49,20 @@ pub enum DecodeError {
         /// The limit.
         max: u32,
     },
+    /// More logits for one position than a last stage returns and commits to.
+    #[error("{got} logits for one position, more than {max}")]
+    #[codec(index = 6)]
+    TooManyLogits {
+        /// Logits carried.
+        got: u32,
+        /// The limit ([`bitorch_commitment::TOP_LOGITS`]).
+        max: u32,
+    },
+    /// An opening whose inputs, outputs and logits do not have the same number of rows (or
+    /// inputs and outputs not the same width).
+    #[error("an opening's inputs, outputs and logits disagree in shape")]
+    #[codec(index = 7)]
+    OpeningShape,
 }
 
 /// Why no route covers a model's layers.

@@ -2,7 +2,7 @@
 //!
 //! [`Gateway::generate`] plans a route ([`crate::route`]), opens a session on every stage,
 //! prefills the prompt, then per step sends one position along the route and samples the next
-//! token from the last stage's logits with the same [`Sampler`] as
+//! token from the last stage's top logits with the same [`Sampler`] as
 //! [`bitorch_inference::Engine::generate_tokens`], streaming each token to a callback as soon as
 //! it is sampled.
 //!
@@ -25,12 +25,14 @@
 //! restarted on them, and so on down the route, so the commitments still chain.
 //!
 //! Commitments chain by construction, since the gateway forwards exactly the bytes it received,
-//! and are checked at the end: every stage's [`Closure`] must cover the positions it was sent;
-//! for a stage between two others the gateway knows both the inputs and outputs of every
-//! position and recomputes the Merkle root itself, which proves that the worker committed to
-//! what it returned and to what its predecessor returned. (The first stage's inputs are token
-//! embeddings and the last stage's outputs are hidden states it never sends; those two roots are
-//! checked by auditors.)
+//! and are checked as they grow: every answer carries the stage's running trace hash, which
+//! must be the chain of the leaves of what it was sent (token rows for the first stage) and
+//! what it returned — for the last stage, the hidden states after its last layer and, at the
+//! last position of each answer, the top logits ([`bitorch_commitment::top`]) the gateway
+//! samples from. A stage whose hash is anything else is failed over and never acknowledged. At
+//! the end every stage's [`Closure`] must cover the positions it was sent; for a stage between
+//! two others the gateway also recomputes the Merkle root itself. Whether the returned outputs
+//! (logits included) follow from the inputs is what auditors check.
 //!
 //! A generation for a job pays by vouchers: the gateway, holding the job's client's key, signs
 //! each stage's [`Voucher`] for every position the stage returned (with the trace hash it
@@ -46,7 +48,7 @@ use crate::{
     },
     route::{plan_route_with, Bans, CostModel, WorkerInfo},
 };
-use bitorch_commitment::{chain_of, chain_step, leaf_hash, token_row, Commitment};
+use bitorch_commitment::{chain_of, chain_step, leaf_hash, token_row, Commitment, Logit};
 use bitorch_inference::{FinishReason, Sampler, SamplingParams};
 use bitorch_primitives::receipt::{JobId, SignedVoucher, Voucher};
 use bitorch_primitives::{Pair, Signature, H256};
@@ -403,8 +405,7 @@ struct Hop<Id> {
     as_fed: bool,
     /// The running hash of its trace over the `done` positions, as it last reported it.
     trace: H256,
-    /// The same hash computed here from what it was sent and returned (stages other than the
-    /// last, whose outputs the gateway sees whole).
+    /// The same hash computed here from what it was sent and returned.
     checked: [u8; 32],
 }
 
@@ -438,7 +439,8 @@ struct Run<'g, T: StageTransport> {
     hidden: HashMap<u32, Vec<f32>>,
     width: Option<u32>,
     vocab: Option<u32>,
-    logits: Vec<f32>,
+    /// The last stage's top logits for the last position, highest first.
+    logits: Vec<Logit>,
     /// How many positions had been processed when `logits` were produced.
     logits_at: u32,
     failovers: u32,
@@ -466,10 +468,17 @@ impl<T: StageTransport> Run<'_, T> {
         let mut target = req.prompt.len() as u32;
         self.advance(target).await?;
         loop {
-            let vocab = self.logits.len();
-            let logits =
-                Tensor::from_vec(std::mem::take(&mut self.logits), (1, vocab), &Device::Cpu)
-                    .map_err(bitorch_inference::Error::from)?;
+            // Sampled among the top logits the last stage returned (and committed to); every
+            // other token is out of reach, as with a top-k sampler.
+            let vocab = self.vocab.unwrap_or(0) as usize;
+            let mut dense = vec![f32::NEG_INFINITY; vocab];
+            for (id, x) in std::mem::take(&mut self.logits) {
+                if let Some(slot) = dense.get_mut(id as usize) {
+                    *slot = x;
+                }
+            }
+            let logits = Tensor::from_vec(dense, (1, vocab), &Device::Cpu)
+                .map_err(bitorch_inference::Error::from)?;
             let tok = sampler.sample(&logits, &history)?;
             tokens.push(tok);
             history.push(tok);
@@ -583,7 +592,7 @@ impl<T: StageTransport> Run<'_, T> {
                         let values = f.to_vec();
                         // Its trace must chain what it was sent and returned; one that commits to
                         // anything else is never acknowledged for it.
-                        let checked = self.chain_io(i, start, done, &values, width as usize);
+                        let checked = self.chain_io(i, start, done, &values, width as usize, &[]);
                         if checked != Some(trace.0) {
                             let f = StageFailure::Unexpected(
                                 "its trace hash is not the chain of what it was sent and returned"
@@ -610,12 +619,29 @@ impl<T: StageTransport> Run<'_, T> {
                         }
                         self.append(end, done, &values, width as usize);
                     }
-                    StageResponse::Output { output: Activation::Logits(f), trace }
-                        if last && f.rows() == 1 && Some(f.cols()) == self.vocab =>
-                    {
+                    StageResponse::Output {
+                        output: Activation::Last { hidden, logits },
+                        trace,
+                    } if last && hidden.rows() == chunk && hidden.cols() == width => {
+                        let top = logits.to_vec();
+                        let vocab = self.vocab.unwrap_or(0) as usize;
+                        if let Err(e) = bitorch_commitment::top::check_top(&top, vocab) {
+                            let f = StageFailure::Unexpected(format!("its logits: {e}"));
+                            return Err((i, f));
+                        }
+                        let values = hidden.to_vec();
+                        let checked = self.chain_io(i, start, done, &values, width as usize, &top);
+                        if checked != Some(trace.0) {
+                            let f = StageFailure::Unexpected(
+                                "its trace hash is not the chain of what it was sent and returned"
+                                    .into(),
+                            );
+                            return Err((i, f));
+                        }
                         self.route[i].trace = trace;
+                        self.route[i].checked = trace.0;
                         if done + chunk == target {
-                            self.logits = f.to_vec();
+                            self.logits = top;
                             self.logits_at = target;
                         }
                     }
@@ -632,8 +658,8 @@ impl<T: StageTransport> Run<'_, T> {
 
     /// Stage `i`'s trace hash extended from what was checked before by the leaves of positions
     /// `from..` it was sent (token rows from the tokens when it starts at layer 0, else the
-    /// hidden states stored at boundary `start`) and returned (`values`, rows of width `w`);
-    /// `None` when the inputs are not here.
+    /// hidden states stored at boundary `start`) and returned (`values`, rows of width `w`, and
+    /// a last stage's `logits` at the last of them); `None` when the inputs are not here.
     fn chain_io(
         &self,
         i: usize,
@@ -641,8 +667,10 @@ impl<T: StageTransport> Run<'_, T> {
         from: u32,
         values: &[f32],
         w: usize,
+        logits: &[Logit],
     ) -> Option<[u8; 32]> {
         let mut chain = self.route[i].checked;
+        let rows = values.len() / w.max(1);
         for (r, out) in values.chunks_exact(w.max(1)).enumerate() {
             let p = from as usize + r;
             let input = if start == 0 {
@@ -650,7 +678,8 @@ impl<T: StageTransport> Run<'_, T> {
             } else {
                 self.hidden.get(&start)?.get(p * w..(p + 1) * w)?.to_vec()
             };
-            chain = chain_step(&chain, &leaf_hash(p as u32, &input, out));
+            let at_last = if r + 1 == rows { logits } else { &[] };
+            chain = chain_step(&chain, &leaf_hash(p as u32, &input, out, at_last));
         }
         Some(chain)
     }
@@ -932,7 +961,9 @@ impl<T: StageTransport> Run<'_, T> {
                 return Err("gateway lost the stage's activations".into());
             }
             let hashes: Vec<_> = (0..n)
-                .map(|p| leaf_hash(p as u32, &ins[p * w..(p + 1) * w], &outs[p * w..(p + 1) * w]))
+                .map(|p| {
+                    leaf_hash(p as u32, &ins[p * w..(p + 1) * w], &outs[p * w..(p + 1) * w], &[])
+                })
                 .collect();
             if Commitment::from_leaf_hashes(&hashes).root != c.root.0 {
                 return Err("commitment root does not match the activations exchanged".into());

@@ -42,7 +42,7 @@ pub use gateway::{
     RejectedReceipt, StageReceipt, StageTransport,
 };
 pub use protocol::{
-    Activation, Closure, Floats, Limits, ModelId, OpeningRequest, SessionAuth, SessionId,
+    Activation, Closure, Floats, Limits, Logits, ModelId, OpeningRequest, SessionAuth, SessionId,
     StageError, StageInfo, StageRequest, StageResponse, TraceOpening, OPENING_PAGE_BYTES,
     PROTOCOL_NAME,
 };

@@ -31,7 +31,7 @@ use parity_scale_codec::{Decode, DecodeLimit, Encode, Error as CodecError, Input
 pub const PROTOCOL_NAME: &str = "/bitorch/stage/1";
 
 /// The version byte every message starts with.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 
 /// Deepest nesting the decoder follows. Our messages nest four levels at most; the limit only
 /// stops a hostile message from recursing through a future recursive type.
@@ -127,6 +127,51 @@ impl Decode for Floats {
     }
 }
 
+/// The logits a last stage returns for one position, highest first: token ids and values
+/// (carried as the f32's bits, exact). At most [`bitorch_commitment::TOP_LOGITS`] of them,
+/// which is what it returns and commits to ([`bitorch_commitment::top`]).
+#[derive(Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Logits(Vec<(u32, u32)>);
+
+impl std::fmt::Debug for Logits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Logits({})", self.0.len())
+    }
+}
+
+impl Logits {
+    /// From `(token id, logit)` pairs.
+    pub fn new(logits: &[bitorch_commitment::Logit]) -> Self {
+        Self(logits.iter().map(|&(id, x)| (id, x.to_bits())).collect())
+    }
+
+    /// The `(token id, logit)` pairs.
+    pub fn to_vec(&self) -> Vec<bitorch_commitment::Logit> {
+        self.0.iter().map(|&(id, x)| (id, f32::from_bits(x))).collect()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn check(&self) -> Result<(), DecodeError> {
+        let max = bitorch_commitment::TOP_LOGITS;
+        if self.0.len() > max {
+            return Err(DecodeError::TooManyLogits {
+                got: self.0.len().try_into().unwrap_or(u32::MAX),
+                max: max as u32,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What a stage takes or gives at some positions.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Activation {
@@ -137,17 +182,25 @@ pub enum Activation {
     /// of every stage but the last.
     #[codec(index = 1)]
     Hidden(Floats),
-    /// The last position's logits, `1 × vocab_size`: the output of the last stage.
+    /// The output of the last stage: the hidden states after its last layer at every position
+    /// of the request, `positions × hidden_size` (what its trace commits to, so that the
+    /// client can check the trace hash it acknowledges), and the top logits of the last
+    /// position (committed in that position's leaf), which the client samples from.
     #[codec(index = 2)]
-    Logits(Floats),
+    Last {
+        /// Hidden states after the stage's last layer.
+        hidden: Floats,
+        /// The last position's top logits, highest first.
+        logits: Logits,
+    },
 }
 
 impl Activation {
-    /// Token positions it carries (logits: the one position they are for).
+    /// Token positions it carries.
     pub fn positions(&self) -> u32 {
         match self {
             Self::Tokens(t) => t.len().try_into().unwrap_or(u32::MAX),
-            Self::Hidden(f) | Self::Logits(f) => f.rows(),
+            Self::Hidden(f) | Self::Last { hidden: f, .. } => f.rows(),
         }
     }
 
@@ -156,7 +209,7 @@ impl Activation {
         match self {
             Self::Tokens(_) => ActivationKind::Tokens,
             Self::Hidden(_) => ActivationKind::Hidden,
-            Self::Logits(_) => ActivationKind::Logits,
+            Self::Last { .. } => ActivationKind::Last,
         }
     }
 }
@@ -170,9 +223,9 @@ pub enum ActivationKind {
     /// [`Activation::Hidden`].
     #[codec(index = 1)]
     Hidden,
-    /// [`Activation::Logits`].
+    /// [`Activation::Last`].
     #[codec(index = 2)]
-    Logits,
+    Last,
 }
 
 impl std::fmt::Display for ActivationKind {
@@ -180,7 +233,7 @@ impl std::fmt::Display for ActivationKind {
         f.write_str(match self {
             Self::Tokens => "token ids",
             Self::Hidden => "hidden states",
-            Self::Logits => "logits",
+            Self::Last => "a last stage's hidden states and logits",
         })
     }
 }
@@ -289,16 +342,18 @@ impl OpeningRequest {
 }
 
 /// A page of a worker's opening of a claimed session for its audit: the committed inputs and
-/// outputs of positions `from..` (each a row; the request's `from`), up to `last` or as many as
-/// fit in [`OPENING_PAGE_BYTES`], and, in the first page only, the leaf hashes of the positions
-/// after `last`, up to the claim's. From all pages the auditor recomputes the voucher's trace
-/// hash and re-executes.
+/// outputs of positions `from..` (each a row; the request's `from`) and the logits committed
+/// there (a last stage's), up to `last` or as many as fit in [`OPENING_PAGE_BYTES`], and, in
+/// the first page only, the leaf hashes of the positions after `last`, up to the claim's. From
+/// all pages the auditor recomputes the voucher's trace hash and re-executes.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct TraceOpening {
     /// Inputs, `rows × hidden`.
     pub inputs: Floats,
     /// Outputs, `rows × hidden`.
     pub outputs: Floats,
+    /// The logits committed at each row's position (none for most).
+    pub logits: Vec<Logits>,
     /// Leaf hashes of positions `last + 1..positions` (first page), or none.
     pub hashes_after: Vec<H256>,
 }
@@ -513,6 +568,9 @@ fn decode<T: Decode>(bytes: &[u8], max_bytes: usize) -> Result<T, DecodeError> {
 }
 
 fn check_activation(a: &Activation, limits: &Limits) -> Result<(), DecodeError> {
+    if let Activation::Last { logits, .. } = a {
+        logits.check()?;
+    }
     let n = a.positions();
     if n == 0 {
         return Err(DecodeError::NoPositions);
@@ -537,10 +595,15 @@ pub fn decode_response(bytes: &[u8], limits: &Limits) -> Result<StageResponse, D
     let resp: StageResponse = decode(bytes, limits.max_message_bytes)?;
     match &resp {
         StageResponse::Output { output, .. } => check_activation(output, limits)?,
-        StageResponse::Opening(o)
-            if o.inputs.rows() != o.outputs.rows() || o.inputs.cols() != o.outputs.cols() =>
-        {
-            return Err(DecodeError::Invalid);
+        StageResponse::Opening(o) => {
+            let rows = o.inputs.rows() as usize;
+            if rows != o.outputs.rows() as usize
+                || o.inputs.cols() != o.outputs.cols()
+                || o.logits.len() != rows
+            {
+                return Err(DecodeError::OpeningShape);
+            }
+            o.logits.iter().try_for_each(Logits::check)?;
         }
         _ => {}
     }
@@ -606,12 +669,16 @@ mod tests {
                 claim: None,
             }),
             StageResponse::Output {
-                output: Activation::Logits(Floats::new(1, 3, &[1.0, -2.0, 3.5]).unwrap()),
+                output: Activation::Last {
+                    hidden: Floats::new(2, 1, &[0.5, 0.25]).unwrap(),
+                    logits: Logits::new(&[(2, 3.5), (0, 1.0), (1, -2.0)]),
+                },
                 trace: H256::repeat_byte(3),
             },
             StageResponse::Opening(TraceOpening {
                 inputs: Floats::new(2, 2, &[1.0, 2.0, 3.0, 4.0]).unwrap(),
                 outputs: Floats::new(2, 2, &[5.0, 6.0, 7.0, 8.0]).unwrap(),
+                logits: vec![Logits::default(), Logits::new(&[(7, f32::NAN)])],
                 hashes_after: vec![H256::repeat_byte(9)],
             }),
             StageResponse::Error(StageError::NoOpening {
@@ -642,12 +709,40 @@ mod tests {
 
     #[test]
     fn openings_with_mismatched_shapes_are_refused() {
-        let bad = StageResponse::Opening(TraceOpening {
-            inputs: Floats::new(2, 2, &[0.0; 4]).unwrap(),
+        let page = |outputs: u32, logits: usize| {
+            StageResponse::Opening(TraceOpening {
+                inputs: Floats::new(2, 2, &[0.0; 4]).unwrap(),
+                outputs: Floats::new(outputs, 2, &vec![0.0; outputs as usize * 2]).unwrap(),
+                logits: vec![Logits::default(); logits],
+                hashes_after: vec![],
+            })
+        };
+        assert!(decode_response(&encode(&page(2, 2)), &limits()).is_ok());
+        for bad in [page(1, 2), page(2, 1), page(2, 3)] {
+            assert_eq!(decode_response(&encode(&bad), &limits()), Err(DecodeError::OpeningShape));
+        }
+    }
+
+    #[test]
+    fn more_logits_than_a_last_stage_commits_to_are_refused() {
+        let max = bitorch_commitment::TOP_LOGITS;
+        let many = Logits::new(&vec![(1, 0.5); max + 1]);
+        let err = Err(DecodeError::TooManyLogits { got: max as u32 + 1, max: max as u32 });
+        let out = StageResponse::Output {
+            output: Activation::Last {
+                hidden: Floats::new(1, 2, &[0.0; 2]).unwrap(),
+                logits: many.clone(),
+            },
+            trace: H256::zero(),
+        };
+        assert_eq!(decode_response(&encode(&out), &limits()), err);
+        let page = StageResponse::Opening(TraceOpening {
+            inputs: Floats::new(1, 2, &[0.0; 2]).unwrap(),
             outputs: Floats::new(1, 2, &[0.0; 2]).unwrap(),
+            logits: vec![many],
             hashes_after: vec![],
         });
-        assert_eq!(decode_response(&encode(&bad), &limits()), Err(DecodeError::Invalid));
+        assert_eq!(decode_response(&encode(&page), &limits()), err);
     }
 
     #[test]

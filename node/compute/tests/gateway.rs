@@ -6,8 +6,8 @@
 mod common;
 
 use bitorch_compute::{
-    Cheat, Error, Gateway, GatewayConfig, GatewayRequest, PlanError, StageRequest, StageResponse,
-    StageTransport, Worker, WorkerInfo,
+    Activation, Cheat, Error, Gateway, GatewayConfig, GatewayRequest, Logits, PlanError,
+    StageRequest, StageResponse, StageTransport, Worker, WorkerInfo,
 };
 use bitorch_inference::{Checkpoint, Kernel, LoadOptions, Pipeline, SamplingParams};
 use common::*;
@@ -221,6 +221,63 @@ async fn tiny_a_stage_committing_to_other_outputs_than_it_returned_is_dropped_at
         let honest = if cheater == 0 { 4 } else { 3 };
         assert_eq!(gen.route[cheater as usize].id, honest);
         // Honest stages are never dropped.
+        assert_eq!(gen.failovers, 1);
+    }
+}
+
+/// The last stage's answer with the sixth best token raised above the best.
+fn promote_sixth(r: StageResponse) -> StageResponse {
+    match r {
+        StageResponse::Output { output: Activation::Last { hidden, logits }, trace } => {
+            let mut top = logits.to_vec();
+            top[5].1 = top[0].1 + 1.0;
+            top.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let logits = Logits::new(&top);
+            StageResponse::Output { output: Activation::Last { hidden, logits }, trace }
+        }
+        other => other,
+    }
+}
+
+/// The last stage's answer with only its 8 best logits.
+fn fewer_logits(r: StageResponse) -> StageResponse {
+    match r {
+        StageResponse::Output { output: Activation::Last { hidden, logits }, trace } => {
+            let logits = Logits::new(&logits.to_vec()[..8]);
+            StageResponse::Output { output: Activation::Last { hidden, logits }, trace }
+        }
+        other => other,
+    }
+}
+
+#[tokio::test]
+async fn tiny_a_last_stage_answering_other_logits_than_it_committed_to_is_dropped_at_once() {
+    let prompt = [4u32, 8, 15, 16, 23, 42];
+    let (want, _) = reference(tiny(), &prompt, 8, &SamplingParams::greedy());
+    // The preferred last stage (worker 2) computes and commits honestly, but the logits that
+    // reach the gateway are others (a token promoted, or fewer of them); worker 5 serves the
+    // same layers honestly.
+    for tamper in [promote_sixth as Tamper, fewer_logits] {
+        let specs = vec![
+            (0, 0, 100.0, 4, BI),
+            (1, 1, 100.0, 4, BI),
+            (2, 2, 300.0, 4, BI),
+            (5, 2, 100.0, 4, BI),
+        ];
+        let (gw, infos) = setup(&specs);
+        gw.transport().tamper(2, tamper);
+        let gen = gw
+            .generate(&infos, &request(&prompt, 8, SamplingParams::greedy()), |_| {
+                ControlFlow::Continue(())
+            })
+            .await
+            .unwrap();
+        // The logits are in the leaf the trace hash commits to (and must be the top 64): the
+        // tampered answer is its last, and the tokens are the honest ones.
+        assert_eq!(gen.tokens, want);
+        assert!(gw.is_banned(&2));
+        assert_eq!(forwards(&gw.transport().log(), 2), 1);
+        assert_eq!(gen.route[2].id, 5);
         assert_eq!(gen.failovers, 1);
     }
 }

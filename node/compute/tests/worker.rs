@@ -47,7 +47,10 @@ fn close(session: SessionId) -> StageRequest {
 
 fn output(r: StageResponse) -> Floats {
     match r {
-        StageResponse::Output { output: Activation::Hidden(f) | Activation::Logits(f), .. } => f,
+        StageResponse::Output {
+            output: Activation::Hidden(f) | Activation::Last { hidden: f, .. },
+            ..
+        } => f,
         other => panic!("expected output, got {other:?}"),
     }
 }
@@ -167,8 +170,16 @@ fn first_and_last_stage_inputs_and_outputs() {
     ));
     let h = output(first.handle(fwd(a, 0, Activation::Tokens(vec![3, 5, 7]))));
     assert_eq!((h.rows(), h.cols()), (3, 64));
-    let logits = output(last.handle(fwd(a, 0, hidden(3, 64, 1.0))));
-    assert_eq!((logits.rows(), logits.cols()), (1, 97));
+    // The last stage returns its hidden states (what it commits to) and the top 64 of the
+    // 97 logits of the last position, highest first.
+    let StageResponse::Output { output: Activation::Last { hidden: h, logits }, .. } =
+        last.handle(fwd(a, 0, hidden(3, 64, 1.0)))
+    else {
+        panic!("expected the last stage's output")
+    };
+    assert_eq!((h.rows(), h.cols(), logits.len()), (3, 64, 64));
+    let top = logits.to_vec();
+    assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "{top:?}");
     // The last stage takes hidden states, not tokens.
     assert!(matches!(
         err(last.handle(fwd(a, 3, Activation::Tokens(vec![1])))),

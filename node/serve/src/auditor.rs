@@ -6,7 +6,9 @@
 //! opening, page by page ([`OpeningRequest`], signed by the validator), checks that the leaf hashes it opens
 //! rebuild the voucher's trace hash for exactly the claimed positions, re-executes the claim's
 //! layers on the opened inputs in one batched pass ([`bitorch_commitment::Reexecute`]) and
-//! compares the outputs within [`Tolerance`]: that is its finding (no opening in time counts
+//! compares the outputs within [`Tolerance`], and for a last stage applies the head to each
+//! committed output that came with logits and checks those logits
+//! ([`bitorch_commitment::verify_top`]): that is its finding (no opening in time counts
 //! against the worker, once it has been asked until a few blocks before the window ends). It
 //! commits to the finding with a random salt and reveals it once the
 //! commit window is over. Nothing but the chain tells it what to audit.
@@ -14,7 +16,7 @@
 use crate::chain::submit_each_and_wait;
 use crate::model::Described;
 use crate::TARGET;
-use bitorch_commitment::{chain_of, leaf_hash, probe, Tolerance};
+use bitorch_commitment::{chain_of, leaf_hash, probe, verify_top, Logit, Reexecute, Tolerance};
 use bitorch_compute::{protocol, OpeningRequest, StageRequest, StageResponse};
 use bitorch_inference::Stage;
 use bitorch_network::{Handle as NetHandle, PeerId};
@@ -216,6 +218,8 @@ struct Opened {
     inputs: Vec<Vec<f32>>,
     /// Their committed outputs.
     outputs: Vec<Vec<f32>>,
+    /// The logits committed at each (a last stage's; none at most positions).
+    logits: Vec<Vec<Logit>>,
     /// The leaf hashes of the positions after `last`.
     hashes_after: Vec<H256>,
 }
@@ -232,7 +236,12 @@ async fn fetch(
 ) -> Option<Opened> {
     let peer = peer_of(&a.net, a.model, worker).await?;
     let rows = last as usize + 1;
-    let mut o = Opened { inputs: Vec::new(), outputs: Vec::new(), hashes_after: Vec::new() };
+    let mut o = Opened {
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        logits: Vec::new(),
+        hashes_after: Vec::new(),
+    };
     let mut width = None;
     while o.inputs.len() < rows {
         let from = o.inputs.len();
@@ -260,6 +269,7 @@ async fn fetch(
         };
         o.inputs.extend(split(page.inputs.to_vec()));
         o.outputs.extend(split(page.outputs.to_vec()));
+        o.logits.extend(page.logits.iter().map(|l| l.to_vec()));
     }
     Some(o)
 }
@@ -274,7 +284,7 @@ async fn examine(
     audit: &Audit,
 ) -> Examined {
     let v = &claim.voucher;
-    let Some(Opened { inputs: ins, outputs: outs, hashes_after }) =
+    let Some(Opened { inputs: ins, outputs: outs, logits, hashes_after }) =
         fetch(a, job, index, &v.worker, audit.last).await
     else {
         return Examined::NoAnswer;
@@ -286,7 +296,7 @@ async fn examine(
         return wrong;
     }
     let mut hashes: Vec<[u8; 32]> =
-        (0..n).map(|p| leaf_hash(p as u32, &ins[p], &outs[p])).collect();
+        (0..n).map(|p| leaf_hash(p as u32, &ins[p], &outs[p], &logits[p])).collect();
     hashes.extend(hashes_after.iter().map(|h| h.0));
     if chain_of(&hashes) != v.trace.0 {
         tracing::info!(target: TARGET, job, claim = index, "the opening is not what the voucher signed");
@@ -323,24 +333,37 @@ async fn examine(
     };
     // The probe goes after the opened prefix when the context has room for one more position.
     let room = n < stage.config().context_length;
-    let run = move || probe::reexecute(stage.as_ref(), &ins, &seed, room);
-    let (recomputed, sketch) = match tokio::task::spawn_blocking(run).await {
-        Ok(Ok((r, p))) if r.len() == n => (r, p),
-        _ => return wrong,
+    // The head over the committed outputs that came with logits (a last stage's).
+    let with_logits: Vec<usize> = (0..n).filter(|&p| !logits[p].is_empty()).collect();
+    let heads_in: Vec<Vec<f32>> = with_logits.iter().map(|&p| outs[p].clone()).collect();
+    let run = move || {
+        let (r, sketch) = probe::reexecute(stage.as_ref(), &ins, &seed, room)?;
+        let heads = if heads_in.is_empty() { Vec::new() } else { stage.logits(&heads_in)? };
+        Ok::<_, String>((r, sketch, heads))
+    };
+    let (recomputed, sketch, heads) = match tokio::task::spawn_blocking(run).await {
+        Ok(Ok((r, p, h))) if r.len() == n && h.len() == with_logits.len() => (r, p, h),
+        other => {
+            let error = other.map(|r| r.err());
+            tracing::info!(target: TARGET, job, claim = index, ?error, "re-execution failed");
+            return wrong;
+        }
     };
     let outputs = hash_rows(&recomputed);
     let probe = Probe(sketch);
     let tolerance = Tolerance::default();
-    Examined::Found(
-        match outs.iter().zip(&recomputed).position(|(c, r)| !tolerance.accepts(c, r)) {
-            None => Finding::Passed { outputs, probe },
-            Some(p) => {
-                tracing::info!(target: TARGET, job, claim = index, position = p,
-                error = Tolerance::relative_error(&outs[p], &recomputed[p]), "outputs differ");
-                Finding::Failed { outputs, probe: Some(probe) }
-            }
-        },
-    )
+    if let Some(p) = outs.iter().zip(&recomputed).position(|(c, r)| !tolerance.accepts(c, r)) {
+        tracing::info!(target: TARGET, job, claim = index, position = p,
+            error = Tolerance::relative_error(&outs[p], &recomputed[p]), "outputs differ");
+        return Examined::Found(Finding::Failed { outputs, probe: Some(probe) });
+    }
+    for (&p, head) in with_logits.iter().zip(&heads) {
+        if let Err(error) = verify_top(head, &logits[p], tolerance) {
+            tracing::info!(target: TARGET, job, claim = index, position = p, %error, "logits differ");
+            return Examined::Found(Finding::Failed { outputs, probe: Some(probe) });
+        }
+    }
+    Examined::Found(Finding::Passed { outputs, probe })
 }
 
 /// blake2-256 of rows of floats, little-endian.

@@ -9,7 +9,7 @@
 
 use bitorch_commitment::file::{decode_leaves, encode_leaves};
 use bitorch_commitment::Leaf;
-use bitorch_compute::{Floats, TraceOpening};
+use bitorch_compute::{Floats, Logits, TraceOpening};
 use bitorch_primitives::H256;
 use bitorch_runtime::jobs::JobId;
 use std::io;
@@ -100,7 +100,16 @@ impl TraceStore {
             Vec::new()
         };
         let room = max_bytes.saturating_sub(hashes_after.len() * 32);
-        let rows = (room / (2 * 4 * width.max(1))).clamp(1, last + 1 - from);
+        // Each row's floats and the logits committed there (a last stage's); at least one row.
+        let mut rows = 0;
+        let mut used = 0;
+        for l in &leaves[from..=last] {
+            used += 8 * width.max(1) + 8 * l.logits.len();
+            if rows > 0 && used > room {
+                break;
+            }
+            rows += 1;
+        }
         let end = from + rows;
         let flat = |f: fn(&Leaf) -> &Vec<f32>| -> Vec<f32> {
             leaves[from..end].iter().flat_map(|l| f(l).iter().copied()).collect()
@@ -112,6 +121,7 @@ impl TraceStore {
         Ok(TraceOpening {
             inputs: shape(flat(|l| &l.input))?,
             outputs: shape(flat(|l| &l.output))?,
+            logits: leaves[from..end].iter().map(|l| Logits::new(&l.logits)).collect(),
             hashes_after,
         })
     }
@@ -146,6 +156,7 @@ mod tests {
                 position: p,
                 input: (0..width).map(|i| (p as f32) + i as f32 * 0.5).collect(),
                 output: (0..width).map(|i| -(p as f32) * 1.5 - i as f32).collect(),
+                logits: if p == 2 { vec![(5, 1.5), (1, -0.5)] } else { Vec::new() },
             })
             .collect()
     }
@@ -164,18 +175,23 @@ mod tests {
         assert_eq!((o.inputs.rows(), o.inputs.cols(), o.hashes_after.len()), (3, 4, 2));
         assert_eq!(o.outputs.to_vec()[4..8], l[1].output[..]);
         assert_eq!(o.hashes_after[1], H256(l[4].hash()));
+        assert_eq!(
+            o.logits.iter().map(|x| x.to_vec()).collect::<Vec<_>>(),
+            [vec![], vec![], l[2].logits.clone()]
+        );
         // Positions past the trace, a prefix past the claim, or a page past it, are refused.
         assert!(again.opening(3, &[9; 16], page(0, 5, 5)).is_err());
         assert!(again.opening(3, &[9; 16], page(0, 1, 7)).is_err());
         assert!(again.opening(3, &[9; 16], page(3, 2, 5)).is_err());
         assert!(again.opening(4, &[9; 16], page(0, 1, 2)).unwrap_err().contains("not kept"));
-        // Pages: rows of 2 × 4 floats are 32 bytes. With 100 bytes, the first page holds the
-        // two hashes after position 3 (64 bytes) and one row; the next, up to three rows.
+        // Pages: rows of 2 × 4 floats are 32 bytes, 48 with position 2's two logits. With 100
+        // bytes, the first page holds the two hashes after position 3 (64 bytes) and one row;
+        // the next, rows 1 and 2 (80 bytes), then row 3.
         let small = |from| Page { from, last: 3, positions: 6, max_bytes: 100 };
         let o = again.opening(3, &[9; 16], small(0)).unwrap();
         assert_eq!((o.inputs.rows(), o.hashes_after.len()), (1, 2));
         let o = again.opening(3, &[9; 16], small(1)).unwrap();
-        assert_eq!((o.inputs.rows(), o.hashes_after.len()), (3, 0));
+        assert_eq!((o.inputs.rows(), o.hashes_after.len(), o.logits.len()), (2, 0, 2));
         assert_eq!(o.inputs.to_vec()[..4], l[1].input[..]);
         let o = again.opening(3, &[9; 16], small(3)).unwrap();
         assert_eq!((o.inputs.rows(), o.outputs.to_vec()), (1, l[3].output.clone()));

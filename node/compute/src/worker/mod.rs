@@ -26,10 +26,10 @@ mod actor;
 pub use actor::{spawn, WorkerHandle};
 
 use crate::protocol::{
-    self, Activation, ActivationKind, Closure, Floats, Limits, ModelId, SessionId, StageError,
-    StageInfo, StageRequest, StageResponse,
+    self, Activation, ActivationKind, Closure, Floats, Limits, Logits, ModelId, SessionId,
+    StageError, StageInfo, StageRequest, StageResponse,
 };
-use bitorch_commitment::{token_row, Trace};
+use bitorch_commitment::{token_row, top_logits, Trace};
 use bitorch_inference::{Cache, Kernel, Stage};
 use bitorch_primitives::receipt::{JobId, SessionAuth, SignedVoucher, Voucher};
 use bitorch_primitives::{keys, AccountId, Pair, Signature, H256};
@@ -73,9 +73,14 @@ pub enum Cheat {
     /// Returns, and commits to, random hidden states of the right shape instead of computing
     /// its layers' outputs.
     RandomOutputs,
-    /// Answers honestly but commits to other outputs (zeros) than those it returned: the
-    /// trace it would open is not the work it did.
+    /// Commits to other outputs (zeros) than its layers computed: a stage that is not last
+    /// returns its real outputs (the client's check of the trace hash catches it at once); a
+    /// last stage returns the zeros it committed to, with the logits of its real outputs, so
+    /// the answer is honest and the trace it would open is not the work it did.
     OtherTrace,
+    /// A last stage that computes honestly but returns (and commits to) other logits: the
+    /// sixth best token's logit raised above the best's, so greedy decoding picks it.
+    OtherLogits,
     /// Computes honestly but claims 16 positions more than the client acknowledged (the
     /// voucher's signature no longer covers it).
     Overclaim,
@@ -623,7 +628,7 @@ fn run(
             let xs: Vec<Vec<f32>> = flat.chunks_exact(hidden.max(1)).map(<[f32]>::to_vec).collect();
             (Tensor::from_vec(flat, (1, n, hidden), dev)?.to_dtype(stage.dtype())?, xs)
         }
-        Activation::Logits(_) => {
+        Activation::Last { .. } => {
             return Err(bitorch_inference::Error::StageInput("logits are not an input".into()))
         }
     };
@@ -631,23 +636,36 @@ fn run(
     let y = stage.forward_layers(&x, pos, &mut s.cache)?;
     let y = match cheat {
         Some(Cheat::RandomOutputs) => y.randn_like(0.0, 1.0)?,
-        Some(Cheat::OtherTrace | Cheat::Overclaim) | None => y,
+        _ => y,
     };
-    let rows = |t: &Tensor| -> bitorch_inference::Result<Vec<Vec<f32>>> {
-        Ok(t.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
-    };
-    let ys: Vec<Vec<f32>> = rows(&y)?;
+    let ys: Vec<Vec<f32>> = y.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let n = ys.len();
-    let out = if stage.is_last() {
+    // A last stage returns the top logits of the last position and commits to them there.
+    let mut top = Vec::new();
+    if stage.is_last() {
         let logits = stage.head(&y)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Activation::Logits(floats(1, &logits)?)
+        top = top_logits(&logits);
+        if cheat == Some(Cheat::OtherLogits) && top.len() > 5 {
+            top[5].1 = top[0].1 + 1.0;
+            top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        }
+    }
+    let other_trace = cheat == Some(Cheat::OtherTrace);
+    // It returns what it computed (a cheating last stage: what it commits to instead).
+    let flat: Vec<f32> = if other_trace && stage.is_last() {
+        vec![0.0; n * hidden]
     } else {
-        let flat: Vec<f32> = ys.iter().flatten().copied().collect();
+        ys.iter().flatten().copied().collect()
+    };
+    let out = if stage.is_last() {
+        Activation::Last { hidden: floats(n, &flat)?, logits: Logits::new(&top) }
+    } else {
         Activation::Hidden(floats(n, &flat)?)
     };
-    for (i, o) in xs.into_iter().zip(ys) {
-        let o = if cheat == Some(Cheat::OtherTrace) { vec![0.0; o.len()] } else { o };
-        s.trace.push(i, o);
+    for (r, (i, o)) in xs.into_iter().zip(ys).enumerate() {
+        let o = if other_trace { vec![0.0; o.len()] } else { o };
+        let logits = if r + 1 == n { std::mem::take(&mut top) } else { Vec::new() };
+        s.trace.push(i, o, logits);
     }
     Ok(out)
 }

@@ -100,7 +100,13 @@ pub struct MemTransport {
     limits: Limits,
     log: Mutex<Vec<(u32, &'static str)>>,
     client: AccountId,
+    /// Answers of a worker changed on their way back (a man in the middle, or a worker that
+    /// answers otherwise than it computed).
+    tamper: Mutex<HashMap<u32, Tamper>>,
 }
+
+/// A change made to a worker's answers ([`MemTransport::tamper`]).
+pub type Tamper = fn(StageResponse) -> StageResponse;
 
 impl MemTransport {
     /// Spawns the workers, keyed by id.
@@ -113,7 +119,18 @@ impl MemTransport {
             })
             .collect();
         let client = keys::account_of(&key(CLIENT));
-        Self { workers, limits: Limits::default(), log: Mutex::new(Vec::new()), client }
+        Self {
+            workers,
+            limits: Limits::default(),
+            log: Mutex::new(Vec::new()),
+            client,
+            tamper: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Changes every answer of worker `id` with `f` from now on.
+    pub fn tamper(&self, id: u32, f: Tamper) {
+        self.tamper.lock().unwrap().insert(id, f);
     }
 
     pub fn kill(&self, id: u32) {
@@ -171,6 +188,10 @@ impl StageTransport for MemTransport {
             .call_for(req, Some(self.client.clone()))
             .await
             .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let resp = match self.tamper.lock().unwrap().get(worker) {
+            Some(f) => f(resp),
+            None => resp,
+        };
         Ok(decode_response(&encode(&resp), &self.limits)?)
     }
 }
