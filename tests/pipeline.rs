@@ -1066,8 +1066,11 @@ fn a_last_stage_returning_other_logits_is_caught_slashed_and_unpaid() {
     assert_ne!(answer, infer(PROMPTS[1], MAX_TOKENS));
     eprintln!("answer from Bob's other logits: {answer:?}");
     // The auditors re-execute his layers (his hidden states pass), apply the head to his
-    // committed outputs and find the committed logits are not its top.
+    // committed outputs and find the committed logits are not its top: the audit of a last
+    // stage opens the whole claim, so every position that returned logits.
     let (job, bobs, honest) = settled_with_bob(&nodes);
+    let positions = bobs["positions"].as_u64().unwrap();
+    assert_eq!(bobs["audit"]["lastPosition"].as_u64(), Some(positions - 1), "{job}");
     assert_caught(&job, &bobs, &honest, &["Alice", "Charlie", "Dave"], "failed");
     let (accounts, issuance) = ledger(&nodes[0]);
     assert_issuance_is_the_sum(&accounts, issuance);

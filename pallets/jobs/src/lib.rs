@@ -849,9 +849,14 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         }
         // Half the audits open the whole claim, the others a uniform prefix: any cheat, even on
         // the last position only, is caught by at least half the audits of its claim, and an
-        // audit re-executes three quarters of the claim on average.
+        // audit re-executes three quarters of the claim on average. A last stage's audits
+        // always open the whole claim: the logits it returned, which the client sampled from,
+        // are committed only at the positions that produced them (the prompt's last and each
+        // step's), all past a prefix inside the prompt.
         let positions = u64::from(record.voucher.positions.max(1));
-        let last = if word(16) % 2 == 0 { positions - 1 } else { word(8) % positions };
+        let last_stage = record.voucher.layers.1 == job.layer_count;
+        let last =
+            if last_stage || word(16) % 2 == 0 { positions - 1 } else { word(8) % positions };
         let last = u32::try_from(last).map_err(|_| Error::Overflow)?;
         let mut eligible: Vec<(AccountId, u64)> = W::validator_weights(s)?
             .into_iter()

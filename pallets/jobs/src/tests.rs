@@ -684,6 +684,29 @@ fn half_the_audits_open_the_whole_claim_and_the_others_a_uniform_prefix() {
 }
 
 #[test]
+fn a_last_stages_audits_open_its_whole_claim() {
+    let mut e = weighted_with(Params { audit_percent: 100, max_claims: 1_024, ..jobs_params() });
+    let id = e.open(CLIENT, 2_200, 1);
+    let layer_count = e.job(id).layer_count;
+    // Claims of the last layers, and of the layers before them.
+    for i in 0..40u32 {
+        let layers = if i % 2 == 0 { (1, layer_count) } else { (0, layer_count - 1) };
+        let mut session = [0u8; 16];
+        session[..4].copy_from_slice(&i.to_le_bytes());
+        let trace = H256::repeat_byte(1);
+        let v = Voucher { job: id, session, worker: w(0), layers, positions: 40, trace };
+        e.call_as(&w(0), Call::Claim { voucher: v.sign(&key(CLIENT), &genesis()) }).unwrap();
+    }
+    e.advance_to(e.now + 1);
+    let job = e.job(id);
+    let (last, before): (Vec<_>, Vec<_>) =
+        job.claims.iter().partition(|c| c.voucher.layers.1 == layer_count);
+    assert_eq!((last.len(), before.len()), (20, 20));
+    assert!(last.iter().all(|c| c.audit.as_ref().unwrap().last == 39), "the whole claim");
+    assert!(before.iter().any(|c| c.audit.as_ref().unwrap().last < 39), "a prefix, at times");
+}
+
+#[test]
 fn audits_are_likelier_for_claims_large_against_the_stake() {
     // At least the base rate; enough that probability × slash covers twice the claim.
     assert_eq!(audit_ppm(10, 10, 0, 1_000), 100_000);
