@@ -27,6 +27,7 @@
 mod attention;
 mod commit;
 mod q4_1;
+mod q8;
 
 pub mod checkpoint;
 pub mod config;

@@ -39,6 +39,7 @@ enum Linear {
     Quantized(QMatMul),
     Dense(candle_nn::Linear),
     Q41(std::sync::Arc<crate::q4_1::Q41Matrix>),
+    Int8(std::sync::Arc<crate::q8::Q8Matrix>),
 }
 
 impl Linear {
@@ -47,6 +48,7 @@ impl Linear {
             Self::Quantized(m) => m.forward(x),
             Self::Dense(l) => l.forward(x),
             Self::Q41(m) => m.forward(x),
+            Self::Int8(m) => m.forward(x),
         }
     }
 }
@@ -66,6 +68,11 @@ pub enum GgufWeights {
     /// for every other tensor type. Batch-invariant. On a plain x86-64 build it runs at about
     /// half the speed of candle's kernels: for memory-bound deployments, not for speed yet.
     Compact,
+    /// Our integer kernels for Q4_1 and Q8_0 tensors: activations quantized to 8 bits per
+    /// block of 32, as llama.cpp multiplies these types, exact integer block sums (AVX2 where
+    /// the CPU has it, the same bits without), and dequantized f32 for other tensor types.
+    /// Batch-invariant and thread-count-invariant; the tied output head stays in Q8_0.
+    Int8,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +241,12 @@ impl Stage {
                 GgufWeights::Candle => Linear::Quantized(QMatMul::from_qtensor(t)?),
                 GgufWeights::Compact if t.dtype() == GgmlDType::Q4_1 && device.is_cpu() => {
                     Linear::Q41(std::sync::Arc::new(crate::q4_1::Q41Matrix::from_qtensor(&t)?))
+                }
+                GgufWeights::Int8 if device.is_cpu() => {
+                    match crate::q8::Q8Matrix::from_qtensor(&t)? {
+                        Some(m) => Linear::Int8(std::sync::Arc::new(m)),
+                        None => Linear::Quantized(QMatMul::Tensor(t.dequantize(device)?)),
+                    }
                 }
                 _ => Linear::Quantized(QMatMul::Tensor(t.dequantize(device)?)),
             })

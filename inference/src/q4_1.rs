@@ -18,7 +18,7 @@ const QK: usize = 32;
 const BLOCK_BYTES: usize = 20;
 
 /// IEEE half to single precision (exact).
-fn f16_to_f32(h: u16) -> f32 {
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h >> 15) << 31;
     let exp = u32::from((h >> 10) & 0x1f);
     let man = u32::from(h & 0x3ff);

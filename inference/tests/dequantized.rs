@@ -99,3 +99,45 @@ fn real_model_dequantized_matches_reference() {
         check_close("Q4_1 kernel", &f1, &f1_logits, &want, &ref_logits);
     }
 }
+
+/// Our int8 kernels (8-bit activations against the Q4_1 layers and the Q8_0 head): 1, 3 and 30
+/// stages, and 1 and 2 threads, give bit-identical logits; against the f32-weights path, the
+/// answers and the worst logit error are reported (8-bit activations are not exact).
+#[test]
+fn real_model_int8_kernels_are_the_same_bits_across_stages_and_threads() {
+    let ckpt = Checkpoint::open(real_model()).unwrap();
+    let opts = LoadOptions { gguf: GgufWeights::Int8, ..Default::default() };
+    let one = Pipeline::load_split(&ckpt, 1, &opts).unwrap();
+    let three = Pipeline::load_split(&ckpt, 3, &opts).unwrap();
+    let thirty = Pipeline::load_split(&ckpt, 30, &opts).unwrap();
+    let f32_opts = LoadOptions { gguf: GgufWeights::Dequantized, ..Default::default() };
+    let reference = Pipeline::load_split(&ckpt, 1, &f32_opts).unwrap();
+    let engine = Engine::load(real_model(), &EngineOptions::default()).unwrap();
+    let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for prompt in PROMPTS {
+        let ids = engine.tokenizer().encode(prompt).unwrap();
+        let (t1, l1) = run(&one, Kernel::BatchInvariant, &ids, 24);
+        let (t3, l3) = run(&three, Kernel::BatchInvariant, &ids, 24);
+        let (t30, l30) = run(&thirty, Kernel::BatchInvariant, &ids, 24);
+        assert_eq!((&t3, &t30), (&t1, &t1), "{prompt:?}");
+        assert!(l3 == l1 && l30 == l1, "stages: the same bits, {prompt:?}");
+        let (tt, lt) = single.install(|| run(&one, Kernel::BatchInvariant, &ids, 24));
+        assert_eq!(tt, t1);
+        assert!(lt == l1, "1 and 2 threads: the same bits, {prompt:?}");
+        let (want, want_logits) = run(&reference, Kernel::BatchInvariant, &ids, 24);
+        let same = t1.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        let mut worst = 0f32;
+        for (a, b) in l1.iter().zip(&want_logits).take(same + 1) {
+            let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            worst = worst.max(diff / scale);
+        }
+        eprintln!(
+            "int8 kernels: {same}/24 greedy tokens as the f32-weights path, worst relative logit \
+             error {worst:.1e}: {:?} vs {:?}",
+            engine.tokenizer().decode(&t1).unwrap(),
+            engine.tokenizer().decode(&want).unwrap()
+        );
+        assert!(same >= 4, "the answer starts like the f32-weights path's, {prompt:?}");
+    }
+}
