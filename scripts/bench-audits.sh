@@ -6,7 +6,8 @@
 # 10% base audit rate, and the trace bytes kept per position; then, for each direction, how
 # many audits' probes from a 1-thread and a 2-thread auditor agree by the chain's rule (an
 # honest auditor whose probe matched no other's would lose its verdict: must be all).
-# A last row audits N/10 longer sessions (126 positions) at 2 threads.
+# A last row audits N/10 longer sessions (126 positions) at 2 threads, and two more N/10
+# sessions of the whole model as one stage (first and last: its logits checked too).
 # Usage: scripts/bench-audits.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,14 @@ LONG=$(( (N + 9) / 10 ))
 RAYON_NUM_THREADS=2 "$BIN" generate "$WORK/long" "$LONG" 120
 read -r audits accused exact secs gen_secs share per <<<"$(RAYON_NUM_THREADS=2 "$BIN" verify "$WORK/long" "$WORK/probes-long")"
 printf '%-28s %7s %8s %10s %10s %9s %14s %12s\n' "126 positions, 2 thr" "$audits" "$accused" "$exact" "$secs" "$gen_secs" "$share" "$per"
+# The whole model as one stage, first and last (token rows in, logits committed at the prompt's
+# last position and each step's; a last stage's audits open the whole claim), N/10 sessions.
+for pair in "1 2" "2 1"; do
+  read -r gen ver <<<"$pair"
+  BITORCH_AUDIT_LAYERS=0..30 RAYON_NUM_THREADS="$gen" "$BIN" generate "$WORK/whole-$gen" "$LONG"
+  read -r audits accused exact secs gen_secs share per <<<"$(BITORCH_AUDIT_LAYERS=0..30 RAYON_NUM_THREADS="$ver" "$BIN" verify "$WORK/whole-$gen" "$WORK/probes-whole-$gen")"
+  printf '%-28s %7s %8s %10s %10s %9s %14s %12s\n' "0..30+logits, $gen vs $ver thr" "$audits" "$accused" "$exact" "$secs" "$gen_secs" "$share" "$per"
+done
 printf '\n%-28s %7s %14s %10s\n' "probes, auditor 1 vs 2 thr" audits agreeing identical
 for gen in 1 2; do
   other=$((3 - gen))

@@ -1,7 +1,8 @@
 //! Audits of honest work, across thread counts: does re-execution ever accuse an honest worker,
 //! and what does it cost against the work it audits?
 //!
-//! `audits generate DIR N [STEPS]`: a worker serving layers 0..10 of the real test model (weights
+//! `audits generate DIR N [STEPS]`: a worker serving layers 0..10 of the real test model
+//! (or `BITORCH_AUDIT_LAYERS`; with the model's last layer, its logits are checked too) (weights
 //! as the node loads them) runs N sessions (a 6-token prompt, then STEPS one-token steps, 6 by
 //! default, tokens drawn from a seeded generator) and keeps each session's leaves in DIR, with the generation time.
 //! `audits verify DIR PROBES`: an auditor re-executes, for each session, the prefix `0..=last`
@@ -19,7 +20,7 @@
 //! the other way round (`RAYON_NUM_THREADS`), and compares each audit's probes from a 1-thread
 //! and a 2-thread auditor.
 
-use bitorch_commitment::{file, probe, Leaf, Tolerance};
+use bitorch_commitment::{file, probe, verify_logits, Leaf, Tolerance};
 use bitorch_compute::{Activation, StageRequest, StageResponse, Worker, WorkerConfig};
 use bitorch_inference::{Checkpoint, GgufWeights, LoadOptions, Stage};
 use bitorch_pallet_jobs::{probes_agree, Probe};
@@ -28,7 +29,13 @@ use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::time::Instant;
 
-const LAYERS: std::ops::Range<usize> = 0..10;
+/// The layers audited: `BITORCH_AUDIT_LAYERS` (`A..B`), 0..10 by default; a range ending at
+/// the model's last layer is a last stage, whose committed logits are checked too.
+fn layers() -> std::ops::Range<usize> {
+    let spec = std::env::var("BITORCH_AUDIT_LAYERS").unwrap_or_else(|_| "0..10".into());
+    let (a, b) = spec.split_once("..").expect("BITORCH_AUDIT_LAYERS is A..B");
+    a.parse().expect("a layer")..b.parse().expect("a layer")
+}
 const PROMPT: u32 = 6;
 /// One-token steps after the prompt, unless `generate` is given another number.
 const STEPS: u32 = 6;
@@ -36,7 +43,7 @@ const STEPS: u32 = 6;
 fn stage() -> Stage {
     let ckpt = Checkpoint::open(bitorch_test_support::real_model()).expect("the test model");
     let options = LoadOptions { gguf: GgufWeights::Dequantized, ..Default::default() };
-    Stage::load(&ckpt, LAYERS, &options).expect("loading the layers")
+    Stage::load(&ckpt, layers(), &options).expect("loading the layers")
 }
 
 /// Keeps leaves in the worker's trace file format.
@@ -55,7 +62,7 @@ fn generate(dir: &Path, n: usize, steps: u32) {
         pair_from_suri("//Bob").unwrap(),
         WorkerConfig::new(H256::zero(), H256::zero()),
     );
-    let layers = (LAYERS.start as u32, LAYERS.end as u32);
+    let layers = (layers().start as u32, layers().end as u32);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let (mut secs, mut positions, mut bytes) = (0.0, 0usize, 0u64);
     for i in 0..n {
@@ -106,19 +113,24 @@ fn verify(dir: &Path, probes_out: &Path) {
     let mut i = 0;
     while dir.join(format!("{i}.trace")).exists() {
         let leaves = read(&dir.join(format!("{i}.trace")));
-        // As the chain draws it: the whole claim for half the audits, a uniform prefix else.
-        let last =
-            if rng.gen::<bool>() { leaves.len() - 1 } else { rng.gen_range(0..leaves.len()) };
+        // As the chain draws it: the whole claim for half the audits, a uniform prefix else; a
+        // last stage's, always the whole claim.
+        let whole = rng.gen::<bool>() || stage.is_last();
+        let last = if whole { leaves.len() - 1 } else { rng.gen_range(0..leaves.len()) };
         let inputs: Vec<Vec<f32>> = leaves[..=last].iter().map(|l| l.input.clone()).collect();
         let seed: [u8; 32] = rng.gen();
         let t = Instant::now();
         let (outputs, sketch) = probe::reexecute(&stage, &inputs, &seed, true).unwrap();
+        // A last stage's logits: the head over the committed outputs that returned them.
+        let logits_ok = verify_logits(&leaves[..=last], &stage, tolerance).is_ok();
         secs += t.elapsed().as_secs_f64();
         let line: Vec<String> = sketch.iter().map(i32::to_string).collect();
         probes.push_str(&line.join(" "));
         probes.push('\n');
         let committed = &leaves[..=last];
-        if committed.iter().zip(&outputs).any(|(l, r)| !tolerance.accepts(&l.output, r)) {
+        if !logits_ok
+            || committed.iter().zip(&outputs).any(|(l, r)| !tolerance.accepts(&l.output, r))
+        {
             accused += 1;
         }
         let same = |l: &Leaf, r: &Vec<f32>| {
