@@ -89,7 +89,7 @@ fn main() -> Result<()> {
     });
 
     let ckpt = Checkpoint::open(path)?;
-    use GgufWeights::{Candle, Compact, Dequantized, Int8};
+    use GgufWeights::{Candle, Compact, Dequantized, Int16};
     let configs = [
         (1, false, Candle),
         (3, false, Candle),
@@ -99,8 +99,8 @@ fn main() -> Result<()> {
         (3, true, Dequantized),
         (1, false, Compact),
         (3, true, Compact),
-        (1, false, Int8),
-        (3, true, Int8),
+        (1, false, Int16),
+        (3, true, Int16),
     ];
     let mut plain_gen_tps = 0.0;
     for (stages, record, gguf) in configs {
@@ -126,7 +126,7 @@ fn main() -> Result<()> {
             )
         };
         let gen_tps = (gen - 1) as f64 / gs;
-        let note = if record && matches!(gguf, Compact | Int8) {
+        let note = if record && matches!(gguf, Compact | Int16) {
             let c = s.commit_secs();
             format!("{same}; recording leaves {:.2}% of run time", 100.0 * c / (ps + gs))
         } else if record {
@@ -148,7 +148,7 @@ fn main() -> Result<()> {
                     Candle => "",
                     Dequantized => ", f32 weights",
                     Compact => ", our Q4_1 kernel",
-                    Int8 => ", our int8 kernels",
+                    Int16 => ", our integer kernels",
                 },
                 if record { " + commit" } else { "" }
             ),
@@ -180,8 +180,8 @@ fn main() -> Result<()> {
          the same tokens as quantized_llama with CANDLE_DEQUANTIZE_ALL=1, not as its Q4_1 path.\n\
          our Q4_1 kernel: f32 activations against 4-bit weights unpacked on the fly; logits within \
          1e-3 of the f32-weights path (tests/dequantized.rs).\n\
-         our int8 kernels: activations quantized to 8 bits per block of 32 against the Q4_1 layers \
-         and the Q8_0 head, exact integer block sums (AVX2 when present), as llama.cpp does."
+         our integer kernels: activations quantized to 16 bits per block of 32 against the Q4_1 \
+         layers and the Q8_0 head, exact integer block sums (AVX2 when present)."
     );
     Ok(())
 }

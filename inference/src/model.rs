@@ -39,7 +39,7 @@ enum Linear {
     Quantized(QMatMul),
     Dense(candle_nn::Linear),
     Q41(std::sync::Arc<crate::q4_1::Q41Matrix>),
-    Int8(std::sync::Arc<crate::q8::Q8Matrix>),
+    Int16(std::sync::Arc<crate::q8::Q8Matrix>),
 }
 
 impl Linear {
@@ -48,7 +48,7 @@ impl Linear {
             Self::Quantized(m) => m.forward(x),
             Self::Dense(l) => l.forward(x),
             Self::Q41(m) => m.forward(x),
-            Self::Int8(m) => m.forward(x),
+            Self::Int16(m) => m.forward(x),
         }
     }
 }
@@ -68,11 +68,12 @@ pub enum GgufWeights {
     /// for every other tensor type. Batch-invariant. On a plain x86-64 build it runs at about
     /// half the speed of candle's kernels: for memory-bound deployments, not for speed yet.
     Compact,
-    /// Our integer kernels for Q4_1 and Q8_0 tensors: activations quantized to 8 bits per
-    /// block of 32, as llama.cpp multiplies these types, exact integer block sums (AVX2 where
-    /// the CPU has it, the same bits without), and dequantized f32 for other tensor types.
-    /// Batch-invariant and thread-count-invariant; the tied output head stays in Q8_0.
-    Int8,
+    /// Our integer kernels for Q4_1 and Q8_0 tensors: activations quantized to 16 bits per
+    /// block of 32 (8 bits, as llama.cpp does, derail SmolLM2's chat answers), exact integer
+    /// block sums (AVX2 where the CPU has it, the same bits without), and dequantized f32 for
+    /// other tensor types. Batch-invariant and thread-count-invariant; the tied output head
+    /// stays in Q8_0.
+    Int16,
 }
 
 #[derive(Debug, Clone)]
@@ -171,8 +172,8 @@ pub struct LoadOptions {
     /// Where to run.
     pub device: Device,
     /// How GGUF weights are multiplied. candle's quantized kernels (the default) quantize
-    /// activations to 8 bits, noisy enough to derail SmolLM2-135M's answers; the other two
-    /// modes keep activations in f32.
+    /// activations to 8 bits, noisy enough to derail SmolLM2-135M's answers; `Dequantized` and
+    /// `Compact` keep activations in f32, `Int16` quantizes them to 16 bits per block.
     pub gguf: GgufWeights,
 }
 
@@ -242,9 +243,9 @@ impl Stage {
                 GgufWeights::Compact if t.dtype() == GgmlDType::Q4_1 && device.is_cpu() => {
                     Linear::Q41(std::sync::Arc::new(crate::q4_1::Q41Matrix::from_qtensor(&t)?))
                 }
-                GgufWeights::Int8 if device.is_cpu() => {
+                GgufWeights::Int16 if device.is_cpu() => {
                     match crate::q8::Q8Matrix::from_qtensor(&t)? {
-                        Some(m) => Linear::Int8(std::sync::Arc::new(m)),
+                        Some(m) => Linear::Int16(std::sync::Arc::new(m)),
                         None => Linear::Quantized(QMatMul::Tensor(t.dequantize(device)?)),
                     }
                 }

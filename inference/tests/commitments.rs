@@ -213,14 +213,15 @@ fn tiny_model_commitments_and_other_weights() {
     assert!(matches!(r, Err(CError::Reexecution(_))), "{r:?}");
 }
 
-/// Committed runs on our int8 kernels: an auditor on the same kernels reproduces them bit for
-/// bit (logits included), and one on them refuses runs of the f32 weights or of candle's
-/// quantized kernels (other computations).
+/// Committed runs on our integer kernels: an auditor on the same kernels reproduces them bit for
+/// bit (logits included); runs of the f32 weights, which compute the same products without
+/// rounding the activations, pass within tolerance; runs of candle's 8-bit kernels (another
+/// computation) are refused.
 #[test]
-fn real_model_commitments_int8() {
+fn real_model_commitments_integer_kernels() {
     let ckpt = Checkpoint::open(real_model()).unwrap();
-    let int8 = LoadOptions { gguf: GgufWeights::Int8, ..Default::default() };
-    let p = Pipeline::load_split(&ckpt, 3, &int8).unwrap();
+    let int16 = LoadOptions { gguf: GgufWeights::Int16, ..Default::default() };
+    let p = Pipeline::load_split(&ckpt, 3, &int16).unwrap();
     let prompt = [1, 4093, 314, 253, 1345, 2821, 30, 2, 198];
     let ts = traces(&p, &prompt, 8);
     for (stage, t) in p.stages().iter().zip(&ts) {
@@ -228,14 +229,14 @@ fn real_model_commitments_int8() {
         assert!(t.leaves().iter().zip(&redo).all(|(l, r)| l.output == *r), "bit for bit");
         check(t, stage).unwrap();
     }
-    for other in [GgufWeights::Dequantized, GgufWeights::Candle] {
+    for (other, passes) in [(GgufWeights::Dequantized, true), (GgufWeights::Candle, false)] {
         let q = Pipeline::load_split(&ckpt, 3, &LoadOptions { gguf: other, ..Default::default() })
             .unwrap();
         let theirs = traces(&q, &prompt, 8);
         for (i, (stage, t)) in p.stages().iter().zip(&theirs).enumerate() {
             let r = check(t, stage);
-            eprintln!("{other:?} stage {i} audited on int8 kernels: {r:?}");
-            assert!(r.is_err(), "{other:?} stage {i}");
+            eprintln!("{other:?} stage {i} audited on integer kernels: {r:?}");
+            assert_eq!(r.is_ok(), passes, "{other:?} stage {i}");
         }
     }
 }

@@ -55,8 +55,8 @@ pub struct NodeArgs {
     unsafe_equivocate: bool,
     /// Test only: the worker cheats (`random-outputs`: returns and commits to random hidden
     /// states; `refuse-openings`: computes honestly but opens nothing to auditors;
-    /// `other-weights`: runs candle's 8-bit-activation quantized kernels instead of the
-    /// model's weights as registered, a cheaper computation; `skip-layers`: runs every other
+    /// `other-weights`: runs candle's quantized kernels, another computation of the weights
+    /// than the one workers and auditors run; `skip-layers`: runs every other
     /// layer of its range only; `other-trace`: commits to other outputs than its layers
     /// computed (a last stage answers with honest logits); `other-logits`: a last stage that
     /// returns and commits to other logits than its head gives; `overclaim`: claims more
@@ -336,7 +336,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             let weights = if args.unsafe_cheat.as_deref() == Some("other-weights") {
                 bitorch_inference::GgufWeights::Candle
             } else {
-                bitorch_inference::GgufWeights::Dequantized
+                bitorch_inference::GgufWeights::Int16
             };
             let mut stage = tokio::task::block_in_place(|| described.load_stage_with(layers, weights))?;
             if args.unsafe_cheat.as_deref() == Some("skip-layers") {

@@ -42,7 +42,7 @@ const STEPS: u32 = 6;
 
 fn stage() -> Stage {
     let ckpt = Checkpoint::open(bitorch_test_support::real_model()).expect("the test model");
-    let options = LoadOptions { gguf: GgufWeights::Dequantized, ..Default::default() };
+    let options = LoadOptions { gguf: GgufWeights::Int16, ..Default::default() };
     Stage::load(&ckpt, layers(), &options).expect("loading the layers")
 }
 

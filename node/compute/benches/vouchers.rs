@@ -24,7 +24,7 @@ fn main() {
     let path = bitorch_test_support::real_model();
     let ckpt = Checkpoint::open(&path).expect("the test model");
     let layers = ckpt.config().num_layers;
-    let options = LoadOptions { gguf: GgufWeights::Dequantized, ..Default::default() };
+    let options = LoadOptions { gguf: GgufWeights::Int16, ..Default::default() };
     let stage = Stage::load(&ckpt, 0..layers, &options).expect("loading the model");
     let (model, genesis) = (H256::repeat_byte(1), H256::repeat_byte(2));
     let (client, worker_key) =

@@ -5,7 +5,7 @@
 //! Which kernels are compared: workers record commitments, so their sessions use the
 //! batch-invariant attention kernel ([`Kernel::BatchInvariant`]); the single-process reference
 //! is run with `record = true`, which selects the same kernel. Both load the GGUF weights the
-//! same way ([`GgufWeights::Dequantized`], the engine's default). With the same kernel and
+//! same way ([`GgufWeights::Int16`], the engine's default). With the same kernel and
 //! weights the comparison is exact, token for token; candle's reference kernel rounds
 //! differently and is not what either side runs.
 
@@ -36,10 +36,10 @@ struct Real {
     pipeline: Pipeline,
 }
 
-/// The model with its GGUF weights dequantized to f32 (the engine's default), loaded once.
+/// The model on our integer kernels (the engine's default), loaded once.
 fn real() -> &'static Real {
     static R: OnceLock<Real> = OnceLock::new();
-    R.get_or_init(|| load(GgufWeights::Dequantized))
+    R.get_or_init(|| load(GgufWeights::Int16))
 }
 
 /// The model run by candle's quantized kernels, which are batch-invariant, loaded once.

@@ -179,13 +179,13 @@ pub fn describe(path: &Path) -> Result<Described> {
 }
 
 impl Described {
-    /// Loads the stage of `layers` (weights dequantized to f32, the engine's default).
+    /// Loads the stage of `layers` (our integer kernels, the engine's default).
     pub fn load_stage(&self, layers: Range<usize>) -> Result<Stage> {
-        self.load_stage_with(layers, GgufWeights::Dequantized)
+        self.load_stage_with(layers, GgufWeights::Int16)
     }
 
     /// Loads `layers` with GGUF weights run as `weights` (workers and auditors run
-    /// [`GgufWeights::Dequantized`]; another way is another computation).
+    /// [`GgufWeights::Int16`]; another way is another computation).
     pub fn load_stage_with(&self, layers: Range<usize>, weights: GgufWeights) -> Result<Stage> {
         let options = LoadOptions { gguf: weights, ..Default::default() };
         Ok(Stage::load(&self.ckpt, layers, &options)?)
