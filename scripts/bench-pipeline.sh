@@ -46,9 +46,9 @@ done
 best_net="$(python3 scripts/stream_bench.py "$API" "$MAX" "$PROMPT" "$REPEATS")"
 read -r lt ltps lgen <<<"$best_local"
 read -r nt ntps ngen <<<"$best_net"
-HIDDEN=576; VOCAB=49152
-printf '\n%-34s %10s %12s %10s\n' "pipeline (SmolLM2-135M, f32)" "TTFT s" "gen tok/s" "tokens"
+HIDDEN=576; TOP=64
+printf '\n%-34s %10s %12s %10s\n' "pipeline (SmolLM2-135M)" "TTFT s" "gen tok/s" "tokens"
 printf '%-34s %10s %12s %10s\n' "bitorch infer, 1 process" "$lt" "$ltps" "$lgen"
 printf '%-34s %10s %12s %10s\n' "3 workers over loopback libp2p" "$nt" "$ntps" "$ngen"
 python3 -c "print(f'ratio network/one process: {float(\"$ntps\")/float(\"$ltps\"):.2f} (goal >= 0.85)')"
-echo "payload per generated token: gateway->stage 1: 1 token id; stage->stage: $HIDDEN f32 = $((HIDDEN * 4)) bytes; last stage->gateway: $VOCAB f32 logits = $((VOCAB * 4)) bytes (plus SCALE framing)"
+echo "payload per generated token: gateway->stage 1: 1 token id; stage->stage: $HIDDEN f32 = $((HIDDEN * 4)) bytes; last stage->gateway: $HIDDEN f32 and the top $TOP logits = $((HIDDEN * 4 + TOP * 8)) bytes (plus SCALE framing)"

@@ -6,10 +6,11 @@
 //!   first stage, the final norm and LM head for the last), and runs them with a per-session
 //!   [`Cache`]: `forward(&self, x, pos, &mut cache)`. Its numerics are those of
 //!   candle-transformers' `quantized_llama` / `llama`, so any split gives the same tokens.
-//! - GGUF weights run three ways ([`GgufWeights`]): candle's quantized kernels (bit-identical to
+//! - GGUF weights run four ways ([`GgufWeights`]): candle's quantized kernels (bit-identical to
 //!   `quantized_llama`, but they quantize activations to 8 bits, which derails SmolLM2-135M's
-//!   answers), dequantized to f32 at load, or our Q4_1 kernel with f32 activations
-//!   (`q4_1.rs`, batch-invariant, a sixth of the f32 memory traffic).
+//!   answers), dequantized to f32 at load, our Q4_1 kernel with f32 activations (`q4_1.rs`), or,
+//!   by default, our integer kernels for Q4_1 and Q8_0 against 16-bit activations (`q8.rs`,
+//!   batch-invariant, about three times the f32 path's generation speed).
 //! - [`Pipeline`] chains stages through hidden-state tensors, and [`Session`] holds a
 //!   generation's caches and, optionally, each stage's activation-commitment trace
 //!   ([`bitorch_commitment`]); [`Stage`] implements [`bitorch_commitment::Reexecute`] so an
