@@ -2,6 +2,8 @@
 # Inference benchmark (issue 4): prompt and generation tokens/s on 2 threads for candle's
 # quantized_llama, our engine with 1 and 3 in-process stages, and the commitment cost.
 # Usage: scripts/bench-inference.sh [GEN_TOKENS] [PROMPT_TOKENS] [REPEATS] (each row: best of REPEATS)
+# Then llama.cpp's row (llama-cpp-python from the cached venv of scripts/llama-venv.sh, 2
+# threads, the same text and counts) and our default's ratio to it; BITORCH_NO_LLAMA=1 skips it.
 # PROFILE=release gives release numbers (a long build); the default is the dev profile, which
 # builds the engine, candle and gemm (where the time goes) fully optimized, as release does.
 set -euo pipefail
@@ -9,5 +11,21 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-2}"
 MODEL="${BITORCH_TEST_MODEL:-$(scripts/fetch-model.sh)}"
-exec cargo run --quiet --profile "${PROFILE:-dev}" -p bitorch-inference --example bench -- \
-  "$MODEL" "${1:-128}" "${2:-21}" "${3:-2}"
+GEN="${1:-128}"; NPROMPT="${2:-21}"; REPEATS="${3:-2}"
+OUT="$(mktemp)"
+trap 'rm -f "$OUT"' EXIT
+cargo run --quiet --profile "${PROFILE:-dev}" -p bitorch-inference --example bench -- \
+  "$MODEL" "$GEN" "$NPROMPT" "$REPEATS" | tee "$OUT"
+[ -n "${BITORCH_NO_LLAMA:-}" ] && exit 0
+# llama.cpp in the same run: the same model, text and token counts, 2 threads, greedy.
+PY="$(scripts/llama-venv.sh)"
+read -r n lp lg <<<"$("$PY" scripts/bench_llama.py "$MODEL" "$GEN" "$NPROMPT" "$REPEATS")"
+ours="$(grep '^| bitorch 1 stage, our integer kernels |' "$OUT" | head -1)"
+op="$(echo "$ours" | awk -F'|' '{gsub(/ /, "", $3); print $3}')"
+og="$(echo "$ours" | awk -F'|' '{gsub(/ /, "", $4); print $4}')"
+echo
+echo "| engine | prompt tok/s | gen tok/s | ours (1 stage, integer kernels) vs it: prompt | gen |"
+echo "|---|---:|---:|---:|---:|"
+awk -v n="$n" -v lp="$lp" -v lg="$lg" -v op="$op" -v og="$og" 'BEGIN {
+  printf "| llama.cpp (llama-cpp-python 0.3.36, %d prompt tokens) | %.1f | %.1f | %.2fx | %.2fx |\n", n, lp, lg, op / lp, og / lg }'
+echo "BITORCH_NO_LLAMA=1 leaves llama.cpp out."
