@@ -36,6 +36,36 @@ pub(crate) fn f16_to_f32(h: u16) -> f32 {
     }
 }
 
+/// The rows of `x` (shape `(..., k)`) as f32, row-major, and the leading dimensions; an error
+/// unless its last dimension is `k`. The input side of our matrix kernels.
+pub(crate) fn input_rows(x: &Tensor, k: usize) -> Result<(Vec<f32>, Vec<usize>)> {
+    let dims = x.dims();
+    let Some((&cols, lead)) = dims.split_last() else { candle_core::bail!("matmul of a scalar") };
+    if cols != k {
+        candle_core::bail!("matmul: input has {cols} columns, weights {k}");
+    }
+    Ok((x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?, lead.to_vec()))
+}
+
+/// The output side of our matrix kernels: `out_t`, computed output row by output row (`n` of
+/// them, each over every input row), transposed to shape `(lead..., n)`.
+pub(crate) fn output_rows(
+    out_t: &[f32],
+    n: usize,
+    mut lead: Vec<usize>,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let rows = out_t.len().checked_div(n).unwrap_or(0);
+    let mut out = vec![0f32; rows * n];
+    for r in 0..n {
+        for i in 0..rows {
+            out[i * n + r] = out_t[r * rows + i];
+        }
+    }
+    lead.push(n);
+    Tensor::from_vec(out, lead, device)
+}
+
 /// A Q4_1 matrix `(n, k)`, unpacked into scales, minimums and nibbles.
 #[derive(Debug)]
 pub(crate) struct Q41Matrix {
@@ -103,15 +133,9 @@ impl Q41Matrix {
 
     /// `x @ self^T` for `x` of shape `(..., k)`: `(..., n)`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let Some((&k, lead)) = dims.split_last() else {
-            candle_core::bail!("Q4_1 matmul of a scalar")
-        };
-        if k != self.k {
-            candle_core::bail!("Q4_1 matmul: input has {k} columns, weights {}", self.k);
-        }
+        let k = self.k;
+        let (xs, lead) = input_rows(x, k)?;
         let rows: usize = lead.iter().product();
-        let xs = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let nb = k / QK;
         let xsum: Vec<f32> = xs
             .chunks_exact(QK)
@@ -131,15 +155,7 @@ impl Q41Matrix {
                 *oi = self.dot(r, &xs[i * k..(i + 1) * k], &xsum[i * nb..(i + 1) * nb]);
             }
         });
-        let mut out = vec![0f32; rows * self.n];
-        for r in 0..self.n {
-            for i in 0..rows {
-                out[i * self.n + r] = out_t[r * rows + i];
-            }
-        }
-        let mut shape = lead.to_vec();
-        shape.push(self.n);
-        Tensor::from_vec(out, shape, x.device())
+        output_rows(&out_t, self.n, lead, x.device())
     }
 }
 

@@ -12,7 +12,7 @@
 //! scalar one. That makes it batch-invariant like the attention kernel, as committed sessions
 //! need.
 
-use crate::q4_1::f16_to_f32;
+use crate::q4_1::{f16_to_f32, input_rows, output_rows};
 use candle_core::{
     quantized::{GgmlDType, QTensor},
     Result, Tensor,
@@ -160,29 +160,16 @@ impl Q8Matrix {
 
     /// `x @ self^T` for `x` of shape `(..., k)`: `(..., n)`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let Some((&k, lead)) = dims.split_last() else { candle_core::bail!("matmul of a scalar") };
-        if k != self.k {
-            candle_core::bail!("matmul: input has {k} columns, weights {}", self.k);
-        }
+        let (flat, lead) = input_rows(x, self.k)?;
         let rows: usize = lead.iter().product();
-        let flat = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-        let xs: Vec<Q8Row> = flat.chunks_exact(k).map(quantize).collect();
+        let xs: Vec<Q8Row> = flat.chunks_exact(self.k).map(quantize).collect();
         // Output rows in parallel, in chunks of 16 (each computes all input rows).
         const CHUNK: usize = 16;
         let mut out_t = vec![0f32; self.n * rows];
         out_t.par_chunks_mut(CHUNK * rows.max(1)).enumerate().for_each(|(c, o)| {
             self.rows(c * CHUNK, o, &xs);
         });
-        let mut out = vec![0f32; rows * self.n];
-        for r in 0..self.n {
-            for i in 0..rows {
-                out[i * self.n + r] = out_t[r * rows + i];
-            }
-        }
-        let mut shape = lead.to_vec();
-        shape.push(self.n);
-        Tensor::from_vec(out, shape, x.device())
+        output_rows(&out_t, self.n, lead, x.device())
     }
 }
 

@@ -590,18 +590,7 @@ impl<T: StageTransport> Run<'_, T> {
                         if !last && f.rows() == chunk && f.cols() == width =>
                     {
                         let values = f.to_vec();
-                        // Its trace must chain what it was sent and returned; one that commits to
-                        // anything else is never acknowledged for it.
-                        let checked = self.chain_io(i, start, done, &values, width as usize, &[]);
-                        if checked != Some(trace.0) {
-                            let f = StageFailure::Unexpected(
-                                "its trace hash is not the chain of what it was sent and returned"
-                                    .into(),
-                            );
-                            return Err((i, f));
-                        }
-                        self.route[i].trace = trace;
-                        self.route[i].checked = trace.0;
+                        self.take_trace(i, start, done, &values, width as usize, &[], trace)?;
                         if let Some(p) = self.diverges(end, done, &values, width as usize) {
                             if !self.route[i].as_fed {
                                 // A stage that is not batch-invariant (f32 matmuls pick other
@@ -630,16 +619,7 @@ impl<T: StageTransport> Run<'_, T> {
                             return Err((i, f));
                         }
                         let values = hidden.to_vec();
-                        let checked = self.chain_io(i, start, done, &values, width as usize, &top);
-                        if checked != Some(trace.0) {
-                            let f = StageFailure::Unexpected(
-                                "its trace hash is not the chain of what it was sent and returned"
-                                    .into(),
-                            );
-                            return Err((i, f));
-                        }
-                        self.route[i].trace = trace;
-                        self.route[i].checked = trace.0;
+                        self.take_trace(i, start, done, &values, width as usize, &top, trace)?;
                         if done + chunk == target {
                             self.logits = top;
                             self.logits_at = target;
@@ -653,6 +633,31 @@ impl<T: StageTransport> Run<'_, T> {
                 i += 1;
             }
         }
+        Ok(())
+    }
+
+    /// Takes stage `i`'s new trace hash `trace` if it is the chain of what it was sent and
+    /// returned ([`Self::chain_io`]); a stage whose hash is anything else is failed and never
+    /// acknowledged for it.
+    #[allow(clippy::too_many_arguments)]
+    fn take_trace(
+        &mut self,
+        i: usize,
+        start: u32,
+        from: u32,
+        values: &[f32],
+        w: usize,
+        logits: &[Logit],
+        trace: H256,
+    ) -> Result<(), (usize, StageFailure)> {
+        if self.chain_io(i, start, from, values, w, logits) != Some(trace.0) {
+            let f = StageFailure::Unexpected(
+                "its trace hash is not the chain of what it was sent and returned".into(),
+            );
+            return Err((i, f));
+        }
+        self.route[i].trace = trace;
+        self.route[i].checked = trace.0;
         Ok(())
     }
 
