@@ -5,10 +5,7 @@
 //! safetensors headers are parsed here so that each tensor is read from its own byte range.
 
 use crate::{Config, Error, Result};
-use candle_core::{
-    quantized::{gguf_file, QTensor},
-    DType, Device, Tensor,
-};
+use candle_core::{quantized::QTensor, DType, Device, Tensor};
 use std::{
     collections::HashMap,
     fs::File,
@@ -59,11 +56,50 @@ impl Checkpoint {
     }
 }
 
+pub use candle_core::quantized::gguf_file;
+
+/// Parses a GGUF header (metadata and tensor index) from `reader`, at its start; `label`
+/// names the bytes in errors.
+pub fn read_gguf_header(
+    reader: &mut (impl Read + Seek),
+    label: &Path,
+) -> Result<gguf_file::Content> {
+    let bad = |reason: String| Error::BadGguf { path: label.to_path_buf(), reason };
+    // candle's parser bounds its allocations by the file size; the catch is defence in depth
+    // against a header it has not seen (say, a zero alignment), which must not take down a
+    // worker that was handed a bad file.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gguf_file::Content::read(reader)))
+        .map_err(|_| bad("the parser panicked".into()))?
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// A reader that can also seek, for a checkpoint's bytes.
+pub trait ReadSeek: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadSeek for T {}
+
+/// Where a GGUF checkpoint's bytes come from: a file, or (for a model pulled from peers) the
+/// chunks of one held in a content store, read as if they were the file.
+pub trait ByteSource: Send + Sync + std::fmt::Debug {
+    /// A new reader over the bytes, at offset 0.
+    fn open(&self) -> std::io::Result<Box<dyn ReadSeek>>;
+}
+
+/// A file's bytes.
+#[derive(Debug)]
+struct FileSource(PathBuf);
+
+impl ByteSource for FileSource {
+    fn open(&self) -> std::io::Result<Box<dyn ReadSeek>> {
+        Ok(Box::new(File::open(&self.0)?))
+    }
+}
+
 /// A GGUF file's metadata and tensor index.
 #[derive(Debug)]
 pub struct GgufCheckpoint {
-    /// The file.
+    /// The file (for a checkpoint read from elsewhere: a label naming it in errors).
     pub path: PathBuf,
+    source: std::sync::Arc<dyn ByteSource>,
     /// Parsed header (metadata and tensor infos).
     pub content: gguf_file::Content,
     /// Hyper-parameters from the metadata.
@@ -74,17 +110,16 @@ impl GgufCheckpoint {
     /// Parses the header of a GGUF file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        Self::open_source(path.clone(), std::sync::Arc::new(FileSource(path)))
+    }
+
+    /// Parses the header of the GGUF bytes `source` gives (`label` names them in errors).
+    pub fn open_source(label: PathBuf, source: std::sync::Arc<dyn ByteSource>) -> Result<Self> {
+        let path = label;
+        let file = source.open().map_err(|source| Error::Io { path: path.clone(), source })?;
         let mut reader = BufReader::new(file);
         let bad = |reason: String| Error::BadGguf { path: path.clone(), reason };
-        // candle's parser bounds its allocations by the file size; the catch is defence in depth
-        // against a header it has not seen (say, a zero alignment), which must not take down a
-        // worker that was handed a bad file.
-        let content = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            gguf_file::Content::read(&mut reader)
-        }))
-        .map_err(|_| bad("the parser panicked".into()))?
-        .map_err(|e| bad(e.to_string()))?;
+        let content = read_gguf_header(&mut reader, &path)?;
         let file_len = reader.seek(SeekFrom::End(0)).map_err(|e| bad(e.to_string()))?;
         for (name, info) in &content.tensor_infos {
             let elems = info.shape.dims().iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
@@ -105,13 +140,13 @@ impl GgufCheckpoint {
             }
         }
         let config = Config::from_gguf(&content)?;
-        Ok(Self { path, content, config })
+        Ok(Self { path, source, content, config })
     }
 
     /// Opens a reader for loading tensors.
-    pub fn reader(&self) -> Result<BufReader<File>> {
-        let file = File::open(&self.path)
-            .map_err(|source| Error::Io { path: self.path.clone(), source })?;
+    pub fn reader(&self) -> Result<BufReader<Box<dyn ReadSeek>>> {
+        let file =
+            self.source.open().map_err(|source| Error::Io { path: self.path.clone(), source })?;
         Ok(BufReader::new(file))
     }
 
@@ -123,7 +158,7 @@ impl GgufCheckpoint {
     /// Reads one quantized tensor, checking its shape (`expected` in candle's row-major order).
     pub fn qtensor(
         &self,
-        reader: &mut BufReader<File>,
+        reader: &mut BufReader<Box<dyn ReadSeek>>,
         name: &str,
         expected: &[usize],
         device: &Device,

@@ -38,7 +38,7 @@ pub mod pipeline;
 pub mod sampling;
 pub mod tokenizer;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{ByteSource, Checkpoint, GgufCheckpoint, ReadSeek};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use model::{split_layers, Cache, Flavor, GgufWeights, Kernel, LoadOptions, Stage};

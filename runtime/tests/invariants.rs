@@ -132,7 +132,7 @@ proptest! {
         let accounts: Vec<AccountId> = pairs.iter().map(account_of).collect();
         let genesis_hash = H256::repeat_byte(1);
         let mut ctx = Context { block_number: 1, genesis_hash, author: accounts[0].clone(), parent_hash: Default::default() };
-        let model = models::model_id(&accounts[0], &models::example_manifest(4).name);
+        let model = models::example_manifest(4).id();
         for (who, op) in ops {
             let mut signer = &pairs[who];
             let call = match op {

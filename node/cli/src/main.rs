@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod infer;
 mod key;
+mod model;
 mod node;
 mod wallet;
 
@@ -24,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Generate, inspect and use keys.
     #[command(subcommand)]
     Key(key::KeyCmd),
@@ -37,6 +38,9 @@ enum Command {
     PurgeChain(node::PurgeArgs),
     /// Run a model locally and stream its answer.
     Infer(infer::InferArgs),
+    /// Import, list, remove and pull models in the node's content store.
+    #[command(subcommand)]
+    Model(model::ModelCmd),
 }
 
 fn main() {
@@ -49,11 +53,12 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Node(args) => node::run(args),
+        Command::Node(args) => node::run(*args),
         Command::Key(cmd) => key::run(cmd),
         Command::Wallet(cmd) => wallet::run(cmd),
         Command::ChainSpec(args) => node::chain_spec(args),
         Command::PurgeChain(args) => node::purge(args),
         Command::Infer(args) => infer::run(args),
+        Command::Model(cmd) => model::run(cmd),
     }
 }

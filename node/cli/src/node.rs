@@ -90,10 +90,23 @@ pub struct NodeArgs {
     /// Discover peers on the local network with mDNS.
     #[arg(long)]
     mdns: bool,
-    /// Serve this model (a GGUF file) as a worker, and answer inference requests on the HTTP
-    /// API (`--api-port`) and JSON-RPC, paying for them from `--api-account`.
+    /// Serve this model as a worker, and answer inference requests on the HTTP API
+    /// (`--api-port`) and JSON-RPC, paying for them from `--api-account`: a GGUF file (imported
+    /// into the node's model store and registered on chain), or the id (0x…) of a model
+    /// registered on chain, whose chunks for `--layers` are pulled from peers if the store
+    /// lacks them.
     #[arg(long)]
-    serve_model: Option<PathBuf>,
+    serve_model: Option<String>,
+    /// Most bytes per second this node sends one peer when seeding model pieces, in MB/s
+    /// (no limit by default).
+    #[arg(long)]
+    seed_rate: Option<f64>,
+    /// Most bytes per second this node sends all peers together when seeding, in MB/s.
+    #[arg(long)]
+    seed_total_rate: Option<f64>,
+    /// Test only: corrupt every model piece this node sends (a seeder that lies).
+    #[arg(long, hide = true)]
+    unsafe_corrupt_pieces: bool,
     /// The layers to serve: `START..END`; `auto` (the largest range no worker of the network
     /// serves, or all layers when every one is served); `auto:N` (the N layers the network
     /// serves least). All of them when absent.
@@ -187,8 +200,9 @@ pub fn run(args: NodeArgs) -> Result<()> {
         }
         (None, false) => default_base_path()?,
     };
+    let store = crate::model::open_store(&base)?;
     let serving = match &args.serve_model {
-        Some(path) => {
+        Some(given) => {
             let worker_suri = args
                 .worker_key
                 .clone()
@@ -199,14 +213,24 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 .clone()
                 .or_else(|| args.dev.then(|| "//Alice".to_string()))
                 .context("--serve-model needs a paying account: pass --api-account SURI")?;
-            let described = bitorch_serve::describe(path)?;
-            let choice =
-                bitorch_serve::parse_layers(args.layers.as_deref(), described.num_layers as usize)?;
-            if matches!(choice, bitorch_serve::LayerChoice::Auto { .. }) && args.dev {
+            if args.dev && args.layers.as_deref().is_some_and(|l| l.starts_with("auto")) {
                 bail!("--layers auto needs a network to look at; --dev has none (pass a range)");
             }
+            let path = Path::new(given);
+            let source = if path.exists() {
+                let t = std::time::Instant::now();
+                let imported = store.import_gguf(path, None).with_context(|| {
+                    format!("importing {} into the model store", path.display())
+                })?;
+                tracing::info!(target: "node", model = ?imported.id, chunks = imported.manifest.chunks.len(), secs = t.elapsed().as_secs_f64(), "imported the model into the store");
+                ModelSource::Imported(imported.manifest)
+            } else if let Some(id) = crate::model::parse_model_id(given) {
+                ModelSource::Id(id)
+            } else {
+                bail!("--serve-model {given}: no such file, and not a model id (0x and 64 hex digits)");
+            };
             Some((
-                (described, choice),
+                source,
                 pair_from_suri(&worker_suri).context("--worker-key")?,
                 pair_from_suri(&api_suri).context("--api-account")?,
             ))
@@ -293,8 +317,30 @@ pub fn run(args: NodeArgs) -> Result<()> {
         // is registered and its worker runs (a node that serves nothing drops the receiver, so
         // that the network refuses them).
         let (stage_worker, stage_worker_rx) = tokio::sync::watch::channel(None);
+        let progress = std::sync::Arc::new(std::sync::Mutex::new(bitorch_serve::Progress::default()));
         let authoring = match network {
-            Some(bitorch_network::Service { handle: net, events, stage_requests, task: _ }) => {
+            Some(bitorch_network::Service { handle: net, events, stage_requests, piece_requests, task: _ }) => {
+                // Every networked node seeds what its store holds.
+                let seed = std::sync::Arc::new(std::sync::Mutex::new(bitorch_serve::SeedStats::default()));
+                let mbps = |r: Option<f64>| r.filter(|r| *r > 0.0).map(|r| (r * 1e6) as u64);
+                let options = bitorch_serve::SeedOptions {
+                    per_peer_rate: mbps(args.seed_rate),
+                    total_rate: mbps(args.seed_total_rate),
+                    unsafe_corrupt: args.unsafe_corrupt_pieces,
+                };
+                if args.unsafe_corrupt_pieces {
+                    tracing::warn!(target: "node", "--unsafe-corrupt-pieces: this node sends corrupt model pieces (tests only)");
+                }
+                tokio::spawn(bitorch_serve::serve_pieces(piece_requests, net.clone(), store.clone(), options, seed.clone()));
+                tokio::spawn(bitorch_serve::keep_provided(net.clone(), store.clone(), Duration::from_secs(2), seed.clone(), cancel.clone()));
+                module.merge(crate::model::rpc_module(crate::model::ModelRpc {
+                    chain: handle.clone(),
+                    net: net.clone(),
+                    store: store.clone(),
+                    seed,
+                    progress: progress.clone(),
+                    pulling: Default::default(),
+                })?).context("merging the model RPC methods")?;
                 if serving.is_some() {
                     let unpaid = bitorch_serve::UnpaidPolicy::allow(unpaid_peers.clone());
                     tokio::spawn(bitorch_serve::serve_stages(stage_requests, stage_worker_rx, handle.clone(), unpaid));
@@ -321,17 +367,36 @@ pub fn run(args: NodeArgs) -> Result<()> {
         };
         let mut served = None;
         let mut claimer = None;
-        if let Some(((described, choice), worker_key, api_key)) = serving {
-            let manifest = described.manifest.clone();
-            let model = bitorch_serve::register(&handle, &worker_key, &manifest).await?;
+        if let Some((source, worker_key, api_key)) = serving {
+            let manifest = match source {
+                ModelSource::Imported(manifest) => {
+                    bitorch_serve::register(&handle, &worker_key, &manifest).await?;
+                    manifest
+                }
+                ModelSource::Id(id) => crate::model::wait_for_model(&handle, id, Duration::from_secs(300)).await?,
+            };
+            let model = manifest.id();
+            let num_layers = manifest.layer_count;
+            let choice = bitorch_serve::parse_layers(args.layers.as_deref(), num_layers as usize)?;
             let layers = match (choice, &net_handle) {
                 (bitorch_serve::LayerChoice::Range(r), _) => r,
                 (bitorch_serve::LayerChoice::Auto { span }, Some(net)) => {
-                    let r = bitorch_serve::choose_layers(net, model, described.num_layers, span, !args.boot_nodes.is_empty()).await;
+                    let r = bitorch_serve::choose_layers(net, model, num_layers, span, !args.boot_nodes.is_empty()).await;
                     r.start as usize..r.end as usize
                 }
                 (bitorch_serve::LayerChoice::Auto { .. }, None) => bail!("--layers auto needs a network"),
             };
+            let range = layers.start as u32..layers.end as u32;
+            let missing = bitorch_serve::needed_chunks(&manifest, &range).iter().filter(|c| !store.has_chunk(&c.root)).count();
+            if missing > 0 {
+                let Some(net) = &net_handle else {
+                    bail!("the store lacks {missing} chunks of layers {range:?} and --dev has no peers to pull them from");
+                };
+                tracing::info!(target: "node", %model, layers = ?range, chunks = missing, "pulling the layers' chunks from peers");
+                let report = bitorch_serve::pull(net, &store, &manifest, range.clone(), &bitorch_serve::PullOptions::default(), &progress).await?;
+                tracing::info!(target: "node", %model, chunks = report.chunks, pieces = report.pieces_fetched, reused = report.pieces_reused, mb = report.bytes as f64 / 1e6, secs = report.secs, peers = report.by_peer.len(), "pulled the model's chunks");
+            }
+            let described = tokio::task::block_in_place(|| bitorch_serve::Described::from_store(&store, &manifest))?;
             let t = std::time::Instant::now();
             let weights = if args.unsafe_cheat.as_deref() == Some("other-weights") {
                 bitorch_inference::GgufWeights::Candle
@@ -447,7 +512,16 @@ pub fn run(args: NodeArgs) -> Result<()> {
     })
 }
 
-fn default_base_path() -> Result<PathBuf> {
+/// Where `--serve-model` takes its model from.
+enum ModelSource {
+    /// A file, imported into the store.
+    Imported(bitorch_runtime::models::Manifest),
+    /// A model registered on chain.
+    Id(bitorch_primitives::H256),
+}
+
+/// The default base path: `~/.local/share/bitorch`.
+pub(crate) fn default_base_path() -> Result<PathBuf> {
     let home = std::env::var_os("HOME").context("HOME is not set; pass --base-path")?;
     Ok(PathBuf::from(home).join(".local/share/bitorch"))
 }

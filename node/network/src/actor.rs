@@ -10,8 +10,8 @@ use crate::gossip::{GossipId, Topic, Verdict};
 use crate::handle::Command;
 use crate::peers::{Lifted, Misbehaviour, PeerBook};
 use crate::request::{BadRequesters, Outbound, Pending, Proto, Refusal, Replies};
-use crate::stage;
 use crate::sync::{self, SyncBlock};
+use crate::{pieces, stage};
 use libp2p::futures::future::BoxFuture;
 use libp2p::futures::stream::FuturesUnordered;
 use libp2p::futures::{FutureExt, StreamExt};
@@ -21,7 +21,7 @@ use libp2p::request_response::{self, InboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, mdns, Multiaddr, PeerId, Swarm};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -33,8 +33,23 @@ const TARGET: &str = "network";
 type Reply = (ResponseChannel<sync::Frame<sync::Response>>, PeerId, Option<sync::Response>);
 /// The node's answer to an inbound stage request, or why there is none, and the request's
 /// share of the inbound budget, returned once the answer is on its way.
-type StageReply =
-    (ResponseChannel<stage::ResponseFrame>, PeerId, Option<Vec<u8>>, Option<stage::Reservation>);
+/// The stage and piece protocols share this (both carry opaque bytes).
+type StageReply = (
+    Proto,
+    ResponseChannel<stage::ResponseFrame>,
+    PeerId,
+    Option<Vec<u8>>,
+    Option<stage::Reservation>,
+);
+
+/// Most chunk provider lookups at once.
+const MAX_CHUNK_LOOKUPS: usize = 256;
+
+/// A chunk provider lookup in progress.
+struct ChunkLookup {
+    found: HashSet<PeerId>,
+    reply: oneshot::Sender<Result<Vec<PeerId>, Error>>,
+}
 
 /// One request-response protocol's state: our requests waiting for answers (`X`: what the
 /// answer is checked against), and peers' requests waiting for the node's answer.
@@ -50,15 +65,25 @@ pub(crate) struct EventLoop {
     events: mpsc::Sender<Event>,
     /// Where peers' stage requests go (the serving service).
     stage_requests: mpsc::Sender<StageInbound>,
+    /// Where peers' piece requests go (the model store's seeder).
+    piece_requests: mpsc::Sender<StageInbound>,
     peers: PeerBook,
     /// Block sync: the most blocks asked of each request, and the answers.
     sync: ProtocolState<Vec<SyncBlock>, u32, Reply>,
     /// Stage requests.
     stage: ProtocolState<Vec<u8>, (), StageReply>,
+    /// Piece requests.
+    pieces: ProtocolState<Vec<u8>, (), StageReply>,
+    /// The chunks this node provides in the DHT.
+    provided: HashSet<pieces::ChunkRoot>,
+    /// Provider lookups of chunks in progress: the providers found so far, and the caller.
+    chunk_lookups: HashMap<kad::QueryId, ChunkLookup>,
     /// Worker announcements: this node's, and the lookups in progress.
     directory: Directory,
     /// Deadlines of the worker lookups in progress.
     find_deadlines: FuturesUnordered<BoxFuture<'static, u64>>,
+    /// Deadlines of the chunk provider lookups in progress.
+    chunk_deadlines: FuturesUnordered<BoxFuture<'static, kad::QueryId>>,
     /// Peers that sent a bad request, on any protocol.
     bad: BadRequesters,
     /// The boot nodes: dialed again whenever the node is short of peers, and when their ban
@@ -75,6 +100,7 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         stage_requests: mpsc::Sender<StageInbound>,
+        piece_requests: mpsc::Sender<StageInbound>,
         boot_nodes: Vec<(PeerId, Multiaddr)>,
     ) -> Self {
         Self {
@@ -93,11 +119,19 @@ impl EventLoop {
                 outbound: Outbound::new(config.max_outbound_stage_requests),
                 replies: Replies::new(config.max_pending_stage_requests),
             },
+            pieces: ProtocolState {
+                outbound: Outbound::new(config.max_outbound_piece_requests),
+                replies: Replies::new(config.max_pending_piece_requests),
+            },
+            provided: HashSet::new(),
+            chunk_lookups: HashMap::new(),
             config,
             commands,
             events,
             stage_requests,
+            piece_requests,
             find_deadlines: FuturesUnordered::new(),
+            chunk_deadlines: FuturesUnordered::new(),
             bad: BadRequesters::default(),
             boot_nodes,
             last_discovery: None,
@@ -121,11 +155,18 @@ impl EventLoop {
                     None => break,
                 },
                 reply = self.stage.replies.next() => self.send_stage_reply(reply),
+                reply = self.pieces.replies.next() => self.send_stage_reply(reply),
                 reply = self.sync.replies.next() => self.send_reply(reply),
                 Some(find) = self.find_deadlines.next(), if !self.find_deadlines.is_empty() => {
                     self.directory.expire(&mut self.swarm, find)
                 }
-                _ = refresh.tick() => self.directory.refresh(&mut self.swarm),
+                Some(query) = self.chunk_deadlines.next(), if !self.chunk_deadlines.is_empty() => {
+                    self.finish_chunk_lookup(query)
+                }
+                _ = refresh.tick() => {
+                    self.directory.refresh(&mut self.swarm);
+                    self.provide_chunks();
+                }
                 peer = self.bad.next_due() => self.penalise(peer, Misbehaviour::UndecodableMessage),
                 _ = maintenance.tick() => self.maintain(),
             }
@@ -182,23 +223,32 @@ impl EventLoop {
                 self.sync.outbound.insert(id, Pending { peer, extra: max, reply });
             }
             Command::StageRequest { peer, data, reply } => {
-                let limit = self.config.max_stage_request_bytes;
-                if data.len() > limit {
-                    let _ = reply.send(Err(Error::MessageTooLarge { size: data.len(), limit }));
-                    return;
+                self.send_opaque(Proto::Stage, peer, data, reply)
+            }
+            Command::PieceRequest { peer, data, reply } => {
+                self.send_opaque(Proto::Pieces, peer, data, reply)
+            }
+            Command::ProvideChunks { roots, reply } => {
+                let roots: HashSet<_> = roots.into_iter().collect();
+                for gone in self.provided.difference(&roots) {
+                    self.swarm.behaviour_mut().kad.stop_providing(&pieces::chunk_key(gone));
                 }
-                if self.stage.outbound.is_full() {
+                let added = roots.difference(&self.provided).count();
+                self.provided = roots;
+                if added > 0 {
+                    self.provide_chunks();
+                }
+                let _ = reply.send(());
+            }
+            Command::FindChunkProviders { root, reply } => {
+                if self.chunk_lookups.len() >= MAX_CHUNK_LOOKUPS {
                     let _ = reply.send(Err(Error::Busy));
                     return;
                 }
-                let addresses = self.directory.addresses_of(&peer);
-                let body = Ok(stage::Body { data, reservation: None });
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .stage
-                    .send_request_with_addresses(&peer, body, addresses);
-                self.stage.outbound.insert(id, Pending { peer, extra: (), reply });
+                let query = self.swarm.behaviour_mut().kad.get_providers(pieces::chunk_key(&root));
+                self.chunk_lookups.insert(query, ChunkLookup { found: HashSet::new(), reply });
+                let deadline = tokio::time::sleep(self.config.find_workers_timeout);
+                self.chunk_deadlines.push(deadline.map(move |_| query).boxed());
             }
             Command::AnnounceWorker { announcement, reply } => {
                 let _ = reply.send(self.directory.announce(&mut self.swarm, announcement));
@@ -471,7 +521,8 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
-            BehaviourEvent::Stage(event) => self.on_stage_event(event),
+            BehaviourEvent::Stage(event) => self.on_stage_event(Proto::Stage, event),
+            BehaviourEvent::Pieces(event) => self.on_stage_event(Proto::Pieces, event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     if self.peers.is_banned(&peer) {
@@ -510,6 +561,22 @@ impl EventLoop {
                 );
                 for (peer, misbehaviour) in penalties {
                     self.penalise(peer, misbehaviour);
+                }
+            }
+            kad::Event::OutboundQueryProgressed { id, result, step, .. }
+                if self.chunk_lookups.contains_key(&id) =>
+            {
+                if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) = result
+                {
+                    if let Some(lookup) = self.chunk_lookups.get_mut(&id) {
+                        lookup.found.extend(providers);
+                    }
+                }
+                if step.last {
+                    self.finish_chunk_lookup(id);
                 }
             }
             kad::Event::InboundRequest {
@@ -632,38 +699,114 @@ impl EventLoop {
         );
     }
 
-    fn send_stage_reply(&mut self, (channel, peer, answer, reservation): StageReply) {
-        let limit = self.config.max_stage_response_bytes;
+    /// The behaviour of an opaque-bytes protocol (stage or pieces).
+    fn opaque(&mut self, proto: Proto) -> &mut request_response::Behaviour<stage::Codec> {
+        match proto {
+            Proto::Pieces => &mut self.swarm.behaviour_mut().pieces,
+            _ => &mut self.swarm.behaviour_mut().stage,
+        }
+    }
+
+    fn opaque_state(&mut self, proto: Proto) -> &mut ProtocolState<Vec<u8>, (), StageReply> {
+        match proto {
+            Proto::Pieces => &mut self.pieces,
+            _ => &mut self.stage,
+        }
+    }
+
+    /// (largest request, largest answer, time to answer) of an opaque protocol.
+    fn opaque_limits(&self, proto: Proto) -> (usize, usize, Duration) {
+        match proto {
+            Proto::Pieces => {
+                (pieces::MAX_REQUEST_BYTES, pieces::MAX_RESPONSE_BYTES, self.config.piece_timeout)
+            }
+            _ => (
+                self.config.max_stage_request_bytes,
+                self.config.max_stage_response_bytes,
+                self.config.stage_timeout,
+            ),
+        }
+    }
+
+    fn send_opaque(
+        &mut self,
+        proto: Proto,
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    ) {
+        let (limit, _, _) = self.opaque_limits(proto);
+        if data.len() > limit {
+            let _ = reply.send(Err(Error::MessageTooLarge { size: data.len(), limit }));
+            return;
+        }
+        if self.opaque_state(proto).outbound.is_full() {
+            let _ = reply.send(Err(Error::Busy));
+            return;
+        }
+        let addresses = self.directory.addresses_of(&peer);
+        let body = Ok(stage::Body { data, reservation: None });
+        let id = self.opaque(proto).send_request_with_addresses(&peer, body, addresses);
+        self.opaque_state(proto).outbound.insert(id, Pending { peer, extra: (), reply });
+    }
+
+    /// Announces (again) every chunk this node provides: provider records expire with the
+    /// worker records' lifetime, so they are refreshed with them.
+    fn provide_chunks(&mut self) {
+        for root in &self.provided {
+            if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(pieces::chunk_key(root))
+            {
+                tracing::warn!(target: TARGET, error = ?e, "cannot store a chunk provider record");
+            }
+        }
+    }
+
+    /// A chunk provider lookup is done (or out of time): the caller gets the providers found,
+    /// but not this node nor banned peers.
+    fn finish_chunk_lookup(&mut self, id: kad::QueryId) {
+        let Some(lookup) = self.chunk_lookups.remove(&id) else { return };
+        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            q.finish();
+        }
+        let me = *self.swarm.local_peer_id();
+        let found =
+            lookup.found.into_iter().filter(|p| *p != me && !self.peers.is_banned(p)).collect();
+        let _ = lookup.reply.send(Ok(found));
+    }
+
+    fn send_stage_reply(&mut self, (proto, channel, peer, answer, reservation): StageReply) {
+        let (_, limit, _) = self.opaque_limits(proto);
         let response = match answer {
             None => stage::Response::Refused(Refusal::Unavailable),
             Some(data) if data.len() > limit => {
-                tracing::warn!(target: TARGET, %peer, size = data.len(), limit, "stage answer over the limit; refusing instead");
+                tracing::warn!(target: TARGET, %peer, ?proto, size = data.len(), limit, "answer over the limit; refusing instead");
                 stage::Response::Refused(Refusal::ResponseTooLarge)
             }
             Some(data) => stage::Response::Data(data),
         };
-        if self.swarm.behaviour_mut().stage.send_response(channel, Ok(response)).is_err() {
-            tracing::debug!(target: TARGET, %peer, "stage requester went away before the answer");
+        if self.opaque(proto).send_response(channel, Ok(response)).is_err() {
+            tracing::debug!(target: TARGET, %peer, ?proto, "requester went away before the answer");
         }
         drop(reservation);
     }
 
     fn on_stage_event(
         &mut self,
+        proto: Proto,
         event: request_response::Event<stage::RequestFrame, stage::ResponseFrame>,
     ) {
         use request_response::{Event as E, Message};
         match event {
             E::Message {
                 peer, message: Message::Request { request_id, request, channel }, ..
-            } => self.on_stage_request(peer, request_id, request, channel),
+            } => self.on_stage_request(proto, peer, request_id, request, channel),
             E::Message { peer, message: Message::Response { request_id, response }, .. } => {
-                let Some(pending) = self.stage.outbound.take(&request_id) else {
+                let Some(pending) = self.opaque_state(proto).outbound.take(&request_id) else {
                     return;
                 };
                 let result = match response {
                     Err(wire) => {
-                        tracing::debug!(target: TARGET, %peer, %wire, "bad stage answer");
+                        tracing::debug!(target: TARGET, %peer, ?proto, %wire, "bad answer");
                         self.penalise(peer, Misbehaviour::UndecodableMessage);
                         Err(Error::InvalidResponse { peer, reason: "undecodable or too large" })
                     }
@@ -674,13 +817,11 @@ impl EventLoop {
                 let _ = pending.reply.send(result);
             }
             E::OutboundFailure { peer, request_id, error, .. } => {
-                self.stage.outbound.fail(&request_id, peer, error.to_string())
+                self.opaque_state(proto).outbound.fail(&request_id, peer, error.to_string())
             }
-            E::ResponseSent { request_id, .. } => {
-                self.bad.on_response_sent(Proto::Stage, request_id)
-            }
+            E::ResponseSent { request_id, .. } => self.bad.on_response_sent(proto, request_id),
             E::InboundFailure { request_id, .. } => {
-                if let Some(peer) = self.bad.on_inbound_failure(Proto::Stage, request_id) {
+                if let Some(peer) = self.bad.on_inbound_failure(proto, request_id) {
                     self.penalise(peer, Misbehaviour::UndecodableMessage);
                 }
             }
@@ -689,20 +830,21 @@ impl EventLoop {
 
     fn on_stage_request(
         &mut self,
+        proto: Proto,
         peer: PeerId,
         request_id: InboundRequestId,
         request: stage::RequestFrame,
         channel: ResponseChannel<stage::ResponseFrame>,
     ) {
-        let refuse = |swarm: &mut Swarm<Behaviour>, channel, error| {
+        let refuse = |this: &mut Self, channel, error| {
             let refusal = Ok(stage::Response::Refused(error));
-            swarm.behaviour_mut().stage.send_response(channel, refusal).is_ok()
+            this.opaque(proto).send_response(channel, refusal).is_ok()
         };
         let body = match request {
             Ok(body) => body,
             Err(stage::RequestFault::OverBudget) => {
-                tracing::debug!(target: TARGET, %peer, "stage request over the inbound budget");
-                refuse(&mut self.swarm, channel, Refusal::Busy);
+                tracing::debug!(target: TARGET, %peer, ?proto, "request over the inbound budget");
+                refuse(self, channel, Refusal::Busy);
                 return;
             }
             Err(_) if self.bad.is_condemned(&peer) => {
@@ -711,38 +853,43 @@ impl EventLoop {
                 return;
             }
             Err(fault) => {
-                tracing::debug!(target: TARGET, %peer, %fault, "bad stage request");
+                tracing::debug!(target: TARGET, %peer, ?proto, %fault, "bad request");
                 // Answer, then ban once the answer is out (or at once if it cannot be sent).
-                let sent = refuse(&mut self.swarm, channel, Refusal::BadRequest);
-                if !self.bad.condemn(Proto::Stage, request_id, peer, sent) {
+                let sent = refuse(self, channel, Refusal::BadRequest);
+                if !self.bad.condemn(proto, request_id, peer, sent) {
                     self.penalise(peer, Misbehaviour::UndecodableMessage);
                 }
                 return;
             }
         };
-        if self.stage.replies.is_full() {
-            refuse(&mut self.swarm, channel, Refusal::Busy);
+        if self.opaque_state(proto).replies.is_full() {
+            refuse(self, channel, Refusal::Busy);
             return;
         }
         let stage::Body { data, reservation } = body;
         let (reply, rx) = oneshot::channel();
-        match self.stage_requests.try_send(StageInbound { peer, request: data, reply }) {
+        let inbound = StageInbound { peer, request: data, reply };
+        let sent = match proto {
+            Proto::Pieces => self.piece_requests.try_send(inbound),
+            _ => self.stage_requests.try_send(inbound),
+        };
+        match sent {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                refuse(&mut self.swarm, channel, Refusal::Busy);
+                refuse(self, channel, Refusal::Busy);
                 return;
             }
-            // This node serves no stages (nobody holds the receiver).
+            // This node serves no stages or pieces (nobody holds the receiver).
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                refuse(&mut self.swarm, channel, Refusal::Unavailable);
+                refuse(self, channel, Refusal::Unavailable);
                 return;
             }
         }
-        let timeout = self.config.stage_timeout;
-        self.stage.replies.push(
+        let (_, _, timeout) = self.opaque_limits(proto);
+        self.opaque_state(proto).replies.push(
             async move {
                 let answer = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
-                (channel, peer, answer, reservation)
+                (proto, channel, peer, answer, reservation)
             }
             .boxed(),
         );

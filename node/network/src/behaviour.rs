@@ -3,7 +3,7 @@
 use crate::config::Config;
 use crate::error::Error;
 use crate::gossip::Topic;
-use crate::{stage, sync};
+use crate::{pieces, stage, sync};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -35,6 +35,8 @@ pub(crate) struct Behaviour {
     pub(crate) sync: request_response::Behaviour<sync::Codec>,
     /// Stage requests between gateways and workers.
     pub(crate) stage: request_response::Behaviour<stage::Codec>,
+    /// Pieces of model chunks between peers.
+    pub(crate) pieces: request_response::Behaviour<stage::Codec>,
     /// LAN discovery, when enabled.
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -64,8 +66,12 @@ impl Behaviour {
             .set_publication_interval(None)
             .set_provider_publication_interval(None)
             .set_record_filtering(kad::StoreInserts::FilterBoth);
+        // libp2p's defaults (1,024 keys provided, counting other peers' records too; 20
+        // providers per key) are too few for a node that holds every chunk of a few models.
         let store_config = kad::store::MemoryStoreConfig {
             max_providers_per_key: config.max_workers_per_model.max(1),
+            max_provided_keys: 65_536,
+            max_records: 65_536,
             ..Default::default()
         };
         let store = kad::store::MemoryStore::with_config(peer_id, store_config);
@@ -113,6 +119,21 @@ impl Behaviour {
                 .with_max_concurrent_streams(config.max_stage_streams_per_connection.max(1)),
         );
 
+        // Per-peer concurrency of piece transfers: streams on one connection.
+        let pieces = request_response::Behaviour::with_codec(
+            stage::Codec {
+                max_request_bytes: pieces::MAX_REQUEST_BYTES,
+                max_response_bytes: pieces::MAX_RESPONSE_BYTES,
+                budget: stage::Budget::new(
+                    pieces::MAX_REQUEST_BYTES * config.max_pending_piece_requests.max(1) * 2,
+                ),
+            },
+            [(pieces::PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(config.piece_timeout)
+                .with_max_concurrent_streams(config.max_piece_streams_per_connection.max(1)),
+        );
+
         let mdns = if config.mdns {
             Some(
                 mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
@@ -131,6 +152,7 @@ impl Behaviour {
             gossipsub,
             sync,
             stage,
+            pieces,
             mdns: mdns.into(),
         })
     }

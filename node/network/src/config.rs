@@ -60,6 +60,16 @@ pub struct Config {
     /// Most bytes of inbound stage requests held in memory (being read, or waiting for the
     /// node's answer), over all connections; past it requests are refused as busy.
     pub max_stage_inbound_bytes: usize,
+    /// Timeout of a piece request (`/bitorch/pieces/1`), and the time the node has to
+    /// answer one (its upload rate limit may hold an answer back).
+    pub piece_timeout: Duration,
+    /// Most inbound piece requests waiting for the node's answer; more are refused as busy.
+    pub max_pending_piece_requests: usize,
+    /// Most outbound piece requests in flight.
+    pub max_outbound_piece_requests: usize,
+    /// Most piece requests in flight on one connection, both ways together: how many pieces
+    /// one peer may fetch from this node at once.
+    pub max_piece_streams_per_connection: usize,
     /// How long a worker announcement, and the provider records of every node, stay valid in
     /// the DHT unless refreshed.
     pub worker_record_ttl: Duration,
@@ -114,6 +124,10 @@ impl Config {
             max_outbound_stage_requests: 1024,
             max_stage_streams_per_connection: 256,
             max_stage_inbound_bytes: 256 * 1024 * 1024,
+            piece_timeout: Duration::from_secs(30),
+            max_pending_piece_requests: 128,
+            max_outbound_piece_requests: 512,
+            max_piece_streams_per_connection: 16,
             worker_record_ttl: Duration::from_secs(90),
             worker_refresh_interval: Duration::from_secs(30),
             find_workers_timeout: Duration::from_secs(5),

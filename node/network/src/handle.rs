@@ -3,6 +3,7 @@
 use crate::error::Error;
 use crate::gossip::{GossipId, Topic, Verdict};
 use crate::peers::Misbehaviour;
+use crate::pieces::{self, ChunkRoot};
 use crate::sync::{self, SyncBlock};
 use crate::workers::{ModelId, WorkerAnnouncement};
 use libp2p::{Multiaddr, PeerId};
@@ -26,6 +27,19 @@ pub(crate) enum Command {
         peer: PeerId,
         data: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    },
+    PieceRequest {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    },
+    ProvideChunks {
+        roots: Vec<ChunkRoot>,
+        reply: oneshot::Sender<()>,
+    },
+    FindChunkProviders {
+        root: ChunkRoot,
+        reply: oneshot::Sender<Result<Vec<PeerId>, Error>>,
     },
     AnnounceWorker {
         announcement: WorkerAnnouncement,
@@ -134,6 +148,42 @@ impl Handle {
     /// penalised).
     pub async fn stage_request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, Error> {
         self.call(|reply| Command::StageRequest { peer, data, reply }).await?
+    }
+
+    /// Asks `peer` for a piece or a chunk's piece hashes (`/bitorch/pieces/1`). Fails like
+    /// [`Handle::stage_request`]; an answer that does not decode as a [`pieces::Response`]
+    /// is [`Error::InvalidResponse`] and the peer is penalised. Whether the piece or hashes
+    /// are the right ones is the caller's to check.
+    pub async fn piece_request(
+        &self,
+        peer: PeerId,
+        request: &pieces::Request,
+    ) -> Result<pieces::Response, Error> {
+        use parity_scale_codec::Encode;
+        let data = request.encode();
+        let bytes = self.call(|reply| Command::PieceRequest { peer, data, reply }).await??;
+        match pieces::Response::decode_bounded(&bytes) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                tracing::debug!(target: "network", %peer, error = %e, "bad piece answer");
+                let _ = self.report_peer(peer, Misbehaviour::UndecodableMessage).await;
+                Err(Error::InvalidResponse { peer, reason: "not a piece answer" })
+            }
+        }
+    }
+
+    /// Makes `roots` the chunks this node provides in the DHT: provider records for the new
+    /// ones are published at once, those no longer listed are withdrawn, and all of them are
+    /// refreshed every [`Config::worker_refresh_interval`](crate::Config).
+    pub async fn provide_chunks(&self, roots: Vec<ChunkRoot>) -> Result<(), Error> {
+        self.call(|reply| Command::ProvideChunks { roots, reply }).await
+    }
+
+    /// The peers that provide the chunk `root` in the DHT (not this node), found within
+    /// [`Config::find_workers_timeout`](crate::Config). Fails with [`Error::Busy`] when too
+    /// many lookups run at once.
+    pub async fn find_chunk_providers(&self, root: ChunkRoot) -> Result<Vec<PeerId>, Error> {
+        self.call(|reply| Command::FindChunkProviders { root, reply }).await?
     }
 
     /// Announces this node in the DHT as a worker for `announcement.model`, signed with the

@@ -24,6 +24,12 @@
 //!   inference service, limited in size both ways ([`Config::max_stage_request_bytes`],
 //!   [`Config::max_stage_response_bytes`]) and in what waits for the node, many at once on one
 //!   connection: [`Handle::stage_request`] out, [`Service::stage_requests`] in;
+//! - request-response piece requests ([`pieces`], `/bitorch/pieces/1`): the pieces of model
+//!   chunks and their hashes, between peers, with their own size limits and per-peer
+//!   concurrency ([`Config::max_piece_streams_per_connection`]):
+//!   [`Handle::piece_request`] out, [`Service::piece_requests`] in; a node provides the
+//!   chunks it holds in the DHT ([`Handle::provide_chunks`]) and finds who holds one
+//!   ([`Handle::find_chunk_providers`]);
 //! - worker announcements in the DHT ([`workers`]): [`Handle::announce_worker`] publishes a
 //!   [`WorkerAnnouncement`] signed by the node key (a provider record for the model and the
 //!   signed record) and keeps it fresh until [`Handle::withdraw_worker`];
@@ -53,6 +59,7 @@ pub mod gossip;
 pub mod handle;
 pub mod key;
 pub mod peers;
+pub mod pieces;
 pub mod request;
 pub mod stage;
 pub mod sync;
@@ -83,6 +90,9 @@ pub struct Service {
     /// Peers' stage requests (at most [`Config::max_pending_stage_requests`] wait here; more
     /// are refused as busy, as are all of them once this receiver is dropped).
     pub stage_requests: mpsc::Receiver<StageInbound>,
+    /// Peers' piece requests (at most [`Config::max_pending_piece_requests`] wait here; more
+    /// are refused as busy, as are all of them once this receiver is dropped).
+    pub piece_requests: mpsc::Receiver<StageInbound>,
     /// The service task; it ends when `cancel` fires or every handle is dropped.
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -132,9 +142,18 @@ pub fn spawn(config: Config, cancel: CancellationToken) -> Result<Service, Error
     let (tx, commands) = mpsc::channel(config.command_capacity.max(1));
     let (events_tx, events) = mpsc::channel(config.event_capacity.max(1));
     let (stage_tx, stage_requests) = mpsc::channel(config.max_pending_stage_requests.max(1));
+    let (piece_tx, piece_requests) = mpsc::channel(config.max_pending_piece_requests.max(1));
     let task = tokio::spawn(
-        actor::EventLoop::new(swarm, keypair, config, commands, events_tx, stage_tx, boot_nodes)
-            .run(cancel),
+        actor::EventLoop::new(
+            swarm, keypair, config, commands, events_tx, stage_tx, piece_tx, boot_nodes,
+        )
+        .run(cancel),
     );
-    Ok(Service { handle: Handle::new(tx, local_peer_id), events, stage_requests, task })
+    Ok(Service {
+        handle: Handle::new(tx, local_peer_id),
+        events,
+        stage_requests,
+        piece_requests,
+        task,
+    })
 }

@@ -48,6 +48,7 @@ pub enum Refusal {
 pub(crate) enum Proto {
     Sync,
     Stage,
+    Pieces,
 }
 
 /// A request of ours waiting for its answer: who was asked, what else the answer is checked

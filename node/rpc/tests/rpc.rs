@@ -332,7 +332,7 @@ async fn job_life_cycle_through_rpc_pays_workers_exactly() {
     };
 
     let manifest = models::example_manifest(30);
-    let model = models::model_id(&account_of(&alice), &manifest.name);
+    let model = manifest.id();
     submit(send(Call::Models(models::Call::Register { manifest }))).await.unwrap();
     node.author().await;
     let listed: Value = node.client.request("bitorch_models", rpc_params![]).await.unwrap();

@@ -96,23 +96,30 @@ async fn wait_for_inclusion(
     outcomes
 }
 
-/// The id of the active model with this manifest on chain, registering it from `key` first if
-/// there is none.
-///
-/// Workers started together may each find none and each register (ids differ by owner); the
-/// registry keeps ids in registration order and each looks again after its own registration is
-/// included, so all of them serve the first one registered, and find each other by its id.
+/// Registers the model of `manifest` from `key` unless the chain already has it (its id is its
+/// content, so whoever registered it first, under whatever name, it is the same model).
+/// Returns its id. Fails for a model that is on chain but retired.
 pub async fn register(chain: &Handle, key: &Pair, manifest: &Manifest) -> Result<H256> {
-    let hash = manifest.hash();
-    if let Some(id) = chain.active_model_with_manifest(hash).await? {
+    let id = manifest.id();
+    let known = |r: Option<models::ModelRecord>| match r {
+        Some(r) if r.status == models::ModelStatus::Active => Ok(true),
+        Some(_) => Err(Error::Submit {
+            what: "registering the model",
+            reason: "it is retired on chain".into(),
+        }),
+        None => Ok(false),
+    };
+    if known(chain.model(id).await?)? {
         tracing::info!(target: TARGET, model = %id, "model already registered");
         return Ok(id);
     }
     let call = Call::Models(models::Call::Register { manifest: manifest.clone() });
-    submit_and_wait(chain, key, vec![call])
-        .await
-        .map_err(|reason| Error::Submit { what: "registering the model", reason })?;
-    let id = chain.active_model_with_manifest(hash).await?.ok_or(Error::NotRegistered)?;
+    let submitted = submit_and_wait(chain, key, vec![call]).await;
+    // Another node may have registered the same content meanwhile: then it is there.
+    if !known(chain.model(id).await?)? {
+        submitted.map_err(|reason| Error::Submit { what: "registering the model", reason })?;
+        return Err(Error::NotRegistered);
+    }
     tracing::info!(target: TARGET, model = %id, owner = %account_of(key), "registered the model");
     Ok(id)
 }

@@ -58,9 +58,27 @@ pub enum Error {
     /// The worker's thread could not be started.
     #[error("starting the worker: {0}")]
     Spawn(String),
+    /// The model store failed.
+    #[error(transparent)]
+    Store(Box<crate::store::StoreError>),
+    /// A pull of a model's chunks failed.
+    #[error(transparent)]
+    Pull(Box<crate::pull::PullError>),
     /// The network refused the worker's announcement.
     #[error("announcing the worker in the DHT: {0}")]
     Announce(#[from] bitorch_network::Error),
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Store(Box::new(e))
+    }
+}
+
+impl From<crate::pull::PullError> for Error {
+    fn from(e: crate::pull::PullError) -> Self {
+        Self::Pull(Box::new(e))
+    }
 }
 
 /// The serving service's result.

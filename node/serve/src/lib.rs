@@ -16,7 +16,11 @@
 //! client's authorization and vouchers. [`submit_claims`] then claims the pay of each closed
 //! session on chain with its latest voucher, signed by the worker.
 //!
-//! - [`model`]: [`describe`] a GGUF model as a manifest, load a stage of it, and pick the
+//! - [`store`]: the content store: a GGUF model split into verified, content-addressed
+//!   chunks ([`Store::import_gguf`]), downloads that resume, stages loaded from the chunks;
+//! - [`pull`]: [`pull`] a model's chunks from many peers at once, [`serve_pieces`] to
+//!   others, [`keep_provided`] in the DHT;
+//! - [`model`]: a stored model ([`Described`]), load a stage of it, and pick the
 //!   layers (`--layers START..END | auto | auto:N`, [`least_served`]);
 //! - [`chain`]: [`register`] the model, [`submit_and_wait`] for our transactions;
 //! - [`worker`]: [`spawn_worker`] (measures the stage, then runs it as an actor),
@@ -35,6 +39,8 @@ pub mod chain;
 pub mod error;
 pub mod gateway;
 pub mod model;
+pub mod pull;
+pub mod store;
 pub mod traces;
 pub mod worker;
 
@@ -42,7 +48,12 @@ pub use auditor::{run_auditor, Auditor, Pretend};
 pub use chain::{register, submit_and_wait};
 pub use error::{Error, Result};
 pub use gateway::{GatewayBackend, GatewayOptions, NodeTransport, Payer, Peer};
-pub use model::{describe, least_served, parse_layers, Described, LayerChoice};
+pub use model::{least_served, parse_layers, Described, LayerChoice};
+pub use pull::{
+    keep_provided, needed_chunks, pull, serve_pieces, Progress, PullError, PullOptions, PullReport,
+    SeedOptions, SeedStats,
+};
+pub use store::{Imported, Store, StoreError, StoredModel};
 pub use traces::{Page, TraceStore};
 pub use worker::{
     announce, choose_layers, keep_announced, serve_stages, spawn_worker, submit_claims, withdraw,

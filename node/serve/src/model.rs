@@ -2,15 +2,11 @@
 //! layers `--layers` picks (a range, or the range the network serves least).
 
 use crate::error::{Error, Result};
+use crate::store::Store;
 use crate::u32_of;
 use bitorch_inference::{Checkpoint, GgufWeights, LoadOptions, Stage, Tokenizer};
-use bitorch_primitives::blake2_256_reader;
-use bitorch_runtime::models::{self, Chunk, ChunkKind, HyperParams, Manifest};
+use bitorch_runtime::models::Manifest;
 use std::ops::Range;
-use std::path::Path;
-
-/// Piece size written into the manifest's chunk.
-const PIECE_SIZE: u32 = 1 << 20;
 
 /// A model opened to serve: its checkpoint, tokenizer and manifest, before a stage is loaded.
 pub struct Described {
@@ -122,63 +118,25 @@ pub fn least_served(n: u32, span: Option<u32>, served: &[Range<u32>]) -> Range<u
     }
 }
 
-/// Opens the GGUF model at `path` and describes it (manifest, tokenizer) without loading
-/// weights.
-pub fn describe(path: &Path) -> Result<Described> {
-    let model_err = |source| Error::Model { path: path.to_path_buf(), source };
-    let ckpt = Checkpoint::open(path).map_err(model_err)?;
-    let Checkpoint::Gguf(g) = &ckpt else {
-        return Err(Error::NotGguf(path.to_path_buf()));
-    };
-    let cfg = g.config.clone();
-    let tokenizer = Tokenizer::from_gguf(&g.content).map_err(model_err)?;
-    // Hashed as it is read: a model file can be larger than the memory a worker has to spare.
-    let read_err = |source| Error::Read { path: path.to_path_buf(), source };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let (file_hash, file_len) = blake2_256_reader(file).map_err(read_err)?;
-    // The file's name is what the user chose; GGUF's `general.name` is often a training-run id.
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .or_else(|| {
-            g.content.metadata.get("general.name").and_then(|v| v.to_string().ok().cloned())
-        })
-        .unwrap_or_else(|| "model".into());
-    let mut name = name.into_bytes();
-    name.truncate(models::MAX_NAME_LEN);
-    let manifest = Manifest {
-        name,
-        architecture: b"llama".to_vec(),
-        hyper: HyperParams {
-            hidden_size: u32_of(cfg.hidden_size),
-            intermediate_size: u32_of(cfg.intermediate_size),
-            num_attention_heads: u32_of(cfg.num_heads),
-            num_kv_heads: u32_of(cfg.num_kv_heads),
-            vocab_size: u32_of(cfg.vocab_size),
-            context_length: u32_of(cfg.context_length),
-            rope_theta: (cfg.rope_theta as u32).max(1),
-            rms_norm_eps_e9: ((cfg.rms_norm_eps * 1e9).round() as u32).max(1),
-        },
-        layer_count: u32_of(cfg.num_layers),
-        tokenizer_hash: file_hash,
-        chunks: vec![Chunk {
-            kind: ChunkKind::Layers { start: 0, end: u32_of(cfg.num_layers) },
-            root: file_hash,
-            size: file_len,
-            piece_size: PIECE_SIZE,
-        }],
-    };
-    manifest.validate().map_err(|e| Error::Manifest(format!("{e:?}")))?;
-    Ok(Described {
-        ckpt,
-        tokenizer,
-        manifest,
-        context_length: u32_of(cfg.context_length),
-        num_layers: u32_of(cfg.num_layers),
-    })
-}
-
 impl Described {
+    /// The model `manifest` as the store holds it: its tokenizer and what loading a stage
+    /// needs, read from the shared chunk (no weights read yet).
+    pub fn from_store(store: &Store, manifest: &Manifest) -> Result<Self> {
+        let ckpt = store.checkpoint(manifest)?;
+        let Checkpoint::Gguf(g) = &ckpt else {
+            return Err(Error::Manifest("only GGUF models are served for now".into()));
+        };
+        let tokenizer = Tokenizer::from_gguf(&g.content)
+            .map_err(|source| Error::Model { path: g.path.clone(), source })?;
+        let context_length = u32_of(g.config.context_length);
+        Ok(Self {
+            ckpt,
+            tokenizer,
+            manifest: manifest.clone(),
+            context_length,
+            num_layers: manifest.layer_count,
+        })
+    }
     /// Loads the stage of `layers` (our integer kernels, the engine's default).
     pub fn load_stage(&self, layers: Range<usize>) -> Result<Stage> {
         self.load_stage_with(layers, GgufWeights::Int16)

@@ -52,7 +52,7 @@ async fn setup(allowed: PeerId) -> Setup {
     let (alice, bob) = (pair_from_suri("//Alice").unwrap(), pair_from_suri("//Bob").unwrap());
 
     let manifest = models::example_manifest(4);
-    let model = models::model_id(&account_of(&alice), &manifest.name);
+    let model = manifest.id();
     let register = Call::Models(models::Call::Register { manifest });
     chain.sign_and_submit(alice.clone(), vec![register], 64).await.unwrap();
     chain.author_and_import(alice.clone()).await.unwrap();

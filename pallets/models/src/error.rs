@@ -111,6 +111,16 @@ pub enum ManifestError {
         /// Chunk index.
         index: usize,
     },
+    /// A chunk's pieces are larger than a peer sends in one answer, or too many.
+    #[error("chunk {index} of {size} bytes in pieces of {piece_size}: pieces must be at most {} bytes and at most {} per chunk", crate::MAX_PIECE_SIZE, crate::MAX_PIECES_PER_CHUNK)]
+    Pieces {
+        /// Chunk index.
+        index: usize,
+        /// Its piece size.
+        piece_size: u32,
+        /// Its size.
+        size: u64,
+    },
     /// A layers chunk with `start >= end` or `end > layer_count`.
     #[error("chunk {index} has layer range {start}..{end}, which is not a non-empty range within 0..{layer_count}")]
     InvalidLayerRange {
@@ -149,10 +159,8 @@ pub enum Error {
     /// The manifest is invalid.
     #[error("invalid manifest: {0}")]
     InvalidManifest(#[from] ManifestError),
-    /// A model with this owner and name is already registered.
-    #[error(
-        "a model named like this is already registered by this account (id {0:?}); use Update"
-    )]
+    /// A model with this content is already registered (under this id).
+    #[error("a model with this content is already registered (id {0:?})")]
     ModelExists(bitorch_primitives::H256),
     /// No model with this id.
     #[error("no model with id {0:?}")]
@@ -160,9 +168,6 @@ pub enum Error {
     /// The signer does not own the model.
     #[error("only the model's owner may change it")]
     NotOwner,
-    /// An update tried to rename the model.
-    #[error("an update must keep the model's name (the id derives from it); register a new model instead")]
-    NameChanged,
     /// The model is retired.
     #[error("the model is retired and can no longer be changed")]
     Retired,

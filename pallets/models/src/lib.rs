@@ -7,13 +7,18 @@
 //! work.
 //!
 //! Rules:
-//! - A model's id is `blake2_256((b"bitorch/model", owner, name).encode())` ([`model_id`]), so
-//!   an update (which must keep the name) keeps the id.
-//! - Manifests are validated on register and update ([`Manifest::validate`]): names, non-zero
-//!   hyper-parameters whose head counts divide, and layer chunks that are sorted, non-overlapping
-//!   and cover `0..layer_count` exactly.
-//! - Only the owner may update or retire a model; a retired model cannot be updated and is no
-//!   longer offered to jobs. Records are never deleted, so an id is never reused.
+//! - A model's id derives from its content ([`Manifest::id`]): everything in the manifest but
+//!   its name, which is a label. Two peers importing the same weights get the same id without
+//!   asking each other; another quantization is other chunks, so another id. Registering
+//!   content that is already registered fails with [`Error::ModelExists`] (its id is the
+//!   answer).
+//! - Manifests are validated on registration ([`Manifest::validate`]): names, non-zero
+//!   hyper-parameters whose head counts divide, layer chunks that are sorted, non-overlapping
+//!   and cover `0..layer_count` exactly, and pieces that a peer can fetch (at most
+//!   [`MAX_PIECE_SIZE`] bytes, at most [`MAX_PIECES_PER_CHUNK`] per chunk).
+//! - Only the owner may retire a model; a retired model is no longer offered to jobs. Records
+//!   are never deleted, so an id is never reused. (A manifest cannot be changed: other
+//!   content is another model.)
 
 use bitorch_pallet_support::{self as support, Context, ModelRegistry, Storage, StorageError};
 use bitorch_primitives::{blake2_256, AccountId, BlockNumber, Hash, H256};
@@ -40,10 +45,10 @@ pub const MAX_MODELS: u32 = 10_000;
 
 pub use bitorch_primitives::ModelId;
 
-/// The id of the model named `name` registered by `owner`.
-pub fn model_id(owner: &AccountId, name: &[u8]) -> ModelId {
-    blake2_256(&(b"bitorch/model", owner, name).encode())
-}
+/// Largest piece of a chunk, in bytes: what one piece request answers.
+pub const MAX_PIECE_SIZE: u32 = 4 << 20;
+/// Most pieces in one chunk (its piece hashes travel in one answer: 2 MiB at most).
+pub const MAX_PIECES_PER_CHUNK: u64 = 65_536;
 
 /// Transformer hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -83,6 +88,10 @@ pub enum ChunkKind {
     /// Final norm and LM head.
     #[codec(index = 2)]
     Head,
+    /// What every stage or the ends need besides their layers: the checkpoint's header
+    /// (metadata and tokenizer), embeddings, final norm and head.
+    #[codec(index = 3)]
+    Shared,
 }
 
 /// A content-addressed part of a model.
@@ -119,6 +128,22 @@ impl Manifest {
     /// blake2-256 of the manifest's encoding.
     pub fn hash(&self) -> Hash {
         blake2_256(&self.encode())
+    }
+
+    /// The model's id: blake2-256 of everything in the manifest but the name (a label), so
+    /// that the same content gets the same id whoever imports it.
+    pub fn id(&self) -> ModelId {
+        blake2_256(
+            &(
+                b"bitorch/model",
+                &self.architecture,
+                &self.hyper,
+                self.layer_count,
+                &self.tokenizer_hash,
+                &self.chunks,
+            )
+                .encode(),
+        )
     }
 
     /// Checks every rule of a manifest.
@@ -182,6 +207,15 @@ impl Manifest {
             if chunk.piece_size == 0 {
                 return Err(ManifestError::ZeroPieceSize { index });
             }
+            if chunk.piece_size > MAX_PIECE_SIZE
+                || chunk.size.div_ceil(u64::from(chunk.piece_size)) > MAX_PIECES_PER_CHUNK
+            {
+                return Err(ManifestError::Pieces {
+                    index,
+                    piece_size: chunk.piece_size,
+                    size: chunk.size,
+                });
+            }
             if let ChunkKind::Layers { start, end } = chunk.kind {
                 if start >= end || end > self.layer_count {
                     return Err(ManifestError::InvalidLayerRange {
@@ -233,7 +267,7 @@ pub struct ModelRecord {
     /// Block of registration.
     #[codec(compact)]
     pub registered_at: BlockNumber,
-    /// Block of the last change (registration, update or retirement).
+    /// Block of the last change (registration or retirement).
     #[codec(compact)]
     pub updated_at: BlockNumber,
 }
@@ -247,14 +281,7 @@ pub enum Call {
         /// Its manifest.
         manifest: Manifest,
     },
-    /// Replaces the manifest of an active model the signer owns (same name).
-    #[codec(index = 1)]
-    Update {
-        /// The model.
-        id: ModelId,
-        /// The new manifest.
-        manifest: Manifest,
-    },
+    // Index 1 was `Update`: a manifest cannot change (its id is its content).
     /// Retires a model the signer owns.
     #[codec(index = 2)]
     Retire {
@@ -300,21 +327,6 @@ impl Pallet {
                 Self::register(s, who, manifest.clone(), ctx)?;
                 Ok(())
             }
-            Call::Update { id, manifest } => {
-                let mut record = Self::owned(s, who, id)?;
-                if record.status != ModelStatus::Active {
-                    return Err(Error::Retired);
-                }
-                if manifest.name != record.manifest.name {
-                    return Err(Error::NameChanged);
-                }
-                manifest.validate()?;
-                record.manifest_hash = manifest.hash();
-                record.manifest = manifest.clone();
-                record.updated_at = ctx.block_number;
-                support::put(s, model_key(id), &record);
-                Ok(())
-            }
             Call::Retire { id } => {
                 let mut record = Self::owned(s, who, id)?;
                 if record.status != ModelStatus::Active {
@@ -337,7 +349,7 @@ impl Pallet {
         ctx: &Context,
     ) -> Result<ModelId, Error> {
         manifest.validate()?;
-        let id = model_id(owner, &manifest.name);
+        let id = manifest.id();
         if Self::model(s, &id)?.is_some() {
             return Err(Error::ModelExists(id));
         }

@@ -122,10 +122,10 @@ fn manifest_rules() {
 }
 
 #[test]
-fn register_update_retire() {
+fn register_retire() {
     let mut s = MemoryState::default();
     let m = example_manifest(4);
-    let id = model_id(&acc(1), &m.name);
+    let id = m.id();
     dispatch(&mut s, 1, &Call::Register { manifest: m.clone() }, 5).unwrap();
     let r = Pallet::model(&s, &id).unwrap().unwrap();
     assert_eq!(r.owner, acc(1));
@@ -134,22 +134,20 @@ fn register_update_retire() {
     assert_eq!(Pallet::model_ids(&s).unwrap(), vec![id]);
     assert_eq!(Pallet::active_layer_count(&s, &id).unwrap(), Some(4));
 
-    // The same name by another owner is another model.
-    dispatch(&mut s, 2, &Call::Register { manifest: m.clone() }, 5).unwrap();
-    let id2 = model_id(&acc(2), &m.name);
-    assert_ne!(id, id2);
-    assert_eq!(Pallet::model_ids(&s).unwrap(), vec![id, id2]);
-
-    // Update: same name, more layers; the id stays.
-    let mut m2 = example_manifest(6);
-    m2.name = m.name.clone();
-    dispatch(&mut s, 1, &Call::Update { id, manifest: m2.clone() }, 7).unwrap();
-    let r = Pallet::model(&s, &id).unwrap().unwrap();
+    // The same content under another name, by anyone, is the same model: already there.
+    let mut renamed = m.clone();
+    renamed.name = b"another label".to_vec();
+    assert_eq!(renamed.id(), id);
     assert_eq!(
-        (r.manifest.clone(), r.manifest_hash, r.registered_at, r.updated_at),
-        (m2.clone(), m2.hash(), 5, 7)
+        dispatch(&mut s, 2, &Call::Register { manifest: renamed }, 6),
+        Err(Error::ModelExists(id))
     );
-    assert_eq!(Pallet::active_layer_count(&s, &id).unwrap(), Some(6));
+    // Other content (another chunk root: another quantization, say) is another model.
+    let mut other = m.clone();
+    other.chunks[1].root = H256::repeat_byte(7);
+    assert_ne!(other.id(), id);
+    dispatch(&mut s, 2, &Call::Register { manifest: other.clone() }, 7).unwrap();
+    assert_eq!(Pallet::model_ids(&s).unwrap(), vec![id, other.id()]);
 
     dispatch(&mut s, 1, &Call::Retire { id }, 9).unwrap();
     let r = Pallet::model(&s, &id).unwrap().unwrap();
@@ -163,10 +161,10 @@ fn register_update_retire() {
 fn rejections_change_nothing() {
     let mut s = MemoryState::default();
     let m = example_manifest(4);
-    let id = model_id(&acc(1), &m.name);
+    let id = m.id();
     dispatch(&mut s, 1, &Call::Register { manifest: m.clone() }, 1).unwrap();
     let retired = example_manifest(2);
-    let retired_id = model_id(&acc(1), &retired.name);
+    let retired_id = retired.id();
     dispatch(&mut s, 1, &Call::Register { manifest: retired.clone() }, 1).unwrap();
     dispatch(&mut s, 1, &Call::Retire { id: retired_id }, 1).unwrap();
 
@@ -174,6 +172,11 @@ fn rejections_change_nothing() {
     invalid.layer_count = 5;
     let mut renamed = m.clone();
     renamed.name = b"other".to_vec();
+    let mut huge_pieces = m.clone();
+    huge_pieces.chunks[1].piece_size = MAX_PIECE_SIZE + 1;
+    let mut too_many_pieces = m.clone();
+    too_many_pieces.chunks[1].size = MAX_PIECES_PER_CHUNK * 16 + 1;
+    too_many_pieces.chunks[1].piece_size = 16;
     let before = s.clone();
     let cases = [
         (1, Call::Register { manifest: m.clone() }, Error::ModelExists(id)),
@@ -183,19 +186,25 @@ fn rejections_change_nothing() {
             Call::Register { manifest: invalid.clone() },
             Error::InvalidManifest(ManifestError::LayersIncomplete { covered: 4, layer_count: 5 }),
         ),
+        (2, Call::Register { manifest: renamed }, Error::ModelExists(id)),
         (
-            1,
-            Call::Update { id: H256::zero(), manifest: m.clone() },
-            Error::UnknownModel(H256::zero()),
+            2,
+            Call::Register { manifest: huge_pieces.clone() },
+            Error::InvalidManifest(ManifestError::Pieces {
+                index: 1,
+                piece_size: MAX_PIECE_SIZE + 1,
+                size: huge_pieces.chunks[1].size,
+            }),
         ),
-        (2, Call::Update { id, manifest: m.clone() }, Error::NotOwner),
-        (1, Call::Update { id, manifest: renamed }, Error::NameChanged),
         (
-            1,
-            Call::Update { id, manifest: invalid },
-            Error::InvalidManifest(ManifestError::LayersIncomplete { covered: 4, layer_count: 5 }),
+            2,
+            Call::Register { manifest: too_many_pieces },
+            Error::InvalidManifest(ManifestError::Pieces {
+                index: 1,
+                piece_size: 16,
+                size: MAX_PIECES_PER_CHUNK * 16 + 1,
+            }),
         ),
-        (1, Call::Update { id: retired_id, manifest: retired }, Error::Retired),
         (2, Call::Retire { id }, Error::NotOwner),
         (1, Call::Retire { id: retired_id }, Error::Retired),
         (1, Call::Retire { id: H256::zero() }, Error::UnknownModel(H256::zero())),
@@ -229,6 +238,7 @@ mod props {
             Just(ChunkKind::Embeddings),
             (any::<u32>(), any::<u32>()).prop_map(|(start, end)| ChunkKind::Layers { start, end }),
             Just(ChunkKind::Head),
+            Just(ChunkKind::Shared),
         ];
         (kind, any::<[u8; 32]>(), any::<u64>(), any::<u32>()).prop_map(
             |(kind, root, size, piece_size)| Chunk { kind, root: H256(root), size, piece_size },
@@ -268,7 +278,7 @@ mod props {
         fn manifest_round_trips(m in manifest()) {
             let bytes = m.encode();
             prop_assert_eq!(Manifest::decode(&mut &bytes[..]).unwrap(), m.clone());
-            let call = Call::Update { id: m.hash(), manifest: m };
+            let call = Call::Register { manifest: m };
             prop_assert_eq!(Call::decode(&mut &call.encode()[..]).unwrap(), call);
         }
 

@@ -1,0 +1,264 @@
+//! End-to-end: model distribution between real processes on loopback. Nobody copies weights
+//! by hand: node A imports the real test model (`--serve-model PATH`), B and C serve layers of
+//! it by id and pull what they need from the network, a fourth node pulls everything from all
+//! of them at once with `bitorch model pull`, and a chat completion through A's API goes
+//! through the three workers. A seeder that corrupts pieces is caught piece by piece and
+//! dropped, and a pull killed with `kill -9` halfway resumes without fetching a verified piece
+//! again.
+//!
+//! Needs `BITORCH_TEST_MODEL` (the path `scripts/fetch-model.sh` prints).
+
+mod common;
+
+use common::free_port;
+use common::model::{chat, model, post};
+use common::net::{testnet, Node, BIN};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The tail of the nodes' logs, without the consensus engine's chatter.
+fn logs(nodes: &[&Node]) -> String {
+    let all: String = nodes
+        .iter()
+        .map(|n| {
+            let lines = n.log();
+            let kept: Vec<&str> = lines
+                .lines()
+                .filter(|l| !l.contains("malachite") && !l.contains("finalized block"))
+                .collect();
+            format!("== {} ==\n{}", n.name, kept.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n----\n");
+    all.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect()
+}
+
+fn wait_for(what: &str, secs: u64, nodes: &[&Node], mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; logs:\n{}", logs(nodes));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The model's id as `bitorch model import` prints it (into a scratch store).
+fn model_id(dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["model", "import"])
+        .arg(model())
+        .arg("--base-path")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().next().unwrap().trim_start_matches("model ").trim().to_string()
+}
+
+/// `bitorch model pull` against a node's RPC; returns its report.
+fn pull(node: &Node, id: &str, layers: Option<&str>) -> Value {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["model", "pull", id, "--rpc", &format!("ws://127.0.0.1:{}", node.rpc)]);
+    if let Some(l) = layers {
+        cmd.args(["--layers", l]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "bitorch model pull: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logs(&[node])
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The bytes of every complete chunk in a node's store, by root.
+fn chunks(node: &Node) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let dir = node.base.join("models/chunks");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none())
+        .map(|p| {
+            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+fn seeded_to(seeder: &Node, peer: &str) -> u64 {
+    let s = seeder.rpc("bitorch_seedStats", json!([])).unwrap();
+    s["byPeer"][peer].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn workers_pull_their_layers_from_peers_and_serve_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = model_id(&dir.path().join("scratch"));
+    let (spec, mut nodes, boot) = testnet(dir.path(), 3);
+    let api = free_port();
+    let model_path = model().display().to_string();
+    let serve = |what: &str, layers: &str, port: u16| -> Vec<String> {
+        [
+            "--serve-model",
+            what,
+            "--layers",
+            layers,
+            "--api-account",
+            "//Eve",
+            "--api-port",
+            &port.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    nodes[0].extra = serve(&model_path, "0..10", api);
+    nodes[1].extra = serve(&id, "10..20", free_port());
+    nodes[1].extra.push("--no-job-ahead".into());
+    nodes[2].extra = serve(&id, "20..30", free_port());
+    nodes[2].extra.push("--no-job-ahead".into());
+    // All three are validators (the chain needs two thirds of them): B and C wait until the
+    // chain knows the model A registers, then pull their layers.
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.start(&spec, if i == 0 { "" } else { &boot });
+    }
+    let announced = |n: &Node| n.log().contains("announced the worker in the DHT");
+    wait_for("A, B and C to serve", 300, &nodes.iter().collect::<Vec<_>>(), || {
+        nodes.iter().all(announced)
+    });
+    // B and C hold only what their layers need: the shared chunk and ten layers each.
+    for (n, held) in [(&nodes[1], "10..20"), (&nodes[2], "20..30")] {
+        let stored = n.rpc("bitorch_storedModels", json!([])).unwrap();
+        assert_eq!(stored[0]["id"], json!(id), "{stored}");
+        assert_eq!(stored[0]["layersHeld"], json!([held]), "{}: {stored}", n.name);
+        assert_eq!(chunks(n).len(), 11, "{}", n.name);
+        assert!(n.log().contains("pulled the model's chunks"), "{}", n.name);
+    }
+    // B and C provide what they pulled in the DHT.
+    wait_for("B and C to provide their chunks", 60, &nodes.iter().collect::<Vec<_>>(), || {
+        nodes[1..].iter().all(|n| {
+            n.rpc("bitorch_seedStats", json!([])).is_ok_and(|s| s["provided"] == json!(11))
+        })
+    });
+    // A fourth node, no worker, pulls the whole model from the three at once.
+    let mut d = Node::new(dir.path(), "Dave");
+    d.start_as(&spec, &boot, false);
+    let d_peer = d.peer_id();
+    let report = pull(&d, &id, None);
+    assert_eq!(report["chunks"], json!(31), "{report}");
+    assert_eq!(report["badPieces"], json!(0), "{report}");
+    let a_chunks = chunks(&nodes[0]);
+    assert_eq!(chunks(&d), a_chunks, "D's chunks differ from A's");
+    let served: Vec<u64> = nodes.iter().map(|n| seeded_to(n, &d_peer)).collect();
+    assert!(served.iter().all(|b| *b > 0), "every seeder serves D: {served:?} ({report})");
+    // What the seeders sent is what D kept, plus the few pieces the endgame asked of two
+    // peers at once (at most one duplicate per request slot: 3 peers x 4).
+    let sent: u64 = served.iter().sum();
+    let kept = report["bytes"].as_u64().unwrap();
+    assert!(sent >= kept && sent <= kept + 12 * 256 * 1024, "sent {sent}, kept {kept}: {report}");
+    let stored = d.rpc("bitorch_storedModels", json!([])).unwrap();
+    assert_eq!(stored[0]["layersHeld"], json!(["0..30"]), "{stored}");
+    // Pulling again fetches nothing.
+    let again = pull(&d, &id, None);
+    assert_eq!((again["chunks"].clone(), again["bytes"].clone()), (json!(0), json!(0)));
+    assert_eq!(again["piecesReused"], report["piecesFetched"], "{again}");
+
+    // The chat goes A (0..10) -> B (10..20) -> C (20..30).
+    let name = "SmolLM2-135M-Instruct.Q4_1";
+    let req = chat(name, "What is the capital of France?", 20);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let answer = loop {
+        let (status, body) =
+            post(api, "/v1/chat/completions", &req, Duration::from_secs(300)).unwrap();
+        if status == 200 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            break v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+        }
+        assert!(status == 503 || status == 429, "{status} {body}");
+        assert!(Instant::now() < deadline, "{status} {body}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    // Only B serves 10..20 and only C 20..30: the answer went through both.
+    assert!(answer.contains("Paris"), "{answer}");
+    drop(d);
+}
+
+#[test]
+fn a_corrupt_seeder_is_dropped_and_a_killed_pull_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, mut nodes, boot) = testnet(dir.path(), 1);
+    let model_path = model().display().to_string();
+    // A: the honest seeder (the chain's validator), sending each peer at most 10 MB/s so that
+    // a pull lasts long enough to be killed halfway.
+    nodes[0].extra = ["--serve-model", &model_path, "--api-account", "//Eve", "--seed-rate", "10"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    nodes[0].extra.extend(["--api-port".to_string(), free_port().to_string()]);
+    nodes[0].start(&spec, "");
+    wait_for("A to serve", 240, &[&nodes[0]], || {
+        nodes[0].log().contains("announced the worker in the DHT")
+    });
+    // X: holds the same model (imported into its own store) and corrupts every piece it sends.
+    let mut x = Node::new(dir.path(), "Xavier");
+    let id = model_id(&x.base);
+    x.extra = vec!["--unsafe-corrupt-pieces".into()];
+    x.start_as(&spec, &boot, false);
+    let x_peer = x.peer_id();
+    let mut d = Node::new(dir.path(), "Dave");
+    d.start_as(&spec, &boot, false);
+    let d_peer = d.peer_id();
+    // Both seeders are found as providers before the pull starts.
+    wait_for("X to provide its chunks", 60, &[&x], || {
+        x.log().contains("providing the store's chunks")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+
+    // First attempt: killed (-9) halfway.
+    let mut puller = Command::new(BIN)
+        .args(["model", "pull", &id, "--rpc", &format!("ws://127.0.0.1:{}", d.rpc)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut done_at_kill = 0;
+    let mut total = 0;
+    wait_for("the pull to reach half", 120, &[&nodes[0], &x, &d], || {
+        let p = d.rpc("bitorch_pullProgress", json!([])).unwrap_or(Value::Null);
+        total = p["piecesTotal"].as_u64().unwrap_or(0);
+        done_at_kill = p["piecesDone"].as_u64().unwrap_or(0);
+        total > 0 && done_at_kill * 2 >= total
+    });
+    d.stop(); // SIGKILL
+    let _ = puller.kill();
+    let _ = puller.wait();
+    assert!(done_at_kill < total, "the pull finished before the kill ({done_at_kill}/{total})");
+
+    // Restarted: the pull resumes and completes from A alone.
+    d.start_as(&spec, &boot, false);
+    assert_eq!(d.peer_id(), d_peer);
+    let report = pull(&d, &id, None);
+    let reused = report["piecesReused"].as_u64().unwrap();
+    let fetched = report["piecesFetched"].as_u64().unwrap();
+    assert!(
+        reused >= done_at_kill && fetched <= total - done_at_kill,
+        "pieces verified before the kill were fetched again: {report} (done at kill: {done_at_kill} of {total})"
+    );
+    assert_eq!(reused + fetched, total, "{report}");
+    assert_eq!(chunks(&d), chunks(&nodes[0]), "D's chunks differ from A's");
+    // X sent bad pieces (in the first attempt, the second, or both) and was dropped for it:
+    // nothing it sent was written, and it is banned or penalised on D.
+    let a_bytes = seeded_to(&nodes[0], &d_peer);
+    assert!(a_bytes > 0);
+    let x_sent = seeded_to(&x, &d_peer);
+    assert!(x_sent > 0, "X was never asked");
+    let banned = d.rpc("system_bannedPeers", json!([])).unwrap_or(Value::Null);
+    let penalised = report["penalised"].as_array().unwrap();
+    assert!(
+        penalised.iter().any(|p| p == &json!(x_peer)) || banned.to_string().contains(&x_peer),
+        "X not penalised: {report}, banned {banned}"
+    );
+    drop((x, d));
+}
