@@ -6,7 +6,9 @@
 #                                            prints each node's RPC URL and log file; with
 #                                            --model, node i serves the i-th of N equal layer
 #                                            ranges of the model and an OpenAI-compatible API
-#                                            on 127.0.0.1:$((8080+i)) (paid by its validator)
+#                                            on 127.0.0.1:$((8080+i)) (paid by its validator);
+#                                            node 0 imports the file, the others pull their
+#                                            layers' chunks from the network by model id
 #   scripts/testnet.sh stop [--dir DIR]      stops exactly the nodes it started
 # Node i listens for RPC on 127.0.0.1:$((9944+i)) and for peers on 127.0.0.1:$((30333+i));
 # override the bases with BITORCH_RPC_BASE and BITORCH_P2P_BASE.
@@ -76,6 +78,9 @@ for _ in range(n_kv):
 PY
 )"
       for i in $(seq 0 $((N - 1))); do RANGES+=("$((LAYERS * i / N))..$((LAYERS * (i + 1) / N))"); done
+      # Node 0 holds the file (imported into its store); the others know only the id.
+      MODEL_ID="$("$BIN" model import "$MODEL" --base-path "$DIR/node0" | awk 'NR==1 {print $2}')"
+      echo "model $MODEL_ID" >&2
     fi
     BOOT=""
     for i in $(seq 0 $((N - 1))); do
@@ -87,7 +92,8 @@ PY
             --rpc-port $((RPC_BASE + i)) --listen-addr "/ip4/127.0.0.1/tcp/$((P2P_BASE + i))")
       [ -n "$BOOT" ] && args+=(--boot-nodes "$BOOT")
       if [ -n "$MODEL" ]; then
-        args+=(--serve-model "$MODEL" --layers "${RANGES[$i]}" --api-port $((API_BASE + i))
+        source="$MODEL_ID"; [ "$i" -eq 0 ] && source="$MODEL"
+        args+=(--serve-model "$source" --layers "${RANGES[$i]}" --api-port $((API_BASE + i))
                --api-account "$suri")
       fi
       "$BIN" "${args[@]}" >"$DIR/node$i.log" 2>&1 &
