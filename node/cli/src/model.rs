@@ -45,6 +45,13 @@ pub enum ModelCmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Check every chunk of a stored model against its Merkle root (each piece hashed again).
+    Verify {
+        /// The model's id (0x…).
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Remove a model and the chunks no other stored model uses.
     Rm {
         /// The model's id (0x…).
@@ -142,6 +149,22 @@ pub fn run(cmd: ModelCmd) -> Result<()> {
                     human(total),
                     if layers.is_empty() { "none".into() } else { layers.join(", ") }
                 );
+            }
+            Ok(())
+        }
+        ModelCmd::Verify { id, store } => {
+            let model = parse_model_id(&id).context("a model id is 0x and 64 hex digits")?;
+            let store = store_at(&store)?;
+            let t = Instant::now();
+            let (bytes, bad) = store.verify_model(&model)?;
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "verified {} in {secs:.3} s ({:.2} s per GB)",
+                human(bytes),
+                secs / (bytes.max(1) as f64 / 1e9)
+            );
+            if !bad.is_empty() {
+                bail!("{} chunks do not match their roots: {bad:?}", bad.len());
             }
             Ok(())
         }

@@ -24,12 +24,17 @@ use bitorch_network::pieces::{Request, Response};
 use bitorch_network::{Handle, Misbehaviour, PeerId, StageInbound};
 use bitorch_primitives::H256;
 use bitorch_runtime::models::{Chunk, ChunkKind, Manifest};
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::{stream, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Piece-hash requests in flight at once.
+const HASH_REQUESTS: usize = 4;
 
 /// Why a pull failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +74,8 @@ pub enum PullError {
 /// How a pull behaves.
 #[derive(Clone, Debug)]
 pub struct PullOptions {
-    /// Requests in flight per peer.
+    /// Requests in flight per peer (at most the network's streams per connection,
+    /// [`bitorch_network::Config::max_piece_streams_per_connection`], 16 by default).
     pub per_peer: usize,
     /// Time one piece request may take before it is asked elsewhere.
     pub request_timeout: Duration,
@@ -82,7 +88,7 @@ pub struct PullOptions {
 impl Default for PullOptions {
     fn default() -> Self {
         Self {
-            per_peer: 4,
+            per_peer: 8,
             request_timeout: Duration::from_secs(20),
             max_failures: 3,
             find_for: Duration::from_secs(30),
@@ -267,9 +273,26 @@ pub async fn pull(
     let mut holders: Vec<Vec<PeerId>> = vec![Vec::new(); chunks.len()];
     let deadline = Instant::now() + options.find_for;
     loop {
-        for (i, c) in chunks.iter().enumerate() {
-            if holders[i].is_empty() {
-                holders[i] = net.find_chunk_providers(c.root.0).await?;
+        // Many lookups at once.
+        let lookups: Vec<BoxFuture<'_, _>> = chunks
+            .iter()
+            .zip(&holders)
+            .map(|(c, h)| {
+                let (empty, root) = (h.is_empty(), c.root.0);
+                async move {
+                    if empty {
+                        net.find_chunk_providers(root).await.map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                }
+                .boxed()
+            })
+            .collect();
+        let found: Vec<_> = stream::iter(lookups).buffered(16).collect().await;
+        for (i, found) in found.into_iter().enumerate() {
+            if let Some(found) = found? {
+                holders[i] = found;
             }
         }
         match holders.iter().position(Vec::is_empty) {
@@ -281,34 +304,46 @@ pub async fn pull(
         }
     }
 
+    let found_at = t0.elapsed().as_secs_f64();
     // The piece hashes: kept from an interrupted pull, or from a holder (checked against the
-    // root when the partial download opens).
-    let mut partials = Vec::with_capacity(chunks.len());
-    for (i, c) in chunks.iter().enumerate() {
-        let mut partial = store.partial_hashes(c).map(|h| store.partial(c, h)).transpose()?;
-        let mut reason = String::from("no holder answered");
-        for peer in &holders[i] {
-            if partial.is_some() {
-                break;
-            }
-            let request = Request::Hashes { root: c.root.0 };
-            let asked = net.piece_request(*peer, &request);
-            match tokio::time::timeout(options.request_timeout, asked).await {
-                Ok(Ok(Response::Hashes(h))) => match store.partial(c, h) {
-                    Ok(p) => partial = Some(p),
-                    Err(StoreError::BadHashes { reason: r, .. }) => {
-                        let _ = net.report_peer(*peer, Misbehaviour::InvalidResponse).await;
-                        reason = format!("{peer} sent hashes that {r}");
+    // root when the partial download opens); every chunk's at once.
+    let fetches: Vec<BoxFuture<'_, _>> = chunks
+        .iter()
+        .zip(&holders)
+        .map(|(c, hs)| {
+            async move {
+                let mut reason = String::from("no holder answered");
+                if let Some(h) = store.partial_hashes(c) {
+                    return Ok(Ok(h));
+                }
+                for peer in hs {
+                    let request = Request::Hashes { root: c.root.0 };
+                    let asked = net.piece_request(*peer, &request);
+                    match tokio::time::timeout(options.request_timeout, asked).await {
+                        Ok(Ok(Response::Hashes(h))) => match crate::store::check_hashes(c, &h) {
+                            Ok(()) => return Ok(Ok(h)),
+                            Err(e) => {
+                                let _ = net.report_peer(*peer, Misbehaviour::InvalidResponse).await;
+                                reason = format!("{peer} sent bad hashes: {e}");
+                            }
+                        },
+                        Ok(Ok(other)) => reason = format!("{peer} answered {other:?}"),
+                        Ok(Err(e)) => reason = e.to_string(),
+                        Err(_) => reason = format!("{peer} did not answer in time"),
                     }
-                    Err(e) => return Err(e.into()),
-                },
-                Ok(Ok(other)) => reason = format!("{peer} answered {other:?}"),
-                Ok(Err(e)) => reason = e.to_string(),
-                Err(_) => reason = format!("{peer} did not answer in time"),
+                }
+                Ok::<_, PullError>(Err(PullError::Hashes { root: c.root, reason }))
             }
-        }
-        partials.push(partial.ok_or(PullError::Hashes { root: c.root, reason })?);
+            .boxed()
+        })
+        .collect();
+    let mut partials = Vec::with_capacity(chunks.len());
+    // A few at a time: a connection carries a bounded number of streams.
+    let fetched: Vec<_> = stream::iter(fetches).buffered(HASH_REQUESTS).collect().await;
+    for (c, hashes) in chunks.iter().zip(fetched) {
+        partials.push(store.partial(c, hashes??)?);
     }
+    let hashed_at = t0.elapsed().as_secs_f64();
 
     let mut queue = VecDeque::new();
     let mut reused = held;
@@ -328,7 +363,7 @@ pub async fn pull(
         p.pieces_reused = reused;
         p.peers = peers.len();
     });
-    tracing::info!(target: TARGET, chunks = chunks.len(), pieces = total, reused, peers = peers.len(), "pulling the model's chunks");
+    tracing::info!(target: TARGET, chunks = chunks.len(), pieces = total, reused, peers = peers.len(), found_at, hashed_at, "pulling the model's chunks");
     let peer_list: Vec<PeerId> = peers.keys().copied().collect();
     let sched = Arc::new(Mutex::new(Sched {
         partials,
@@ -400,6 +435,12 @@ fn set(progress: &Mutex<Progress>, f: impl FnOnce(&mut Progress)) {
     f(&mut lock(progress));
 }
 
+/// A piece answer checked against its hash, or another answer.
+enum Answer {
+    Piece(Result<crate::store::Verified, StoreError>),
+    Other(Response),
+}
+
 /// One of a peer's request slots: takes pieces for it until nothing is left it can serve.
 async fn fetch_loop(
     net: Handle,
@@ -415,7 +456,13 @@ async fn fetch_loop(
                 return Ok(());
             }
             match s.next_for(&peer) {
-                Some(key) => Some((key, s.partials[key.0].chunk().root)),
+                Some(key) => match s.partials[key.0].expected(key.1) {
+                    Some(expected) => Some((key, s.partials[key.0].chunk().root, expected)),
+                    None => {
+                        s.release(key, &peer);
+                        None
+                    }
+                },
                 None => {
                     let gone = s.peers.get(&peer).is_none_or(|p| p.gone);
                     // Nothing for this peer: done unless pieces are in flight that may come
@@ -427,36 +474,44 @@ async fn fetch_loop(
                 }
             }
         };
-        let Some((key, root)) = next else {
+        let Some((key, root, expected)) = next else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         let request = Request::Piece { root: root.0, index: key.1 };
         let asked = net.piece_request(peer, &request);
         let answer = tokio::time::timeout(options.request_timeout, asked).await;
+        // Checked before the download is locked: the request slots hash in parallel.
+        let answer = answer.map(|r| {
+            r.map(|resp| match resp {
+                Response::Piece(bytes) => Answer::Piece(expected.verify(bytes)),
+                other => Answer::Other(other),
+            })
+        });
         let (mut penalise, mut backoff) = (false, false);
         {
             let mut s = lock(&sched);
             match answer {
-                Ok(Ok(Response::Piece(bytes))) => {
+                Ok(Ok(Answer::Piece(piece))) => {
                     if s.partials[key.0].has(key.1) {
                         // Another peer's copy won the race (endgame).
                         s.release(key, &peer);
                         continue;
                     }
-                    match s.partials[key.0].put(key.1, &bytes) {
+                    let len = piece.as_ref().map_or(0, |p| p.len() as u64);
+                    match piece.and_then(|p| s.partials[key.0].put_verified(p)) {
                         Ok(()) => {
                             s.inflight.remove(&key);
                             s.remaining -= 1;
                             if let Some(p) = s.peers.get_mut(&peer) {
                                 p.failures = 0;
-                                p.bytes += bytes.len() as u64;
+                                p.bytes += len;
                             }
                             s.partials[key.0].complete()?;
                             let live = s.live_peers();
                             set(&progress, |p| {
                                 p.pieces_done += 1;
-                                p.bytes += bytes.len() as u64;
+                                p.bytes += len;
                                 p.peers = live;
                             });
                         }
@@ -477,18 +532,18 @@ async fn fetch_loop(
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Ok(Ok(Response::NotFound | Response::NoSuchPiece)) => {
+                Ok(Ok(Answer::Other(Response::NotFound | Response::NoSuchPiece))) => {
                     if let Some(p) = s.peers.get_mut(&peer) {
                         p.chunks.remove(&key.0);
                     }
                     s.last_failure = format!("{peer} no longer holds chunk {root:?}");
                     s.release(key, &peer);
                 }
-                Ok(Ok(Response::Busy)) => {
+                Ok(Ok(Answer::Other(Response::Busy))) => {
                     s.release(key, &peer);
                     backoff = true;
                 }
-                Ok(Ok(Response::Hashes(_))) => {
+                Ok(Ok(Answer::Other(Response::Hashes(_) | Response::Piece(_)))) => {
                     s.release(key, &peer);
                     if let Some(p) = s.peers.get_mut(&peer) {
                         p.gone = true;

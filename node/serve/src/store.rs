@@ -505,6 +505,35 @@ impl Store {
         Ok(Some(buf))
     }
 
+    /// Checks every complete chunk of model `id` held here against its root: each piece
+    /// hashed again and compared with the chunk's piece hashes, which must hash to the root.
+    /// Returns (bytes checked, the roots of chunks that failed).
+    pub fn verify_model(&self, id: &ModelId) -> Result<(u64, Vec<H256>)> {
+        let manifest = self.manifest(id)?.ok_or(StoreError::UnknownModel(*id))?;
+        let (mut bytes, mut bad) = (0u64, Vec::new());
+        let mut buf = Vec::new();
+        for c in manifest.chunks.iter().filter(|c| self.has_chunk(&c.root)) {
+            let hashes = self.piece_hashes(&c.root)?.unwrap_or_default();
+            let path = self.chunk_path(&c.root);
+            let mut file =
+                BufReader::with_capacity(1 << 20, File::open(&path).map_err(io_err(&path))?);
+            let mut ok = check_hashes(c, &hashes).is_ok();
+            for index in 0..piece_count(c) {
+                if !ok {
+                    break;
+                }
+                buf.resize(piece_len(c, index) as usize, 0);
+                file.read_exact(&mut buf).map_err(io_err(&path))?;
+                ok = blake2_256(&buf).0 == hashes[index as usize];
+                bytes += buf.len() as u64;
+            }
+            if !ok {
+                bad.push(c.root);
+            }
+        }
+        Ok((bytes, bad))
+    }
+
     /// Removes model `id`: its manifest and the chunks (complete or partial) no other stored
     /// model uses. Returns the roots of the chunks removed.
     pub fn remove_model(&self, id: &ModelId) -> Result<Vec<H256>> {
@@ -694,7 +723,8 @@ fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn check_hashes(chunk: &Chunk, hashes: &[[u8; 32]]) -> Result<()> {
+/// Checks that `hashes` are the piece hashes of `chunk`: one per piece, hashing to its root.
+pub fn check_hashes(chunk: &Chunk, hashes: &[[u8; 32]]) -> Result<()> {
     let bad = |reason: String| StoreError::BadHashes { root: chunk.root, reason };
     let n = piece_count(chunk) as usize;
     if hashes.len() != n {
@@ -742,21 +772,32 @@ impl Partial {
         self.have.iter().filter(|h| **h).count()
     }
 
+    /// What checking piece `index` needs (the chunk and the piece's hash), to check it
+    /// without holding the download ([`Expected::verify`]).
+    pub fn expected(&self, index: u32) -> Option<Expected> {
+        let hash = *self.hashes.get(index as usize)?;
+        Some(Expected { chunk: self.chunk.clone(), index, hash })
+    }
+
     /// Checks piece `index` against its hash, then writes it and marks it in the bitmap.
     /// Nothing is written for a piece that does not verify.
-    pub fn put(&mut self, index: u32, bytes: &[u8]) -> Result<()> {
-        let bad = |reason| StoreError::BadPiece { root: self.chunk.root, index, reason };
-        let Some(expected) = self.hashes.get(index as usize) else {
-            return Err(bad("no such piece"));
-        };
-        if bytes.len() as u64 != piece_len(&self.chunk, index) {
-            return Err(bad("wrong length"));
-        }
-        if blake2_256(bytes).0 != *expected {
-            return Err(bad("its hash is not the one the chunk names"));
+    pub fn put(&mut self, index: u32, bytes: Vec<u8>) -> Result<()> {
+        let expected = self.expected(index).ok_or(StoreError::BadPiece {
+            root: self.chunk.root,
+            index,
+            reason: "no such piece",
+        })?;
+        self.put_verified(expected.verify(bytes)?)
+    }
+
+    /// Writes a piece checked against this chunk's hash, and marks it in the bitmap.
+    pub fn put_verified(&mut self, piece: Verified) -> Result<()> {
+        let Verified { root, index, bytes } = piece;
+        if root != self.chunk.root || index as usize >= self.have.len() {
+            return Err(StoreError::BadPiece { root, index, reason: "not a piece of this chunk" });
         }
         let start = u64::from(index) * u64::from(self.chunk.piece_size);
-        self.data.write_all_at(bytes, start).map_err(io_err(&self.data_path))?;
+        self.data.write_all_at(&bytes, start).map_err(io_err(&self.data_path))?;
         self.bitmap.write_all_at(&[1], u64::from(index)).map_err(io_err(&self.bitmap_path))?;
         self.have[index as usize] = true;
         Ok(())
@@ -774,6 +815,49 @@ impl Partial {
         fs::rename(&self.data_path, &self.chunk_path).map_err(io_err(&self.chunk_path))?;
         let _ = fs::remove_file(&self.bitmap_path);
         Ok(true)
+    }
+}
+
+/// What a piece must be: its chunk, index and hash.
+#[derive(Clone, Debug)]
+pub struct Expected {
+    chunk: Chunk,
+    index: u32,
+    hash: [u8; 32],
+}
+
+/// A piece that matched its hash (only [`Expected::verify`] makes one).
+#[derive(Debug)]
+pub struct Verified {
+    root: H256,
+    index: u32,
+    bytes: Vec<u8>,
+}
+
+impl Verified {
+    /// Its length.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether it is empty (no piece is).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl Expected {
+    /// Checks `bytes` against the piece's length and hash.
+    pub fn verify(&self, bytes: Vec<u8>) -> Result<Verified> {
+        let bad =
+            |reason| StoreError::BadPiece { root: self.chunk.root, index: self.index, reason };
+        if bytes.len() as u64 != piece_len(&self.chunk, self.index) {
+            return Err(bad("wrong length"));
+        }
+        if blake2_256(&bytes).0 != self.hash {
+            return Err(bad("its hash is not the one the chunk names"));
+        }
+        Ok(Verified { root: self.chunk.root, index: self.index, bytes })
     }
 }
 
@@ -877,10 +961,10 @@ mod tests {
         assert!(matches!(store.partial(&chunk, wrong), Err(StoreError::BadHashes { .. })));
         let mut p = store.partial(&chunk, hashes.clone()).unwrap();
         assert_eq!(p.missing(), vec![0, 1, 2, 3]);
-        assert!(matches!(p.put(1, &data[0..300]), Err(StoreError::BadPiece { .. })));
-        assert!(matches!(p.put(3, &data[900..999]), Err(StoreError::BadPiece { .. })));
-        p.put(3, &data[900..]).unwrap();
-        p.put(0, &data[..300]).unwrap();
+        assert!(matches!(p.put(1, data[0..300].to_vec()), Err(StoreError::BadPiece { .. })));
+        assert!(matches!(p.put(3, data[900..999].to_vec()), Err(StoreError::BadPiece { .. })));
+        p.put(3, data[900..].to_vec()).unwrap();
+        p.put(0, data[..300].to_vec()).unwrap();
         assert!(!p.complete().unwrap());
         drop(p);
         // Reopened: the two verified pieces are kept; a corrupted one is found and dropped.
@@ -892,7 +976,7 @@ mod tests {
         assert_eq!(p.missing(), vec![1, 2, 3]);
         for i in [1u32, 2, 3] {
             let s = i as usize * 300;
-            p.put(i, &data[s..(s + 300).min(1000)]).unwrap();
+            p.put(i, data[s..(s + 300).min(1000)].to_vec()).unwrap();
         }
         assert!(p.complete().unwrap());
         assert!(store.has_chunk(&chunk.root));
