@@ -4,7 +4,8 @@
 //! of them at once with `bitorch model pull`, and a chat completion through A's API goes
 //! through the three workers. A seeder that corrupts pieces is caught piece by piece and
 //! dropped, and a pull killed with `kill -9` halfway resumes without fetching a verified piece
-//! again.
+//! again. On hosts made of network namespaces (root only; skipped with a message elsewhere),
+//! two seeders whose links `tc` limits to R each fill a puller at close to 2R.
 //!
 //! Needs `BITORCH_TEST_MODEL` (the path `scripts/fetch-model.sh` prints).
 
@@ -33,6 +34,12 @@ fn logs(nodes: &[&Node]) -> String {
         .collect::<Vec<_>>()
         .join("\n----\n");
     all.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect()
+}
+
+/// The tests start several nodes each; on a small machine they take turns.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn wait_for(what: &str, secs: u64, nodes: &[&Node], mut ok: impl FnMut() -> bool) {
@@ -94,6 +101,7 @@ fn seeded_to(seeder: &Node, peer: &str) -> u64 {
 
 #[test]
 fn workers_pull_their_layers_from_peers_and_serve_them() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let id = model_id(&dir.path().join("scratch"));
     let (spec, mut nodes, boot) = testnet(dir.path(), 3);
@@ -187,6 +195,7 @@ fn workers_pull_their_layers_from_peers_and_serve_them() {
 
 #[test]
 fn a_corrupt_seeder_is_dropped_and_a_killed_pull_resumes() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (spec, mut nodes, boot) = testnet(dir.path(), 1);
     let model_path = model().display().to_string();
@@ -261,4 +270,213 @@ fn a_corrupt_seeder_is_dropped_and_a_killed_pull_resumes() {
         "X not penalised: {report}, banned {banned}"
     );
     drop((x, d));
+}
+
+/// Three hosts made of network namespaces on a bridge, removed when dropped.
+struct Hosts {
+    bridge: String,
+    names: Vec<String>,
+    subnet: String,
+}
+
+impl Hosts {
+    /// `n` namespaces `10.<subnet>.10+i` on a new bridge (`10.<subnet>.1` in the test's own
+    /// namespace); `None` (and why) where namespaces cannot be made (not root, no `ip`).
+    fn new(n: usize) -> Result<Self, String> {
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
+            }
+        };
+        let id = std::process::id();
+        let tag = format!("{:x}", id & 0xfffff);
+        let subnet = format!("201.{}", id % 250 + 1);
+        let hosts = Self { bridge: format!("btbr{tag}"), names: Vec::new(), subnet };
+        run(&["ip", "link", "add", &hosts.bridge, "type", "bridge"])?;
+        let mut hosts = hosts;
+        let gw = format!("10.{}.1/24", hosts.subnet);
+        run(&["ip", "addr", "add", &gw, "dev", &hosts.bridge])?;
+        run(&["ip", "link", "set", &hosts.bridge, "up"])?;
+        for i in 0..n {
+            let ns = format!("bt{tag}n{i}");
+            run(&["ip", "netns", "add", &ns])?;
+            hosts.names.push(ns.clone());
+            let (outer, inner) = (format!("bt{tag}h{i}"), format!("bt{tag}v{i}"));
+            run(&["ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
+            run(&["ip", "link", "set", &inner, "netns", &ns])?;
+            run(&["ip", "link", "set", &outer, "master", &hosts.bridge])?;
+            run(&["ip", "link", "set", &outer, "up"])?;
+            let addr = format!("{}/24", hosts.ip(i));
+            run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", &inner])?;
+            run(&["ip", "-n", &ns, "link", "set", &inner, "up"])?;
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(hosts)
+    }
+
+    fn ip(&self, i: usize) -> String {
+        format!("10.{}.{}", self.subnet, 10 + i)
+    }
+
+    /// Limits what host `i` sends to `mbit` megabits per second (`tc` token bucket).
+    fn limit(&self, i: usize, mbit: u32) {
+        let dev = format!("{}v{i}", self.names[i].trim_end_matches(&format!("n{i}")));
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.names[i], "tc", "qdisc", "add", "dev", &dev, "root"])
+            .args(["tbf", "rate", &format!("{mbit}mbit"), "burst", "256kb", "latency", "200ms"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tc: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs `bitorch ARGS` in host `i`.
+    fn spawn(&self, i: usize, args: &[String], log: &Path) -> std::process::Child {
+        let log = std::fs::File::create(log).unwrap();
+        Command::new("ip")
+            .args(["netns", "exec", &self.names[i], BIN])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// A JSON-RPC call to a node of host `i` on its loopback RPC port.
+    fn rpc(&self, i: usize, method: &str, params: Value) -> Result<Value, String> {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.names[i], "curl", "-s", "-m", "10"])
+            .args(["-H", "Content-Type: application/json", "-d", &body.to_string()])
+            .arg("http://127.0.0.1:9944")
+            .output()
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        match v.get("error") {
+            Some(e) => Err(e.to_string()),
+            None => Ok(v["result"].clone()),
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+    }
+}
+
+/// Kills the processes when dropped.
+struct Procs(Vec<std::process::Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn two_seeders_on_rate_limited_hosts_fill_a_puller() {
+    let _turn = one_at_a_time();
+    let hosts = match Hosts::new(3) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("SKIPPED: this test needs root and `ip netns` (network namespaces): {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.json");
+    let out = Command::new(BIN)
+        .args(["chain-spec", "--chain", "local", "--validators", "1", "-o"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let base = |i: usize| dir.path().join(format!("host{i}"));
+    let key_dir = base(0).join("chains/local/network");
+    std::fs::create_dir_all(&key_dir).unwrap();
+    let out = Command::new(BIN)
+        .args(["key", "generate-node-key", "--file"])
+        .arg(key_dir.join("secret_ed25519"))
+        .output()
+        .unwrap();
+    let boot = format!(
+        "/ip4/{}/tcp/30333/p2p/{}",
+        hosts.ip(0),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    // Host 1 holds the model too, imported by hand into its store.
+    let id = model_id(&base(1));
+    // Each seeder may send 96 Mbit/s (12 MB/s).
+    const MBIT: u32 = 96;
+    hosts.limit(0, MBIT);
+    hosts.limit(1, MBIT);
+    let node = |i: usize, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["node", "--chain"].iter().map(|s| s.to_string()).collect();
+        a.push(spec.display().to_string());
+        a.extend(["--base-path".into(), base(i).display().to_string()]);
+        a.extend(["--listen-addr".into(), format!("/ip4/{}/tcp/30333", hosts.ip(i))]);
+        a.extend(["--block-time".into(), "500".into()]);
+        if i > 0 {
+            a.extend(["--boot-nodes".into(), boot.clone()]);
+        }
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let model_path = model().display().to_string();
+    let mut procs = Procs(Vec::new());
+    procs.0.push(hosts.spawn(
+        0,
+        &node(
+            0,
+            &["--validator", "//Alice", "--serve-model", &model_path, "--api-account", "//Alice"],
+        ),
+        &dir.path().join("host0.log"),
+    ));
+    procs.0.push(hosts.spawn(1, &node(1, &[]), &dir.path().join("host1.log")));
+    procs.0.push(hosts.spawn(2, &node(2, &[]), &dir.path().join("host2.log")));
+    let log = |i: usize| {
+        std::fs::read_to_string(dir.path().join(format!("host{i}.log"))).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !(0..2).all(|i| {
+        hosts.rpc(i, "bitorch_seedStats", json!([])).is_ok_and(|s| s["provided"] == json!(31))
+    }) || hosts.rpc(2, "bitorch_storedModels", json!([])).is_err()
+    {
+        assert!(Instant::now() < deadline, "hosts not ready:\n{}\n{}\n{}", log(0), log(1), log(2));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(2)); // provider records spread
+    let out = Command::new("ip")
+        .args(["netns", "exec", &hosts.names[2], BIN, "model", "pull", &id])
+        .args(["--rpc", "ws://127.0.0.1:9944"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pull: {}\n{}", String::from_utf8_lossy(&out.stderr), log(2));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes = report["bytes"].as_f64().unwrap();
+    let rate = bytes / report["secs"].as_f64().unwrap() / 1e6;
+    let one = f64::from(MBIT) / 8.0;
+    eprintln!(
+        "pulled {:.1} MB at {rate:.1} MB/s from two seeders of {one} MB/s each: {report}",
+        bytes / 1e6
+    );
+    let shares: Vec<f64> = report["byPeer"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|b| b.as_f64().unwrap() / bytes)
+        .collect();
+    assert_eq!(shares.len(), 2, "{report}");
+    assert!(shares.iter().all(|s| *s > 0.3), "both seeders carry the pull: {report}");
+    assert!(rate > 1.6 * one, "{rate:.1} MB/s is not close to 2 x {one} MB/s: {report}");
+    drop(procs);
 }

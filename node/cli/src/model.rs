@@ -347,8 +347,9 @@ pub fn report_json(r: &bitorch_serve::PullReport) -> Value {
 }
 
 /// The node's model methods: `bitorch_storedModels`, `bitorch_seedStats`,
-/// `bitorch_pullModel(id, layers?)` and `bitorch_pullProgress`.
-pub fn rpc_module(ctx: ModelRpc) -> Result<RpcModule<ModelRpc>> {
+/// `bitorch_pullProgress`, and with `operator` (the RPC's operator methods are on)
+/// `bitorch_pullModel(id, layers?)`, which makes the node download.
+pub fn rpc_module(ctx: ModelRpc, operator: bool) -> Result<RpcModule<ModelRpc>> {
     let mut m = RpcModule::new(ctx);
     m.register_method("bitorch_storedModels", |_, ctx, _| {
         let models = ctx.store.models().map_err(|e| rpc_err(-32000, e.to_string()))?;
@@ -394,6 +395,9 @@ pub fn rpc_module(ctx: ModelRpc) -> Result<RpcModule<ModelRpc>> {
             "finished": p.finished,
         })
     })?;
+    if !operator {
+        return Ok(m);
+    }
     m.register_async_method("bitorch_pullModel", |params, ctx, _| async move {
         let mut seq = params.sequence();
         let id: String = seq.next().map_err(|e| rpc_err(-32602, e.to_string()))?;

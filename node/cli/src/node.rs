@@ -340,7 +340,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                     seed,
                     progress: progress.clone(),
                     pulling: Default::default(),
-                })?).context("merging the model RPC methods")?;
+                }, methods == RpcMethods::Unsafe)?).context("merging the model RPC methods")?;
                 if serving.is_some() {
                     let unpaid = bitorch_serve::UnpaidPolicy::allow(unpaid_peers.clone());
                     tokio::spawn(bitorch_serve::serve_stages(stage_requests, stage_worker_rx, handle.clone(), unpaid));
