@@ -192,3 +192,58 @@ fn serve_model_answers_like_infer_and_the_chain_pays_the_worker() {
     assert_eq!(alice_reserved_after, alice_reserved_before, "no escrow left reserved");
     eprintln!("done in {:.1}s", t.elapsed().as_secs_f64());
 }
+
+/// A raw HTTP request to the API: its status and body.
+fn raw(port: u16, headers: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out)
+}
+
+#[test]
+fn web_pages_and_an_external_rpc_cannot_spend_the_operators_credits() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = free_port();
+    let args: Vec<String> = ["--no-job-ahead", "--rpc-external", "--api-port", &api.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--serve-model".to_string(), model().display().to_string()])
+        .collect();
+    let node = DevNode::start(
+        &dir.path().join("base"),
+        free_port(),
+        &args,
+        dir.path().join("node.log"),
+        Duration::from_secs(300),
+    );
+    let name = node.rpc("bitorch_models", json!([]))[0]["name"].as_str().unwrap().to_string();
+    let req = request(&name, "What is the capital of France?", false).to_string();
+    // The generation methods are not served on an external RPC.
+    let e = common::rpc(node.port, "bitorch_generate", json!([req])).unwrap_err();
+    assert!(e.contains("Method not found"), "{e}");
+    // What a web page can send to any site without asking first: a text/plain POST.
+    let (status, body) =
+        raw(api, "Content-Type: text/plain\r\nOrigin: http://evil.example\r\n", &req);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = raw(api, "Content-Type: text/plain\r\n", &req);
+    assert_eq!(status, 415, "{body}");
+    let (status, body) =
+        raw(api, "Content-Type: application/json\r\nOrigin: http://evil.example\r\n", &req);
+    assert_eq!(status, 403, "{body}");
+    // Nothing was paid for: no job was ever opened (no job ahead on this node).
+    assert!(node.rpc("bitorch_job", json!([0])).is_null(), "a job was opened");
+    // The operator's own tools still work.
+    let (status, body) = raw(api, "Content-Type: application/json\r\n", &req);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Paris"), "{body}");
+}

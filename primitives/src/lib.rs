@@ -10,6 +10,7 @@ pub mod error;
 pub mod header;
 pub mod keys;
 pub mod merkle;
+pub mod origins;
 pub mod receipt;
 pub mod vote;
 

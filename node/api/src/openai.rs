@@ -22,12 +22,15 @@ use crate::wire::{self, StreamOptions};
 use crate::{BackendError, Error};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::sse::{self, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use bitorch_primitives::origins::Origins;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -54,6 +57,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Most requests in flight; more get 429.
     pub max_requests: usize,
+    /// Browser origins that may call the API (`--api-cors`); a request from another gets 403.
+    pub origins: Origins,
 }
 
 impl Default for HttpConfig {
@@ -62,6 +67,7 @@ impl Default for HttpConfig {
             addr: DEFAULT_ADDR,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_requests: DEFAULT_MAX_REQUESTS,
+            origins: Origins::default(),
         }
     }
 }
@@ -172,7 +178,53 @@ pub fn router(backend: Arc<dyn Backend>, config: &HttpConfig) -> Router {
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(config.origins.clone()), origin_guard))
         .with_state(state)
+}
+
+/// Refuses requests from browser origins that are not allowed (403), answers the CORS
+/// preflight of allowed ones, and marks their answers readable by the page.
+async fn origin_guard(
+    State(origins): State<Arc<Origins>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let text = origin.as_ref().map(|o| o.to_str().unwrap_or("(not text)"));
+    if !origins.allows(text) {
+        return ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "requests from the web page at {} may not use this API; the node's operator \
+                 allows origins with --api-cors",
+                text.unwrap_or_default()
+            ),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("origin_not_allowed"),
+        }
+        .into_response();
+    }
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        r
+    } else {
+        next.run(request).await
+    };
+    if let Some(origin) = origin {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::VARY, HeaderValue::from_static("origin"));
+    }
+    response
 }
 
 /// Serves the endpoint on `addr` until `cancel` fires; returns the address it listens on.
@@ -252,8 +304,26 @@ async fn get_model(
 
 async fn chat_completions(
     State(s): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A JSON body must say so: a browser sends a `text/plain` POST to any site without asking
+    // first (no CORS preflight), so accepting one would let a web page spend the node's credits.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: "the request body must be JSON, sent with Content-Type: application/json"
+                .into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("unsupported_media_type"),
+        });
+    }
     let permit = s.in_flight.clone().try_acquire_owned().map_err(|_| ApiError {
         status: StatusCode::TOO_MANY_REQUESTS,
         message: format!(

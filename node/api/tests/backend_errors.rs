@@ -142,6 +142,42 @@ async fn each_error_kind_has_its_status() {
 }
 
 #[tokio::test]
+async fn web_pages_of_other_origins_and_non_json_bodies_are_refused() {
+    let (http, _, _) = start(8).await;
+    let chat = body("scripted", false).to_string().into_bytes();
+    // A `text/plain` POST (what a web page may send anywhere without a preflight): 415.
+    for ct in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        let headers: Vec<(&str, &str)> = ct.map(|c| ("content-type", c)).into_iter().collect();
+        let r =
+            request_with(http, "POST", "/v1/chat/completions", &headers, Some(chat.clone())).await;
+        let e = openai_error(&r, 415);
+        assert_eq!(e["code"], "unsupported_media_type", "{ct:?}");
+    }
+    let json = ("content-type", "application/json; charset=utf-8");
+    let ok = request_with(http, "POST", "/v1/chat/completions", &[json], Some(chat.clone())).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    // A page of another origin: 403 everywhere, its preflight included.
+    let evil = ("origin", "http://evil.example");
+    for (method, path, body) in [
+        ("POST", "/v1/chat/completions", Some(chat.clone())),
+        ("GET", "/v1/models", None),
+        ("OPTIONS", "/v1/chat/completions", None),
+    ] {
+        let r = request_with(http, method, path, &[json, evil], body).await;
+        let e = openai_error(&r, 403);
+        assert_eq!(e["code"], "origin_not_allowed", "{method} {path}");
+        assert_eq!(r.allow_origin, None);
+    }
+    // A local page (the default list): served, and told it may read the answer.
+    let local = ("origin", "http://localhost:3000");
+    let r = request_with(http, "POST", "/v1/chat/completions", &[json, local], Some(chat)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.allow_origin.as_deref(), Some("http://localhost:3000"));
+    let pre = request_with(http, "OPTIONS", "/v1/chat/completions", &[local], None).await;
+    assert_eq!((pre.status, pre.allow_origin.as_deref()), (204, Some("http://localhost:3000")));
+}
+
+#[tokio::test]
 async fn an_error_mid_stream_is_an_error_event() {
     let (http, rpc, _) = start(8).await;
     let r = post_json(http, "/v1/chat/completions", &body("midstream", true)).await;
@@ -181,6 +217,7 @@ async fn a_client_that_leaves_cancels_the_generation() {
     let conn = tokio::spawn(conn);
     let req = hyper::Request::post(format!("http://{http}/v1/chat/completions"))
         .header("host", http.to_string())
+        .header("content-type", "application/json")
         .body(http_body_util::Full::new(hyper::body::Bytes::from(body("hold", true).to_string())))
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();

@@ -42,9 +42,19 @@ pub struct NodeArgs {
     /// JSON-RPC port (HTTP and WebSocket).
     #[arg(long, default_value_t = 9944)]
     rpc_port: u16,
-    /// Listen for RPC on all interfaces instead of 127.0.0.1.
+    /// Listen for RPC on all interfaces instead of 127.0.0.1. The generation methods
+    /// (`bitorch_generate`, `bitorch_subscribeGeneration`), which spend the API account's
+    /// credits, are then not served.
     #[arg(long)]
     rpc_external: bool,
+    /// Browser origins that may call the RPC (HTTP and WebSocket): `all`, `none`, or a
+    /// comma-separated list; `scheme://host:*` allows any port. Requests without an `Origin`
+    /// (not from a web page) are not concerned. Default: local pages and polkadot.js apps.
+    #[arg(long, value_parser = parse_origins, default_value = DEFAULT_CORS)]
+    rpc_cors: bitorch_primitives::origins::Origins,
+    /// Browser origins that may call the OpenAI-compatible API, as `--rpc-cors`.
+    #[arg(long, value_parser = parse_origins, default_value = DEFAULT_CORS)]
+    api_cors: bitorch_primitives::origins::Origins,
     /// Which RPC methods to serve: `auto` serves the operator methods (`system_banPeer`, …)
     /// only when the RPC listens on loopback; `safe` never; `unsafe` always.
     #[arg(long, value_enum, default_value_t = RpcMethodsArg::Auto)]
@@ -138,6 +148,14 @@ pub struct NodeArgs {
     /// token.
     #[arg(long)]
     no_job_ahead: bool,
+}
+
+/// `--rpc-cors` and `--api-cors`'s default: Substrate's.
+const DEFAULT_CORS: &str =
+    "http://localhost:*,http://127.0.0.1:*,https://localhost:*,https://127.0.0.1:*,https://polkadot.js.org";
+
+fn parse_origins(s: &str) -> Result<bitorch_primitives::origins::Origins, String> {
+    bitorch_primitives::origins::Origins::parse(s)
 }
 
 /// Options of `bitorch chain-spec`.
@@ -472,11 +490,21 @@ pub fn run(args: NodeArgs) -> Result<()> {
             if !backend.ready(Duration::from_secs(15)).await {
                 tracing::warn!(target: "node", "no job opened ahead yet; the first request opens its own");
             }
-            module.merge(bitorch_api::rpc_module(backend.clone())?).context("merging the generation RPC methods")?;
-            let api = bitorch_api::serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.api_port), backend, cancel.clone()).await?;
+            if args.rpc_external {
+                // Anyone who reaches an external RPC could spend the API account's credits.
+                tracing::warn!(target: "node", "--rpc-external: the generation RPC methods are not served (they would let anyone spend the API account's credits); use the API on loopback");
+            } else {
+                module.merge(bitorch_api::rpc_module(backend.clone())?).context("merging the generation RPC methods")?;
+            }
+            let http = bitorch_api::HttpConfig {
+                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.api_port),
+                origins: args.api_cors.clone(),
+                ..Default::default()
+            };
+            let api = bitorch_api::serve_with(http, backend, cancel.clone()).await?;
             tracing::info!(target: "node", model = %name, payer = %to_ss58(&account_of(&api_key)), "OpenAI-compatible API on http://{api}/v1/chat/completions");
         }
-        let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module).await?;
+        let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module, args.rpc_cors.clone()).await?;
         tracing::info!(target: "node", chain = %chain_name, %genesis, best, base_path = %base.display(), "node started");
         tracing::info!(target: "node", "JSON-RPC listening on http://{addr} and ws://{addr}");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -27,6 +27,7 @@ macro_rules! method {
 mod bitorch;
 mod error;
 mod methods;
+pub mod origin;
 pub use error::Error;
 
 /// Largest request body accepted, in bytes.
@@ -241,10 +242,11 @@ async fn watch(
     }
 }
 
-/// Starts the server on `addr`.
+/// Starts the server on `addr`, serving browser pages only from `origins`.
 pub async fn start(
     addr: SocketAddr,
     module: RpcModule<Ctx>,
+    origins: bitorch_primitives::origins::Origins,
 ) -> Result<(ServerHandle, SocketAddr), Error> {
     let config = jsonrpsee::server::ServerConfig::builder()
         .max_request_body_size(MAX_REQUEST_BYTES)
@@ -253,6 +255,7 @@ pub async fn start(
         .build();
     let server = Server::builder()
         .set_config(config)
+        .set_http_middleware(tower::ServiceBuilder::new().layer(origin::OriginLayer::new(origins)))
         .build(addr)
         .await
         .map_err(|e| Error::Bind { addr, reason: e.to_string() })?;

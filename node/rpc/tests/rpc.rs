@@ -20,6 +20,7 @@ struct Node {
     client: WsClient,
     genesis: Hash,
     cancel: CancellationToken,
+    addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -42,14 +43,17 @@ async fn start() -> Node {
         bitorch_rpc::RpcMethods::Safe,
     )
     .unwrap();
-    let (server, addr) = bitorch_rpc::start("127.0.0.1:0".parse().unwrap(), module).await.unwrap();
+    let (server, addr) =
+        bitorch_rpc::start("127.0.0.1:0".parse().unwrap(), module, Default::default())
+            .await
+            .unwrap();
     let c = cancel.clone();
     tokio::spawn(async move {
         c.cancelled().await;
         let _ = server.stop();
     });
     let client = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
-    Node { handle, client, genesis, cancel, _dir: dir }
+    Node { handle, client, genesis, cancel, addr, _dir: dir }
 }
 
 impl Node {
@@ -427,4 +431,43 @@ async fn job_life_cycle_through_rpc_pays_workers_exactly() {
         .await
         .unwrap();
     assert_eq!(alice_info["reserved"], alice_info["staking"]["bonded"], "escrow fully released");
+}
+
+/// The status line's code of a raw HTTP request to the server.
+async fn status_of(addr: std::net::SocketAddr, request: String) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{head}"))
+}
+
+#[tokio::test]
+async fn web_pages_of_other_origins_get_403_on_http_and_websocket() {
+    let node = start().await;
+    let addr = node.addr;
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"system_health","params":[]}"#;
+    let post = |origin: Option<&str>| {
+        let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+        format!(
+            "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{origin}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let upgrade = |origin: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Origin: {origin}\r\n\r\n"
+        )
+    };
+    assert_eq!(status_of(addr, post(None)).await, 200);
+    assert_eq!(status_of(addr, post(Some("http://localhost:3000"))).await, 200);
+    assert_eq!(status_of(addr, post(Some("https://polkadot.js.org"))).await, 200);
+    assert_eq!(status_of(addr, post(Some("http://evil.example"))).await, 403);
+    assert_eq!(status_of(addr, upgrade("http://evil.example")).await, 403);
+    assert_eq!(status_of(addr, upgrade("http://127.0.0.1:8000")).await, 101);
 }

@@ -80,6 +80,8 @@ pub struct Reply {
     pub content_type: String,
     /// The body as text.
     pub body: String,
+    /// `Access-Control-Allow-Origin`, if any.
+    pub allow_origin: Option<String>,
 }
 
 impl Reply {
@@ -91,6 +93,18 @@ impl Reply {
 
 /// Sends one request over a fresh HTTP/1 connection and reads the whole response.
 pub async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<Vec<u8>>) -> Reply {
+    let json: &[(&str, &str)] = &[("content-type", "application/json")];
+    request_with(addr, method, path, if body.is_some() { json } else { &[] }, body).await
+}
+
+/// Sends one request with these headers over a fresh HTTP/1 connection.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Reply {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -101,16 +115,22 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<Ve
         .method(method)
         .uri(format!("http://{addr}{path}"))
         .header("host", addr.to_string());
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
     let resp = sender.send_request(req).await.expect("send");
     let status = resp.status().as_u16();
     let content_type =
         resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let allow_origin = resp
+        .headers()
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply { status, content_type, body: String::from_utf8(bytes.to_vec()).expect("UTF-8 body") }
+    let body = String::from_utf8(bytes.to_vec()).expect("UTF-8 body");
+    Reply { status, content_type, body, allow_origin }
 }
 
 /// POSTs JSON.
