@@ -13,7 +13,8 @@ Run against a node (`--api-port`, default 8080) or the example server
     ~/.cache/bitorch/venv/bin/python scripts/openai-client.py --base-url http://127.0.0.1:8080/v1
 
 Options: --model ID (default: the first model listed), --question TEXT, --max-tokens N,
---expect WORD (fail unless both answers contain WORD).
+--expect WORD (fail unless both answers contain WORD), --api-key btr_... (an API token from
+`bitorch key api-token`: its user pays from the allowance they gave the node).
 """
 
 import argparse
@@ -36,10 +37,13 @@ def main() -> int:
     ap.add_argument("--question", default="What is the capital of France?")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--expect", default=None)
+    ap.add_argument("--api-key", default="bitorch",
+                    help="an API token (btr_...) to pay from its user's allowance; any other "
+                         "text lets the node's own account pay (loopback)")
     args = ap.parse_args()
 
-    # The node does not check API keys; the client library insists on one.
-    client = openai.OpenAI(base_url=args.base_url, api_key="bitorch", max_retries=0, timeout=300)
+    # A Bitorch API token (btr_...) makes its user pay; the library insists on some key.
+    client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=300)
 
     models = client.models.list().data
     if not models:

@@ -247,3 +247,149 @@ fn web_pages_and_an_external_rpc_cannot_spend_the_operators_credits() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Paris"), "{body}");
 }
+
+fn cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(common::net::BIN).args(args).output().unwrap();
+    assert!(out.status.success(), "bitorch {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn free(node: &DevNode, who: &str) -> u128 {
+    node.rpc("bitorch_account", json!([who]))["free"].as_str().unwrap().parse().unwrap()
+}
+
+fn next_job(node: &DevNode) -> u64 {
+    (0..).find(|id| node.rpc("bitorch_job", json!([id])).is_null()).unwrap()
+}
+
+#[test]
+fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_nothing() {
+    const EVE: &str = "5HGjWAeFDfFCWPsjFQdVV2Msvz2XtMktvgocEZcCj68kUMaw";
+    let python = std::env::var("BITORCH_OPENAI_PYTHON")
+        .expect("BITORCH_OPENAI_PYTHON must name a Python with the openai package (scripts/test.sh sets it)");
+    let dir = tempfile::tempdir().unwrap();
+    let (node, api) = start(dir.path());
+    let rpc = format!("ws://127.0.0.1:{}", node.port);
+    let name = node.rpc("bitorch_models", json!([]))[0]["name"].as_str().unwrap().to_string();
+    // Eve, a user, lets the node's API account (//Alice, the gateway) spend up to 5 BTR.
+    cli(&[
+        "wallet",
+        "approve",
+        "--suri",
+        "//Eve",
+        "--gateway",
+        ALICE,
+        "--allowance",
+        "5",
+        "--expires",
+        "1h",
+        "--rpc",
+        &rpc,
+    ]);
+    let token = cli(&[
+        "key",
+        "api-token",
+        "--suri",
+        "//Eve",
+        "--gateway",
+        ALICE,
+        "--expires",
+        "1h",
+        "--rpc",
+        &rpc,
+    ]);
+    assert!(token.starts_with("btr_"), "{token}");
+    let (eve_before, alice_before, first) = (free(&node, EVE), free(&node, ALICE), next_job(&node));
+
+    // The official client with the token as its key: a plain and a streamed answer.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/openai-client.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .args(["--base-url", &format!("http://127.0.0.1:{api}/v1"), "--expect", "Paris"])
+        .args(["--api-key", &token])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two jobs, each Eve's, opened by the gateway; settled, Eve pays exactly what they paid.
+    let jobs: Vec<u64> = (first..next_job(&node)).collect();
+    assert_eq!(jobs.len(), 2, "one job per request");
+    let mut paid = 0u128;
+    for id in jobs {
+        let job = settled(&node, id);
+        assert_eq!(
+            (job["client"].as_str(), job["agent"].as_str()),
+            (Some(EVE), Some(ALICE)),
+            "{job}"
+        );
+        paid += job["status"]["settled"]["paid"].as_str().unwrap().parse::<u128>().unwrap();
+    }
+    assert!(paid > 0);
+    assert_eq!(eve_before - free(&node, EVE), paid, "Eve pays exactly the settled cost");
+    let escrows = 2 * 114 * 30 * PRICE; // what Alice would have escrowed herself
+    let alice_moved = free(&node, ALICE).abs_diff(alice_before);
+    assert!(alice_moved < escrows / 10, "Alice moved by {alice_moved}: she paid for Eve's jobs?");
+
+    // Refused tokens: 401 (saying why), nothing opened, nothing paid.
+    let ask = |key: &str| {
+        let body = request(&name, "Hi", false);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", api)).unwrap();
+        use std::io::{Read, Write};
+        let b = body.to_string();
+        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        (out.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0), out)
+    };
+    // Each refused request leaves Eve's balance and the job count as they were.
+    let refused = |key: &str, status: u16, why: &str| {
+        let (eve, jobs) = (free(&node, EVE), next_job(&node));
+        let (got, body) = ask(key);
+        assert_eq!(got, status, "{why}: {body}");
+        assert!(body.contains(why), "{why}: {body}");
+        assert_eq!((free(&node, EVE), next_job(&node)), (eve, jobs), "{why}: it cost something");
+    };
+    let mut forged = token.clone();
+    let last = if forged.ends_with('0') { "1" } else { "0" };
+    forged.replace_range(forged.len() - 1.., last);
+    const CHARLIE: &str = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y";
+    let other_gateway =
+        cli(&["key", "api-token", "--suri", "//Eve", "--gateway", CHARLIE, "--rpc", &rpc]);
+    let expired = cli(&[
+        "key",
+        "api-token",
+        "--suri",
+        "//Eve",
+        "--gateway",
+        ALICE,
+        "--expires",
+        "1s",
+        "--rpc",
+        &rpc,
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    refused(&forged, 401, "signature");
+    refused(&other_gateway, 401, "another gateway");
+    refused(&expired, 401, "expired");
+    // Over the allowance: 402.
+    cli(&[
+        "wallet",
+        "approve",
+        "--suri",
+        "//Eve",
+        "--gateway",
+        ALICE,
+        "--allowance",
+        "0.0001",
+        "--rpc",
+        &rpc,
+    ]);
+    refused(&token, 402, "allowance");
+    // Revoked: 401.
+    cli(&["wallet", "revoke", "--suri", "//Eve", "--gateway", ALICE, "--rpc", &rpc]);
+    refused(&token, 401, "no allowance");
+}

@@ -6,6 +6,7 @@
 //! the Substrate ecosystem) and the binary Merkle root used for a block's extrinsics.
 //! It has no I/O and no heavy dependencies.
 
+pub mod api_token;
 pub mod error;
 pub mod header;
 pub mod keys;

@@ -136,6 +136,9 @@ pub enum Payer {
     Node,
     /// This account; the node must hold its key.
     Account(AccountId),
+    /// The user of this API token (`btr_…`), from the allowance they gave this gateway on
+    /// chain; the backend checks it.
+    Token(String),
 }
 
 /// A chat generation request, already checked for shape by the front-end that parsed it

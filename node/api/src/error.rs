@@ -27,9 +27,13 @@ pub enum BackendError {
     /// The backend is at capacity; retry later (HTTP 429).
     #[error("{0}")]
     Busy(String),
-    /// The paying account cannot pay: unknown key, insufficient balance (HTTP 402).
+    /// The paying account cannot pay: unknown key, insufficient balance, an allowance spent
+    /// (HTTP 402).
     #[error("{0}")]
     Payment(String),
+    /// The API token is refused: forged, expired, revoked or for another gateway (HTTP 401).
+    #[error("{0}")]
+    Unauthorized(String),
     /// A fault of the node (HTTP 500).
     #[error("{0}")]
     Internal(String),
@@ -54,6 +58,7 @@ impl BackendError {
             Self::Unavailable(_) => 503,
             Self::Busy(_) => 429,
             Self::Payment(_) => 402,
+            Self::Unauthorized(_) => 401,
             Self::Internal(_) => 500,
         }
     }
@@ -61,7 +66,9 @@ impl BackendError {
     /// OpenAI's `error.type` for this error.
     pub fn openai_type(&self) -> &'static str {
         match self {
-            Self::UnknownModel { .. } | Self::BadRequest { .. } => "invalid_request_error",
+            Self::UnknownModel { .. } | Self::BadRequest { .. } | Self::Unauthorized(_) => {
+                "invalid_request_error"
+            }
             Self::Unavailable(_) | Self::Internal(_) => "server_error",
             Self::Busy(_) => "rate_limit_error",
             Self::Payment(_) => "insufficient_quota",
@@ -76,6 +83,7 @@ impl BackendError {
             Self::Unavailable(_) => "unavailable",
             Self::Busy(_) => "busy",
             Self::Payment(_) => "payment_required",
+            Self::Unauthorized(_) => "invalid_api_key",
             Self::Internal(_) => "internal_error",
         }
     }

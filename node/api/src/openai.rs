@@ -17,7 +17,7 @@
 //! ([`HttpConfig::max_body_bytes`]) and requests in flight are bounded
 //! ([`HttpConfig::max_requests`]; more are answered 429).
 
-use crate::backend::{Backend, Event, Events, FinishReason, Finished, ModelInfo};
+use crate::backend::{Backend, Event, Events, FinishReason, Finished, ModelInfo, Payer};
 use crate::wire::{self, StreamOptions};
 use crate::{BackendError, Error};
 use axum::body::Bytes;
@@ -351,7 +351,25 @@ async fn chat_completions(
                 .into()
         }
     })?;
-    let (request, options) = wire::parse_body(&bytes)?.into_request()?;
+    let (mut request, options) = wire::parse_body(&bytes)?.into_request()?;
+    // An API token (`btr_…`) as OpenAI clients send their key: its user pays. Other keys (an
+    // OpenAI client needs one, any text) are not ours: the node's API account pays.
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| t.starts_with(bitorch_primitives::api_token::PREFIX));
+    if let Some(token) = bearer {
+        if request.payer != Payer::Node {
+            return Err(BackendError::bad_param(
+                "account",
+                "give an account or an API token, not both",
+            )
+            .into());
+        }
+        request.payer = Payer::Token(token.to_string());
+    }
     let model = request.model.clone();
     let events = s.backend.generate(request).await?;
     if options.stream {

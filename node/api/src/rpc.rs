@@ -38,6 +38,8 @@ pub mod codes {
     pub const BUSY: i32 = 4429;
     /// The paying account cannot pay.
     pub const PAYMENT: i32 = 4402;
+    /// The API token is refused.
+    pub const UNAUTHORIZED: i32 = 4401;
 }
 
 /// The context of the generation methods.
@@ -58,6 +60,7 @@ fn rpc_error(e: &BackendError) -> ErrorObjectOwned {
         BackendError::Unavailable(_) => codes::UNAVAILABLE,
         BackendError::Busy(_) => codes::BUSY,
         BackendError::Payment(_) => codes::PAYMENT,
+        BackendError::Unauthorized(_) => codes::UNAUTHORIZED,
         BackendError::Internal(_) => codes::INTERNAL,
     };
     ErrorObjectOwned::owned(code, e.to_string(), Some(error_data(e)))

@@ -27,6 +27,10 @@ pub(crate) struct ChatBody {
     pub stream: Option<Value>,
     pub stream_options: Option<Value>,
     pub account: Option<Value>,
+    /// Bitorch: an API token (`btr_…`) whose user pays (JSON-RPC; over HTTP it comes as
+    /// `Authorization: Bearer`).
+    #[serde(default)]
+    pub api_key: Option<Value>,
 }
 
 /// Streaming options of a parsed body.
@@ -220,11 +224,17 @@ impl ChatBody {
                 ))
             }
         };
-        let payer = match string(&self.account, "account")? {
-            None => Payer::Node,
-            Some(a) => Payer::Account(bitorch_primitives::parse_account(&a).map_err(|e| {
-                bad("account", format!("account must be an SS58 address or 0x public key: {e}"))
-            })?),
+        let payer = match (string(&self.account, "account")?, string(&self.api_key, "api_key")?) {
+            (Some(_), Some(_)) => {
+                return Err(bad("api_key", "give an account or an API token, not both"))
+            }
+            (None, Some(t)) => Payer::Token(t),
+            (None, None) => Payer::Node,
+            (Some(a), None) => {
+                Payer::Account(bitorch_primitives::parse_account(&a).map_err(|e| {
+                    bad("account", format!("account must be an SS58 address or 0x public key: {e}"))
+                })?)
+            }
         };
         let include_usage = match &self.stream_options {
             None | Some(Value::Null) => false,

@@ -20,6 +20,26 @@ pub enum OutputType {
 /// `bitorch key` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum KeyCmd {
+    /// Make an API token (`btr_…`) for a gateway, signed offline with your key: the gateway's
+    /// OpenAI API (as `api_key`) and JSON-RPC (`api_key`) then spend from the allowance you
+    /// gave it with `wallet approve`.
+    ApiToken {
+        /// Your secret URI (the account that pays).
+        #[arg(long)]
+        suri: String,
+        /// The gateway's address (its API account).
+        #[arg(long)]
+        gateway: String,
+        /// How long it is valid: `30d`, `12h`, `30m`, `90s`.
+        #[arg(long, default_value = "30d")]
+        expires: String,
+        /// The chain's genesis hash (0x…); asked of `--rpc` when absent.
+        #[arg(long)]
+        genesis: Option<String>,
+        /// A node of the chain, to learn its genesis hash.
+        #[arg(long, default_value = "ws://127.0.0.1:9944")]
+        rpc: String,
+    },
     /// Generate a new sr25519 key with a mnemonic.
     Generate {
         /// Number of mnemonic words (12, 15, 18, 21 or 24).
@@ -136,6 +156,32 @@ pub fn peer_id_of_ed25519(public: &[u8; 32]) -> String {
 /// Runs a key subcommand.
 pub fn run(cmd: KeyCmd) -> Result<()> {
     match cmd {
+        KeyCmd::ApiToken { suri, gateway, expires, genesis, rpc } => {
+            let pair = bitorch_primitives::keys::pair_from_suri(&suri).context("--suri")?;
+            let gateway = bitorch_primitives::keys::parse_account(&gateway).context("--gateway")?;
+            let secs = crate::wallet::parse_blocks(&expires)?;
+            let genesis = match genesis {
+                Some(g) => {
+                    let raw = bitorch_primitives::keys::decode_hex(&g)?;
+                    if raw.len() != 32 {
+                        bail!("--genesis must be 32 bytes of hex");
+                    }
+                    bitorch_primitives::H256::from_slice(&raw)
+                }
+                None => crate::wallet::genesis_of(&rpc)?,
+            };
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let expires_at_ms = now_ms.saturating_add(secs.saturating_mul(1000));
+            let token = bitorch_primitives::api_token::ApiToken::make(
+                &pair,
+                gateway,
+                expires_at_ms,
+                &genesis,
+            );
+            println!("{}", token.to_text());
+        }
         KeyCmd::Generate { words, output_type } => {
             if ![12, 15, 18, 21, 24].contains(&words) {
                 bail!("--words must be 12, 15, 18, 21 or 24");

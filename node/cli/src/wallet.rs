@@ -64,6 +64,44 @@ pub enum WalletCmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Let a gateway open jobs that the signer pays for, up to an allowance, until an expiry
+    /// (replaces an earlier allowance for that gateway).
+    Approve {
+        /// The gateway's address (its API account).
+        #[arg(long)]
+        gateway: String,
+        /// Most it may escrow in all, in tokens.
+        #[arg(long)]
+        allowance: String,
+        /// How long it lasts: blocks (`5000`) or a duration at one block per second (`7d`,
+        /// `12h`, `30m`).
+        #[arg(long, default_value = "7d")]
+        expires: String,
+        #[command(flatten)]
+        signing: Signing,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Withdraw the signer's allowance for a gateway (jobs it already opened go on).
+    Revoke {
+        /// The gateway's address.
+        #[arg(long)]
+        gateway: String,
+        #[command(flatten)]
+        signing: Signing,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show what a client still allows a gateway, and until when.
+    Allowance {
+        /// The client's address.
+        address: String,
+        /// The gateway's address.
+        #[arg(long)]
+        gateway: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Show a job: its client, model, escrow, status, and each claim with what it was paid.
     Job {
         /// The job's id.
@@ -174,6 +212,47 @@ async fn run_async(cmd: WalletCmd) -> Result<()> {
     let (call, signing, common, what) = match cmd {
         WalletCmd::Balance { address, common } => return balance(&address, &common).await,
         WalletCmd::Job { id, common } => return job(id, &common).await,
+        WalletCmd::Allowance { address, gateway, common } => {
+            let client = connect(&common.rpc).await?;
+            let (who, gw) =
+                (parse_account(&address)?, parse_account(&gateway).context("--gateway")?);
+            let a: Value = client
+                .request("bitorch_allowance", rpc_params![to_ss58(&who), to_ss58(&gw)])
+                .await?;
+            match common.output_type {
+                OutputType::Json => println!("{}", serde_json::to_string_pretty(&a)?),
+                OutputType::Text if a.is_null() => println!("no allowance"),
+                OutputType::Text => println!(
+                    "{} left, until block {}",
+                    a["remainingFormatted"].as_str().unwrap_or("?"),
+                    a["expiresAt"]
+                ),
+            }
+            return Ok(());
+        }
+        WalletCmd::Approve { gateway, allowance, expires, signing, common } => {
+            let gateway = parse_account(&gateway).context("--gateway")?;
+            let amount = amount(&allowance)?;
+            let blocks = parse_blocks(&expires)?;
+            let client = connect(&common.rpc).await?;
+            let header: Value = client.request("chain_getHeader", rpc_params![]).await?;
+            let best = header["number"]
+                .as_str()
+                .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+                .ok_or_else(|| anyhow!("node returned a header without a number"))?;
+            let expires_at = best.saturating_add(blocks);
+            let what = format!(
+                "allowance of {} for {} until block {expires_at}",
+                format_balance(amount),
+                to_ss58(&gateway)
+            );
+            (Call::Jobs(jobs::Call::Approve { gateway, amount, expires_at }), signing, common, what)
+        }
+        WalletCmd::Revoke { gateway, signing, common } => {
+            let gateway = parse_account(&gateway).context("--gateway")?;
+            let what = format!("revocation of {}'s allowance", to_ss58(&gateway));
+            (Call::Jobs(jobs::Call::Revoke { gateway }), signing, common, what)
+        }
         WalletCmd::Transfer { to, amount: a, signing, common } => {
             let dest = parse_account(&to).context("--to")?;
             let amount = amount(&a)?;
@@ -320,6 +399,32 @@ fn parse_hash_value(v: &Value) -> Result<Hash> {
         bail!("expected a 32-byte hash, got {s}");
     }
     Ok(H256::from_slice(&raw))
+}
+
+/// The genesis hash of the chain of the node at `url`.
+pub fn genesis_of(url: &str) -> Result<H256> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = connect(url).await?;
+        parse_hash_value(&client.request::<Value, _>("chain_getBlockHash", rpc_params![0]).await?)
+    })
+}
+
+/// Blocks in `s`: a number of blocks, or a duration (`7d`, `12h`, `30m`, `90s`) at one block
+/// per second (the default block time).
+pub fn parse_blocks(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 =
+        num.parse().with_context(|| format!("'{s}': expected blocks or a duration like 7d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        other => bail!("'{s}': unknown unit '{other}' (use s, m, h or d)"),
+    };
+    n.checked_mul(secs).context("too long")
 }
 
 async fn submit(call: Call, signing: &Signing, common: &Common, what: &str) -> Result<()> {

@@ -59,6 +59,18 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
         let issuance = ctx.chain.total_issuance().await.map_err(internal)?;
         Ok(json!(issuance.to_string()))
     });
+    method!(m, "bitorch_allowance", |p, ctx| {
+        let client = parse_address(&required::<String>(&p, 0, "client address")?)?;
+        let gateway = parse_address(&required::<String>(&p, 1, "gateway address")?)?;
+        let a = ctx.chain.allowance(client, gateway).await.map_err(internal)?;
+        Ok(a.map_or(Value::Null, |a| {
+            json!({
+                "remaining": a.remaining.to_string(),
+                "remainingFormatted": format_balance(a.remaining),
+                "expiresAt": a.expires_at,
+            })
+        }))
+    });
     method!(m, "bitorch_job", |p, ctx| {
         let id: u64 = required(&p, 0, "job id")?;
         let Some(job) = ctx.chain.job(id).await.map_err(internal)? else {
@@ -156,6 +168,7 @@ fn job_json(id: u64, j: &jobs::Job) -> Value {
     json!({
         "id": id,
         "client": to_ss58(&j.client),
+        "agent": j.agent.as_ref().map(to_ss58),
         "model": j.model,
         "layerCount": j.layer_count,
         "maxTokens": j.max_tokens,

@@ -24,7 +24,7 @@ use bitorch_compute::{
 };
 use bitorch_inference::{FinishReason as GenFinish, StopStrings, TextStream, Tokenizer};
 use bitorch_network::{Handle as NetHandle, PeerId};
-use bitorch_primitives::{keys::account_of, AccountId, Balance, Pair, H256};
+use bitorch_primitives::{keys::account_of, keys::to_ss58, AccountId, Balance, Pair, H256};
 use bitorch_runtime::{
     jobs::{self, JobId},
     Call,
@@ -601,11 +601,16 @@ impl Inner {
         if req.model != self.info.id {
             return Err(BackendError::UnknownModel { model: req.model });
         }
-        if req.payer != bitorch_api::Payer::Node {
-            return Err(BackendError::Payment(
-                "this node pays only from its API account (--api-account)".into(),
-            ));
-        }
+        let user =
+            match &req.payer {
+                bitorch_api::Payer::Node => None,
+                bitorch_api::Payer::Token(token) => Some(self.token_user(token).await?),
+                bitorch_api::Payer::Account(_) => return Err(BackendError::Payment(
+                    "this node pays only from its API account (--api-account) or an API token's \
+                     allowance"
+                        .into(),
+                )),
+            };
         let prompt = self
             .tokenizer
             .encode(&req.render(&self.tokenizer, &self.info.id)?)
@@ -621,8 +626,19 @@ impl Inner {
         }
         // The request's worst case: every position on every layer, with room for failovers.
         let need = u64::from(positions) * u64::from(self.num_layers) * FAILOVER_MARGIN;
-        let job = self.reserve(need).await?;
-        tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new, "paid from channel");
+        let job = match &user {
+            None => {
+                let job = self.reserve(need).await?;
+                tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new, "paid from channel");
+                job
+            }
+            Some(user) => {
+                let max_tokens = positions.saturating_mul(FAILOVER_MARGIN as u32);
+                let job = self.open_job_for(user, max_tokens).await?;
+                tracing::info!(target: TARGET, job, user = %to_ss58(user), prompt = prompt.len(), max_new, "paid from the user's allowance");
+                job
+            }
+        };
 
         let greq = GatewayRequest {
             model: self.model,
@@ -638,9 +654,81 @@ impl Inner {
         let this = self.clone();
         tokio::spawn(async move {
             let used = this.run(greq, req.stop, tx, workers).await;
-            this.release(job, need, used);
+            if user.is_some() {
+                // The user's job served this request only: closed, so that it settles and the
+                // rest of its escrow goes back to the user.
+                this.close_channels(vec![job]);
+            } else {
+                this.release(job, need, used);
+            }
         });
         Ok(rx)
+    }
+
+    /// The user an API token names, once it verifies for this gateway and chain and the user's
+    /// allowance for this gateway is on chain and unexpired (401 otherwise, saying which).
+    async fn token_user(&self, token: &str) -> Result<AccountId, BackendError> {
+        let unauthorized =
+            |why: String| BackendError::Unauthorized(format!("API token refused: {why}"));
+        let t = bitorch_primitives::api_token::ApiToken::parse(token)
+            .map_err(|e| unauthorized(e.to_string()))?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        t.verify(&self.me(), &self.payer.genesis, now_ms)
+            .map_err(|e| unauthorized(e.to_string()))?;
+        let chain = |e: bitorch_service::Error| BackendError::Internal(e.to_string());
+        let allowance =
+            self.payer.chain.allowance(t.user.clone(), self.me()).await.map_err(chain)?;
+        let Some(a) = allowance else {
+            return Err(unauthorized(format!(
+                "{} has no allowance for this gateway (never approved, or revoked)",
+                to_ss58(&t.user)
+            )));
+        };
+        let best = self.payer.chain.best().await.map_err(chain)?.number;
+        if best >= a.expires_at {
+            return Err(unauthorized(format!("the allowance expired at block {}", a.expires_at)));
+        }
+        Ok(t.user)
+    }
+
+    /// Opens a job of `max_tokens` positions paid from `user`'s allowance for this gateway,
+    /// once it is on chain (402 when the allowance or the user's balance is short).
+    async fn open_job_for(&self, user: &AccountId, max_tokens: u32) -> Result<JobId, BackendError> {
+        let pay = |e: String| BackendError::Payment(e);
+        let escrow = u128::from(max_tokens)
+            .saturating_mul(u128::from(self.num_layers))
+            .saturating_mul(self.payer.price);
+        let chain = |e: bitorch_service::Error| BackendError::Internal(e.to_string());
+        let left = self.payer.chain.allowance(user.clone(), self.me()).await.map_err(chain)?;
+        let remaining = left.map_or(0, |a| a.remaining);
+        if remaining < escrow {
+            return Err(pay(format!(
+                "the request needs an escrow of {} but the allowance for this gateway has {} left; \
+                 approve more with `bitorch wallet approve`",
+                bitorch_primitives::format_balance(escrow),
+                bitorch_primitives::format_balance(remaining)
+            )));
+        }
+        let _one = self.opening.lock().await;
+        let before = self.payer.chain.next_job_id().await.map_err(chain)?;
+        let call = Call::Jobs(jobs::Call::OpenJobFor {
+            client: user.clone(),
+            model: self.model,
+            max_tokens,
+            price_per_layer_token: self.payer.price,
+        });
+        self.submit(vec![call]).await.map_err(|e| pay(format!("opening the job on chain: {e}")))?;
+        let found = self
+            .payer
+            .chain
+            .newest_open_job_for(user.clone(), self.me(), before)
+            .await
+            .map_err(chain)?;
+        found.map(|(id, _)| id).ok_or_else(|| {
+            pay("the job was not opened (is the user's free balance enough for the escrow?)".into())
+        })
     }
 
     /// Runs the generation and streams it; returns the layer-positions its vouchers

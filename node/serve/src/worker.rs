@@ -120,7 +120,8 @@ pub(crate) async fn job_client(
     let deadline = tokio::time::Instant::now() + JOB_VISIBLE_WAIT;
     loop {
         if let Some(j) = open_job(chain, job, model).await {
-            return Ok(Some(j.client));
+            // Who signs the session: the client, or the gateway that opened the job for it.
+            return Ok(Some(j.signer().clone()));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(StageError::JobNotOpen { job });

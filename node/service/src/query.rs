@@ -203,6 +203,41 @@ impl Handle {
         self.with(|s| Ok(Jobs::next_job_id(s.chain.state())?)).await?
     }
 
+    /// The allowance `client` gave `gateway` (`jobs.Approve`), if any.
+    pub async fn allowance(
+        &self,
+        client: AccountId,
+        gateway: AccountId,
+    ) -> Result<Option<bitorch_runtime::jobs::Allowance>, Error> {
+        self.with(move |s| Ok(Jobs::allowance(s.chain.state(), &client, &gateway)?)).await?
+    }
+
+    /// The newest job with an id of at least `since` that `agent` opened for `client` from
+    /// its allowance and that is still open.
+    pub async fn newest_open_job_for(
+        &self,
+        client: AccountId,
+        agent: AccountId,
+        since: JobId,
+    ) -> Result<Option<(JobId, Job)>, Error> {
+        self.with(move |s| {
+            let st = s.chain.state();
+            let next = Jobs::next_job_id(st)?;
+            for id in (since..next).rev() {
+                if let Some(j) = Jobs::job(st, id)? {
+                    if j.client == client
+                        && j.agent.as_ref() == Some(&agent)
+                        && j.status == JobStatus::Open
+                    {
+                        return Ok(Some((id, j)));
+                    }
+                }
+            }
+            Ok(None)
+        })
+        .await?
+    }
+
     /// The newest job with an id of at least `since` that `client` opened and that is still
     /// open.
     pub async fn newest_open_job(
@@ -215,7 +250,7 @@ impl Handle {
             let next = Jobs::next_job_id(st)?;
             for id in (since..next).rev() {
                 if let Some(j) = Jobs::job(st, id)? {
-                    if j.client == client && j.status == JobStatus::Open {
+                    if j.client == client && j.agent.is_none() && j.status == JobStatus::Open {
                         return Ok(Some((id, j)));
                     }
                 }

@@ -89,9 +89,29 @@ pub enum Error {
         /// escrow - claimed.
         available: Balance,
     },
-    /// Only the job's client may do this.
-    #[error("only the job's client may close it")]
+    /// Only the job's client (or the agent that opened it) may do this.
+    #[error("only the job's client, or the gateway that opened it for the client, may close it")]
     NotClient,
+    /// The client gave the signer no allowance (or revoked it).
+    #[error("no allowance: the client has not approved this gateway (or revoked it)")]
+    NoAllowance,
+    /// The allowance expired.
+    #[error("the client's allowance for this gateway expired at block {expired_at}")]
+    AllowanceExpired {
+        /// Its expiry.
+        expired_at: BlockNumber,
+    },
+    /// The escrow is more than the allowance has left.
+    #[error("the job's escrow {escrow} is more than the allowance's remaining {remaining}")]
+    AllowanceExceeded {
+        /// The escrow.
+        escrow: Balance,
+        /// What the allowance has left.
+        remaining: Balance,
+    },
+    /// An account approving itself.
+    #[error("an account cannot approve itself as a gateway")]
+    SelfApproval,
     /// No claim at this index.
     #[error("job has no claim at index {0}")]
     UnknownClaim(u32),

@@ -345,6 +345,28 @@ pub struct Job {
     /// Sum of what the claims are worth with their audit fees (never above `escrow`).
     #[codec(compact)]
     pub claimed: Balance,
+    /// The gateway that opened it from the client's allowance ([`Call::OpenJobFor`]): it
+    /// signs the job's sessions and vouchers for the client. `None`: the client did.
+    pub agent: Option<AccountId>,
+}
+
+impl Job {
+    /// Whose signature authorizes sessions and vouchers of this job: the agent that opened it
+    /// for the client, or the client.
+    pub fn signer(&self) -> &AccountId {
+        self.agent.as_ref().unwrap_or(&self.client)
+    }
+}
+
+/// What a client lets a gateway spend from its balance on jobs ([`Call::Approve`]).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Allowance {
+    /// What the gateway may still escrow.
+    #[codec(compact)]
+    pub remaining: Balance,
+    /// The first block at which it may no longer open jobs.
+    #[codec(compact)]
+    pub expires_at: BlockNumber,
 }
 
 /// Calls of the jobs pallet.
@@ -371,8 +393,8 @@ pub enum Call {
         /// The client's latest voucher of the session.
         voucher: SignedVoucher,
     },
-    /// Closes an open job (client only): it takes no new sessions, and settles after the claim
-    /// window.
+    /// Closes an open job (its client, or the agent that opened it): it takes no new sessions,
+    /// and settles after the claim window.
     #[codec(index = 2)]
     CloseJob {
         /// The job.
@@ -407,11 +429,50 @@ pub enum Call {
         /// The salt of the commitment.
         salt: [u8; 32],
     },
+    /// Lets `gateway` open jobs that the signer (the client) pays for, escrowing at most
+    /// `amount` in all, until block `expires_at`; replaces an earlier allowance for it.
+    #[codec(index = 5)]
+    Approve {
+        /// The gateway's account.
+        gateway: AccountId,
+        /// Most it may escrow in all.
+        #[codec(compact)]
+        amount: Balance,
+        /// The first block at which it may no longer open jobs.
+        #[codec(compact)]
+        expires_at: BlockNumber,
+    },
+    /// Withdraws the signer's allowance for `gateway` (jobs already open go on).
+    #[codec(index = 6)]
+    Revoke {
+        /// The gateway's account.
+        gateway: AccountId,
+    },
+    /// Opens a job that `client` pays for, from the allowance it gave the signer (a gateway):
+    /// the escrow is reserved from the client's balance and taken from the allowance; the
+    /// client is the job's client, and the signer signs its sessions and vouchers.
+    #[codec(index = 7)]
+    OpenJobFor {
+        /// Who pays.
+        client: AccountId,
+        /// An active model.
+        model: H256,
+        /// Token positions over the whole model the escrow covers.
+        #[codec(compact)]
+        max_tokens: u32,
+        /// Price per layer per token.
+        #[codec(compact)]
+        price_per_layer_token: Balance,
+    },
 }
 
 /// The jobs pallet, over a currency `C`, the staking registry `W` (workers, validators,
 /// slashing) and the model registry `M`.
 pub struct Pallet<C, W, M>(PhantomData<(C, W, M)>);
+
+fn allowance_key(client: &AccountId, gateway: &AccountId) -> Vec<u8> {
+    support::map_key(PALLET, "allowance", &(client, gateway))
+}
 
 fn job_key(id: JobId) -> Vec<u8> {
     support::map_key(PALLET, "job", &id)
@@ -545,7 +606,26 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
     ) -> Result<(), Error> {
         match call {
             Call::OpenJob { model, max_tokens, price_per_layer_token } => {
-                Self::open_job(s, who, model, *max_tokens, *price_per_layer_token, ctx)
+                Self::open_job(s, who, None, model, *max_tokens, *price_per_layer_token, ctx)
+            }
+            Call::OpenJobFor { client, model, max_tokens, price_per_layer_token } => {
+                let (max, price) = (*max_tokens, *price_per_layer_token);
+                Self::open_job(s, client, Some(who), model, max, price, ctx)
+            }
+            Call::Approve { gateway, amount, expires_at } => {
+                if gateway == who {
+                    return Err(Error::SelfApproval);
+                }
+                let allowance = Allowance { remaining: *amount, expires_at: *expires_at };
+                support::put(s, allowance_key(who, gateway), &allowance);
+                Ok(())
+            }
+            Call::Revoke { gateway } => {
+                if Self::allowance(s, who, gateway)?.is_none() {
+                    return Err(Error::NoAllowance);
+                }
+                support::remove(s, allowance_key(who, gateway));
+                Ok(())
             }
             Call::Claim { voucher } => Self::claim(s, who, voucher, ctx),
             Call::CloseJob { job } => Self::close_job(s, who, *job, ctx),
@@ -558,9 +638,20 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         }
     }
 
+    /// The allowance `client` gave `gateway`, if any.
+    pub fn allowance<S: Storage + ?Sized>(
+        s: &S,
+        client: &AccountId,
+        gateway: &AccountId,
+    ) -> Result<Option<Allowance>, StorageError> {
+        support::get(s, &allowance_key(client, gateway))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn open_job<S: Storage + ?Sized>(
         s: &mut S,
         client: &AccountId,
+        agent: Option<&AccountId>,
         model: &H256,
         max_tokens: u32,
         price: Balance,
@@ -589,7 +680,26 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         let due =
             Self::with_due(s, deadline, id)?.ok_or(Error::TooManyJobsDue { block: deadline })?;
         let total = Self::total_escrow(s)?.checked_add(escrow).ok_or(Error::Overflow)?;
+        // A job opened for a client: within what it allowed the agent, before anything is
+        // written.
+        let allowance = match agent {
+            None => None,
+            Some(gateway) => {
+                let a = Self::allowance(s, client, gateway)?.ok_or(Error::NoAllowance)?;
+                if ctx.block_number >= a.expires_at {
+                    return Err(Error::AllowanceExpired { expired_at: a.expires_at });
+                }
+                let remaining = a
+                    .remaining
+                    .checked_sub(escrow)
+                    .ok_or(Error::AllowanceExceeded { escrow, remaining: a.remaining })?;
+                Some((gateway, Allowance { remaining, ..a }))
+            }
+        };
         C::reserve(s, client, escrow)?;
+        if let Some((gateway, a)) = &allowance {
+            support::put(s, allowance_key(client, gateway), a);
+        }
         let job = Job {
             client: client.clone(),
             model: *model,
@@ -602,6 +712,7 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
             status: JobStatus::Open,
             claims: Vec::new(),
             claimed: 0,
+            agent: agent.cloned(),
         };
         Self::put_job(s, id, &job);
         support::put(s, next_id_key(), &next);
@@ -630,7 +741,7 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         if !W::is_worker(s, &v.worker)? {
             return Err(Error::NotAWorker);
         }
-        if !signed.verify(&job.client, &ctx.genesis_hash) {
+        if !signed.verify(job.signer(), &ctx.genesis_hash) {
             return Err(Error::BadVoucherSignature { job: v.job });
         }
         let (start, end) = v.layers;
@@ -702,7 +813,7 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         ctx: &Context,
     ) -> Result<(), Error> {
         let mut job = Self::job(s, id)?.ok_or(Error::UnknownJob(id))?;
-        if &job.client != who {
+        if &job.client != who && job.agent.as_ref() != Some(who) {
             return Err(Error::NotClient);
         }
         if job.status != JobStatus::Open {
@@ -860,7 +971,7 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         let last = u32::try_from(last).map_err(|_| Error::Overflow)?;
         let mut eligible: Vec<(AccountId, u64)> = W::validator_weights(s)?
             .into_iter()
-            .filter(|(a, w)| *a != worker && *a != job.client && *w > 0)
+            .filter(|(a, w)| *a != worker && a != job.signer() && *a != job.client && *w > 0)
             .collect();
         let mut auditors = Vec::new();
         for round in 0..params.auditors {

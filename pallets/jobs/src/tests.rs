@@ -193,9 +193,9 @@ impl Env {
         id
     }
 
-    /// The key of job `job`'s client.
+    /// The key of job `job`'s signer (its client, or the gateway that opened it for it).
     fn client_of(&self, job: JobId) -> u8 {
-        let client = self.job(job).client;
+        let client = self.job(job).signer().clone();
         [CLIENT, CLIENT2, VALIDATOR, VALIDATOR2, OWNER, GATEWAY]
             .into_iter()
             .find(|n| acc(*n) == client)
@@ -291,6 +291,70 @@ fn full_life_cycle_pays_workers_and_refunds_the_rest() {
     assert_eq!(e.job(id).status, JobStatus::Settled { paid: 90, refunded: 30 });
     assert_eq!(Balances::total_issuance(&e.s).unwrap(), issuance);
     assert_eq!(Jobs::due(&e.s, 8).unwrap(), Vec::<JobId>::new());
+}
+
+#[test]
+fn a_gateway_spends_only_what_the_client_allowed_and_strangers_nothing() {
+    let mut e = setup();
+    let model = e.model;
+    let open_for = |client: u8, max_tokens: u32| Call::OpenJobFor {
+        client: acc(client),
+        model,
+        max_tokens,
+        price_per_layer_token: 3,
+    };
+    let gateway_before = e.account(&acc(GATEWAY));
+    // Without an allowance nobody may open a job the client pays for.
+    assert_eq!(e.call(GATEWAY, open_for(CLIENT, 10)), Err(Error::NoAllowance));
+    let approve = |gateway: u8, amount: Balance, expires_at: BlockNumber| Call::Approve {
+        gateway: acc(gateway),
+        amount,
+        expires_at,
+    };
+    assert_eq!(e.call(CLIENT, approve(CLIENT, 1, 100)), Err(Error::SelfApproval));
+    e.call(CLIENT, approve(GATEWAY, 200, 50)).unwrap();
+    // A stranger still may not: the allowance is the gateway's.
+    assert_eq!(e.call(CLIENT2, open_for(CLIENT, 10)), Err(Error::NoAllowance));
+    // The gateway: 10 × 4 layers × 3 = 120, reserved from the client, taken from the allowance.
+    let id = Jobs::next_job_id(&e.s).unwrap();
+    e.call(GATEWAY, open_for(CLIENT, 10)).unwrap();
+    let job = e.job(id);
+    assert_eq!((&job.client, &job.agent, job.escrow), (&acc(CLIENT), &Some(acc(GATEWAY)), 120));
+    assert_eq!(e.account(&acc(CLIENT)), (9_880, 120));
+    assert_eq!(e.account(&acc(GATEWAY)), gateway_before);
+    let left = |e: &Env| Jobs::allowance(&e.s, &acc(CLIENT), &acc(GATEWAY)).unwrap();
+    assert_eq!(left(&e), Some(Allowance { remaining: 80, expires_at: 50 }));
+    assert_eq!(
+        e.call(GATEWAY, open_for(CLIENT, 10)),
+        Err(Error::AllowanceExceeded { escrow: 120, remaining: 80 })
+    );
+    // The gateway signs the job's vouchers; the client's own signature authorizes nothing here.
+    e.advance_to(2);
+    let by_client = signed(CLIENT, 0, id, (0, 2), 10);
+    assert_eq!(
+        e.call_as(&w(0), Call::Claim { voucher: by_client }),
+        Err(Error::BadVoucherSignature { job: id })
+    );
+    e.claim(0, id, (0, 2), 10); // 2 × 10 × 3 = 60, signed by the gateway
+                                // Neither a stranger nor a worker may close it; the gateway may.
+    assert_eq!(e.call(CLIENT2, Call::CloseJob { job: id }), Err(Error::NotClient));
+    e.call(GATEWAY, Call::CloseJob { job: id }).unwrap();
+    e.advance_to(2 + 5);
+    assert_eq!(e.job(id).status, JobStatus::Settled { paid: 60, refunded: 60 });
+    assert_eq!(e.account(&acc(CLIENT)), (9_940, 0));
+    assert_eq!(e.account(&acc(GATEWAY)), gateway_before);
+    // Revoked: no more jobs. Expired: neither.
+    e.call(CLIENT, Call::Revoke { gateway: acc(GATEWAY) }).unwrap();
+    assert_eq!(left(&e), None);
+    assert_eq!(e.call(GATEWAY, open_for(CLIENT, 1)), Err(Error::NoAllowance));
+    assert_eq!(e.call(CLIENT, Call::Revoke { gateway: acc(GATEWAY) }), Err(Error::NoAllowance));
+    let at = e.now + 1;
+    e.call(CLIENT, approve(GATEWAY, 200, at)).unwrap();
+    e.advance_to(at);
+    assert_eq!(
+        e.call(GATEWAY, open_for(CLIENT, 1)),
+        Err(Error::AllowanceExpired { expired_at: at })
+    );
 }
 
 #[test]
@@ -1067,6 +1131,7 @@ mod props {
                 opened_at: 1,
                 deadline: settle_at,
                 status: JobStatus::Challenge { settle_at },
+                agent: (paid % 2 == 0).then(|| acc(GATEWAY)),
                 claims: vec![ClaimRecord {
                     voucher: unsigned(0, 1, (0, 1), 1),
                     signature: Signature::from_raw([5; 64]),
