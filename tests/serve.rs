@@ -228,9 +228,10 @@ fn web_pages_and_an_external_rpc_cannot_spend_the_operators_credits() {
     );
     let name = node.rpc("bitorch_models", json!([]))[0]["name"].as_str().unwrap().to_string();
     let req = request(&name, "What is the capital of France?", false).to_string();
-    // The generation methods are not served on an external RPC.
-    let e = common::rpc(node.port, "bitorch_generate", json!([req])).unwrap_err();
-    assert!(e.contains("Method not found"), "{e}");
+    // On an external RPC, a generation must be paid by an API token, never by the operator.
+    let asked = request(&name, "What is the capital of France?", false);
+    let e = common::rpc(node.port, "bitorch_generate", json!([asked])).unwrap_err();
+    assert!(e.contains("needs an API token"), "{e}");
     // What a web page can send to any site without asking first: a text/plain POST.
     let (status, body) =
         raw(api, "Content-Type: text/plain\r\nOrigin: http://evil.example\r\n", &req);

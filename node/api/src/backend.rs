@@ -318,6 +318,35 @@ pub enum Event {
     Error(BackendError),
 }
 
+/// A backend reached from outside the node (`--rpc-external`, `--api-external`): every request
+/// must be paid by an API token's user; one that would be paid by the node's own account is
+/// refused (401), so that nobody who can reach the port spends the operator's credits.
+pub struct TokensOnly(pub std::sync::Arc<dyn Backend>);
+
+impl Backend for TokensOnly {
+    fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, BackendError>> {
+        self.0.models()
+    }
+
+    fn generate(&self, request: ChatRequest) -> BoxFuture<'_, Result<Events, BackendError>> {
+        if !matches!(request.payer, Payer::Token(_)) {
+            return Box::pin(async {
+                Err(BackendError::Unauthorized(
+                    "this endpoint is open beyond loopback: a request needs an API token \
+                     (`bitorch key api-token`, sent as the OpenAI api_key or the JSON-RPC \
+                     api_key)"
+                        .into(),
+                ))
+            });
+        }
+        self.0.generate(request)
+    }
+
+    fn stats(&self) -> BoxFuture<'_, BackendStats> {
+        self.0.stats()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,7 +36,7 @@ mod wire;
 
 pub use backend::{
     Backend, BackendStats, BoxFuture, ChatRequest, Event, Events, FinishReason, Finished, Message,
-    ModelInfo, Payer, Role, Usage,
+    ModelInfo, Payer, Role, TokensOnly, Usage,
 };
 pub use error::{BackendError, Error};
 pub use local::{LocalBackend, LocalOptions};

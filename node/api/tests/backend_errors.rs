@@ -178,6 +178,33 @@ async fn web_pages_of_other_origins_and_non_json_bodies_are_refused() {
 }
 
 #[tokio::test]
+async fn an_endpoint_open_beyond_loopback_serves_token_paid_requests_only() {
+    let inner: Arc<dyn Backend> = Arc::new(Scripted { left: Arc::new(Notify::new()) });
+    let backend: Arc<dyn Backend> = Arc::new(bitorch_api::TokensOnly(inner));
+    let config = HttpConfig { addr: "127.0.0.1:0".parse().unwrap(), ..HttpConfig::default() };
+    let http = serve_with(config, backend, CancellationToken::new()).await.unwrap();
+    let chat = body("scripted", false).to_string().into_bytes();
+    let json = ("content-type", "application/json");
+    // The operator's account would pay: refused, whatever other key the client sends.
+    for headers in [vec![json], vec![json, ("authorization", "Bearer sk-anything")]] {
+        let r =
+            request_with(http, "POST", "/v1/chat/completions", &headers, Some(chat.clone())).await;
+        assert_eq!(openai_error(&r, 401)["code"], "invalid_api_key");
+    }
+    // A token's request goes to the backend (which checks the token itself).
+    let token = format!("Bearer btr_{}", "0".repeat(272));
+    let r = request_with(
+        http,
+        "POST",
+        "/v1/chat/completions",
+        &[json, ("authorization", &token)],
+        Some(chat),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
 async fn an_error_mid_stream_is_an_error_event() {
     let (http, rpc, _) = start(8).await;
     let r = post_json(http, "/v1/chat/completions", &body("midstream", true)).await;

@@ -43,10 +43,14 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 9944)]
     rpc_port: u16,
     /// Listen for RPC on all interfaces instead of 127.0.0.1. The generation methods
-    /// (`bitorch_generate`, `bitorch_subscribeGeneration`), which spend the API account's
-    /// credits, are then not served.
+    /// (`bitorch_generate`, `bitorch_subscribeGeneration`) then serve only requests paid by an
+    /// API token (`api_key`), never from the node's API account.
     #[arg(long)]
     rpc_external: bool,
+    /// Serve the OpenAI-compatible API on all interfaces instead of 127.0.0.1; every request
+    /// then needs an API token (`Authorization: Bearer btr_…`) whose user pays.
+    #[arg(long)]
+    api_external: bool,
     /// Browser origins that may call the RPC (HTTP and WebSocket): `all`, `none`, or a
     /// comma-separated list; `scheme://host:*` allows any port. Requests without an `Origin`
     /// (not from a web page) are not concerned. Default: local pages and polkadot.js apps.
@@ -490,18 +494,21 @@ pub fn run(args: NodeArgs) -> Result<()> {
             if !backend.ready(Duration::from_secs(15)).await {
                 tracing::warn!(target: "node", "no job opened ahead yet; the first request opens its own");
             }
-            if args.rpc_external {
-                // Anyone who reaches an external RPC could spend the API account's credits.
-                tracing::warn!(target: "node", "--rpc-external: the generation RPC methods are not served (they would let anyone spend the API account's credits); use the API on loopback");
-            } else {
-                module.merge(bitorch_api::rpc_module(backend.clone())?).context("merging the generation RPC methods")?;
-            }
+            // Reached from outside, requests are paid by API tokens only: anyone who reaches
+            // the port must not spend the API account's credits.
+            let tokens_only = |b: std::sync::Arc<bitorch_serve::GatewayBackend>| -> std::sync::Arc<dyn bitorch_api::Backend> {
+                std::sync::Arc::new(bitorch_api::TokensOnly(b))
+            };
+            let rpc_backend: std::sync::Arc<dyn bitorch_api::Backend> = if args.rpc_external { tokens_only(backend.clone()) } else { backend.clone() };
+            module.merge(bitorch_api::rpc_module(rpc_backend)?).context("merging the generation RPC methods")?;
+            let api_ip = if args.api_external { Ipv4Addr::UNSPECIFIED } else { Ipv4Addr::LOCALHOST };
             let http = bitorch_api::HttpConfig {
-                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.api_port),
+                addr: SocketAddr::new(IpAddr::V4(api_ip), args.api_port),
                 origins: args.api_cors.clone(),
                 ..Default::default()
             };
-            let api = bitorch_api::serve_with(http, backend, cancel.clone()).await?;
+            let api_backend: std::sync::Arc<dyn bitorch_api::Backend> = if args.api_external { tokens_only(backend.clone()) } else { backend.clone() };
+            let api = bitorch_api::serve_with(http, api_backend, cancel.clone()).await?;
             tracing::info!(target: "node", model = %name, payer = %to_ss58(&account_of(&api_key)), "OpenAI-compatible API on http://{api}/v1/chat/completions");
         }
         let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module, args.rpc_cors.clone()).await?;
