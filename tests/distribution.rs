@@ -168,6 +168,16 @@ fn workers_pull_their_layers_from_peers_and_serve_them() {
     assert!(sent >= kept && sent <= kept + 24 * 256 * 1024, "sent {sent}, kept {kept}: {report}");
     let stored = d.rpc("bitorch_storedModels", json!([])).unwrap();
     assert_eq!(stored[0]["layersHeld"], json!(["0..30"]), "{stored}");
+    // `bitorch infer` runs it from D's store by id.
+    let out = Command::new(BIN)
+        .args(["infer", "--model", &id, "--chat", "--temperature", "0", "--max-tokens", "12"])
+        .arg("--base-path")
+        .arg(&d.base)
+        .arg("What is the capital of France?")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
     // Pulling again fetches nothing.
     let again = pull(&d, &id, None);
     assert_eq!((again["chunks"].clone(), again["bytes"].clone()), (json!(0), json!(0)));

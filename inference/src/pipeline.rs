@@ -279,8 +279,12 @@ pub struct Engine {
 impl Engine {
     /// Loads a GGUF file or a safetensors directory (with `config.json` and `tokenizer.json`).
     pub fn load(path: impl AsRef<Path>, options: &EngineOptions) -> Result<Self> {
-        let ckpt = Checkpoint::open(path)?;
-        let tokenizer = match &ckpt {
+        Self::from_checkpoint(&Checkpoint::open(path)?, options)
+    }
+
+    /// Loads an opened checkpoint (a file's, or one read from a store's chunks).
+    pub fn from_checkpoint(ckpt: &Checkpoint, options: &EngineOptions) -> Result<Self> {
+        let tokenizer = match ckpt {
             Checkpoint::Gguf(g) => Tokenizer::from_gguf(&g.content)?,
             Checkpoint::Safetensors(s) => {
                 Tokenizer::from_file(&s.dir.join("tokenizer.json"), eos_from_config(&s.dir))?
@@ -291,7 +295,7 @@ impl Engine {
             device: options.device.clone(),
             gguf: options.gguf,
         };
-        let pipeline = Pipeline::load_split(&ckpt, options.stages, &load)?;
+        let pipeline = Pipeline::load_split(ckpt, options.stages, &load)?;
         Ok(Self { pipeline, tokenizer })
     }
 

@@ -10,9 +10,13 @@ use std::path::PathBuf;
 /// Options of `bitorch infer`.
 #[derive(Args, Debug)]
 pub struct InferArgs {
-    /// A GGUF file, or a directory with safetensors weights, config.json and tokenizer.json.
+    /// A GGUF file, a directory with safetensors weights, config.json and tokenizer.json, or
+    /// the id (0x…) of a model in the store under `--base-path` (`bitorch model list`).
     #[arg(long)]
     model: PathBuf,
+    /// The node's base path, whose store holds the model named by id.
+    #[arg(long, short = 'd')]
+    base_path: Option<PathBuf>,
     /// Split the layers into this many in-process stages.
     #[arg(long, default_value_t = 1)]
     stages: usize,
@@ -66,8 +70,24 @@ pub fn run(args: InferArgs) -> Result<()> {
         device: parse_device(&args.device)?,
         ..EngineOptions::default()
     };
-    let engine = Engine::load(&args.model, &options)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let given = args.model.to_string_lossy().into_owned();
+    let engine = match crate::model::parse_model_id(&given).filter(|_| !args.model.exists()) {
+        None => Engine::load(&args.model, &options)
+            .with_context(|| format!("loading {}", args.model.display()))?,
+        Some(id) => {
+            let base = match &args.base_path {
+                Some(b) => b.clone(),
+                None => crate::node::default_base_path()?,
+            };
+            let store = crate::model::open_store(&base)?;
+            let manifest = store.manifest(&id)?.with_context(|| {
+                format!("no model {id:?} in {} (bitorch model list)", store.dir().display())
+            })?;
+            let ckpt = store.checkpoint(&manifest)?;
+            Engine::from_checkpoint(&ckpt, &options)
+                .with_context(|| format!("loading model {id:?} from the store"))?
+        }
+    };
     let mut req = GenerateRequest::new(args.prompt, args.max_tokens);
     req.chat = args.chat;
     req.system = args.system;
