@@ -331,6 +331,13 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
     }
     assert!(paid > 0);
     assert_eq!(eve_before - free(&node, EVE), paid, "Eve pays exactly the settled cost");
+    // The allowance went down by what was spent (what the jobs escrowed and did not spend
+    // came back to it).
+    let left = node.rpc("bitorch_allowance", json!([EVE, ALICE]));
+    assert_eq!(
+        left["remaining"].as_str().unwrap().parse::<u128>().unwrap(),
+        5_000_000_000_000 - paid
+    );
     let escrows = 2 * 114 * 30 * PRICE; // what Alice would have escrowed herself
     let alice_moved = free(&node, ALICE).abs_diff(alice_before);
     assert!(alice_moved < escrows / 10, "Alice moved by {alice_moved}: she paid for Eve's jobs?");

@@ -358,7 +358,9 @@ impl Job {
     }
 }
 
-/// What a client lets a gateway spend from its balance on jobs ([`Call::Approve`]).
+/// What a client lets a gateway spend from its balance on jobs ([`Call::Approve`]): the escrow
+/// of each job the gateway opens is taken from it, and what the job does not spend comes back
+/// to it when the job settles or is refunded.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Allowance {
     /// What the gateway may still escrow.
@@ -823,10 +825,27 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         Self::start_claim_window(s, id, &mut job, ctx.block_number)
     }
 
+    /// What a job opened from an allowance did not spend goes back to the allowance (the
+    /// allowance caps what the gateway spends, not what it escrows), unless the client revoked
+    /// it meanwhile.
+    fn restore_allowance<S: Storage + ?Sized>(
+        s: &mut S,
+        job: &Job,
+        unspent: Balance,
+    ) -> Result<(), Error> {
+        let Some(agent) = &job.agent else { return Ok(()) };
+        if let Some(mut a) = Self::allowance(s, &job.client, agent)? {
+            a.remaining = a.remaining.saturating_add(unspent);
+            support::put(s, allowance_key(&job.client, agent), &a);
+        }
+        Ok(())
+    }
+
     /// Returns the whole escrow to the client; the job becomes `Refunded`.
     fn refund<S: Storage + ?Sized>(s: &mut S, id: JobId, job: &mut Job) -> Result<(), Error> {
         let total = Self::total_escrow_less(s, job.escrow)?;
         C::unreserve(s, &job.client, job.escrow)?;
+        Self::restore_allowance(s, job, job.escrow)?;
         support::put(s, total_escrow_key(), &total);
         job.status = JobStatus::Refunded;
         Self::put_job(s, id, job);
@@ -1230,6 +1249,7 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         let total = Self::total_escrow_less(s, job.escrow)?;
         if refunded > 0 {
             C::unreserve(s, &job.client, refunded)?;
+            Self::restore_allowance(s, &job, refunded)?;
         }
         support::put(s, total_escrow_key(), &total);
         job.status = JobStatus::Settled { paid, refunded };

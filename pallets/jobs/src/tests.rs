@@ -342,6 +342,8 @@ fn a_gateway_spends_only_what_the_client_allowed_and_strangers_nothing() {
     e.advance_to(2 + 5);
     assert_eq!(e.job(id).status, JobStatus::Settled { paid: 60, refunded: 60 });
     assert_eq!(e.account(&acc(CLIENT)), (9_940, 0));
+    // What the job did not spend comes back to the allowance: 200 - 60 spent.
+    assert_eq!(left(&e), Some(Allowance { remaining: 140, expires_at: 50 }));
     assert_eq!(e.account(&acc(GATEWAY)), gateway_before);
     // Revoked: no more jobs. Expired: neither.
     e.call(CLIENT, Call::Revoke { gateway: acc(GATEWAY) }).unwrap();
