@@ -25,6 +25,10 @@ const MAX_TOKENS: u32 = 40;
 const PROMPTS: [&str; 2] = ["What is the capital of France?", "List three prime numbers."];
 
 fn start(dir: &Path) -> (DevNode, u16) {
+    start_with(dir, &[])
+}
+
+fn start_with(dir: &Path, extra: &[&str]) -> (DevNode, u16) {
     let api = free_port();
     let args: Vec<String> = [
         // The first request opens the channel job itself (the path without a job opened ahead;
@@ -41,6 +45,7 @@ fn start(dir: &Path) -> (DevNode, u16) {
     .iter()
     .map(|s| s.to_string())
     .chain([model().display().to_string()])
+    .chain(extra.iter().map(|s| s.to_string()))
     .collect();
     // The RPC opens once the model is loaded and registered.
     let node = DevNode::start(
@@ -400,4 +405,62 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
     // Revoked: 401.
     cli(&["wallet", "revoke", "--suri", "//Eve", "--gateway", ALICE, "--rpc", &rpc]);
     refused(&token, 401, "no allowance");
+}
+
+#[test]
+fn a_token_past_its_rate_limit_gets_429_with_retry_after_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, api) = start_with(dir.path(), &["--key-rate", "6", "--key-burst", "2"]);
+    let rpc = format!("ws://127.0.0.1:{}", node.port);
+    let name = node.rpc("bitorch_models", json!([]))[0]["name"].as_str().unwrap().to_string();
+    cli(&[
+        "wallet",
+        "approve",
+        "--suri",
+        "//Eve",
+        "--gateway",
+        ALICE,
+        "--allowance",
+        "5",
+        "--rpc",
+        &rpc,
+    ]);
+    let token = cli(&["key", "api-token", "--suri", "//Eve", "--gateway", ALICE, "--rpc", &rpc]);
+    let ask = |key: Option<&str>| {
+        use std::io::{Read, Write};
+        let b = chat(&name, "Hi", 4).to_string();
+        let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", api)).unwrap();
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             {auth}Content-Length: {}\r\nConnection: close\r\n\r\n{b}",
+            b.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        (out.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0), out)
+    };
+    // A burst of 2, then one request every 10 s: the third in a row is refused.
+    for _ in 0..2 {
+        let (status, body) = ask(Some(&token));
+        assert_eq!(status, 200, "{body}");
+    }
+    let jobs = next_job(&node);
+    let (status, body) = ask(Some(&token));
+    assert_eq!(status, 429, "{body}");
+    let retry = body
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("retry-after: ").map(str::to_string))
+        .unwrap_or_else(|| panic!("no Retry-After: {body}"));
+    let secs: u64 = retry.trim().parse().unwrap();
+    assert!((1..=10).contains(&secs), "{secs}");
+    assert_eq!(next_job(&node), jobs, "a refused request opened a job");
+    // The operator (no token) is served meanwhile; so is the token once the wait is over.
+    let (status, body) = ask(None);
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_secs(secs));
+    let (status, body) = ask(Some(&token));
+    assert_eq!(status, 200, "{body}");
 }

@@ -34,6 +34,14 @@ pub enum BackendError {
     /// The API token is refused: forged, expired, revoked or for another gateway (HTTP 401).
     #[error("{0}")]
     Unauthorized(String),
+    /// The API token's user is past its rate or concurrency limit (HTTP 429, `Retry-After`).
+    #[error("{message}; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// Which limit.
+        message: String,
+        /// When a retry may pass.
+        retry_after_secs: u64,
+    },
     /// A fault of the node (HTTP 500).
     #[error("{0}")]
     Internal(String),
@@ -56,7 +64,7 @@ impl BackendError {
             Self::UnknownModel { .. } => 404,
             Self::BadRequest { .. } => 400,
             Self::Unavailable(_) => 503,
-            Self::Busy(_) => 429,
+            Self::Busy(_) | Self::RateLimited { .. } => 429,
             Self::Payment(_) => 402,
             Self::Unauthorized(_) => 401,
             Self::Internal(_) => 500,
@@ -70,7 +78,7 @@ impl BackendError {
                 "invalid_request_error"
             }
             Self::Unavailable(_) | Self::Internal(_) => "server_error",
-            Self::Busy(_) => "rate_limit_error",
+            Self::Busy(_) | Self::RateLimited { .. } => "rate_limit_error",
             Self::Payment(_) => "insufficient_quota",
         }
     }
@@ -82,9 +90,18 @@ impl BackendError {
             Self::BadRequest { .. } => "invalid_value",
             Self::Unavailable(_) => "unavailable",
             Self::Busy(_) => "busy",
+            Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::Payment(_) => "payment_required",
             Self::Unauthorized(_) => "invalid_api_key",
             Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Seconds after which a retry may pass (the `Retry-After` header), for a rate limit.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            _ => None,
         }
     }
 

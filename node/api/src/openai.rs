@@ -87,6 +87,7 @@ struct ApiError {
     kind: &'static str,
     param: Option<String>,
     code: Option<&'static str>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -108,6 +109,7 @@ impl From<BackendError> for ApiError {
             kind: e.openai_type(),
             param: e.param().map(str::to_string),
             code: Some(e.code()),
+            retry_after: e.retry_after(),
         }
     }
 }
@@ -119,7 +121,11 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(target: "api::http", status = %self.status, message = %self.message, "request refused");
         }
-        json_response(self.status, &self.body())
+        let mut r = json_response(self.status, &self.body());
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        r
     }
 }
 
@@ -202,6 +208,7 @@ async fn origin_guard(
             kind: "invalid_request_error",
             param: None,
             code: Some("origin_not_allowed"),
+            retry_after: None,
         }
         .into_response();
     }
@@ -272,6 +279,7 @@ async fn unknown_url(method: Method, uri: Uri) -> ApiError {
         kind: "invalid_request_error",
         param: None,
         code: Some("unknown_url"),
+        retry_after: None,
     }
 }
 
@@ -282,6 +290,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         kind: "invalid_request_error",
         param: None,
         code: Some("method_not_allowed"),
+        retry_after: None,
     }
 }
 
@@ -322,6 +331,7 @@ async fn chat_completions(
             kind: "invalid_request_error",
             param: None,
             code: Some("unsupported_media_type"),
+            retry_after: None,
         });
     }
     let permit = s.in_flight.clone().try_acquire_owned().map_err(|_| ApiError {
@@ -333,6 +343,7 @@ async fn chat_completions(
         kind: "rate_limit_error",
         param: None,
         code: Some("too_many_requests"),
+        retry_after: None,
     })?;
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -345,6 +356,7 @@ async fn chat_completions(
                 kind: "invalid_request_error",
                 param: None,
                 code: Some("request_too_large"),
+                retry_after: None,
             }
         } else {
             BackendError::bad_request(format!("could not read the request body: {}", r.body_text()))

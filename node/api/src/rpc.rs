@@ -58,7 +58,7 @@ fn rpc_error(e: &BackendError) -> ErrorObjectOwned {
         BackendError::UnknownModel { .. } => codes::NOT_FOUND,
         BackendError::BadRequest { .. } => codes::INVALID_PARAMS,
         BackendError::Unavailable(_) => codes::UNAVAILABLE,
-        BackendError::Busy(_) => codes::BUSY,
+        BackendError::Busy(_) | BackendError::RateLimited { .. } => codes::BUSY,
         BackendError::Payment(_) => codes::PAYMENT,
         BackendError::Unauthorized(_) => codes::UNAUTHORIZED,
         BackendError::Internal(_) => codes::INTERNAL,

@@ -147,6 +147,15 @@ pub struct NodeArgs {
     /// a worker's claim for a short answer is worth well over its transaction fee).
     #[arg(long, default_value_t = 100_000_000)]
     price: u128,
+    /// Requests per minute an API token's user may make of this node's API, on average.
+    #[arg(long, default_value_t = 60)]
+    key_rate: u32,
+    /// Requests an API token's user may make at once after an idle while.
+    #[arg(long, default_value_t = 10)]
+    key_burst: u32,
+    /// Requests an API token's user may have in flight.
+    #[arg(long, default_value_t = 4)]
+    key_concurrency: u32,
     /// Do not keep a job opened ahead (escrowing a whole context) for the next API request;
     /// each request then waits for its own job to be included in a block before its first
     /// token.
@@ -487,6 +496,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 net: net_handle.clone(),
                 payer: bitorch_serve::Payer { chain: handle.clone(), key: api_key.clone(), genesis, price: args.price, job_ahead: !args.no_job_ahead },
                 unsafe_withhold_vouchers: args.unsafe_client.is_some(),
+                key_limits: bitorch_serve::KeyLimits { per_minute: args.key_rate, burst: args.key_burst, concurrent: args.key_concurrency },
             }));
             backend.prepare();
             // The API opens once a job is ready for its first request (bounded: a network whose

@@ -185,6 +185,10 @@ struct Inner {
     channels: std::sync::Mutex<Vec<Channel>>,
     /// The job counters of [`BackendStats`] (locked briefly, never across an await).
     counts: std::sync::Mutex<BackendStats>,
+    /// Limits on each API token user's requests.
+    key_limits: KeyLimits,
+    /// Each API token user's use of them.
+    buckets: std::sync::Mutex<std::collections::HashMap<AccountId, Bucket>>,
 }
 
 /// A [`Backend`] running generations through the [`Gateway`] and paying for them on chain.
@@ -211,6 +215,49 @@ pub struct GatewayOptions {
     pub payer: Payer,
     /// For the adversarial tests only: never acknowledge a worker's work (no vouchers).
     pub unsafe_withhold_vouchers: bool,
+    /// Limits on each API token user's requests.
+    pub key_limits: KeyLimits,
+}
+
+/// Limits on each API token user's requests: a token bucket (`per_minute`, up to `burst` at
+/// once) and a cap on requests in flight. Past either, 429 with `Retry-After`.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyLimits {
+    /// Requests per minute, on average.
+    pub per_minute: u32,
+    /// Requests at once after an idle while.
+    pub burst: u32,
+    /// Requests in flight at once.
+    pub concurrent: u32,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        Self { per_minute: 60, burst: 10, concurrent: 4 }
+    }
+}
+
+/// One user's use of its limits.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+    in_flight: u32,
+}
+
+/// A request counted against its user's concurrency; released when dropped.
+struct InFlight {
+    inner: Arc<Inner>,
+    user: AccountId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut b = self.inner.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = b.get_mut(&self.user) {
+            b.in_flight = b.in_flight.saturating_sub(1);
+        }
+    }
 }
 
 impl GatewayBackend {
@@ -249,6 +296,8 @@ impl GatewayBackend {
             taken: tokio::sync::Notify::new(),
             channels: std::sync::Mutex::new(Vec::new()),
             counts: std::sync::Mutex::new(BackendStats::default()),
+            key_limits: o.key_limits,
+            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
 }
@@ -604,7 +653,11 @@ impl Inner {
         let user =
             match &req.payer {
                 bitorch_api::Payer::Node => None,
-                bitorch_api::Payer::Token(token) => Some(self.token_user(token).await?),
+                bitorch_api::Payer::Token(token) => {
+                    let user = self.token_user(token).await?;
+                    let held = self.admit(&user)?;
+                    Some((user, held))
+                }
                 bitorch_api::Payer::Account(_) => return Err(BackendError::Payment(
                     "this node pays only from its API account (--api-account) or an API token's \
                      allowance"
@@ -626,7 +679,7 @@ impl Inner {
         }
         // The request's worst case: every position on every layer, with room for failovers.
         let need = u64::from(positions) * u64::from(self.num_layers) * FAILOVER_MARGIN;
-        let job = match &user {
+        let job = match user.as_ref().map(|(u, _)| u) {
             None => {
                 let job = self.reserve(need).await?;
                 tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new, "paid from channel");
@@ -663,6 +716,49 @@ impl Inner {
             }
         });
         Ok(rx)
+    }
+
+    /// Counts a request of `user` against its limits ([`KeyLimits`]): refused with 429 and
+    /// when to retry when past them; otherwise held until the returned guard drops.
+    fn admit(self: &Arc<Self>, user: &AccountId) -> Result<InFlight, BackendError> {
+        let l = self.key_limits;
+        let rate = f64::from(l.per_minute.max(1)) / 60.0;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if buckets.len() > 100_000 {
+            // Forget idle users with full buckets (they start full again anyway).
+            buckets.retain(|_, b| b.in_flight > 0 || now.duration_since(b.last).as_secs() < 600);
+        }
+        let b = buckets.entry(user.clone()).or_insert(Bucket {
+            tokens: f64::from(l.burst.max(1)),
+            last: now,
+            in_flight: 0,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate)
+            .min(f64::from(l.burst.max(1)));
+        b.last = now;
+        if b.in_flight >= l.concurrent.max(1) {
+            return Err(BackendError::RateLimited {
+                message: format!(
+                    "{} requests of this API token are in flight, the most it may have",
+                    b.in_flight
+                ),
+                retry_after_secs: 1,
+            });
+        }
+        if b.tokens < 1.0 {
+            let wait = ((1.0 - b.tokens) / rate).ceil() as u64;
+            return Err(BackendError::RateLimited {
+                message: format!(
+                    "this API token may make {} requests a minute ({} at once)",
+                    l.per_minute, l.burst
+                ),
+                retry_after_secs: wait.max(1),
+            });
+        }
+        b.tokens -= 1.0;
+        b.in_flight += 1;
+        Ok(InFlight { inner: Arc::clone(self), user: user.clone() })
     }
 
     /// The user an API token names, once it verifies for this gateway and chain and the user's

@@ -47,7 +47,7 @@ pub mod worker;
 pub use auditor::{run_auditor, Auditor, Pretend};
 pub use chain::{register, submit_and_wait};
 pub use error::{Error, Result};
-pub use gateway::{GatewayBackend, GatewayOptions, NodeTransport, Payer, Peer};
+pub use gateway::{GatewayBackend, GatewayOptions, KeyLimits, NodeTransport, Payer, Peer};
 pub use model::{least_served, parse_layers, Described, LayerChoice};
 pub use pull::{
     keep_provided, needed_chunks, pull, serve_pieces, Progress, PullError, PullOptions, PullReport,
