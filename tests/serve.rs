@@ -338,6 +338,31 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
     assert_eq!(eve_before - free(&node, EVE), paid, "Eve pays exactly the settled cost");
     // The allowance went down by what was spent (what the jobs escrowed and did not spend
     // came back to it).
+    // The wallet shows them: Eve's jobs, settled, and what the worker (//Bob) earned.
+    let listed: Value = serde_json::from_str(&cli(&[
+        "wallet",
+        "jobs",
+        EVE,
+        "--output-type",
+        "json",
+        "--rpc",
+        &rpc,
+    ]))
+    .unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert!(listed.as_array().unwrap().iter().all(|j| j["status"].get("settled").is_some()));
+    let claims: Value = serde_json::from_str(&cli(&[
+        "wallet",
+        "claims",
+        BOB,
+        "--output-type",
+        "json",
+        "--rpc",
+        &rpc,
+    ]))
+    .unwrap();
+    assert_eq!(claims["earned"].as_str().unwrap().parse::<u128>().unwrap(), paid, "{claims}");
+    assert_eq!((claims["pending"].as_str(), claims["failedAudits"].as_u64()), (Some("0"), Some(0)));
     let left = node.rpc("bitorch_allowance", json!([EVE, ALICE]));
     assert_eq!(
         left["remaining"].as_str().unwrap().parse::<u128>().unwrap(),

@@ -102,6 +102,21 @@ pub enum WalletCmd {
         #[command(flatten)]
         common: Common,
     },
+    /// The jobs an account is the client of (the newest 1,000): status, escrow, what was paid
+    /// and refunded, claims and audits.
+    Jobs {
+        /// The client's address.
+        address: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A worker's claims (in the newest 1,000 jobs): earned, pending, failed audits.
+    Claims {
+        /// The worker's address.
+        address: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Show a job: its client, model, escrow, status, and each claim with what it was paid.
     Job {
         /// The job's id.
@@ -212,6 +227,8 @@ async fn run_async(cmd: WalletCmd) -> Result<()> {
     let (call, signing, common, what) = match cmd {
         WalletCmd::Balance { address, common } => return balance(&address, &common).await,
         WalletCmd::Job { id, common } => return job(id, &common).await,
+        WalletCmd::Jobs { address, common } => return jobs_of(&address, &common).await,
+        WalletCmd::Claims { address, common } => return claims_of(&address, &common).await,
         WalletCmd::Allowance { address, gateway, common } => {
             let client = connect(&common.rpc).await?;
             let (who, gw) =
@@ -363,6 +380,75 @@ async fn job(id: u64, common: &Common) -> Result<()> {
                     r["session"].as_str().unwrap_or("?"),
                 );
                 println!("          audit: {}", audit_line(&r["audit"]));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn jobs_of(address: &str, common: &Common) -> Result<()> {
+    let who = parse_account(address)?;
+    let client = connect(&common.rpc).await?;
+    let jobs: Value = client.request("bitorch_jobsOf", rpc_params![to_ss58(&who)]).await?;
+    if let OutputType::Json = common.output_type {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(());
+    }
+    let jobs = jobs.as_array().cloned().unwrap_or_default();
+    if jobs.is_empty() {
+        println!("no jobs");
+    }
+    for j in jobs {
+        let (status, detail) = match &j["status"] {
+            Value::Object(o) => {
+                let (k, v) =
+                    o.iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap_or_default();
+                let detail = if k == "settled" {
+                    format!(" (paid {}, refunded {})", tokens(&v["paid"]), tokens(&v["refunded"]))
+                } else {
+                    String::new()
+                };
+                (k, detail)
+            }
+            other => (other.to_string(), String::new()),
+        };
+        let claims = j["claims"].as_array().map_or(0, Vec::len);
+        let audited = j["claims"]
+            .as_array()
+            .map_or(0, |c| c.iter().filter(|r| !r["audit"].is_null()).count());
+        let via = j["agent"].as_str().map(|a| format!(", opened by {a}")).unwrap_or_default();
+        println!(
+            "job {}: {status}{detail}, escrow {}, {claims} claims ({audited} audited){via}",
+            j["id"],
+            tokens(&j["escrow"])
+        );
+    }
+    Ok(())
+}
+
+async fn claims_of(address: &str, common: &Common) -> Result<()> {
+    let who = parse_account(address)?;
+    let client = connect(&common.rpc).await?;
+    let c: Value = client.request("bitorch_claimsOf", rpc_params![to_ss58(&who)]).await?;
+    match common.output_type {
+        OutputType::Json => println!("{}", serde_json::to_string_pretty(&c)?),
+        OutputType::Text => {
+            println!(
+                "earned {}, pending {}, {} failed audits",
+                c["earnedFormatted"].as_str().unwrap_or("?"),
+                c["pendingFormatted"].as_str().unwrap_or("?"),
+                c["failedAudits"]
+            );
+            for r in c["claims"].as_array().into_iter().flatten() {
+                println!(
+                    "job {}: layers {}..{} × {} positions, {} ({})",
+                    r["job"],
+                    r["layerStart"],
+                    r["layerEnd"],
+                    r["positions"],
+                    tokens(&r["amount"]),
+                    r["state"].as_str().unwrap_or("?")
+                );
             }
         }
     }

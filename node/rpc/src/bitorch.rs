@@ -71,6 +71,65 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
             })
         }))
     });
+    method!(m, "bitorch_jobsOf", |p, ctx| {
+        let who = parse_address(&required::<String>(&p, 0, "client address")?)?;
+        let jobs = ctx
+            .chain
+            .jobs_where(MAX_LISTED_JOBS, move |j| j.client == who)
+            .await
+            .map_err(internal)?;
+        Ok(Value::Array(jobs.iter().map(|(id, j)| job_json(*id, j)).collect()))
+    });
+    method!(m, "bitorch_claimsOf", |p, ctx| {
+        let who = parse_address(&required::<String>(&p, 0, "worker address")?)?;
+        let me = who.clone();
+        let jobs = ctx
+            .chain
+            .jobs_where(MAX_LISTED_JOBS, move |j| j.claims.iter().any(|c| c.voucher.worker == me))
+            .await
+            .map_err(internal)?;
+        let (mut earned, mut pending, mut failed) = (0u128, 0u128, 0u64);
+        let mut claims = Vec::new();
+        for (id, j) in &jobs {
+            for c in j.claims.iter().filter(|c| c.voucher.worker == who) {
+                let amount = c.voucher.amount(j.price_per_layer_token).unwrap_or(0);
+                let audit_failed = c
+                    .audit
+                    .as_ref()
+                    .is_some_and(|a| matches!(a.outcome, Some(jobs::Outcome::Failed { .. })));
+                let state = match &j.status {
+                    jobs::JobStatus::Settled { .. } if audit_failed => "failed",
+                    jobs::JobStatus::Settled { .. } => "paid",
+                    jobs::JobStatus::Open | jobs::JobStatus::Challenge { .. } => "pending",
+                    _ => "unpaid",
+                };
+                match state {
+                    "paid" => earned += c.paid,
+                    "pending" => pending += amount,
+                    _ => {}
+                }
+                failed += u64::from(audit_failed);
+                claims.push(json!({
+                    "job": id,
+                    "layerStart": c.voucher.layers.0,
+                    "layerEnd": c.voucher.layers.1,
+                    "positions": c.voucher.positions,
+                    "amount": amount.to_string(),
+                    "paid": c.paid.to_string(),
+                    "state": state,
+                }));
+            }
+        }
+        Ok(json!({
+            "worker": to_ss58(&who),
+            "earned": earned.to_string(),
+            "earnedFormatted": format_balance(earned),
+            "pending": pending.to_string(),
+            "pendingFormatted": format_balance(pending),
+            "failedAudits": failed,
+            "claims": claims,
+        }))
+    });
     method!(m, "bitorch_job", |p, ctx| {
         let id: u64 = required(&p, 0, "job id")?;
         let Some(job) = ctx.chain.job(id).await.map_err(internal)? else {
@@ -163,6 +222,9 @@ fn audit_json(a: &jobs::Audit) -> Value {
         "unconfirmed": a.unconfirmed.iter().map(to_ss58).collect::<Vec<_>>(),
     })
 }
+
+/// Most jobs `bitorch_jobsOf` and `bitorch_claimsOf` list (the newest).
+const MAX_LISTED_JOBS: usize = 1_000;
 
 fn job_json(id: u64, j: &jobs::Job) -> Value {
     json!({

@@ -187,6 +187,31 @@ impl Handle {
         self.with(|s| Ok(Balances::total_issuance(s.chain.state())?)).await?
     }
 
+    /// The newest `limit` jobs (at most) for which `keep` holds, newest first.
+    pub async fn jobs_where(
+        &self,
+        limit: usize,
+        keep: impl Fn(&Job) -> bool + Send + 'static,
+    ) -> Result<Vec<(JobId, Job)>, Error> {
+        self.with(move |s| {
+            let st = s.chain.state();
+            let next = Jobs::next_job_id(st)?;
+            let mut out = Vec::new();
+            for id in (0..next).rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                if let Some(j) = Jobs::job(st, id)? {
+                    if keep(&j) {
+                        out.push((id, j));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?
+    }
+
     /// The job with this id, if there is one.
     pub async fn job(&self, id: JobId) -> Result<Option<Job>, Error> {
         self.with(move |s| Ok(Jobs::job(s.chain.state(), id)?)).await?
