@@ -21,19 +21,7 @@ use std::time::{Duration, Instant};
 
 /// The tail of the nodes' logs, without the consensus engine's chatter.
 fn logs(nodes: &[&Node]) -> String {
-    let all: String = nodes
-        .iter()
-        .map(|n| {
-            let lines = n.log();
-            let kept: Vec<&str> = lines
-                .lines()
-                .filter(|l| !l.contains("malachite") && !l.contains("finalized block"))
-                .collect();
-            format!("== {} ==\n{}", n.name, kept.join("\n"))
-        })
-        .collect::<Vec<_>>()
-        .join("\n----\n");
-    all.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect()
+    common::net::quiet_logs(nodes.iter().copied())
 }
 
 /// The tests start several nodes each; on a small machine they take turns.

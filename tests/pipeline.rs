@@ -44,19 +44,7 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 /// The tail of the nodes' logs, without the consensus engine's chatter.
 fn logs(nodes: &[Node]) -> String {
-    let all: String = nodes
-        .iter()
-        .map(|n| {
-            let lines = n.log();
-            let kept: Vec<&str> = lines
-                .lines()
-                .filter(|l| !l.contains("malachite") && !l.contains("finalized block"))
-                .collect();
-            format!("== {} ==\n{}", n.name, kept.join("\n"))
-        })
-        .collect::<Vec<_>>()
-        .join("\n----\n");
-    all.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect()
+    common::net::quiet_logs(nodes)
 }
 
 /// Waits (at most `secs`) until `ok`, else panics with the tail of the nodes' logs.

@@ -260,6 +260,17 @@ fn cli(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// `//Eve` allows the dev node's API account (//Alice) `allowance` BTR, for `expires` (or the
+/// default).
+fn approve(rpc: &str, allowance: &str, expires: Option<&str>) {
+    let mut args = vec!["wallet", "approve", "--suri", "//Eve", "--gateway", ALICE];
+    args.extend(["--allowance", allowance, "--rpc", rpc]);
+    if let Some(e) = expires {
+        args.extend(["--expires", e]);
+    }
+    cli(&args);
+}
+
 fn free(node: &DevNode, who: &str) -> u128 {
     node.rpc("bitorch_account", json!([who]))["free"].as_str().unwrap().parse().unwrap()
 }
@@ -278,20 +289,7 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
     let rpc = format!("ws://127.0.0.1:{}", node.port);
     let name = node.rpc("bitorch_models", json!([]))[0]["name"].as_str().unwrap().to_string();
     // Eve, a user, lets the node's API account (//Alice, the gateway) spend up to 5 BTR.
-    cli(&[
-        "wallet",
-        "approve",
-        "--suri",
-        "//Eve",
-        "--gateway",
-        ALICE,
-        "--allowance",
-        "5",
-        "--expires",
-        "1h",
-        "--rpc",
-        &rpc,
-    ]);
+    approve(&rpc, "5", Some("1h"));
     let token = cli(&[
         "key",
         "api-token",
@@ -336,8 +334,6 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
     }
     assert!(paid > 0);
     assert_eq!(eve_before - free(&node, EVE), paid, "Eve pays exactly the settled cost");
-    // The allowance went down by what was spent (what the jobs escrowed and did not spend
-    // came back to it).
     // The wallet shows them: Eve's jobs, settled, and what the worker (//Bob) earned.
     let listed: Value = serde_json::from_str(&cli(&[
         "wallet",
@@ -363,6 +359,8 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
     .unwrap();
     assert_eq!(claims["earned"].as_str().unwrap().parse::<u128>().unwrap(), paid, "{claims}");
     assert_eq!((claims["pending"].as_str(), claims["failedAudits"].as_u64()), (Some("0"), Some(0)));
+    // The allowance went down by what was spent (what the jobs escrowed and did not spend
+    // came back to it).
     let left = node.rpc("bitorch_allowance", json!([EVE, ALICE]));
     assert_eq!(
         left["remaining"].as_str().unwrap().parse::<u128>().unwrap(),
@@ -374,14 +372,8 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
 
     // Refused tokens: 401 (saying why), nothing opened, nothing paid.
     let ask = |key: &str| {
-        let body = request(&name, "Hi", false);
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", api)).unwrap();
-        use std::io::{Read, Write};
-        let b = body.to_string();
-        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        (out.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0), out)
+        let auth = format!("Content-Type: application/json\r\nAuthorization: Bearer {key}\r\n");
+        raw(api, &auth, &request(&name, "Hi", false).to_string())
     };
     // Each refused request leaves Eve's balance and the job count as they were.
     let refused = |key: &str, status: u16, why: &str| {
@@ -414,18 +406,7 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
     refused(&other_gateway, 401, "another gateway");
     refused(&expired, 401, "expired");
     // Over the allowance: 402.
-    cli(&[
-        "wallet",
-        "approve",
-        "--suri",
-        "//Eve",
-        "--gateway",
-        ALICE,
-        "--allowance",
-        "0.0001",
-        "--rpc",
-        &rpc,
-    ]);
+    approve(&rpc, "0.0001", None);
     refused(&token, 402, "allowance");
     // Revoked: 401.
     cli(&["wallet", "revoke", "--suri", "//Eve", "--gateway", ALICE, "--rpc", &rpc]);
@@ -438,34 +419,15 @@ fn a_token_past_its_rate_limit_gets_429_with_retry_after_and_others_are_served()
     let (node, api) = start_with(dir.path(), &["--key-rate", "6", "--key-burst", "2"]);
     let rpc = format!("ws://127.0.0.1:{}", node.port);
     let name = node.rpc("bitorch_models", json!([]))[0]["name"].as_str().unwrap().to_string();
-    cli(&[
-        "wallet",
-        "approve",
-        "--suri",
-        "//Eve",
-        "--gateway",
-        ALICE,
-        "--allowance",
-        "5",
-        "--rpc",
-        &rpc,
-    ]);
+    approve(&rpc, "5", None);
     let token = cli(&["key", "api-token", "--suri", "//Eve", "--gateway", ALICE, "--rpc", &rpc]);
     let ask = |key: Option<&str>| {
-        use std::io::{Read, Write};
-        let b = chat(&name, "Hi", 4).to_string();
         let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", api)).unwrap();
-        write!(
-            s,
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-             {auth}Content-Length: {}\r\nConnection: close\r\n\r\n{b}",
-            b.len()
+        raw(
+            api,
+            &format!("Content-Type: application/json\r\n{auth}"),
+            &chat(&name, "Hi", 4).to_string(),
         )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        (out.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0), out)
     };
     // A burst of 2, then one request every 10 s: the third in a row is refused.
     for _ in 0..2 {

@@ -168,6 +168,23 @@ pub fn testnet(dir: &Path, n: usize) -> (PathBuf, Vec<Node>, String) {
     (spec, nodes, boot)
 }
 
+/// The tail (8,000 characters) of the nodes' logs, without the consensus engine's chatter.
+pub fn quiet_logs<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> String {
+    let all: String = nodes
+        .into_iter()
+        .map(|n| {
+            let lines = n.log();
+            let kept: Vec<&str> = lines
+                .lines()
+                .filter(|l| !l.contains("malachite") && !l.contains("finalized block"))
+                .collect();
+            format!("== {} ==\n{}", n.name, kept.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n----\n");
+    all.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect()
+}
+
 /// Waits (at most 60 s) until `ok`, else panics with the tail of the nodes' logs.
 pub fn wait(what: &str, nodes: &[Node], mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -75,7 +75,7 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
         let who = parse_address(&required::<String>(&p, 0, "client address")?)?;
         let jobs = ctx
             .chain
-            .jobs_where(MAX_LISTED_JOBS, move |j| j.client == who)
+            .jobs_where(0, MAX_LISTED_JOBS, move |j| j.client == who)
             .await
             .map_err(internal)?;
         Ok(Value::Array(jobs.iter().map(|(id, j)| job_json(*id, j)).collect()))
@@ -85,7 +85,9 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
         let me = who.clone();
         let jobs = ctx
             .chain
-            .jobs_where(MAX_LISTED_JOBS, move |j| j.claims.iter().any(|c| c.voucher.worker == me))
+            .jobs_where(0, MAX_LISTED_JOBS, move |j| {
+                j.claims.iter().any(|c| c.voucher.worker == me)
+            })
             .await
             .map_err(internal)?;
         let (mut earned, mut pending, mut failed) = (0u128, 0u128, 0u64);

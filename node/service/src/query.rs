@@ -187,9 +187,11 @@ impl Handle {
         self.with(|s| Ok(Balances::total_issuance(s.chain.state())?)).await?
     }
 
-    /// The newest `limit` jobs (at most) for which `keep` holds, newest first.
+    /// The newest `limit` jobs (at most) with an id of at least `since` for which `keep`
+    /// holds, newest first.
     pub async fn jobs_where(
         &self,
+        since: JobId,
         limit: usize,
         keep: impl Fn(&Job) -> bool + Send + 'static,
     ) -> Result<Vec<(JobId, Job)>, Error> {
@@ -197,7 +199,7 @@ impl Handle {
             let st = s.chain.state();
             let next = Jobs::next_job_id(st)?;
             let mut out = Vec::new();
-            for id in (0..next).rev() {
+            for id in (since..next).rev() {
                 if out.len() >= limit {
                     break;
                 }
@@ -245,22 +247,10 @@ impl Handle {
         agent: AccountId,
         since: JobId,
     ) -> Result<Option<(JobId, Job)>, Error> {
-        self.with(move |s| {
-            let st = s.chain.state();
-            let next = Jobs::next_job_id(st)?;
-            for id in (since..next).rev() {
-                if let Some(j) = Jobs::job(st, id)? {
-                    if j.client == client
-                        && j.agent.as_ref() == Some(&agent)
-                        && j.status == JobStatus::Open
-                    {
-                        return Ok(Some((id, j)));
-                    }
-                }
-            }
-            Ok(None)
-        })
-        .await?
+        let keep = move |j: &Job| {
+            j.client == client && j.agent.as_ref() == Some(&agent) && j.status == JobStatus::Open
+        };
+        Ok(self.jobs_where(since, 1, keep).await?.pop())
     }
 
     /// The newest job with an id of at least `since` that `client` opened and that is still
@@ -270,19 +260,9 @@ impl Handle {
         client: AccountId,
         since: JobId,
     ) -> Result<Option<(JobId, Job)>, Error> {
-        self.with(move |s| {
-            let st = s.chain.state();
-            let next = Jobs::next_job_id(st)?;
-            for id in (since..next).rev() {
-                if let Some(j) = Jobs::job(st, id)? {
-                    if j.client == client && j.agent.is_none() && j.status == JobStatus::Open {
-                        return Ok(Some((id, j)));
-                    }
-                }
-            }
-            Ok(None)
-        })
-        .await?
+        let keep =
+            move |j: &Job| j.client == client && j.agent.is_none() && j.status == JobStatus::Open;
+        Ok(self.jobs_where(since, 1, keep).await?.pop())
     }
 
     /// The model registered under this id.
