@@ -14,4 +14,9 @@ if [ -z "${BITORCH_OPENAI_PYTHON:-}" ]; then
   BITORCH_OPENAI_PYTHON="$(scripts/openai-venv.sh)"
   export BITORCH_OPENAI_PYTHON
 fi
+# polkadot.js' own keyring (npm, cached) opens bitorch's key files in one test.
+if [ -z "${BITORCH_POLKADOT_JS:-}" ]; then
+  BITORCH_POLKADOT_JS="$(scripts/keystore-interop.sh)"
+  export BITORCH_POLKADOT_JS
+fi
 exec cargo test --workspace "$@"

@@ -10,6 +10,7 @@ pub mod api_token;
 pub mod error;
 pub mod header;
 pub mod keys;
+pub mod keystore;
 pub mod merkle;
 pub mod origins;
 pub mod receipt;

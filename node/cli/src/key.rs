@@ -1,11 +1,14 @@
 //! `bitorch key`: sr25519 keys with the same fields and output as Substrate's `subkey`.
 
+use crate::keystore::{Keystore, KeystoreArgs};
 use anyhow::{bail, Context, Result};
 use bitorch_primitives::keys::{account_of, decode_hex, parse_account, to_ss58, verify};
+use bitorch_primitives::keystore::KeyFile;
 use bitorch_primitives::{Pair, Signature};
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use sp_core::crypto::Pair as _;
+use std::path::PathBuf;
 
 /// How to print.
 #[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
@@ -17,6 +20,25 @@ pub enum OutputType {
     Json,
 }
 
+/// Where the keystore is, for `key add|list|export|import|rm`.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    keystore: KeystoreArgs,
+    /// Base path whose `keystore` folder is the keystore.
+    #[arg(long)]
+    base_path: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    output_type: OutputType,
+}
+
+impl StoreArgs {
+    fn open(&self) -> Result<Keystore> {
+        Ok(Keystore::at(self.keystore.dir(self.base_path.as_deref())?))
+    }
+}
+
 /// `bitorch key` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum KeyCmd {
@@ -24,9 +46,14 @@ pub enum KeyCmd {
     /// OpenAI API (as `api_key`) and JSON-RPC (`api_key`) then spend from the allowance you
     /// gave it with `wallet approve`.
     ApiToken {
-        /// Your secret URI (the account that pays).
+        /// Your key (the account that pays): a keystore name or a secret URI.
         #[arg(long)]
         suri: String,
+        #[command(flatten)]
+        keystore: KeystoreArgs,
+        /// Base path whose `keystore` folder holds named keys.
+        #[arg(long)]
+        base_path: Option<PathBuf>,
         /// The gateway's address (its API account).
         #[arg(long)]
         gateway: String,
@@ -62,9 +89,14 @@ pub enum KeyCmd {
     },
     /// Sign a message; prints the signature as hex.
     Sign {
-        /// Secret URI of the signer.
+        /// The signer: a keystore name or a secret URI.
         #[arg(long)]
         suri: String,
+        #[command(flatten)]
+        keystore: KeystoreArgs,
+        /// Base path whose `keystore` folder holds named keys.
+        #[arg(long)]
+        base_path: Option<PathBuf>,
         /// The message.
         #[arg(long)]
         message: String,
@@ -84,6 +116,51 @@ pub enum KeyCmd {
         /// The message is hex.
         #[arg(long)]
         hex: bool,
+    },
+    /// Add a key to the keystore, encrypted with a password: a new one (its recovery phrase is
+    /// printed once), or the key of `--suri`.
+    Add {
+        /// The key's name (letters, digits, `-`, `_`).
+        name: String,
+        /// Store this secret URI's key instead of generating one.
+        #[arg(long)]
+        suri: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List the keystore's keys and their addresses.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print a key's file (encrypted, polkadot.js JSON: polkadot.js apps and the browser
+    /// extensions import it), or write it to `--file`.
+    Export {
+        /// The key's name.
+        name: String,
+        /// Write here (mode 0600) instead of standard output.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Import a polkadot.js JSON key file (as the polkadot.js apps and extensions export it);
+    /// its password is checked before it is stored.
+    Import {
+        /// The file.
+        file: PathBuf,
+        /// Name to store it under (default: the file's `meta.name`).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete a key from the keystore.
+    Rm {
+        /// The key's name.
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Generate a libp2p node key (ed25519); writes the secret as hex and prints the peer id.
     GenerateNodeKey {
@@ -156,8 +233,8 @@ pub fn peer_id_of_ed25519(public: &[u8; 32]) -> String {
 /// Runs a key subcommand.
 pub fn run(cmd: KeyCmd) -> Result<()> {
     match cmd {
-        KeyCmd::ApiToken { suri, gateway, expires, genesis, rpc } => {
-            let pair = bitorch_primitives::keys::pair_from_suri(&suri).context("--suri")?;
+        KeyCmd::ApiToken { suri, keystore, base_path, gateway, expires, genesis, rpc } => {
+            let pair = crate::keystore::resolve(&suri, &keystore, base_path.as_deref(), "--suri")?;
             let gateway = bitorch_primitives::keys::parse_account(&gateway).context("--gateway")?;
             let secs = crate::wallet::parse_blocks(&expires)?;
             let genesis = match genesis {
@@ -232,8 +309,8 @@ pub fn run(cmd: KeyCmd) -> Result<()> {
                 );
             }
         }
-        KeyCmd::Sign { suri, message, hex: is_hex } => {
-            let pair = bitorch_primitives::keys::pair_from_suri(&suri)?;
+        KeyCmd::Sign { suri, keystore, base_path, message, hex: is_hex } => {
+            let pair = crate::keystore::resolve(&suri, &keystore, base_path.as_deref(), "--suri")?;
             let sig = pair.sign(&message_bytes(&message, is_hex)?);
             println!("0x{}", hex::encode(sig.0));
         }
@@ -246,6 +323,141 @@ pub fn run(cmd: KeyCmd) -> Result<()> {
                 println!("Signature verifies correctly.");
             } else {
                 bail!("Signature invalid.");
+            }
+        }
+        KeyCmd::Add { name, suri, store } => {
+            let keystore = store.open()?;
+            if keystore.file(&name).is_ok() {
+                bail!("a key named '{name}' already exists in {}", keystore.dir().display());
+            }
+            let (pair, phrase) = match &suri {
+                Some(s) => (bitorch_primitives::keys::pair_from_suri(s).context("--suri")?, None),
+                None => {
+                    let mut entropy = [0u8; 16];
+                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut entropy);
+                    let phrase = zeroize::Zeroizing::new(bip39_phrase(&entropy)?);
+                    let (pair, _) =
+                        Pair::from_phrase(&phrase, None).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    (pair, Some(phrase))
+                }
+            };
+            let pw = crate::keystore::password(
+                &store.keystore,
+                &format!("Password for the new key '{name}': "),
+                true,
+            )?;
+            let file = KeyFile::encrypt(&pair, pw.as_bytes(), &name, now_ms());
+            let path = keystore.store(&name, &file)?;
+            let address = to_ss58(&account_of(&pair));
+            match store.output_type {
+                OutputType::Json => {
+                    let mut v = json!({ "name": name, "address": address, "file": path });
+                    if let Some(p) = &phrase {
+                        v["secretPhrase"] = json!(p.as_str());
+                    }
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                OutputType::Text => {
+                    println!("Key '{name}' stored in {}", path.display());
+                    println!("  SS58 Address:      {address}");
+                    if let Some(p) = &phrase {
+                        println!("  Secret phrase:     {}", p.as_str());
+                        println!("Write the phrase down: it recovers the key if the file or its password is lost.");
+                    }
+                }
+            }
+        }
+        KeyCmd::List { store } => {
+            let keystore = store.open()?;
+            let keys = keystore.list()?;
+            match store.output_type {
+                OutputType::Json => {
+                    let v: Vec<_> = keys
+                        .iter()
+                        .map(|(name, a)| match a {
+                            Ok(address) => json!({ "name": name, "address": address }),
+                            Err(e) => json!({ "name": name, "error": e }),
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                OutputType::Text => {
+                    if keys.is_empty() {
+                        println!("no keys in {} (bitorch key add NAME)", keystore.dir().display());
+                    }
+                    for (name, a) in keys {
+                        match a {
+                            Ok(address) => println!("{name:<24} {address}"),
+                            Err(e) => println!("{name:<24} unreadable: {e}"),
+                        }
+                    }
+                }
+            }
+        }
+        KeyCmd::Export { name, file, store } => {
+            let keystore = store.open()?;
+            let json = keystore.file(&name)?.to_json();
+            match file {
+                Some(path) => {
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| {
+                            format!("creating {} (it must not exist)", path.display())
+                        })?;
+                    f.write_all(json.as_bytes())?;
+                    f.write_all(b"\n")?;
+                    eprintln!("key '{name}' written to {}", path.display());
+                }
+                None => println!("{json}"),
+            }
+        }
+        KeyCmd::Import { file, name, store } => {
+            let keystore = store.open()?;
+            let bytes = crate::keystore::read_bounded(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let key_file =
+                KeyFile::parse(&bytes).with_context(|| format!("reading {}", file.display()))?;
+            let name = match name.or_else(|| key_file.name().map(str::to_string)) {
+                Some(n) => n,
+                None => bail!("the file has no meta.name; pass --name"),
+            };
+            let pw = crate::keystore::password(
+                &store.keystore,
+                &format!("Password of {}: ", file.display()),
+                false,
+            )?;
+            let pair = key_file
+                .decrypt(pw.as_bytes())
+                .with_context(|| format!("opening {}", file.display()))?;
+            let mut key_file = key_file;
+            key_file.meta.insert("name".into(), json!(name));
+            let path = keystore.store(&name, &key_file)?;
+            let address = to_ss58(&account_of(&pair));
+            match store.output_type {
+                OutputType::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({ "name": name, "address": address, "file": path })
+                    )?
+                ),
+                OutputType::Text => {
+                    println!("Key '{name}' imported into {}", path.display());
+                    println!("  SS58 Address:      {address}");
+                }
+            }
+        }
+        KeyCmd::Rm { name, store } => {
+            let path = store.open()?.remove(&name)?;
+            match store.output_type {
+                OutputType::Json => {
+                    println!("{}", json!({ "name": name, "removed": path }))
+                }
+                OutputType::Text => println!("removed {}", path.display()),
             }
         }
         KeyCmd::GenerateNodeKey { file } => {
@@ -266,6 +478,12 @@ pub fn run(cmd: KeyCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn bip39_phrase(entropy: &[u8]) -> Result<String> {

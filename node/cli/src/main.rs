@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod infer;
 mod key;
+mod keystore;
 mod model;
 mod node;
 mod wallet;

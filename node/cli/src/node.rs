@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context as _, Result};
 use bitorch_chain_spec::ChainSpec;
-use bitorch_primitives::keys::{account_of, pair_from_suri, to_ss58};
+use bitorch_primitives::keys::{account_of, to_ss58};
 use bitorch_rpc::{NodeInfo, RpcMethods};
 use bitorch_runtime::Staking;
 use bitorch_service::{service, Chain, PoolLimits};
@@ -88,7 +88,8 @@ pub struct NodeArgs {
     /// Target time between blocks, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     block_time: u64,
-    /// Secret URI of the validator key this node authors with (`--dev` uses `//Alice`).
+    /// The validator key this node authors with: a keystore name or a secret URI (`--dev` uses
+    /// `//Alice`).
     #[arg(long)]
     validator: Option<String>,
     /// Node name reported by `system_name`.
@@ -133,16 +134,20 @@ pub struct NodeArgs {
     /// unpaid: your own gateway nodes. Repeatable. Everyone else must name a job open on chain.
     #[arg(long = "allow-unpaid", requires = "serve_model")]
     allow_unpaid: Vec<String>,
-    /// Secret URI of the worker key that signs receipts and registers the model (default: the
+    /// The worker key that signs receipts and registers the model, a keystore name or a secret
+    /// URI (default: the
     /// `--validator` key; `//Alice` in `--dev`). It must be a worker on chain to be paid.
     #[arg(long)]
     worker_key: Option<String>,
     /// Port of the OpenAI-compatible HTTP API on 127.0.0.1 (on when the node serves a model).
     #[arg(long, default_value_t = 8080)]
     api_port: u16,
-    /// Secret URI of the account that pays for API requests (`--dev` default: `//Alice`).
+    /// The account that pays for API requests, a keystore name or a secret URI (`--dev`
+    /// default: `//Alice`).
     #[arg(long)]
     api_account: Option<String>,
+    #[command(flatten)]
+    keystore: crate::keystore::KeystoreArgs,
     /// Price per layer per token the API account offers, in base units (default 0.0001 BTR:
     /// a worker's claim for a short answer is worth well over its transaction fee).
     #[arg(long, default_value_t = 100_000_000)]
@@ -232,6 +237,14 @@ pub fn run(args: NodeArgs) -> Result<()> {
         (None, false) => default_base_path()?,
     };
     let store = crate::model::open_store(&base)?;
+    // Keys by keystore name live under the given base path (or the default one: a --dev or
+    // --tmp node's temporary folder has no keystore).
+    let key_base = args.base_path.clone();
+    let resolve = |spec: &str, what: &str| {
+        crate::keystore::resolve(spec, &args.keystore, key_base.as_deref(), what)
+    };
+    let validator_pair =
+        validator_suri.as_deref().map(|s| resolve(s, "--validator")).transpose()?;
     let serving = match &args.serve_model {
         Some(given) => {
             let worker_suri = args
@@ -262,8 +275,12 @@ pub fn run(args: NodeArgs) -> Result<()> {
             };
             Some((
                 source,
-                pair_from_suri(&worker_suri).context("--worker-key")?,
-                pair_from_suri(&api_suri).context("--api-account")?,
+                if args.worker_key.is_some() {
+                    resolve(&worker_suri, "--worker-key")?
+                } else {
+                    validator_pair.clone().context("--worker-key")?
+                },
+                resolve(&api_suri, "--api-account")?,
             ))
         }
         None => None,
@@ -285,11 +302,11 @@ pub fn run(args: NodeArgs) -> Result<()> {
         let chain_name = chain.spec().name.clone();
         let chain_id = chain.spec().id.clone();
         let networked = !args.dev;
-        let key = match &validator_suri {
+        let key = match &validator_pair {
             None => None,
-            Some(suri) if networked => Some(pair_from_suri(suri).context("--validator")?),
-            Some(suri) => {
-                let pair = pair_from_suri(suri).context("--validator")?;
+            Some(pair) if networked => Some(pair.clone()),
+            Some(pair) => {
+                let pair = pair.clone();
                 let me = account_of(&pair);
                 let set = Staking::validator_set(chain.state())?;
                 if set != vec![me.clone()] {
@@ -461,11 +478,11 @@ pub fn run(args: NodeArgs) -> Result<()> {
             claimer = Some((stop, task));
             let described = std::sync::Arc::new(described);
             // A validator audits the claims the chain assigns it, on the model it has.
-            if let (Some(net), Some(suri)) = (&net_handle, &validator_suri) {
+            if let (Some(net), Some(validator)) = (&net_handle, &validator_pair) {
                 let auditor = bitorch_serve::Auditor {
                     chain: handle.clone(),
                     net: net.clone(),
-                    key: pair_from_suri(suri).context("--validator")?,
+                    key: validator.clone(),
                     genesis,
                     model,
                     described: described.clone(),

@@ -2,7 +2,7 @@
 
 use crate::key::OutputType;
 use anyhow::{anyhow, bail, Context, Result};
-use bitorch_primitives::keys::{account_of, pair_from_suri, parse_account, to_ss58};
+use bitorch_primitives::keys::{account_of, parse_account, to_ss58};
 use bitorch_primitives::{format_balance, parse_amount, Balance, Hash, H256};
 use bitorch_runtime::{balances, compute_fee, jobs, staking, Call, UncheckedExtrinsic};
 use clap::{Args, Subcommand, ValueEnum};
@@ -37,9 +37,15 @@ pub struct Common {
 /// Options of commands that sign.
 #[derive(Args, Debug, Clone)]
 pub struct Signing {
-    /// Secret URI of the signer (`//Alice`, a mnemonic, …).
+    /// The signer: a keystore name (`bitorch key list`) or a secret URI (`//Alice`, a
+    /// mnemonic, …).
     #[arg(long)]
     suri: String,
+    #[command(flatten)]
+    keystore: crate::keystore::KeystoreArgs,
+    /// Base path whose `keystore` folder holds named keys.
+    #[arg(long)]
+    base_path: Option<std::path::PathBuf>,
     /// Extra fee for the block author, in tokens.
     #[arg(long, default_value = "0")]
     tip: String,
@@ -514,7 +520,12 @@ pub fn parse_blocks(s: &str) -> Result<u64> {
 }
 
 async fn submit(call: Call, signing: &Signing, common: &Common, what: &str) -> Result<()> {
-    let pair = pair_from_suri(&signing.suri).context("--suri")?;
+    let pair = crate::keystore::resolve(
+        &signing.suri,
+        &signing.keystore,
+        signing.base_path.as_deref(),
+        "--suri",
+    )?;
     let signer = account_of(&pair);
     let tip = parse_amount(&signing.tip).context("--tip")?;
     let client = connect(&common.rpc).await?;
