@@ -2,12 +2,14 @@
 """Load on an OpenAI-compatible endpoint on loopback: many short chat completions from
 concurrent clients.
 
-Usage: load_bench.py API_PORT REQUESTS CLIENTS MAX_TOKENS
+Usage: load_bench.py API_PORT REQUESTS CLIENTS MAX_TOKENS [KEYS_FILE]
 First times SOLO requests one at a time (the generation time of one request on an idle
 server), then sends REQUESTS requests from CLIENTS threads, each request a different prompt
 (greedy, not streamed). Prints one line:
 "SOLO_P50 REQUESTS_PER_SECOND P50 P99 FAILED" (seconds), latency measured per request from
 send to full answer. A failed request (not 200) counts in FAILED and not in the latencies.
+With KEYS_FILE (one API key per line), request i sends key i mod the number of keys as
+`Authorization: Bearer` (the keys' users pay).
 """
 import json
 import statistics
@@ -20,6 +22,10 @@ import urllib.request
 from api_wait import served_model
 
 api, n, clients, max_tokens = (int(a) for a in sys.argv[1:5])
+keys = []
+if len(sys.argv) > 5:
+    with open(sys.argv[5]) as f:
+        keys = [line.strip() for line in f if line.strip()]
 SOLO = 5
 url = f"http://127.0.0.1:{api}/v1/chat/completions"
 model = served_model(api)
@@ -28,7 +34,10 @@ model = served_model(api)
 def ask(i):
     body = json.dumps({"model": model, "temperature": 0, "max_tokens": max_tokens,
                        "messages": [{"role": "user", "content": f"Say a word about number {i}."}]})
-    req = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if keys:
+        headers["Authorization"] = f"Bearer {keys[i % len(keys)]}"
+    req = urllib.request.Request(url, body.encode(), headers)
     start = time.time()
     try:
         with urllib.request.urlopen(req, timeout=600) as r:

@@ -537,6 +537,7 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
     // a job used before the gateway knew is refunded in full. Stopped as an operator does, the
     // worker withdraws its announcement on the way out.
     let stopping = Instant::now();
+    let opened_before = next_job_id(&nodes[0]);
     nodes[1].terminate();
     eprintln!("Bob stopped in {:.1}s", stopping.elapsed().as_secs_f64());
     assert!(nodes[1].log().contains("withdrew the worker from the DHT"), "{}", nodes[1].log());
@@ -1145,4 +1146,100 @@ fn an_honest_worker_that_restarts_between_its_claim_and_the_audit_passes_and_is_
     assert!(findings.iter().all(|f| f["finding"].get("passed").is_some()), "{job}");
     let positions = u128::from(bobs["positions"].as_u64().unwrap());
     assert_eq!(amount(&bobs["paid"]), 20 * positions * PRICE, "{job}");
+}
+
+/// A job's price per layer-token, in base units.
+fn job_price(node: &Node, id: u64) -> u128 {
+    amount(&node.rpc("bitorch_job", json!([id])).unwrap()["pricePerLayerToken"])
+}
+
+#[test]
+fn requests_go_to_the_cheapest_route_within_the_price_and_a_cap_below_every_price_is_refused() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Three whole-model workers at 0.0003, 0.0001 and 0.0002 BTR per layer-token; a fourth
+    // validator serves nothing, so that the chain runs on without one of them.
+    let (mut nodes, api, _) = start_workers(
+        dir.path(),
+        &["0..30", "0..30", "0..30", ""],
+        &[&["--price", "0.0003"], &["--price", "0.0001"], &["--price", "0.0002"]],
+    );
+    let peers: Vec<String> = nodes.iter().map(|n| n.peer_id()).collect();
+    let models = nodes[0].rpc("bitorch_models", json!([])).unwrap();
+    let name = models[0]["name"].as_str().unwrap().to_string();
+    // bitorch_workers shows each worker's price.
+    let prices = |nodes: &[Node]| -> BTreeMap<String, u128> {
+        let w = nodes[0].rpc("bitorch_workers", json!([models[0]["id"]])).unwrap();
+        w.as_array()
+            .unwrap()
+            .iter()
+            .map(|w| (w["peerId"].as_str().unwrap().into(), amount(&w["price"])))
+            .collect()
+    };
+    wait_for("the three workers in bitorch_workers", 60, &nodes, || prices(&nodes).len() == 3);
+    let announced = prices(&nodes);
+    assert_eq!(announced[&peers[0]], 300_000_000, "{announced:?}");
+    assert_eq!(announced[&peers[1]], 100_000_000, "{announced:?}");
+    assert_eq!(announced[&peers[2]], 200_000_000, "{announced:?}");
+
+    // The gateway looks workers up again once its last lookup is 3 s old: past that, it sees
+    // what bitorch_workers saw.
+    std::thread::sleep(Duration::from_secs(4));
+    // The cheapest worker serves, and the job pays its price.
+    let want = infer(PROMPTS[0], MAX_TOKENS);
+    assert_eq!(complete(api, &name, PROMPTS[0], MAX_TOKENS, &nodes), want);
+    let used: Vec<u64> = (0..3).map(|i| sessions_on(&nodes[0], &peers[i])).collect();
+    assert!(used[1] >= 1 && used[2] == 0, "sessions by worker: {used:?}\n{}", logs(&nodes));
+    let paying = jobs(&nodes[0])
+        .into_iter()
+        .filter(|j| j["status"].get("open").is_some() && j["client"] == address("Eve"))
+        .map(|j| job_price(&nodes[0], j["id"].as_u64().unwrap()))
+        .collect::<Vec<_>>();
+    assert!(paying.contains(&100_000_000), "open jobs' prices: {paying:?}");
+
+    // A cap below every price: 402 naming the cheapest, and nothing escrowed.
+    let eve = address("Eve");
+    let capped = |cap: &str| {
+        let mut req = chat(&name, PROMPTS[0], MAX_TOKENS);
+        req["max_price"] = json!(cap);
+        post(api, "/v1/chat/completions", &req, Duration::from_secs(120)).unwrap()
+    };
+    let (jobs_before, eve_before) =
+        (next_job_id(&nodes[0]), nodes[0].rpc("bitorch_account", json!([eve])).unwrap());
+    let (status, body) = capped("0.00005");
+    assert_eq!(status, 402, "{body}");
+    assert!(body.contains("the cheapest route costs 0.0001 BTR"), "{body}");
+    assert_eq!(next_job_id(&nodes[0]), jobs_before, "a refused request opened a job");
+    assert_eq!(nodes[0].rpc("bitorch_account", json!([eve])).unwrap(), eve_before);
+
+    // The cheapest worker leaves: within a cap of 0.00025 the next cheapest (0.0002) serves;
+    // a cap of 0.00015 is refused naming 0.0002.
+    let opened_before = next_job_id(&nodes[0]);
+    nodes[1].terminate();
+    wait_for("the cheap worker's withdrawal", 60, &nodes, || {
+        !prices(&nodes).contains_key(&peers[1])
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = capped("0.00015");
+        if status == 402 {
+            assert!(body.contains("the cheapest route costs 0.0002 BTR"), "{body}");
+            break;
+        }
+        // Until the gateway's cached view of the workers expires, the departed worker may
+        // still be tried (and fail over to nobody within the price).
+        assert!(Instant::now() < deadline, "still not refused: {status} {body}\n{}", logs(&nodes));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let before = sessions_on(&nodes[0], &peers[2]);
+    let (status, body) = capped("0.00025");
+    assert_eq!(status, 200, "{body}\n{}", logs(&nodes));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], want.as_str());
+    assert!(sessions_on(&nodes[0], &peers[2]) > before, "the 0.0002 worker did not serve");
+    let new_prices: Vec<u128> =
+        (opened_before..next_job_id(&nodes[0])).map(|id| job_price(&nodes[0], id)).collect();
+    // The gateway's job (the one opened ahead once prices moved, or its own) is at 0.0002.
+    assert!(new_prices.contains(&200_000_000), "jobs opened since: {new_prices:?}");
+    assert!(new_prices.iter().all(|&p| p <= 250_000_000), "jobs opened since: {new_prices:?}");
 }

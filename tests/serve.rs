@@ -319,9 +319,10 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // Two jobs, each Eve's, opened by the gateway; settled, Eve pays exactly what they paid.
+    // One job, Eve's, opened by the gateway: a channel that paid for both requests (the
+    // second did not wait for a block); settled once idle, Eve pays exactly what it paid.
     let jobs: Vec<u64> = (first..next_job(&node)).collect();
-    assert_eq!(jobs.len(), 2, "one job per request");
+    assert_eq!(jobs.len(), 1, "one channel for the user's requests");
     let mut paid = 0u128;
     for id in jobs {
         let job = settled(&node, id);
@@ -331,6 +332,7 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
             "{job}"
         );
         paid += job["status"]["settled"]["paid"].as_str().unwrap().parse::<u128>().unwrap();
+        assert_eq!(job["claims"].as_array().unwrap().len(), 2, "both requests on it: {job}");
     }
     assert!(paid > 0);
     assert_eq!(eve_before - free(&node, EVE), paid, "Eve pays exactly the settled cost");
@@ -345,7 +347,7 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
         &rpc,
     ]))
     .unwrap();
-    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     assert!(listed.as_array().unwrap().iter().all(|j| j["status"].get("settled").is_some()));
     let claims: Value = serde_json::from_str(&cli(&[
         "wallet",
@@ -366,7 +368,7 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
         left["remaining"].as_str().unwrap().parse::<u128>().unwrap(),
         5_000_000_000_000 - paid
     );
-    let escrows = 2 * 114 * 30 * PRICE; // what Alice would have escrowed herself
+    let escrows = 2 * 114 * 30 * PRICE; // what Alice would have escrowed for two requests
     let alice_moved = free(&node, ALICE).abs_diff(alice_before);
     assert!(alice_moved < escrows / 10, "Alice moved by {alice_moved}: she paid for Eve's jobs?");
 
@@ -405,6 +407,20 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
     refused(&forged, 401, "signature");
     refused(&other_gateway, 401, "another gateway");
     refused(&expired, 401, "expired");
+    // A token whose price cap is below the worker's price (0.0001): 402 naming it.
+    let capped = cli(&[
+        "key",
+        "api-token",
+        "--suri",
+        "//Eve",
+        "--gateway",
+        ALICE,
+        "--max-price",
+        "0.00005",
+        "--rpc",
+        &rpc,
+    ]);
+    refused(&capped, 402, "the cheapest route costs 0.0001 BTR");
     // Over the allowance: 402.
     approve(&rpc, "0.0001", None);
     refused(&token, 402, "allowance");

@@ -29,7 +29,8 @@ use zeroize::Zeroizing;
 
 /// The largest keystore file read (a real one is about 500 bytes).
 pub const MAX_FILE_BYTES: usize = 16 * 1024;
-/// scrypt's cost as polkadot.js writes it (and, in its recent versions, the only cost it reads).
+/// scrypt's cost written here: 2^15, what polkadot.js wrote up to its version 13 and every
+/// version reads (version 14 writes 2^17, which is read here too).
 pub const SCRYPT_LOG_N: u8 = 15;
 /// scrypt's block size.
 pub const SCRYPT_R: u32 = 8;

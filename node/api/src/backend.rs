@@ -161,6 +161,9 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
     /// Who pays.
     pub payer: Payer,
+    /// The most the client pays per layer per token, in base units (Bitorch's `max_price`);
+    /// `None`: the gateway's default (`--max-price`).
+    pub max_price: Option<bitorch_primitives::Balance>,
 }
 
 impl ChatRequest {
@@ -215,6 +218,7 @@ impl ChatRequest {
             seed: None,
             stop: Vec::new(),
             payer: Payer::Node,
+            max_price: None,
         }
     }
 

@@ -31,6 +31,9 @@ pub(crate) struct ChatBody {
     /// `Authorization: Bearer`).
     #[serde(default)]
     pub api_key: Option<Value>,
+    /// Bitorch: the most the client pays per layer per token, in BTR as a string (`"0.0002"`).
+    #[serde(default)]
+    pub max_price: Option<Value>,
 }
 
 /// Streaming options of a parsed body.
@@ -258,6 +261,15 @@ impl ChatBody {
             seed: integer(&self.seed, "seed")?.map(|s| s as u64),
             stop,
             payer,
+            max_price: match string(&self.max_price, "max_price")? {
+                None => None,
+                Some(p) => Some(bitorch_primitives::parse_amount(&p).map_err(|e| {
+                    bad(
+                        "max_price",
+                        format!("max_price must be an amount of BTR such as \"0.0002\": {e}"),
+                    )
+                })?),
+            },
         };
         request.validate()?;
         let stream = boolean(&self.stream, "stream")?;

@@ -60,6 +60,10 @@ pub enum KeyCmd {
         /// How long it is valid: `30d`, `12h`, `30m`, `90s`.
         #[arg(long, default_value = "30d")]
         expires: String,
+        /// The most the gateway may pay per layer per token for your requests, in BTR, unless
+        /// a request names its own `max_price` (default: the gateway's `--max-price`).
+        #[arg(long)]
+        max_price: Option<String>,
         /// The chain's genesis hash (0x…); asked of `--rpc` when absent.
         #[arg(long)]
         genesis: Option<String>,
@@ -233,7 +237,21 @@ pub fn peer_id_of_ed25519(public: &[u8; 32]) -> String {
 /// Runs a key subcommand.
 pub fn run(cmd: KeyCmd) -> Result<()> {
     match cmd {
-        KeyCmd::ApiToken { suri, keystore, base_path, gateway, expires, genesis, rpc } => {
+        KeyCmd::ApiToken {
+            suri,
+            keystore,
+            base_path,
+            gateway,
+            expires,
+            max_price,
+            genesis,
+            rpc,
+        } => {
+            let max_price = max_price
+                .as_deref()
+                .map(bitorch_primitives::parse_amount)
+                .transpose()
+                .context("--max-price")?;
             let pair = crate::keystore::resolve(&suri, &keystore, base_path.as_deref(), "--suri")?;
             let gateway = bitorch_primitives::keys::parse_account(&gateway).context("--gateway")?;
             let secs = crate::wallet::parse_blocks(&expires)?;
@@ -255,6 +273,7 @@ pub fn run(cmd: KeyCmd) -> Result<()> {
                 &pair,
                 gateway,
                 expires_at_ms,
+                max_price,
                 &genesis,
             );
             println!("{}", token.to_text());

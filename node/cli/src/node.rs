@@ -148,10 +148,17 @@ pub struct NodeArgs {
     api_account: Option<String>,
     #[command(flatten)]
     keystore: crate::keystore::KeystoreArgs,
-    /// Price per layer per token the API account offers, in base units (default 0.0001 BTR:
-    /// a worker's claim for a short answer is worth well over its transaction fee).
-    #[arg(long, default_value_t = 100_000_000)]
+    /// This node's worker's price per layer per token, in BTR: it takes sessions only for jobs
+    /// that pay at least this, and announces it. The default, 0.0001, makes a worker's claim
+    /// for a short answer worth well over its transaction fee.
+    #[arg(long, value_parser = parse_price, default_value = "0.0001")]
     price: u128,
+    /// The most this node's API pays per layer per token, in BTR, for a request that names no
+    /// `max_price` of its own: each job is opened at the cheapest price at which workers cover
+    /// the model, and a request no route serves within it is refused (402, naming the cheapest
+    /// price).
+    #[arg(long, value_parser = parse_price, default_value = "0.001")]
+    max_price: u128,
     /// Requests per minute an API token's user may make of this node's API, on average.
     #[arg(long, default_value_t = 60)]
     key_rate: u32,
@@ -171,6 +178,10 @@ pub struct NodeArgs {
 /// `--rpc-cors` and `--api-cors`'s default: Substrate's.
 const DEFAULT_CORS: &str =
     "http://localhost:*,http://127.0.0.1:*,https://localhost:*,https://127.0.0.1:*,https://polkadot.js.org";
+
+fn parse_price(s: &str) -> Result<u128, String> {
+    bitorch_primitives::parse_amount(s).map_err(|e| e.to_string())
+}
 
 fn parse_origins(s: &str) -> Result<bitorch_primitives::origins::Origins, String> {
     bitorch_primitives::origins::Origins::parse(s)
@@ -467,10 +478,10 @@ pub fn run(args: NodeArgs) -> Result<()> {
             if let Some(how) = &args.unsafe_cheat {
                 tracing::warn!(target: "node", how, "--unsafe-cheat: this worker cheats (tests of the audits only)");
             }
-            let local = tokio::task::block_in_place(|| bitorch_serve::spawn_worker(stage, worker_key.clone(), model, genesis, args.max_sessions, cheat))?;
+            let local = tokio::task::block_in_place(|| bitorch_serve::spawn_worker(stage, worker_key.clone(), model, genesis, args.max_sessions, cheat, args.price))?;
             tracing::info!(target: "node", %model, worker = %to_ss58(&account_of(&worker_key)), layers = ?local.1.layers, "serving the model");
             let traces = std::sync::Arc::new(bitorch_serve::TraceStore::open(base.join("chains").join(&chain_id).join("traces")).context("the trace folder")?);
-            stage_worker.send_replace(Some(bitorch_serve::StageWorker { handle: local.0.clone(), account: local.1.account.clone(), traces: traces.clone(), genesis, refuse_openings }));
+            stage_worker.send_replace(Some(bitorch_serve::StageWorker { handle: local.0.clone(), account: local.1.account.clone(), traces: traces.clone(), genesis, refuse_openings, price: args.price }));
             // The worker claims its pay itself, with the clients' vouchers, and keeps the
             // claimed sessions' leaves for audits.
             let stop = CancellationToken::new();
@@ -511,7 +522,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 tokenizer,
                 local: Some(local),
                 net: net_handle.clone(),
-                payer: bitorch_serve::Payer { chain: handle.clone(), key: api_key.clone(), genesis, price: args.price, job_ahead: !args.no_job_ahead },
+                payer: bitorch_serve::Payer { chain: handle.clone(), key: api_key.clone(), genesis, max_price: args.max_price, job_ahead: !args.no_job_ahead },
                 unsafe_withhold_vouchers: args.unsafe_client.is_some(),
                 key_limits: bitorch_serve::KeyLimits { per_minute: args.key_rate, burst: args.key_burst, concurrent: args.key_concurrency },
             }));

@@ -90,6 +90,18 @@ pub enum PlanError {
     /// A model with no layers.
     #[error("the model has no layers")]
     NoLayers,
+    /// Workers cover the model, but none of their routes is within the request's price.
+    #[error(
+        "no route at or below {} BTR per layer-token: the cheapest route costs {} BTR per layer-token",
+        bitorch_primitives::format_balance(*cap),
+        bitorch_primitives::format_balance(*cheapest)
+    )]
+    TooExpensive {
+        /// The most the request pays per layer per token.
+        cap: bitorch_primitives::Balance,
+        /// The lowest price at which a route exists.
+        cheapest: bitorch_primitives::Balance,
+    },
 }
 
 fn fmt_ranges(rs: &[Range<u32>]) -> String {

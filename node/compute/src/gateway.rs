@@ -161,6 +161,9 @@ pub struct GatewayRequest {
     pub eos: Vec<u32>,
     /// The on-chain job paying for it, if any (the gateway then signs vouchers).
     pub job: Option<JobId>,
+    /// The job's price per layer per token: workers asking more are not used (they would
+    /// refuse the session). `None`: any worker (sessions without a job).
+    pub max_price: Option<bitorch_primitives::Balance>,
 }
 
 /// A stage's closed session, checked.
@@ -336,7 +339,11 @@ impl<T: StageTransport> Gateway<T> {
         self.stats_mut().generations += 1;
         let mut run = Run {
             gw: self,
-            workers: workers.iter().filter(|w| w.model == req.model).cloned().collect(),
+            workers: workers
+                .iter()
+                .filter(|w| w.model == req.model && req.max_price.is_none_or(|p| w.price <= p))
+                .cloned()
+                .collect(),
             model: req.model,
             num_layers: req.num_layers,
             job: req.job,

@@ -46,6 +46,6 @@ pub use protocol::{
     StageError, StageInfo, StageRequest, StageResponse, TraceOpening, OPENING_PAGE_BYTES,
     PROTOCOL_NAME,
 };
-pub use route::{plan_route, plan_route_with, Bans, CostModel, Route, WorkerInfo};
+pub use route::{plan_priced, plan_route, plan_route_with, Bans, CostModel, Route, WorkerInfo};
 #[cfg(feature = "engine")]
 pub use worker::{Cheat, ClaimedSession, Worker, WorkerConfig, WorkerHandle, WorkerStats};

@@ -549,6 +549,17 @@ pub enum StageError {
         /// Why.
         reason: String,
     },
+    /// The job pays less per layer per token than this worker asks (`--price`).
+    #[error("job {job} pays {offered} per layer-token; this worker asks {asked}")]
+    #[codec(index = 17)]
+    PriceTooLow {
+        /// The job.
+        job: JobId,
+        /// What the job pays per layer per token, in base units.
+        offered: u128,
+        /// What the worker asks.
+        asked: u128,
+    },
 }
 
 /// Encodes a message with its version byte.

@@ -9,7 +9,7 @@
 //! does not use for a while.
 
 use crate::{error::PlanError, protocol::ModelId};
-use bitorch_primitives::AccountId;
+use bitorch_primitives::{AccountId, Balance};
 use std::{
     collections::HashMap,
     hash::Hash,
@@ -32,6 +32,8 @@ pub struct WorkerInfo<Id> {
     pub capacity: u32,
     /// Its measured decoding throughput over its whole range, tokens per second.
     pub tokens_per_sec: f64,
+    /// Its price per layer per token, in base units (it serves jobs paying at least this).
+    pub price: Balance,
 }
 
 /// How a route's per-token latency is estimated.
@@ -155,6 +157,45 @@ pub fn plan_route_with<Id: Clone>(
     Ok(Route { stages, cost: total })
 }
 
+/// Plans the route for a request that pays at most `cap` per layer per token, over the
+/// workers for which `usable` holds. The rule, cheapest first and then fastest: a job pays one
+/// price to every stage, so the price of a route is the highest price among its workers; the
+/// planner takes the lowest price `p` at which the workers asking at most `p` cover the model,
+/// and among those workers the route of least estimated latency ([`CostModel`]). Returns `p`
+/// (what the job is opened at) and the route.
+///
+/// When no route is within `cap` but one exists at a higher price, the error is
+/// [`PlanError::TooExpensive`] naming the cheapest price; when no route exists at any price,
+/// the error says which layers are missing, as [`plan_route`] does.
+pub fn plan_priced<Id: Clone>(
+    num_layers: u32,
+    workers: &[WorkerInfo<Id>],
+    cap: Balance,
+    cost: CostModel,
+    usable: impl Fn(&WorkerInfo<Id>) -> bool,
+) -> Result<(Balance, Route<Id>), PlanError> {
+    let mut levels: Vec<Balance> = workers.iter().filter(|w| usable(w)).map(|w| w.price).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    let at = |p: Balance| {
+        plan_route_with(num_layers, workers, |w| {
+            (usable(w) && w.price <= p).then(|| cost.stage_secs(w))
+        })
+    };
+    for &p in levels.iter().filter(|&&p| p <= cap) {
+        if let Ok(route) = at(p) {
+            return Ok((p, route));
+        }
+    }
+    for &p in levels.iter().filter(|&&p| p > cap) {
+        if at(p).is_ok() {
+            return Err(PlanError::TooExpensive { cap, cheapest: p });
+        }
+    }
+    // No route at any price: say why, over every usable worker.
+    at(Balance::MAX).map(|route| (Balance::MAX, route))
+}
+
 /// The cheapest chain found to a boundary: cost, hops, and the last stage (worker index and
 /// the boundary it starts at).
 type Best = (f64, usize, Option<(usize, usize)>);
@@ -218,7 +259,52 @@ mod tests {
             layers,
             capacity: 4,
             tokens_per_sec: tps,
+            price: 1,
         }
+    }
+
+    fn priced(id: u8, layers: Range<u32>, tps: f64, price: Balance) -> WorkerInfo<u8> {
+        WorkerInfo { price, ..w(id, layers, tps) }
+    }
+
+    #[test]
+    fn cheapest_price_first_then_fastest() {
+        let cost = CostModel::default();
+        let all = |_: &WorkerInfo<u8>| true;
+        // Three whole-model workers at prices 3, 1, 2: the cheapest one, whatever its speed.
+        let ws = [priced(1, 0..30, 100.0, 3), priced(2, 0..30, 10.0, 1), priced(3, 0..30, 50.0, 2)];
+        let (p, r) = plan_priced(30, &ws, 10, cost, all).unwrap();
+        assert_eq!((p, ids(&r)), (1, vec![2]));
+        // Within a cap of 2 without worker 2: worker 3 at 2.
+        let (p, r) = plan_priced(30, &ws, 2, cost, |w| w.id != 2).unwrap();
+        assert_eq!((p, ids(&r)), (2, vec![3]));
+        // A cap below every price names the cheapest.
+        assert_eq!(
+            plan_priced(30, &ws, 0, cost, all).unwrap_err(),
+            PlanError::TooExpensive { cap: 0, cheapest: 1 }
+        );
+        // A route's price is its dearest stage's: halves at 1 and 4 cost 4; the whole at 3
+        // is cheaper. At price 4 the faster of the two routes wins.
+        let ws = [
+            priced(1, 0..15, 100.0, 1),
+            priced(2, 15..30, 100.0, 4),
+            priced(3, 0..30, 10.0, 3),
+            priced(4, 15..30, 300.0, 1),
+        ];
+        let (p, r) = plan_priced(30, &ws, 10, cost, |w| w.id != 4).unwrap();
+        assert_eq!((p, ids(&r)), (3, vec![3]));
+        // With worker 4 (price 1) the halves cost 1.
+        let (p, r) = plan_priced(30, &ws, 10, cost, all).unwrap();
+        assert_eq!((p, ids(&r)), (1, vec![1, 4]));
+        // Among workers at or below the price, the fastest route: at a cap of 4 with workers
+        // 1–3, price 3 wins (cheapest), never the faster halves at 4.
+        let (p, _) = plan_priced(30, &ws, 4, cost, |w| w.id != 4).unwrap();
+        assert_eq!(p, 3);
+        // Missing layers stay a missing-layers error, whatever the cap.
+        assert_eq!(
+            plan_priced(30, &ws[..1], 10, cost, all).unwrap_err(),
+            PlanError::MissingLayers { missing: vec![15..30] }
+        );
     }
 
     fn ids(r: &Route<u8>) -> Vec<u8> {

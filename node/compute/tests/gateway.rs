@@ -69,6 +69,7 @@ fn request(prompt: &[u32], n: usize, sampling: SamplingParams) -> GatewayRequest
         sampling,
         eos: vec![],
         job: None,
+        max_price: None,
     }
 }
 

@@ -116,6 +116,7 @@ fn request(prompt: &[u32], n: usize) -> GatewayRequest {
         sampling: SamplingParams::greedy(),
         eos: real().engine.tokenizer().eos().to_vec(),
         job: None,
+        max_price: None,
     }
 }
 

@@ -40,7 +40,7 @@ pub const MAX_SIGNATURE_BYTES: usize = 128;
 /// went away must not stay announced for long.
 pub const MAX_RECORD_LIFETIME: Duration = Duration::from_secs(3600);
 /// Version byte in front of every encoded record.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 /// Nesting depth limit for decoding.
 const DECODE_DEPTH_LIMIT: u32 = 8;
 /// Domain separation of the signed bytes.
@@ -69,6 +69,9 @@ pub struct WorkerAnnouncement {
     /// at every publication to now plus [`Config::worker_record_ttl`](crate::Config); what the
     /// caller puts here is ignored.
     pub expires_at_ms: u64,
+    /// The worker's price per layer per token, in base units: it takes sessions only for jobs
+    /// that pay at least this.
+    pub price: u128,
 }
 
 /// The signed form of an announcement, as stored in the DHT (behind [`RECORD_VERSION`]).
@@ -308,6 +311,7 @@ mod tests {
             tokens_per_sec: 40,
             account: [1; 32],
             expires_at_ms: NOW + 90_000,
+            price: 100_000_000,
         }
     }
 

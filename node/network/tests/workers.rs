@@ -29,6 +29,7 @@ fn announcement(model: ModelId, layers: std::ops::Range<u32>, free: u32) -> Work
         tokens_per_sec: 40,
         account: [0x11; 32],
         expires_at_ms: 0,
+        price: 1,
     }
 }
 

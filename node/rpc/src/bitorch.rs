@@ -164,6 +164,7 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
                         "capacity": a.capacity,
                         "free": a.free,
                         "tokensPerSec": a.tokens_per_sec,
+                        "price": a.price.to_string(),
                         "expiresAtMs": a.expires_at_ms,
                     })
                 })

@@ -19,8 +19,8 @@ use bitorch_api::{
     Finished, ModelInfo, Usage,
 };
 use bitorch_compute::{
-    plan_route, protocol, Gateway, GatewayConfig, GatewayRequest, StageRequest, StageResponse,
-    StageTransport, TransportError, WorkerHandle, WorkerInfo,
+    plan_priced, protocol, Gateway, GatewayConfig, GatewayRequest, PlanError, StageRequest,
+    StageResponse, StageTransport, TransportError, WorkerHandle, WorkerInfo,
 };
 use bitorch_inference::{FinishReason as GenFinish, StopStrings, TextStream, Tokenizer};
 use bitorch_network::{Handle as NetHandle, PeerId};
@@ -48,6 +48,8 @@ pub enum Peer {
 /// checked against the chain as a peer's would be), others' over the network.
 pub struct NodeTransport {
     local: Option<WorkerHandle>,
+    /// This node's worker's price (its sessions are checked as a peer's would be).
+    local_price: Balance,
     net: Option<NetHandle>,
     chain: Handle,
 }
@@ -65,6 +67,7 @@ impl StageTransport for NodeTransport {
             Peer::Remote(peer) => (None, self.net.clone().map(|net| (net, *peer))),
         };
         let chain = self.chain.clone();
+        let price = self.local_price;
         async move {
             if let Some((net, peer)) = remote {
                 if matches!(req, StageRequest::Open { .. }) {
@@ -77,7 +80,7 @@ impl StageTransport for NodeTransport {
                 return Ok(protocol::decode_response(&bytes, &protocol::Limits::default())?);
             }
             let h = local.ok_or_else(|| TransportError::Unreachable("no local worker".into()))?;
-            let client = match crate::worker::job_client(&chain, &req).await {
+            let client = match crate::worker::job_client(&chain, &req, price).await {
                 Ok(client) => client,
                 Err(e) => return Ok(StageResponse::Error(e)),
             };
@@ -86,7 +89,7 @@ impl StageTransport for NodeTransport {
     }
 }
 
-/// Who pays: the API account's key, and the price it offers.
+/// Who pays: the API account's key, and the most it pays.
 pub struct Payer {
     /// The chain.
     pub chain: Handle,
@@ -94,8 +97,10 @@ pub struct Payer {
     pub key: Pair,
     /// The chain's genesis hash.
     pub genesis: H256,
-    /// Price per layer per token.
-    pub price: Balance,
+    /// The most a request pays per layer per token unless it names its own `max_price`: the
+    /// gateway opens each job at the cheapest price at which workers cover the model
+    /// ([`plan_priced`]), never above this.
+    pub max_price: Balance,
     /// Keep one job opened ahead (escrow for a whole context) for the next request, so that
     /// a request does not wait for its job to be included before its first token.
     pub job_ahead: bool,
@@ -132,13 +137,21 @@ struct Channel {
     last_used: std::time::Instant,
     /// Takes no new requests; closed once the last running one ends.
     retired: bool,
+    /// Its job's price per layer per token.
+    price: Balance,
+    /// Whose job it is: the API account's (`None`) or an API token user's, paid from their
+    /// allowance.
+    user: Option<AccountId>,
 }
 
 impl Channel {
-    /// Whether it can take a request reserving `need` layer-positions at block `best`:
-    /// enough escrow, a request slot, and at least half its life ahead.
-    fn takes(&self, need: u64, best: u64) -> bool {
+    /// Whether it can take `user`'s request reserving `need` layer-positions at block `best`
+    /// at `price`: the same payer and price, enough escrow, a request slot, and at least half
+    /// its life ahead.
+    fn takes(&self, need: u64, best: u64, price: Balance, user: Option<&AccountId>) -> bool {
         !self.retired
+            && self.user.as_ref() == user
+            && self.price == price
             && self.left >= need
             && self.requests_left > 0
             && best.saturating_add(self.lifetime / 2) < self.deadline
@@ -155,7 +168,13 @@ struct Ahead {
     deadline: u64,
     /// Blocks from opening to the deadline.
     lifetime: u64,
+    /// Its price per layer per token.
+    price: Balance,
 }
+
+/// How often the gateway checks whether the job opened ahead is still at the price a request
+/// would pay (workers came, went, or changed their prices).
+const REPRICE_EVERY: Duration = Duration::from_secs(10);
 
 /// How long the workers found in the DHT are reused before a new lookup.
 const WORKERS_TTL: Duration = Duration::from_secs(3);
@@ -174,8 +193,11 @@ struct Inner {
     tokenizer: Tokenizer,
     info: ModelInfo,
     payer: Payer,
-    /// One job opening at a time per account, so the new job is known to be ours.
+    /// One job opening at a time for the API account, so the new job is known to be ours.
     opening: Mutex<()>,
+    /// One job opening at a time per API token user (different users' jobs open in the same
+    /// block), so the new job is known to be theirs.
+    user_opening: std::sync::Mutex<std::collections::HashMap<AccountId, Arc<Mutex<()>>>>,
     /// The job opened ahead for the next request ([`Payer::job_ahead`]).
     ahead: Mutex<Option<Ahead>>,
     /// Told when a request takes the job opened ahead.
@@ -266,8 +288,12 @@ impl GatewayBackend {
         let created =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let handle = o.local.as_ref().map(|(h, _)| h.clone());
-        let transport =
-            NodeTransport { local: handle, net: o.net.clone(), chain: o.payer.chain.clone() };
+        let transport = NodeTransport {
+            local: handle,
+            local_price: o.local.as_ref().map_or(0, |(_, info)| info.price),
+            net: o.net.clone(),
+            chain: o.payer.chain.clone(),
+        };
         // The API account is the jobs' client: it signs each paid session's authorization.
         let config = GatewayConfig {
             client: Some(o.payer.key.clone()),
@@ -292,6 +318,7 @@ impl GatewayBackend {
             },
             payer: o.payer,
             opening: Mutex::new(()),
+            user_opening: std::sync::Mutex::new(std::collections::HashMap::new()),
             ahead: Mutex::new(None),
             taken: tokio::sync::Notify::new(),
             channels: std::sync::Mutex::new(Vec::new()),
@@ -417,6 +444,7 @@ impl Inner {
                 layers: a.layer_start..a.layer_end,
                 capacity: a.free,
                 tokens_per_sec: f64::from(a.tokens_per_sec),
+                price: a.price,
             })
             .collect();
         *found = Some((std::time::Instant::now(), workers.clone()));
@@ -427,9 +455,13 @@ impl Inner {
         submit_and_wait(&self.payer.chain, &self.payer.key, calls).await
     }
 
-    /// Opens a job for `positions` token positions and returns it, with its id, once it is on
-    /// chain.
-    async fn open_job(&self, positions: u32) -> Result<(JobId, jobs::Job), BackendError> {
+    /// Opens a job for `positions` token positions at `price` and returns it, with its id, once
+    /// it is on chain.
+    async fn open_job(
+        &self,
+        positions: u32,
+        price: Balance,
+    ) -> Result<(JobId, jobs::Job), BackendError> {
         let _one = self.opening.lock().await;
         let me = self.me();
         let pay = |e: String| BackendError::Payment(format!("opening the job on chain: {e}"));
@@ -437,7 +469,7 @@ impl Inner {
         let call = Call::Jobs(jobs::Call::OpenJob {
             model: self.model,
             max_tokens: positions,
-            price_per_layer_token: self.payer.price,
+            price_per_layer_token: price,
         });
         self.submit(vec![call]).await.map_err(pay)?;
         let found =
@@ -453,14 +485,14 @@ impl Inner {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The job opened ahead, if it covers `need` layer-positions and has at least half its
-    /// life left (a generation must start before the deadline).
-    async fn take_ahead(&self, need: u64) -> Option<Ahead> {
+    /// The job opened ahead, if it is at `price`, covers `need` layer-positions and has at
+    /// least half its life left (a generation must start before the deadline).
+    async fn take_ahead(&self, need: u64, price: Balance) -> Option<Ahead> {
         let mut ahead = self.ahead.lock().await;
         let a = (*ahead)?;
         let best = self.payer.chain.best().await.ok()?.number;
         let covers = u64::from(a.positions) * u64::from(self.num_layers) >= need;
-        if covers && best.saturating_add(a.lifetime / 2) < a.deadline {
+        if a.price == price && covers && best.saturating_add(a.lifetime / 2) < a.deadline {
             *ahead = None;
             self.count(|c| c.jobs_ahead_used += 1);
             self.taken.notify_one();
@@ -469,22 +501,53 @@ impl Inner {
         None
     }
 
-    /// Opens a job for a whole channel ([`CHANNEL_CONTEXTS`] contexts).
-    async fn open_channel_job(&self) -> Result<Ahead, BackendError> {
+    /// Opens a job for a whole channel ([`CHANNEL_CONTEXTS`] contexts) at `price`.
+    async fn open_channel_job(&self, price: Balance) -> Result<Ahead, BackendError> {
         let positions = self.context_length.saturating_mul(CHANNEL_CONTEXTS);
-        let (id, job) = self.open_job(positions).await?;
+        let (id, job) = self.open_job(positions, price).await?;
         let lifetime = job.deadline.saturating_sub(job.opened_at);
-        Ok(Ahead { id, positions: job.max_tokens, deadline: job.deadline, lifetime })
+        Ok(Ahead { id, positions: job.max_tokens, deadline: job.deadline, lifetime, price })
+    }
+
+    /// The price the job opened ahead is opened at: what a request with the default cap would
+    /// pay, counting busy workers as usable (so that a price does not move, and the job ahead
+    /// get replaced, each time a cheap worker is busy for a moment).
+    async fn ahead_price(&self) -> Result<Balance, BackendError> {
+        let workers: Vec<_> = self
+            .workers()
+            .await
+            .into_iter()
+            .map(|w| WorkerInfo { capacity: w.capacity.max(1), ..w })
+            .collect();
+        self.price_for(&workers, self.payer.max_price)
+    }
+
+    /// The price a request paying at most `cap` per layer-token is opened at, over `workers`
+    /// ([`plan_priced`]: the cheapest price at which usable workers cover the model). Refused
+    /// before anything is escrowed: 402 naming the cheapest price when every route costs more
+    /// than `cap`, 503 when no route exists at all.
+    fn price_for(
+        &self,
+        workers: &[WorkerInfo<Peer>],
+        cap: Balance,
+    ) -> Result<Balance, BackendError> {
+        let cost = self.gateway.config().cost;
+        let usable = |w: &WorkerInfo<Peer>| w.capacity > 0 && !self.gateway.is_banned(&w.id);
+        match plan_priced(self.num_layers, workers, cap, cost, usable) {
+            Ok((price, _)) => Ok(price),
+            Err(e @ PlanError::TooExpensive { .. }) => Err(BackendError::Payment(e.to_string())),
+            Err(e) => Err(BackendError::Unavailable(e.to_string())),
+        }
     }
 
     /// Reserves `need` layer-positions for a request from a channel: the current one if it
     /// takes it, else a new one (the job opened ahead, or one opened now; only then does the
-    /// request wait for a block). Returns the job.
-    async fn reserve(&self, need: u64) -> Result<JobId, BackendError> {
+    /// request wait for a block), at `price`. Returns the job.
+    async fn reserve(&self, need: u64, price: Balance) -> Result<JobId, BackendError> {
         let best = self.payer.chain.best().await.map(|h| h.number).unwrap_or(0);
         let to_close = {
             let mut channels = self.channels();
-            if let Some(c) = channels.iter_mut().rev().find(|c| c.takes(need, best)) {
+            if let Some(c) = channels.iter_mut().rev().find(|c| c.takes(need, best, price, None)) {
                 c.left -= need;
                 c.requests_left -= 1;
                 c.in_flight += 1;
@@ -494,16 +557,16 @@ impl Inner {
                 return Ok(id);
             }
             // None takes it: the current one is done with.
-            for c in channels.iter_mut() {
+            for c in channels.iter_mut().filter(|c| c.user.is_none()) {
                 c.retired = true;
             }
             Self::drain_idle(&mut channels)
         };
         self.close_channels(to_close);
-        let a = match self.take_ahead(need).await {
+        let a = match self.take_ahead(need, price).await {
             Some(a) => a,
             None => {
-                let a = self.open_channel_job().await?;
+                let a = self.open_channel_job(price).await?;
                 self.count(|c| c.jobs_opened += 1);
                 a
             }
@@ -525,9 +588,94 @@ impl Inner {
             in_flight: 1,
             last_used: std::time::Instant::now(),
             retired: false,
+            price,
+            user: None,
         });
         self.count(|c| c.channel_requests += 1);
         Ok(a.id)
+    }
+
+    /// Takes `need` layer-positions for `user`'s request from a channel of theirs that takes
+    /// it, if one does.
+    fn take_from_user_channel(
+        &self,
+        user: &AccountId,
+        need: u64,
+        best: u64,
+        price: Balance,
+    ) -> Option<JobId> {
+        let mut channels = self.channels();
+        let c = channels.iter_mut().rev().find(|c| c.takes(need, best, price, Some(user)))?;
+        c.left -= need;
+        c.requests_left -= 1;
+        c.in_flight += 1;
+        Some(c.id)
+    }
+
+    /// Reserves `need` layer-positions for an API token user's request from a channel of
+    /// theirs: a job the gateway opened from their allowance, which pays for their next
+    /// requests too until it is idle, full or at half its life, like the API account's. A
+    /// new one escrows half of what the allowance has left (at most [`CHANNEL_CONTEXTS`]
+    /// contexts, at least this request's need), so that another can open while the first
+    /// one's unspent escrow waits for its settlement. One opening at a time per user; the
+    /// first request of each user waits for its job's block, the next ones do not.
+    async fn reserve_for(
+        &self,
+        user: &AccountId,
+        need: u64,
+        price: Balance,
+    ) -> Result<JobId, BackendError> {
+        let best = || async { self.payer.chain.best().await.map(|h| h.number).unwrap_or(0) };
+        if let Some(id) = self.take_from_user_channel(user, need, best().await, price) {
+            self.count(|c| c.channel_requests += 1);
+            return Ok(id);
+        }
+        let lock = {
+            let mut locks = self.user_opening.lock().unwrap_or_else(|e| e.into_inner());
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(user.clone()).or_default().clone()
+        };
+        let _one = lock.lock().await;
+        // Another request of this user may have opened one meanwhile.
+        let now = best().await;
+        if let Some(id) = self.take_from_user_channel(user, need, now, price) {
+            self.count(|c| c.channel_requests += 1);
+            return Ok(id);
+        }
+        let to_close = {
+            let mut channels = self.channels();
+            for c in channels.iter_mut().filter(|c| c.user.as_ref() == Some(user)) {
+                c.retired = true;
+            }
+            Self::drain_idle(&mut channels)
+        };
+        self.close_channels(to_close);
+        let per_position = u128::from(self.num_layers).saturating_mul(price).max(1);
+        let chain = |e: bitorch_service::Error| BackendError::Internal(e.to_string());
+        let left = self.payer.chain.allowance(user.clone(), self.me()).await.map_err(chain)?;
+        let affordable = left.map_or(0, |a| a.remaining) / per_position;
+        let needed = need.div_ceil(u64::from(self.num_layers.max(1)));
+        let most = u64::from(self.context_length.saturating_mul(CHANNEL_CONTEXTS));
+        let positions = (affordable / 2).min(u128::from(most)) as u64;
+        let positions = u32::try_from(positions.max(needed)).unwrap_or(u32::MAX);
+        let (id, job) = self.open_job_for(user, positions, price).await?;
+        self.count(|c| c.jobs_opened += 1);
+        let capacity = u64::from(job.max_tokens) * u64::from(self.num_layers);
+        tracing::info!(target: TARGET, job = id, user = %to_ss58(user), positions, "new channel for a user");
+        self.channels().push(Channel {
+            id,
+            left: capacity.saturating_sub(need),
+            requests_left: CHANNEL_REQUESTS - 1,
+            deadline: job.deadline,
+            lifetime: job.deadline.saturating_sub(job.opened_at),
+            in_flight: 1,
+            last_used: std::time::Instant::now(),
+            retired: false,
+            price,
+            user: Some(user.clone()),
+        });
+        self.count(|c| c.channel_requests += 1);
+        Ok(id)
     }
 
     /// A request on channel `id` ended having reserved `need` layer-positions and had `used`
@@ -601,13 +749,27 @@ impl Inner {
     /// Keeps a job opened ahead ([`Payer::job_ahead`]) for as long as the node runs: opens
     /// one when there is none (retried with back-off: early on the transaction may not reach a
     /// proposer yet), and replaces one at half its life, closing it for a refund, so that an
-    /// idle gateway still has a usable one.
+    /// idle gateway still has a usable one. It is opened at the price a request with the
+    /// default cap would pay now, and replaced when that price changes (workers came, went or
+    /// changed their prices).
     async fn keep_ahead(self: Arc<Self>) {
         let mut wait = Duration::from_secs(1);
+        let mut priced_at = tokio::time::Instant::now();
         loop {
             let current = *self.ahead.lock().await;
             let Some(a) = current else {
-                match self.open_channel_job().await {
+                // No route yet (workers not found, or none within the price): look again
+                // soon, without backing off; the back-off is for the chain.
+                let price = match self.ahead_price().await {
+                    Ok(price) => price,
+                    Err(e) => {
+                        tracing::debug!(target: TARGET, error = %e, "no price for a job ahead yet");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                priced_at = tokio::time::Instant::now();
+                match self.open_channel_job(price).await {
                     Ok(a) => {
                         self.count(|c| c.jobs_ahead_opened += 1);
                         tracing::info!(target: TARGET, job = a.id, deadline = a.deadline,
@@ -629,7 +791,15 @@ impl Inner {
                 _ = tokio::time::sleep(AHEAD_CHECK) => {}
             }
             let best = self.payer.chain.best().await.map(|h| h.number).unwrap_or(0);
-            if best.saturating_add(a.lifetime / 2) >= a.deadline {
+            let mut repriced = false;
+            if priced_at.elapsed() >= REPRICE_EVERY {
+                priced_at = tokio::time::Instant::now();
+                repriced = self.ahead_price().await.is_ok_and(|p| p != a.price);
+                if repriced {
+                    tracing::info!(target: TARGET, job = a.id, "the workers' prices changed");
+                }
+            }
+            if repriced || best.saturating_add(a.lifetime / 2) >= a.deadline {
                 let mut ahead = self.ahead.lock().await;
                 if ahead.map(|x| x.id) == Some(a.id) {
                     *ahead = None;
@@ -650,11 +820,13 @@ impl Inner {
         if req.model != self.info.id {
             return Err(BackendError::UnknownModel { model: req.model });
         }
+        let mut token_cap = None;
         let user =
             match &req.payer {
                 bitorch_api::Payer::Node => None,
                 bitorch_api::Payer::Token(token) => {
-                    let user = self.token_user(token).await?;
+                    let (user, cap) = self.token_user(token).await?;
+                    token_cap = cap;
                     let held = self.admit(&user)?;
                     Some((user, held))
                 }
@@ -670,24 +842,29 @@ impl Inner {
             .map_err(|e| BackendError::Internal(e.to_string()))?;
         let max_new = req.room_after(prompt.len(), self.context_length as usize)?;
         let positions = u32_of(prompt.len() + max_new);
-        // No route, no job: nothing is escrowed for a request that cannot run.
+        // No route within the price, no job: nothing is escrowed for a request that cannot
+        // run.
         let workers = self.workers().await;
-        if let Err(e) = plan_route(self.num_layers, &workers, |id| self.gateway.is_banned(id)) {
-            tracing::warn!(target: TARGET, error = %e, "no route for the request");
-            self.count(|c| c.refused_no_route += 1);
-            return Err(BackendError::Unavailable(e.to_string()));
-        }
+        // The request's cap, else its token's, else this gateway's.
+        let cap = req.max_price.or(token_cap).unwrap_or(self.payer.max_price);
+        let price = match self.price_for(&workers, cap) {
+            Ok(price) => price,
+            Err(e) => {
+                tracing::warn!(target: TARGET, error = %e, "no route for the request");
+                self.count(|c| c.refused_no_route += 1);
+                return Err(e);
+            }
+        };
         // The request's worst case: every position on every layer, with room for failovers.
         let need = u64::from(positions) * u64::from(self.num_layers) * FAILOVER_MARGIN;
         let job = match user.as_ref().map(|(u, _)| u) {
             None => {
-                let job = self.reserve(need).await?;
+                let job = self.reserve(need, price).await?;
                 tracing::info!(target: TARGET, job, prompt = prompt.len(), max_new, "paid from channel");
                 job
             }
             Some(user) => {
-                let max_tokens = positions.saturating_mul(FAILOVER_MARGIN as u32);
-                let job = self.open_job_for(user, max_tokens).await?;
+                let job = self.reserve_for(user, need, price).await?;
                 tracing::info!(target: TARGET, job, user = %to_ss58(user), prompt = prompt.len(), max_new, "paid from the user's allowance");
                 job
             }
@@ -701,19 +878,15 @@ impl Inner {
             sampling: req.sampling(),
             eos: self.tokenizer.eos().to_vec(),
             job: Some(job),
+            max_price: Some(price),
         };
         // At most one text event per token plus the tail and the end: never full.
         let (tx, rx) = mpsc::channel(max_new.saturating_add(2));
         let this = self.clone();
         tokio::spawn(async move {
             let used = this.run(greq, req.stop, tx, workers).await;
-            if user.is_some() {
-                // The user's job served this request only: closed, so that it settles and the
-                // rest of its escrow goes back to the user.
-                this.close_channels(vec![job]);
-            } else {
-                this.release(job, need, used);
-            }
+            drop(user);
+            this.release(job, need, used);
         });
         Ok(rx)
     }
@@ -761,9 +934,10 @@ impl Inner {
         Ok(InFlight { inner: Arc::clone(self), user: user.clone() })
     }
 
-    /// The user an API token names, once it verifies for this gateway and chain and the user's
-    /// allowance for this gateway is on chain and unexpired (401 otherwise, saying which).
-    async fn token_user(&self, token: &str) -> Result<AccountId, BackendError> {
+    /// The user an API token names, and the price cap it carries, once it verifies for this
+    /// gateway and chain and the user's allowance for this gateway is on chain and unexpired
+    /// (401 otherwise, saying which).
+    async fn token_user(&self, token: &str) -> Result<(AccountId, Option<Balance>), BackendError> {
         let unauthorized =
             |why: String| BackendError::Unauthorized(format!("API token refused: {why}"));
         let t = bitorch_primitives::api_token::ApiToken::parse(token)
@@ -786,16 +960,21 @@ impl Inner {
         if best >= a.expires_at {
             return Err(unauthorized(format!("the allowance expired at block {}", a.expires_at)));
         }
-        Ok(t.user)
+        Ok((t.user, t.max_price))
     }
 
     /// Opens a job of `max_tokens` positions paid from `user`'s allowance for this gateway,
     /// once it is on chain (402 when the allowance or the user's balance is short).
-    async fn open_job_for(&self, user: &AccountId, max_tokens: u32) -> Result<JobId, BackendError> {
+    async fn open_job_for(
+        &self,
+        user: &AccountId,
+        max_tokens: u32,
+        price: Balance,
+    ) -> Result<(JobId, jobs::Job), BackendError> {
         let pay = |e: String| BackendError::Payment(e);
         let escrow = u128::from(max_tokens)
             .saturating_mul(u128::from(self.num_layers))
-            .saturating_mul(self.payer.price);
+            .saturating_mul(price);
         let chain = |e: bitorch_service::Error| BackendError::Internal(e.to_string());
         let left = self.payer.chain.allowance(user.clone(), self.me()).await.map_err(chain)?;
         let remaining = left.map_or(0, |a| a.remaining);
@@ -807,13 +986,12 @@ impl Inner {
                 bitorch_primitives::format_balance(remaining)
             )));
         }
-        let _one = self.opening.lock().await;
         let before = self.payer.chain.next_job_id().await.map_err(chain)?;
         let call = Call::Jobs(jobs::Call::OpenJobFor {
             client: user.clone(),
             model: self.model,
             max_tokens,
-            price_per_layer_token: self.payer.price,
+            price_per_layer_token: price,
         });
         self.submit(vec![call]).await.map_err(|e| pay(format!("opening the job on chain: {e}")))?;
         let found = self
@@ -822,7 +1000,7 @@ impl Inner {
             .newest_open_job_for(user.clone(), self.me(), before)
             .await
             .map_err(chain)?;
-        found.map(|(id, _)| id).ok_or_else(|| {
+        found.ok_or_else(|| {
             pay("the job was not opened (is the user's free balance enough for the escrow?)".into())
         })
     }

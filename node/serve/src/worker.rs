@@ -12,7 +12,7 @@ use bitorch_compute::{
 };
 use bitorch_inference::Stage;
 use bitorch_network::{Handle as NetHandle, PeerId, StageInbound, WorkerAnnouncement};
-use bitorch_primitives::{AccountId, Pair, H256};
+use bitorch_primitives::{AccountId, Balance, Pair, H256};
 use bitorch_runtime::jobs::{self, Job, JobId, JobStatus};
 use bitorch_runtime::Call;
 use bitorch_service::Handle;
@@ -36,6 +36,7 @@ pub fn spawn_worker(
     genesis: H256,
     max_sessions: usize,
     cheat: Option<bitorch_compute::Cheat>,
+    price: Balance,
 ) -> Result<(WorkerHandle, WorkerInfo<Peer>)> {
     let mut config = WorkerConfig::new(model, genesis);
     config.max_sessions = max_sessions.max(1);
@@ -55,6 +56,7 @@ pub fn spawn_worker(
         layers: layers.0..layers.1,
         capacity,
         tokens_per_sec: rate,
+        price,
     };
     Ok((handle, info))
 }
@@ -86,6 +88,8 @@ pub struct StageWorker {
     pub genesis: H256,
     /// For the adversarial tests only: refuse every opening.
     pub refuse_openings: bool,
+    /// Its price per layer per token: sessions for jobs paying less are refused.
+    pub price: Balance,
 }
 
 /// Who may open sessions that no job pays for: nobody on a public worker, or the peers its
@@ -110,16 +114,25 @@ impl UnpaidPolicy {
 /// The client of the job a paid opening names, once this node sees the job open on chain for
 /// the model (waiting up to [`JOB_VISIBLE_WAIT`]: its block may reach the gateway's node a
 /// little earlier); [`StageError::JobNotOpen`] otherwise, since the worker would not be paid.
-/// `None` for any other request (a session knows its client from its opening).
+/// `None` for any other request (a session knows its client from its opening). A job that
+/// pays less per layer-token than `price` is refused ([`StageError::PriceTooLow`]).
 pub(crate) async fn job_client(
     chain: &Handle,
     req: &StageRequest,
+    price: Balance,
 ) -> Result<Option<AccountId>, StageError> {
     let StageRequest::Open { job: Some(job), model, .. } = req else { return Ok(None) };
     let (job, model) = (*job, *model);
     let deadline = tokio::time::Instant::now() + JOB_VISIBLE_WAIT;
     loop {
         if let Some(j) = open_job(chain, job, model).await {
+            if j.price_per_layer_token < price {
+                return Err(StageError::PriceTooLow {
+                    job,
+                    offered: j.price_per_layer_token,
+                    asked: price,
+                });
+            }
             // Who signs the session: the client, or the gateway that opened the job for it.
             return Ok(Some(j.signer().clone()));
         }
@@ -158,7 +171,7 @@ async fn answer(
     if let StageRequest::Opening(o) = &req {
         return Some(serve_opening(worker, chain, o).await);
     }
-    let client = match job_client(chain, &req).await {
+    let client = match job_client(chain, &req, worker.price).await {
         Ok(client) => client,
         Err(e) => {
             tracing::info!(target: TARGET, %peer, error = %e, "refused a session");
@@ -381,6 +394,7 @@ fn announcement(info: &WorkerInfo<Peer>, stats: Option<WorkerStats>) -> WorkerAn
         tokens_per_sec: announced_rate(rate),
         account: *account,
         expires_at_ms: 0,
+        price: info.price,
     }
 }
 

@@ -42,8 +42,13 @@ impl Drop for Setup {
 
 /// A dev chain where Alice registered a 4-layer model and opened job 0 for it, and Bob's worker
 /// serving layers 0..4 of a tiny model behind the stage server, which allows `allowed` to open
-/// sessions without a job.
+/// sessions without a job. Bob asks the job's price (1 BTR per layer-token).
 async fn setup(allowed: PeerId) -> Setup {
+    setup_priced(allowed, UNIT).await
+}
+
+/// [`setup`] with Bob's worker asking `price` per layer-token.
+async fn setup_priced(allowed: PeerId, price: u128) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let chain = Chain::open(&dir.path().join("db"), ChainSpec::dev().unwrap()).unwrap();
     let genesis = chain.genesis();
@@ -75,6 +80,7 @@ async fn setup(allowed: PeerId) -> Setup {
         traces: traces.clone(),
         genesis,
         refuse_openings: false,
+        price,
     };
     let (_keep, worker_rx) = watch::channel(Some(worker));
     let (requests, rx) = mpsc::channel(8);
@@ -120,6 +126,22 @@ impl Setup {
         });
         protocol::encode(&StageRequest::Open { session, model: self.model, layers, job, auth })
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_jobs_that_pay_below_its_price() {
+    let s = setup_priced(PeerId::random(), 2 * UNIT).await;
+    let refused = s.ask(PeerId::random(), s.open(1, Some(s.job), Some("//Alice"))).await;
+    assert_eq!(
+        refused,
+        StageResponse::Error(StageError::PriceTooLow {
+            job: s.job,
+            offered: UNIT,
+            asked: 2 * UNIT
+        })
+    );
+    // Nothing was opened: the worker has every session free.
+    assert_eq!(s.worker.stats().await.unwrap().sessions, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ fn main() {
     let eve = pair_from_suri("//Eve").unwrap();
     let gateway = account_of(&pair_from_suri("//Alice").unwrap());
     let far = u64::MAX / 2;
-    let text = ApiToken::make(&eve, gateway.clone(), far, &genesis).to_text();
+    let text = ApiToken::make(&eve, gateway.clone(), far, None, &genesis).to_text();
     let mut forged = text.clone();
     forged.replace_range(10..11, if &text[10..11] == "0" { "1" } else { "0" });
     rt.block_on(async move {

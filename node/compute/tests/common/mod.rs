@@ -199,7 +199,15 @@ impl StageTransport for MemTransport {
 /// The announcement of a worker.
 pub fn info(id: u32, w: &Worker, tokens_per_sec: f64) -> WorkerInfo<u32> {
     let (s, e) = w.info().layers;
-    WorkerInfo { id, account: w.account(), model: MODEL, layers: s..e, capacity: 4, tokens_per_sec }
+    WorkerInfo {
+        id,
+        account: w.account(),
+        model: MODEL,
+        layers: s..e,
+        capacity: 4,
+        tokens_per_sec,
+        price: 0,
+    }
 }
 
 /// Loads stages of a checkpoint.
