@@ -80,12 +80,15 @@ make_keys() {
   local bin="$1" genesis
   genesis="$(rpc chain_getBlockHash '[0]' | tr -d '"')"
   : >"$KEYFILE"
+  # In batches of 25 at once (each user signs its own, so their nonces do not collide).
+  local pids=()
   for i in $(seq 0 $((KEYS - 1))); do
     "$bin" wallet approve --suri "//User$i" --gateway "$ALICE" --allowance 100 --expires 1d \
       --rpc "ws://127.0.0.1:$RPC" >/dev/null &
-    [ $(( (i + 1) % 25 )) -eq 0 ] && wait
+    pids+=($!)
+    if [ "${#pids[@]}" -eq 25 ]; then wait "${pids[@]}"; pids=(); fi
   done
-  wait
+  [ "${#pids[@]}" -gt 0 ] && wait "${pids[@]}"
   for i in $(seq 0 $((KEYS - 1))); do
     "$bin" key api-token --suri "//User$i" --gateway "$ALICE" --expires 1d --genesis "$genesis" >>"$KEYFILE"
   done

@@ -119,7 +119,7 @@ def pull_time(seeders_rate, n_seeders):
         time.sleep(3)  # provider records spread
         mid = model_id()
         t = time.time()
-        out = subprocess.run([BIN, "model", "pull", mid, "--rpc", f"ws://127.0.0.1:{d}"],
+        out = subprocess.run([BIN, "model", "pull", mid, "--rpc", f"ws://127.0.0.1:{d}", "--output-type", "json"],
                              capture_output=True, text=True)
         wall = time.time() - t
         if out.returncode != 0:

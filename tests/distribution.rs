@@ -56,6 +56,7 @@ fn model_id(dir: &Path) -> String {
 fn pull(node: &Node, id: &str, layers: Option<&str>) -> Value {
     let mut cmd = Command::new(BIN);
     cmd.args(["model", "pull", id, "--rpc", &format!("ws://127.0.0.1:{}", node.rpc)]);
+    cmd.args(["--output-type", "json"]);
     if let Some(l) = layers {
         cmd.args(["--layers", l]);
     }
@@ -455,7 +456,7 @@ fn two_seeders_on_rate_limited_hosts_fill_a_puller() {
     std::thread::sleep(Duration::from_secs(2)); // provider records spread
     let out = Command::new("ip")
         .args(["netns", "exec", &hosts.names[2], BIN, "model", "pull", &id])
-        .args(["--rpc", "ws://127.0.0.1:9944"])
+        .args(["--rpc", "ws://127.0.0.1:9944", "--output-type", "json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "pull: {}\n{}", String::from_utf8_lossy(&out.stderr), log(2));

@@ -537,7 +537,6 @@ fn three_workers_answer_like_infer_are_paid_exactly_and_missing_layers_are_refus
     // a job used before the gateway knew is refunded in full. Stopped as an operator does, the
     // worker withdraws its announcement on the way out.
     let stopping = Instant::now();
-    let opened_before = next_job_id(&nodes[0]);
     nodes[1].terminate();
     eprintln!("Bob stopped in {:.1}s", stopping.elapsed().as_secs_f64());
     assert!(nodes[1].log().contains("withdrew the worker from the DHT"), "{}", nodes[1].log());

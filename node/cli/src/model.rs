@@ -4,6 +4,7 @@
 //! picks up the changes within seconds: it provides what the store holds). `pull` asks a
 //! running node (`--rpc`) to fetch a model's chunks from its peers, and shows the progress.
 
+use crate::key::OutputType;
 use anyhow::{bail, Context as _, Result};
 use bitorch_network::Handle as NetHandle;
 use bitorch_primitives::H256;
@@ -24,6 +25,9 @@ pub struct StoreArgs {
     /// The node's base path (the store is its `models` folder).
     #[arg(long, short = 'd')]
     base_path: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    output_type: OutputType,
 }
 
 /// `bitorch model` subcommands.
@@ -69,6 +73,9 @@ pub enum ModelCmd {
         /// The node's RPC URL.
         #[arg(long, default_value = "ws://127.0.0.1:9944")]
         rpc: String,
+        /// Output format (the progress goes to standard error either way).
+        #[arg(long, value_enum, default_value_t)]
+        output_type: OutputType,
     },
 }
 
@@ -101,11 +108,24 @@ fn human(bytes: u64) -> String {
 /// Runs a `bitorch model` subcommand.
 pub fn run(cmd: ModelCmd) -> Result<()> {
     match cmd {
-        ModelCmd::Import { path, name, store } => {
-            let store = store_at(&store)?;
+        ModelCmd::Import { path, name, store: args } => {
+            let store = store_at(&args)?;
             let t = Instant::now();
             let imported = store.import_gguf(&path, name.as_deref())?;
             let m = &imported.manifest;
+            if args.output_type == OutputType::Json {
+                let v = json!({
+                    "id": format!("{:?}", imported.id),
+                    "name": String::from_utf8_lossy(&m.name),
+                    "layers": m.layer_count,
+                    "chunks": m.chunks.len(),
+                    "bytes": imported.bytes,
+                    "reusedChunks": imported.reused_chunks,
+                    "secs": t.elapsed().as_secs_f64(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             println!("model {:?}", imported.id);
             println!(
                 "  {} ({} layers), {} chunks, {} in {:.2} s{}",
@@ -122,9 +142,34 @@ pub fn run(cmd: ModelCmd) -> Result<()> {
             );
             Ok(())
         }
-        ModelCmd::List { store } => {
-            let store = store_at(&store)?;
+        ModelCmd::List { store: args } => {
+            let store = store_at(&args)?;
             let models = store.models()?;
+            if args.output_type == OutputType::Json {
+                let v: Vec<Value> = models
+                    .iter()
+                    .map(|m| {
+                        let sizes = m.manifest.chunks.iter().map(|c| c.size);
+                        let held: u64 = sizes
+                            .clone()
+                            .zip(&m.complete)
+                            .filter(|(_, done)| **done)
+                            .map(|(s, _)| s)
+                            .sum();
+                        json!({
+                            "id": format!("{:?}", m.id),
+                            "name": String::from_utf8_lossy(&m.manifest.name),
+                            "chunks": m.complete.len(),
+                            "chunksComplete": m.complete.iter().filter(|c| **c).count(),
+                            "bytes": sizes.sum::<u64>(),
+                            "bytesHeld": held,
+                            "layersHeld": layer_ranges(&m.manifest, &m.complete),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             if models.is_empty() {
                 println!("no models in {}", store.dir().display());
             }
@@ -152,32 +197,42 @@ pub fn run(cmd: ModelCmd) -> Result<()> {
             }
             Ok(())
         }
-        ModelCmd::Verify { id, store } => {
+        ModelCmd::Verify { id, store: args } => {
             let model = parse_model_id(&id).context("a model id is 0x and 64 hex digits")?;
-            let store = store_at(&store)?;
+            let store = store_at(&args)?;
             let t = Instant::now();
             let (bytes, bad) = store.verify_model(&model)?;
             let secs = t.elapsed().as_secs_f64();
-            println!(
-                "verified {} in {secs:.3} s ({:.2} s per GB)",
-                human(bytes),
-                secs / (bytes.max(1) as f64 / 1e9)
-            );
+            if args.output_type == OutputType::Json {
+                let v = json!({ "id": format!("{model:?}"), "bytes": bytes, "secs": secs, "badChunks": bad });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "verified {} in {secs:.3} s ({:.2} s per GB)",
+                    human(bytes),
+                    secs / (bytes.max(1) as f64 / 1e9)
+                );
+            }
             if !bad.is_empty() {
                 bail!("{} chunks do not match their roots: {bad:?}", bad.len());
             }
             Ok(())
         }
-        ModelCmd::Rm { id, store } => {
+        ModelCmd::Rm { id, store: args } => {
             let model = parse_model_id(&id).context("a model id is 0x and 64 hex digits")?;
-            let store = store_at(&store)?;
+            let store = store_at(&args)?;
             let removed = store.remove_model(&model)?;
-            println!("removed model {model:?} and {} chunks", removed.len());
+            if args.output_type == OutputType::Json {
+                let v = json!({ "id": format!("{model:?}"), "removedChunks": removed.len() });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("removed model {model:?} and {} chunks", removed.len());
+            }
             Ok(())
         }
-        ModelCmd::Pull { id, layers, rpc } => {
+        ModelCmd::Pull { id, layers, rpc, output_type } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(pull_via_rpc(&id, layers.as_deref(), &rpc))
+            rt.block_on(pull_via_rpc(&id, layers.as_deref(), &rpc, output_type))
         }
     }
 }
@@ -210,7 +265,12 @@ fn layer_ranges(m: &bitorch_runtime::models::Manifest, complete: &[bool]) -> Vec
     out
 }
 
-async fn pull_via_rpc(id: &str, layers: Option<&str>, url: &str) -> Result<()> {
+async fn pull_via_rpc(
+    id: &str,
+    layers: Option<&str>,
+    url: &str,
+    output_type: OutputType,
+) -> Result<()> {
     let model = parse_model_id(id).context("a model id is 0x and 64 hex digits")?;
     let client = jsonrpsee::ws_client::WsClientBuilder::default()
         .request_timeout(Duration::from_secs(24 * 3600))
@@ -249,7 +309,25 @@ async fn pull_via_rpc(id: &str, layers: Option<&str>, url: &str) -> Result<()> {
     if tty {
         eprintln!();
     }
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    match output_type {
+        OutputType::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputType::Text => {
+            let n = |k: &str| report[k].as_u64().unwrap_or(0);
+            println!(
+                "pulled {} chunks: {} pieces fetched ({}) and {} already held, in {:.2} s from {} peers{}",
+                n("chunks"),
+                n("piecesFetched"),
+                human(n("bytes")),
+                n("piecesReused"),
+                report["secs"].as_f64().unwrap_or(0.0),
+                report["byPeer"].as_object().map_or(0, |p| p.len()),
+                match n("badPieces") {
+                    0 => String::new(),
+                    bad => format!("; {bad} bad pieces refused, their senders penalised"),
+                }
+            );
+        }
+    }
     Ok(())
 }
 
