@@ -287,7 +287,7 @@ impl Engine {
         let tokenizer = match ckpt {
             Checkpoint::Gguf(g) => Tokenizer::from_gguf(&g.content)?,
             Checkpoint::Safetensors(s) => {
-                Tokenizer::from_file(&s.dir.join("tokenizer.json"), eos_from_config(&s.dir))?
+                Tokenizer::from_bytes(&s.tokenizer_json()?, eos_from_config(&s.config_json))?
             }
         };
         let load = LoadOptions {
@@ -446,9 +446,8 @@ impl Engine {
 }
 
 /// End-of-sequence ids from a Hugging Face `config.json` (a number or a list).
-fn eos_from_config(dir: &Path) -> Vec<u32> {
-    let json = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+pub fn eos_from_config(json: &str) -> Vec<u32> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
     match &v["eos_token_id"] {
         serde_json::Value::Number(n) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
         serde_json::Value::Array(a) => {

@@ -210,8 +210,16 @@ impl Tokenizer {
 
     /// Loads a Hugging Face `tokenizer.json`; `eos` lists the end-of-sequence ids.
     pub fn from_file(path: &Path, eos: Vec<u32>) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let bytes = std::fs::read(path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        Self::from_bytes(&bytes, eos)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
+    /// A Hugging Face `tokenizer.json`'s bytes, with these end-of-sequence ids.
+    pub fn from_bytes(json: &[u8], eos: Vec<u32>) -> Result<Self> {
+        let inner =
+            tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?;
         let chat = inner
             .token_to_id("<|im_start|>")
             .map(|_| ChatTemplate::ChatMl { default_system: None });

@@ -155,3 +155,46 @@ fn prompt_longer_than_context() {
     let x = candle_core::Tensor::zeros((1, 2, 64), DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(stage.forward_layers(&x, 3, &mut cache), Err(Error::StageInput(_))));
 }
+
+#[test]
+fn hostile_safetensors_bundle_prefixes() {
+    use bitorch_inference::checkpoint::{read_bundle_index, BUNDLE_MAGIC};
+    let label = Path::new("bundle");
+    let prefix = |shards: u32, config: u64, tokenizer: u64, table: &[(u64, u64)]| {
+        let mut b = BUNDLE_MAGIC.to_vec();
+        b.extend_from_slice(&shards.to_le_bytes());
+        b.extend_from_slice(&config.to_le_bytes());
+        b.extend_from_slice(&tokenizer.to_le_bytes());
+        for (h, d) in table {
+            b.extend_from_slice(&h.to_le_bytes());
+            b.extend_from_slice(&d.to_le_bytes());
+        }
+        b
+    };
+    // Each is refused before anything it asks for is allocated.
+    for (bytes, why) in [
+        ([&b"GGUF\0\0\0\x03"[..], &[0u8; 40]].concat(), "not a safetensors bundle"),
+        (prefix(0, 2, 0, &[]), "0 shards"),
+        (prefix(u32::MAX, 2, 0, &[]), "shards"),
+        (prefix(1, u64::MAX, 0, &[(2, 0)]), "too large"),
+        (prefix(1, 2, u64::MAX, &[(2, 0)]), "too large"),
+        (prefix(1, 2, 0, &[(u64::MAX, 0)]), "shard header of"),
+        (prefix(1, 2, 0, &[(2, 0)]), "cut short"),
+    ] {
+        match read_bundle_index(&mut &bytes[..], label) {
+            Err(Error::BadSafetensors { reason, .. }) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    // A tensor past its shard's data.
+    let header = br#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+    let mut b = prefix(1, 2, 0, &[(header.len() as u64, 8)]);
+    b.extend_from_slice(b"{}");
+    b.extend_from_slice(header);
+    match read_bundle_index(&mut &b[..], label) {
+        Err(Error::BadSafetensors { reason, .. }) => {
+            assert!(reason.contains("inconsistent offsets"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -33,10 +33,12 @@ pub struct StoreArgs {
 /// `bitorch model` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum ModelCmd {
-    /// Split a GGUF model into verified chunks in the store and print its id (derived from
-    /// its content: the same file gives the same id anywhere).
+    /// Split a model into verified chunks in the store and print its id (derived from its
+    /// content: the same model gives the same id anywhere): a GGUF file, or a safetensors
+    /// directory (`config.json`, `tokenizer.json`, `model.safetensors` or the shards its
+    /// `model.safetensors.index.json` names).
     Import {
-        /// The model file.
+        /// The GGUF file or safetensors directory.
         path: PathBuf,
         /// A label for it (the file's name by default).
         #[arg(long)]
@@ -111,7 +113,7 @@ pub fn run(cmd: ModelCmd) -> Result<()> {
         ModelCmd::Import { path, name, store: args } => {
             let store = store_at(&args)?;
             let t = Instant::now();
-            let imported = store.import_gguf(&path, name.as_deref())?;
+            let imported = store.import(&path, name.as_deref())?;
             let m = &imported.manifest;
             if args.output_type == OutputType::Json {
                 let v = json!({

@@ -274,7 +274,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             let path = Path::new(given);
             let source = if path.exists() {
                 let t = std::time::Instant::now();
-                let imported = store.import_gguf(path, None).with_context(|| {
+                let imported = store.import(path, None).with_context(|| {
                     format!("importing {} into the model store", path.display())
                 })?;
                 tracing::info!(target: "node", model = ?imported.id, chunks = imported.manifest.chunks.len(), secs = t.elapsed().as_secs_f64(), "imported the model into the store");

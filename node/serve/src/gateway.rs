@@ -115,6 +115,10 @@ pub const CHANNEL_CONTEXTS: u32 = 16;
 pub const CHANNEL_REQUESTS: u32 = 64;
 /// A channel no request has used for this long is closed.
 const CHANNEL_IDLE: Duration = Duration::from_secs(10);
+/// An API token user's channel no request has used for this long is closed: longer than the
+/// API account's, since a user's next request would otherwise wait for a new job's block (and
+/// the channel escrows at most half of what the user's allowance has left).
+const USER_CHANNEL_IDLE: Duration = Duration::from_secs(60);
 /// A request reserves its worst case times this from its channel: a failover replays the
 /// session's positions on a new worker, which is paid for them too.
 const FAILOVER_MARGIN: u64 = 2;
@@ -716,7 +720,8 @@ impl Inner {
         let to_close = {
             let mut channels = self.channels();
             for c in channels.iter_mut() {
-                let idle = c.in_flight == 0 && c.last_used.elapsed() >= CHANNEL_IDLE;
+                let limit = if c.user.is_some() { USER_CHANNEL_IDLE } else { CHANNEL_IDLE };
+                let idle = c.in_flight == 0 && c.last_used.elapsed() >= limit;
                 if idle || best.saturating_add(c.lifetime / 2) >= c.deadline {
                     c.retired = true;
                 }

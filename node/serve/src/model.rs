@@ -123,12 +123,16 @@ impl Described {
     /// needs, read from the shared chunk (no weights read yet).
     pub fn from_store(store: &Store, manifest: &Manifest) -> Result<Self> {
         let ckpt = store.checkpoint(manifest)?;
-        let Checkpoint::Gguf(g) = &ckpt else {
-            return Err(Error::Manifest("only GGUF models are served for now".into()));
+        let tokenizer = match &ckpt {
+            Checkpoint::Gguf(g) => Tokenizer::from_gguf(&g.content)
+                .map_err(|source| Error::Model { path: g.path.clone(), source })?,
+            Checkpoint::Safetensors(s) => {
+                let model = |source| Error::Model { path: s.dir.clone(), source };
+                let eos = bitorch_inference::pipeline::eos_from_config(&s.config_json);
+                Tokenizer::from_bytes(&s.tokenizer_json().map_err(model)?, eos).map_err(model)?
+            }
         };
-        let tokenizer = Tokenizer::from_gguf(&g.content)
-            .map_err(|source| Error::Model { path: g.path.clone(), source })?;
-        let context_length = u32_of(g.config.context_length);
+        let context_length = u32_of(ckpt.config().context_length);
         Ok(Self {
             ckpt,
             tokenizer,

@@ -28,8 +28,20 @@
 //!   restarted pull refetches nothing that was verified and written.
 //!
 //! Files are replaced by renaming, so a crash leaves either the old or the new one.
+//!
+//! # Safetensors
+//! A safetensors model (a directory with `config.json`, `tokenizer.json` and `model.safetensors`,
+//! or shards named by `model.safetensors.index.json`) is imported as one stream of bytes, a
+//! [`SafetensorsBundle`]: a prefix with the config, the tokenizer and every shard's header,
+//! then the shards' tensor data. It is split the same way ([`safetensors_layout`]): the
+//! tensors `model.layers.N.*` to layer `N`'s chunk, the prefix and every other tensor to the
+//! shared chunk, so the shared chunk starts with the prefix and the layout is again a function
+//! of the shared chunk alone.
 
-use bitorch_inference::checkpoint::{read_gguf_header, ByteSource, GgufCheckpoint, ReadSeek};
+use bitorch_inference::checkpoint::{
+    read_bundle_index, read_gguf_header, ByteSource, GgufCheckpoint, ReadSeek, SafetensorsBundle,
+    SafetensorsCheckpoint, BUNDLE_MAGIC,
+};
 use bitorch_inference::{Checkpoint, Config};
 use bitorch_primitives::merkle::merkle_root;
 use bitorch_primitives::{blake2_256, H256};
@@ -152,26 +164,56 @@ pub fn gguf_layout(
     let data = content.tensor_data_offset;
     let mut starts = Vec::with_capacity(content.tensor_infos.len());
     for (name, info) in &content.tensor_infos {
-        let part = match name.strip_prefix("blk.") {
-            Some(rest) => {
-                let n: u32 = rest
-                    .split('.')
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| format!("tensor '{name}' has no layer number"))?;
-                if n >= layers {
-                    return Err(format!("tensor '{name}' is past the model's {layers} layers"));
-                }
-                Part::Layer(n)
-            }
-            None => Part::Shared,
-        };
+        let part = part_by_name(name, "blk.", layers)?;
         let start = data
             .checked_add(info.offset)
             .filter(|s| *s <= file_len)
             .ok_or_else(|| format!("tensor '{name}' starts past the end of the file"))?;
         starts.push((start, part, name.as_str()));
     }
+    split(starts, file_len, layers)
+}
+
+/// Splits a [`SafetensorsBundle`] of `len` bytes whose tensors lie at `tensors` (name, start,
+/// length) into segments, as [`gguf_layout`] does a GGUF file: the prefix and every tensor that
+/// is not a layer's to [`Part::Shared`], the tensors `model.layers.N.*` to [`Part::Layer`]`(N)`.
+pub fn safetensors_layout(
+    tensors: &[(String, u64, u64)],
+    len: u64,
+    layers: u32,
+) -> Result<Vec<Segment>, String> {
+    let mut starts = Vec::with_capacity(tensors.len());
+    for (name, start, _) in tensors {
+        if *start > len {
+            return Err(format!("tensor '{name}' starts past the end of the bundle"));
+        }
+        starts.push((*start, part_by_name(name, "model.layers.", layers)?, name.as_str()));
+    }
+    split(starts, len, layers)
+}
+
+/// The chunk of the tensor `name`: layer `N`'s for `{layer_prefix}N.…`, else the shared one.
+fn part_by_name(name: &str, layer_prefix: &str, layers: u32) -> Result<Part, String> {
+    let Some(rest) = name.strip_prefix(layer_prefix) else { return Ok(Part::Shared) };
+    let n: u32 = rest
+        .split('.')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("tensor '{name}' has no layer number"))?;
+    if n >= layers {
+        return Err(format!("tensor '{name}' is past the model's {layers} layers"));
+    }
+    Ok(Part::Layer(n))
+}
+
+/// Segments from the tensors' starts: everything before the first tensor is shared; each
+/// tensor's range runs to the next one's start, the last to `file_len`; adjacent ranges of
+/// one chunk merged. Fails unless every layer has bytes.
+fn split(
+    mut starts: Vec<(u64, Part, &str)>,
+    file_len: u64,
+    layers: u32,
+) -> Result<Vec<Segment>, String> {
     starts.sort();
     let mut segments: Vec<Segment> = Vec::with_capacity(starts.len() + 1);
     let mut push = |start: u64, end: u64, part: Part| {
@@ -340,6 +382,19 @@ impl Store {
         fs::rename(&tmp, path).map_err(io_err(path))
     }
 
+    /// Imports the model at `path`: a safetensors model directory (or a `.safetensors` file in
+    /// one) with [`Store::import_safetensors`], anything else as GGUF with
+    /// [`Store::import_gguf`].
+    pub fn import(&self, path: &Path, name: Option<&str>) -> Result<Imported> {
+        if path.is_dir() {
+            self.import_safetensors(path, name)
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            self.import_safetensors(path.parent().unwrap_or(Path::new(".")), name)
+        } else {
+            self.import_gguf(path, name)
+        }
+    }
+
     /// Splits the GGUF model at `path` into chunks in the store and writes its manifest,
     /// reading the file once, a piece at a time (memory does not grow with the file). `name`
     /// is the manifest's label (the file's name when `None`).
@@ -352,6 +407,44 @@ impl Store {
         let segments = gguf_layout(&ckpt.content, file_len, layers).map_err(bad)?;
         let mut file =
             BufReader::with_capacity(PIECE_SIZE as usize, File::open(path).map_err(io_err(path))?);
+        let label = name.map(str::to_string).unwrap_or_else(|| {
+            path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
+        });
+        self.write_model(&mut file, path, &segments, &cfg, layers, label, file_len)
+    }
+
+    /// Splits the safetensors model in the directory `dir` (its `config.json`, `tokenizer.json`
+    /// and shards) into chunks in the store, as one [`SafetensorsBundle`], and writes its
+    /// manifest; reads each shard once, a piece at a time. `name` labels it (the directory's
+    /// name when `None`).
+    pub fn import_safetensors(&self, dir: &Path, name: Option<&str>) -> Result<Imported> {
+        let bad = |reason: String| StoreError::BadModel { path: dir.to_path_buf(), reason };
+        let ckpt = SafetensorsCheckpoint::open(dir).map_err(|e| bad(e.to_string()))?;
+        let cfg = ckpt.config.clone();
+        let layers = u32::try_from(cfg.num_layers).map_err(|_| bad("too many layers".into()))?;
+        let bundle = SafetensorsBundle::of_dir(dir).map_err(|e| bad(e.to_string()))?;
+        let segments = safetensors_layout(&bundle.tensors, bundle.len(), layers).map_err(bad)?;
+        let len = bundle.len();
+        let mut reader = BundleReader::new(bundle);
+        let label = name.map(str::to_string).unwrap_or_else(|| {
+            dir.file_name().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
+        });
+        self.write_model(&mut reader, dir, &segments, &cfg, layers, label, len)
+    }
+
+    /// Writes the chunks of a model read from `file` (`path` names it in errors) split along
+    /// `segments` (the shared chunk, then one per layer), and its manifest.
+    #[allow(clippy::too_many_arguments)]
+    fn write_model(
+        &self,
+        file: &mut (impl Read + Seek),
+        path: &Path,
+        segments: &[Segment],
+        cfg: &Config,
+        layers: u32,
+        label: String,
+        file_len: u64,
+    ) -> Result<Imported> {
         let mut chunks = Vec::with_capacity(layers as usize + 1);
         let mut reused = 0;
         let mut buf = vec![0u8; 64 * 1024];
@@ -387,9 +480,6 @@ impl Store {
             };
             chunks.push(Chunk { kind, root, size, piece_size: PIECE_SIZE });
         }
-        let label = name.map(str::to_string).unwrap_or_else(|| {
-            path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
-        });
         let mut label = label.into_bytes();
         label.truncate(models::MAX_NAME_LEN);
         while std::str::from_utf8(&label).is_err() {
@@ -399,7 +489,7 @@ impl Store {
         let manifest = Manifest {
             name: label,
             architecture: b"llama".to_vec(),
-            hyper: hyper_params(&cfg),
+            hyper: hyper_params(cfg),
             layer_count: layers,
             // The tokenizer is in the header, in the shared chunk.
             tokenizer_hash: shared_root,
@@ -654,13 +744,23 @@ impl Store {
         }
         let shared_path = self.chunk_path(&shared.root);
         let label = self.dir.join("manifests").join(hex_name(&manifest.id()));
-        let content = {
-            let mut r = BufReader::new(File::open(&shared_path).map_err(io_err(&shared_path))?);
-            read_gguf_header(&mut r, &label)?
-        };
         let file_len: u64 = manifest.chunks.iter().map(|c| c.size).sum();
-        let segments =
-            gguf_layout(&content, file_len, manifest.layer_count).map_err(StoreError::Layout)?;
+        // The shared chunk starts with the model's header: a GGUF header, or a safetensors
+        // bundle's prefix.
+        let mut r = BufReader::new(File::open(&shared_path).map_err(io_err(&shared_path))?);
+        let mut magic = [0u8; 8];
+        let bundle = r.read_exact(&mut magic).is_ok() && &magic == BUNDLE_MAGIC;
+        r.seek(SeekFrom::Start(0)).map_err(io_err(&shared_path))?;
+        let segments = if bundle {
+            let index =
+                read_bundle_index(&mut r, &label).map_err(|e| StoreError::Layout(e.to_string()))?;
+            safetensors_layout(&index.tensor_ranges(), file_len, manifest.layer_count)
+        } else {
+            let content = read_gguf_header(&mut r, &label)?;
+            gguf_layout(&content, file_len, manifest.layer_count)
+        }
+        .map_err(StoreError::Layout)?;
+        drop(r);
         // Place each segment in its chunk, and check the chunks' sizes against the manifest.
         let mut files = Vec::with_capacity(manifest.chunks.len());
         let mut fill = vec![0u64; manifest.chunks.len()];
@@ -689,7 +789,7 @@ impl Store {
             }
         }
         let source = Arc::new(ChunkedFile { segments: placed, files, len: file_len });
-        Ok(Checkpoint::Gguf(GgufCheckpoint::open_source(label, source)?))
+        Ok(Checkpoint::open_source(label, source)?)
     }
 }
 
@@ -858,6 +958,79 @@ impl Expected {
             return Err(bad("its hash is not the one the chunk names"));
         }
         Ok(Verified { root: self.chunk.root, index: self.index, bytes })
+    }
+}
+
+/// A [`SafetensorsBundle`] read as one stream: its prefix from memory, the shards' data from
+/// their files.
+struct BundleReader {
+    bundle: SafetensorsBundle,
+    /// Where each shard's data starts in the bundle.
+    starts: Vec<u64>,
+    len: u64,
+    pos: u64,
+    open: Option<(usize, File)>,
+}
+
+impl BundleReader {
+    fn new(bundle: SafetensorsBundle) -> Self {
+        let mut at = bundle.prefix.len() as u64;
+        let starts = bundle
+            .shards
+            .iter()
+            .map(|s| {
+                let start = at;
+                at += s.2;
+                start
+            })
+            .collect();
+        let len = bundle.len();
+        Self { bundle, starts, len, pos: 0, open: None }
+    }
+}
+
+impl Read for BundleReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.len || buf.is_empty() {
+            return Ok(0);
+        }
+        let prefix = self.bundle.prefix.len() as u64;
+        if self.pos < prefix {
+            let from = &self.bundle.prefix[self.pos as usize..];
+            let n = from.len().min(buf.len());
+            buf[..n].copy_from_slice(&from[..n]);
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        let i = self.starts.partition_point(|&s| s <= self.pos) - 1;
+        let (path, offset, len) = &self.bundle.shards[i];
+        let within = self.pos - self.starts[i];
+        let n = buf.len().min(usize::try_from(len - within).unwrap_or(usize::MAX));
+        if !matches!(&self.open, Some((f, _)) if *f == i) {
+            self.open = Some((i, File::open(path)?));
+        }
+        let Some((_, file)) = &self.open else { return Ok(0) };
+        let got = file.read_at(&mut buf[..n], offset + within)?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} is shorter than when its header was read", path.display()),
+            ));
+        }
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl Seek for BundleReader {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let new = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad seek"))?;
+        Ok(self.pos)
     }
 }
 
