@@ -84,7 +84,9 @@ fn chunks(node: &Node) -> std::collections::BTreeMap<String, Vec<u8>> {
 }
 
 fn seeded_to(seeder: &Node, peer: &str) -> u64 {
-    let s = seeder.rpc("bitorch_seedStats", json!([])).unwrap();
+    let s = seeder
+        .rpc("bitorch_seedStats", json!([]))
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", seeder.name, logs(&[seeder])));
     s["byPeer"][peer].as_u64().unwrap_or(0)
 }
 
@@ -269,6 +271,55 @@ fn a_corrupt_seeder_is_dropped_and_a_killed_pull_resumes() {
         "X not penalised: {report}, banned {banned}"
     );
     drop((x, d));
+}
+
+#[test]
+fn a_holder_that_appears_mid_pull_joins_it() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, mut nodes, boot) = testnet(dir.path(), 1);
+    let model_path = model().display().to_string();
+    // A: the only holder at first, sending each peer at most 4 MB/s (a 98 MB pull: ~25 s).
+    nodes[0].extra = ["--serve-model", &model_path, "--api-account", "//Eve", "--seed-rate", "4"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    nodes[0].extra.extend(["--api-port".to_string(), free_port().to_string()]);
+    nodes[0].start(&spec, "");
+    wait_for("A to serve", 240, &[&nodes[0]], || {
+        nodes[0].log().contains("announced the worker in the DHT")
+    });
+    let mut d = Node::new(dir.path(), "Dave");
+    d.start_as(&spec, &boot, false);
+    std::thread::sleep(Duration::from_secs(2)); // A's provider records spread
+    let mut y = Node::new(dir.path(), "Yara");
+    let id = model_id(&y.base);
+    let puller = Command::new(BIN)
+        .args(["model", "pull", &id, "--output-type", "json"])
+        .args(["--rpc", &format!("ws://127.0.0.1:{}", d.rpc)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the pull to start", 60, &[&nodes[0], &d], || {
+        let p = d.rpc("bitorch_pullProgress", json!([])).unwrap_or(Value::Null);
+        p["piecesDone"].as_u64().unwrap_or(0) > 0
+    });
+    // Y, holding the whole model and no rate limit, joins the network while D pulls from A.
+    y.start_as(&spec, &boot, false);
+    let y_peer = y.peer_id();
+    let out = puller.wait_with_output().unwrap();
+    assert!(out.status.success(), "the pull failed\n{}", logs(&[&nodes[0], &d, &y]));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let from_y = report["byPeer"][&y_peer].as_u64().unwrap_or(0);
+    let bytes = report["bytes"].as_u64().unwrap();
+    assert!(
+        from_y * 3 > bytes,
+        "Y sent {from_y} of {bytes} bytes: the pull did not take the new holder: {report}"
+    );
+    assert_eq!(chunks(&d), chunks(&nodes[0]), "D's chunks differ from A's");
+    eprintln!("pulled {bytes} bytes in {} s, {from_y} from the holder that joined", report["secs"]);
+    drop((y, d));
 }
 
 /// Three hosts made of network namespaces on a bridge, removed when dropped.

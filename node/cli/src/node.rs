@@ -530,7 +530,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             // The API opens once a job is ready for its first request (bounded: a network whose
             // chain stalls must not keep the API closed).
             if !backend.ready(Duration::from_secs(15)).await {
-                tracing::warn!(target: "node", "no job opened ahead yet; the first request opens its own");
+                tracing::warn!(target: "node", "no job opened ahead yet (no route covers the model yet, or the chain is slow); the first request opens its own");
             }
             // Reached from outside, requests are paid by API tokens only: anyone who reaches
             // the port must not spend the API account's credits.

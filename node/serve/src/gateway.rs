@@ -206,6 +206,9 @@ struct Inner {
     ahead: Mutex<Option<Ahead>>,
     /// Told when a request takes the job opened ahead.
     taken: tokio::sync::Notify,
+    /// The job ahead cannot be priced yet: no route covers the model (its workers are not
+    /// found yet).
+    no_route_yet: std::sync::atomic::AtomicBool,
     /// The channels: the newest takes new requests, retired ones close when their requests
     /// end (locked briefly, never across an await).
     channels: std::sync::Mutex<Vec<Channel>>,
@@ -325,6 +328,7 @@ impl GatewayBackend {
             user_opening: std::sync::Mutex::new(std::collections::HashMap::new()),
             ahead: Mutex::new(None),
             taken: tokio::sync::Notify::new(),
+            no_route_yet: std::sync::atomic::AtomicBool::new(false),
             channels: std::sync::Mutex::new(Vec::new()),
             counts: std::sync::Mutex::new(BackendStats::default()),
             key_limits: o.key_limits,
@@ -356,7 +360,8 @@ impl GatewayBackend {
     /// [`Payer::job_ahead`]); returns whether it is. A node opens its API after this, so that
     /// its first request does not wait for blocks: measured on the dev node, the first
     /// request's time to first token was 1.7 s when it came before the job ahead (it waited for
-    /// that job's block, then for its own), 0.14 s after.
+    /// that job's block, then for its own), 0.14 s after. Returns `false` at once while no
+    /// route covers the model (the job ahead is opened at a route's price, once one does).
     pub async fn ready(&self, within: Duration) -> bool {
         if !self.0.payer.job_ahead {
             return true;
@@ -365,6 +370,9 @@ impl GatewayBackend {
         loop {
             if self.0.ahead.lock().await.is_some() {
                 return true;
+            }
+            if self.0.no_route_yet.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
             }
             if tokio::time::Instant::now() >= deadline {
                 return false;
@@ -766,8 +774,12 @@ impl Inner {
                 // No route yet (workers not found, or none within the price): look again
                 // soon, without backing off; the back-off is for the chain.
                 let price = match self.ahead_price().await {
-                    Ok(price) => price,
+                    Ok(price) => {
+                        self.no_route_yet.store(false, std::sync::atomic::Ordering::Relaxed);
+                        price
+                    }
                     Err(e) => {
+                        self.no_route_yet.store(true, std::sync::atomic::Ordering::Relaxed);
                         tracing::debug!(target: TARGET, error = %e, "no price for a job ahead yet");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;

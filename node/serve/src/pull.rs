@@ -83,6 +83,9 @@ pub struct PullOptions {
     pub max_failures: u32,
     /// How long to keep looking for providers of a chunk none provides yet.
     pub find_for: Duration,
+    /// While a pull runs, the holders of the chunks it still lacks are looked up again this
+    /// often, and the new ones are asked too.
+    pub rediscover_every: Duration,
 }
 
 impl Default for PullOptions {
@@ -92,6 +95,7 @@ impl Default for PullOptions {
             request_timeout: Duration::from_secs(20),
             max_failures: 3,
             find_for: Duration::from_secs(30),
+            rediscover_every: Duration::from_secs(5),
         }
     }
 }
@@ -168,6 +172,8 @@ struct PeerState {
     failures: u32,
     gone: bool,
     bytes: u64,
+    /// Its request slots running now.
+    loops: usize,
 }
 
 type Key = (usize, u32);
@@ -383,15 +389,86 @@ pub async fn pull(
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
-    for peer in peer_list {
-        for _ in 0..options.per_peer.max(1) {
+    // A peer's request slots; each takes itself off the peer's count when it ends.
+    let spawn_slots = |tasks: &mut tokio::task::JoinSet<Result<(), PullError>>, peer: PeerId| {
+        let n = options.per_peer.max(1);
+        if let Some(p) = lock(&sched).peers.get_mut(&peer) {
+            p.loops += n;
+        }
+        for _ in 0..n {
             let (net, sched, progress, options) =
                 (net.clone(), sched.clone(), progress.clone(), options.clone());
-            tasks.spawn(async move { fetch_loop(net, peer, sched, progress, options).await });
+            tasks.spawn(async move {
+                let r = fetch_loop(net, peer, sched.clone(), progress, options).await;
+                if let Some(p) = lock(&sched).peers.get_mut(&peer) {
+                    p.loops = p.loops.saturating_sub(1);
+                }
+                r
+            });
         }
+    };
+    for peer in peer_list {
+        spawn_slots(&mut tasks, peer);
     }
+    // Holders that appear while the pull runs (a node that just finished pulling the same
+    // model, say) are looked up every `rediscover_every` and asked too.
+    let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<Vec<(usize, Vec<PeerId>)>>(4);
+    let rediscover = {
+        let (net, sched, roots) =
+            (net.clone(), sched.clone(), chunks.iter().map(|c| c.root.0).collect::<Vec<_>>());
+        let every = options.rediscover_every;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let missing: Vec<usize> = {
+                    let s = lock(&sched);
+                    (0..roots.len()).filter(|&i| !s.partials[i].missing().is_empty()).collect()
+                };
+                if missing.is_empty() {
+                    return;
+                }
+                let lookups = missing.into_iter().map(|i| {
+                    let (net, root) = (net.clone(), roots[i]);
+                    async move { (i, net.find_chunk_providers(root).await.unwrap_or_default()) }
+                });
+                let found: Vec<_> = stream::iter(lookups).buffered(16).collect().await;
+                if found_tx.send(found).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let mut failure = None;
-    while let Some(done) = tasks.join_next().await {
+    loop {
+        let done = tokio::select! {
+            done = tasks.join_next() => match done {
+                Some(done) => done,
+                None => break,
+            },
+            Some(found) = found_rx.recv() => {
+                let mut fresh = Vec::new();
+                {
+                    let mut s = lock(&sched);
+                    for (i, holders) in found {
+                        for peer in holders {
+                            let state = s.peers.entry(peer).or_default();
+                            if !state.gone && state.chunks.insert(i) && state.loops == 0 {
+                                fresh.push(peer);
+                            }
+                        }
+                    }
+                    let live = s.live_peers();
+                    set(progress, |p| p.peers = live);
+                }
+                fresh.sort();
+                fresh.dedup();
+                for peer in fresh {
+                    tracing::info!(target: TARGET, %peer, "a new holder joins the pull");
+                    spawn_slots(&mut tasks, peer);
+                }
+                continue;
+            }
+        };
         match done {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -404,6 +481,7 @@ pub async fn pull(
             }
         }
     }
+    rediscover.abort();
     set(progress, |p| p.finished = true);
     if let Some(e) = failure {
         return Err(e);
