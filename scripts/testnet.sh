@@ -10,8 +10,9 @@
 #                                            node 0 imports the file, the others pull their
 #                                            layers' chunks from the network by model id
 #   scripts/testnet.sh stop [--dir DIR]      stops exactly the nodes it started
-# Node i listens for RPC on 127.0.0.1:$((9944+i)) and for peers on 127.0.0.1:$((30333+i));
-# override the bases with BITORCH_RPC_BASE and BITORCH_P2P_BASE.
+# Node i listens for RPC on 127.0.0.1:$((9944+i)), for peers on 127.0.0.1:$((30333+i)) and
+# serves Prometheus metrics on 127.0.0.1:$((9615+i)); override the bases with
+# BITORCH_RPC_BASE, BITORCH_P2P_BASE and BITORCH_PROMETHEUS_BASE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CMD="${1:-}"; shift || true
@@ -28,6 +29,7 @@ done
 RPC_BASE="${BITORCH_RPC_BASE:-9944}"
 API_BASE="${BITORCH_API_BASE:-8080}"
 P2P_BASE="${BITORCH_P2P_BASE:-30333}"
+PROM_BASE="${BITORCH_PROMETHEUS_BASE:-9615}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
 BIN="${BITORCH_BIN:-$CARGO_TARGET_DIR/debug/bitorch}"
 NAMES=(Alice Bob Charlie Dave Eve Ferdie)
@@ -89,7 +91,8 @@ PY
       peer="$("$BIN" key generate-node-key --file "$base/chains/local/network/secret_ed25519" 2>&1 >/dev/null)"
       suri="//${NAMES[$i]:-Node$i}"
       args=(node --chain "$DIR/spec.json" --base-path "$base" --validator "$suri"
-            --rpc-port $((RPC_BASE + i)) --listen-addr "/ip4/127.0.0.1/tcp/$((P2P_BASE + i))")
+            --rpc-port $((RPC_BASE + i)) --listen-addr "/ip4/127.0.0.1/tcp/$((P2P_BASE + i))"
+            --prometheus-port $((PROM_BASE + i)))
       [ -n "$BOOT" ] && args+=(--boot-nodes "$BOOT")
       if [ -n "$MODEL" ]; then
         source="$MODEL_ID"; [ "$i" -eq 0 ] && source="$MODEL"

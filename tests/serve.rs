@@ -467,3 +467,48 @@ fn a_token_past_its_rate_limit_gets_429_with_retry_after_and_others_are_served()
     let (status, body) = ask(Some(&token));
     assert_eq!(status, 200, "{body}");
 }
+
+/// `GET /metrics` of a node's Prometheus endpoint: the value of each sample by its name (with
+/// labels), and the content type.
+fn scrape(port: u16) -> (std::collections::BTreeMap<String, f64>, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let samples = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(name, v)| (name.to_string(), v.parse::<f64>().unwrap()))
+        .collect();
+    (samples, head.to_lowercase())
+}
+
+#[test]
+fn the_prometheus_endpoint_shows_the_node_at_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (node, api) = start_with(dir.path(), &["--prometheus-port", &port.to_string()]);
+    let (before, head) = scrape(port);
+    assert!(head.contains("content-type: application/openmetrics-text"), "{head}");
+    let best =
+        |m: &std::collections::BTreeMap<String, f64>| m["bitorch_block_height{status=\"best\"}"];
+    assert!(before.contains_key("bitorch_block_height{status=\"finalized\"}"), "{before:?}");
+    assert_eq!(before["bitorch_gateway_generations_total"], 0.0, "{before:?}");
+    assert_eq!(before["bitorch_stage_sessions_max"], 16.0, "{before:?}");
+    assert!(before["bitorch_stage_tokens_per_second"] > 0.0, "{before:?}");
+    let name = node.rpc("bitorch_models", json!([]))[0]["name"].as_str().unwrap().to_string();
+    let (status, body) =
+        post(api, "/v1/chat/completions", &chat(&name, PROMPTS[0], 8), Duration::from_secs(120))
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    node.wait_for_height(best(&before) as u64 + 2);
+    let (after, _) = scrape(port);
+    assert!(best(&after) >= best(&before) + 2.0, "{before:?}\n{after:?}");
+    assert_eq!(after["bitorch_gateway_generations_total"], 1.0, "{after:?}");
+    assert!(after["bitorch_gateway_sessions_opened_total"] >= 1.0, "{after:?}");
+    assert!(after["bitorch_gateway_channel_requests_total"] >= 1.0, "{after:?}");
+}

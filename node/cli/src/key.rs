@@ -70,6 +70,9 @@ pub enum KeyCmd {
         /// A node of the chain, to learn its genesis hash.
         #[arg(long, default_value = "ws://127.0.0.1:9944")]
         rpc: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output_type: OutputType,
     },
     /// Generate a new sr25519 key with a mnemonic.
     Generate {
@@ -107,6 +110,9 @@ pub enum KeyCmd {
         /// The message is hex.
         #[arg(long)]
         hex: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output_type: OutputType,
     },
     /// Verify a signature.
     Verify {
@@ -120,6 +126,9 @@ pub enum KeyCmd {
         /// The message is hex.
         #[arg(long)]
         hex: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output_type: OutputType,
     },
     /// Add a key to the keystore, encrypted with a password: a new one (its recovery phrase is
     /// printed once), or the key of `--suri`.
@@ -171,6 +180,9 @@ pub enum KeyCmd {
         /// Write the secret here instead of standard output.
         #[arg(long)]
         file: Option<std::path::PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output_type: OutputType,
     },
 }
 
@@ -246,6 +258,7 @@ pub fn run(cmd: KeyCmd) -> Result<()> {
             max_price,
             genesis,
             rpc,
+            output_type,
         } => {
             let max_price = max_price
                 .as_deref()
@@ -276,7 +289,19 @@ pub fn run(cmd: KeyCmd) -> Result<()> {
                 max_price,
                 &genesis,
             );
-            println!("{}", token.to_text());
+            match output_type {
+                OutputType::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "token": token.to_text(),
+                        "user": to_ss58(&token.user),
+                        "gateway": to_ss58(&token.gateway),
+                        "expiresAtMs": token.expires_at_ms,
+                        "maxPrice": token.max_price.map(|p| p.to_string()),
+                    }))?
+                ),
+                OutputType::Text => println!("{}", token.to_text()),
+            }
         }
         KeyCmd::Generate { words, output_type } => {
             if ![12, 15, 18, 21, 24].contains(&words) {
@@ -328,19 +353,29 @@ pub fn run(cmd: KeyCmd) -> Result<()> {
                 );
             }
         }
-        KeyCmd::Sign { suri, keystore, base_path, message, hex: is_hex } => {
+        KeyCmd::Sign { suri, keystore, base_path, message, hex: is_hex, output_type } => {
             let pair = crate::keystore::resolve(&suri, &keystore, base_path.as_deref(), "--suri")?;
-            let sig = pair.sign(&message_bytes(&message, is_hex)?);
-            println!("0x{}", hex::encode(sig.0));
+            let sig = format!("0x{}", hex::encode(pair.sign(&message_bytes(&message, is_hex)?).0));
+            match output_type {
+                OutputType::Json => println!(
+                    "{}",
+                    json!({ "signature": sig, "signer": to_ss58(&account_of(&pair)) })
+                ),
+                OutputType::Text => println!("{sig}"),
+            }
         }
-        KeyCmd::Verify { signature, address, message, hex: is_hex } => {
+        KeyCmd::Verify { signature, address, message, hex: is_hex, output_type } => {
             let raw: [u8; 64] = decode_hex(&signature)?
                 .try_into()
                 .map_err(|_| anyhow::anyhow!("a signature is 64 bytes"))?;
             let who = parse_account(&address)?;
-            if verify(&Signature::from_raw(raw), &message_bytes(&message, is_hex)?, &who) {
+            let valid = verify(&Signature::from_raw(raw), &message_bytes(&message, is_hex)?, &who);
+            if output_type == OutputType::Json {
+                println!("{}", json!({ "valid": valid, "signer": to_ss58(&who) }));
+            } else if valid {
                 println!("Signature verifies correctly.");
-            } else {
+            }
+            if !valid {
                 bail!("Signature invalid.");
             }
         }
@@ -479,21 +514,30 @@ pub fn run(cmd: KeyCmd) -> Result<()> {
                 OutputType::Text => println!("removed {}", path.display()),
             }
         }
-        KeyCmd::GenerateNodeKey { file } => {
+        KeyCmd::GenerateNodeKey { file, output_type } => {
             let (pair, seed) = sp_core::ed25519::Pair::generate();
             let peer = peer_id_of_ed25519(&pair.public().0);
             let secret = hex::encode(seed);
-            match file {
-                Some(path) => {
-                    if path.exists() {
-                        bail!("{} already exists; not overwriting a node key", path.display());
-                    }
-                    std::fs::write(&path, &secret)
-                        .with_context(|| format!("writing {}", path.display()))?;
+            if let Some(path) = &file {
+                if path.exists() {
+                    bail!("{} already exists; not overwriting a node key", path.display());
                 }
-                None => println!("{secret}"),
+                std::fs::write(path, &secret)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
-            eprintln!("{peer}");
+            match (output_type, &file) {
+                (OutputType::Json, Some(path)) => {
+                    println!("{}", json!({ "peerId": peer, "file": path }))
+                }
+                (OutputType::Json, None) => {
+                    println!("{}", json!({ "peerId": peer, "secret": secret }))
+                }
+                (OutputType::Text, Some(_)) => eprintln!("{peer}"),
+                (OutputType::Text, None) => {
+                    println!("{secret}");
+                    eprintln!("{peer}");
+                }
+            }
         }
     }
     Ok(())

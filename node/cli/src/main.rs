@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod infer;
 mod key;
 mod keystore;
+mod metrics;
 mod model;
 mod node;
 mod wallet;

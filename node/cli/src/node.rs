@@ -148,6 +148,16 @@ pub struct NodeArgs {
     api_account: Option<String>,
     #[command(flatten)]
     keystore: crate::keystore::KeystoreArgs,
+    /// Port of the Prometheus endpoint (`GET /metrics`), on 127.0.0.1 unless
+    /// `--prometheus-external`. A port already taken turns it off with a warning.
+    #[arg(long, default_value_t = 9615)]
+    prometheus_port: u16,
+    /// Serve the Prometheus endpoint on all interfaces.
+    #[arg(long)]
+    prometheus_external: bool,
+    /// No Prometheus endpoint.
+    #[arg(long)]
+    no_prometheus: bool,
     /// This node's worker's price per layer per token, in BTR: it takes sessions only for jobs
     /// that pay at least this, and announces it. The default, 0.0001, makes a worker's claim
     /// for a short answer worth well over its transaction fee.
@@ -377,10 +387,18 @@ pub fn run(args: NodeArgs) -> Result<()> {
         // that the network refuses them).
         let (stage_worker, stage_worker_rx) = tokio::sync::watch::channel(None);
         let progress = std::sync::Arc::new(std::sync::Mutex::new(bitorch_serve::Progress::default()));
+        let mut metrics = crate::metrics::Sources {
+            chain: handle.clone(),
+            net: net_handle.clone(),
+            seed: None,
+            worker: None,
+            gateway: None,
+        };
         let authoring = match network {
             Some(bitorch_network::Service { handle: net, events, stage_requests, piece_requests, task: _ }) => {
                 // Every networked node seeds what its store holds.
                 let seed = std::sync::Arc::new(std::sync::Mutex::new(bitorch_serve::SeedStats::default()));
+                metrics.seed = Some(seed.clone());
                 let mbps = |r: Option<f64>| r.filter(|r| *r > 0.0).map(|r| (r * 1e6) as u64);
                 let options = bitorch_serve::SeedOptions {
                     per_peer_rate: mbps(args.seed_rate),
@@ -512,6 +530,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 let task = tokio::spawn(bitorch_serve::keep_announced(net.clone(), local.0.clone(), local.1.clone(), stop.clone()));
                 served = Some((net.clone(), model, stop, task));
             }
+            metrics.worker = Some(local.0.clone());
             let (tokenizer, context_length) = (described.tokenizer.clone(), described.context_length);
             let name = String::from_utf8_lossy(&manifest.name).into_owned();
             let backend = std::sync::Arc::new(bitorch_serve::GatewayBackend::new(bitorch_serve::GatewayOptions {
@@ -527,6 +546,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 key_limits: bitorch_serve::KeyLimits { per_minute: args.key_rate, burst: args.key_burst, concurrent: args.key_concurrency },
             }));
             backend.prepare();
+            metrics.gateway = Some(backend.clone());
             // The API opens once a job is ready for its first request (bounded: a network whose
             // chain stalls must not keep the API closed).
             if !backend.ready(Duration::from_secs(15)).await {
@@ -548,6 +568,13 @@ pub fn run(args: NodeArgs) -> Result<()> {
             let api_backend: std::sync::Arc<dyn bitorch_api::Backend> = if args.api_external { tokens_only(backend.clone()) } else { backend.clone() };
             let api = bitorch_api::serve_with(http, api_backend, cancel.clone()).await?;
             tracing::info!(target: "node", model = %name, payer = %to_ss58(&account_of(&api_key)), "OpenAI-compatible API on http://{api}/v1/chat/completions");
+        }
+        if !args.no_prometheus {
+            let ip = if args.prometheus_external { Ipv4Addr::UNSPECIFIED } else { Ipv4Addr::LOCALHOST };
+            match crate::metrics::serve(SocketAddr::new(IpAddr::V4(ip), args.prometheus_port), metrics, cancel.clone()).await {
+                Ok(at) => tracing::info!(target: "node", "Prometheus metrics on http://{at}/metrics"),
+                Err(e) => tracing::warn!(target: "node", error = %format!("{e:#}"), "no Prometheus endpoint (pass --prometheus-port PORT or --no-prometheus)"),
+            }
         }
         let (rpc, addr) = bitorch_rpc::start(SocketAddr::new(ip, args.rpc_port), module, args.rpc_cors.clone()).await?;
         tracing::info!(target: "node", chain = %chain_name, %genesis, best, base_path = %base.display(), "node started");

@@ -440,10 +440,11 @@ async fn claims_of(address: &str, common: &Common) -> Result<()> {
         OutputType::Json => println!("{}", serde_json::to_string_pretty(&c)?),
         OutputType::Text => {
             println!(
-                "earned {}, pending {}, {} failed audits",
+                "earned {}, pending {}, {} failed audits, slashed {}",
                 c["earnedFormatted"].as_str().unwrap_or("?"),
                 c["pendingFormatted"].as_str().unwrap_or("?"),
-                c["failedAudits"]
+                c["failedAudits"],
+                c["slashedFormatted"].as_str().unwrap_or("?"),
             );
             for r in c["claims"].as_array().into_iter().flatten() {
                 println!(

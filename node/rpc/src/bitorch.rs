@@ -90,15 +90,17 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
             })
             .await
             .map_err(internal)?;
-        let (mut earned, mut pending, mut failed) = (0u128, 0u128, 0u64);
+        let (mut earned, mut pending, mut failed, mut slashed) = (0u128, 0u128, 0u64, 0u128);
         let mut claims = Vec::new();
         for (id, j) in &jobs {
             for c in j.claims.iter().filter(|c| c.voucher.worker == who) {
                 let amount = c.voucher.amount(j.price_per_layer_token).unwrap_or(0);
-                let audit_failed = c
-                    .audit
-                    .as_ref()
-                    .is_some_and(|a| matches!(a.outcome, Some(jobs::Outcome::Failed { .. })));
+                let slash = c.audit.as_ref().and_then(|a| match &a.outcome {
+                    Some(jobs::Outcome::Failed { slashed }) => Some(*slashed),
+                    _ => None,
+                });
+                let audit_failed = slash.is_some();
+                slashed = slashed.saturating_add(slash.unwrap_or(0));
                 let state = match &j.status {
                     jobs::JobStatus::Settled { .. } if audit_failed => "failed",
                     jobs::JobStatus::Settled { .. } => "paid",
@@ -129,6 +131,8 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
             "pending": pending.to_string(),
             "pendingFormatted": format_balance(pending),
             "failedAudits": failed,
+            "slashed": slashed.to_string(),
+            "slashedFormatted": format_balance(slashed),
             "claims": claims,
         }))
     });

@@ -1,0 +1,139 @@
+//! The node's Prometheus endpoint (`GET /metrics` on `--prometheus-port`, 9615 as in
+//! Substrate, loopback unless `--prometheus-external`): the figures an operator watches, read
+//! from the node's services at each scrape and written in the OpenMetrics text format.
+
+use anyhow::{Context, Result};
+use bitorch_api::Backend;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// Where the figures come from: the services this node runs.
+#[derive(Clone)]
+pub struct Sources {
+    /// The chain.
+    pub chain: bitorch_service::Handle,
+    /// The network, on a networked node.
+    pub net: Option<bitorch_network::Handle>,
+    /// What the node's seeder sent.
+    pub seed: Option<Arc<Mutex<bitorch_serve::SeedStats>>>,
+    /// The node's worker, if it serves a model.
+    pub worker: Option<bitorch_compute::WorkerHandle>,
+    /// The node's API gateway, if it serves a model.
+    pub gateway: Option<Arc<bitorch_serve::GatewayBackend>>,
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, v: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    registry.register(name, help, g);
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, v: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(v);
+    registry.register(name, help, c);
+}
+
+/// The current figures, in the OpenMetrics text format.
+pub async fn render(s: &Sources) -> String {
+    let mut r = Registry::with_prefix("bitorch");
+    let heights = Family::<Vec<(String, String)>, Gauge>::default();
+    if let Ok(best) = s.chain.best().await {
+        heights.get_or_create(&vec![("status".into(), "best".into())]).set(best.number as i64);
+    }
+    if let Ok(fin) = s.chain.finalized().await {
+        heights.get_or_create(&vec![("status".into(), "finalized".into())]).set(fin.number as i64);
+    }
+    r.register("block_height", "Block height of the best and the finalized block", heights);
+    if let Ok(n) = s.chain.pool_len().await {
+        gauge(&mut r, "tx_pool", "Transactions in the pool", n as i64);
+    }
+    if let Some(net) = &s.net {
+        if let Ok(peers) = net.connected_peers().await {
+            gauge(&mut r, "peers", "Connected peers", peers.len() as i64);
+        }
+    }
+    if let Some(seed) = &s.seed {
+        let st = seed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        counter(&mut r, "seed_pieces", "Model pieces sent to peers", st.pieces);
+        counter(&mut r, "seed_bytes", "Model bytes sent to peers", st.bytes);
+        counter(&mut r, "seed_refused", "Piece requests refused", st.refused);
+    }
+    if let Some(w) = &s.worker {
+        if let Ok(st) = w.stats().await {
+            gauge(
+                &mut r,
+                "stage_sessions",
+                "Stage sessions open on this worker",
+                st.sessions as i64,
+            );
+            gauge(
+                &mut r,
+                "stage_sessions_max",
+                "Most stage sessions at once",
+                st.max_sessions as i64,
+            );
+            let tps: Gauge<f64, AtomicU64> = Gauge::default();
+            tps.set(st.tokens_per_sec.unwrap_or(0.0));
+            r.register("stage_tokens_per_second", "Measured decoding speed of the stage", tps);
+        }
+    }
+    if let Some(g) = &s.gateway {
+        let st = g.stats().await;
+        counter(&mut r, "gateway_generations", "Generations the API gateway ran", st.generations);
+        counter(&mut r, "gateway_jobs_opened", "Jobs opened for requests", st.jobs_opened);
+        counter(
+            &mut r,
+            "gateway_channel_requests",
+            "Requests paid from channels",
+            st.channel_requests,
+        );
+        counter(&mut r, "gateway_failovers", "Stages failed over to another worker", st.failovers);
+        counter(
+            &mut r,
+            "gateway_refused_no_route",
+            "Requests refused for want of a route",
+            st.refused_no_route,
+        );
+        let sessions: u64 = st.sessions_opened.values().sum();
+        counter(&mut r, "gateway_sessions_opened", "Stage sessions the gateway opened", sessions);
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
+}
+
+/// Serves `GET /metrics` on `addr` until `cancel`; returns the bound address.
+pub async fn serve(addr: SocketAddr, s: Sources, cancel: CancellationToken) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("the Prometheus endpoint cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let s = s.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    render(&s).await,
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
+    });
+    Ok(bound)
+}
