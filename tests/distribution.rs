@@ -194,15 +194,12 @@ fn workers_pull_their_layers_from_peers_and_serve_them() {
     drop(d);
 }
 
-#[test]
-fn a_corrupt_seeder_is_dropped_and_a_killed_pull_resumes() {
-    let _turn = one_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
-    let (spec, mut nodes, boot) = testnet(dir.path(), 1);
+/// A one-validator testnet whose node A serves the test model and seeds it at `rate` MB/s
+/// per peer; returns once A announces its worker.
+fn seeding(dir: &Path, rate: &str) -> (std::path::PathBuf, Vec<Node>, String) {
+    let (spec, mut nodes, boot) = testnet(dir, 1);
     let model_path = model().display().to_string();
-    // A: the honest seeder (the chain's validator), sending each peer at most 10 MB/s so that
-    // a pull lasts long enough to be killed halfway.
-    nodes[0].extra = ["--serve-model", &model_path, "--api-account", "//Eve", "--seed-rate", "10"]
+    nodes[0].extra = ["--serve-model", &model_path, "--api-account", "//Eve", "--seed-rate", rate]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -211,6 +208,16 @@ fn a_corrupt_seeder_is_dropped_and_a_killed_pull_resumes() {
     wait_for("A to serve", 240, &[&nodes[0]], || {
         nodes[0].log().contains("announced the worker in the DHT")
     });
+    (spec, nodes, boot)
+}
+
+#[test]
+fn a_corrupt_seeder_is_dropped_and_a_killed_pull_resumes() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // A: the honest seeder (the chain's validator), sending each peer at most 10 MB/s so that
+    // a pull lasts long enough to be killed halfway.
+    let (spec, nodes, boot) = seeding(dir.path(), "10");
     // X: holds the same model (imported into its own store) and corrupts every piece it sends.
     let mut x = Node::new(dir.path(), "Xavier");
     let id = model_id(&x.base);
@@ -277,18 +284,8 @@ fn a_corrupt_seeder_is_dropped_and_a_killed_pull_resumes() {
 fn a_holder_that_appears_mid_pull_joins_it() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let (spec, mut nodes, boot) = testnet(dir.path(), 1);
-    let model_path = model().display().to_string();
     // A: the only holder at first, sending each peer at most 4 MB/s (a 98 MB pull: ~25 s).
-    nodes[0].extra = ["--serve-model", &model_path, "--api-account", "//Eve", "--seed-rate", "4"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    nodes[0].extra.extend(["--api-port".to_string(), free_port().to_string()]);
-    nodes[0].start(&spec, "");
-    wait_for("A to serve", 240, &[&nodes[0]], || {
-        nodes[0].log().contains("announced the worker in the DHT")
-    });
+    let (spec, nodes, boot) = seeding(dir.path(), "4");
     let mut d = Node::new(dir.path(), "Dave");
     d.start_as(&spec, &boot, false);
     std::thread::sleep(Duration::from_secs(2)); // A's provider records spread

@@ -260,6 +260,13 @@ fn cli(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// An API token `//Eve` makes for `gateway` on the chain behind `rpc`, with `extra` options.
+fn eve_token(rpc: &str, gateway: &str, extra: &[&str]) -> String {
+    let mut args = vec!["key", "api-token", "--suri", "//Eve", "--gateway", gateway, "--rpc", rpc];
+    args.extend(extra);
+    cli(&args)
+}
+
 /// `//Eve` allows the dev node's API account (//Alice) `allowance` BTR, for `expires` (or the
 /// default).
 fn approve(rpc: &str, allowance: &str, expires: Option<&str>) {
@@ -290,18 +297,7 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
     let name = node.rpc("bitorch_models", json!([]))[0]["name"].as_str().unwrap().to_string();
     // Eve, a user, lets the node's API account (//Alice, the gateway) spend up to 5 BTR.
     approve(&rpc, "5", Some("1h"));
-    let token = cli(&[
-        "key",
-        "api-token",
-        "--suri",
-        "//Eve",
-        "--gateway",
-        ALICE,
-        "--expires",
-        "1h",
-        "--rpc",
-        &rpc,
-    ]);
+    let token = eve_token(&rpc, ALICE, &["--expires", "1h"]);
     assert!(token.starts_with("btr_"), "{token}");
     let (eve_before, alice_before, first) = (free(&node, EVE), free(&node, ALICE), next_job(&node));
 
@@ -389,37 +385,14 @@ fn a_user_pays_from_their_allowance_with_a_token_they_signed_and_bad_tokens_pay_
     let last = if forged.ends_with('0') { "1" } else { "0" };
     forged.replace_range(forged.len() - 1.., last);
     const CHARLIE: &str = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y";
-    let other_gateway =
-        cli(&["key", "api-token", "--suri", "//Eve", "--gateway", CHARLIE, "--rpc", &rpc]);
-    let expired = cli(&[
-        "key",
-        "api-token",
-        "--suri",
-        "//Eve",
-        "--gateway",
-        ALICE,
-        "--expires",
-        "1s",
-        "--rpc",
-        &rpc,
-    ]);
+    let other_gateway = eve_token(&rpc, CHARLIE, &[]);
+    let expired = eve_token(&rpc, ALICE, &["--expires", "1s"]);
     std::thread::sleep(Duration::from_millis(1500));
     refused(&forged, 401, "signature");
     refused(&other_gateway, 401, "another gateway");
     refused(&expired, 401, "expired");
     // A token whose price cap is below the worker's price (0.0001): 402 naming it.
-    let capped = cli(&[
-        "key",
-        "api-token",
-        "--suri",
-        "//Eve",
-        "--gateway",
-        ALICE,
-        "--max-price",
-        "0.00005",
-        "--rpc",
-        &rpc,
-    ]);
+    let capped = eve_token(&rpc, ALICE, &["--max-price", "0.00005"]);
     refused(&capped, 402, "the cheapest route costs 0.0001 BTR");
     // Over the allowance: 402.
     approve(&rpc, "0.0001", None);
@@ -436,7 +409,7 @@ fn a_token_past_its_rate_limit_gets_429_with_retry_after_and_others_are_served()
     let rpc = format!("ws://127.0.0.1:{}", node.port);
     let name = node.rpc("bitorch_models", json!([]))[0]["name"].as_str().unwrap().to_string();
     approve(&rpc, "5", None);
-    let token = cli(&["key", "api-token", "--suri", "//Eve", "--gateway", ALICE, "--rpc", &rpc]);
+    let token = eve_token(&rpc, ALICE, &[]);
     let ask = |key: Option<&str>| {
         let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
         raw(
