@@ -190,7 +190,10 @@ const DEFAULT_CORS: &str =
     "http://localhost:*,http://127.0.0.1:*,https://localhost:*,https://127.0.0.1:*,https://polkadot.js.org";
 
 fn parse_price(s: &str) -> Result<u128, String> {
-    bitorch_primitives::parse_amount(s).map_err(|e| e.to_string())
+    match bitorch_primitives::parse_amount(s).map_err(|e| e.to_string())? {
+        0 => Err("a price must be more than 0 (the chain takes no job that pays nothing)".into()),
+        p => Ok(p),
+    }
 }
 
 fn parse_origins(s: &str) -> Result<bitorch_primitives::origins::Origins, String> {

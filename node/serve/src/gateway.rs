@@ -456,7 +456,9 @@ impl Inner {
                 layers: a.layer_start..a.layer_end,
                 capacity: a.free,
                 tokens_per_sec: f64::from(a.tokens_per_sec),
-                price: a.price,
+                // The chain takes no job that pays nothing: a worker asking 0 is paid the least
+                // a job can pay.
+                price: a.price.max(1),
             })
             .collect();
         *found = Some((std::time::Instant::now(), workers.clone()));
