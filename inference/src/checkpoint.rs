@@ -296,6 +296,8 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
 /// `i` follows the prefix and the data of the shards before it.
 #[derive(Debug, Clone)]
 pub struct SafetensorsBundle {
+    /// The model's hyper-parameters, from its `config.json`.
+    pub config: Config,
     /// The prefix: the layout, the config, the tokenizer and the shards' headers.
     pub prefix: Vec<u8>,
     /// Each shard's data: its file, where the data starts in it, and its length.
@@ -309,7 +311,7 @@ impl SafetensorsBundle {
     /// shard's header; no tensor data).
     pub fn of_dir(dir: &Path) -> Result<Self> {
         let config = read_limited(&dir.join("config.json"), MAX_CONFIG)?;
-        Config::from_hf_json(&String::from_utf8_lossy(&config))?;
+        let parsed = Config::from_hf_json(&String::from_utf8_lossy(&config))?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer =
             if tok_path.exists() { read_limited(&tok_path, MAX_TOKENIZER)? } else { Vec::new() };
@@ -354,7 +356,7 @@ impl SafetensorsBundle {
                 reason: format!("tensor '{}' is in two shards", w[0]),
             });
         }
-        Ok(Self { prefix, shards, tensors })
+        Ok(Self { config: parsed, prefix, shards, tensors })
     }
 
     /// The bundle's length in bytes.

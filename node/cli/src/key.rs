@@ -1,6 +1,6 @@
 //! `bitorch key`: sr25519 keys with the same fields and output as Substrate's `subkey`.
 
-use crate::keystore::{Keystore, KeystoreArgs};
+use crate::keystore::{Keystore, KeystoreArgs, SignerArgs};
 use anyhow::{bail, Context, Result};
 use bitorch_primitives::keys::{account_of, decode_hex, parse_account, to_ss58, verify};
 use bitorch_primitives::keystore::KeyFile;
@@ -46,14 +46,9 @@ pub enum KeyCmd {
     /// OpenAI API (as `api_key`) and JSON-RPC (`api_key`) then spend from the allowance you
     /// gave it with `wallet approve`.
     ApiToken {
-        /// Your key (the account that pays): a keystore name or a secret URI.
-        #[arg(long)]
-        suri: String,
+        /// Your key (the account that pays).
         #[command(flatten)]
-        keystore: KeystoreArgs,
-        /// Base path whose `keystore` folder holds named keys.
-        #[arg(long)]
-        base_path: Option<PathBuf>,
+        signer: SignerArgs,
         /// The gateway's address (its API account).
         #[arg(long)]
         gateway: String,
@@ -96,14 +91,9 @@ pub enum KeyCmd {
     },
     /// Sign a message; prints the signature as hex.
     Sign {
-        /// The signer: a keystore name or a secret URI.
-        #[arg(long)]
-        suri: String,
+        /// The signer.
         #[command(flatten)]
-        keystore: KeystoreArgs,
-        /// Base path whose `keystore` folder holds named keys.
-        #[arg(long)]
-        base_path: Option<PathBuf>,
+        signer: SignerArgs,
         /// The message.
         #[arg(long)]
         message: String,
@@ -249,23 +239,13 @@ pub fn peer_id_of_ed25519(public: &[u8; 32]) -> String {
 /// Runs a key subcommand.
 pub fn run(cmd: KeyCmd) -> Result<()> {
     match cmd {
-        KeyCmd::ApiToken {
-            suri,
-            keystore,
-            base_path,
-            gateway,
-            expires,
-            max_price,
-            genesis,
-            rpc,
-            output_type,
-        } => {
+        KeyCmd::ApiToken { signer, gateway, expires, max_price, genesis, rpc, output_type } => {
             let max_price = max_price
                 .as_deref()
                 .map(bitorch_primitives::parse_amount)
                 .transpose()
                 .context("--max-price")?;
-            let pair = crate::keystore::resolve(&suri, &keystore, base_path.as_deref(), "--suri")?;
+            let pair = signer.pair()?;
             let gateway = bitorch_primitives::keys::parse_account(&gateway).context("--gateway")?;
             let secs = crate::wallet::parse_blocks(&expires)?;
             let genesis = match genesis {
@@ -353,8 +333,8 @@ pub fn run(cmd: KeyCmd) -> Result<()> {
                 );
             }
         }
-        KeyCmd::Sign { suri, keystore, base_path, message, hex: is_hex, output_type } => {
-            let pair = crate::keystore::resolve(&suri, &keystore, base_path.as_deref(), "--suri")?;
+        KeyCmd::Sign { signer, message, hex: is_hex, output_type } => {
+            let pair = signer.pair()?;
             let sig = format!("0x{}", hex::encode(pair.sign(&message_bytes(&message, is_hex)?).0));
             match output_type {
                 OutputType::Json => println!(
@@ -381,7 +361,8 @@ pub fn run(cmd: KeyCmd) -> Result<()> {
         }
         KeyCmd::Add { name, suri, store } => {
             let keystore = store.open()?;
-            if keystore.file(&name).is_ok() {
+            // Checked before the password is asked (store() checks again as it writes).
+            if keystore.contains(&name)? {
                 bail!("a key named '{name}' already exists in {}", keystore.dir().display());
             }
             let (pair, phrase) = match &suri {

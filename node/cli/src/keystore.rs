@@ -44,6 +44,28 @@ impl KeystoreArgs {
     }
 }
 
+/// The key a command signs with: `--suri` (a keystore name or a secret URI) and where the
+/// keystore is.
+#[derive(Args, Debug, Clone)]
+pub struct SignerArgs {
+    /// The signer: a keystore name (`bitorch key list`) or a secret URI (`//Alice`, a
+    /// mnemonic, …).
+    #[arg(long)]
+    pub suri: String,
+    #[command(flatten)]
+    pub keystore: KeystoreArgs,
+    /// Base path whose `keystore` folder holds named keys.
+    #[arg(long)]
+    pub base_path: Option<PathBuf>,
+}
+
+impl SignerArgs {
+    /// The signer's key pair (decrypted with the keystore password for a name).
+    pub fn pair(&self) -> Result<Pair> {
+        resolve(&self.suri, &self.keystore, self.base_path.as_deref(), "--suri")
+    }
+}
+
 /// A password read once per process (a node resolving three keys asks once).
 static PASSWORD: Mutex<Option<Zeroizing<String>>> = Mutex::new(None);
 
@@ -112,6 +134,11 @@ impl Keystore {
         Ok(self.dir.join(format!("{name}.json")))
     }
 
+    /// Whether a file named `name` is in the store (readable or not).
+    pub fn contains(&self, name: &str) -> Result<bool> {
+        Ok(self.path_of(name)?.exists())
+    }
+
     /// Reads and parses `name`'s file (no decryption).
     pub fn file(&self, name: &str) -> Result<KeyFile> {
         let path = self.path_of(name)?;
@@ -140,7 +167,7 @@ impl Keystore {
     pub fn store(&self, name: &str, file: &KeyFile) -> Result<PathBuf> {
         let path = self.path_of(name)?;
         create_private_dir(&self.dir)?;
-        if path.exists() {
+        if self.contains(name)? {
             bail!("a key named '{name}' already exists ({}); remove it first", path.display());
         }
         let tmp = self.dir.join(format!(".{name}.json.tmp"));

@@ -37,15 +37,8 @@ pub struct Common {
 /// Options of commands that sign.
 #[derive(Args, Debug, Clone)]
 pub struct Signing {
-    /// The signer: a keystore name (`bitorch key list`) or a secret URI (`//Alice`, a
-    /// mnemonic, …).
-    #[arg(long)]
-    suri: String,
     #[command(flatten)]
-    keystore: crate::keystore::KeystoreArgs,
-    /// Base path whose `keystore` folder holds named keys.
-    #[arg(long)]
-    base_path: Option<std::path::PathBuf>,
+    signer: crate::keystore::SignerArgs,
     /// Extra fee for the block author, in tokens.
     #[arg(long, default_value = "0")]
     tip: String,
@@ -521,12 +514,7 @@ pub fn parse_blocks(s: &str) -> Result<u64> {
 }
 
 async fn submit(call: Call, signing: &Signing, common: &Common, what: &str) -> Result<()> {
-    let pair = crate::keystore::resolve(
-        &signing.suri,
-        &signing.keystore,
-        signing.base_path.as_deref(),
-        "--suri",
-    )?;
+    let pair = signing.signer.pair()?;
     let signer = account_of(&pair);
     let tip = parse_amount(&signing.tip).context("--tip")?;
     let client = connect(&common.rpc).await?;

@@ -558,25 +558,10 @@ impl Inner {
     /// takes it, else a new one (the job opened ahead, or one opened now; only then does the
     /// request wait for a block), at `price`. Returns the job.
     async fn reserve(&self, need: u64, price: Balance) -> Result<JobId, BackendError> {
-        let best = self.payer.chain.best().await.map(|h| h.number).unwrap_or(0);
-        let to_close = {
-            let mut channels = self.channels();
-            if let Some(c) = channels.iter_mut().rev().find(|c| c.takes(need, best, price, None)) {
-                c.left -= need;
-                c.requests_left -= 1;
-                c.in_flight += 1;
-                let id = c.id;
-                drop(channels);
-                self.count(|c| c.channel_requests += 1);
-                return Ok(id);
-            }
-            // None takes it: the current one is done with.
-            for c in channels.iter_mut().filter(|c| c.user.is_none()) {
-                c.retired = true;
-            }
-            Self::drain_idle(&mut channels)
-        };
-        self.close_channels(to_close);
+        let best = self.best_number().await;
+        if let Some(id) = self.take_or_retire(None, need, best, price) {
+            return Ok(id);
+        }
         let a = match self.take_ahead(need, price).await {
             Some(a) => a,
             None => {
@@ -593,37 +578,72 @@ impl Inner {
             )));
         }
         tracing::info!(target: TARGET, job = a.id, deadline = a.deadline, "new channel");
-        self.channels().push(Channel {
-            id: a.id,
-            left: capacity - need,
-            requests_left: CHANNEL_REQUESTS - 1,
-            deadline: a.deadline,
-            lifetime: a.lifetime,
-            in_flight: 1,
-            last_used: std::time::Instant::now(),
-            retired: false,
-            price,
-            user: None,
-        });
-        self.count(|c| c.channel_requests += 1);
+        self.add_channel(a.id, capacity, need, a.deadline, a.lifetime, price, None);
         Ok(a.id)
     }
 
-    /// Takes `need` layer-positions for `user`'s request from a channel of theirs that takes
-    /// it, if one does.
-    fn take_from_user_channel(
+    /// The best block's number (0 if the chain does not answer).
+    async fn best_number(&self) -> u64 {
+        self.payer.chain.best().await.map(|h| h.number).unwrap_or(0)
+    }
+
+    /// Takes `need` layer-positions for a request paid by `user` (`None`: the API account)
+    /// from the newest of that payer's channels that takes it at `price`; if none does,
+    /// retires that payer's channels (closing those no request runs on) and returns `None`.
+    fn take_or_retire(
         &self,
-        user: &AccountId,
+        user: Option<&AccountId>,
         need: u64,
         best: u64,
         price: Balance,
     ) -> Option<JobId> {
-        let mut channels = self.channels();
-        let c = channels.iter_mut().rev().find(|c| c.takes(need, best, price, Some(user)))?;
-        c.left -= need;
-        c.requests_left -= 1;
-        c.in_flight += 1;
-        Some(c.id)
+        let to_close = {
+            let mut channels = self.channels();
+            if let Some(c) = channels.iter_mut().rev().find(|c| c.takes(need, best, price, user)) {
+                c.left -= need;
+                c.requests_left -= 1;
+                c.in_flight += 1;
+                let id = c.id;
+                drop(channels);
+                self.count(|c| c.channel_requests += 1);
+                return Some(id);
+            }
+            // None takes it: the payer's current ones are done with.
+            for c in channels.iter_mut().filter(|c| c.user.as_ref() == user) {
+                c.retired = true;
+            }
+            Self::drain_idle(&mut channels)
+        };
+        self.close_channels(to_close);
+        None
+    }
+
+    /// A new channel for `user` (`None`: the API account) on job `id`, holding `capacity`
+    /// layer-positions of which the request that opened it takes `need`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_channel(
+        &self,
+        id: JobId,
+        capacity: u64,
+        need: u64,
+        deadline: u64,
+        lifetime: u64,
+        price: Balance,
+        user: Option<AccountId>,
+    ) {
+        self.channels().push(Channel {
+            id,
+            left: capacity.saturating_sub(need),
+            requests_left: CHANNEL_REQUESTS - 1,
+            deadline,
+            lifetime,
+            in_flight: 1,
+            last_used: std::time::Instant::now(),
+            retired: false,
+            price,
+            user,
+        });
+        self.count(|c| c.channel_requests += 1);
     }
 
     /// Reserves `need` layer-positions for an API token user's request from a channel of
@@ -639,9 +659,7 @@ impl Inner {
         need: u64,
         price: Balance,
     ) -> Result<JobId, BackendError> {
-        let best = || async { self.payer.chain.best().await.map(|h| h.number).unwrap_or(0) };
-        if let Some(id) = self.take_from_user_channel(user, need, best().await, price) {
-            self.count(|c| c.channel_requests += 1);
+        if let Some(id) = self.take_or_retire(Some(user), need, self.best_number().await, price) {
             return Ok(id);
         }
         let lock = {
@@ -651,19 +669,9 @@ impl Inner {
         };
         let _one = lock.lock().await;
         // Another request of this user may have opened one meanwhile.
-        let now = best().await;
-        if let Some(id) = self.take_from_user_channel(user, need, now, price) {
-            self.count(|c| c.channel_requests += 1);
+        if let Some(id) = self.take_or_retire(Some(user), need, self.best_number().await, price) {
             return Ok(id);
         }
-        let to_close = {
-            let mut channels = self.channels();
-            for c in channels.iter_mut().filter(|c| c.user.as_ref() == Some(user)) {
-                c.retired = true;
-            }
-            Self::drain_idle(&mut channels)
-        };
-        self.close_channels(to_close);
         let per_position = u128::from(self.num_layers).saturating_mul(price).max(1);
         let chain = |e: bitorch_service::Error| BackendError::Internal(e.to_string());
         let left = self.payer.chain.allowance(user.clone(), self.me()).await.map_err(chain)?;
@@ -676,19 +684,8 @@ impl Inner {
         self.count(|c| c.jobs_opened += 1);
         let capacity = u64::from(job.max_tokens) * u64::from(self.num_layers);
         tracing::info!(target: TARGET, job = id, user = %to_ss58(user), positions, "new channel for a user");
-        self.channels().push(Channel {
-            id,
-            left: capacity.saturating_sub(need),
-            requests_left: CHANNEL_REQUESTS - 1,
-            deadline: job.deadline,
-            lifetime: job.deadline.saturating_sub(job.opened_at),
-            in_flight: 1,
-            last_used: std::time::Instant::now(),
-            retired: false,
-            price,
-            user: Some(user.clone()),
-        });
-        self.count(|c| c.channel_requests += 1);
+        let lifetime = job.deadline.saturating_sub(job.opened_at);
+        self.add_channel(id, capacity, need, job.deadline, lifetime, price, Some(user.clone()));
         Ok(id)
     }
 
@@ -726,7 +723,7 @@ impl Inner {
     /// Retires the channels idle for [`CHANNEL_IDLE`] or at half their life, and closes those
     /// no request runs on.
     async fn age_channels(&self) {
-        let best = self.payer.chain.best().await.map(|h| h.number).unwrap_or(0);
+        let best = self.best_number().await;
         let to_close = {
             let mut channels = self.channels();
             for c in channels.iter_mut() {
@@ -809,7 +806,7 @@ impl Inner {
                 _ = self.taken.notified() => continue,
                 _ = tokio::time::sleep(AHEAD_CHECK) => {}
             }
-            let best = self.payer.chain.best().await.map(|h| h.number).unwrap_or(0);
+            let best = self.best_number().await;
             let mut repriced = false;
             if priced_at.elapsed() >= REPRICE_EVERY {
                 priced_at = tokio::time::Instant::now();
@@ -904,6 +901,7 @@ impl Inner {
         let this = self.clone();
         tokio::spawn(async move {
             let used = this.run(greq, req.stop, tx, workers).await;
+            // The user's place in their concurrency limit is held until here.
             drop(user);
             this.release(job, need, used);
         });

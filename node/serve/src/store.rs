@@ -40,7 +40,7 @@
 
 use bitorch_inference::checkpoint::{
     read_bundle_index, read_gguf_header, ByteSource, GgufCheckpoint, ReadSeek, SafetensorsBundle,
-    SafetensorsCheckpoint, BUNDLE_MAGIC,
+    BUNDLE_MAGIC,
 };
 use bitorch_inference::{Checkpoint, Config};
 use bitorch_primitives::merkle::merkle_root;
@@ -419,10 +419,9 @@ impl Store {
     /// name when `None`).
     pub fn import_safetensors(&self, dir: &Path, name: Option<&str>) -> Result<Imported> {
         let bad = |reason: String| StoreError::BadModel { path: dir.to_path_buf(), reason };
-        let ckpt = SafetensorsCheckpoint::open(dir).map_err(|e| bad(e.to_string()))?;
-        let cfg = ckpt.config.clone();
-        let layers = u32::try_from(cfg.num_layers).map_err(|_| bad("too many layers".into()))?;
         let bundle = SafetensorsBundle::of_dir(dir).map_err(|e| bad(e.to_string()))?;
+        let cfg = bundle.config.clone();
+        let layers = u32::try_from(cfg.num_layers).map_err(|_| bad("too many layers".into()))?;
         let segments = safetensors_layout(&bundle.tensors, bundle.len(), layers).map_err(bad)?;
         let len = bundle.len();
         let mut reader = BundleReader::new(bundle);
@@ -1024,14 +1023,20 @@ impl Read for BundleReader {
 
 impl Seek for BundleReader {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad seek"))?;
+        self.pos = seek_in(self.len, self.pos, pos)?;
         Ok(self.pos)
     }
+}
+
+/// Where a seek from `pos` in a stream of `len` bytes lands (past the end is allowed, as for
+/// files; before the start is an error).
+fn seek_in(len: u64, pos: u64, to: SeekFrom) -> io::Result<u64> {
+    let new = match to {
+        SeekFrom::Start(p) => Some(p),
+        SeekFrom::End(d) => len.checked_add_signed(d),
+        SeekFrom::Current(d) => pos.checked_add_signed(d),
+    };
+    new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad seek"))
 }
 
 /// A segment of the model file and where it lies in the chunk files.
@@ -1098,14 +1103,8 @@ impl Read for ChunkedReader {
 
 impl Seek for ChunkedReader {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        let new = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad seek"))?;
-        self.pos = new;
-        Ok(new)
+        self.pos = seek_in(self.len, self.pos, pos)?;
+        Ok(self.pos)
     }
 }
 
