@@ -1,5 +1,5 @@
 //! A minimal `bitorch infer`: `infer MODEL [--stages N] [--max-tokens N] [--temperature T]
-//! [--seed S] [--chat] [--gguf candle|f32|compact] [--tokens] PROMPT`. The real CLI lives in node/cli.
+//! [--seed S] [--chat] [--commit] [--gguf candle|f32|compact] [--tokens] PROMPT`. The real CLI lives in node/cli.
 
 use anyhow::{bail, Context, Result};
 use bitorch_inference::{Engine, EngineOptions, GenerateRequest, GgufWeights};
@@ -20,6 +20,7 @@ fn main() -> Result<()> {
             "--temperature" => req.sampling.temperature = val()?.parse()?,
             "--seed" => req.sampling.seed = val()?.parse()?,
             "--chat" => req.chat = true,
+            "--commit" => req.record_commitments = true,
             "--gguf" => {
                 opts.gguf = match val()?.as_str() {
                     "candle" => GgufWeights::Candle,

@@ -15,8 +15,9 @@
 //! then produces bit-identical outputs for a position whether it ran in the prompt, in a decode
 //! step or in an auditor's batch.
 
+use crate::pool::{Pool, Task};
 use candle_core::{Result, Tensor};
-use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 
 /// Dot product with eight fixed lanes (so it vectorizes) and a fixed final reduction.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -34,6 +35,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// Where the keys (or values) of a stage's layer lie: key `j` of KV head `g` is the `head_dim`
+/// values from `g × group + j × step`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KvLayout {
+    /// Distance between two KV heads' rows of one position.
+    pub group: usize,
+    /// Distance between two positions' rows of one KV head.
+    pub step: usize,
+}
+
 /// Causal attention of `q` `(1, heads, seq, head_dim)` over `k`, `v`
 /// `(1, kv_heads, pos + seq, head_dim)`, queries at positions `pos..pos + seq`. All f32.
 /// Returns `(1, heads, seq, head_dim)`.
@@ -43,21 +54,84 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Resul
     if b != 1 || kv_len != pos + seq || nh % nkv != 0 {
         candle_core::bail!("attention: q {:?} k {:?} at position {pos}", q.dims(), k.dims());
     }
-    let rep = nh / nkv;
     let qs = q.flatten_all()?.to_vec1::<f32>()?;
     let ks = k.flatten_all()?.to_vec1::<f32>()?;
     let vs = v.flatten_all()?.to_vec1::<f32>()?;
-    let scale = (1.0 / (hd as f64).sqrt()) as f32;
-    let mut out = vec![0f32; nh * seq * hd];
-    out.par_chunks_mut(hd).enumerate().for_each(|(row, o)| {
+    let layout = KvLayout { group: kv_len * hd, step: hd };
+    let out = attend(qs, (nh, seq, hd), nkv, Arc::new(ks), Arc::new(vs), layout, pos);
+    Tensor::from_vec(out, (1, nh, seq, hd), q.device())
+}
+
+/// The kernel: queries `qs` laid out `(heads, seq, head_dim)` at positions `pos..pos + seq`,
+/// against `nkv` KV heads of keys `ks` and values `vs` laid out as `layout` says; returns
+/// `(heads, seq, head_dim)`. The result of a row does not depend on the layout either. Rows are
+/// split among the engine's [`Pool`].
+pub(crate) fn attend(
+    qs: Vec<f32>,
+    dims: (usize, usize, usize),
+    nkv: usize,
+    ks: Arc<Vec<f32>>,
+    vs: Arc<Vec<f32>>,
+    layout: KvLayout,
+    pos: usize,
+) -> Vec<f32> {
+    let pool = Pool::global();
+    let task = Arc::new(Attend {
+        qs,
+        dims,
+        nkv,
+        ks,
+        vs,
+        layout,
+        pos,
+        outs: (0..pool.parts()).map(|_| Mutex::new(Vec::new())).collect(),
+    });
+    pool.run(task.clone());
+    let mut out = Vec::with_capacity(dims.0 * dims.1 * dims.2);
+    for o in &task.outs {
+        out.extend_from_slice(&o.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    out
+}
+
+/// One attention job: part `p` computes its share of the `(head, query)` rows.
+struct Attend {
+    qs: Vec<f32>,
+    dims: (usize, usize, usize),
+    nkv: usize,
+    ks: Arc<Vec<f32>>,
+    vs: Arc<Vec<f32>>,
+    layout: KvLayout,
+    pos: usize,
+    outs: Vec<Mutex<Vec<f32>>>,
+}
+
+impl Task for Attend {
+    fn run(&self, part: usize, parts: usize) {
+        let (nh, seq, hd) = self.dims;
+        let rows = nh * seq;
+        let (lo, hi) = (part * rows / parts, (part + 1) * rows / parts);
+        let mut out = vec![0f32; (hi - lo) * hd];
+        for (row, o) in (lo..hi).zip(out.chunks_exact_mut(hd)) {
+            self.row(row, o);
+        }
+        *self.outs[part].lock().unwrap_or_else(|e| e.into_inner()) = out;
+    }
+}
+
+impl Attend {
+    /// Row `row` (head `row / seq`, query `row % seq`) into `o` (zeros).
+    fn row(&self, row: usize, o: &mut [f32]) {
+        let (nh, seq, hd) = self.dims;
+        let (ks, vs, layout) = (&self.ks[..], &self.vs[..], self.layout);
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
         let (h, i) = (row / seq, row % seq);
-        let g = h / rep;
-        let qrow = &qs[row * hd..(row + 1) * hd];
-        let keys = pos + i + 1;
-        let kbase = g * kv_len * hd;
-        let mut scores: Vec<f32> = (0..keys)
-            .map(|j| dot(qrow, &ks[kbase + j * hd..kbase + (j + 1) * hd]) * scale)
-            .collect();
+        let g = h / (nh / self.nkv);
+        let qrow = &self.qs[row * hd..(row + 1) * hd];
+        let keys = self.pos + i + 1;
+        let at = |j: usize| g * layout.group + j * layout.step;
+        let mut scores: Vec<f32> =
+            (0..keys).map(|j| dot(qrow, &ks[at(j)..at(j) + hd]) * scale).collect();
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
         for s in scores.iter_mut() {
@@ -65,7 +139,7 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Resul
             sum += *s;
         }
         for (j, &p) in scores.iter().enumerate() {
-            let vrow = &vs[kbase + j * hd..kbase + (j + 1) * hd];
+            let vrow = &vs[at(j)..at(j) + hd];
             for (od, &vd) in o.iter_mut().zip(vrow) {
                 *od += p * vd;
             }
@@ -74,8 +148,7 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Resul
         for od in o.iter_mut() {
             *od *= inv;
         }
-    });
-    Tensor::from_vec(out, (1, nh, seq, hd), q.device())
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@
 
 mod attention;
 mod commit;
+mod pool;
 mod q4_1;
 mod q8;
 

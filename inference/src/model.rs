@@ -51,6 +51,26 @@ impl Linear {
             Self::Int16(m) => m.forward(x),
         }
     }
+
+    /// Each of `ls` applied to `x`: one job for all of them when they are integer kernels.
+    fn forward_many<const N: usize>(
+        ls: [&Self; N],
+        x: &Tensor,
+    ) -> candle_core::Result<[Tensor; N]> {
+        let ints: Vec<_> = ls
+            .iter()
+            .filter_map(|l| match l {
+                Self::Int16(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        let out = if ints.len() == N {
+            crate::q8::forward_many(&ints, x)?
+        } else {
+            ls.iter().map(|l| l.forward(x)).collect::<candle_core::Result<Vec<_>>>()?
+        };
+        out.try_into().map_err(|_| candle_core::Error::Msg("forward_many: wrong count".into()))
+    }
 }
 
 /// How GGUF weights are multiplied.
@@ -116,11 +136,21 @@ pub enum Kernel {
     BatchInvariant,
 }
 
+/// One layer's keys and values of every position seen so far.
+#[derive(Debug, Clone)]
+enum Kv {
+    /// GGUF models (f32): each position's rows appended in place, laid out
+    /// `(position, kv_head, head_dim)`, so a decode step copies one position, not the cache.
+    F32 { k: std::sync::Arc<Vec<f32>>, v: std::sync::Arc<Vec<f32>> },
+    /// Safetensors models: `(1, kv_heads, positions, head_dim)` in the compute dtype.
+    Tensors(Tensor, Tensor),
+}
+
 /// Per-session state of one stage: the keys and values of every position seen so far, for each
 /// of the stage's layers.
 #[derive(Debug, Clone)]
 pub struct Cache {
-    kvs: Vec<Option<(Tensor, Tensor)>>,
+    kvs: Vec<Option<Kv>>,
     len: usize,
     kernel: Kernel,
 }
@@ -462,6 +492,10 @@ impl Stage {
     /// Runs the stage's layers over hidden states `(1, seq, hidden)` at positions
     /// `pos..pos + seq`; `pos` must be the number of positions already in `cache`.
     pub fn forward_layers(&self, x: &Tensor, pos: usize, cache: &mut Cache) -> Result<Tensor> {
+        on_pool(|| self.forward_layers_here(x, pos, cache))
+    }
+
+    fn forward_layers_here(&self, x: &Tensor, pos: usize, cache: &mut Cache) -> Result<Tensor> {
         let (b, seq, hidden) = x.dims3()?;
         if b != 1 || hidden != self.config.hidden_size || x.dtype() != self.dtype {
             return Err(Error::StageInput(format!(
@@ -502,6 +536,10 @@ impl Stage {
     /// Final norm and LM head on the last position of `(1, seq, hidden)`: logits `(1, vocab)`,
     /// f32. Last stage only.
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        on_pool(|| self.head_here(x))
+    }
+
+    fn head_here(&self, x: &Tensor) -> Result<Tensor> {
         let (norm, lm) = self
             .head
             .as_ref()
@@ -535,7 +573,7 @@ impl Stage {
         x: &Tensor,
         mask: Option<&Tensor>,
         pos: usize,
-        kv: &mut Option<(Tensor, Tensor)>,
+        kv: &mut Option<Kv>,
         kernel: Kernel,
     ) -> Result<Tensor> {
         let residual = x;
@@ -543,7 +581,8 @@ impl Stage {
         let h = (self.attention(block, &h, mask, pos, kv, kernel)? + residual)?;
         let residual = &h;
         let m = block.ffn_norm.forward(&h)?;
-        let m = (candle_nn::ops::silu(&block.gate.forward(&m)?)? * block.up.forward(&m)?)?;
+        let [gate, up] = Linear::forward_many([&block.gate, &block.up], &m)?;
+        let m = (candle_nn::ops::silu(&gate)? * up)?;
         let m = block.down.forward(&m)?;
         Ok((m + residual)?)
     }
@@ -554,15 +593,16 @@ impl Stage {
         x: &Tensor,
         mask: Option<&Tensor>,
         pos: usize,
-        kv: &mut Option<(Tensor, Tensor)>,
+        kv: &mut Option<Kv>,
         kernel: Kernel,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, seq, _) = x.dims3()?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let q = block.wq.forward(x)?.reshape((b, seq, nh, hd))?.transpose(1, 2)?;
-        let k = block.wk.forward(x)?.reshape((b, seq, nkv, hd))?.transpose(1, 2)?;
-        let v = block.wv.forward(x)?.reshape((b, seq, nkv, hd))?.transpose(1, 2)?;
+        let [q, k, v] = Linear::forward_many([&block.wq, &block.wk, &block.wv], x)?;
+        let q = q.reshape((b, seq, nh, hd))?.transpose(1, 2)?;
+        let k = k.reshape((b, seq, nkv, hd))?.transpose(1, 2)?;
+        let v = v.reshape((b, seq, nkv, hd))?.transpose(1, 2)?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
         let rope = |t: &Tensor| -> candle_core::Result<Tensor> {
@@ -578,16 +618,35 @@ impl Stage {
                 let v = v.contiguous()?;
                 let q = rope(&q.contiguous()?)?;
                 let k = rope(&k.contiguous()?)?;
-                let (k, v) = match kv.as_ref() {
-                    Some((kc, vc)) if pos > 0 => {
-                        (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
-                    }
-                    _ => (k, v),
+                // This step's rows, `(seq, kv_head, head_dim)`, appended to the cache.
+                let rows = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+                    t.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()
                 };
-                *kv = Some((k.clone(), v.clone()));
+                let (new_k, new_v) = (rows(&k)?, rows(&v)?);
+                if pos == 0 || !matches!(kv, Some(Kv::F32 { .. })) {
+                    *kv = Some(Kv::F32 { k: Default::default(), v: Default::default() });
+                }
+                let Some(Kv::F32 { k: ks, v: vs }) = kv else {
+                    return Err(Error::StageInput("cache of another kind".into()));
+                };
+                // Unique but while an attention job runs, or in a cache a caller cloned.
+                std::sync::Arc::make_mut(ks).extend_from_slice(&new_k);
+                std::sync::Arc::make_mut(vs).extend_from_slice(&new_v);
+                let len = pos + seq;
                 if kernel == Kernel::BatchInvariant {
-                    crate::attention::attention(&q, &k, &v, pos)?
+                    let qs = q.flatten_all()?.to_vec1::<f32>()?;
+                    let layout = crate::attention::KvLayout { group: hd, step: nkv * hd };
+                    let (ks, vs) = (ks.clone(), vs.clone());
+                    let y = crate::attention::attend(qs, (nh, seq, hd), nkv, ks, vs, layout, pos);
+                    Tensor::from_vec(y, (b, nh, seq, hd), &self.device)?
                 } else {
+                    // The same tensors as candle's cache concatenation gives.
+                    let tensor = |d: &[f32]| -> candle_core::Result<Tensor> {
+                        Tensor::from_slice(d, (b, len, nkv, hd), &self.device)?
+                            .transpose(1, 2)?
+                            .contiguous()
+                    };
+                    let (k, v) = (tensor(&ks[..])?, tensor(&vs[..])?);
                     let k = candle_transformers::utils::repeat_kv(k, nh / nkv)?;
                     let v = candle_transformers::utils::repeat_kv(v, nh / nkv)?;
                     let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
@@ -605,11 +664,11 @@ impl Stage {
                 let q = rope(&q.contiguous()?)?;
                 let mut k = rope(&k.contiguous()?)?;
                 let mut v = v;
-                if let Some((kc, vc)) = kv.as_ref() {
+                if let Some(Kv::Tensors(kc, vc)) = kv.as_ref() {
                     k = Tensor::cat(&[kc, &k], 2)?.contiguous()?;
                     v = Tensor::cat(&[vc, &v], 2)?.contiguous()?;
                 }
-                *kv = Some((k.clone(), v.clone()));
+                *kv = Some(Kv::Tensors(k.clone(), v.clone()));
                 let in_dtype = q.dtype();
                 if kernel == Kernel::BatchInvariant {
                     let f = |t: &Tensor| t.to_dtype(DType::F32);
@@ -634,6 +693,31 @@ impl Stage {
         let y = y.transpose(1, 2)?.reshape((b, seq, nh * hd))?;
         Ok(block.wo.forward(&y)?)
     }
+}
+
+/// Runs `f` (a stage's step) on a one-thread rayon pool of the calling thread's own, or at once
+/// when called on a rayon thread. The heavy work (matmuls, attention) is split among the
+/// engine's [`crate::pool::Pool`]; candle's small operations between them (norms, rotary,
+/// SiLU) use rayon, and on a pool of one thread they run inline. Called from outside any rayon
+/// pool, each of them would hand its work to the global pool and put the caller to sleep, and
+/// on the global pool they would wake its idle threads: a futex and a context switch each,
+/// hundreds per step (a fifth of a step's time here). Each calling thread gets its own pool, so
+/// sessions stepped from several threads still run side by side.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    thread_local! {
+        static STEP: Option<rayon::ThreadPool> = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "bitorch-step".into())
+            .build()
+            .ok();
+    }
+    STEP.with(|pool| match pool {
+        Some(pool) => pool.install(f),
+        None => f(),
+    })
 }
 
 fn masked_fill(on_false: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {

@@ -12,12 +12,13 @@
 //! scalar one. That makes it batch-invariant like the attention kernel, as committed sessions
 //! need.
 
+use crate::pool::{Pool, Task};
 use crate::q4_1::{f16_to_f32, input_rows, output_rows};
 use candle_core::{
     quantized::{GgmlDType, QTensor},
     Result, Tensor,
 };
-use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 
 const QK: usize = 32;
 
@@ -30,7 +31,14 @@ enum Kind {
     Q80,
 }
 
-/// A weight matrix `(n, k)` of Q4_1 or Q8_0 blocks, unpacked into scales, minimums and bytes.
+/// Output rows are computed [`G`] at a time, and stored that way.
+const G: usize = 4;
+
+/// A weight matrix `(n, k)` of Q4_1 or Q8_0 blocks, unpacked into scales, minimums and bytes and
+/// repacked for the kernels: rows in groups of [`G`] (the last group padded with zero rows),
+/// and within a group the rows' blocks interleaved, so that one pass over an input row reads
+/// the group's weights as one sequential stream: block `b` of row `g × G + i` is entry
+/// `(g × nb + b) × G + i` of `d` and `m`, and its bytes are that entry's `qbytes` in `qs`.
 #[derive(Debug)]
 pub(crate) struct Q8Matrix {
     n: usize,
@@ -88,64 +96,81 @@ impl Q8Matrix {
             candle_core::bail!("rows of {k} values are not whole blocks");
         }
         let data = t.data()?;
-        let blocks = n * k / QK;
-        if data.len() != blocks * bytes {
-            candle_core::bail!("tensor has {} bytes, expected {}", data.len(), blocks * bytes);
+        let nb = k / QK;
+        if data.len() != n * nb * bytes {
+            candle_core::bail!("tensor has {} bytes, expected {}", data.len(), n * nb * bytes);
         }
-        let mut d = Vec::with_capacity(blocks);
-        let mut m = Vec::new();
-        let mut qs = Vec::with_capacity(blocks * qbytes);
-        for b in data.chunks_exact(bytes) {
-            d.push(f16_to_f32(u16::from_le_bytes([b[0], b[1]])));
+        let entries = n.div_ceil(G) * nb * G;
+        let mut d = vec![0f32; entries];
+        let mut m = vec![0f32; if kind == Kind::Q41 { entries } else { 0 }];
+        let mut qs = vec![0u8; entries * qbytes];
+        for (blk, b) in data.chunks_exact(bytes).enumerate() {
+            let (r, c) = (blk / nb, blk % nb);
+            let at = ((r / G) * nb + c) * G + r % G;
+            d[at] = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
             if kind == Kind::Q41 {
-                m.push(f16_to_f32(u16::from_le_bytes([b[2], b[3]])));
+                m[at] = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
             }
-            qs.extend_from_slice(&b[bytes - qbytes..]);
+            qs[at * qbytes..][..qbytes].copy_from_slice(&b[bytes - qbytes..]);
         }
         Ok(Some(Self { n, k, kind, d, m, qs }))
     }
 
-    /// Block `blk`'s (of the whole matrix) integer dot product with `x`: scalar. At most
-    /// 32 × 128 × 32,767 in magnitude, well inside an i32.
-    fn block_scalar(&self, blk: usize, x: &[i16; QK]) -> i32 {
+    /// The entry of block `b` of output row `r`.
+    fn entry(&self, r: usize, b: usize) -> usize {
+        ((r / G) * (self.k / QK) + b) * G + r % G
+    }
+
+    /// Entry `blk`'s integer products with `x`, summed into 8 lanes the
+    /// way AVX2's `madd` leaves them: lane `l` holds values `2l`, `2l + 1`, `16 + 2l` and
+    /// `17 + 2l`. At most 4 × 128 × 32,767 < 2^24 in magnitude, so exact in an f32 too.
+    fn lanes_scalar(&self, blk: usize, x: &[i16; QK]) -> [i32; 8] {
+        let mut w = [0i32; QK];
         match self.kind {
             Kind::Q41 => {
-                let w = &self.qs[blk * 16..][..16];
-                (0..16)
-                    .map(|j| {
-                        i32::from(w[j] & 0x0f) * i32::from(x[j])
-                            + i32::from(w[j] >> 4) * i32::from(x[j + 16])
-                    })
-                    .sum()
+                for (j, &b) in self.qs[blk * 16..][..16].iter().enumerate() {
+                    w[j] = i32::from(b & 0x0f);
+                    w[j + 16] = i32::from(b >> 4);
+                }
             }
             Kind::Q80 => {
-                let w = &self.qs[blk * 32..][..32];
-                w.iter().zip(x).map(|(&a, &b)| i32::from(a as i8) * i32::from(b)).sum()
+                for (o, &b) in w.iter_mut().zip(&self.qs[blk * 32..][..32]) {
+                    *o = i32::from(b as i8);
+                }
             }
         }
+        let p = |j: usize| w[j] * i32::from(x[j]);
+        std::array::from_fn(|l| (p(2 * l) + p(2 * l + 1)) + (p(16 + 2 * l) + p(17 + 2 * l)))
     }
 
-    /// Adds block `b` of output row `r` (block `blk` of the matrix), whose integer dot product
-    /// is `isum`, to `acc`: the one place the float arithmetic happens, in the same order on
-    /// every path.
-    #[inline(always)]
-    fn add_block(&self, acc: f32, blk: usize, b: usize, isum: i32, x: &Q8Row) -> f32 {
-        let scaled = (self.d[blk] * x.d[b]) * isum as f32;
-        match self.kind {
-            Kind::Q41 => acc + (scaled + self.m[blk] * x.s[b]),
-            Kind::Q80 => acc + scaled,
-        }
-    }
-
+    /// Output row `r` dotted with `x`, scalar: each block's 8 integer lanes, converted to f32,
+    /// times the block's scale, added lane by lane to 8 accumulators (the float arithmetic of
+    /// the AVX2 path, step for step), then [`finish`].
     fn dot_scalar(&self, r: usize, x: &Q8Row) -> f32 {
         let nb = self.k / QK;
-        (0..nb).fold(0.0, |acc, b| {
-            let blk = r * nb + b;
-            self.add_block(acc, blk, b, self.block_scalar(blk, &x.q[b]), x)
-        })
+        let mut acc = [0f32; 8];
+        let mut mins = 0f32;
+        for b in 0..nb {
+            let blk = self.entry(r, b);
+            let lanes = self.lanes_scalar(blk, &x.q[b]);
+            let scale = self.d[blk] * x.d[b];
+            for (a, l) in acc.iter_mut().zip(lanes) {
+                *a += l as f32 * scale;
+            }
+            if self.kind == Kind::Q41 {
+                mins += self.m[blk] * x.s[b];
+            }
+        }
+        finish(acc, mins)
     }
 
-    /// Output rows `rows` dotted with every input row.
+    /// Number of row groups, the last one padded.
+    fn groups(&self) -> usize {
+        self.n.div_ceil(G)
+    }
+
+    /// Output rows `first..` (`out` holds all input rows' values for each, whole groups;
+    /// `first` a multiple of [`G`]) dotted with every input row.
     fn rows(&self, first: usize, out: &mut [f32], xs: &[Q8Row]) {
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new() {
@@ -159,22 +184,82 @@ impl Q8Matrix {
     }
 
     /// `x @ self^T` for `x` of shape `(..., k)`: `(..., n)`.
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (flat, lead) = input_rows(x, self.k)?;
-        let rows: usize = lead.iter().product();
-        let xs: Vec<Q8Row> = flat.chunks_exact(self.k).map(quantize).collect();
-        // Output rows in parallel, in chunks of 16 (each computes all input rows).
-        const CHUNK: usize = 16;
-        let mut out_t = vec![0f32; self.n * rows];
-        out_t.par_chunks_mut(CHUNK * rows.max(1)).enumerate().for_each(|(c, o)| {
-            self.rows(c * CHUNK, o, &xs);
-        });
-        output_rows(&out_t, self.n, lead, x.device())
+    pub(crate) fn forward(self: &Arc<Self>, x: &Tensor) -> Result<Tensor> {
+        let mut out = forward_many(std::slice::from_ref(self), x)?;
+        Ok(out.remove(0))
     }
 }
 
+/// `x @ m^T` for each of `mats` (all with the same `k`), as one job of the engine's
+/// [`Pool`]: the input quantized once, the matrices' row groups split evenly among the parts.
+pub(crate) fn forward_many(mats: &[Arc<Q8Matrix>], x: &Tensor) -> Result<Vec<Tensor>> {
+    let Some(k) = mats.first().map(|m| m.k) else { return Ok(Vec::new()) };
+    if mats.iter().any(|m| m.k != k) {
+        candle_core::bail!("matrices of different widths in one product");
+    }
+    let (flat, lead) = input_rows(x, k)?;
+    let rows: usize = lead.iter().product();
+    let xs: Vec<Q8Row> = flat.chunks_exact(k).map(quantize).collect();
+    let pool = Pool::global();
+    let task = Arc::new(Product {
+        mats: mats.to_vec(),
+        xs,
+        outs: (0..pool.parts()).map(|_| Mutex::new(Vec::new())).collect(),
+    });
+    pool.run(task.clone());
+    // The parts' buffers, in order, are every matrix's groups in order.
+    let mut all = Vec::with_capacity(mats.iter().map(|m| m.groups() * G).sum::<usize>() * rows);
+    for o in &task.outs {
+        all.extend_from_slice(&o.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    let mut at = 0;
+    let mut out = Vec::with_capacity(mats.len());
+    for m in mats {
+        out.push(output_rows(&all[at..at + m.n * rows], m.n, lead.clone(), x.device())?);
+        at += m.groups() * G * rows;
+    }
+    Ok(out)
+}
+
+/// One product job: part `p` computes its share of all the matrices' row groups.
+struct Product {
+    mats: Vec<Arc<Q8Matrix>>,
+    xs: Vec<Q8Row>,
+    outs: Vec<Mutex<Vec<f32>>>,
+}
+
+impl Task for Product {
+    fn run(&self, part: usize, parts: usize) {
+        let total: usize = self.mats.iter().map(|m| m.groups()).sum();
+        let (lo, hi) = (part * total / parts, (part + 1) * total / parts);
+        let nx = self.xs.len().max(1);
+        let mut buf = vec![0f32; (hi - lo) * G * nx];
+        let (mut start, mut filled) = (0, 0);
+        for m in &self.mats {
+            let end = start + m.groups();
+            let (a, b) = (lo.max(start), hi.min(end));
+            if a < b {
+                let len = (b - a) * G * nx;
+                m.rows((a - start) * G, &mut buf[filled..filled + len], &self.xs);
+                filled += len;
+            }
+            start = end;
+        }
+        *self.outs[part].lock().unwrap_or_else(|e| e.into_inner()) = buf;
+    }
+}
+
+/// The 8 lane accumulators summed in a fixed order (the upper half onto the lower, twice, then
+/// the last pair), plus the Q4_1 minimums' term.
+#[inline(always)]
+fn finish(acc: [f32; 8], mins: f32) -> f32 {
+    let a = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    ((a[0] + a[2]) + (a[1] + a[3])) + mins
+}
+
 /// [`Q8Matrix::rows`] with AVX2: the same integers (weights widened to i16, `madd` sums pairs of
-/// i16 products exactly into i32) and the same float steps as the scalar path.
+/// i16 products exactly into i32) and the same float steps as the scalar path, four output rows
+/// per pass over an input row's blocks.
 #[cfg(target_arch = "x86_64")]
 struct Avx2Rows<'a> {
     m: &'a Q8Matrix,
@@ -184,56 +269,78 @@ struct Avx2Rows<'a> {
     xs: &'a [Q8Row],
 }
 
+/// The [`G`] rows of group `g` of `m` dotted with `x`, with AVX2: per block one load of the
+/// input's 32 integers for the whole group, then per row the weights widened to i16 (one
+/// `pmovzx`/`pmovsx` of 16 bytes for Q4_1, split into low and high nibbles), two `madd`s, and
+/// the float steps of [`Q8Matrix::dot_scalar`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn group_dots<const Q41: bool>(m: &Q8Matrix, simd: pulp::x86::V3, g: usize, x: &Q8Row) -> [f32; G] {
+    use std::arch::x86_64::{__m128, __m128i, __m256, __m256i};
+    let (avx, avx2, sse) = (simd.avx, simd.avx2, simd.sse);
+    let nb = m.k / QK;
+    let qb = if Q41 { 16 } else { 32 };
+    let base = g * nb * G;
+    let qs = &m.qs[base * qb..][..nb * G * qb];
+    let ds = &m.d[base..][..nb * G];
+    let ms = if Q41 { &m.m[base..][..nb * G] } else { &[][..] };
+    let nib = avx._mm256_set1_epi16(0x0f);
+    let mut acc: [__m256; G] = [avx._mm256_setzero_ps(); G];
+    let mut mins: __m128 = sse._mm_setzero_ps();
+    for (b, (q, (wq, wd))) in
+        x.q.iter().zip(qs.chunks_exact(G * qb).zip(ds.chunks_exact(G))).enumerate()
+    {
+        let x0 = pulp::cast::<[i16; 16], __m256i>(q[..16].try_into().unwrap_or([0; 16]));
+        let x1 = pulp::cast::<[i16; 16], __m256i>(q[16..].try_into().unwrap_or([0; 16]));
+        let d4 = pulp::cast::<[f32; 4], __m128>(wd.try_into().unwrap_or([0.0; 4]));
+        let scales = pulp::cast::<__m128, [f32; 4]>(sse._mm_mul_ps(d4, sse._mm_set1_ps(x.d[b])));
+        if Q41 {
+            let m4 =
+                pulp::cast::<[f32; 4], __m128>(ms[b * G..][..G].try_into().unwrap_or([0.0; 4]));
+            mins = sse._mm_add_ps(mins, sse._mm_mul_ps(m4, sse._mm_set1_ps(x.s[b])));
+        }
+        for (i, w) in wq.chunks_exact(qb).enumerate() {
+            let (w0, w1) = if Q41 {
+                let raw: [u8; 16] = w.try_into().unwrap_or([0; 16]);
+                let wide = avx2._mm256_cvtepu8_epi16(pulp::cast::<[u8; 16], __m128i>(raw));
+                (avx2._mm256_and_si256(wide, nib), avx2._mm256_srli_epi16::<4>(wide))
+            } else {
+                let lo: [u8; 16] = w[..16].try_into().unwrap_or([0; 16]);
+                let hi: [u8; 16] = w[16..].try_into().unwrap_or([0; 16]);
+                (
+                    avx2._mm256_cvtepi8_epi16(pulp::cast::<[u8; 16], __m128i>(lo)),
+                    avx2._mm256_cvtepi8_epi16(pulp::cast::<[u8; 16], __m128i>(hi)),
+                )
+            };
+            let lanes = avx2
+                ._mm256_add_epi32(avx2._mm256_madd_epi16(w0, x0), avx2._mm256_madd_epi16(w1, x1));
+            let prod =
+                avx._mm256_mul_ps(avx._mm256_cvtepi32_ps(lanes), avx._mm256_set1_ps(scales[i]));
+            acc[i] = avx._mm256_add_ps(acc[i], prod);
+        }
+    }
+    let mins = pulp::cast::<__m128, [f32; 4]>(mins);
+    std::array::from_fn(|i| finish(pulp::cast::<__m256, [f32; 8]>(acc[i]), mins[i]))
+}
+
 #[cfg(target_arch = "x86_64")]
 impl pulp::NullaryFnOnce for Avx2Rows<'_> {
     type Output = ();
 
     #[inline(always)]
     fn call(self) {
-        use std::arch::x86_64::{__m128i, __m256i};
         let Self { m, simd, first, out, xs } = self;
-        let (avx2, sse2) = (simd.avx2, simd.sse2);
-        let nb = m.k / QK;
-        let mask = pulp::cast::<[u8; 16], __m128i>([0x0f; 16]);
-        let half = |q: &[i16; QK], at: usize| -> __m256i {
-            let h: [i16; 16] = q[at..at + 16].try_into().unwrap_or([0; 16]);
-            pulp::cast::<[i16; 16], __m256i>(h)
-        };
-        for (o, row) in out.chunks_mut(xs.len().max(1)).enumerate() {
-            let r = first + o;
-            for (v, x) in row.iter_mut().zip(xs) {
-                let mut acc = 0f32;
-                for b in 0..nb {
-                    let blk = r * nb + b;
-                    let (x0, x1) = (half(&x.q[b], 0), half(&x.q[b], 16));
-                    let (w0, w1) = match m.kind {
-                        Kind::Q41 => {
-                            let raw: [u8; 16] =
-                                m.qs[blk * 16..][..16].try_into().unwrap_or([0; 16]);
-                            let raw = pulp::cast::<[u8; 16], __m128i>(raw);
-                            let lo = sse2._mm_and_si128(raw, mask);
-                            let hi = sse2._mm_and_si128(sse2._mm_srli_epi16::<4>(raw), mask);
-                            (avx2._mm256_cvtepu8_epi16(lo), avx2._mm256_cvtepu8_epi16(hi))
-                        }
-                        Kind::Q80 => {
-                            let w = &m.qs[blk * 32..][..32];
-                            let lo: [u8; 16] = w[..16].try_into().unwrap_or([0; 16]);
-                            let hi: [u8; 16] = w[16..].try_into().unwrap_or([0; 16]);
-                            (
-                                avx2._mm256_cvtepi8_epi16(pulp::cast::<[u8; 16], __m128i>(lo)),
-                                avx2._mm256_cvtepi8_epi16(pulp::cast::<[u8; 16], __m128i>(hi)),
-                            )
-                        }
-                    };
-                    let prods = avx2._mm256_add_epi32(
-                        avx2._mm256_madd_epi16(w0, x0),
-                        avx2._mm256_madd_epi16(w1, x1),
-                    );
-                    let sums = pulp::cast::<__m256i, [i32; 8]>(prods);
-                    let isum = sums.iter().sum::<i32>();
-                    acc = m.add_block(acc, blk, b, isum, x);
+        let n = xs.len().max(1);
+        for (j, group) in out.chunks_mut(G * n).enumerate() {
+            let g = first / G + j;
+            for (i, x) in xs.iter().enumerate() {
+                let v = match m.kind {
+                    Kind::Q41 => group_dots::<true>(m, simd, g, x),
+                    Kind::Q80 => group_dots::<false>(m, simd, g, x),
+                };
+                for (o, v) in group.chunks_mut(n).zip(v) {
+                    o[i] = v;
                 }
-                *v = acc;
             }
         }
     }
@@ -247,9 +354,9 @@ mod tests {
     fn check(dtype: GgmlDType) {
         let dev = Device::Cpu;
         let mut seed = 43;
-        let w = bitorch_test_support::tiny::seeded(&mut seed, &[40, 96], 1.0);
+        let w = bitorch_test_support::tiny::seeded(&mut seed, &[42, 96], 1.0);
         let q = QTensor::quantize(&w, dtype).unwrap();
-        let ours = Q8Matrix::from_qtensor(&q).unwrap().unwrap();
+        let ours = Arc::new(Q8Matrix::from_qtensor(&q).unwrap().unwrap());
         let x = bitorch_test_support::tiny::seeded(&mut seed, &[1, 5, 96], 1.0);
         let got = ours.forward(&x).unwrap();
         // Against the weights dequantized, in f32: 16-bit activations cost very little.
@@ -264,8 +371,8 @@ mod tests {
         let rows: Vec<Q8Row> = flat.chunks_exact(96).map(quantize).collect();
         let all = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for (i, row) in rows.iter().enumerate() {
-            for r in 0..40 {
-                assert_eq!(ours.dot_scalar(r, row).to_bits(), all[i * 40 + r].to_bits());
+            for r in 0..42 {
+                assert_eq!(ours.dot_scalar(r, row).to_bits(), all[i * 42 + r].to_bits());
             }
         }
         // Batch-invariant: one row at a time gives the same bits.
@@ -273,7 +380,7 @@ mod tests {
             let one = ours.forward(&x.narrow(1, i, 1).unwrap()).unwrap();
             assert_eq!(
                 one.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                all[i * 40..(i + 1) * 40]
+                all[i * 42..(i + 1) * 42]
             );
         }
     }
@@ -286,6 +393,30 @@ mod tests {
     #[test]
     fn q8_0_close_to_dequantized_same_bits_on_every_path() {
         check(GgmlDType::Q8_0);
+    }
+
+    #[test]
+    fn one_job_for_several_matrices_gives_each_its_own_product() {
+        let mut seed = 5;
+        let mats: Vec<Arc<Q8Matrix>> =
+            [(42, GgmlDType::Q4_1), (8, GgmlDType::Q8_0), (13, GgmlDType::Q4_1)]
+                .into_iter()
+                .map(|(n, dtype)| {
+                    let w = bitorch_test_support::tiny::seeded(&mut seed, &[n, 64], 1.0);
+                    let q = QTensor::quantize(&w, dtype).unwrap();
+                    Arc::new(Q8Matrix::from_qtensor(&q).unwrap().unwrap())
+                })
+                .collect();
+        let x = bitorch_test_support::tiny::seeded(&mut seed, &[1, 3, 64], 1.0);
+        let together = forward_many(&mats, &x).unwrap();
+        for (m, t) in mats.iter().zip(&together) {
+            let alone = m.forward(&x).unwrap();
+            assert_eq!(t.dims(), &[1, 3, m.n]);
+            assert_eq!(
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                alone.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
     }
 
     #[test]
