@@ -17,6 +17,7 @@
 
 use crate::pool::{Pool, Task};
 use candle_core::{Result, Tensor};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Dot product with eight fixed lanes (so it vectorizes) and a fixed final reduction.
@@ -76,6 +77,8 @@ pub(crate) fn attend(
     pos: usize,
 ) -> Vec<f32> {
     let pool = Pool::global();
+    // One chunk per row at most, a few per thread: threads take them in turn.
+    let chunks = (pool.parts() * 4).min(dims.0 * dims.1).max(1);
     let task = Arc::new(Attend {
         qs,
         dims,
@@ -84,7 +87,8 @@ pub(crate) fn attend(
         vs,
         layout,
         pos,
-        outs: (0..pool.parts()).map(|_| Mutex::new(Vec::new())).collect(),
+        next: AtomicUsize::new(0),
+        outs: (0..chunks).map(|_| Mutex::new(Vec::new())).collect(),
     });
     pool.run(task.clone());
     let mut out = Vec::with_capacity(dims.0 * dims.1 * dims.2);
@@ -94,7 +98,8 @@ pub(crate) fn attend(
     out
 }
 
-/// One attention job: part `p` computes its share of the `(head, query)` rows.
+/// One attention job: the `(head, query)` rows in fixed chunks (`outs.len()` of them), which the
+/// pool's threads take one at a time.
 struct Attend {
     qs: Vec<f32>,
     dims: (usize, usize, usize),
@@ -103,19 +108,26 @@ struct Attend {
     vs: Arc<Vec<f32>>,
     layout: KvLayout,
     pos: usize,
+    next: AtomicUsize,
     outs: Vec<Mutex<Vec<f32>>>,
 }
 
 impl Task for Attend {
-    fn run(&self, part: usize, parts: usize) {
+    fn run(&self, _part: usize, _parts: usize) {
         let (nh, seq, hd) = self.dims;
-        let rows = nh * seq;
-        let (lo, hi) = (part * rows / parts, (part + 1) * rows / parts);
-        let mut out = vec![0f32; (hi - lo) * hd];
-        for (row, o) in (lo..hi).zip(out.chunks_exact_mut(hd)) {
-            self.row(row, o);
+        let (rows, chunks) = (nh * seq, self.outs.len());
+        loop {
+            let c = self.next.fetch_add(1, Ordering::Relaxed);
+            if c >= chunks {
+                return;
+            }
+            let (lo, hi) = (c * rows / chunks, (c + 1) * rows / chunks);
+            let mut out = vec![0f32; (hi - lo) * hd];
+            for (row, o) in (lo..hi).zip(out.chunks_exact_mut(hd)) {
+                self.row(row, o);
+            }
+            *self.outs[c].lock().unwrap_or_else(|e| e.into_inner()) = out;
         }
-        *self.outs[part].lock().unwrap_or_else(|e| e.into_inner()) = out;
     }
 }
 

@@ -192,6 +192,9 @@ pub struct Stage {
     head: Option<(Norm, Linear)>,
     cos: Tensor,
     sin: Tensor,
+    /// Every matrix runs on our integer kernels, which split their work themselves (so the
+    /// step runs on a one-thread rayon pool, see [`on_pool`]).
+    own_kernels: bool,
 }
 
 /// How to load a stage's weights.
@@ -348,7 +351,9 @@ impl Stage {
             head,
             cos,
             sin,
-        })
+            own_kernels: false,
+        }
+        .with_kernels_checked())
     }
 
     fn load_safetensors(
@@ -412,7 +417,18 @@ impl Stage {
             head,
             cos,
             sin,
+            own_kernels: false,
         })
+    }
+
+    /// Sets `own_kernels`.
+    fn with_kernels_checked(mut self) -> Self {
+        let ints = |l: &Linear| matches!(l, Linear::Int16(_));
+        self.own_kernels =
+            self.blocks.iter().all(|b| {
+                [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down].into_iter().all(ints)
+            }) && self.head.as_ref().is_none_or(|(_, l)| ints(l));
+        self
     }
 
     /// The model's hyper-parameters.
@@ -492,7 +508,7 @@ impl Stage {
     /// Runs the stage's layers over hidden states `(1, seq, hidden)` at positions
     /// `pos..pos + seq`; `pos` must be the number of positions already in `cache`.
     pub fn forward_layers(&self, x: &Tensor, pos: usize, cache: &mut Cache) -> Result<Tensor> {
-        on_pool(|| self.forward_layers_here(x, pos, cache))
+        on_pool(self.own_kernels, || self.forward_layers_here(x, pos, cache))
     }
 
     fn forward_layers_here(&self, x: &Tensor, pos: usize, cache: &mut Cache) -> Result<Tensor> {
@@ -536,7 +552,7 @@ impl Stage {
     /// Final norm and LM head on the last position of `(1, seq, hidden)`: logits `(1, vocab)`,
     /// f32. Last stage only.
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
-        on_pool(|| self.head_here(x))
+        on_pool(self.own_kernels, || self.head_here(x))
     }
 
     fn head_here(&self, x: &Tensor) -> Result<Tensor> {
@@ -695,17 +711,23 @@ impl Stage {
     }
 }
 
-/// Runs `f` (a stage's step) on a one-thread rayon pool of the calling thread's own, or at once
-/// when called on a rayon thread. The heavy work (matmuls, attention) is split among the
-/// engine's [`crate::pool::Pool`]; candle's small operations between them (norms, rotary,
-/// SiLU) use rayon, and on a pool of one thread they run inline. Called from outside any rayon
-/// pool, each of them would hand its work to the global pool and put the caller to sleep, and
-/// on the global pool they would wake its idle threads: a futex and a context switch each,
-/// hundreds per step (a fifth of a step's time here). Each calling thread gets its own pool, so
-/// sessions stepped from several threads still run side by side.
-fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+/// Runs `f` (a stage's step) on a rayon thread, at once when called on one. Calling rayon from
+/// outside its pools hands the work over and puts the caller to sleep (a futex and a context
+/// switch each time, hundreds per step: a fifth of a step's time here).
+///
+/// With `own_kernels` (every matrix on our integer kernels, which split their work among the
+/// engine's [`crate::pool::Pool`] with the attention) the step runs on a one-thread pool of the
+/// calling thread's own, where candle's small operations between the kernels (norms, rotary,
+/// SiLU) run inline instead of waking the global pool's idle threads for microseconds of work;
+/// each calling thread has its own, so sessions stepped from several threads run side by side.
+/// Otherwise (candle's kernels, f32 weights) it runs on the global pool, whose threads split
+/// candle's matmuls.
+fn on_pool<R: Send>(own_kernels: bool, f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
+    }
+    if !own_kernels {
+        return rayon::scope(|_| f());
     }
     thread_local! {
         static STEP: Option<rayon::ThreadPool> = rayon::ThreadPoolBuilder::new()
@@ -714,8 +736,12 @@ fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             .build()
             .ok();
     }
+    let threads = crate::pool::threads_override();
     STEP.with(|pool| match pool {
-        Some(pool) => pool.install(f),
+        Some(pool) => pool.install(|| match threads {
+            Some(n) => crate::pool::with_threads(n, f),
+            None => f(),
+        }),
         None => f(),
     })
 }

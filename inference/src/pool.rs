@@ -12,6 +12,8 @@
 //! The workspace forbids `unsafe`, so a job is an `Arc` that owns what it reads (the weights
 //! are `Arc`s already) and returns what it wrote through per-part buffers.
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -44,12 +46,36 @@ pub(crate) struct Pool {
     busy: Mutex<()>,
 }
 
+thread_local! {
+    /// The thread count [`with_threads`] set for this thread.
+    static THREADS: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with the engine's matrix products and attention split among `threads` threads (the
+/// calling one included) instead of the default (`RAYON_NUM_THREADS`, else one per CPU).
+/// Results do not depend on it: every output row is computed by one thread in a fixed order.
+pub fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    let before = THREADS.with(|t| t.replace(Some(threads.max(1))));
+    let out = f();
+    THREADS.with(|t| t.set(before));
+    out
+}
+
+/// The thread count [`with_threads`] set on this thread, if any.
+pub(crate) fn threads_override() -> Option<usize> {
+    THREADS.with(|t| t.get())
+}
+
 impl Pool {
-    /// The pool every stage shares: as many parts as `RAYON_NUM_THREADS` says, else as many
-    /// as there are CPUs, the caller being one of them.
+    /// The pool of the calling thread: the one of [`with_threads`]'s count, else the one every
+    /// stage shares, with as many parts as `RAYON_NUM_THREADS` says, else as many as there are
+    /// CPUs, the caller being one of them.
     pub(crate) fn global() -> &'static Pool {
-        static POOL: OnceLock<Pool> = OnceLock::new();
-        POOL.get_or_init(|| Pool::new(candle_core::utils::get_num_threads().max(1)))
+        static POOLS: OnceLock<Mutex<HashMap<usize, &'static Pool>>> = OnceLock::new();
+        let parts = threads_override().unwrap_or_else(candle_core::utils::get_num_threads).max(1);
+        let mut pools = lock(POOLS.get_or_init(Default::default));
+        // One pool per count ever asked for (normally one), kept for the process's life.
+        pools.entry(parts).or_insert_with(|| Box::leak(Box::new(Pool::new(parts))))
     }
 
     fn new(parts: usize) -> Self {

@@ -18,6 +18,7 @@ use candle_core::{
     quantized::{GgmlDType, QTensor},
     Result, Tensor,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 const QK: usize = 32;
@@ -201,13 +202,16 @@ pub(crate) fn forward_many(mats: &[Arc<Q8Matrix>], x: &Tensor) -> Result<Vec<Ten
     let rows: usize = lead.iter().product();
     let xs: Vec<Q8Row> = flat.chunks_exact(k).map(quantize).collect();
     let pool = Pool::global();
+    let total: usize = mats.iter().map(|m| m.groups()).sum();
+    let chunks = (pool.parts() * CHUNKS_PER_THREAD).min(total).max(1);
     let task = Arc::new(Product {
         mats: mats.to_vec(),
         xs,
-        outs: (0..pool.parts()).map(|_| Mutex::new(Vec::new())).collect(),
+        next: AtomicUsize::new(0),
+        outs: (0..chunks).map(|_| Mutex::new(Vec::new())).collect(),
     });
     pool.run(task.clone());
-    // The parts' buffers, in order, are every matrix's groups in order.
+    // The chunks' buffers, in order, are every matrix's groups in order.
     let mut all = Vec::with_capacity(mats.iter().map(|m| m.groups() * G).sum::<usize>() * rows);
     for o in &task.outs {
         all.extend_from_slice(&o.lock().unwrap_or_else(|e| e.into_inner()));
@@ -221,17 +225,36 @@ pub(crate) fn forward_many(mats: &[Arc<Q8Matrix>], x: &Tensor) -> Result<Vec<Ten
     Ok(out)
 }
 
-/// One product job: part `p` computes its share of all the matrices' row groups.
+/// A job's row groups are cut into this many chunks per thread, which the threads take in turn:
+/// a thread that started late or was interrupted takes fewer.
+const CHUNKS_PER_THREAD: usize = 2;
+
+/// One product job: all the matrices' row groups in fixed chunks (`outs.len()` of them), which
+/// the pool's threads take one at a time.
 struct Product {
     mats: Vec<Arc<Q8Matrix>>,
     xs: Vec<Q8Row>,
+    next: AtomicUsize,
     outs: Vec<Mutex<Vec<f32>>>,
 }
 
 impl Task for Product {
-    fn run(&self, part: usize, parts: usize) {
+    fn run(&self, _part: usize, _parts: usize) {
+        loop {
+            let c = self.next.fetch_add(1, Ordering::Relaxed);
+            if c >= self.outs.len() {
+                return;
+            }
+            self.chunk(c);
+        }
+    }
+}
+
+impl Product {
+    fn chunk(&self, c: usize) {
         let total: usize = self.mats.iter().map(|m| m.groups()).sum();
-        let (lo, hi) = (part * total / parts, (part + 1) * total / parts);
+        let chunks = self.outs.len();
+        let (lo, hi) = (c * total / chunks, (c + 1) * total / chunks);
         let nx = self.xs.len().max(1);
         let mut buf = vec![0f32; (hi - lo) * G * nx];
         let (mut start, mut filled) = (0, 0);
@@ -245,7 +268,7 @@ impl Task for Product {
             }
             start = end;
         }
-        *self.outs[part].lock().unwrap_or_else(|e| e.into_inner()) = buf;
+        *self.outs[c].lock().unwrap_or_else(|e| e.into_inner()) = buf;
     }
 }
 

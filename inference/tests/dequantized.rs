@@ -5,8 +5,8 @@
 mod common;
 
 use bitorch_inference::{
-    Checkpoint, Engine, EngineOptions, GgufWeights, Kernel, LoadOptions, Pipeline, Sampler,
-    SamplingParams,
+    with_threads, Checkpoint, Engine, EngineOptions, GgufWeights, Kernel, LoadOptions, Pipeline,
+    Sampler, SamplingParams,
 };
 use candle_core::{quantized::gguf_file, Device};
 use candle_transformers::models::quantized_llama;
@@ -101,7 +101,7 @@ fn real_model_dequantized_matches_reference() {
 }
 
 /// Our integer kernels (16-bit activations against the Q4_1 layers and the Q8_0 head): 1, 3 and
-/// 30 stages, and 1 and 2 threads, give bit-identical logits; against the f32-weights path, the
+/// 30 stages, and 1, 2 and 3 threads, give bit-identical logits; against the f32-weights path, the
 /// answers and the worst logit error are reported (quantized activations are not exact).
 #[test]
 fn real_model_integer_kernels_are_the_same_bits_across_stages_and_threads() {
@@ -113,7 +113,6 @@ fn real_model_integer_kernels_are_the_same_bits_across_stages_and_threads() {
     let f32_opts = LoadOptions { gguf: GgufWeights::Dequantized, ..Default::default() };
     let reference = Pipeline::load_split(&ckpt, 1, &f32_opts).unwrap();
     let engine = Engine::load(real_model(), &EngineOptions::default()).unwrap();
-    let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     for prompt in PROMPTS {
         let ids = engine.tokenizer().encode(prompt).unwrap();
         let (t1, l1) = run(&one, Kernel::BatchInvariant, &ids, 24);
@@ -121,9 +120,11 @@ fn real_model_integer_kernels_are_the_same_bits_across_stages_and_threads() {
         let (t30, l30) = run(&thirty, Kernel::BatchInvariant, &ids, 24);
         assert_eq!((&t3, &t30), (&t1, &t1), "{prompt:?}");
         assert!(l3 == l1 && l30 == l1, "stages: the same bits, {prompt:?}");
-        let (tt, lt) = single.install(|| run(&one, Kernel::BatchInvariant, &ids, 24));
-        assert_eq!(tt, t1);
-        assert!(lt == l1, "1 and 2 threads: the same bits, {prompt:?}");
+        for threads in [1, 3] {
+            let (tt, lt) = with_threads(threads, || run(&one, Kernel::BatchInvariant, &ids, 24));
+            assert_eq!(tt, t1);
+            assert!(lt == l1, "{threads} and 2 threads: the same bits, {prompt:?}");
+        }
         let (want, want_logits) = run(&reference, Kernel::BatchInvariant, &ids, 24);
         let same = t1.iter().zip(&want).take_while(|(a, b)| a == b).count();
         let mut worst = 0f32;
