@@ -1,6 +1,7 @@
 //! Inference benchmark: prompt-processing and generation tokens/s of candle-transformers'
 //! `quantized_llama` (the reference) and of our engine with 1 and 3 in-process stages, and the
-//! cost of building activation commitments. Run through `scripts/bench-inference.sh`.
+//! cost of building activation commitments, and sessions batched on one stage (only those
+//! with `BENCH_BATCHED_ONLY=1`). Run through `scripts/bench-inference.sh`.
 //!
 //! Usage: `bench MODEL.gguf [GEN_TOKENS] [PROMPT_TOKENS] [REPEATS]` (defaults 128, 21 and 2; each
 //! row is the best of REPEATS runs).
@@ -63,6 +64,11 @@ fn main() -> Result<()> {
         prompt.len()
     );
 
+    if std::env::var_os("BENCH_BATCHED_ONLY").is_some() {
+        let ckpt = Checkpoint::open(path)?;
+        println!("{}", batched_rows(&ckpt, &prompt, gen, repeats)?);
+        return Ok(());
+    }
     let mut rows = Vec::new();
     let reference = || -> Result<ModelWeights> {
         let mut f = std::fs::File::open(path)?;
@@ -158,6 +164,8 @@ fn main() -> Result<()> {
         });
     }
 
+    let batched = batched_rows(&ckpt, &prompt, gen, repeats)?;
+
     let base = (rows[0].prompt_tps, rows[0].gen_tps);
     println!("| engine | prompt tok/s | gen tok/s | prompt vs candle | gen vs candle | notes |");
     println!("|---|---:|---:|---:|---:|---|");
@@ -183,5 +191,55 @@ fn main() -> Result<()> {
          our integer kernels: activations quantized to 16 bits per block of 32 against the Q4_1 \
          layers and the Q8_0 head, exact integer block sums (AVX2 when present)."
     );
+    println!("\n{batched}");
     Ok(())
+}
+
+/// Sessions stepped together on one stage (a worker serving several at once): the aggregate
+/// generated tokens/s of 1, 2, 4 and 8 sessions, each greedy from the same prompt, with the
+/// integer kernels and the batch-invariant attention workers run.
+fn batched_rows(ckpt: &Checkpoint, prompt: &[u32], gen: usize, repeats: usize) -> Result<String> {
+    let opts = LoadOptions { gguf: GgufWeights::Int16, ..Default::default() };
+    let p = Pipeline::load_split(ckpt, 1, &opts)?;
+    let stage = &p.stages()[0];
+    let dev = Device::Cpu;
+    let mut out = String::from(
+        "| sessions on one stage (integer kernels, batch-invariant attention) | aggregate gen tok/s | vs 1 session |\n|---|---:|---:|\n",
+    );
+    let mut one = 0.0;
+    for n in [1usize, 2, 4, 8] {
+        let mut best = f64::MAX;
+        for _ in 0..repeats {
+            let mut caches: Vec<_> = (0..n)
+                .map(|_| stage.new_cache_with(bitorch_inference::Kernel::BatchInvariant))
+                .collect();
+            let mut inputs: Vec<Vec<u32>> = vec![prompt.to_vec(); n];
+            let mut secs = 0.0;
+            for step in 0..gen {
+                let t = Instant::now();
+                let xs = inputs
+                    .iter()
+                    .map(|ids| stage.embed(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?))
+                    .collect::<bitorch_inference::Result<Vec<_>>>()?;
+                let mut refs: Vec<_> = caches.iter_mut().collect();
+                let ys = stage.forward_layers_batch(&xs, &mut refs)?;
+                let logits = stage.head_batch(&ys)?;
+                for (input, l) in inputs.iter_mut().zip(&logits) {
+                    let v = l.flatten_all()?.to_vec1::<f32>()?;
+                    let best = (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap_or(0);
+                    *input = vec![best as u32];
+                }
+                if step > 0 {
+                    secs += t.elapsed().as_secs_f64();
+                }
+            }
+            best = best.min(secs);
+        }
+        let tps = (n * (gen - 1)) as f64 / best;
+        if n == 1 {
+            one = tps;
+        }
+        out += &format!("| {n} | {tps:.1} | {:.2}x |\n", tps / one);
+    }
+    Ok(out)
 }

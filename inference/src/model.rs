@@ -508,51 +508,116 @@ impl Stage {
     /// Runs the stage's layers over hidden states `(1, seq, hidden)` at positions
     /// `pos..pos + seq`; `pos` must be the number of positions already in `cache`.
     pub fn forward_layers(&self, x: &Tensor, pos: usize, cache: &mut Cache) -> Result<Tensor> {
-        on_pool(self.own_kernels, || self.forward_layers_here(x, pos, cache))
-    }
-
-    fn forward_layers_here(&self, x: &Tensor, pos: usize, cache: &mut Cache) -> Result<Tensor> {
-        let (b, seq, hidden) = x.dims3()?;
-        if b != 1 || hidden != self.config.hidden_size || x.dtype() != self.dtype {
-            return Err(Error::StageInput(format!(
-                "expected hidden states (1, seq, {}) of {:?}, got {:?} of {:?}",
-                self.config.hidden_size,
-                self.dtype,
-                x.dims(),
-                x.dtype()
-            )));
-        }
-        if cache.kvs.len() != self.blocks.len() {
-            return Err(Error::StageInput("cache belongs to another stage".into()));
-        }
         if pos != cache.len {
             return Err(Error::StageInput(format!(
                 "position {pos} does not follow the cache's {} positions",
                 cache.len
             )));
         }
-        let limit = self.config.context_length;
-        if seq == 0 || pos + seq > limit {
-            return Err(Error::ContextFull { pos, end: pos + seq, limit });
+        let mut out = on_pool(self.own_kernels, || {
+            self.forward_layers_here(std::slice::from_ref(x), &mut [cache])
+        })?;
+        Ok(out.remove(0))
+    }
+
+    /// Several sessions' steps at once: `xs[i]` (hidden states `(1, seq_i, hidden)`) at the
+    /// positions following `caches[i]`'s. Where every matrix runs on our integer kernels
+    /// ([`Stage::batches_exactly`]) the rows of all of them go through each matrix together, one
+    /// pass over the weights for all (attention stays per session), and each output has the
+    /// same bits as a step of its own; otherwise the steps run one after the other. Fails, for
+    /// all, if any input does not fit its cache.
+    pub fn forward_layers_batch(
+        &self,
+        xs: &[Tensor],
+        caches: &mut [&mut Cache],
+    ) -> Result<Vec<Tensor>> {
+        if xs.len() != caches.len() {
+            return Err(Error::StageInput("one cache per input".into()));
         }
-        let mask = if seq == 1 {
-            None
-        } else {
-            Some(candle_transformers::utils::build_causal_mask(seq, pos, &self.device)?)
-        };
-        let mut x = x.clone();
-        let kernel = cache.kernel;
-        for (block, kv) in self.blocks.iter().zip(cache.kvs.iter_mut()) {
-            x = self.block_forward(block, &x, mask.as_ref(), pos, kv, kernel)?;
+        if !self.own_kernels {
+            return xs
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(x, c)| {
+                    let pos = c.len;
+                    self.forward_layers(x, pos, c)
+                })
+                .collect();
         }
-        cache.len = pos + seq;
-        Ok(x)
+        on_pool(true, || self.forward_layers_here(xs, caches))
+    }
+
+    /// Whether [`Stage::forward_layers_batch`] runs sessions together (with results that do
+    /// not depend on it).
+    pub fn batches_exactly(&self) -> bool {
+        self.own_kernels
+    }
+
+    fn forward_layers_here(&self, xs: &[Tensor], caches: &mut [&mut Cache]) -> Result<Vec<Tensor>> {
+        let mut spans = Vec::with_capacity(xs.len());
+        for (x, cache) in xs.iter().zip(caches.iter()) {
+            let (b, seq, hidden) = x.dims3()?;
+            if b != 1 || hidden != self.config.hidden_size || x.dtype() != self.dtype {
+                return Err(Error::StageInput(format!(
+                    "expected hidden states (1, seq, {}) of {:?}, got {:?} of {:?}",
+                    self.config.hidden_size,
+                    self.dtype,
+                    x.dims(),
+                    x.dtype()
+                )));
+            }
+            if cache.kvs.len() != self.blocks.len() {
+                return Err(Error::StageInput("cache belongs to another stage".into()));
+            }
+            let pos = cache.len;
+            let limit = self.config.context_length;
+            if seq == 0 || pos + seq > limit {
+                return Err(Error::ContextFull { pos, end: pos + seq, limit });
+            }
+            let mask = if seq == 1 {
+                None
+            } else {
+                Some(candle_transformers::utils::build_causal_mask(seq, pos, &self.device)?)
+            };
+            spans.push(Span { seq, pos, mask, kernel: cache.kernel });
+        }
+        let mut x = if xs.len() == 1 { xs[0].clone() } else { Tensor::cat(xs, 1)? };
+        for (l, block) in self.blocks.iter().enumerate() {
+            let mut kvs: Vec<&mut Option<Kv>> = caches.iter_mut().map(|c| &mut c.kvs[l]).collect();
+            x = self.block_forward(block, &x, &spans, &mut kvs)?;
+        }
+        let mut out = Vec::with_capacity(xs.len());
+        let mut at = 0;
+        for (span, cache) in spans.iter().zip(caches.iter_mut()) {
+            cache.len = span.pos + span.seq;
+            out.push(if xs.len() == 1 { x.clone() } else { x.narrow(1, at, span.seq)? });
+            at += span.seq;
+        }
+        Ok(out)
     }
 
     /// Final norm and LM head on the last position of `(1, seq, hidden)`: logits `(1, vocab)`,
     /// f32. Last stage only.
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
         on_pool(self.own_kernels, || self.head_here(x))
+    }
+
+    /// [`Stage::head`] of several sessions' outputs: with [`Stage::batches_exactly`], their last
+    /// positions go through the head together (one pass over it), with the same bits as one by
+    /// one.
+    pub fn head_batch(&self, xs: &[Tensor]) -> Result<Vec<Tensor>> {
+        if !self.own_kernels || xs.len() < 2 {
+            return xs.iter().map(|x| self.head(x)).collect();
+        }
+        let lasts = xs
+            .iter()
+            .map(|x| {
+                let (_, seq, _) = x.dims3()?;
+                x.narrow(1, seq - 1, 1)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let all = self.head(&Tensor::cat(&lasts, 1)?.squeeze(0)?.unsqueeze(1)?)?;
+        (0..xs.len()).map(|i| Ok(all.narrow(0, i, 1)?)).collect()
     }
 
     fn head_here(&self, x: &Tensor) -> Result<Tensor> {
@@ -583,18 +648,17 @@ impl Stage {
         }
     }
 
+    /// One layer over the rows of every span (one session's positions each) at once.
     fn block_forward(
         &self,
         block: &Block,
         x: &Tensor,
-        mask: Option<&Tensor>,
-        pos: usize,
-        kv: &mut Option<Kv>,
-        kernel: Kernel,
+        spans: &[Span],
+        kvs: &mut [&mut Option<Kv>],
     ) -> Result<Tensor> {
         let residual = x;
         let h = block.attn_norm.forward(x)?;
-        let h = (self.attention(block, &h, mask, pos, kv, kernel)? + residual)?;
+        let h = (self.attention(block, &h, spans, kvs)? + residual)?;
         let residual = &h;
         let m = block.ffn_norm.forward(&h)?;
         let [gate, up] = Linear::forward_many([&block.gate, &block.up], &m)?;
@@ -603,19 +667,44 @@ impl Stage {
         Ok((m + residual)?)
     }
 
+    /// The attention sublayer over every span's rows: the projections for all rows at once,
+    /// the attention itself per span, against its session's cache.
     fn attention(
         &self,
         block: &Block,
         x: &Tensor,
-        mask: Option<&Tensor>,
-        pos: usize,
+        spans: &[Span],
+        kvs: &mut [&mut Option<Kv>],
+    ) -> Result<Tensor> {
+        let [q, k, v] = Linear::forward_many([&block.wq, &block.wk, &block.wv], x)?;
+        if let ([span], [kv]) = (spans, &mut *kvs) {
+            let y = self.attend(&q, &k, &v, span, kv)?;
+            return Ok(block.wo.forward(&y)?);
+        }
+        let mut ys = Vec::with_capacity(spans.len());
+        let mut at = 0;
+        for (span, kv) in spans.iter().zip(kvs.iter_mut()) {
+            let part = |t: &Tensor| t.narrow(1, at, span.seq);
+            ys.push(self.attend(&part(&q)?, &part(&k)?, &part(&v)?, span, kv)?);
+            at += span.seq;
+        }
+        Ok(block.wo.forward(&Tensor::cat(&ys, 1)?)?)
+    }
+
+    /// One session's attention: its projections `q`, `k`, `v` `(1, seq, width)` at the
+    /// positions of `span`, appended to its cache `kv`; returns `(1, seq, heads × head_dim)`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        span: &Span,
         kv: &mut Option<Kv>,
-        kernel: Kernel,
     ) -> Result<Tensor> {
         let cfg = &self.config;
-        let (b, seq, _) = x.dims3()?;
+        let (b, seq, _) = q.dims3()?;
+        let (pos, mask, kernel) = (span.pos, span.mask.as_ref(), span.kernel);
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let [q, k, v] = Linear::forward_many([&block.wq, &block.wk, &block.wv], x)?;
         let q = q.reshape((b, seq, nh, hd))?.transpose(1, 2)?;
         let k = k.reshape((b, seq, nkv, hd))?.transpose(1, 2)?;
         let v = v.reshape((b, seq, nkv, hd))?.transpose(1, 2)?;
@@ -689,8 +778,11 @@ impl Stage {
                 if kernel == Kernel::BatchInvariant {
                     let f = |t: &Tensor| t.to_dtype(DType::F32);
                     let y = crate::attention::attention(&f(&q)?, &f(&k)?, &f(&v)?, pos)?;
-                    let y = y.to_dtype(in_dtype)?.transpose(1, 2)?.reshape((b, seq, nh * hd))?;
-                    return Ok(block.wo.forward(&y)?);
+                    return Ok(y.to_dtype(in_dtype)?.transpose(1, 2)?.reshape((
+                        b,
+                        seq,
+                        nh * hd,
+                    ))?);
                 }
                 let k = candle_transformers::utils::repeat_kv(k, nh / nkv)?;
                 let v = candle_transformers::utils::repeat_kv(v, nh / nkv)?;
@@ -706,9 +798,16 @@ impl Stage {
                 att.matmul(&v.contiguous()?)?.to_dtype(in_dtype)?
             }
         };
-        let y = y.transpose(1, 2)?.reshape((b, seq, nh * hd))?;
-        Ok(block.wo.forward(&y)?)
+        Ok(y.transpose(1, 2)?.reshape((b, seq, nh * hd))?)
     }
+}
+
+/// One session's rows in a batched step.
+struct Span {
+    seq: usize,
+    pos: usize,
+    mask: Option<Tensor>,
+    kernel: Kernel,
 }
 
 /// Runs `f` (a stage's step) on a rayon thread, at once when called on one. Calling rayon from

@@ -156,7 +156,8 @@ impl Q8Matrix {
             let lanes = self.lanes_scalar(blk, &x.q[b]);
             let scale = self.d[blk] * x.d[b];
             for (a, l) in acc.iter_mut().zip(lanes) {
-                *a += l as f32 * scale;
+                // Fused, as `vfmadd` does: one rounding.
+                *a = (l as f32).mul_add(scale, *a);
             }
             if self.kind == Kind::Q41 {
                 mins += self.m[blk] * x.s[b];
@@ -337,9 +338,83 @@ fn group_dots<const Q41: bool>(m: &Q8Matrix, simd: pulp::x86::V3, g: usize, x: &
             };
             let lanes = avx2
                 ._mm256_add_epi32(avx2._mm256_madd_epi16(w0, x0), avx2._mm256_madd_epi16(w1, x1));
-            let prod =
-                avx._mm256_mul_ps(avx._mm256_cvtepi32_ps(lanes), avx._mm256_set1_ps(scales[i]));
-            acc[i] = avx._mm256_add_ps(acc[i], prod);
+            let scale = avx._mm256_set1_ps(scales[i]);
+            acc[i] = simd.fma._mm256_fmadd_ps(avx._mm256_cvtepi32_ps(lanes), scale, acc[i]);
+        }
+    }
+    let mins = pulp::cast::<__m128, [f32; 4]>(mins);
+    std::array::from_fn(|i| finish(pulp::cast::<__m256, [f32; 8]>(acc[i]), mins[i]))
+}
+
+/// Group `g`'s weights widened to i16 once, for several input rows: block `b` of the group's
+/// row `i` is `out[b × G + i]`, its values `0..16` and `16..32`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn decode_group<const Q41: bool>(
+    m: &Q8Matrix,
+    simd: pulp::x86::V3,
+    g: usize,
+    out: &mut Vec<[std::arch::x86_64::__m256i; 2]>,
+) {
+    use std::arch::x86_64::__m128i;
+    let avx2 = simd.avx2;
+    let nb = m.k / QK;
+    let qb = if Q41 { 16 } else { 32 };
+    let qs = &m.qs[g * nb * G * qb..][..nb * G * qb];
+    let nib = simd.avx._mm256_set1_epi16(0x0f);
+    out.clear();
+    // A loop, not a closure: a closure would not inherit the target features.
+    for w in qs.chunks_exact(qb) {
+        let pair = if Q41 {
+            let raw: [u8; 16] = w.try_into().unwrap_or([0; 16]);
+            let wide = avx2._mm256_cvtepu8_epi16(pulp::cast::<[u8; 16], __m128i>(raw));
+            [avx2._mm256_and_si256(wide, nib), avx2._mm256_srli_epi16::<4>(wide)]
+        } else {
+            let lo: [u8; 16] = w[..16].try_into().unwrap_or([0; 16]);
+            let hi: [u8; 16] = w[16..].try_into().unwrap_or([0; 16]);
+            [
+                avx2._mm256_cvtepi8_epi16(pulp::cast::<[u8; 16], __m128i>(lo)),
+                avx2._mm256_cvtepi8_epi16(pulp::cast::<[u8; 16], __m128i>(hi)),
+            ]
+        };
+        out.push(pair);
+    }
+}
+
+/// [`group_dots`] over weights [`decode_group`] widened: the same integers and float steps.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn decoded_dots(
+    m: &Q8Matrix,
+    simd: pulp::x86::V3,
+    g: usize,
+    w: &[[std::arch::x86_64::__m256i; 2]],
+    x: &Q8Row,
+) -> [f32; G] {
+    use std::arch::x86_64::{__m128, __m256, __m256i};
+    let (avx, avx2, sse) = (simd.avx, simd.avx2, simd.sse);
+    let nb = m.k / QK;
+    let base = g * nb * G;
+    let ds = &m.d[base..][..nb * G];
+    let ms = if m.kind == Kind::Q41 { &m.m[base..][..nb * G] } else { &[][..] };
+    let mut acc: [__m256; G] = [avx._mm256_setzero_ps(); G];
+    let mut mins: __m128 = sse._mm_setzero_ps();
+    for (b, (q, (wb, wd))) in x.q.iter().zip(w.chunks_exact(G).zip(ds.chunks_exact(G))).enumerate()
+    {
+        let x0 = pulp::cast::<[i16; 16], __m256i>(q[..16].try_into().unwrap_or([0; 16]));
+        let x1 = pulp::cast::<[i16; 16], __m256i>(q[16..].try_into().unwrap_or([0; 16]));
+        let d4 = pulp::cast::<[f32; 4], __m128>(wd.try_into().unwrap_or([0.0; 4]));
+        let scales = pulp::cast::<__m128, [f32; 4]>(sse._mm_mul_ps(d4, sse._mm_set1_ps(x.d[b])));
+        if !ms.is_empty() {
+            let m4 =
+                pulp::cast::<[f32; 4], __m128>(ms[b * G..][..G].try_into().unwrap_or([0.0; 4]));
+            mins = sse._mm_add_ps(mins, sse._mm_mul_ps(m4, sse._mm_set1_ps(x.s[b])));
+        }
+        for (i, [w0, w1]) in wb.iter().enumerate() {
+            let lanes = avx2
+                ._mm256_add_epi32(avx2._mm256_madd_epi16(*w0, x0), avx2._mm256_madd_epi16(*w1, x1));
+            let scale = avx._mm256_set1_ps(scales[i]);
+            acc[i] = simd.fma._mm256_fmadd_ps(avx._mm256_cvtepi32_ps(lanes), scale, acc[i]);
         }
     }
     let mins = pulp::cast::<__m128, [f32; 4]>(mins);
@@ -354,8 +429,23 @@ impl pulp::NullaryFnOnce for Avx2Rows<'_> {
     fn call(self) {
         let Self { m, simd, first, out, xs } = self;
         let n = xs.len().max(1);
+        let mut decoded = Vec::new();
         for (j, group) in out.chunks_mut(G * n).enumerate() {
             let g = first / G + j;
+            if n > 1 {
+                // Several input rows: widen the weights once, not once per row.
+                match m.kind {
+                    Kind::Q41 => decode_group::<true>(m, simd, g, &mut decoded),
+                    Kind::Q80 => decode_group::<false>(m, simd, g, &mut decoded),
+                }
+                for (i, x) in xs.iter().enumerate() {
+                    let v = decoded_dots(m, simd, g, &decoded, x);
+                    for (o, v) in group.chunks_mut(n).zip(v) {
+                        o[i] = v;
+                    }
+                }
+                continue;
+            }
             for (i, x) in xs.iter().enumerate() {
                 let v = match m.kind {
                     Kind::Q41 => group_dots::<true>(m, simd, g, x),

@@ -144,3 +144,67 @@ fn real_model_integer_kernels_are_the_same_bits_across_stages_and_threads() {
         assert!(worst < 1e-3, "{prompt:?}: {worst:e}");
     }
 }
+
+/// Several sessions stepped together (`Stage::forward_layers_batch` and `head_batch`: one pass
+/// over each matrix for all of them, prompts of different lengths and decode steps mixed) give
+/// every session the bits it gets alone.
+#[test]
+fn real_model_batched_sessions_are_the_same_bits_as_alone() {
+    let ckpt = Checkpoint::open(real_model()).unwrap();
+    let opts = LoadOptions { gguf: GgufWeights::Int16, ..Default::default() };
+    let pipeline = Pipeline::load_split(&ckpt, 1, &opts).unwrap();
+    let stage = &pipeline.stages()[0];
+    assert!(stage.batches_exactly());
+    let engine = Engine::load(real_model(), &EngineOptions::default()).unwrap();
+    let prompts: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .chain(&["Once upon a time, in a small village by the sea,"])
+        .map(|p| engine.tokenizer().encode(p).unwrap())
+        .collect();
+    let embed = |ids: &[u32]| {
+        stage.embed(&candle_core::Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap())
+    };
+    let greedy = |logits: &candle_core::Tensor| -> u32 {
+        let v = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap() as u32
+    };
+    // Alone: each session's prompt, then 6 greedy steps.
+    let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
+    for ids in &prompts {
+        let mut cache = stage.new_cache_with(Kernel::BatchInvariant);
+        let mut input = ids.clone();
+        let mut all = Vec::new();
+        for _ in 0..7 {
+            let y = stage.forward_layers(&embed(&input).unwrap(), cache.len(), &mut cache).unwrap();
+            let logits = stage.head(&y).unwrap();
+            input = vec![greedy(&logits)];
+            all.push(logits.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        alone.push(all);
+    }
+    // Together: the first session starts one step late, so prompts and decode steps mix.
+    let mut caches: Vec<_> =
+        prompts.iter().map(|_| stage.new_cache_with(Kernel::BatchInvariant)).collect();
+    let mut inputs: Vec<Vec<u32>> = prompts.clone();
+    let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
+    for round in 0..8 {
+        let live: Vec<usize> =
+            (0..prompts.len()).filter(|&i| got[i].len() < 7 && (i > 0 || round > 0)).collect();
+        let xs: Vec<_> = live.iter().map(|&i| embed(&inputs[i]).unwrap()).collect();
+        let mut refs: Vec<&mut bitorch_inference::Cache> = caches
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| live.contains(i))
+            .map(|(_, c)| c)
+            .collect();
+        let ys = stage.forward_layers_batch(&xs, &mut refs).unwrap();
+        let logits = stage.head_batch(&ys).unwrap();
+        for (&i, l) in live.iter().zip(&logits) {
+            inputs[i] = vec![greedy(l)];
+            got[i].push(l.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+    }
+    for (i, (a, g)) in alone.iter().zip(&got).enumerate() {
+        assert!(a == g, "session {i}: batched logits differ from its own run");
+    }
+}
