@@ -438,3 +438,81 @@ fn stats_report_free_sessions_and_a_measured_speed() {
         assert!(after.is_finite() && after > 0.0 && after != rate, "{after} vs {rate}");
     }
 }
+
+/// Steps of several sessions handled together ([`Worker::handle_forwards`], what the worker's
+/// actor does with the steps waiting in its queue) on a stage of integer kernels: one batch,
+/// and each session gets the outputs and the trace it gets alone; a bad request in the batch
+/// fails alone, and a session named twice runs its second step after the first.
+#[test]
+fn steps_of_several_sessions_run_together_with_the_bits_of_each_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    bitorch_test_support::tiny::write_gguf(
+        &path,
+        &TINY,
+        5,
+        candle_core::quantized::GgmlDType::Q4_1,
+    );
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let opts = LoadOptions { gguf: bitorch_inference::GgufWeights::Int16, ..LoadOptions::new(F32) };
+    let stage = Stage::load(&ckpt, 0..6, &opts).unwrap();
+    assert!(stage.batches_exactly());
+    let ids: Vec<SessionId> = (1..=4u8).map(|i| [i; 16]).collect();
+    let prompt = |i: usize| Activation::Tokens((0..=i as u32).map(|t| 3 + 7 * t).collect());
+    let next = |i: usize, step: u32| Activation::Tokens(vec![10 + i as u32 + step]);
+    let positions = |i: usize, step: u32| if step == 0 { 0 } else { i as u32 + step };
+    let new_worker = || {
+        let mut w = Worker::new(stage.clone(), key("Bob"), worker_config(8));
+        for &id in &ids {
+            assert!(matches!(w.handle(open(id, (0, 6), None)), StageResponse::Opened { .. }));
+        }
+        w
+    };
+    let input = |i: usize, step: u32| if step == 0 { prompt(i) } else { next(i, step) };
+    let answer = |r: StageResponse| match r {
+        StageResponse::Output { output: Activation::Last { hidden, logits }, trace } => {
+            (hidden.to_vec(), logits.to_vec(), trace)
+        }
+        other => panic!("expected an output, got {other:?}"),
+    };
+    // Alone: one request at a time.
+    let mut alone = new_worker();
+    let mut want = Vec::new();
+    for (i, &id) in ids.iter().enumerate() {
+        for step in 0..3 {
+            want.push(answer(alone.handle(fwd(id, positions(i, step), input(i, step)))));
+        }
+    }
+    // Together: every session's step in one call, plus a request for a position that does not
+    // follow (fails alone) and, in the last round, the first session twice.
+    let mut together = new_worker();
+    let mut got = vec![Vec::new(); ids.len()];
+    for step in 0..3 {
+        let mut reqs: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, positions(i, step), input(i, step), None))
+            .collect();
+        reqs.insert(1, (ids[2], 99, next(2, step), None));
+        if step == 2 {
+            reqs.push((ids[0], positions(0, 3), next(0, 3), None));
+        }
+        let mut answers = together.handle_forwards(reqs, Instant::now()).into_iter();
+        let first = answers.next().unwrap();
+        assert!(matches!(
+            answers.next().unwrap(),
+            StageResponse::Error(StageError::PositionMismatch { got: 99, .. })
+        ));
+        got[0].push(answer(first));
+        for g in got.iter_mut().skip(1) {
+            g.push(answer(answers.next().unwrap()));
+        }
+        if step == 2 {
+            let extra = answer(answers.next().unwrap());
+            assert_eq!(extra, answer(alone.handle(fwd(ids[0], positions(0, 3), next(0, 3)))));
+        }
+        assert!(answers.next().is_none());
+    }
+    let got: Vec<_> = got.into_iter().flatten().collect();
+    assert!(got == want, "batched steps differ from steps alone");
+}

@@ -28,8 +28,12 @@ pub struct WorkerHandle {
     tx: mpsc::Sender<Message>,
 }
 
+/// The most sessions' steps run together.
+const MAX_BATCH: usize = 16;
+
 /// Runs `worker` on a new thread with a queue of `queue` requests (at least 1); senders wait
-/// when it is full. Idle sessions are evicted even when no request comes.
+/// when it is full. Idle sessions are evicted even when no request comes. Steps of several
+/// sessions waiting in the queue together run as one batch ([`Worker::handle_forwards`]).
 pub fn spawn(
     mut worker: Worker,
     queue: usize,
@@ -39,12 +43,48 @@ pub fn spawn(
         (worker.config.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
     let layers = worker.info.layers;
+    let mut held: Option<Message> = None;
     let thread = std::thread::Builder::new()
         .name(format!("bitorch-worker-{}-{}", layers.0, layers.1))
         .spawn(move || loop {
-            match rt.block_on(async { tokio::time::timeout(tick, rx.recv()).await }) {
+            let next = match held.take() {
+                Some(msg) => Ok(Some(msg)),
+                None => rt.block_on(async { tokio::time::timeout(tick, rx.recv()).await }),
+            };
+            match next {
                 Ok(Some(msg)) => match msg {
-                    // A dropped receiver only means the caller gave up waiting.
+                    Message::Call(
+                        StageRequest::Forward { session, pos, input, voucher },
+                        _,
+                        reply,
+                    ) => {
+                        // Other sessions' steps waiting behind this one run with it: one pass
+                        // over the weights for all of them.
+                        let mut batch = vec![(session, pos, input, voucher)];
+                        let mut replies = vec![reply];
+                        while batch.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(Message::Call(
+                                    StageRequest::Forward { session, pos, input, voucher },
+                                    _,
+                                    reply,
+                                )) if batch.iter().all(|b| b.0 != session) => {
+                                    batch.push((session, pos, input, voucher));
+                                    replies.push(reply);
+                                }
+                                Ok(other) => {
+                                    held = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        let answers = worker.handle_forwards(batch, Instant::now());
+                        for (reply, answer) in replies.into_iter().zip(answers) {
+                            // A dropped receiver only means the caller gave up waiting.
+                            let _ = reply.send(answer);
+                        }
+                    }
                     Message::Call(req, client, reply) => {
                         let _ = reply.send(worker.handle_for(req, client.as_ref(), Instant::now()));
                     }

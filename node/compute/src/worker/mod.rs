@@ -559,91 +559,200 @@ impl Worker {
         voucher: Option<Signature>,
         now: Instant,
     ) -> StageResponse {
-        let Some(s) = self.sessions.get(&session) else {
-            return StageResponse::Error(StageError::UnknownSession);
+        let mut out = self.forward_batch(vec![(session, pos, input, voucher)], now);
+        out.pop().unwrap_or(StageResponse::Error(StageError::Compute))
+    }
+
+    /// Handles several `Forward` requests (`(session, pos, input, voucher)`, one per session)
+    /// at `now`, as [`Worker::handle_for`] would one by one, but runs the admitted ones
+    /// together: where the stage [batches exactly](Stage::batches_exactly) their rows go through
+    /// each matrix in one pass, and each session gets the bits (and the trace) it would get
+    /// alone. Answers are in the requests' order; a session named twice gets
+    /// [`StageError::PositionMismatch`] or runs after the first, never both at once.
+    pub fn handle_forwards(
+        &mut self,
+        reqs: Vec<(SessionId, u32, Activation, Option<Signature>)>,
+        now: Instant,
+    ) -> Vec<StageResponse> {
+        self.evict_idle(now);
+        self.forward_batch(reqs, now)
+    }
+
+    /// Admits one forward: the checks, the voucher and the cache budget (`pending` positions
+    /// already admitted in this batch count against it).
+    fn admit(
+        &mut self,
+        session: &SessionId,
+        pos: u32,
+        input: &Activation,
+        voucher: Option<Signature>,
+        pending: usize,
+    ) -> Result<(), Box<StageResponse>> {
+        let Some(s) = self.sessions.get(session) else {
+            return Err(Box::new(StageResponse::Error(StageError::UnknownSession)));
         };
-        if let Err(e) = self.check_forward(s, pos, &input) {
-            return StageResponse::Error(e);
+        if let Err(e) = self.check_forward(s, pos, input) {
+            return Err(Box::new(StageResponse::Error(e)));
         }
         // A paid session goes on only once the client acknowledged what was computed.
         if s.paid.is_some() && pos > 0 {
-            let Some(ack) = voucher.and_then(|sig| self.acknowledgement(&session, s, sig)) else {
+            let Some(ack) = voucher.and_then(|sig| self.acknowledgement(session, s, sig)) else {
                 tracing::debug!(target: TARGET, pos, "refused a forward: not acknowledged");
-                return StageResponse::Error(StageError::VoucherRequired { positions: pos });
+                return Err(Box::new(StageResponse::Error(StageError::VoucherRequired {
+                    positions: pos,
+                })));
             };
-            if let Some(paid) = self.sessions.get_mut(&session).and_then(|s| s.paid.as_mut()) {
+            if let Some(paid) = self.sessions.get_mut(session).and_then(|s| s.paid.as_mut()) {
                 paid.latest = Some(ack);
             }
         }
         let n = input.positions() as usize;
-        if self.cached_positions() + n > self.config.max_cached_positions {
+        if self.cached_positions() + pending + n > self.config.max_cached_positions {
             tracing::debug!(target: TARGET, "busy: cache budget full");
-            return StageResponse::Busy;
+            return Err(Box::new(StageResponse::Busy));
         }
-        let Some(s) = self.sessions.get_mut(&session) else {
-            return StageResponse::Error(StageError::UnknownSession);
-        };
-        s.last_used = now;
+        Ok(())
+    }
+
+    fn forward_batch(
+        &mut self,
+        reqs: Vec<(SessionId, u32, Activation, Option<Signature>)>,
+        now: Instant,
+    ) -> Vec<StageResponse> {
+        let mut out: Vec<Option<StageResponse>> = (0..reqs.len()).map(|_| None).collect();
+        let mut admitted: Vec<(usize, SessionId, Session, Activation)> = Vec::new();
+        let mut later = Vec::new();
+        let mut pending = 0;
+        for (i, (session, pos, input, voucher)) in reqs.into_iter().enumerate() {
+            if admitted.iter().any(|(_, id, _, _)| *id == session) {
+                later.push((i, session, pos, input, voucher));
+                continue;
+            }
+            match self.admit(&session, pos, &input, voucher, pending) {
+                Ok(()) => {
+                    pending += input.positions() as usize;
+                    if let Some(mut s) = self.sessions.remove(&session) {
+                        s.last_used = now;
+                        admitted.push((i, session, s, input));
+                    }
+                }
+                Err(resp) => out[i] = Some(*resp),
+            }
+        }
+        let one_position = admitted.iter().all(|(_, _, _, x)| x.positions() == 1);
         let t = Instant::now();
-        match run(&self.stage, s, input, self.config.cheat) {
-            Ok(out) => {
-                if n == 1 {
+        let mut sessions: Vec<&mut Session> = Vec::new();
+        let mut inputs = Vec::new();
+        let mut owned = Vec::new();
+        for (i, id, s, input) in admitted {
+            owned.push((i, id, s));
+            inputs.push(input);
+        }
+        sessions.extend(owned.iter_mut().map(|(_, _, s)| s));
+        match run(&self.stage, &mut sessions, inputs, self.config.cheat) {
+            Ok(outputs) => {
+                if one_position && !outputs.is_empty() {
                     let secs = t.elapsed().as_secs_f64();
                     self.step_secs = Some(match self.step_secs {
                         Some(old) => old * (1.0 - STEP_EMA) + secs * STEP_EMA,
                         None => secs,
                     });
                 }
-                StageResponse::Output { output: out, trace: H256(s.trace.chain()) }
+                for ((i, id, s), output) in owned.into_iter().zip(outputs) {
+                    out[i] = Some(StageResponse::Output { output, trace: H256(s.trace.chain()) });
+                    self.sessions.insert(id, s);
+                }
             }
             Err(e) => {
-                // The cache may hold some layers' keys for these positions and not others.
-                tracing::warn!(target: TARGET, error = %e, "stage forward failed; session closed");
-                self.sessions.remove(&session);
-                StageResponse::Error(StageError::Compute)
+                // A cache may hold some layers' keys for these positions and not others.
+                tracing::warn!(
+                    target: TARGET,
+                    error = %e,
+                    sessions = owned.len(),
+                    "stage forward failed; sessions closed"
+                );
+                for (i, _, _) in owned {
+                    out[i] = Some(StageResponse::Error(StageError::Compute));
+                }
             }
         }
+        for (i, session, pos, input, voucher) in later {
+            out[i] = Some(self.forward(session, pos, input, voucher, now));
+        }
+        out.into_iter().map(|r| r.unwrap_or(StageResponse::Error(StageError::Compute))).collect()
     }
 }
 
-/// Runs the stage over a checked input, records the positions in the trace.
+/// Runs the stage over the checked inputs of several sessions at once (one per session),
+/// records each one's positions in its trace.
 fn run(
     stage: &Stage,
-    s: &mut Session,
-    input: Activation,
+    sessions: &mut [&mut Session],
+    inputs: Vec<Activation>,
     cheat: Option<Cheat>,
-) -> bitorch_inference::Result<Activation> {
+) -> bitorch_inference::Result<Vec<Activation>> {
     let dev = stage.device();
     let hidden = stage.config().hidden_size;
     // The trace commits to the input as received (token ids as token rows), so that the client
     // that sent it can check every leaf it has the output of.
-    let (x, xs) = match input {
-        Activation::Tokens(ids) => {
-            let xs: Vec<Vec<f32>> = ids.iter().map(|&id| token_row(id, hidden)).collect();
-            (stage.embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?, xs)
+    let mut xs = Vec::with_capacity(inputs.len());
+    let mut rows_in = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let (x, rows) = match input {
+            Activation::Tokens(ids) => {
+                let rows: Vec<Vec<f32>> = ids.iter().map(|&id| token_row(id, hidden)).collect();
+                (stage.embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?, rows)
+            }
+            Activation::Hidden(f) => {
+                let n = f.rows() as usize;
+                let flat = f.to_vec();
+                let rows: Vec<Vec<f32>> =
+                    flat.chunks_exact(hidden.max(1)).map(<[f32]>::to_vec).collect();
+                (Tensor::from_vec(flat, (1, n, hidden), dev)?.to_dtype(stage.dtype())?, rows)
+            }
+            Activation::Last { .. } => {
+                return Err(bitorch_inference::Error::StageInput("logits are not an input".into()))
+            }
+        };
+        xs.push(x);
+        rows_in.push(rows);
+    }
+    let mut caches: Vec<&mut Cache> = sessions.iter_mut().map(|s| &mut s.cache).collect();
+    let ys = stage.forward_layers_batch(&xs, &mut caches)?;
+    let ys = match cheat {
+        Some(Cheat::RandomOutputs) => {
+            ys.iter().map(|y| y.randn_like(0.0, 1.0)).collect::<candle_core::Result<Vec<_>>>()?
         }
-        Activation::Hidden(f) => {
-            let n = f.rows() as usize;
-            let flat = f.to_vec();
-            let xs: Vec<Vec<f32>> = flat.chunks_exact(hidden.max(1)).map(<[f32]>::to_vec).collect();
-            (Tensor::from_vec(flat, (1, n, hidden), dev)?.to_dtype(stage.dtype())?, xs)
-        }
-        Activation::Last { .. } => {
-            return Err(bitorch_inference::Error::StageInput("logits are not an input".into()))
-        }
+        _ => ys,
     };
-    let pos = s.cache.len();
-    let y = stage.forward_layers(&x, pos, &mut s.cache)?;
-    let y = match cheat {
-        Some(Cheat::RandomOutputs) => y.randn_like(0.0, 1.0)?,
-        _ => y,
-    };
+    // A last stage returns the top logits of each session's last position.
+    let logits = if stage.is_last() { stage.head_batch(&ys)? } else { Vec::new() };
+    let mut out = Vec::with_capacity(ys.len());
+    for (i, (s, (y, xs))) in sessions.iter_mut().zip(ys.iter().zip(rows_in)).enumerate() {
+        let logits = match logits.get(i) {
+            Some(l) => Some(l.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        out.push(finish(stage, s, y, xs, logits, cheat)?);
+    }
+    Ok(out)
+}
+
+/// One session's output of [`run`]: `y` its stage output, `xs` its input rows, `logits` its
+/// last position's (last stage); records the trace and builds the answer.
+fn finish(
+    stage: &Stage,
+    s: &mut Session,
+    y: &Tensor,
+    xs: Vec<Vec<f32>>,
+    logits: Option<Vec<f32>>,
+    cheat: Option<Cheat>,
+) -> bitorch_inference::Result<Activation> {
+    let hidden = stage.config().hidden_size;
     let ys: Vec<Vec<f32>> = y.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let n = ys.len();
-    // A last stage returns the top logits of the last position and commits to them there.
     let mut top = Vec::new();
-    if stage.is_last() {
-        let logits = stage.head(&y)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(logits) = logits {
         top = top_logits(&logits);
         if cheat == Some(Cheat::OtherLogits) && top.len() > 5 {
             top[5].1 = top[0].1 + 1.0;
