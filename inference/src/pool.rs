@@ -72,7 +72,11 @@ impl Pool {
     /// CPUs, the caller being one of them.
     pub(crate) fn global() -> &'static Pool {
         static POOLS: OnceLock<Mutex<HashMap<usize, &'static Pool>>> = OnceLock::new();
-        let parts = threads_override().unwrap_or_else(candle_core::utils::get_num_threads).max(1);
+        // The default once: finding it may read /proc (the CPUs, cgroup quotas).
+        static DEFAULT: OnceLock<usize> = OnceLock::new();
+        let parts = threads_override()
+            .unwrap_or_else(|| *DEFAULT.get_or_init(candle_core::utils::get_num_threads))
+            .max(1);
         let mut pools = lock(POOLS.get_or_init(Default::default));
         // One pool per count ever asked for (normally one), kept for the process's life.
         pools.entry(parts).or_insert_with(|| Box::leak(Box::new(Pool::new(parts))))
