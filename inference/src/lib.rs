@@ -47,7 +47,7 @@ pub use pipeline::{
     parse_device, Engine, EngineOptions, FinishReason, GenerateRequest, Generation, Pipeline,
     Session,
 };
-pub use pool::with_threads;
+pub use pool::{prewake, spawn_engine_thread, with_threads};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{ChatMessage, ChatTemplate, StopStrings, TextStream, Tokenizer};
 

@@ -19,8 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins for the next job before it parks.
-const SPIN: Duration = Duration::from_micros(300);
+/// How long an idle worker spins for the next job before it parks: [`SPIN_HARD`] on the CPU,
+/// then yielding it to any other thread that wants it.
+const SPIN: Duration = Duration::from_micros(200);
+const SPIN_HARD: Duration = Duration::from_micros(30);
 
 /// A job split into parts; `run(p, parts)` does part `p`.
 pub(crate) trait Task: Send + Sync {
@@ -35,6 +37,8 @@ struct Shared {
     pending: AtomicUsize,
     /// A worker's part panicked.
     panicked: AtomicBool,
+    /// Incremented (under `sleep`) by [`prewake`]: parked workers start spinning.
+    pokes: AtomicU64,
     sleep: Mutex<()>,
     wake: Condvar,
 }
@@ -59,6 +63,42 @@ pub fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
     let out = f();
     THREADS.with(|t| t.set(before));
     out
+}
+
+/// Tells the engine's threads that work is coming (a request arrived): those parked since the
+/// last job start spinning now, and their wake-up overlaps with decoding the request instead of
+/// delaying the step's first product.
+pub fn prewake() {
+    Pool::global().prewake();
+}
+
+/// Runs `f` on a new thread named `name` that is the only thread of its own rayon pool: the
+/// engine's steps called from it run on it directly (see `model::on_pool`), with no hand-over
+/// to another thread per step. For a loop that serves steps, such as a worker's actor.
+pub fn spawn_engine_thread(
+    name: String,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let handle = Arc::new(Mutex::new(None));
+    let slot = handle.clone();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .spawn_handler(move |thread| {
+            let h = std::thread::Builder::new().name(name.clone()).spawn(move || thread.run())?;
+            *lock(&slot) = Some(h);
+            Ok(())
+        })
+        .build()
+        .map_err(std::io::Error::other)?;
+    let pool = Arc::new(pool);
+    let keep = pool.clone();
+    // The pool lives as long as `f` runs; its thread ends after.
+    pool.spawn(move || {
+        let _keep = keep;
+        f();
+    });
+    let h = lock(&handle).take();
+    h.ok_or_else(|| std::io::Error::other("the engine thread did not start"))
 }
 
 /// The thread count [`with_threads`] set on this thread, if any.
@@ -88,6 +128,7 @@ impl Pool {
             job: Mutex::new(None),
             pending: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
+            pokes: AtomicU64::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -115,6 +156,7 @@ impl Pool {
             job: Mutex::new(None),
             pending: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
+            pokes: AtomicU64::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -124,6 +166,15 @@ impl Pool {
     /// Number of parts every job is split into.
     pub(crate) fn parts(&self) -> usize {
         self.parts
+    }
+
+    /// Gets parked workers spinning, so that they see the next job at once.
+    fn prewake(&self) {
+        if self.parts > 1 {
+            let _g = lock(&self.shared.sleep);
+            self.shared.pokes.fetch_add(1, Ordering::AcqRel);
+            self.shared.wake.notify_all();
+        }
     }
 
     /// Runs every part of `task` and returns when all are done.
@@ -187,12 +238,25 @@ fn worker(s: &Shared, part: usize, parts: usize) {
                 break e;
             }
             spins = spins.wrapping_add(1);
-            if spins % 256 != 0 || idle.elapsed() < SPIN {
+            if spins % 64 != 0 {
                 std::hint::spin_loop();
                 continue;
             }
+            let waited = idle.elapsed();
+            if waited < SPIN_HARD {
+                continue;
+            }
+            if waited < SPIN {
+                // Politely: a thread that has real work on this core (another process's step,
+                // the network) goes first.
+                std::thread::yield_now();
+                continue;
+            }
             let mut g = lock(&s.sleep);
-            while s.epoch.load(Ordering::Acquire) == seen {
+            let poked = s.pokes.load(Ordering::Acquire);
+            while s.epoch.load(Ordering::Acquire) == seen
+                && s.pokes.load(Ordering::Acquire) == poked
+            {
                 g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
             }
             idle = Instant::now();

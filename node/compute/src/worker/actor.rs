@@ -44,75 +44,81 @@ pub fn spawn(
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
     let layers = worker.info.layers;
     let mut held: Option<Message> = None;
-    let thread = std::thread::Builder::new()
-        .name(format!("bitorch-worker-{}-{}", layers.0, layers.1))
-        .spawn(move || loop {
-            let next = match held.take() {
-                Some(msg) => Ok(Some(msg)),
-                None => rt.block_on(async { tokio::time::timeout(tick, rx.recv()).await }),
-            };
-            match next {
-                Ok(Some(msg)) => match msg {
-                    Message::Call(
-                        StageRequest::Forward { session, pos, input, voucher },
-                        _,
-                        reply,
-                    ) => {
-                        // Other sessions' steps waiting behind this one run with it: one pass
-                        // over the weights for all of them.
-                        let mut batch = vec![(session, pos, input, voucher)];
-                        let mut replies = vec![reply];
-                        while batch.len() < MAX_BATCH {
-                            match rx.try_recv() {
-                                Ok(Message::Call(
-                                    StageRequest::Forward { session, pos, input, voucher },
-                                    _,
-                                    reply,
-                                )) if batch.iter().all(|b| b.0 != session) => {
-                                    batch.push((session, pos, input, voucher));
-                                    replies.push(reply);
-                                }
-                                Ok(other) => {
-                                    held = Some(other);
-                                    break;
-                                }
-                                Err(_) => break,
+    let name = format!("bitorch-worker-{}-{}", layers.0, layers.1);
+    let own_kernels = worker.stage.batches_exactly();
+    let serve = move || loop {
+        let next = match held.take() {
+            Some(msg) => Ok(Some(msg)),
+            None => rt.block_on(async { tokio::time::timeout(tick, rx.recv()).await }),
+        };
+        match next {
+            Ok(Some(msg)) => match msg {
+                Message::Call(StageRequest::Forward { session, pos, input, voucher }, _, reply) => {
+                    if own_kernels {
+                        bitorch_inference::prewake();
+                    }
+                    // Other sessions' steps waiting behind this one run with it: one pass
+                    // over the weights for all of them.
+                    let mut batch = vec![(session, pos, input, voucher)];
+                    let mut replies = vec![reply];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(Message::Call(
+                                StageRequest::Forward { session, pos, input, voucher },
+                                _,
+                                reply,
+                            )) if batch.iter().all(|b| b.0 != session) => {
+                                batch.push((session, pos, input, voucher));
+                                replies.push(reply);
                             }
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
                         }
-                        let answers = worker.handle_forwards(batch, Instant::now());
-                        for (reply, answer) in replies.into_iter().zip(answers) {
-                            // A dropped receiver only means the caller gave up waiting.
-                            let _ = reply.send(answer);
-                        }
                     }
-                    Message::Call(req, client, reply) => {
-                        let _ = reply.send(worker.handle_for(req, client.as_ref(), Instant::now()));
+                    let answers = worker.handle_forwards(batch, Instant::now());
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        // A dropped receiver only means the caller gave up waiting.
+                        let _ = reply.send(answer);
                     }
-                    Message::CallBytes(bytes, reply) => {
-                        let _ = reply.send(worker.handle_bytes(&bytes));
-                    }
-                    Message::TakeClaims(reply) => {
-                        let _ = reply.send(worker.take_claims());
-                    }
-                    Message::PaidJobs(reply) => {
-                        let _ = reply.send(worker.paid_jobs());
-                    }
-                    Message::CloseJob(job, reply) => {
-                        let _ = reply.send(worker.close_job(job));
-                    }
-                    Message::Stats(reply) => {
-                        let _ = reply.send(worker.stats());
-                    }
-                },
-                Ok(None) => {
-                    tracing::debug!(target: TARGET, ?layers, "all handles dropped; worker stops");
-                    break;
                 }
-                Err(_) => {
-                    worker.evict_idle(Instant::now());
+                Message::Call(req, client, reply) => {
+                    let _ = reply.send(worker.handle_for(req, client.as_ref(), Instant::now()));
                 }
+                Message::CallBytes(bytes, reply) => {
+                    let _ = reply.send(worker.handle_bytes(&bytes));
+                }
+                Message::TakeClaims(reply) => {
+                    let _ = reply.send(worker.take_claims());
+                }
+                Message::PaidJobs(reply) => {
+                    let _ = reply.send(worker.paid_jobs());
+                }
+                Message::CloseJob(job, reply) => {
+                    let _ = reply.send(worker.close_job(job));
+                }
+                Message::Stats(reply) => {
+                    let _ = reply.send(worker.stats());
+                }
+            },
+            Ok(None) => {
+                tracing::debug!(target: TARGET, ?layers, "all handles dropped; worker stops");
+                break;
             }
-        })?;
+            Err(_) => {
+                worker.evict_idle(Instant::now());
+            }
+        }
+    };
+    // A stage on our integer kernels steps on the actor's thread itself (no hand-over to
+    // another thread per step); one on candle's kernels hands its steps to rayon's pool.
+    let thread = if own_kernels {
+        bitorch_inference::spawn_engine_thread(name, serve)?
+    } else {
+        std::thread::Builder::new().name(name).spawn(serve)?
+    };
     Ok((WorkerHandle { tx }, thread))
 }
 
