@@ -1,7 +1,8 @@
 //! Inference benchmark: prompt-processing and generation tokens/s of candle-transformers'
 //! `quantized_llama` (the reference) and of our engine with 1 and 3 in-process stages, and the
 //! cost of building activation commitments, and sessions batched on one stage (only those
-//! with `BENCH_BATCHED_ONLY=1`). Run through `scripts/bench-inference.sh`.
+//! with `BENCH_BATCHED_ONLY=1`; `BENCH_OURS_ONLY=1` prints only the integer kernels' row). Run
+//! through `scripts/bench-inference.sh`.
 //!
 //! Usage: `bench MODEL.gguf [GEN_TOKENS] [PROMPT_TOKENS] [REPEATS]` (defaults 128, 21 and 2; each
 //! row is the best of REPEATS runs).
@@ -67,6 +68,29 @@ fn main() -> Result<()> {
     if std::env::var_os("BENCH_BATCHED_ONLY").is_some() {
         let ckpt = Checkpoint::open(path)?;
         println!("{}", batched_rows(&ckpt, &prompt, gen, repeats)?);
+        return Ok(());
+    }
+    if std::env::var_os("BENCH_OURS_ONLY").is_some() {
+        // One row: what `bitorch infer` runs (for other quantizations of the model).
+        let ckpt = Checkpoint::open(path)?;
+        let p = Pipeline::load_split(
+            &ckpt,
+            1,
+            &LoadOptions { gguf: GgufWeights::Int16, ..Default::default() },
+        )?;
+        let mut s = p.new_session(false);
+        time(|t, _| Ok(p.step(&mut s, t)?), &prompt, 8)?;
+        let mut best = (f64::MAX, f64::MAX);
+        for _ in 0..repeats {
+            let mut s = p.new_session(false);
+            let r = time(|t, _| Ok(p.step(&mut s, t)?), &prompt, gen)?;
+            best = (best.0.min(r.0), best.1.min(r.1));
+        }
+        println!(
+            "| bitorch 1 stage, our integer kernels | {:.1} | {:.1} |",
+            prompt.len() as f64 / best.0,
+            (gen - 1) as f64 / best.1
+        );
         return Ok(());
     }
     let mut rows = Vec::new();

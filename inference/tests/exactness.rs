@@ -119,3 +119,57 @@ fn real_model_stages_match_quantized_llama() {
         }
     }
 }
+
+/// Greedy logits of every step of a recording session (the batch-invariant attention workers
+/// run).
+fn logits_of(p: &Pipeline, prompt: &[u32], n: usize) -> Vec<Vec<f32>> {
+    let mut s = p.new_session(true);
+    let mut logits = p.step(&mut s, prompt).unwrap();
+    let mut all = Vec::new();
+    for _ in 0..n {
+        let v = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let t = (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap();
+        all.push(v);
+        logits = p.step(&mut s, &[t as u32]).unwrap();
+    }
+    all
+}
+
+/// Our integer kernels on tiny models of every type they take: 1, 2 and 3 stages and 1, 2 and
+/// 3 threads give the same bits, close to the same weights dequantized to f32.
+#[test]
+fn tiny_gguf_integer_kernels_are_the_same_bits_across_stages_and_threads() {
+    let tiny = Tiny { hidden: 256, inter: 512, vocab: 130, layers: 3, ..Tiny::default() };
+    let prompt: Vec<u32> = vec![3, 17, 99, 4, 120, 7];
+    for dtype in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        write_gguf(&path, &tiny, 5, dtype);
+        let ckpt = Checkpoint::open(&path).unwrap();
+        let ints = LoadOptions { gguf: GgufWeights::Int16, ..LoadOptions::default() };
+        let one = Pipeline::load_split(&ckpt, 1, &ints).unwrap();
+        assert!(one.stages()[0].batches_exactly(), "{dtype:?}: every matrix on our kernels");
+        let want = logits_of(&one, &prompt, 12);
+        for stages in [2, 3] {
+            let p = Pipeline::load_split(&ckpt, stages, &ints).unwrap();
+            assert!(logits_of(&p, &prompt, 12) == want, "{dtype:?}, {stages} stages");
+        }
+        for threads in [1, 3] {
+            let got = bitorch_inference::with_threads(threads, || logits_of(&one, &prompt, 12));
+            assert!(got == want, "{dtype:?}, {threads} threads");
+        }
+        let f32s = LoadOptions { gguf: GgufWeights::Dequantized, ..LoadOptions::default() };
+        let reference = logits_of(&Pipeline::load_split(&ckpt, 1, &f32s).unwrap(), &prompt, 1);
+        let scale = reference[0].iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = want[0].iter().zip(&reference[0]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff / scale < 1e-3, "{dtype:?}: {:e} of the largest logit", diff / scale);
+    }
+}
