@@ -127,7 +127,8 @@ struct Block {
 /// Which attention implementation a session uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernel {
-    /// candle's, bit-identical to the candle-transformers reference models.
+    /// candle's, bit-identical to the candle-transformers reference models (on candle's kernels
+    /// and f32 weights; stages on our integer kernels always use the batch-invariant one).
     #[default]
     Reference,
     /// Fixed-order loops whose result for a position does not depend on how positions are
@@ -738,7 +739,10 @@ impl Stage {
                 std::sync::Arc::make_mut(ks).extend_from_slice(&new_k);
                 std::sync::Arc::make_mut(vs).extend_from_slice(&new_v);
                 let len = pos + seq;
-                if kernel == Kernel::BatchInvariant {
+                // Our kernels' stages always take the batch-invariant attention: candle's
+                // reference attention is only exact against candle's own kernels, and would
+                // copy the whole cache into tensors every step.
+                if kernel == Kernel::BatchInvariant || self.own_kernels {
                     let qs = q.flatten_all()?.to_vec1::<f32>()?;
                     let layout = crate::attention::KvLayout { group: hd, step: nkv * hd };
                     let (ks, vs) = (ks.clone(), vs.clone());

@@ -30,15 +30,18 @@ pub(crate) trait Task: Send + Sync {
 }
 
 struct Shared {
-    /// Incremented (under `sleep`) for every job.
+    /// Incremented for every job.
     epoch: AtomicU64,
     job: Mutex<Option<Arc<dyn Task>>>,
     /// Parts of the current job still running on workers.
     pending: AtomicUsize,
     /// A worker's part panicked.
     panicked: AtomicBool,
-    /// Incremented (under `sleep`) by [`prewake`]: parked workers start spinning.
+    /// Incremented by [`prewake`]: parked workers start spinning.
     pokes: AtomicU64,
+    /// Workers parked (or about to): only then does a new job take `sleep` and notify `wake`
+    /// (a notification is a system call even with nobody waiting).
+    sleepers: AtomicUsize,
     sleep: Mutex<()>,
     wake: Condvar,
 }
@@ -129,6 +132,7 @@ impl Pool {
             pending: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             pokes: AtomicU64::new(0),
+            sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -157,6 +161,7 @@ impl Pool {
             pending: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             pokes: AtomicU64::new(0),
+            sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -171,9 +176,9 @@ impl Pool {
     /// Gets parked workers spinning, so that they see the next job at once.
     fn prewake(&self) {
         if self.parts > 1 {
-            let _g = lock(&self.shared.sleep);
-            self.shared.pokes.fetch_add(1, Ordering::AcqRel);
-            self.shared.wake.notify_all();
+            let s = &*self.shared;
+            s.pokes.fetch_add(1, Ordering::SeqCst);
+            s.wake_sleepers();
         }
     }
 
@@ -197,11 +202,8 @@ impl Pool {
         let s = &*self.shared;
         *lock(&s.job) = Some(task.clone());
         s.pending.store(parts - 1, Ordering::SeqCst);
-        {
-            let _g = lock(&s.sleep);
-            s.epoch.fetch_add(1, Ordering::SeqCst);
-            s.wake.notify_all();
-        }
+        s.epoch.fetch_add(1, Ordering::SeqCst);
+        s.wake_sleepers();
         let mine = catch_unwind(AssertUnwindSafe(|| task.run(0, parts)));
         let mut spins = 0u32;
         while s.pending.load(Ordering::Acquire) != 0 {
@@ -219,6 +221,19 @@ impl Pool {
         }
         if s.panicked.swap(false, Ordering::SeqCst) {
             panic!("a matmul worker's part panicked");
+        }
+    }
+}
+
+impl Shared {
+    /// Wakes the parked workers, if any. Called after changing `epoch` or `pokes` (SeqCst):
+    /// a worker about to park counts itself in `sleepers` (SeqCst) before it checks them, so
+    /// either it sees the change or this sees it, takes the lock (which it holds until it
+    /// waits) and wakes it.
+    fn wake_sleepers(&self) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = lock(&self.sleep);
+            self.wake.notify_all();
         }
     }
 }
@@ -253,12 +268,14 @@ fn worker(s: &Shared, part: usize, parts: usize) {
                 continue;
             }
             let mut g = lock(&s.sleep);
-            let poked = s.pokes.load(Ordering::Acquire);
-            while s.epoch.load(Ordering::Acquire) == seen
-                && s.pokes.load(Ordering::Acquire) == poked
+            let poked = s.pokes.load(Ordering::SeqCst);
+            s.sleepers.fetch_add(1, Ordering::SeqCst);
+            while s.epoch.load(Ordering::SeqCst) == seen && s.pokes.load(Ordering::SeqCst) == poked
             {
                 g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
             }
+            s.sleepers.fetch_sub(1, Ordering::SeqCst);
+            drop(g);
             idle = Instant::now();
         };
         seen = epoch;
