@@ -347,7 +347,10 @@ fn a_client_that_vanishes_mid_generation_still_pays_what_it_acknowledged() {
     let peer = nodes[1].peer_id();
     let before = sessions_on(&nodes[0], &peer);
     wait_for("a session on Bob", 60, &nodes, || sessions_on(&nodes[0], &peer) > before);
-    std::thread::sleep(Duration::from_secs(2));
+    // A few steps in (the prompt alone is more than 10 positions, acknowledged with the first
+    // step): the 150 tokens take 1.5 s at the pipeline's ~100 tok/s here, so the kill comes
+    // well before the end (it waited 2 s when the pipeline ran at ~50 tok/s: too long now).
+    std::thread::sleep(Duration::from_millis(500));
     nodes[0].stop();
     eprintln!("killed the gateway at {:.1}s", t.elapsed().as_secs_f64());
     assert!(gen.join().is_err(), "the generation finished before the gateway was killed");

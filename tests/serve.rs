@@ -473,6 +473,10 @@ fn the_prometheus_endpoint_shows_the_node_at_work() {
     assert_eq!(before["bitorch_gateway_generations_total"], 0.0, "{before:?}");
     assert_eq!(before["bitorch_stage_sessions_max"], 16.0, "{before:?}");
     assert!(before["bitorch_stage_tokens_per_second"] > 0.0, "{before:?}");
+    // The benchmark at start is not work done for anyone.
+    assert_eq!(before["bitorch_stage_positions_total"], 0.0, "{before:?}");
+    assert_eq!(before["bitorch_stage_activation_bytes_total{direction=\"out\"}"], 0.0);
+    assert_eq!(before["bitorch_stage_queue"], 0.0, "{before:?}");
     let name = node.rpc("bitorch_models", json!([]))[0]["name"].as_str().unwrap().to_string();
     let (status, body) =
         post(api, "/v1/chat/completions", &chat(&name, PROMPTS[0], 8), Duration::from_secs(120))
@@ -484,4 +488,14 @@ fn the_prometheus_endpoint_shows_the_node_at_work() {
     assert_eq!(after["bitorch_gateway_generations_total"], 1.0, "{after:?}");
     assert!(after["bitorch_gateway_sessions_opened_total"] >= 1.0, "{after:?}");
     assert!(after["bitorch_gateway_channel_requests_total"] >= 1.0, "{after:?}");
+    // The worker computed the prompt and the generated tokens, and sent their activations (the
+    // last stage: 576 floats and 64 logits per forward at least).
+    let forwards = after["bitorch_stage_forwards_total"];
+    assert!(forwards >= 2.0, "{after:?}");
+    assert!(after["bitorch_stage_positions_total"] > forwards, "{after:?}");
+    assert!(after["bitorch_stage_batches_total"] >= 1.0, "{after:?}");
+    let out = after["bitorch_stage_activation_bytes_total{direction=\"out\"}"];
+    assert!(out >= forwards * (576.0 + 2.0 * 64.0) * 4.0, "{after:?}");
+    assert!(after["bitorch_jobs_total"] >= 1.0, "{after:?}");
+    assert!(after.contains_key("bitorch_open_audits"), "{after:?}");
 }

@@ -27,6 +27,8 @@ pub struct Sources {
     pub worker: Option<bitorch_compute::WorkerHandle>,
     /// The node's API gateway, if it serves a model.
     pub gateway: Option<Arc<bitorch_serve::GatewayBackend>>,
+    /// What consensus is deciding, on a networked node.
+    pub status: Option<bitorch_service::status::StatusReceiver>,
 }
 
 fn gauge(registry: &mut Registry, name: &str, help: &str, v: i64) {
@@ -52,6 +54,36 @@ pub async fn render(s: &Sources) -> String {
         heights.get_or_create(&vec![("status".into(), "finalized".into())]).set(fin.number as i64);
     }
     r.register("block_height", "Block height of the best and the finalized block", heights);
+    if let Some(status) = &s.status {
+        let st = status.borrow().clone();
+        gauge(&mut r, "consensus_height", "Height consensus is deciding", st.height as i64);
+        if let Some(round) = st.round {
+            gauge(&mut r, "consensus_round", "Round of the height being decided", i64::from(round));
+        }
+        gauge(
+            &mut r,
+            "consensus_validating",
+            "Whether this node votes at that height",
+            i64::from(st.validating),
+        );
+        gauge(
+            &mut r,
+            "syncing",
+            "Whether the node is catching up with its peers",
+            i64::from(st.syncing),
+        );
+    }
+    if let Ok(audits) = s.chain.open_audits().await {
+        gauge(
+            &mut r,
+            "open_audits",
+            "Audits drawn on chain and not yet judged",
+            audits.len() as i64,
+        );
+    }
+    if let Ok(next) = s.chain.next_job_id().await {
+        counter(&mut r, "jobs", "Jobs opened on chain", next);
+    }
     if let Ok(n) = s.chain.pool_len().await {
         gauge(&mut r, "tx_pool", "Transactions in the pool", n as i64);
     }
@@ -83,7 +115,40 @@ pub async fn render(s: &Sources) -> String {
             let tps: Gauge<f64, AtomicU64> = Gauge::default();
             tps.set(st.tokens_per_sec.unwrap_or(0.0));
             r.register("stage_tokens_per_second", "Measured decoding speed of the stage", tps);
+            let work = st.work;
+            counter(&mut r, "stage_forwards", "Forward requests the stage computed", work.forwards);
+            counter(
+                &mut r,
+                "stage_positions",
+                "Positions (tokens) the stage computed",
+                work.positions,
+            );
+            let bytes = Family::<Vec<(String, String)>, Counter>::default();
+            bytes
+                .get_or_create(&vec![("direction".into(), "in".into())])
+                .inc_by(work.activation_bytes_in);
+            bytes
+                .get_or_create(&vec![("direction".into(), "out".into())])
+                .inc_by(work.activation_bytes_out);
+            r.register(
+                "stage_activation_bytes",
+                "Activation bytes received and sent by the stage",
+                bytes,
+            );
+            counter(
+                &mut r,
+                "stage_batches",
+                "Runs of the stage (sessions stepped together count once)",
+                work.batches,
+            );
+            counter(
+                &mut r,
+                "stage_batched_forwards",
+                "Forwards that ran together with another session's",
+                work.batched_forwards,
+            );
         }
+        gauge(&mut r, "stage_queue", "Requests waiting for the stage", w.queued() as i64);
     }
     if let Some(g) = &s.gateway {
         let st = g.stats().await;

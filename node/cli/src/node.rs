@@ -396,6 +396,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             seed: None,
             worker: None,
             gateway: None,
+            status: network.as_ref().map(|_| status_rx.clone()),
         };
         let authoring = match network {
             Some(bitorch_network::Service { handle: net, events, stage_requests, piece_requests, task: _ }) => {

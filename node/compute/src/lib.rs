@@ -48,4 +48,6 @@ pub use protocol::{
 };
 pub use route::{plan_priced, plan_route, plan_route_with, Bans, CostModel, Route, WorkerInfo};
 #[cfg(feature = "engine")]
-pub use worker::{Cheat, ClaimedSession, Worker, WorkerConfig, WorkerHandle, WorkerStats};
+pub use worker::{
+    Cheat, ClaimedSession, WorkCounters, Worker, WorkerConfig, WorkerHandle, WorkerStats,
+};

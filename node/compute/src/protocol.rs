@@ -196,6 +196,18 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Bytes of the values it carries (4 per token id, float, or logit's value and id each).
+    pub fn value_bytes(&self) -> u64 {
+        let n = match self {
+            Self::Tokens(t) => t.len() as u64,
+            Self::Hidden(f) => u64::from(f.rows()) * u64::from(f.cols()),
+            Self::Last { hidden, logits } => {
+                u64::from(hidden.rows()) * u64::from(hidden.cols()) + 2 * logits.len() as u64
+            }
+        };
+        4 * n
+    }
+
     /// Token positions it carries.
     pub fn positions(&self) -> u32 {
         match self {

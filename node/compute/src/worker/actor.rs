@@ -166,6 +166,11 @@ impl WorkerHandle {
         self.ask(|tx| Message::CloseJob(job, tx)).await
     }
 
+    /// Requests waiting in its queue now.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Its load and measured speed ([`Worker::stats`]).
     pub async fn stats(&self) -> Result<WorkerStats, WorkerStopped> {
         self.ask(Message::Stats).await

@@ -131,6 +131,7 @@ pub struct Worker {
     unclaimed: VecDeque<ClaimedSession>,
     /// Measured seconds per one-position forward (a generation step), smoothed.
     step_secs: Option<f64>,
+    work: WorkCounters,
 }
 
 /// A paid session's claim and the leaves it covers (what an audit opens), taken by the node to
@@ -153,6 +154,25 @@ pub struct WorkerStats {
     /// Generation steps per second of this stage, measured on one-position forwards (by
     /// [`Worker::benchmark`] and then on real sessions); `None` before any.
     pub tokens_per_sec: Option<f64>,
+    /// What it computed since it started.
+    pub work: WorkCounters,
+}
+
+/// What a worker computed since it started (its benchmark not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkCounters {
+    /// Forward requests computed.
+    pub forwards: u64,
+    /// Positions (tokens) computed.
+    pub positions: u64,
+    /// Bytes of activations received and sent in forwards (values, not framing).
+    pub activation_bytes_in: u64,
+    /// See `activation_bytes_in`.
+    pub activation_bytes_out: u64,
+    /// Runs of the stage: one per batch of sessions stepped together.
+    pub batches: u64,
+    /// Forwards that ran in a batch with at least one other session's.
+    pub batched_forwards: u64,
 }
 
 impl WorkerStats {
@@ -198,6 +218,7 @@ impl Worker {
             sessions: HashMap::new(),
             unclaimed: VecDeque::new(),
             step_secs: None,
+            work: WorkCounters::default(),
         }
     }
 
@@ -207,6 +228,7 @@ impl Worker {
             sessions: self.sessions.len(),
             max_sessions: self.config.max_sessions,
             tokens_per_sec: self.step_secs.filter(|s| *s > 0.0).map(|s| 1.0 / s),
+            work: self.work,
         }
     }
 
@@ -243,6 +265,8 @@ impl Worker {
         let steps = steps.max(1);
         let mut timed = 0.0;
         let mut result = Ok(());
+        // The benchmark's own forwards are not work done for anyone.
+        let work = self.work;
         for pos in 0..=steps {
             let t = Instant::now();
             let req = StageRequest::Forward { session, pos, input: input(), voucher: None };
@@ -262,6 +286,7 @@ impl Worker {
             }
         }
         self.sessions.remove(&session);
+        self.work = work;
         result?;
         let per_step = timed / f64::from(steps);
         self.step_secs = Some(per_step);
@@ -644,6 +669,9 @@ impl Worker {
         let mut sessions: Vec<&mut Session> = Vec::new();
         let mut inputs = Vec::new();
         let mut owned = Vec::new();
+        let batch = admitted.len() as u64;
+        let bytes_in: u64 = admitted.iter().map(|(_, _, _, x)| x.value_bytes()).sum();
+        let positions: u64 = admitted.iter().map(|(_, _, _, x)| u64::from(x.positions())).sum();
         for (i, id, s, input) in admitted {
             owned.push((i, id, s));
             inputs.push(input);
@@ -657,6 +685,18 @@ impl Worker {
                         Some(old) => old * (1.0 - STEP_EMA) + secs * STEP_EMA,
                         None => secs,
                     });
+                }
+                if batch > 0 {
+                    let w = &mut self.work;
+                    w.forwards += batch;
+                    w.positions += positions;
+                    w.activation_bytes_in += bytes_in;
+                    w.activation_bytes_out +=
+                        outputs.iter().map(Activation::value_bytes).sum::<u64>();
+                    w.batches += 1;
+                    if batch > 1 {
+                        w.batched_forwards += batch;
+                    }
                 }
                 for ((i, id, s), output) in owned.into_iter().zip(outputs) {
                     out[i] = Some(StageResponse::Output { output, trace: H256(s.trace.chain()) });
