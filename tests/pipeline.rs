@@ -826,7 +826,7 @@ fn audited_net(
 fn settled_with_bob(nodes: &[Node]) -> (Value, Value, Value) {
     let bob = address("Bob");
     let mut job = Value::Null;
-    wait_for("both claims audited and the job settled", 180, nodes, || {
+    wait_for("both claims audited and the job settled", 300, nodes, || {
         job = jobs(&nodes[0])
             .into_iter()
             .find(|j| j["claims"].as_array().unwrap().iter().any(|c| c["worker"] == bob.as_str()))
