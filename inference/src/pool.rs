@@ -29,6 +29,7 @@ pub(crate) trait Task: Send + Sync {
     fn run(&self, part: usize, parts: usize);
 }
 
+#[derive(Default)]
 struct Shared {
     /// Incremented for every job.
     epoch: AtomicU64,
@@ -126,16 +127,7 @@ impl Pool {
     }
 
     fn new(parts: usize) -> Self {
-        let shared = Arc::new(Shared {
-            epoch: AtomicU64::new(0),
-            job: Mutex::new(None),
-            pending: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
-            pokes: AtomicU64::new(0),
-            sleepers: AtomicUsize::new(0),
-            sleep: Mutex::new(()),
-            wake: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::default());
         let mut started = 1;
         for part in 1..parts {
             let shared = shared.clone();
@@ -147,25 +139,11 @@ impl Pool {
             }
             started += 1;
         }
-        // Threads that could not start: their parts would never run, so use fewer.
+        // Threads that could not start: their parts would never run, so the caller does all.
         if started < parts {
-            return Self::new_serial();
+            return Self { shared: Arc::default(), parts: 1, busy: Mutex::new(()) };
         }
         Self { shared, parts, busy: Mutex::new(()) }
-    }
-
-    fn new_serial() -> Self {
-        let shared = Arc::new(Shared {
-            epoch: AtomicU64::new(0),
-            job: Mutex::new(None),
-            pending: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
-            pokes: AtomicU64::new(0),
-            sleepers: AtomicUsize::new(0),
-            sleep: Mutex::new(()),
-            wake: Condvar::new(),
-        });
-        Self { shared, parts: 1, busy: Mutex::new(()) }
     }
 
     /// Number of parts every job is split into.
