@@ -582,7 +582,8 @@ impl Stage {
             };
             spans.push(Span { seq, pos, mask, kernel: cache.kernel });
         }
-        let mut x = if xs.len() == 1 { xs[0].clone() } else { Tensor::cat(xs, 1)? };
+        // (`cat` of one tensor and `narrow` to all of it are that tensor.)
+        let mut x = Tensor::cat(xs, 1)?;
         for (l, block) in self.blocks.iter().enumerate() {
             let mut kvs: Vec<&mut Option<Kv>> = caches.iter_mut().map(|c| &mut c.kvs[l]).collect();
             x = self.block_forward(block, &x, &spans, &mut kvs)?;
@@ -591,7 +592,7 @@ impl Stage {
         let mut at = 0;
         for (span, cache) in spans.iter().zip(caches.iter_mut()) {
             cache.len = span.pos + span.seq;
-            out.push(if xs.len() == 1 { x.clone() } else { x.narrow(1, at, span.seq)? });
+            out.push(x.narrow(1, at, span.seq)?);
             at += span.seq;
         }
         Ok(out)
@@ -678,10 +679,6 @@ impl Stage {
         kvs: &mut [&mut Option<Kv>],
     ) -> Result<Tensor> {
         let [q, k, v] = Linear::forward_many([&block.wq, &block.wk, &block.wv], x)?;
-        if let ([span], [kv]) = (spans, &mut *kvs) {
-            let y = self.attend(&q, &k, &v, span, kv)?;
-            return Ok(block.wo.forward(&y)?);
-        }
         let mut ys = Vec::with_capacity(spans.len());
         let mut at = 0;
         for (span, kv) in spans.iter().zip(kvs.iter_mut()) {

@@ -664,39 +664,47 @@ impl Worker {
                 Err(resp) => out[i] = Some(*resp),
             }
         }
+        if !admitted.is_empty() {
+            self.run_admitted(admitted, &mut out);
+        }
+        for (i, session, pos, input, voucher) in later {
+            out[i] = Some(self.forward(session, pos, input, voucher, now));
+        }
+        out.into_iter().map(|r| r.unwrap_or(StageResponse::Error(StageError::Compute))).collect()
+    }
+
+    /// Runs the admitted forwards (`(request index, session, its state, input)`, at least one)
+    /// as one batch, puts their answers in `out` and their sessions back.
+    fn run_admitted(
+        &mut self,
+        admitted: Vec<(usize, SessionId, Session, Activation)>,
+        out: &mut [Option<StageResponse>],
+    ) {
         let one_position = admitted.iter().all(|(_, _, _, x)| x.positions() == 1);
-        let t = Instant::now();
-        let mut sessions: Vec<&mut Session> = Vec::new();
-        let mut inputs = Vec::new();
-        let mut owned = Vec::new();
         let batch = admitted.len() as u64;
         let bytes_in: u64 = admitted.iter().map(|(_, _, _, x)| x.value_bytes()).sum();
         let positions: u64 = admitted.iter().map(|(_, _, _, x)| u64::from(x.positions())).sum();
-        for (i, id, s, input) in admitted {
-            owned.push((i, id, s));
-            inputs.push(input);
-        }
-        sessions.extend(owned.iter_mut().map(|(_, _, s)| s));
+        let (mut owned, inputs): (Vec<_>, Vec<_>) =
+            admitted.into_iter().map(|(i, id, s, input)| ((i, id, s), input)).unzip();
+        let mut sessions: Vec<&mut Session> = owned.iter_mut().map(|(_, _, s)| s).collect();
+        let t = Instant::now();
         match run(&self.stage, &mut sessions, inputs, self.config.cheat) {
             Ok(outputs) => {
-                if one_position && !outputs.is_empty() {
+                if one_position {
                     let secs = t.elapsed().as_secs_f64();
                     self.step_secs = Some(match self.step_secs {
                         Some(old) => old * (1.0 - STEP_EMA) + secs * STEP_EMA,
                         None => secs,
                     });
                 }
-                if batch > 0 {
-                    let w = &mut self.work;
-                    w.forwards += batch;
-                    w.positions += positions;
-                    w.activation_bytes_in += bytes_in;
-                    w.activation_bytes_out +=
-                        outputs.iter().map(Activation::value_bytes).sum::<u64>();
-                    w.batches += 1;
-                    if batch > 1 {
-                        w.batched_forwards += batch;
-                    }
+                let w = &mut self.work;
+                w.forwards += batch;
+                w.positions += positions;
+                w.activation_bytes_in += bytes_in;
+                w.activation_bytes_out += outputs.iter().map(Activation::value_bytes).sum::<u64>();
+                w.batches += 1;
+                if batch > 1 {
+                    w.batched_forwards += batch;
                 }
                 for ((i, id, s), output) in owned.into_iter().zip(outputs) {
                     out[i] = Some(StageResponse::Output { output, trace: H256(s.trace.chain()) });
@@ -716,10 +724,6 @@ impl Worker {
                 }
             }
         }
-        for (i, session, pos, input, voucher) in later {
-            out[i] = Some(self.forward(session, pos, input, voucher, now));
-        }
-        out.into_iter().map(|r| r.unwrap_or(StageResponse::Error(StageError::Compute))).collect()
     }
 }
 
