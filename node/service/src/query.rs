@@ -385,7 +385,9 @@ impl Handle {
             }
             let candidates =
                 s.pool.ready(s.chain.state()).into_iter().map(|x| (*x).clone()).collect();
-            s.chain.author_block(&key, candidates, now_ms()).ok().map(|(block, _, _)| block)
+            let (block, _, built) = s.chain.author_block(&key, candidates, now_ms()).ok()?;
+            s.drop_rejected(built.rejected);
+            Some(block)
         })
         .await
     }
@@ -393,5 +395,59 @@ impl Handle {
     /// Whether `block` is a valid next block (executes it without importing it).
     pub async fn check_block(&self, block: Block) -> Result<bool, Error> {
         self.with(move |s| s.chain.check_block(&block).is_ok()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::service::spawn;
+    use crate::{Chain, Event, PoolLimits, TxStatus};
+    use bitorch_chain_spec::ChainSpec;
+    use bitorch_primitives::keys::pair_from_suri;
+    use bitorch_runtime::{models, Call};
+
+    /// Two nodes register the same content at once: both transactions are valid when
+    /// submitted, the block takes the first and refuses the second, which must leave the pool
+    /// with its submitter told at once (else it, and every later transaction of its sender,
+    /// waits until it expires).
+    #[tokio::test]
+    async fn a_transaction_the_proposed_block_refuses_leaves_the_pool_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::open(&dir.path().join("db"), ChainSpec::dev().unwrap()).unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (handle, _task) = spawn(chain, PoolLimits::default(), cancel.clone());
+        let mut events = handle.subscribe();
+        let manifest = models::example_manifest(4);
+        let register = || Call::Models(models::Call::Register { manifest: manifest.clone() });
+        let (alice, bob) = (pair_from_suri("//Alice").unwrap(), pair_from_suri("//Bob").unwrap());
+        let first = handle.sign_and_submit(alice.clone(), vec![register()], 64).await.unwrap();
+        let second = handle.sign_and_submit(bob.clone(), vec![register()], 64).await.unwrap();
+        assert_eq!(handle.pool_len().await.unwrap(), 2);
+        let block = handle.build_block(alice, 1).await.unwrap().expect("a block");
+        assert_eq!(block.extrinsics.iter().map(|x| x.hash()).collect::<Vec<_>>(), first);
+        assert_eq!(handle.pool_len().await.unwrap(), 1, "the refused one is still pooled");
+        let told = loop {
+            match events.try_recv() {
+                Ok(Event::Tx(h, TxStatus::Invalid(why))) if h == second[0] => break why,
+                Ok(_) => continue,
+                Err(e) => panic!("the submitter was not told: {e}"),
+            }
+        };
+        assert!(told.contains("already") || told.contains("exist"), "{told}");
+        // Bob's next transaction takes the freed nonce and is ready at once.
+        let again = handle
+            .sign_and_submit(
+                bob,
+                vec![Call::Balances(bitorch_runtime::balances::Call::Transfer {
+                    dest: bitorch_primitives::AccountId::new([7; 32]),
+                    amount: bitorch_primitives::UNIT,
+                })],
+                64,
+            )
+            .await
+            .unwrap();
+        let pending = handle.pending().await.unwrap();
+        assert!(pending.iter().any(|x| x.hash() == again[0] && x.nonce == 0), "{pending:?}");
+        cancel.cancel();
     }
 }

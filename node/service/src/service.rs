@@ -77,11 +77,20 @@ impl State {
             self.pool.ready(self.chain.state()).into_iter().map(|x| (*x).clone()).collect();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64);
         let (block, commit, built) = self.chain.author_block(key, candidates, now.unwrap_or(0))?;
-        for (hash, err) in built.rejected {
-            self.pool.remove(&hash);
-            self.emit(Event::Tx(hash, TxStatus::Invalid(err.to_string())));
-        }
+        self.drop_rejected(built.rejected);
         self.import(block, commit)
+    }
+
+    /// Removes the transactions a block being built refused (they fail on the best state, e.g.
+    /// registering content already registered) from the pool, and tells their submitters. Left
+    /// in the pool they would wait until they expire, and every later transaction of their
+    /// sender with them.
+    pub(crate) fn drop_rejected(&mut self, rejected: Vec<(Hash, TransactionError)>) {
+        for (hash, err) in rejected {
+            if self.pool.remove(&hash).is_some() {
+                self.emit(Event::Tx(hash, TxStatus::Invalid(err.to_string())));
+            }
+        }
     }
 
     /// Imports a final block and updates the pool and subscribers.
