@@ -92,6 +92,7 @@ fn serve_model_answers_like_infer_and_the_chain_pays_the_worker() {
     // GET-less discovery: the model id is the name the API serves.
     let name = models[0]["name"].as_str().unwrap().to_string();
     let mut usages = Vec::new();
+    let mut served = Vec::new();
     for (i, prompt) in PROMPTS.iter().enumerate() {
         let want = infer(prompt, MAX_TOKENS);
         assert!(!want.is_empty());
@@ -123,6 +124,7 @@ fn serve_model_answers_like_infer_and_the_chain_pays_the_worker() {
         } else {
             let v: Value = serde_json::from_str(&body).unwrap();
             let text = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+            served.push(v["bitorch"].clone());
             (text, Some(v["usage"].clone()))
         };
         eprintln!("{prompt:?} (stream {stream}) in {:.1}s: {got:?}", t.elapsed().as_secs_f64());
@@ -156,6 +158,12 @@ fn serve_model_answers_like_infer_and_the_chain_pays_the_worker() {
             let want =
                 u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap() - 1;
             assert_eq!(positions, want as u128, "{job} {u}");
+            // The answer said who served it, in which job, and what it cost: this claim.
+            let b = &served[0];
+            assert_eq!(b["job"], 0, "{b}");
+            assert_eq!(b["route"], json!([{"worker": BOB, "peer": null, "layers": [0, 30]}]));
+            assert_eq!(b["price_per_layer_token"], PRICE.to_string());
+            assert_eq!(b["cost"], (30 * positions * PRICE).to_string(), "{b}");
         }
         assert_eq!(c["paid"], (30 * positions * PRICE).to_string());
         paid_total += 30 * positions * PRICE;

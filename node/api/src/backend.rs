@@ -73,6 +73,8 @@ pub struct BackendStats {
     pub refused_no_route: u64,
     /// Stage failures survived by re-routing.
     pub failovers: u64,
+    /// Generations stopped because their client went away (closed the stream, stopped).
+    pub cancelled: u64,
     /// Stage sessions asked of each worker (`local`, or its peer id).
     pub sessions_opened: std::collections::BTreeMap<String, u64>,
 }
@@ -303,12 +305,47 @@ impl Usage {
 }
 
 /// How a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
     /// Why it ended.
     pub finish_reason: FinishReason,
     /// The tokens it used.
     pub usage: Usage,
+    /// Who served it and what it cost, when the network did (`None` for a local engine).
+    pub served: Option<Served>,
+}
+
+/// Who served a generation through the network, and what it cost.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Served {
+    /// The job on chain that pays for it.
+    pub job: Option<u64>,
+    /// The job's price per layer per token, in plancks.
+    #[serde(serialize_with = "as_string")]
+    pub price_per_layer_token: u128,
+    /// What the stages were acknowledged (layer-positions times the price), in plancks: at
+    /// most what the workers can claim for it.
+    #[serde(serialize_with = "as_string")]
+    pub cost: u128,
+    /// The stages of the final route, in layer order.
+    pub route: Vec<RouteStage>,
+    /// Workers that failed during the generation and were replaced.
+    pub failovers: u32,
+}
+
+/// One stage of a route.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RouteStage {
+    /// The worker's account (SS58).
+    pub worker: String,
+    /// Its peer id; `None` for this node's own worker.
+    pub peer: Option<String>,
+    /// Its layers, `[start, end)`.
+    pub layers: [u32; 2],
+}
+
+fn as_string<S: serde::Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.to_string())
 }
 
 /// One event of a generation's stream.

@@ -32,11 +32,12 @@ pub mod error;
 pub mod local;
 pub mod openai;
 pub mod rpc;
+mod web;
 mod wire;
 
 pub use backend::{
     Backend, BackendStats, BoxFuture, ChatRequest, Event, Events, FinishReason, Finished, Message,
-    ModelInfo, Payer, Role, TokensOnly, Usage,
+    ModelInfo, Payer, Role, RouteStage, Served, TokensOnly, Usage,
 };
 pub use error::{BackendError, Error};
 pub use local::{LocalBackend, LocalOptions};

@@ -162,6 +162,7 @@ impl LocalBackend {
                             prompt_tokens: count(out.prompt_tokens.len()),
                             completion_tokens: count(out.tokens.len()),
                         },
+                        served: None,
                     })
                 }
                 Ok(Err(e)) => {

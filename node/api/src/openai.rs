@@ -1,5 +1,6 @@
 //! The OpenAI-compatible HTTP endpoint (`axum`): `GET /v1/models`, `GET /v1/models/{id}` and
-//! `POST /v1/chat/completions`, with and without `stream: true`.
+//! `POST /v1/chat/completions`, with and without `stream: true`; and the node's web app at `/`
+//! ([`crate::web`]).
 //!
 //! A streamed answer is a series of server-sent `chat.completion.chunk` events: the first
 //! carries `role: assistant`, then one per text piece, then one with the `finish_reason`, then
@@ -59,6 +60,8 @@ pub struct HttpConfig {
     pub max_requests: usize,
     /// Browser origins that may call the API (`--api-cors`); a request from another gets 403.
     pub origins: Origins,
+    /// The port of the node's JSON-RPC server, which the web app at `/` talks to.
+    pub rpc_port: Option<u16>,
 }
 
 impl Default for HttpConfig {
@@ -68,6 +71,7 @@ impl Default for HttpConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_requests: DEFAULT_MAX_REQUESTS,
             origins: Origins::default(),
+            rpc_port: None,
         }
     }
 }
@@ -178,6 +182,7 @@ pub fn router(backend: Arc<dyn Backend>, config: &HttpConfig) -> Router {
         max_body_bytes: config.max_body_bytes,
     };
     Router::new()
+        .merge(crate::web::routes(config.rpc_port))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat_completions))
@@ -272,8 +277,8 @@ async fn unknown_url(method: Method, uri: Uri) -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         message: format!(
-            "Unknown request URL: {method} {}. This server serves GET /v1/models and \
-             POST /v1/chat/completions.",
+            "Unknown request URL: {method} {}. This server serves GET /v1/models, \
+             POST /v1/chat/completions and its web app at /.",
             uri.path()
         ),
         kind: "invalid_request_error",
@@ -417,6 +422,7 @@ async fn complete(mut events: Events, model: String) -> Result<Response, ApiErro
             "finish_reason": openai_finish(finished.finish_reason),
         }],
         "usage": usage_json(&finished),
+        "bitorch": finished.served,
     });
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -448,15 +454,18 @@ struct Chunks {
 }
 
 impl Chunks {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> sse::Event {
-        let body = json!({
+    fn body(&self, delta: Value, finish: Option<&str>) -> Value {
+        json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        sse::Event::default().data(body.to_string())
+        })
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> sse::Event {
+        sse::Event::default().data(self.body(delta, finish).to_string())
     }
 
     /// The chunk for one backend event, and the phase after it.
@@ -466,8 +475,14 @@ impl Chunks {
                 (self.chunk(json!({"content": piece}), None), Phase::Events)
             }
             Some(Event::Finished(f)) => {
+                let mut chunk = self.body(json!({}), Some(openai_finish(f.finish_reason)));
+                // Bitorch's extension (OpenAI clients ignore unknown fields): who served the
+                // answer and what it cost.
+                if let Some(served) = &f.served {
+                    chunk["bitorch"] = json!(served);
+                }
                 let next = if self.include_usage { Phase::Usage(f) } else { Phase::Done };
-                (self.chunk(json!({}), Some(openai_finish(f.finish_reason))), next)
+                (sse::Event::default().data(chunk.to_string()), next)
             }
             Some(Event::Error(e)) => (error_event(e), Phase::End),
             None => (error_event(no_end()), Phase::End),

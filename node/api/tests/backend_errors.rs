@@ -75,6 +75,7 @@ impl Backend for Scripted {
                             .send(Event::Finished(Finished {
                                 finish_reason: FinishReason::Stop,
                                 usage,
+                                served: None,
                             }))
                             .await;
                     }

@@ -1,6 +1,6 @@
 //! Bitorch's own typed methods: accounts, staking, validators, jobs and models.
 
-use crate::methods::{internal, required};
+use crate::methods::{internal, opt, required};
 use crate::{parse_address, Ctx, Error};
 use bitorch_primitives::{format_balance, keys::to_ss58};
 use bitorch_runtime::{jobs, models};
@@ -78,6 +78,12 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
             .jobs_where(0, MAX_LISTED_JOBS, move |j| j.client == who)
             .await
             .map_err(internal)?;
+        Ok(Value::Array(jobs.iter().map(|(id, j)| job_json(*id, j)).collect()))
+    });
+    method!(m, "bitorch_recentJobs", |p, ctx| {
+        let limit = opt::<u64>(&p, 0)?.unwrap_or(MAX_LISTED_JOBS as u64);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_LISTED_JOBS);
+        let jobs = ctx.chain.jobs_where(0, limit, |_| true).await.map_err(internal)?;
         Ok(Value::Array(jobs.iter().map(|(id, j)| job_json(*id, j)).collect()))
     });
     method!(m, "bitorch_claimsOf", |p, ctx| {

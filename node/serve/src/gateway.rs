@@ -16,7 +16,7 @@ use crate::chain::submit_and_wait;
 use crate::{u32_of, TARGET};
 use bitorch_api::{
     Backend, BackendError, BackendStats, BoxFuture, ChatRequest, Event, Events, FinishReason,
-    Finished, ModelInfo, Usage,
+    Finished, ModelInfo, RouteStage, Served, Usage,
 };
 use bitorch_compute::{
     plan_priced, protocol, Gateway, GatewayConfig, GatewayRequest, PlanError, StageRequest,
@@ -1089,6 +1089,11 @@ impl Inner {
             }
         };
         let cancelled = gen.finish == GenFinish::Cancelled && !stopped;
+        if cancelled {
+            self.count(|c| c.cancelled += 1);
+            tracing::info!(target: TARGET, job, tokens = gen.tokens.len(),
+                "the client went away: generation cancelled");
+        }
         if !stopped && !cancelled {
             let tail = stream.finish(&self.tokenizer).unwrap_or_default();
             let (mut show, hit) = stops.push(&tail);
@@ -1106,12 +1111,32 @@ impl Inner {
             GenFinish::Length | GenFinish::ContextFull => FinishReason::Length,
             GenFinish::Cancelled => FinishReason::Cancelled,
         };
+        let price = greq.max_price.unwrap_or(0);
+        let served = Served {
+            job: greq.job,
+            price_per_layer_token: price,
+            cost: u128::from(gen.acknowledged).saturating_mul(price),
+            route: gen
+                .route
+                .iter()
+                .map(|w| RouteStage {
+                    worker: to_ss58(&w.account),
+                    peer: match &w.id {
+                        Peer::Local => None,
+                        Peer::Remote(p) => Some(p.to_string()),
+                    },
+                    layers: [w.layers.start, w.layers.end],
+                })
+                .collect(),
+            failovers: gen.failovers,
+        };
         let _ = tx.try_send(Event::Finished(Finished {
             finish_reason,
             usage: Usage {
                 prompt_tokens: u32_of(gen.prompt_tokens.len()),
                 completion_tokens: u32_of(gen.tokens.len()),
             },
+            served: Some(served),
         }));
         for r in &gen.rejected {
             tracing::warn!(target: TARGET, job, worker = ?r.worker, reason = %r.reason,

@@ -82,6 +82,8 @@ pub struct Reply {
     pub body: String,
     /// `Access-Control-Allow-Origin`, if any.
     pub allow_origin: Option<String>,
+    /// `Content-Security-Policy`, if any.
+    pub csp: Option<String>,
 }
 
 impl Reply {
@@ -128,9 +130,14 @@ pub async fn request_with(
         .get("access-control-allow-origin")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let csp = resp
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     let body = String::from_utf8(bytes.to_vec()).expect("UTF-8 body");
-    Reply { status, content_type, body, allow_origin }
+    Reply { status, content_type, body, allow_origin, csp }
 }
 
 /// POSTs JSON.
