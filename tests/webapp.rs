@@ -17,8 +17,38 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Eve's address: the dev chain's API account, funded at genesis.
+/// Dev accounts, funded at genesis: Eve's balance is looked up, Dave signs in the browser and
+/// sends to Ferdie.
 const EVE: &str = "5HGjWAeFDfFCWPsjFQdVV2Msvz2XtMktvgocEZcCj68kUMaw";
+const DAVE: &str = "5DAAnrj7VHTznn2AWBemMuyBwZWs6FNFjdyVXUeYum3PTXFy";
+const FERDIE: &str = "5CiPPseXPECbkjWCa6MnjNokrgYjMqmKndv2rSnekmSK2DjL";
+const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+const UNIT: u128 = 1_000_000_000_000;
+
+/// A chat completion through the API at `port` with these extra headers: (status, body).
+fn post_chat(port: u16, headers: &str) -> (u16, String) {
+    use std::io::Read;
+    let body = json!({
+        "model": "SmolLM2-135M-Instruct.Q4_1", "temperature": 0, "max_tokens": 16,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    })
+    .to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         {headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    (out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), out)
+}
+
+fn free(node: &DevNode, who: &str) -> u128 {
+    node.rpc("bitorch_account", json!([who]))["free"].as_str().unwrap().parse().unwrap()
+}
 
 /// The browser and playwright-core's entry point, or why they cannot be had.
 fn browser() -> Result<(PathBuf, PathBuf), String> {
@@ -71,7 +101,9 @@ fn script(name: &str, api: u16, chromium: &Path, playwright: &Path) -> Command {
         .env("CHROMIUM", chromium)
         .env("PLAYWRIGHT", playwright)
         .env("OUT", screenshots())
-        .env("ADDRESS", EVE);
+        .env("ADDRESS", EVE)
+        .env("SECRET", "//Dave")
+        .env("RECIPIENT", FERDIE);
     cmd
 }
 
@@ -93,6 +125,7 @@ fn the_web_app_chats_shows_the_network_jobs_and_balances_in_a_browser() {
         dir.path().join("node.log"),
         Duration::from_secs(300),
     );
+    let (dave, ferdie) = (free(&node, DAVE), free(&node, FERDIE));
     let run = script("app.mjs", api, &chromium, &playwright).output().expect("run node");
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -111,6 +144,28 @@ fn the_web_app_chats_shows_the_network_jobs_and_balances_in_a_browser() {
     // The stop button closed the stream, and the node cancelled that generation.
     let stats = node.rpc("bitorch_gatewayStats", json!([]));
     assert!(stats["cancelled"].as_u64().unwrap() >= 1, "no cancelled generation: {stats}");
+    // The transfer signed in the browser moved exactly 1.5 BTR, and Dave paid its fee (and the
+    // allowance's).
+    assert_eq!(free(&node, FERDIE), ferdie + 3 * UNIT / 2);
+    assert!(free(&node, DAVE) < dave - 3 * UNIT / 2, "Dave paid no fee");
+    // The gateway the key names: the dev node's API account, //Alice.
+    let allowance = node.rpc("bitorch_allowance", json!([DAVE, ALICE]));
+    assert_eq!(allowance["remaining"], (50 * UNIT).to_string(), "{allowance}");
+    // The API key made in the browser pays a request from Dave's allowance; the same key with
+    // one byte of its signature changed pays nothing.
+    let token = seen["token"].as_str().unwrap();
+    let jobs_before = node.rpc("bitorch_jobsOf", json!([DAVE])).as_array().unwrap().len();
+    let (status, body) = post_chat(api, &format!("Authorization: Bearer {token}\r\n"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Paris"), "{body}");
+    let jobs = node.rpc("bitorch_jobsOf", json!([DAVE]));
+    assert_eq!(jobs.as_array().unwrap().len(), jobs_before + 1, "{jobs}");
+    let mut forged = token.to_string();
+    let last = if forged.ends_with('0') { "1" } else { "0" };
+    forged.replace_range(forged.len() - 1.., last);
+    let (status, body) = post_chat(api, &format!("Authorization: Bearer {forged}\r\n"));
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(node.rpc("bitorch_jobsOf", json!([DAVE])), jobs, "a forged key opened a job");
     for page in ["chat", "chat-untrusted-output", "network", "jobs", "wallet"] {
         let shot = screenshots().join(format!("{page}.png"));
         assert!(std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false), "{shot:?}");

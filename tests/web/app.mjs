@@ -3,7 +3,8 @@
 // tests/webapp.rs, which starts the node and checks the node's side (counters over JSON-RPC).
 //
 // Environment: BASE (the node's API URL), CHROMIUM (the browser), PLAYWRIGHT (playwright-core's
-// index.mjs), OUT (a folder for screenshots), ADDRESS (an address with a balance).
+// index.mjs), OUT (a folder for screenshots), ADDRESS (an address with a balance), SECRET (a
+// funded dev key's URI) and RECIPIENT (an address to send to).
 
 const { chromium } = await import(process.env.PLAYWRIGHT);
 const BASE = process.env.BASE;
@@ -149,6 +150,31 @@ try {
   await page.press('#address', 'Enter');
   await page.waitForSelector('#wallet-error:not([hidden])');
   result.badAddress = await page.textContent('#wallet-error');
+
+  // Signing in the browser: a secret that is none is refused; a dev key signs a transfer and
+  // an allowance, and makes an API key (the test then pays a request with it).
+  await page.fill('#secret', 'not a secret at all');
+  await page.press('#secret', 'Enter');
+  await page.waitForSelector('#key-error:not([hidden])', { timeout: 30000 });
+  result.badSecret = await page.textContent('#key-error');
+  await page.fill('#secret', process.env.SECRET);
+  await page.press('#secret', 'Enter');
+  await page.waitForSelector('#signing:not([hidden])', { timeout: 30000 });
+  result.signer = await page.textContent('#key-status');
+  check(await page.inputValue('#secret') === '', 'the secret is not left in the form');
+  await page.fill('#transfer-to', process.env.RECIPIENT);
+  await page.fill('#transfer-amount', '1.5');
+  await page.click('#transfer-form button[type=submit]');
+  await page.waitForFunction(() => /in a block|not|fail|invalid/i.test(document.getElementById('transfer-status').textContent), null, { timeout: 90000 });
+  result.transfer = await page.textContent('#transfer-status');
+  check(result.transfer.includes('in a block'), `the transfer is in a block: ${result.transfer}`);
+  await page.fill('#token-allowance', '50');
+  await page.click('#token-form button[type=submit]');
+  await page.waitForFunction(() => document.getElementById('token').value.startsWith('btr_')
+    || /not|fail|invalid/i.test(document.getElementById('token-status').textContent), null, { timeout: 90000 });
+  result.tokenStatus = await page.textContent('#token-status');
+  result.token = await page.inputValue('#token');
+  check(result.token.startsWith('btr_'), `an API key was made: ${result.tokenStatus}`);
   await page.screenshot({ path: `${OUT}/wallet.png`, fullPage: true });
 
   check(errors.length === 0, `no errors in the page: ${errors.join('; ')}`);

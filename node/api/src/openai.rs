@@ -62,6 +62,8 @@ pub struct HttpConfig {
     pub origins: Origins,
     /// The port of the node's JSON-RPC server, which the web app at `/` talks to.
     pub rpc_port: Option<u16>,
+    /// The gateway's account (SS58): what API keys made in the web app name.
+    pub gateway: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -72,6 +74,7 @@ impl Default for HttpConfig {
             max_requests: DEFAULT_MAX_REQUESTS,
             origins: Origins::default(),
             rpc_port: None,
+            gateway: None,
         }
     }
 }
@@ -182,7 +185,7 @@ pub fn router(backend: Arc<dyn Backend>, config: &HttpConfig) -> Router {
         max_body_bytes: config.max_body_bytes,
     };
     Router::new()
-        .merge(crate::web::routes(config.rpc_port))
+        .merge(crate::web::routes(config.rpc_port, config.gateway.as_deref()))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat_completions))

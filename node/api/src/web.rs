@@ -15,9 +15,13 @@ use axum::Router;
 const INDEX: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
 const APP_CSS: &str = include_str!("../web/app.css");
+/// polkadot.js' sr25519 for the wallet page, built by `scripts/build-web.sh` from `web-src/`.
+const CRYPTO_JS: &str = include_str!("../web/crypto.js");
 
 /// What the page may load and connect to: its own origin, and the node's JSON-RPC WebSocket.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+/// `wasm-unsafe-eval` lets the wallet page compile polkadot.js' sr25519 WebAssembly (it allows
+/// no JavaScript `eval`).
+const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; \
                    form-action 'self'; frame-ancestors 'none'";
 
@@ -33,14 +37,19 @@ fn asset(body: impl Into<axum::body::Body>, content_type: &'static str) -> Respo
     r
 }
 
-/// The app's routes; `rpc_port` is where the page finds the node's JSON-RPC server.
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>(rpc_port: Option<u16>) -> Router<S> {
-    let config = serde_json::json!({ "rpcPort": rpc_port }).to_string();
+/// The app's routes; `rpc_port` is where the page finds the node's JSON-RPC server, `gateway`
+/// the account API keys for this node name.
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(
+    rpc_port: Option<u16>,
+    gateway: Option<&str>,
+) -> Router<S> {
+    let config = serde_json::json!({ "rpcPort": rpc_port, "gateway": gateway }).to_string();
     Router::new()
         .route("/", get(|| async { asset(INDEX, "text/html; charset=utf-8") }))
         .route("/index.html", get(|| async { asset(INDEX, "text/html; charset=utf-8") }))
         .route("/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
         .route("/app.css", get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }))
+        .route("/crypto.js", get(|| async { asset(CRYPTO_JS, "text/javascript; charset=utf-8") }))
         .route(
             "/app/config.json",
             get(move || {

@@ -55,9 +55,12 @@ async fn models_lists_the_model() {
 #[tokio::test]
 async fn the_web_app_is_served_with_a_policy_that_runs_no_inline_script() {
     let s = served();
-    for (path, kind) in
-        [("/", "text/html"), ("/app.js", "text/javascript"), ("/app.css", "text/css")]
-    {
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/app.js", "text/javascript"),
+        ("/app.css", "text/css"),
+        ("/crypto.js", "text/javascript"),
+    ] {
         let r = request(s.http, "GET", path, None).await;
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         assert!(r.content_type.starts_with(kind), "{path}: {}", r.content_type);
@@ -69,7 +72,7 @@ async fn the_web_app_is_served_with_a_policy_that_runs_no_inline_script() {
     assert!(!page.contains("http://") && !page.contains("https://"), "no external resource");
     // This server was started without a JSON-RPC port to point the page at.
     let config = request(s.http, "GET", "/app/config.json", None).await.json();
-    assert_eq!(config, json!({"rpcPort": null}));
+    assert_eq!(config, json!({"rpcPort": null, "gateway": null}));
     // Other paths are the API's 404, not the page.
     let e = openai_error(&request(s.http, "GET", "/nope", None).await, 404);
     assert_eq!(e["code"], "unknown_url");

@@ -589,10 +589,144 @@ async function lookUp(address) {
         el('div', { class: 'card' }, el('span', { class: 'label' }, 'Bonded'), el('span', { class: 'big' }, btr(account.staking?.bonded))),
         el('div', { class: 'card' }, el('span', { class: 'label' }, 'Earned as a worker'), el('span', { class: 'big' }, btr(claims.earned))),
         el('div', { class: 'card' }, el('span', { class: 'label' }, 'Jobs paid as a client'), el('span', { class: 'big' }, String(jobs.length)))),
-      el('p', { class: 'muted' }, `Nonce ${account.nonce ?? '–'}. Keys, API keys and transfers signed in the browser are not built yet: use the bitorch CLI's wallet.`));
+      el('p', { class: 'muted' }, `Nonce ${account.nonce ?? '–'}.`));
   } catch (e) {
     err.textContent = e.message;
     err.hidden = false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signing in the browser: a key from a pasted secret, kept in this page's memory only;
+// transfers and allowances as the chain's extrinsics, API tokens as the node checks them
+// (primitives/src/api_token.rs, runtime/src/extrinsic.rs: SCALE, sr25519 "substrate" context).
+
+let lib = null;
+/** polkadot.js' crypto (crypto.js, built by scripts/build-web.sh), loaded on first use. */
+async function polkadot() {
+  if (!lib) {
+    lib = await import('/crypto.js');
+    await lib.cryptoWaitReady();
+  }
+  return lib;
+}
+
+const signer = { pair: null };
+const UNIT = 1000000000000n;
+const EXTRINSIC_VERSION = 1;
+/** Blocks a transaction stays valid, and blocks per day at the CLI's one block per second. */
+const MORTALITY = 64n;
+const BLOCKS_PER_DAY = 86400n;
+
+/** "1.5" BTR in plancks. */
+function plancks(text) {
+  const m = String(text).trim().match(/^(\d+)(?:\.(\d{0,12}))?$/);
+  if (!m) throw new Error(`'${text}' is not an amount of BTR (up to 12 decimals)`);
+  return BigInt(m[1]) * UNIT + BigInt((m[2] || '').padEnd(12, '0'));
+}
+
+function u64le(v) { return lib.bnToU8a(BigInt(v), { bitLength: 64, isLe: true }); }
+function u128le(v) { return lib.bnToU8a(BigInt(v), { bitLength: 128, isLe: true }); }
+
+async function chainFacts() {
+  const [genesis, header] = await Promise.all([rpc.call('chain_getBlockHash', [0]), rpc.call('chain_getHeader', [])]);
+  return { genesis: lib.hexToU8a(genesis), best: BigInt(parseInt(header.number, 16)) };
+}
+
+/** Signs `call` (its SCALE bytes) as the chain's extrinsic format and submits it; resolves
+ *  once the signer's nonce moved past it (the transaction is in a block). */
+async function signAndSubmit(call, what, status) {
+  await getRpc();
+  const { genesis, best } = await chainFacts();
+  const me = signer.pair.address;
+  const nonce = BigInt(await rpc.call('system_accountNextIndex', [me]));
+  const validUntil = best + MORTALITY;
+  const tip = 0n;
+  const hash = lib.blake2AsU8a(lib.u8aConcat(lib.stringToU8a('bitorch/tx/1'), new Uint8Array([EXTRINSIC_VERSION]),
+    genesis, u64le(nonce), u128le(tip), u64le(validUntil), call), 256);
+  const signature = signer.pair.sign(hash);
+  const xt = lib.u8aConcat(new Uint8Array([EXTRINSIC_VERSION]), signer.pair.publicKey, signature,
+    lib.compactToU8a(nonce), lib.compactToU8a(tip), lib.compactToU8a(validUntil), call);
+  status.textContent = `${what}: submitted, waiting for a block…`;
+  const txHash = await rpc.call('author_submitExtrinsic', [lib.u8aToHex(xt)]);
+  const deadline = Date.now() + 60000;
+  for (;;) {
+    const account = await rpc.call('bitorch_account', [me]);
+    if (BigInt(account.nonce) > nonce) break;
+    if (Date.now() > deadline) throw new Error(`${what}: not in a block after a minute (transaction ${txHash})`);
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  status.textContent = `${what}: in a block (transaction ${txHash}).`;
+  return txHash;
+}
+
+async function useKey(secret) {
+  const err = $('key-error');
+  err.hidden = true;
+  try {
+    await polkadot();
+    // What `bitorch --suri` takes: a BIP-39 mnemonic, a 32-byte hex seed, or a dev URI
+    // (`//Alice`), each with optional derivation paths. Anything else is refused (polkadot.js
+    // would take a short string as a raw seed: a typo would silently be another account).
+    const uri = secret.trim();
+    const phrase = uri.split('/')[0].trim();
+    if (phrase && !/^0x[0-9a-fA-F]{64}$/.test(phrase) && !lib.mnemonicValidate(phrase)) {
+      throw new Error('expected a 12 or 24-word mnemonic, a 0x seed of 64 hex digits, or a dev URI such as //Alice');
+    }
+    const keyring = new lib.Keyring({ type: 'sr25519', ss58Format: 42 });
+    signer.pair = keyring.addFromUri(uri);
+    $('key-status').textContent = `Signing as ${signer.pair.address}.`;
+    $('signing').hidden = false;
+    $('address').value = signer.pair.address;
+    await lookUp(signer.pair.address);
+  } catch (e) {
+    signer.pair = null;
+    $('signing').hidden = true;
+    err.textContent = `Not a usable secret: ${e.message}`;
+    err.hidden = false;
+  }
+}
+
+async function transfer() {
+  const status = $('transfer-status');
+  try {
+    const dest = lib.decodeAddress($('transfer-to').value.trim());
+    const amount = plancks($('transfer-amount').value);
+    // balances.Transfer { dest, amount (compact) }: pallet 0, call 0.
+    const call = lib.u8aConcat(new Uint8Array([0, 0]), dest, lib.compactToU8a(amount));
+    await signAndSubmit(call, `Sending ${btr(amount)}`, status);
+    await lookUp(signer.pair.address);
+  } catch (e) {
+    status.textContent = e.message;
+  }
+}
+
+async function makeToken() {
+  const status = $('token-status');
+  try {
+    const config = await fetch('/app/config.json').then((r) => r.json());
+    if (!config.gateway) throw new Error('this node has no gateway account to make a key for');
+    const gateway = lib.decodeAddress(config.gateway);
+    const amount = plancks($('token-allowance').value);
+    const days = BigInt(Math.max(1, Math.min(365, Number($('token-days').value) || 7)));
+    await getRpc();
+    const { genesis, best } = await chainFacts();
+    // jobs.Approve { gateway, amount (compact), expires_at (compact) }: pallet 3, call 5.
+    const approve = lib.u8aConcat(new Uint8Array([3, 5]), gateway, lib.compactToU8a(amount),
+      lib.compactToU8a(best + days * BLOCKS_PER_DAY));
+    await signAndSubmit(approve, `Allowing ${btr(amount)}`, status);
+    const user = signer.pair.publicKey;
+    const expires = BigInt(Date.now()) + days * 86400000n;
+    const payload = lib.u8aConcat(lib.stringToU8a('bitorch/api-token/2'), genesis, user, gateway, u64le(expires), new Uint8Array([0]));
+    const signature = signer.pair.sign(payload);
+    const token = lib.u8aConcat(user, gateway, u64le(expires), new Uint8Array([0]), signature);
+    const box = $('token');
+    box.value = `btr_${lib.u8aToHex(token).slice(2)}`;
+    box.hidden = false;
+    status.textContent = `Allowance of ${btr(amount)} approved; the key below is valid for ${days} days.`;
+    await lookUp(signer.pair.address);
+  } catch (e) {
+    status.textContent = e.message;
   }
 }
 
@@ -612,5 +746,14 @@ function route() {
 
 setUpChat();
 $('wallet-form').addEventListener('submit', (ev) => { ev.preventDefault(); lookUp($('address').value.trim()); });
+$('key-form').addEventListener('submit', (ev) => { ev.preventDefault(); useKey($('secret').value); $('secret').value = ''; });
+$('forget-key').addEventListener('click', () => {
+  signer.pair = null;
+  $('signing').hidden = true;
+  $('token').value = '';
+  $('key-status').textContent = 'The key is forgotten.';
+});
+$('transfer-form').addEventListener('submit', (ev) => { ev.preventDefault(); transfer(); });
+$('token-form').addEventListener('submit', (ev) => { ev.preventDefault(); makeToken(); });
 window.addEventListener('hashchange', route);
 route();

@@ -568,6 +568,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 addr: SocketAddr::new(IpAddr::V4(api_ip), args.api_port),
                 origins: args.api_cors.clone(),
                 rpc_port: Some(args.rpc_port),
+                gateway: Some(to_ss58(&account_of(&api_key))),
                 ..Default::default()
             };
             let api_backend: std::sync::Arc<dyn bitorch_api::Backend> = if args.api_external { tokens_only(backend.clone()) } else { backend.clone() };
