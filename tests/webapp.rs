@@ -103,6 +103,7 @@ fn script(name: &str, api: u16, chromium: &Path, playwright: &Path) -> Command {
         .env("OUT", screenshots())
         .env("ADDRESS", EVE)
         .env("SECRET", "//Dave")
+        .env("SIGNER", DAVE)
         .env("RECIPIENT", FERDIE);
     cmd
 }

@@ -177,6 +177,13 @@ try {
   check(result.token.startsWith('btr_'), `an API key was made: ${result.tokenStatus}`);
   await page.screenshot({ path: `${OUT}/wallet.png`, fullPage: true });
 
+  // The network page's recent blocks show the transactions just signed, by whom.
+  await page.click('nav a[data-page="network"]');
+  await page.waitForFunction((who) => [...document.querySelectorAll('#blocks td.txs li')]
+    .some((li) => li.textContent.startsWith('Jobs.Approve by') && li.querySelector('span').title === who),
+  process.env.SIGNER, { timeout: 30000 });
+  result.blockTransactions = await page.$$eval('#blocks td.txs li', (l) => l.map((x) => x.textContent));
+
   check(errors.length === 0, `no errors in the page: ${errors.join('; ')}`);
 } finally {
   await browser.close();

@@ -420,19 +420,21 @@ function cell(text, attrs = {}) { return el('td', attrs, text); }
 
 async function blockRow(header) {
   const number = parseInt(header.number, 16);
-  let txs = '–';
+  let txs = null;
   let hash = '';
   try {
     hash = await rpc.call('chain_getBlockHash', [number]);
-    const block = await rpc.call('chain_getBlock', [hash]);
-    txs = String(block?.block?.extrinsics?.length ?? '–');
+    txs = await rpc.call('bitorch_blockTransactions', [hash]);
   } catch { /* shown as unknown */ }
   return { number, hash, txs, author: header.author ?? '' };
 }
 
 function renderBlocks() {
   $('blocks').tBodies[0].replaceChildren(...network.blocks.map((b) => el('tr', {},
-    cell(b.number), cell(short(b.hash, 10), { class: 'mono', title: b.hash }), cell(b.txs), cell(short(b.author, 6), { class: 'mono', title: b.author }))));
+    cell(b.number), cell(short(b.hash, 10), { class: 'mono', title: b.hash }),
+    el('td', { class: 'txs' }, b.txs === null ? '–' : b.txs.length === 0 ? 'none'
+      : el('ul', {}, b.txs.map((t) => el('li', {}, `${t.call} by `, el('span', { class: 'mono', title: t.signer }, short(t.signer, 5)), ` (nonce ${t.nonce})`)))),
+    cell(short(b.author, 6), { class: 'mono', title: b.author }))));
 }
 
 function layerMap(model, workers) {
@@ -502,6 +504,15 @@ async function startNetwork() {
   if (network.started) return;
   network.started = true;
   await getRpc();
+  // The latest blocks first, then each new one as it comes.
+  const best = await rpc.call('chain_getHeader', []);
+  const top = parseInt(best.number, 16);
+  for (let n = Math.max(1, top - 9); n <= top; n++) {
+    const hash = await rpc.call('chain_getBlockHash', [n]);
+    const header = await rpc.call('chain_getHeader', [hash]);
+    if (header) network.blocks.unshift(await blockRow(header));
+  }
+  renderBlocks();
   await rpc.subscribe('chain_subscribeNewHeads', [], async (header) => {
     $('best').textContent = parseInt(header.number, 16);
     const row = await blockRow(header);

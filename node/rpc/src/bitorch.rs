@@ -80,6 +80,26 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
             .map_err(internal)?;
         Ok(Value::Array(jobs.iter().map(|(id, j)| job_json(*id, j)).collect()))
     });
+    method!(m, "bitorch_blockTransactions", |p, ctx| {
+        let hash = crate::parse_hash(&required::<String>(&p, 0, "block hash")?)?;
+        let Some((block, _)) = ctx.chain.block(Some(hash)).await.map_err(internal)? else {
+            return Ok(Value::Null);
+        };
+        Ok(Value::Array(
+            block
+                .extrinsics
+                .iter()
+                .map(|x| {
+                    json!({
+                        "hash": x.hash(),
+                        "signer": to_ss58(&x.signer),
+                        "nonce": x.nonce,
+                        "call": call_name(&x.call),
+                    })
+                })
+                .collect(),
+        ))
+    });
     method!(m, "bitorch_recentJobs", |p, ctx| {
         let limit = opt::<u64>(&p, 0)?.unwrap_or(MAX_LISTED_JOBS as u64);
         let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_LISTED_JOBS);
@@ -239,6 +259,17 @@ fn audit_json(a: &jobs::Audit) -> Value {
 /// Most jobs `bitorch_jobsOf` and `bitorch_claimsOf` list (the newest).
 const MAX_LISTED_JOBS: usize = 1_000;
 
+/// A call's pallet and name, as `Pallet.Call` (`Balances.Transfer`, `Jobs.SubmitClaim`): the
+/// first two words of its debug form, without its arguments.
+fn call_name(call: &bitorch_runtime::Call) -> String {
+    let text = format!("{call:?}");
+    let mut words = text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty());
+    match (words.next(), words.next()) {
+        (Some(pallet), Some(name)) => format!("{pallet}.{name}"),
+        _ => text.chars().take(40).collect(),
+    }
+}
+
 fn job_json(id: u64, j: &jobs::Job) -> Value {
     json!({
         "id": id,
@@ -292,4 +323,24 @@ fn model_json(id: &bitorch_primitives::Hash, r: &models::ModelRecord) -> Value {
         "tokenizerHash": m.tokenizer_hash,
         "chunks": m.chunks.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::call_name;
+    use bitorch_primitives::AccountId;
+    use bitorch_runtime::{balances, jobs, Call};
+
+    #[test]
+    fn calls_are_named_by_pallet_and_call_without_their_arguments() {
+        let transfer =
+            Call::Balances(balances::Call::Transfer { dest: AccountId::new([1; 32]), amount: 5 });
+        assert_eq!(call_name(&transfer), "Balances.Transfer");
+        let approve = Call::Jobs(jobs::Call::Approve {
+            gateway: AccountId::new([2; 32]),
+            amount: 1,
+            expires_at: 9,
+        });
+        assert_eq!(call_name(&approve), "Jobs.Approve");
+    }
 }
