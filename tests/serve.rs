@@ -493,6 +493,13 @@ fn the_prometheus_endpoint_shows_the_node_at_work() {
     node.wait_for_height(best(&before) as u64 + 2);
     let (after, _) = scrape(port);
     assert!(best(&after) >= best(&before) + 2.0, "{before:?}\n{after:?}");
+    // Import time moves with the blocks imported.
+    let imports = |m: &std::collections::BTreeMap<String, f64>| m["bitorch_block_imports_total"];
+    assert!(imports(&after) >= imports(&before) + 2.0, "{before:?}\n{after:?}");
+    assert!(
+        after["bitorch_block_import_seconds_total"] > before["bitorch_block_import_seconds_total"],
+        "{before:?}\n{after:?}"
+    );
     assert_eq!(after["bitorch_gateway_generations_total"], 1.0, "{after:?}");
     assert!(after["bitorch_gateway_sessions_opened_total"] >= 1.0, "{after:?}");
     assert!(after["bitorch_gateway_channel_requests_total"] >= 1.0, "{after:?}");

@@ -1,6 +1,7 @@
 // The network page against a testnet (tests/webapp.rs): three workers cover layers 0..30 and
 // the finalized height advances; then, when the test has killed the 20..30 worker (it prints
-// "covered" and waits for a line on stdin), that range turns red. Prints one JSON line.
+// "covered" and waits for a line on stdin), that range turns red and a chat says no worker
+// serves those layers. Prints one JSON line.
 
 import { createInterface } from 'node:readline';
 
@@ -39,6 +40,17 @@ try {
   result.gaps = await page.$$eval('#models .layers .gap', (g) => g.map((x) => Number(x.dataset.layer)));
   check(result.gaps.length === 10 && result.gaps[0] === 20, `layers 20..30 are red: ${result.gaps}`);
   await page.screenshot({ path: `${OUT}/network-testnet-gap.png`, fullPage: true });
+
+  // A chat now gets a clear message: no worker serves the missing layers.
+  await page.click('nav a[data-page="chat"]');
+  await page.waitForSelector('#model option', { state: 'attached' });
+  await page.fill('#prompt', 'What is the capital of France?');
+  await page.press('#prompt', 'Enter');
+  await page.waitForSelector('#chat-error:not([hidden])', { timeout: 120000 });
+  result.chatError = await page.textContent('#chat-error');
+  check(result.chatError.startsWith('No worker serves this model right now') && result.chatError.includes('20..30'),
+    `the chat says why it cannot answer: ${result.chatError}`);
+  await page.screenshot({ path: `${OUT}/chat-no-worker.png`, fullPage: true });
   check(errors.length === 0, `no errors in the page: ${errors.join('; ')}`);
 } finally {
   await browser.close();

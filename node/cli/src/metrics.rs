@@ -87,6 +87,12 @@ pub async fn render(s: &Sources) -> String {
     if let Ok(n) = s.chain.pool_len().await {
         gauge(&mut r, "tx_pool", "Transactions in the pool", n as i64);
     }
+    if let Ok(im) = s.chain.import_stats().await {
+        counter(&mut r, "block_imports", "Blocks imported since the node started", im.count);
+        let secs: Counter<f64, AtomicU64> = Counter::default();
+        secs.inc_by(im.seconds);
+        r.register("block_import_seconds", "Seconds spent importing those blocks", secs);
+    }
     if let Some(net) = &s.net {
         if let Ok(peers) = net.connected_peers().await {
             gauge(&mut r, "peers", "Connected peers", peers.len() as i64);

@@ -307,6 +307,11 @@ impl Handle {
         self.with(|s| s.pool.len()).await
     }
 
+    /// Blocks imported since the node started, and the time their import took.
+    pub async fn import_stats(&self) -> Result<crate::service::ImportStats, Error> {
+        self.with(|s| s.imports).await
+    }
+
     /// The encoded transactions among `hashes` that are still in the pool.
     pub async fn pooled(&self, hashes: Vec<Hash>) -> Result<Vec<(Hash, Vec<u8>)>, Error> {
         self.with(move |s| {
