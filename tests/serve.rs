@@ -513,4 +513,6 @@ fn the_prometheus_endpoint_shows_the_node_at_work() {
     assert!(out >= forwards * (576.0 + 2.0 * 64.0) * 4.0, "{after:?}");
     assert!(after["bitorch_jobs_total"] >= 1.0, "{after:?}");
     assert!(after.contains_key("bitorch_open_audits"), "{after:?}");
+    // No audit failed on this honest node (the pallet's tests count failed ones).
+    assert_eq!(after["bitorch_slashes_total"], 0.0, "{after:?}");
 }

@@ -81,6 +81,12 @@ pub async fn render(s: &Sources) -> String {
             audits.len() as i64,
         );
     }
+    if let Ok(sl) = s.chain.slashes().await {
+        counter(&mut r, "slashes", "Audits failed on chain, each slashing its worker", sl.count);
+        let amount: Counter<f64, AtomicU64> = Counter::default();
+        amount.inc_by(sl.amount as f64 / bitorch_primitives::UNIT as f64);
+        r.register("slashed_btr", "Stake those audits slashed, in BTR", amount);
+    }
     if let Ok(next) = s.chain.next_job_id().await {
         counter(&mut r, "jobs", "Jobs opened on chain", next);
     }

@@ -225,6 +225,11 @@ impl Handle {
         self.with(move |s| Ok(Jobs::open_audits(s.chain.state())?)).await?
     }
 
+    /// Audits that failed since genesis (each slashed its worker), and the stake they took.
+    pub async fn slashes(&self) -> Result<bitorch_runtime::jobs::Slashes, Error> {
+        self.with(move |s| Ok(Jobs::slashes(s.chain.state())?)).await?
+    }
+
     /// The id the next job opened will get.
     pub async fn next_job_id(&self) -> Result<JobId, Error> {
         self.with(|s| Ok(Jobs::next_job_id(s.chain.state())?)).await?

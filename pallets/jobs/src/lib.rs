@@ -526,6 +526,19 @@ fn total_escrow_key() -> Vec<u8> {
     support::value_key(PALLET, "total_escrow")
 }
 
+fn slashes_key() -> Vec<u8> {
+    support::value_key(PALLET, "slashes")
+}
+
+/// Audits that failed (each slashed its worker) since genesis, and the stake they took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Slashes {
+    /// Failed audits.
+    pub count: u64,
+    /// Stake slashed by them, in plancks.
+    pub amount: Balance,
+}
+
 impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
     /// The jobs parameters (the [`Params::default`] values when none were set).
     pub fn params<S: Storage + ?Sized>(s: &S) -> Result<Params, StorageError> {
@@ -545,6 +558,11 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
     /// The id the next job will get (also the number of jobs ever opened).
     pub fn next_job_id<S: Storage + ?Sized>(s: &S) -> Result<JobId, StorageError> {
         support::get_or_default(s, &next_id_key())
+    }
+
+    /// Audits that failed since genesis, and the stake they slashed.
+    pub fn slashes<S: Storage + ?Sized>(s: &S) -> Result<Slashes, StorageError> {
+        support::get_or_default(s, &slashes_key())
     }
 
     /// Sum of the escrow held by jobs that are Open, in Challenge, or Stuck.
@@ -1091,7 +1109,14 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
         let passed: u128 = passed.iter().map(|(a, _)| weight(a)).sum();
         let outcome = if total > 0 && against.saturating_mul(3) >= total.saturating_mul(2) {
             let percent = Self::params(s)?.audit_slash_percent;
-            Outcome::Failed { slashed: W::slash_percent(s, &worker, percent, ctx)? }
+            let slashed = W::slash_percent(s, &worker, percent, ctx)?;
+            let total = Self::slashes(s)?;
+            let total = Slashes {
+                count: total.count.saturating_add(1),
+                amount: total.amount.saturating_add(slashed),
+            };
+            support::put(s, slashes_key(), &total);
+            Outcome::Failed { slashed }
         } else if total > 0 && passed.saturating_mul(3) >= total.saturating_mul(2) {
             Outcome::Passed
         } else {

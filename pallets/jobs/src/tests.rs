@@ -524,6 +524,7 @@ fn a_lazy_auditors_finding_does_not_count_and_earns_nothing() {
     }
     assert_eq!(e.audit(id, 0).outcome, Some(Outcome::Passed));
     assert_eq!(e.audit(id, 1).outcome, Some(Outcome::Failed { slashed: 200 }));
+    assert_eq!(Jobs::slashes(&e.s).unwrap(), Slashes { count: 1, amount: 200 });
     assert_eq!(e.account(&w(0)), w0);
     assert_eq!(e.account(&w(1)), (w1.0, w1.1 - 200), "20% of its stake");
     let before = [VALIDATOR, VALIDATOR2, VALIDATOR3].map(|v| e.account(&acc(v)).0);
