@@ -19,4 +19,9 @@ if [ -z "${BITORCH_POLKADOT_JS:-}" ]; then
   BITORCH_POLKADOT_JS="$(scripts/keystore-interop.sh)"
   export BITORCH_POLKADOT_JS
 fi
+# Debian's Chromium and npm's playwright-core (cached) drive the web app in one test.
+if [ -z "${BITORCH_PLAYWRIGHT_DIR:-}" ]; then
+  BITORCH_PLAYWRIGHT_DIR="$(scripts/web-test-deps.sh)"
+  export BITORCH_PLAYWRIGHT_DIR
+fi
 exec cargo test --workspace "$@"

@@ -557,8 +557,8 @@ async function showJob(id) {
       el('h3', {}, `Job #${j.id}`),
       el('p', {}, `Client ${j.client}, model ${short(j.model, 8)}, ${j.layerCount} layers, up to ${j.maxTokens} tokens at ${btr(j.pricePerLayerToken)} per layer-token; escrow ${btr(j.escrow)}, claimed ${btr(j.claimed)}; opened at block ${j.openedAt}, deadline ${j.deadline}.`),
       el('p', {}, `Status: ${statusText(j.status)}`),
-      el('table', {}, el('thead', {}, el('tr', {}, ['Worker', 'Layers', 'Positions', 'Audit'].map((h) => el('th', { scope: 'col' }, h)))),
-        el('tbody', {}, j.claims.map((c) => el('tr', {}, cell(c.worker, { class: 'mono' }), cell(`${c.layerStart}..${c.layerEnd}`), cell(c.positions), cell(verdict(c))))))));
+      el('table', {}, el('thead', {}, el('tr', {}, ['Worker', 'Layers', 'Positions', 'Paid', 'Audit'].map((h) => el('th', { scope: 'col' }, h)))),
+        el('tbody', {}, j.claims.map((c) => el('tr', {}, cell(c.worker, { class: 'mono' }), cell(`${c.layerStart}..${c.layerEnd}`), cell(c.positions), cell(btr(c.paid)), cell(verdict(c))))))));
   } catch (e) {
     box.replaceChildren(el('p', { class: 'error' }, e.message));
   }
