@@ -9,7 +9,6 @@
 mod common;
 
 use common::dev::DevNode;
-use common::free_port;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -222,13 +221,7 @@ fn keystore_names_sign_transactions_and_author_blocks() {
             .iter()
             .map(|s| s.to_string())
             .collect();
-    let node = DevNode::start(
-        &dir.path().join("base"),
-        free_port(),
-        &args,
-        dir.path().join("node.log"),
-        Duration::from_secs(60),
-    );
+    let node = DevNode::start_in(dir.path(), &args, Duration::from_secs(60));
     node.wait_for_height(3);
 
     // A transfer signed with the keystore's Bob moves Bob's balance.

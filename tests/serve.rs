@@ -48,13 +48,7 @@ fn start_with(dir: &Path, extra: &[&str]) -> (DevNode, u16) {
     .chain(extra.iter().map(|s| s.to_string()))
     .collect();
     // The RPC opens once the model is loaded and registered.
-    let node = DevNode::start(
-        &dir.join("base"),
-        free_port(),
-        &args,
-        dir.join("node.log"),
-        Duration::from_secs(300),
-    );
+    let node = DevNode::start_in(dir, &args, Duration::from_secs(300));
     (node, api)
 }
 
@@ -232,13 +226,7 @@ fn web_pages_and_an_external_rpc_cannot_spend_the_operators_credits() {
         .map(|s| s.to_string())
         .chain(["--serve-model".to_string(), model().display().to_string()])
         .collect();
-    let node = DevNode::start(
-        &dir.path().join("base"),
-        free_port(),
-        &args,
-        dir.path().join("node.log"),
-        Duration::from_secs(300),
-    );
+    let node = DevNode::start_in(dir.path(), &args, Duration::from_secs(300));
     let name = node.rpc("bitorch_models", json!([]))[0]["name"].as_str().unwrap().to_string();
     let req = request(&name, "What is the capital of France?", false).to_string();
     // On an external RPC, a generation must be paid by an API token, never by the operator.

@@ -119,13 +119,7 @@ fn the_web_app_chats_shows_the_network_jobs_and_balances_in_a_browser() {
             .map(|s| s.to_string())
             .chain([model().display().to_string()])
             .collect();
-    let node = DevNode::start(
-        &dir.path().join("base"),
-        free_port(),
-        &args,
-        dir.path().join("node.log"),
-        Duration::from_secs(300),
-    );
+    let node = DevNode::start_in(dir.path(), &args, Duration::from_secs(300));
     let (dave, ferdie) = (free(&node, DAVE), free(&node, FERDIE));
     let run = script("app.mjs", api, &chromium, &playwright).output().expect("run node");
     let stdout = String::from_utf8_lossy(&run.stdout);

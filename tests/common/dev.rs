@@ -1,7 +1,7 @@
 //! A one-node dev chain (`bitorch node --dev`) as a process: started, queried, killed on drop.
 
 use super::net::BIN;
-use super::rpc;
+use super::{free_port, rpc};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +43,12 @@ impl DevNode {
             std::thread::sleep(Duration::from_millis(100));
         }
         node
+    }
+
+    /// [`DevNode::start`] in a test's folder `dir`: its base path `dir/base`, its log
+    /// `dir/node.log`, a free RPC port.
+    pub fn start_in(dir: &Path, args: &[String], startup: Duration) -> Self {
+        Self::start(&dir.join("base"), free_port(), args, dir.join("node.log"), startup)
     }
 
     pub fn log_text(&self) -> String {

@@ -2,19 +2,12 @@
 // prints what it saw as one JSON line; any check that fails throws (exit status 1). Run by
 // tests/webapp.rs, which starts the node and checks the node's side (counters over JSON-RPC).
 //
-// Environment: BASE (the node's API URL), CHROMIUM (the browser), PLAYWRIGHT (playwright-core's
-// index.mjs), OUT (a folder for screenshots), ADDRESS (an address with a balance), SECRET (a
-// funded dev key's URI) and RECIPIENT (an address to send to).
+// Environment, beyond common.mjs's: ADDRESS (an address with a balance), SECRET (a funded dev
+// key's URI), SIGNER (its address) and RECIPIENT (an address to send to).
 
-const { chromium } = await import(process.env.PLAYWRIGHT);
-const BASE = process.env.BASE;
-const OUT = process.env.OUT;
+import { BASE, OUT, check, launch } from './common.mjs';
 
-function check(ok, what) {
-  if (!ok) throw new Error(`check failed: ${what}`);
-}
-
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM, args: ['--no-sandbox'] });
+const browser = await launch();
 const result = {};
 try {
   const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });

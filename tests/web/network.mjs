@@ -4,17 +4,10 @@
 // serves those layers. Prints one JSON line.
 
 import { createInterface } from 'node:readline';
+import { BASE, OUT, check, launch } from './common.mjs';
 
-const { chromium } = await import(process.env.PLAYWRIGHT);
-const BASE = process.env.BASE;
-const OUT = process.env.OUT;
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-
-function check(ok, what) {
-  if (!ok) throw new Error(`check failed: ${what}`);
-}
-
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM, args: ['--no-sandbox'] });
+const browser = await launch();
 const result = {};
 try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });

@@ -153,10 +153,17 @@ class Rpc {
 }
 
 let rpc = null;
+let configured = null;
+/** What the node tells the page (its JSON-RPC port, its gateway account), fetched once. */
+function config() {
+  configured ??= fetch('/app/config.json').then((r) => r.json());
+  return configured;
+}
+
 async function getRpc() {
   if (rpc) return rpc;
-  const config = await fetch('/app/config.json').then((r) => r.json());
-  rpc = new Rpc(`ws://${location.hostname}:${config.rpcPort}`);
+  const { rpcPort } = await config();
+  rpc = new Rpc(`ws://${location.hostname}:${rpcPort}`);
   rpc.onstate = (up) => { $('conn').textContent = up ? 'connected to the node' : 'reconnecting to the node…'; };
   return rpc;
 }
@@ -715,9 +722,9 @@ async function transfer() {
 async function makeToken() {
   const status = $('token-status');
   try {
-    const config = await fetch('/app/config.json').then((r) => r.json());
-    if (!config.gateway) throw new Error('this node has no gateway account to make a key for');
-    const gateway = lib.decodeAddress(config.gateway);
+    const { gateway: account } = await config();
+    if (!account) throw new Error('this node has no gateway account to make a key for');
+    const gateway = lib.decodeAddress(account);
     const amount = plancks($('token-allowance').value);
     const days = BigInt(Math.max(1, Math.min(365, Number($('token-days').value) || 7)));
     await getRpc();
