@@ -168,21 +168,33 @@ pub fn testnet(dir: &Path, n: usize) -> (PathBuf, Vec<Node>, String) {
     (spec, nodes, boot)
 }
 
-/// The tail (8,000 characters) of the nodes' logs, without the consensus engine's chatter.
+/// Each node's last warnings and last lines (12 of each), without the consensus engine's chatter.
 pub fn quiet_logs<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> String {
-    let all: String = nodes
+    // Each node's warnings, then its last lines: a failure's cause is often a warning on the
+    // first node, which a tail of all the logs together would cut.
+    let tail = |lines: Vec<&str>, n: usize| lines[lines.len().saturating_sub(n)..].join("\n");
+    nodes
         .into_iter()
         .map(|n| {
-            let lines = n.log();
-            let kept: Vec<&str> = lines
+            let log = n.log();
+            let kept: Vec<&str> = log
                 .lines()
                 .filter(|l| !l.contains("malachite") && !l.contains("finalized block"))
                 .collect();
-            format!("== {} ==\n{}", n.name, kept.join("\n"))
+            let warnings: Vec<&str> = kept
+                .iter()
+                .copied()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            format!(
+                "== {} ==\n-- warnings --\n{}\n-- last lines --\n{}",
+                n.name,
+                tail(warnings, 12),
+                tail(kept, 12)
+            )
         })
         .collect::<Vec<_>>()
-        .join("\n----\n");
-    all.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect()
+        .join("\n----\n")
 }
 
 /// Waits (at most 60 s) until `ok`, else panics with the tail of the nodes' logs.

@@ -51,7 +51,7 @@ use crate::{
 use bitorch_commitment::{chain_of, chain_step, leaf_hash, token_row, Commitment, Logit};
 use bitorch_inference::{FinishReason, Sampler, SamplingParams};
 use bitorch_primitives::receipt::{JobId, SignedVoucher, Voucher};
-use bitorch_primitives::{Pair, Signature, H256};
+use bitorch_primitives::{Balance, Pair, Signature, H256};
 use candle_core::{Device, Tensor};
 use std::{
     collections::HashMap,
@@ -84,6 +84,18 @@ pub trait StageTransport: Send + Sync {
         worker: &Self::WorkerId,
         req: StageRequest,
     ) -> impl Future<Output = Result<StageResponse, TransportError>> + Send;
+
+    /// The workers announced for `model` now, looked up afresh. A generation that lost a
+    /// stage and finds no other worker for its layers among those it started with asks once
+    /// per failure before it gives up (the list it was given may have missed one). `None`:
+    /// this transport cannot look them up.
+    fn find_workers(
+        &self,
+        model: &ModelId,
+    ) -> impl Future<Output = Option<Vec<WorkerInfo<Self::WorkerId>>>> + Send {
+        let _ = model;
+        async { None }
+    }
 }
 
 /// How a gateway runs generations.
@@ -339,11 +351,10 @@ impl<T: StageTransport> Gateway<T> {
         self.stats_mut().generations += 1;
         let mut run = Run {
             gw: self,
-            workers: workers
-                .iter()
-                .filter(|w| w.model == req.model && req.max_price.is_none_or(|p| w.price <= p))
-                .cloned()
-                .collect(),
+            workers: Vec::new(),
+            max_price: req.max_price,
+            looked_up: None,
+            waited: Duration::ZERO,
             model: req.model,
             num_layers: req.num_layers,
             job: req.job,
@@ -358,6 +369,7 @@ impl<T: StageTransport> Gateway<T> {
             failovers: 0,
             acknowledged: AtomicU64::new(0),
         };
+        run.set_workers(workers);
         let mut tokens = Vec::new();
         let mut finish = FinishReason::Length;
         let mut prompt_secs = 0.0;
@@ -434,7 +446,14 @@ impl<Id> Hop<Id> {
 /// One generation's state.
 struct Run<'g, T: StageTransport> {
     gw: &'g Gateway<T>,
+    /// The workers of the model within the price that routes are planned over.
     workers: Vec<WorkerInfo<T::WorkerId>>,
+    /// The most a stage may ask per layer-token.
+    max_price: Option<Balance>,
+    /// How many failovers there had been when the workers were last looked up afresh.
+    looked_up: Option<u32>,
+    /// Time spent waiting for briefly banned workers.
+    waited: Duration,
     model: ModelId,
     num_layers: u32,
     job: Option<JobId>,
@@ -457,6 +476,65 @@ struct Run<'g, T: StageTransport> {
 }
 
 impl<T: StageTransport> Run<'_, T> {
+    /// Routes are planned over those of `workers` that serve the model within the price.
+    fn set_workers(&mut self, workers: &[WorkerInfo<T::WorkerId>]) {
+        let (model, max_price) = (self.model, self.max_price);
+        self.workers = workers
+            .iter()
+            .filter(|w| w.model == model && max_price.is_none_or(|p| w.price <= p))
+            .cloned()
+            .collect();
+    }
+
+    /// No route over the workers known: before giving up, look the workers up again (once per
+    /// failure: the list the generation started with may have missed one), then wait out a
+    /// brief ban (a worker busy for a moment, or not yet seeing the job) that ends within
+    /// [`GatewayConfig::busy_backoff`], waiting at most twice that in all. Returns whether to
+    /// plan again.
+    async fn recover(&mut self) -> bool {
+        if self.looked_up.is_none_or(|n| n < self.failovers) {
+            self.looked_up = Some(self.failovers);
+            if let Some(found) = self.gw.transport.find_workers(&self.model).await {
+                let before = self.workers.len();
+                let known: Vec<_> =
+                    self.workers.iter().map(|w| (w.id.clone(), w.layers.clone())).collect();
+                let fresh: Vec<_> = found
+                    .into_iter()
+                    .filter(|w| !known.iter().any(|(id, l)| *id == w.id && *l == w.layers))
+                    .collect();
+                self.workers.extend(fresh.iter().cloned());
+                let all = std::mem::take(&mut self.workers);
+                self.set_workers(&all);
+                if self.workers.len() > before {
+                    tracing::info!(target: TARGET, found = self.workers.len() - before,
+                        "looked the workers up again: new ones to route over");
+                    return true;
+                }
+            }
+        }
+        let backoff = self.gw.config.busy_backoff;
+        let now = Instant::now();
+        let soonest = {
+            let bans = self.gw.bans();
+            self.workers
+                .iter()
+                .filter(|w| w.capacity > 0)
+                .filter_map(|w| bans.until(&w.id, now))
+                .filter(|&t| t - now <= backoff)
+                .min()
+        };
+        match soonest {
+            Some(t) if self.waited + (t - now) <= backoff * 2 => {
+                tracing::info!(target: TARGET, secs = (t - now).as_secs_f64(),
+                    "no route now: waiting for a briefly banned worker");
+                self.waited += t - now;
+                tokio::time::sleep_until(t.into()).await;
+                true
+            }
+            _ => false,
+        }
+    }
+
     async fn generate(
         &mut self,
         req: &GatewayRequest,
@@ -809,7 +887,16 @@ impl<T: StageTransport> Run<'_, T> {
                     } else {
                         (w.capacity > 0).then(|| cost.stage_secs(w))
                     }
-                })?
+                })
+            };
+            let plan = match plan {
+                Ok(plan) => plan,
+                Err(e) => {
+                    if self.recover().await {
+                        continue 'plan;
+                    }
+                    return Err(e.into());
+                }
             };
             let mut old: Vec<Option<Hop<T::WorkerId>>> =
                 std::mem::take(&mut self.route).into_iter().map(Some).collect();

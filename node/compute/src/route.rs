@@ -230,6 +230,11 @@ impl<Id: Eq + Hash + Clone> Bans<Id> {
         self.until.get(id).is_some_and(|&t| now < t)
     }
 
+    /// When `id`'s ban ends, if it is banned at `now`.
+    pub fn until(&self, id: &Id, now: Instant) -> Option<Instant> {
+        self.until.get(id).copied().filter(|&t| now < t)
+    }
+
     /// Forgets expired bans.
     pub fn prune(&mut self, now: Instant) {
         self.until.retain(|_, t| now < *t);

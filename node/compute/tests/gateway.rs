@@ -283,6 +283,75 @@ async fn tiny_a_last_stage_answering_other_logits_than_it_committed_to_is_droppe
     }
 }
 
+/// A generation whose worker for layers 2..4 (1) dies after `kill_after` tokens, when the
+/// other one (3) is banned for `ban`; the gateway's busy backoff is 1 s.
+async fn kill_while_the_other_is_banned(
+    ban: Duration,
+    kill_after: usize,
+) -> (Gateway<MemTransport>, Result<Vec<u32>, Error>) {
+    let (gw, infos) = setup(&three());
+    let prompt = [4u32, 8, 15, 16, 23, 42];
+    let mut n = 0;
+    let gen = gw
+        .generate(&infos, &request(&prompt, 12, SamplingParams::greedy()), |_| {
+            n += 1;
+            if n == kill_after {
+                gw.ban(3, ban);
+                gw.transport().kill(1);
+            }
+            ControlFlow::Continue(())
+        })
+        .await;
+    (gw, gen.map(|g| g.tokens).map_err(|f| f.error))
+}
+
+#[tokio::test]
+async fn tiny_a_failover_waits_for_a_briefly_banned_worker_and_not_for_a_banned_one() {
+    let prompt = [4u32, 8, 15, 16, 23, 42];
+    let (want, _) = reference(tiny(), &prompt, 12, &SamplingParams::greedy());
+    // Worker 3 busy a moment ago (banned for the busy backoff): the failover waits for it.
+    let backoff = GatewayConfig::new(GENESIS).busy_backoff;
+    let t = std::time::Instant::now();
+    let (gw, got) = kill_while_the_other_is_banned(backoff, 4).await;
+    assert_eq!(got.unwrap(), want);
+    assert!(t.elapsed() < backoff * 2, "waited {:?}", t.elapsed());
+    assert!(gw.transport().calls(3) > 0);
+    // Banned for a fault (longer than the backoff): no waiting, no route.
+    let t = std::time::Instant::now();
+    let (gw, got) = kill_while_the_other_is_banned(Duration::from_secs(600), 4).await;
+    match got {
+        Err(Error::Plan(PlanError::MissingLayers { missing })) => assert_eq!(missing, vec![2..4]),
+        other => panic!("expected no route, got {other:?}"),
+    }
+    assert!(t.elapsed() < backoff, "waited {:?}", t.elapsed());
+    assert_eq!(gw.transport().calls(3), 0);
+}
+
+#[tokio::test]
+async fn tiny_a_failover_with_no_known_replacement_looks_the_workers_up_again() {
+    let prompt = [4u32, 8, 15, 16, 23, 42];
+    let (want, _) = reference(tiny(), &prompt, 12, &SamplingParams::greedy());
+    let (gw, mut infos) = setup(&three());
+    // The generation starts knowing workers 0, 1 and 2 only; a lookup finds 3 as well.
+    let all = infos.clone();
+    infos.retain(|w| w.id != 3);
+    gw.transport().announce(all);
+    let mut n = 0;
+    let gen = gw
+        .generate(&infos, &request(&prompt, 12, SamplingParams::greedy()), |_| {
+            n += 1;
+            if n == 4 {
+                gw.transport().kill(1);
+            }
+            ControlFlow::Continue(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(gen.tokens, want);
+    assert_eq!(gen.route.iter().map(|w| w.id).collect::<Vec<_>>(), vec![0, 3, 2]);
+    assert_eq!((gen.failovers, gw.transport().lookups()), (1, 1));
+}
+
 #[tokio::test]
 async fn tiny_busy_worker_is_routed_around() {
     let mut specs = three();

@@ -19,8 +19,8 @@ use bitorch_api::{
     Finished, ModelInfo, RouteStage, Served, Usage,
 };
 use bitorch_compute::{
-    plan_priced, protocol, Gateway, GatewayConfig, GatewayRequest, PlanError, StageRequest,
-    StageResponse, StageTransport, TransportError, WorkerHandle, WorkerInfo,
+    plan_priced, protocol, Gateway, GatewayConfig, GatewayRequest, ModelId, PlanError,
+    StageRequest, StageResponse, StageTransport, TransportError, WorkerHandle, WorkerInfo,
 };
 use bitorch_inference::{FinishReason as GenFinish, StopStrings, TextStream, Tokenizer};
 use bitorch_network::{Handle as NetHandle, PeerId};
@@ -47,11 +47,70 @@ pub enum Peer {
 /// The node's [`StageTransport`]: its own worker through its handle (an opening for a job
 /// checked against the chain as a peer's would be), others' over the network.
 pub struct NodeTransport {
-    local: Option<WorkerHandle>,
-    /// This node's worker's price (its sessions are checked as a peer's would be).
-    local_price: Balance,
+    /// This node's worker, and its announcement (its price: its sessions are checked as a
+    /// peer's would be).
+    local: Option<(WorkerHandle, WorkerInfo<Peer>)>,
+    /// The network, where the other workers are found.
     net: Option<NetHandle>,
     chain: Handle,
+    /// The model the workers are looked up for.
+    model: H256,
+    /// The workers last found in the DHT, and when.
+    found: Mutex<Option<(std::time::Instant, Vec<WorkerInfo<Peer>>)>>,
+}
+
+impl NodeTransport {
+    /// The workers to route over: this node's (with its free sessions now) and those
+    /// announced in the DHT (looked up at most every [`WORKERS_TTL`], or now if `fresh`).
+    async fn workers(&self, fresh: bool) -> Vec<WorkerInfo<Peer>> {
+        let mut out = Vec::new();
+        if let Some((handle, info)) = &self.local {
+            let mut info = info.clone();
+            if let Ok(stats) = handle.stats().await {
+                info.capacity = u32_of(stats.free());
+                info.tokens_per_sec = stats.tokens_per_sec.unwrap_or(info.tokens_per_sec);
+            }
+            out.push(info);
+        }
+        out.extend(self.remote_workers(fresh).await);
+        tracing::debug!(target: TARGET, workers = out.len(), fresh, "workers for the route");
+        out
+    }
+
+    async fn remote_workers(&self, fresh: bool) -> Vec<WorkerInfo<Peer>> {
+        let Some(net) = &self.net else { return Vec::new() };
+        let mut found = self.found.lock().await;
+        if let Some((at, workers)) = &*found {
+            if !fresh && at.elapsed() < WORKERS_TTL {
+                return workers.clone();
+            }
+        }
+        let announced = match net.find_workers(self.model).await {
+            Ok(announced) => announced,
+            Err(e) => {
+                tracing::warn!(target: TARGET, error = %e, "finding workers in the DHT failed");
+                return Vec::new();
+            }
+        };
+        let me = net.local_peer_id();
+        let workers: Vec<_> = announced
+            .into_iter()
+            .filter(|(peer, _)| *peer != me)
+            .map(|(peer, a)| WorkerInfo {
+                id: Peer::Remote(peer),
+                account: AccountId::new(a.account),
+                model: a.model,
+                layers: a.layer_start..a.layer_end,
+                capacity: a.free,
+                tokens_per_sec: f64::from(a.tokens_per_sec),
+                // The chain takes no job that pays nothing: a worker asking 0 is paid the least
+                // a job can pay.
+                price: a.price.max(1),
+            })
+            .collect();
+        *found = Some((std::time::Instant::now(), workers.clone()));
+        workers
+    }
 }
 
 impl StageTransport for NodeTransport {
@@ -63,11 +122,11 @@ impl StageTransport for NodeTransport {
         req: StageRequest,
     ) -> impl std::future::Future<Output = Result<StageResponse, TransportError>> + Send {
         let (local, remote) = match worker {
-            Peer::Local => (self.local.clone(), None),
+            Peer::Local => (self.local.as_ref().map(|(h, _)| h.clone()), None),
             Peer::Remote(peer) => (None, self.net.clone().map(|net| (net, *peer))),
         };
         let chain = self.chain.clone();
-        let price = self.local_price;
+        let price = self.local.as_ref().map_or(0, |(_, info)| info.price);
         async move {
             if let Some((net, peer)) = remote {
                 if matches!(req, StageRequest::Open { .. }) {
@@ -86,6 +145,11 @@ impl StageTransport for NodeTransport {
             };
             h.call_for(req, client).await.map_err(|e| TransportError::Unreachable(e.to_string()))
         }
+    }
+
+    async fn find_workers(&self, model: &ModelId) -> Option<Vec<WorkerInfo<Peer>>> {
+        (*model == self.model).then_some(())?;
+        Some(self.workers(true).await)
     }
 }
 
@@ -185,12 +249,6 @@ const WORKERS_TTL: Duration = Duration::from_secs(3);
 
 struct Inner {
     gateway: Gateway<NodeTransport>,
-    /// This node's worker.
-    local: Option<(WorkerHandle, WorkerInfo<Peer>)>,
-    /// The workers last found in the DHT, and when.
-    found: Mutex<Option<(std::time::Instant, Vec<WorkerInfo<Peer>>)>>,
-    /// The network, where the other workers are found.
-    net: Option<NetHandle>,
     model: H256,
     num_layers: u32,
     context_length: u32,
@@ -294,12 +352,12 @@ impl GatewayBackend {
     pub fn new(o: GatewayOptions) -> Self {
         let created =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let handle = o.local.as_ref().map(|(h, _)| h.clone());
         let transport = NodeTransport {
-            local: handle,
-            local_price: o.local.as_ref().map_or(0, |(_, info)| info.price),
-            net: o.net.clone(),
+            local: o.local,
+            net: o.net,
             chain: o.payer.chain.clone(),
+            model: o.model,
+            found: Mutex::new(None),
         };
         // The API account is the jobs' client: it signs each paid session's authorization.
         let config = GatewayConfig {
@@ -310,9 +368,6 @@ impl GatewayBackend {
         let gateway = Gateway::new(transport, config);
         Self(Arc::new(Inner {
             gateway,
-            local: o.local,
-            found: Mutex::new(None),
-            net: o.net,
             model: o.model,
             num_layers: o.num_layers,
             context_length: o.context_length,
@@ -413,56 +468,9 @@ impl Inner {
         account_of(&self.payer.key)
     }
 
-    /// The workers to route over: this node's (with its free sessions now) and those
-    /// announced in the DHT (looked up at most every [`WORKERS_TTL`]).
+    /// The workers to route over ([`NodeTransport::workers`]).
     async fn workers(&self) -> Vec<WorkerInfo<Peer>> {
-        let mut out = Vec::new();
-        if let Some((handle, info)) = &self.local {
-            let mut info = info.clone();
-            if let Ok(stats) = handle.stats().await {
-                info.capacity = u32_of(stats.free());
-                info.tokens_per_sec = stats.tokens_per_sec.unwrap_or(info.tokens_per_sec);
-            }
-            out.push(info);
-        }
-        out.extend(self.remote_workers().await);
-        tracing::debug!(target: TARGET, workers = out.len(), "workers for the route");
-        out
-    }
-
-    async fn remote_workers(&self) -> Vec<WorkerInfo<Peer>> {
-        let Some(net) = &self.net else { return Vec::new() };
-        let mut found = self.found.lock().await;
-        if let Some((at, workers)) = &*found {
-            if at.elapsed() < WORKERS_TTL {
-                return workers.clone();
-            }
-        }
-        let announced = match net.find_workers(self.model).await {
-            Ok(announced) => announced,
-            Err(e) => {
-                tracing::warn!(target: TARGET, error = %e, "finding workers in the DHT failed");
-                return Vec::new();
-            }
-        };
-        let me = net.local_peer_id();
-        let workers: Vec<_> = announced
-            .into_iter()
-            .filter(|(peer, _)| *peer != me)
-            .map(|(peer, a)| WorkerInfo {
-                id: Peer::Remote(peer),
-                account: AccountId::new(a.account),
-                model: a.model,
-                layers: a.layer_start..a.layer_end,
-                capacity: a.free,
-                tokens_per_sec: f64::from(a.tokens_per_sec),
-                // The chain takes no job that pays nothing: a worker asking 0 is paid the least
-                // a job can pay.
-                price: a.price.max(1),
-            })
-            .collect();
-        *found = Some((std::time::Instant::now(), workers.clone()));
-        workers
+        self.gateway.transport().workers(false).await
     }
 
     async fn submit(&self, calls: Vec<Call>) -> Result<(), String> {

@@ -103,6 +103,11 @@ pub struct MemTransport {
     /// Answers of a worker changed on their way back (a man in the middle, or a worker that
     /// answers otherwise than it computed).
     tamper: Mutex<HashMap<u32, Tamper>>,
+    /// What a fresh lookup of the workers finds ([`StageTransport::find_workers`]); `None`:
+    /// this transport cannot look them up.
+    announced: Mutex<Option<Vec<WorkerInfo<u32>>>>,
+    /// How many fresh lookups were made.
+    lookups: AtomicUsize,
 }
 
 /// A change made to a worker's answers ([`MemTransport::tamper`]).
@@ -125,7 +130,19 @@ impl MemTransport {
             log: Mutex::new(Vec::new()),
             client,
             tamper: Mutex::new(HashMap::new()),
+            announced: Mutex::new(None),
+            lookups: AtomicUsize::new(0),
         }
+    }
+
+    /// A fresh lookup of the workers finds `workers` from now on.
+    pub fn announce(&self, workers: Vec<WorkerInfo<u32>>) {
+        *self.announced.lock().unwrap() = Some(workers);
+    }
+
+    /// How many fresh lookups of the workers the gateway made.
+    pub fn lookups(&self) -> usize {
+        self.lookups.load(Ordering::SeqCst)
     }
 
     /// Changes every answer of worker `id` with `f` from now on.
@@ -193,6 +210,12 @@ impl StageTransport for MemTransport {
             None => resp,
         };
         Ok(decode_response(&encode(&resp), &self.limits)?)
+    }
+
+    async fn find_workers(&self, model: &ModelId) -> Option<Vec<WorkerInfo<u32>>> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let announced = self.announced.lock().unwrap().clone()?;
+        Some(announced.into_iter().filter(|w| w.model == *model).collect())
     }
 }
 
