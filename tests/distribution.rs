@@ -14,6 +14,7 @@ mod common;
 use common::free_port;
 use common::model::{chat, model, post};
 use common::net::{testnet, Node, BIN};
+use common::netns::{Bed, Procs};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -319,120 +320,10 @@ fn a_holder_that_appears_mid_pull_joins_it() {
     drop((y, d));
 }
 
-/// Three hosts made of network namespaces on a bridge, removed when dropped.
-struct Hosts {
-    bridge: String,
-    names: Vec<String>,
-    subnet: String,
-}
-
-impl Hosts {
-    /// `n` namespaces `10.<subnet>.10+i` on a new bridge (`10.<subnet>.1` in the test's own
-    /// namespace); `None` (and why) where namespaces cannot be made (not root, no `ip`).
-    fn new(n: usize) -> Result<Self, String> {
-        let run = |args: &[&str]| -> Result<(), String> {
-            let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| e.to_string())?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
-            }
-        };
-        let id = std::process::id();
-        let tag = format!("{:x}", id & 0xfffff);
-        let subnet = format!("201.{}", id % 250 + 1);
-        let hosts = Self { bridge: format!("btbr{tag}"), names: Vec::new(), subnet };
-        run(&["ip", "link", "add", &hosts.bridge, "type", "bridge"])?;
-        let mut hosts = hosts;
-        let gw = format!("10.{}.1/24", hosts.subnet);
-        run(&["ip", "addr", "add", &gw, "dev", &hosts.bridge])?;
-        run(&["ip", "link", "set", &hosts.bridge, "up"])?;
-        for i in 0..n {
-            let ns = format!("bt{tag}n{i}");
-            run(&["ip", "netns", "add", &ns])?;
-            hosts.names.push(ns.clone());
-            let (outer, inner) = (format!("bt{tag}h{i}"), format!("bt{tag}v{i}"));
-            run(&["ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
-            run(&["ip", "link", "set", &inner, "netns", &ns])?;
-            run(&["ip", "link", "set", &outer, "master", &hosts.bridge])?;
-            run(&["ip", "link", "set", &outer, "up"])?;
-            let addr = format!("{}/24", hosts.ip(i));
-            run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", &inner])?;
-            run(&["ip", "-n", &ns, "link", "set", &inner, "up"])?;
-            run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
-        }
-        Ok(hosts)
-    }
-
-    fn ip(&self, i: usize) -> String {
-        format!("10.{}.{}", self.subnet, 10 + i)
-    }
-
-    /// Limits what host `i` sends to `mbit` megabits per second (`tc` token bucket).
-    fn limit(&self, i: usize, mbit: u32) {
-        let dev = format!("{}v{i}", self.names[i].trim_end_matches(&format!("n{i}")));
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.names[i], "tc", "qdisc", "add", "dev", &dev, "root"])
-            .args(["tbf", "rate", &format!("{mbit}mbit"), "burst", "256kb", "latency", "200ms"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tc: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// Runs `bitorch ARGS` in host `i`.
-    fn spawn(&self, i: usize, args: &[String], log: &Path) -> std::process::Child {
-        let log = std::fs::File::create(log).unwrap();
-        Command::new("ip")
-            .args(["netns", "exec", &self.names[i], BIN])
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    }
-
-    /// A JSON-RPC call to a node of host `i` on its loopback RPC port.
-    fn rpc(&self, i: usize, method: &str, params: Value) -> Result<Value, String> {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.names[i], "curl", "-s", "-m", "10"])
-            .args(["-H", "Content-Type: application/json", "-d", &body.to_string()])
-            .arg("http://127.0.0.1:9944")
-            .output()
-            .map_err(|e| e.to_string())?;
-        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        match v.get("error") {
-            Some(e) => Err(e.to_string()),
-            None => Ok(v["result"].clone()),
-        }
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for ns in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
-    }
-}
-
-/// Kills the processes when dropped.
-struct Procs(Vec<std::process::Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[test]
 fn two_seeders_on_rate_limited_hosts_fill_a_puller() {
     let _turn = one_at_a_time();
-    let hosts = match Hosts::new(3) {
+    let hosts = match Bed::public(3) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("SKIPPED: this test needs root and `ip netns` (network namespaces): {e}");
@@ -482,28 +373,29 @@ fn two_seeders_on_rate_limited_hosts_fill_a_puller() {
     let mut procs = Procs(Vec::new());
     procs.0.push(hosts.spawn(
         0,
+        BIN,
         &node(
             0,
             &["--validator", "//Alice", "--serve-model", &model_path, "--api-account", "//Alice"],
         ),
         &dir.path().join("host0.log"),
     ));
-    procs.0.push(hosts.spawn(1, &node(1, &[]), &dir.path().join("host1.log")));
-    procs.0.push(hosts.spawn(2, &node(2, &[]), &dir.path().join("host2.log")));
+    procs.0.push(hosts.spawn(1, BIN, &node(1, &[]), &dir.path().join("host1.log")));
+    procs.0.push(hosts.spawn(2, BIN, &node(2, &[]), &dir.path().join("host2.log")));
     let log = |i: usize| {
         std::fs::read_to_string(dir.path().join(format!("host{i}.log"))).unwrap_or_default()
     };
     let deadline = Instant::now() + Duration::from_secs(240);
     while !(0..2).all(|i| {
-        hosts.rpc(i, "bitorch_seedStats", json!([])).is_ok_and(|s| s["provided"] == json!(31))
-    }) || hosts.rpc(2, "bitorch_storedModels", json!([])).is_err()
+        hosts.rpc(i, 9944, "bitorch_seedStats", json!([])).is_ok_and(|s| s["provided"] == json!(31))
+    }) || hosts.rpc(2, 9944, "bitorch_storedModels", json!([])).is_err()
     {
         assert!(Instant::now() < deadline, "hosts not ready:\n{}\n{}\n{}", log(0), log(1), log(2));
         std::thread::sleep(Duration::from_millis(300));
     }
     std::thread::sleep(Duration::from_secs(2)); // provider records spread
     let out = Command::new("ip")
-        .args(["netns", "exec", &hosts.names[2], BIN, "model", "pull", &id])
+        .args(["netns", "exec", hosts.ns(2), BIN, "model", "pull", &id])
         .args(["--rpc", "ws://127.0.0.1:9944", "--output-type", "json"])
         .output()
         .unwrap();

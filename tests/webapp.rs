@@ -96,7 +96,10 @@ fn screenshots() -> PathBuf {
 /// `node tests/web/<script>` against the API at `api`, stdin and stdout piped.
 fn script(name: &str, api: u16, chromium: &Path, playwright: &Path) -> Command {
     let mut cmd = Command::new("timeout");
-    cmd.args(["600", "node", &format!("{}/../../tests/web/{name}", env!("CARGO_MANIFEST_DIR"))])
+    // The checkout the test runs in (a shared target directory reuses binaries across them).
+    let dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    cmd.args(["600", "node", &format!("{dir}/../../tests/web/{name}")])
         .env("BASE", format!("http://127.0.0.1:{api}"))
         .env("CHROMIUM", chromium)
         .env("PLAYWRIGHT", playwright)

@@ -4,5 +4,6 @@
 pub mod dev;
 pub mod model;
 pub mod net;
+pub mod netns;
 
 pub use bitorch_test_support::http::{free_port, rpc};

@@ -27,7 +27,11 @@ fn openai_python_client_streams_and_not() {
         ),
     };
     let s = served();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/openai-client.py");
+    // The checkout the test runs in (not the one its binary was first built in: a shared
+    // target directory reuses binaries across checkouts).
+    let dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let script = format!("{dir}/../../scripts/openai-client.py");
     let out = Command::new(&python)
         .arg(script)
         .args(["--base-url", &format!("http://{}/v1", s.http), "--expect", "Paris"])

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use bitorch_api::Backend;
+use bitorch_network::NatState;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -102,6 +103,44 @@ pub async fn render(s: &Sources) -> String {
     if let Some(net) = &s.net {
         if let Ok(peers) = net.connected_peers().await {
             gauge(&mut r, "peers", "Connected peers", peers.len() as i64);
+        }
+        if let Ok(links) = net.peer_links().await {
+            let by = Family::<Vec<(String, String)>, Gauge>::default();
+            let relayed = links.iter().filter(|l| l.relayed).count() as i64;
+            by.get_or_create(&vec![("connection".into(), "direct".into())])
+                .set(links.len() as i64 - relayed);
+            by.get_or_create(&vec![("connection".into(), "relayed".into())]).set(relayed);
+            r.register(
+                "peer_connections",
+                "Connected peers, reached directly or only through a relay",
+                by,
+            );
+        }
+        if let Ok(reach) = net.reachability().await {
+            let nat = Family::<Vec<(String, String)>, Gauge>::default();
+            for state in [NatState::Public, NatState::Private, NatState::Unknown] {
+                nat.get_or_create(&vec![("status".into(), state.as_str().into())])
+                    .set(i64::from(reach.nat == state));
+            }
+            r.register("reachability", "Whether peers can dial this node (AutoNAT)", nat);
+            gauge(
+                &mut r,
+                "relays",
+                "Relays holding a reservation for this node",
+                reach.relays.len() as i64,
+            );
+            counter(
+                &mut r,
+                "hole_punches",
+                "Relayed connections made direct by hole punching",
+                reach.hole_punches,
+            );
+            counter(
+                &mut r,
+                "hole_punch_failures",
+                "Hole punching attempts that failed",
+                reach.hole_punch_failures,
+            );
         }
     }
     if let Some(seed) = &s.seed {

@@ -105,6 +105,20 @@ pub struct NodeArgs {
     /// Discover peers on the local network with mDNS.
     #[arg(long)]
     mdns: bool,
+    /// An address peers reach this node at (`/ip4/…/tcp/…`), repeatable: announced as its own
+    /// and confirmed at once (a public node need not wait for AutoNAT before relaying).
+    #[arg(long = "public-addr", num_args = 1..)]
+    public_addr: Vec<String>,
+    /// Relay no circuits for peers behind NAT (a reachable node relays a few by default).
+    #[arg(long)]
+    no_relay: bool,
+    /// Do not listen through relays when AutoNAT finds this node unreachable.
+    #[arg(long)]
+    no_relay_client: bool,
+    /// Count private IP addresses (10/8, 172.16/12, 192.168/16) as reachable: for a LAN, or a
+    /// test bed of network namespaces (`scripts/netns-testnet.sh`).
+    #[arg(long)]
+    allow_private_ip: bool,
     /// Serve this model as a worker, and answer inference requests on the HTTP API
     /// (`--api-port`) and JSON-RPC, paying for them from `--api-account`: a GGUF file (imported
     /// into the node's model store and registered on chain), or the id (0x…) of a model
@@ -360,6 +374,16 @@ pub fn run(args: NodeArgs) -> Result<()> {
                 .map(|a| a.parse().with_context(|| format!("--boot-nodes {a}")))
                 .collect::<Result<_>>()?;
             config.mdns = args.mdns;
+            config.public_addresses = args
+                .public_addr
+                .iter()
+                .map(|a| a.parse().with_context(|| format!("--public-addr {a}")))
+                .collect::<Result<_>>()?;
+            if args.no_relay {
+                config.relay_server = None;
+            }
+            config.use_relays = !args.no_relay_client;
+            config.private_ips_reachable = args.allow_private_ip;
             let service = bitorch_network::spawn(config, cancel.clone())?;
             tracing::info!(target: "node", peer_id = %service.handle.local_peer_id(), validator = ?key.as_ref().map(|k| to_ss58(&account_of(k))), "joining the network");
             Some(service)

@@ -9,6 +9,7 @@ use crate::event::{Event, StageInbound};
 use crate::gossip::{GossipId, Topic, Verdict};
 use crate::handle::Command;
 use crate::peers::{Lifted, Misbehaviour, PeerBook};
+use crate::reach::Reach;
 use crate::request::{BadRequesters, Outbound, Pending, Proto, Refusal, Replies};
 use crate::sync::{self, SyncBlock};
 use crate::{pieces, stage};
@@ -20,7 +21,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{gossipsub, identify, kad, mdns, Multiaddr, PeerId, Swarm};
+use libp2p::{autonat, dcutr, gossipsub, identify, kad, mdns, relay, Multiaddr, PeerId, Swarm};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -90,6 +91,8 @@ pub(crate) struct EventLoop {
     /// ends.
     boot_nodes: Vec<(PeerId, Multiaddr)>,
     last_discovery: Option<Instant>,
+    /// Reachability: AutoNAT's verdict, relays, relayed connections.
+    reach: Reach,
 }
 
 impl EventLoop {
@@ -125,6 +128,7 @@ impl EventLoop {
             },
             provided: HashSet::new(),
             chunk_lookups: HashMap::new(),
+            reach: Reach::new(&config),
             config,
             commands,
             events,
@@ -265,6 +269,13 @@ impl EventLoop {
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::PeerLinks { reply } => {
+                let _ = reply.send(self.reach.peers());
+            }
+            Command::Reachability { reply } => {
+                let external = self.swarm.external_addresses().cloned().collect();
+                let _ = reply.send(self.reach.snapshot(external));
+            }
             Command::ListenAddresses { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
@@ -395,7 +406,37 @@ impl EventLoop {
         }
     }
 
+    /// Starts listening through relays when unreachable (stops when reachable), and closes
+    /// relayed connections a direct one made redundant.
+    fn use_relays(&mut self) {
+        let (start, stop) = self.reach.plan(&self.config);
+        for listener in stop {
+            self.swarm.remove_listener(listener);
+        }
+        for (relay, circuit) in start {
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(listener) => {
+                    tracing::info!(target: TARGET, %relay, %circuit, "unreachable: listening through a relay");
+                    self.reach.listening_through(relay, listener);
+                }
+                Err(e) => {
+                    tracing::warn!(target: TARGET, %relay, error = %e, "cannot listen through the relay")
+                }
+            }
+        }
+        let busy = |peer: &PeerId| {
+            self.stage.outbound.has_pending_to(peer)
+                || self.pieces.outbound.has_pending_to(peer)
+                || self.sync.outbound.has_pending_to(peer)
+        };
+        for id in self.reach.redundant(busy) {
+            tracing::debug!(target: TARGET, connection = ?id, "closing a relayed connection: a direct one exists");
+            self.swarm.close_connection(id);
+        }
+    }
+
     fn maintain(&mut self) {
+        self.use_relays();
         for lifted in self.peers.expire(std::time::Instant::now()) {
             tracing::info!(target: TARGET, peer = %lifted.peer, "ban expired");
             self.lift(lifted);
@@ -455,14 +496,27 @@ impl EventLoop {
                     self.directory.refresh(&mut self.swarm);
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                endpoint,
+                connection_id,
+                ..
+            } => {
                 tracing::debug!(target: TARGET, peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                self.reach.on_connection_established(peer_id, connection_id, &endpoint);
+                if !endpoint.is_relayed() {
+                    self.use_relays();
+                }
                 if num_established.get() == 1 {
                     self.emit(Event::PeerConnected(peer_id));
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id, num_established, cause, connection_id, ..
+            } => {
                 tracing::debug!(target: TARGET, peer = %peer_id, ?cause, "connection closed");
+                self.reach.on_connection_closed(&peer_id, connection_id);
                 if num_established == 0 {
                     self.peers.forget(&peer_id);
                     self.emit(Event::PeerDisconnected(peer_id));
@@ -474,6 +528,12 @@ impl EventLoop {
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 tracing::debug!(target: TARGET, addr = %send_back_addr, %error, "incoming connection failed");
             }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                self.reach.on_listener_closed(listener_id);
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(target: TARGET, %address, "external address confirmed");
+            }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }
@@ -482,11 +542,35 @@ impl EventLoop {
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
-                if info.protocols.contains(&KAD_PROTOCOL) && !self.peers.is_banned(&peer_id) =>
+                if !self.peers.is_banned(&peer_id) =>
             {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                let relays = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
+                self.reach.on_identify(peer_id, relays, &info.listen_addrs);
+                if relays {
+                    self.use_relays();
                 }
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                let given = !self.config.public_addresses.is_empty();
+                self.reach.on_nat_status(&new, given);
+                self.use_relays();
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => self.reach.on_reserved(relay_peer_id, renewal),
+            BehaviourEvent::Relay(event) => {
+                tracing::debug!(target: TARGET, ?event, "relay");
+            }
+            BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => {
+                self.reach
+                    .on_hole_punch(remote_peer_id, result.map(|_| ()).map_err(|e| e.to_string()));
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {

@@ -7,8 +7,8 @@ use crate::{pieces, stage, sync};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify, identity::Keypair, kad, mdns, ping,
-    request_response, StreamProtocol,
+    allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair,
+    kad, mdns, ping, relay, request_response, StreamProtocol,
 };
 
 /// The Kademlia protocol name: our own DHT, not the IPFS one.
@@ -39,10 +39,22 @@ pub(crate) struct Behaviour {
     pub(crate) pieces: request_response::Behaviour<stage::Codec>,
     /// LAN discovery, when enabled.
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Whether this node is reachable from outside (AutoNAT v1: peers dial it back).
+    pub(crate) autonat: autonat::Behaviour,
+    /// Relays circuits for peers behind NAT (circuit relay v2), once reachable, when enabled.
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    /// Reserves slots on relays and dials peers through them.
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// Upgrades a relayed connection to a direct one (hole punching).
+    pub(crate) dcutr: dcutr::Behaviour,
 }
 
 impl Behaviour {
-    pub(crate) fn new(key: &Keypair, config: &Config) -> Result<Self, Error> {
+    pub(crate) fn new(
+        key: &Keypair,
+        config: &Config,
+        relay_client: relay::client::Behaviour,
+    ) -> Result<Self, Error> {
         let peer_id = key.public().to_peer_id();
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_connections))
@@ -51,7 +63,9 @@ impl Behaviour {
 
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_VERSION.into(), key.public())
-                .with_agent_version(format!("bitorch/{}", env!("CARGO_PKG_VERSION"))),
+                .with_agent_version(format!("bitorch/{}", env!("CARGO_PKG_VERSION")))
+                // A node that starts listening through a relay tells its peers at once.
+                .with_push_listen_addr_updates(true),
         );
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -154,6 +168,34 @@ impl Behaviour {
             stage,
             pieces,
             mdns: mdns.into(),
+            autonat: autonat::Behaviour::new(
+                peer_id,
+                autonat::Config {
+                    boot_delay: config.autonat_boot_delay,
+                    retry_interval: config.autonat_retry_interval,
+                    only_global_ips: !config.private_ips_reachable,
+                    timeout: std::time::Duration::from_secs(10),
+                    ..Default::default()
+                },
+            ),
+            relay: config
+                .relay_server
+                .map(|l| {
+                    relay::Behaviour::new(
+                        peer_id,
+                        relay::Config {
+                            max_reservations: l.max_reservations,
+                            max_circuits: l.max_circuits,
+                            max_circuits_per_peer: l.max_circuits_per_peer,
+                            max_circuit_duration: l.max_circuit_duration,
+                            max_circuit_bytes: l.max_circuit_bytes,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .into(),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(peer_id),
         })
     }
 }

@@ -95,6 +95,53 @@ pub struct Config {
     /// further events are dropped with a warning (and sync requests answered as busy), so
     /// that the swarm never stalls.
     pub event_capacity: usize,
+    /// Addresses others reach this node at, announced as its own (`--public-addr`): confirmed
+    /// at once, so that the node can serve as a relay without waiting for AutoNAT.
+    pub public_addresses: Vec<Multiaddr>,
+    /// Circuits (relay v2) this node relays for peers behind NAT once it is reachable (a
+    /// confirmed external address); `None`: it relays nothing.
+    pub relay_server: Option<RelayLimits>,
+    /// Found unreachable by AutoNAT, the node reserves a slot on relays it is connected to and
+    /// listens through them (at most `max_relays` at once).
+    pub use_relays: bool,
+    /// Most relays the node listens through at once.
+    pub max_relays: usize,
+    /// Whether AutoNAT counts private IP addresses (10/8, 192.168/16, …) as reachable: on for
+    /// a LAN or a test bed of network namespaces, off on the internet.
+    pub private_ips_reachable: bool,
+    /// AutoNAT: the first probe of this node's reachability, this long after start.
+    pub autonat_boot_delay: Duration,
+    /// AutoNAT: between probes while the node's reachability is unknown or unsure.
+    pub autonat_retry_interval: Duration,
+}
+
+/// Limits of the circuits a relay serves for peers behind NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Most peers holding a reservation (a slot to be reached through) at once.
+    pub max_reservations: usize,
+    /// Most circuits relayed at once.
+    pub max_circuits: usize,
+    /// Most circuits to or from one peer at once.
+    pub max_circuits_per_peer: usize,
+    /// A circuit is closed after this long.
+    pub max_circuit_duration: Duration,
+    /// A circuit is closed after relaying this many bytes (each way).
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    /// Room for a few stage sessions each: a circuit carries a generation's activations
+    /// (about 2.3 KB per token and stage for a 576-wide model) until hole punching replaces it.
+    fn default() -> Self {
+        Self {
+            max_reservations: 128,
+            max_circuits: 16,
+            max_circuits_per_peer: 4,
+            max_circuit_duration: Duration::from_secs(10 * 60),
+            max_circuit_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 impl Config {
@@ -138,6 +185,13 @@ impl Config {
             discovery_interval: Duration::from_secs(30),
             command_capacity: 1024,
             event_capacity: 4096,
+            public_addresses: Vec::new(),
+            relay_server: Some(RelayLimits::default()),
+            use_relays: true,
+            max_relays: 2,
+            private_ips_reachable: false,
+            autonat_boot_delay: Duration::from_secs(5),
+            autonat_retry_interval: Duration::from_secs(30),
         }
     }
 }

@@ -56,6 +56,12 @@ pub(crate) enum Command {
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    PeerLinks {
+        reply: oneshot::Sender<Vec<crate::PeerLink>>,
+    },
+    Reachability {
+        reply: oneshot::Sender<crate::Reachability>,
+    },
     ListenAddresses {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
@@ -220,6 +226,17 @@ impl Handle {
     /// The peers connected now.
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, Error> {
         self.call(|reply| Command::ConnectedPeers { reply }).await
+    }
+
+    /// The peers connected now, and whether each is reached only through a relay.
+    pub async fn peer_links(&self) -> Result<Vec<crate::PeerLink>, Error> {
+        self.call(|reply| Command::PeerLinks { reply }).await
+    }
+
+    /// Whether peers can dial this node, its external addresses and relays, and how hole
+    /// punching went.
+    pub async fn reachability(&self) -> Result<crate::Reachability, Error> {
+        self.call(|reply| Command::Reachability { reply }).await
     }
 
     /// The addresses the node listens on now.

@@ -60,6 +60,7 @@ pub mod handle;
 pub mod key;
 pub mod peers;
 pub mod pieces;
+pub mod reach;
 pub mod request;
 pub mod stage;
 pub mod sync;
@@ -74,6 +75,7 @@ pub use handle::Handle;
 pub use key::NodeKey;
 pub use libp2p::{identity::Keypair, Multiaddr, PeerId};
 pub use peers::Misbehaviour;
+pub use reach::{NatState, PeerLink, Reachability};
 pub use request::Refusal;
 pub use workers::{ModelId, WorkerAnnouncement};
 
@@ -108,18 +110,25 @@ pub fn spawn(config: Config, cancel: CancellationToken) -> Result<Service, Error
         .map(|a| actor::split_peer(a).ok_or_else(|| Error::BootNodeWithoutPeerId(a.clone())))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let behaviour = behaviour::Behaviour::new(&keypair, &config)?;
     let idle = config.idle_connection_timeout;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| Error::Build(format!("TCP transport: {e}")))?
         .with_quic()
-        .with_behaviour(|_| behaviour)
-        .map_err(|e| Error::Build(format!("behaviour: {e}")))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| Error::Build(format!("relay transport: {e}")))?
+        .with_behaviour(|key, relay_client| {
+            behaviour::Behaviour::new(key, &config, relay_client)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .map_err(|e| Error::Build(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
         .build();
 
+    for addr in &config.public_addresses {
+        swarm.add_external_address(addr.clone());
+    }
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())

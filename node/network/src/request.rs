@@ -79,6 +79,11 @@ impl<T, X> Outbound<T, X> {
         self.pending.insert(id, pending);
     }
 
+    /// Whether a request to `peer` waits for its answer.
+    pub(crate) fn has_pending_to(&self, peer: &PeerId) -> bool {
+        self.pending.values().any(|p| p.peer == *peer)
+    }
+
     /// The request `id` is answered (or failed): it no longer waits.
     pub(crate) fn take(&mut self, id: &OutboundRequestId) -> Option<Pending<T, X>> {
         self.pending.remove(id)

@@ -119,15 +119,30 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
         "ss58Format": SS58_PREFIX,
     })));
     method!(m, "system_health", |_p, ctx| {
-        let peers = match &ctx.network {
-            Some(net) => net.connected_peers().await.map_err(internal)?.len(),
-            None => 0,
+        let (peers, reachability) = match &ctx.network {
+            Some(net) => {
+                let links = net.peer_links().await.map_err(internal)?;
+                let r = net.reachability().await.map_err(internal)?;
+                let relayed = links.iter().filter(|l| l.relayed).count();
+                let reachability = json!({
+                    "status": r.nat.as_str(),
+                    "externalAddresses": r.external_addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    "relays": r.relays.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                    "directPeers": links.len() - relayed,
+                    "relayedPeers": relayed,
+                    "holePunches": r.hole_punches,
+                    "holePunchFailures": r.hole_punch_failures,
+                });
+                (links.len(), reachability)
+            }
+            None => (0, Value::Null),
         };
         let syncing = ctx.status.as_ref().is_some_and(|s| s.borrow().syncing);
         Ok(json!({
             "peers": peers,
             "isSyncing": syncing,
             "shouldHavePeers": ctx.network.is_some(),
+            "reachability": reachability,
         }))
     });
     method!(m, "system_banPeer", |p, ctx| {
@@ -155,13 +170,19 @@ pub(crate) fn register(m: &mut RpcModule<Ctx>) -> Result<(), Error> {
         Ok(json!(peers.iter().map(|p| p.to_string()).collect::<Vec<_>>()))
     });
     method!(m, "system_peers", |_p, ctx| {
-        let peers = match &ctx.network {
-            Some(net) => net.connected_peers().await.map_err(internal)?,
+        let mut links = match &ctx.network {
+            Some(net) => net.peer_links().await.map_err(internal)?,
             None => Vec::new(),
         };
-        Ok(json!(peers
+        links.sort_by_key(|l| l.peer.to_string());
+        Ok(json!(links
             .iter()
-            .map(|p| json!({ "peerId": p.to_string(), "roles": "FULL" }))
+            .map(|l| json!({
+                "peerId": l.peer.to_string(),
+                "roles": "FULL",
+                "connection": if l.relayed { "relayed" } else { "direct" },
+                "address": l.address.to_string(),
+            }))
             .collect::<Vec<_>>()))
     });
     method!(m, "system_localPeerId", |_p, ctx| {

@@ -1,0 +1,276 @@
+//! A test bed of hosts made of network namespaces (root only): public hosts on one bridge (the
+//! "internet", `10.<s>.0.0/24`), and hosts behind NAT, each in a private network
+//! (`192.168.<k>.0/24`) behind a router namespace that masquerades its traffic and drops
+//! connections from outside (Debian's `iptables`). Limits with `tc` (token bucket), loss with
+//! `iptables -m statistic`. Everything is removed when the bed is dropped.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// One host: its namespace, the interface it talks through, its own address and the address
+/// the others see it at (its router's, behind NAT).
+pub struct Host {
+    pub ns: String,
+    pub dev: String,
+    pub ip: String,
+    pub public_ip: String,
+    pub natted: bool,
+}
+
+/// The bed.
+pub struct Bed {
+    tag: String,
+    subnet: String,
+    bridge: String,
+    pub hosts: Vec<Host>,
+    routers: Vec<String>,
+    links: Vec<String>,
+}
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let out =
+        Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
+    let mut all = vec!["ip", "netns", "exec", ns];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+impl Bed {
+    /// An empty bed (a bridge, `10.<s>.0.1` in the test's own namespace); `Err` (and why)
+    /// where namespaces cannot be made (not root, no `ip`).
+    pub fn new() -> Result<Self, String> {
+        let id = std::process::id();
+        let tag = format!("{:x}", id & 0xfffff);
+        let subnet = format!("{}", id % 200 + 20);
+        let bridge = format!("bt{tag}br");
+        run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        let bed =
+            Self { tag, subnet, bridge, hosts: Vec::new(), routers: Vec::new(), links: Vec::new() };
+        run(&["ip", "addr", "add", &format!("10.{}.0.1/24", bed.subnet), "dev", &bed.bridge])?;
+        run(&["ip", "link", "set", &bed.bridge, "up"])?;
+        Ok(bed)
+    }
+
+    /// `n` public hosts (`10.<s>.0.10+i`): the first test beds' shape.
+    pub fn public(n: usize) -> Result<Self, String> {
+        let mut bed = Self::new()?;
+        for _ in 0..n {
+            bed.add_public()?;
+        }
+        Ok(bed)
+    }
+
+    /// A namespace with a veth whose outer end is on the bridge; returns (namespace, inner
+    /// interface).
+    fn on_bridge(&mut self, name: &str, addr: &str) -> Result<(String, String), String> {
+        let ns = format!("bt{}{name}", self.tag);
+        run(&["ip", "netns", "add", &ns])?;
+        let (outer, inner) = (format!("bt{}{name}o", self.tag), format!("bt{}{name}i", self.tag));
+        run(&["ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
+        self.links.push(outer.clone());
+        run(&["ip", "link", "set", &inner, "netns", &ns])?;
+        run(&["ip", "link", "set", &outer, "master", &self.bridge])?;
+        run(&["ip", "link", "set", &outer, "up"])?;
+        run(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &inner])?;
+        run(&["ip", "-n", &ns, "link", "set", &inner, "up"])?;
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        Ok((ns, inner))
+    }
+
+    /// A public host; returns its index.
+    pub fn add_public(&mut self) -> Result<usize, String> {
+        let i = self.hosts.len();
+        let ip = format!("10.{}.0.{}", self.subnet, 10 + i);
+        let (ns, dev) = self.on_bridge(&format!("h{i}"), &ip)?;
+        self.hosts.push(Host { ns, dev, ip: ip.clone(), public_ip: ip, natted: false });
+        Ok(i)
+    }
+
+    /// A host behind NAT: a router namespace on the bridge (`10.<s>.0.100+k`) masquerading for
+    /// a private network `192.168.<k+1>.0/24` that holds the host (`.2`, the router `.1`).
+    /// Connections from outside to the private network are dropped. Returns its index.
+    pub fn add_natted(&mut self) -> Result<usize, String> {
+        let i = self.hosts.len();
+        let k = self.routers.len();
+        let wan_ip = format!("10.{}.0.{}", self.subnet, 100 + k);
+        let (router, wan) = self.on_bridge(&format!("r{k}"), &wan_ip)?;
+        self.routers.push(router.clone());
+        let ns = format!("bt{}h{i}", self.tag);
+        run(&["ip", "netns", "add", &ns])?;
+        let (lan, dev) = (format!("bt{}r{k}l", self.tag), format!("bt{}h{i}i", self.tag));
+        run(&["ip", "link", "add", &lan, "type", "veth", "peer", "name", &dev])?;
+        run(&["ip", "link", "set", &lan, "netns", &router])?;
+        run(&["ip", "link", "set", &dev, "netns", &ns])?;
+        let net = format!("192.168.{}", k + 1);
+        run(&["ip", "-n", &router, "addr", "add", &format!("{net}.1/24"), "dev", &lan])?;
+        run(&["ip", "-n", &router, "link", "set", &lan, "up"])?;
+        run(&["ip", "-n", &ns, "addr", "add", &format!("{net}.2/24"), "dev", &dev])?;
+        run(&["ip", "-n", &ns, "link", "set", &dev, "up"])?;
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        run(&["ip", "-n", &ns, "route", "add", "default", "via", &format!("{net}.1")])?;
+        in_ns(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        in_ns(
+            &router,
+            &["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", &wan, "-j", "MASQUERADE"],
+        )?;
+        in_ns(
+            &router,
+            &[
+                "iptables",
+                "-A",
+                "FORWARD",
+                "-i",
+                &wan,
+                "-o",
+                &lan,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        )?;
+        in_ns(&router, &["iptables", "-A", "FORWARD", "-i", &wan, "-o", &lan, "-j", "DROP"])?;
+        self.hosts.push(Host { ns, dev, ip: format!("{net}.2"), public_ip: wan_ip, natted: true });
+        Ok(i)
+    }
+
+    /// Host `i`'s namespace.
+    pub fn ns(&self, i: usize) -> &str {
+        &self.hosts[i].ns
+    }
+
+    /// Host `i`'s own address.
+    pub fn ip(&self, i: usize) -> String {
+        self.hosts[i].ip.clone()
+    }
+
+    /// Limits what host `i` sends to `mbit` megabits per second (`tc` token bucket).
+    pub fn limit(&self, i: usize, mbit: u32) {
+        let h = &self.hosts[i];
+        let rate = format!("{mbit}mbit");
+        in_ns(
+            &h.ns,
+            &[
+                "tc", "qdisc", "add", "dev", &h.dev, "root", "tbf", "rate", &rate, "burst",
+                "256kb", "latency", "200ms",
+            ],
+        )
+        .unwrap();
+    }
+
+    /// Host `i` drops `percent` % of the packets it receives (`iptables -m statistic`).
+    pub fn loss(&self, i: usize, percent: f64) {
+        let p = format!("{:.4}", percent / 100.0);
+        in_ns(
+            &self.hosts[i].ns,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-i",
+                &self.hosts[i].dev,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ],
+        )
+        .unwrap();
+    }
+
+    /// Runs `program ARGS` in host `i`, its stderr into `log`.
+    pub fn spawn(&self, i: usize, program: &str, args: &[String], log: &Path) -> Child {
+        let log = std::fs::File::create(log).unwrap();
+        Command::new("ip")
+            .args(["netns", "exec", self.ns(i), program])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// A JSON-RPC call to the node of host `i` on its loopback port `port`.
+    pub fn rpc(&self, i: usize, port: u16, method: &str, params: Value) -> Result<Value, String> {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.ns(i), "curl", "-s", "-m", "10"])
+            .args(["-H", "Content-Type: application/json", "-d", &body.to_string()])
+            .arg(format!("http://127.0.0.1:{port}"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        match v.get("error") {
+            Some(e) => Err(e.to_string()),
+            None => Ok(v["result"].clone()),
+        }
+    }
+
+    /// A POST of `body` to `path` on host `i`'s loopback port `port`: (status, body).
+    pub fn post(&self, i: usize, port: u16, path: &str, body: &Value, secs: u32) -> (u16, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.ns(i), "curl", "-s", "-m", &secs.to_string()])
+            .args(["-w", "\n%{http_code}", "-H", "Content-Type: application/json"])
+            .args(["-d", &body.to_string()])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// Whether host `i` can open a TCP connection to `ip:port` within 2 s.
+    pub fn can_connect(&self, i: usize, ip: &str, port: u16) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", self.ns(i), "timeout", "2", "bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/{ip}/{port}"))
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
+        }
+        for r in &self.routers {
+            let _ = Command::new("ip").args(["netns", "del", r]).status();
+        }
+        // (Deleting a namespace deletes its veth pairs; what is left goes here.)
+        for l in &self.links {
+            let _ = Command::new("ip").args(["link", "del", l]).stderr(Stdio::null()).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+    }
+}
+
+/// Kills the processes when dropped.
+pub struct Procs(pub Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
