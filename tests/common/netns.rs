@@ -142,6 +142,25 @@ impl Bed {
             ],
         )?;
         in_ns(&router, &["iptables", "-A", "FORWARD", "-i", &wan, "-o", &lan, "-j", "DROP"])?;
+        // Like a home router: what comes from outside unasked is dropped, not refused (a
+        // refusal would reset the mapping a hole punch opens).
+        in_ns(
+            &router,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-i",
+                &wan,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        )?;
+        in_ns(&router, &["iptables", "-A", "INPUT", "-i", &wan, "-j", "DROP"])?;
         self.hosts.push(Host { ns, dev, ip: format!("{net}.2"), public_ip: wan_ip, natted: true });
         Ok(i)
     }

@@ -531,6 +531,11 @@ impl EventLoop {
             SwarmEvent::ListenerClosed { listener_id, .. } => {
                 self.reach.on_listener_closed(listener_id);
             }
+            SwarmEvent::ExternalAddrConfirmed { address } if crate::reach::is_relayed(&address) => {
+                // A slot reserved on a relay: peers learn it as a listen address. Kept out of
+                // the external addresses, or this node (unreachable) would offer to relay.
+                self.swarm.remove_external_address(&address);
+            }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(target: TARGET, %address, "external address confirmed");
             }

@@ -174,7 +174,8 @@ impl Behaviour {
                     boot_delay: config.autonat_boot_delay,
                     retry_interval: config.autonat_retry_interval,
                     only_global_ips: !config.private_ips_reachable,
-                    timeout: std::time::Duration::from_secs(10),
+                    // Longer than a dial-back may take (the TCP dial timeout).
+                    timeout: std::time::Duration::from_secs(30),
                     ..Default::default()
                 },
             ),

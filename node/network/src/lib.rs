@@ -79,6 +79,7 @@ pub use reach::{NatState, PeerLink, Reachability};
 pub use request::Refusal;
 pub use workers::{ModelId, WorkerAnnouncement};
 
+use libp2p::core::Transport as _;
 use libp2p::{noise, tcp, yamux};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -99,6 +100,9 @@ pub struct Service {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// The longest a TCP dial and its upgrade (noise, yamux) may take.
+const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Starts the network service: loads the node key, listens, dials the boot nodes and starts
 /// discovery. Must be called inside a tokio runtime.
 pub fn spawn(config: Config, cancel: CancellationToken) -> Result<Service, Error> {
@@ -113,9 +117,21 @@ pub fn spawn(config: Config, cancel: CancellationToken) -> Result<Service, Error
     let idle = config.idle_connection_timeout;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| Error::Build(format!("TCP transport: {e}")))?
         .with_quic()
+        .with_other_transport(|key| {
+            // TCP with a deadline on dialing and upgrading: a dial to an address behind NAT
+            // that drops it (no refusal) fails in seconds rather than after the kernel's SYN
+            // retries (about 2 minutes), so that AutoNAT's dial-backs come back with an answer.
+            let noise = noise::Config::new(key)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(DIAL_TIMEOUT),
+            )
+        })
+        .map_err(|e| Error::Build(format!("TCP transport: {e}")))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| Error::Build(format!("relay transport: {e}")))?
         .with_behaviour(|key, relay_client| {

@@ -144,9 +144,10 @@ impl Reach {
 
     /// Identify told us `peer`'s protocols and listen addresses: remember it as a relay if it
     /// is one, reached at the address we dialed it at (else the first it listens on that is
-    /// not itself relayed).
+    /// not itself relayed). A peer that listens through a relay itself is behind NAT: no use
+    /// as a relay, whatever it advertises.
     pub(crate) fn on_identify(&mut self, peer: PeerId, relays: bool, listen: &[Multiaddr]) {
-        if !relays {
+        if !relays || listen.iter().any(is_relayed) {
             self.relays.remove(&peer);
             return;
         }
@@ -305,6 +306,16 @@ mod tests {
         );
         reach.on_identify(relay, true, &[]);
         reach.on_identify(other, false, &[]);
+        // A relay that is itself behind a relay is not one.
+        let natted = PeerId::random();
+        reach.on_connection_established(
+            natted,
+            ConnectionId::new_unchecked(3),
+            &dialed("/ip4/10.0.0.3/tcp/4001"),
+        );
+        let circuit: Multiaddr =
+            format!("/ip4/10.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit").parse().unwrap();
+        reach.on_identify(natted, true, &[circuit]);
         // Unknown reachability: no relay used.
         assert_eq!(reach.plan(&config), (vec![], vec![]));
         reach.on_nat_status(&autonat::NatStatus::Private, false);
