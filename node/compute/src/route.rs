@@ -34,6 +34,9 @@ pub struct WorkerInfo<Id> {
     pub tokens_per_sec: f64,
     /// Its price per layer per token, in base units (it serves jobs paying at least this).
     pub price: Balance,
+    /// Reached only through a relay (it is behind NAT and hole punching has not, or not yet,
+    /// given a direct connection): every message takes an extra hop.
+    pub relayed: bool,
 }
 
 /// How a route's per-token latency is estimated.
@@ -41,6 +44,9 @@ pub struct WorkerInfo<Id> {
 pub struct CostModel {
     /// Seconds one hop adds (a round trip between the gateway and a worker).
     pub hop_secs: f64,
+    /// Seconds a relay adds to a relayed worker's hop (the detour through the relay, and a
+    /// relay's limits), so that a direct worker for the same layers is preferred.
+    pub relay_secs: f64,
     /// Throughputs below this (including zero, negative and NaN announcements) count as this.
     pub min_tokens_per_sec: f64,
     /// Throughputs above this count as this (an announcement cannot make a worker free).
@@ -48,18 +54,26 @@ pub struct CostModel {
 }
 
 impl Default for CostModel {
-    /// 5 ms per hop (a LAN round trip), throughputs clamped to 0.1..=100000 tokens/s.
+    /// 5 ms per hop (a LAN round trip), 50 ms more through a relay (an internet round trip),
+    /// throughputs clamped to 0.1..=100000 tokens/s.
     fn default() -> Self {
-        Self { hop_secs: 0.005, min_tokens_per_sec: 0.1, max_tokens_per_sec: 100_000.0 }
+        Self {
+            hop_secs: 0.005,
+            relay_secs: 0.05,
+            min_tokens_per_sec: 0.1,
+            max_tokens_per_sec: 100_000.0,
+        }
     }
 }
 
 impl CostModel {
-    /// Estimated seconds per token for a stage on this worker: one hop plus `1 / throughput`.
+    /// Estimated seconds per token for a stage on this worker: one hop (and the relay's
+    /// detour if it is relayed) plus `1 / throughput`.
     pub fn stage_secs<Id>(&self, w: &WorkerInfo<Id>) -> f64 {
         let tps = if w.tokens_per_sec.is_nan() { 0.0 } else { w.tokens_per_sec };
         let tps = tps.clamp(self.min_tokens_per_sec, self.max_tokens_per_sec);
-        self.hop_secs.max(0.0) + 1.0 / tps
+        let relay = if w.relayed { self.relay_secs.max(0.0) } else { 0.0 };
+        self.hop_secs.max(0.0) + relay + 1.0 / tps
     }
 }
 
@@ -265,7 +279,23 @@ mod tests {
             capacity: 4,
             tokens_per_sec: tps,
             price: 1,
+            relayed: false,
         }
+    }
+
+    #[test]
+    fn a_direct_worker_is_preferred_to_a_faster_relayed_one_for_the_same_layers() {
+        let relayed = |id, layers, tps| WorkerInfo { relayed: true, ..w(id, layers, tps) };
+        // Worker 2 (relayed) is twice as fast as worker 1 (direct) over 10..20.
+        let ws = vec![w(0, 0..10, 100.0), w(1, 10..20, 100.0), relayed(2, 10..20, 200.0)];
+        let route = plan_route(20, &ws, |_| false).unwrap();
+        assert_eq!(route.stages.iter().map(|s| s.id).collect::<Vec<_>>(), vec![0, 1]);
+        // Without the direct one, the relayed one serves.
+        let route = plan_route(20, &ws, |id| *id == 1).unwrap();
+        assert_eq!(route.stages.iter().map(|s| s.id).collect::<Vec<_>>(), vec![0, 2]);
+        // Relayed or not, a far faster worker still wins: the detour is 50 ms a token.
+        let ws = vec![w(0, 0..20, 10.0), relayed(1, 0..20, 1000.0)];
+        assert_eq!(plan_route(20, &ws, |_| false).unwrap().stages[0].id, 1);
     }
 
     fn priced(id: u8, layers: Range<u32>, tps: f64, price: Balance) -> WorkerInfo<u8> {

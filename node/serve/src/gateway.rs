@@ -93,6 +93,12 @@ impl NodeTransport {
             }
         };
         let me = net.local_peer_id();
+        // Peers reached only through a relay now: their stages cost a detour.
+        let relayed: std::collections::HashSet<PeerId> = net
+            .peer_links()
+            .await
+            .map(|links| links.into_iter().filter(|l| l.relayed).map(|l| l.peer).collect())
+            .unwrap_or_default();
         let workers: Vec<_> = announced
             .into_iter()
             .filter(|(peer, _)| *peer != me)
@@ -106,6 +112,7 @@ impl NodeTransport {
                 // The chain takes no job that pays nothing: a worker asking 0 is paid the least
                 // a job can pay.
                 price: a.price.max(1),
+                relayed: relayed.contains(&peer),
             })
             .collect();
         *found = Some((std::time::Instant::now(), workers.clone()));

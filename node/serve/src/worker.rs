@@ -57,6 +57,7 @@ pub fn spawn_worker(
         capacity,
         tokens_per_sec: rate,
         price,
+        relayed: false,
     };
     Ok((handle, info))
 }

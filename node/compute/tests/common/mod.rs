@@ -230,6 +230,7 @@ pub fn info(id: u32, w: &Worker, tokens_per_sec: f64) -> WorkerInfo<u32> {
         capacity: 4,
         tokens_per_sec,
         price: 0,
+        relayed: false,
     }
 }
 
