@@ -213,6 +213,23 @@ impl Bed {
         .unwrap();
     }
 
+    /// Cuts hosts `i` and `j` apart: each drops what comes from the other.
+    pub fn cut(&self, i: usize, j: usize) {
+        self.partition_rule(i, j, "-A");
+    }
+
+    /// Undoes [`Bed::cut`].
+    pub fn heal(&self, i: usize, j: usize) {
+        self.partition_rule(i, j, "-D");
+    }
+
+    fn partition_rule(&self, i: usize, j: usize, op: &str) {
+        for (a, b) in [(i, j), (j, i)] {
+            let from = &self.hosts[b].public_ip;
+            in_ns(&self.hosts[a].ns, &["iptables", op, "INPUT", "-s", from, "-j", "DROP"]).unwrap();
+        }
+    }
+
     /// Runs `program ARGS` in host `i`, its stderr into `log`.
     pub fn spawn(&self, i: usize, program: &str, args: &[String], log: &Path) -> Child {
         let log = std::fs::File::create(log).unwrap();

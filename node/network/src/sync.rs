@@ -92,8 +92,46 @@ where
     if buf.len() > limit {
         return Ok(Err(WireError::TooLarge(limit)));
     }
-    Ok(M::decode_all_with_depth_limit(DECODE_DEPTH_LIMIT, &mut &buf[..])
-        .map_err(|_| WireError::Undecodable))
+    decode_frame(&buf)
+}
+
+/// Decodes one whole frame. Bytes that end before the value does are a cut stream, not a
+/// bad message: an honest peer whose request timed out while it was still being written (a
+/// congested or partitioned link) closes the stream after part of it. That is an I/O error
+/// (no penalty); anything else that does not decode is [`WireError::Undecodable`].
+pub fn decode_frame<M: Decode>(buf: &[u8]) -> io::Result<Frame<M>> {
+    let mut input = Tracked { rest: buf, ran_out: false };
+    let value = M::decode_with_depth_limit(DECODE_DEPTH_LIMIT, &mut input);
+    match value {
+        Ok(v) if input.rest.is_empty() => Ok(Ok(v)),
+        Err(_) if input.ran_out => {
+            Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended inside a message"))
+        }
+        _ => Ok(Err(WireError::Undecodable)),
+    }
+}
+
+/// A SCALE input that remembers whether a read went past its end.
+struct Tracked<'a> {
+    rest: &'a [u8],
+    ran_out: bool,
+}
+
+impl parity_scale_codec::Input for Tracked<'_> {
+    fn remaining_len(&mut self) -> Result<Option<usize>, parity_scale_codec::Error> {
+        Ok(Some(self.rest.len()))
+    }
+
+    fn read(&mut self, into: &mut [u8]) -> Result<(), parity_scale_codec::Error> {
+        if into.len() > self.rest.len() {
+            self.ran_out = true;
+            return Err("not enough data".into());
+        }
+        let (head, tail) = self.rest.split_at(into.len());
+        into.copy_from_slice(head);
+        self.rest = tail;
+        Ok(())
+    }
 }
 
 async fn write_frame<T, M>(io: &mut T, frame: Frame<M>) -> io::Result<()>
@@ -178,7 +216,8 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_trailing_bytes_and_oversize_are_rejected() {
-        let garbage = decode::<Request>(vec![0xff; 3], MAX_REQUEST_BYTES).await;
+        // No such response variant.
+        let garbage = decode::<Response>(vec![0x07, 0, 0], MAX_RESPONSE_BYTES).await;
         assert_eq!(garbage, Err(WireError::Undecodable));
         let mut trailing = Request { from: 1, max: 1 }.encode();
         trailing.push(0);
@@ -188,7 +227,19 @@ mod tests {
         );
         let huge = decode::<Request>(vec![0; MAX_REQUEST_BYTES + 1], MAX_REQUEST_BYTES).await;
         assert_eq!(huge, Err(WireError::TooLarge(MAX_REQUEST_BYTES)));
-        // A length prefix claiming far more blocks than the bytes hold fails cleanly.
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_message_is_an_io_error_not_a_bad_message() {
+        // What an honest peer leaves when its request times out half written: no penalty.
+        let whole = Request { from: 42, max: 7 }.encode();
+        for cut in [0, 1, whole.len() - 1] {
+            let read = read_frame::<_, Request>(&mut Cursor::new(whole[..cut].to_vec()), 64).await;
+            let err = read.expect_err("a cut frame is an I/O error");
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}");
+        }
+        // But a length prefix claiming more blocks than the whole frame could hold is a lie,
+        // not a cut (it fails cleanly, without allocating what it claims).
         let lying = vec![0u8, 0xff, 0xff, 0xff, 0xff];
         assert_eq!(
             decode::<Response>(lying, MAX_RESPONSE_BYTES).await,
