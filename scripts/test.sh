@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+# No incremental caches: in a target directory kept between runs they grow by gigabytes with
+# every change (41 GB of them filled this machine's disk), and a test build gains little from them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Model tests use the real SmolLM2 model; fetch it once (cached) unless a path is given.
 if [ -z "${BITORCH_TEST_MODEL:-}" ]; then
   BITORCH_TEST_MODEL="$(scripts/fetch-model.sh)"
