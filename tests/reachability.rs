@@ -143,6 +143,23 @@ fn a_worker_and_a_gateway_behind_nat_meet_through_a_relay_and_answer() {
         ws.as_array()
             .is_some_and(|ws| ws.iter().any(|w| w["peerId"] == b_peer && w["layerStart"] == 15))
     });
+    // Hole punching (DCUtR) upgrades the relayed connection between the two NATed hosts, as a
+    // rule at once; the figure is printed, the answer below is checked either way.
+    let direct = || {
+        let peers = bed.rpc(c, RPC, "system_peers", json!([])).unwrap_or(json!([]));
+        peers.as_array().is_some_and(|ps| {
+            ps.iter().any(|p| p["peerId"] == b_peer && p["connection"] == "direct")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !direct() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "gateway -> NATed worker direct: {} at {:.1} s after start",
+        direct(),
+        t0.elapsed().as_secs_f64()
+    );
     let req = json!({
         "model": name,
         "messages": [{"role": "user", "content": "What is the capital of France?"}],

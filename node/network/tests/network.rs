@@ -98,10 +98,15 @@ async fn garbage_and_oversized_sync_requests_are_refused_and_banned() {
         let decode = |bytes: Option<Vec<u8>>| {
             bytes.and_then(|b| parity_scale_codec::Decode::decode(&mut b.as_slice()).ok())
         };
-        // Garbage: does not decode.
+        // Garbage: does not decode (a request is 12 bytes; these are 13).
         let (garbage_peer, answer) =
-            send_raw(&a, sync::PROTOCOL, Duration::from_secs(5), vec![0xff; 3]).await;
+            send_raw(&a, sync::PROTOCOL, Duration::from_secs(5), vec![0xff; 13]).await;
         assert_eq!(decode(answer), refused);
+        // Cut: the stream ends inside a request, as an honest peer's does when its request
+        // times out half written. No answer, and no penalty.
+        let (cut_peer, answer) =
+            send_raw(&a, sync::PROTOCOL, Duration::from_secs(5), vec![0xff; 3]).await;
+        assert_eq!(decode(answer), None);
         // Oversized: more than the request limit. The node stops reading at the limit, so the
         // sender may see its stream reset before the refusal; it never gets blocks.
         let (big_peer, answer) = send_raw(
@@ -123,6 +128,7 @@ async fn garbage_and_oversized_sync_requests_are_refused_and_banned() {
             done.then_some(())
         })
         .await;
+        assert!(!a.handle.banned_peers().await.unwrap().contains(&cut_peer), "a cut stream banned");
 
         // The node keeps working: a well-behaved peer syncs from it.
         let b = TestNode::start(config(NodeKey::Ephemeral, vec![a.addr.clone()])).await;
