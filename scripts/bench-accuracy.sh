@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+# Built as scripts/test.sh builds (no incremental caches), so that they share the artifacts.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-2}"
 MODEL="${1:-${BITORCH_TEST_MODEL:-$(scripts/fetch-model.sh)}}"
 PROMPTS=inference/examples/accuracy_prompts.tsv

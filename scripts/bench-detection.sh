@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+# Built as scripts/test.sh builds (no incremental caches), so that they share the artifacts.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 N="${1:-200}"; shift || true
 MODES=("$@")
 [ ${#MODES[@]} -gt 0 ] || MODES=(random-outputs skip-layers other-weights other-trace other-logits refuse-openings)

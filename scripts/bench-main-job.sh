@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/dev-node.sh
 source scripts/lib/dev-node.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+# Built as scripts/test.sh builds (no incremental caches), so that they share the artifacts.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 MAX="${1:-128}"; REPEATS="${2:-3}"
 BIN="$CARGO_TARGET_DIR/debug/bitorch"
 cargo build -q -p bitorch --bin bitorch

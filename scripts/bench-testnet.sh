@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+# Built as scripts/test.sh builds (no incremental caches), so that they share the artifacts.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 DIR="${TMPDIR:-/tmp}/bitorch-bench-testnet"
 ACCOUNTS="${1:-500}"; PER="${2:-20}"; RATE="${3:-1000}"
 cargo build -q -p bitorch --bin bitorch --example load

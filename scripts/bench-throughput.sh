@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/dev-node.sh
 source scripts/lib/dev-node.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+# Built as scripts/test.sh builds (no incremental caches), so that they share the artifacts.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 REF="${1:-}"; N="${2:-200}"; CLIENTS="${3:-8}"; MAX="${4:-8}"; KEYS="${KEYS:-0}"
 MODEL="$(scripts/fetch-model.sh)"
 RPC=19970; API=18200

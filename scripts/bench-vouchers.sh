@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+# Built as scripts/test.sh builds (no incremental caches), so that they share the artifacts.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 BITORCH_TEST_MODEL="$(scripts/fetch-model.sh)"
 export BITORCH_TEST_MODEL
 cargo bench -q -p bitorch-compute --bench vouchers

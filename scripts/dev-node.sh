@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+# Built as scripts/test.sh builds (no incremental caches), so that they share the artifacts.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 BASE="${BITORCH_BASE:-$HOME/.local/share/bitorch-dev}"
 cargo build -p bitorch --bin bitorch
 if [ -n "${BITORCH_NO_MODEL:-}" ]; then

@@ -21,6 +21,8 @@ DIR="${BITORCH_NETNS_DIR:-/tmp/bitorch-netns}"
 NET=10.77.0
 BR=btnet0
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+# Built as scripts/test.sh builds (no incremental caches), so that they share the artifacts.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 BIN="$CARGO_TARGET_DIR/debug/bitorch"
 
 need_root() {
@@ -85,7 +87,12 @@ stop() {
     rm -f "$DIR/pids"
   fi
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^bt-' || true); do
+    # Whatever still runs there (a namespace outlives its name while a process holds it).
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del "$ns"
+  done
+  for link in $(ip -br link 2>/dev/null | awk '{print $1}' | grep '^bt-' | cut -d@ -f1 || true); do
+    ip link del "$link" 2>/dev/null || true
   done
   ip link del "$BR" 2>/dev/null || true
 }
@@ -127,7 +134,7 @@ start() {
     if [ "$i" -eq 0 ] && [ -n "$model" ]; then
       extra+=(--serve-model "$model" --layers "0..$split" --api-account //Alice)
     fi
-    in_ns "v$i" "$BIN" node "${common[@]}" --base-path "$DIR/v$i" "${extra[@]}" 2>"$DIR/v$i.log" &
+    ip netns exec "bt-v$i" "$BIN" node "${common[@]}" --base-path "$DIR/v$i" "${extra[@]}" >/dev/null 2>"$DIR/v$i.log" &
     echo $! >> "$DIR/pids"
   done
   for k in $(seq 0 $((workers - 1))); do
@@ -135,9 +142,9 @@ start() {
     shape "w$k" "bt-w$k-i" "$loss" "$rate"
     local key="//Worker$k"
     [ "$k" -lt 2 ] && key="//${names[$((4 + k))]}"
-    in_ns "w$k" "$BIN" node "${common[@]}" --base-path "$DIR/w$k" --boot-nodes "$boot" \
+    ip netns exec "bt-w$k" "$BIN" node "${common[@]}" --base-path "$DIR/w$k" --boot-nodes "$boot" \
       --serve-model "$model" --layers "$split..30" --worker-key "$key" --api-account "$key" \
-      --no-job-ahead 2>"$DIR/w$k.log" &
+      --no-job-ahead >/dev/null 2>"$DIR/w$k.log" &
     echo $! >> "$DIR/pids"
   done
   echo "started $validators validators and $workers NATed workers; logs in $DIR"

@@ -31,6 +31,8 @@ API_BASE="${BITORCH_API_BASE:-8080}"
 P2P_BASE="${BITORCH_P2P_BASE:-30333}"
 PROM_BASE="${BITORCH_PROMETHEUS_BASE:-9615}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
+# Built as scripts/test.sh builds (no incremental caches), so that they share the artifacts.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 BIN="${BITORCH_BIN:-$CARGO_TARGET_DIR/debug/bitorch}"
 NAMES=(Alice Bob Charlie Dave Eve Ferdie)
 

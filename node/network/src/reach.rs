@@ -164,13 +164,14 @@ impl Reach {
         }
     }
 
-    /// AutoNAT's verdict changed.
+    /// AutoNAT's verdict changed. A node given a public address (`--public-addr`) stays
+    /// public whatever AutoNAT says: one failed dial-back (a peer that tried an address it
+    /// cannot reach) would otherwise make a public node reserve relays it does not need.
     pub(crate) fn on_nat_status(&mut self, status: &autonat::NatStatus, given_public: bool) {
         let nat = match status {
+            _ if given_public => NatState::Public,
             autonat::NatStatus::Public(_) => NatState::Public,
             autonat::NatStatus::Private => NatState::Private,
-            // An address given as public stays public.
-            autonat::NatStatus::Unknown if given_public => NatState::Public,
             autonat::NatStatus::Unknown => NatState::Unknown,
         };
         if nat != self.nat {
@@ -333,6 +334,16 @@ mod tests {
         assert_eq!(reach.plan(&config), (vec![], vec![listener]));
         reach.on_listener_closed(listener);
         assert_eq!(reach.plan(&config), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_node_given_a_public_address_stays_public() {
+        let mut config = Config::new(crate::NodeKey::Ephemeral);
+        config.public_addresses = vec!["/ip4/10.0.0.1/tcp/30333".parse().unwrap()];
+        let mut reach = Reach::new(&config);
+        assert_eq!(reach.snapshot(vec![]).nat, NatState::Public);
+        reach.on_nat_status(&autonat::NatStatus::Private, true);
+        assert_eq!(reach.snapshot(vec![]).nat, NatState::Public);
     }
 
     #[test]
