@@ -7,9 +7,8 @@
 mod common;
 
 use common::net::BIN;
-use common::netns::{Bed, Procs};
+use common::netns::{host_dir, host_log, host_logs, testnet_files, Bed, Procs};
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const RPC: u16 = 9944;
@@ -57,40 +56,14 @@ fn finality_survives_loss_stops_in_a_partition_and_resumes_when_it_heals() {
         dir.disable_cleanup(true);
         eprintln!("logs kept in {}", dir.path().display());
     }
-    let spec = dir.path().join("spec.json");
-    let out = Command::new(BIN)
-        .args(["chain-spec", "--chain", "local", "--validators", "4", "-o"])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let base = |i: usize| dir.path().join(format!("host{i}"));
-    let key_dir = base(0).join("chains/local/network");
-    std::fs::create_dir_all(&key_dir).unwrap();
-    let out = Command::new(BIN)
-        .args(["key", "generate-node-key", "--file"])
-        .arg(key_dir.join("secret_ed25519"))
-        .output()
-        .unwrap();
-    let boot =
-        format!("/ip4/{}/tcp/30333/p2p/{}", bed.ip(0), String::from_utf8_lossy(&out.stderr).trim());
+    let (spec, boot_peer) = testnet_files(dir.path(), 4, 0);
+    let base = |i: usize| host_dir(dir.path(), i);
+    let boot = format!("/ip4/{}/tcp/30333/p2p/{boot_peer}", bed.ip(0));
     for i in 0..4 {
         bed.loss(i, 1.0);
     }
-    let log = |i: usize| dir.path().join(format!("host{i}.log"));
-    let logs = || {
-        (0..4)
-            .map(|i| {
-                let l = std::fs::read_to_string(log(i)).unwrap_or_default();
-                let lines: Vec<&str> = l
-                    .lines()
-                    .filter(|l| !l.contains("imported block") && !l.contains("finalized block"))
-                    .collect();
-                format!("== host {i} ==\n{}", lines[lines.len().saturating_sub(25)..].join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let log = |i: usize| host_log(dir.path(), i);
+    let logs = || host_logs(dir.path(), 0..4, 25);
     let mut procs = Procs(Vec::new());
     for (i, name) in NAMES.iter().enumerate() {
         let mut args: Vec<String> =

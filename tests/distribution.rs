@@ -14,7 +14,7 @@ mod common;
 use common::free_port;
 use common::model::{chat, model, post};
 use common::net::{testnet, Node, BIN};
-use common::netns::{Bed, Procs};
+use common::netns::{host_dir, testnet_files, Bed, Procs};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -331,26 +331,9 @@ fn two_seeders_on_rate_limited_hosts_fill_a_puller() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("spec.json");
-    let out = Command::new(BIN)
-        .args(["chain-spec", "--chain", "local", "--validators", "1", "-o"])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let base = |i: usize| dir.path().join(format!("host{i}"));
-    let key_dir = base(0).join("chains/local/network");
-    std::fs::create_dir_all(&key_dir).unwrap();
-    let out = Command::new(BIN)
-        .args(["key", "generate-node-key", "--file"])
-        .arg(key_dir.join("secret_ed25519"))
-        .output()
-        .unwrap();
-    let boot = format!(
-        "/ip4/{}/tcp/30333/p2p/{}",
-        hosts.ip(0),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    let (spec, boot_peer) = testnet_files(dir.path(), 1, 0);
+    let base = |i: usize| host_dir(dir.path(), i);
+    let boot = format!("/ip4/{}/tcp/30333/p2p/{boot_peer}", hosts.ip(0));
     // Host 1 holds the model too, imported by hand into its store.
     let id = model_id(&base(1));
     // Each seeder may send 96 Mbit/s (12 MB/s).

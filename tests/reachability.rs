@@ -12,7 +12,7 @@ mod common;
 
 use common::model::model;
 use common::net::BIN;
-use common::netns::{Bed, Procs};
+use common::netns::{host_dir, host_log, host_logs, testnet_files, Bed, Procs};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -41,22 +41,8 @@ fn a_worker_and_a_gateway_behind_nat_meet_through_a_relay_and_answer() {
     };
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("spec.json");
-    let out = Command::new(BIN)
-        .args(["chain-spec", "--chain", "local", "--validators", "1", "-o"])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let base = |i: usize| dir.path().join(format!("host{i}"));
-    let key_dir = base(a).join("chains/local/network");
-    std::fs::create_dir_all(&key_dir).unwrap();
-    let out = Command::new(BIN)
-        .args(["key", "generate-node-key", "--file"])
-        .arg(key_dir.join("secret_ed25519"))
-        .output()
-        .unwrap();
-    let relay_peer = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let (spec, relay_peer) = testnet_files(dir.path(), 1, a);
+    let base = |i: usize| host_dir(dir.path(), i);
     let relay_addr = format!("/ip4/{}/tcp/30333", bed.ip(a));
     let boot = format!("{relay_addr}/p2p/{relay_peer}");
     let node = |i: usize, extra: &[&str]| -> Vec<String> {
@@ -71,22 +57,8 @@ fn a_worker_and_a_gateway_behind_nat_meet_through_a_relay_and_answer() {
         v
     };
     let model = model().display().to_string();
-    let log = |i: usize| dir.path().join(format!("host{i}.log"));
-    let read = |i: usize| std::fs::read_to_string(log(i)).unwrap_or_default();
-    let logs = || {
-        [a, b, c]
-            .iter()
-            .map(|&i| {
-                let l = read(i);
-                let lines: Vec<&str> = l
-                    .lines()
-                    .filter(|l| !l.contains("malachite") && !l.contains("imported block"))
-                    .collect();
-                format!("== host {i} ==\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let log = |i: usize| host_log(dir.path(), i);
+    let logs = || host_logs(dir.path(), [a, b, c], 40);
     let mut procs = Procs(Vec::new());
     procs.0.push(bed.spawn(
         a,

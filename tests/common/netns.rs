@@ -299,6 +299,60 @@ impl Drop for Bed {
     }
 }
 
+/// A testnet's files in `dir`: the chain spec of a local chain with `validators` validators
+/// (`dir/spec.json`), and host `boot`'s node key in its base path (`dir/host<boot>`), so that
+/// its peer id is known before it starts. Returns the spec's path and that peer id.
+pub fn testnet_files(dir: &Path, validators: usize, boot: usize) -> (std::path::PathBuf, String) {
+    let bin = super::net::BIN;
+    let spec = dir.join("spec.json");
+    let out = Command::new(bin)
+        .args(["chain-spec", "--chain", "local", "--validators", &validators.to_string(), "-o"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chain-spec: {}", String::from_utf8_lossy(&out.stderr));
+    let key_dir = host_dir(dir, boot).join("chains/local/network");
+    std::fs::create_dir_all(&key_dir).unwrap();
+    let out = Command::new(bin)
+        .args(["key", "generate-node-key", "--file"])
+        .arg(key_dir.join("secret_ed25519"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "generate-node-key: {}", String::from_utf8_lossy(&out.stderr));
+    (spec, String::from_utf8_lossy(&out.stderr).trim().to_string())
+}
+
+/// Host `i`'s base path in a testnet's folder.
+pub fn host_dir(dir: &Path, i: usize) -> std::path::PathBuf {
+    dir.join(format!("host{i}"))
+}
+
+/// Host `i`'s log in a testnet's folder.
+pub fn host_log(dir: &Path, i: usize) -> std::path::PathBuf {
+    dir.join(format!("host{i}.log"))
+}
+
+/// The last `n` lines of each of `hosts`' logs, without the consensus engine's chatter and the
+/// block-by-block lines.
+pub fn host_logs(dir: &Path, hosts: impl IntoIterator<Item = usize>, n: usize) -> String {
+    hosts
+        .into_iter()
+        .map(|i| {
+            let log = std::fs::read_to_string(host_log(dir, i)).unwrap_or_default();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    !l.contains("malachite")
+                        && !l.contains("imported block")
+                        && !l.contains("finalized block")
+                })
+                .collect();
+            format!("== host {i} ==\n{}", lines[lines.len().saturating_sub(n)..].join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Kills the processes when dropped.
 pub struct Procs(pub Vec<Child>);
 
