@@ -351,7 +351,11 @@ impl<T: StageTransport> Gateway<T> {
         self.stats_mut().generations += 1;
         let mut run = Run {
             gw: self,
-            workers: Vec::new(),
+            workers: workers
+                .iter()
+                .filter(|w| admits(w, req.model, req.max_price))
+                .cloned()
+                .collect(),
             max_price: req.max_price,
             looked_up: None,
             waited: Duration::ZERO,
@@ -369,7 +373,6 @@ impl<T: StageTransport> Gateway<T> {
             failovers: 0,
             acknowledged: AtomicU64::new(0),
         };
-        run.set_workers(workers);
         let mut tokens = Vec::new();
         let mut finish = FinishReason::Length;
         let mut prompt_secs = 0.0;
@@ -443,6 +446,12 @@ impl<Id> Hop<Id> {
     }
 }
 
+/// Whether a generation of `model` paying at most `max_price` per layer-token can route
+/// over `w`.
+fn admits<Id>(w: &WorkerInfo<Id>, model: ModelId, max_price: Option<Balance>) -> bool {
+    w.model == model && max_price.is_none_or(|p| w.price <= p)
+}
+
 /// One generation's state.
 struct Run<'g, T: StageTransport> {
     gw: &'g Gateway<T>,
@@ -476,16 +485,6 @@ struct Run<'g, T: StageTransport> {
 }
 
 impl<T: StageTransport> Run<'_, T> {
-    /// Routes are planned over those of `workers` that serve the model within the price.
-    fn set_workers(&mut self, workers: &[WorkerInfo<T::WorkerId>]) {
-        let (model, max_price) = (self.model, self.max_price);
-        self.workers = workers
-            .iter()
-            .filter(|w| w.model == model && max_price.is_none_or(|p| w.price <= p))
-            .cloned()
-            .collect();
-    }
-
     /// No route over the workers known: before giving up, look the workers up again (once per
     /// failure: the list the generation started with may have missed one), then wait out a
     /// brief ban (a worker busy for a moment, or not yet seeing the job) that ends within
@@ -495,19 +494,17 @@ impl<T: StageTransport> Run<'_, T> {
         if self.looked_up.is_none_or(|n| n < self.failovers) {
             self.looked_up = Some(self.failovers);
             if let Some(found) = self.gw.transport.find_workers(&self.model).await {
-                let before = self.workers.len();
-                let known: Vec<_> =
-                    self.workers.iter().map(|w| (w.id.clone(), w.layers.clone())).collect();
+                let known = |w: &WorkerInfo<T::WorkerId>| {
+                    self.workers.iter().any(|k| k.id == w.id && k.layers == w.layers)
+                };
                 let fresh: Vec<_> = found
                     .into_iter()
-                    .filter(|w| !known.iter().any(|(id, l)| *id == w.id && *l == w.layers))
+                    .filter(|w| admits(w, self.model, self.max_price) && !known(w))
                     .collect();
-                self.workers.extend(fresh.iter().cloned());
-                let all = std::mem::take(&mut self.workers);
-                self.set_workers(&all);
-                if self.workers.len() > before {
-                    tracing::info!(target: TARGET, found = self.workers.len() - before,
+                if !fresh.is_empty() {
+                    tracing::info!(target: TARGET, found = fresh.len(),
                         "looked the workers up again: new ones to route over");
+                    self.workers.extend(fresh);
                     return true;
                 }
             }

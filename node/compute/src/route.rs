@@ -241,7 +241,7 @@ impl<Id: Eq + Hash + Clone> Bans<Id> {
 
     /// Whether `id` is banned at `now`.
     pub fn is_banned(&self, id: &Id, now: Instant) -> bool {
-        self.until.get(id).is_some_and(|&t| now < t)
+        self.until(id, now).is_some()
     }
 
     /// When `id`'s ban ends, if it is banned at `now`.

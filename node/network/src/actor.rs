@@ -561,8 +561,7 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
-                let given = !self.config.public_addresses.is_empty();
-                self.reach.on_nat_status(&new, given);
+                self.reach.on_nat_status(&new);
                 self.use_relays();
             }
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {

@@ -97,14 +97,16 @@ pub(crate) struct Reach {
     hole_punches: u64,
     hole_punch_failures: u64,
     started: Instant,
+    /// The node was given a public address (`--public-addr`).
+    given_public: bool,
 }
 
 impl Reach {
     pub(crate) fn new(config: &Config) -> Self {
-        let nat =
-            if config.public_addresses.is_empty() { NatState::Unknown } else { NatState::Public };
+        let given_public = !config.public_addresses.is_empty();
         Self {
-            nat,
+            nat: if given_public { NatState::Public } else { NatState::Unknown },
+            given_public,
             relays: BTreeMap::new(),
             listening: HashMap::new(),
             reserved: Vec::new(),
@@ -167,9 +169,9 @@ impl Reach {
     /// AutoNAT's verdict changed. A node given a public address (`--public-addr`) stays
     /// public whatever AutoNAT says: one failed dial-back (a peer that tried an address it
     /// cannot reach) would otherwise make a public node reserve relays it does not need.
-    pub(crate) fn on_nat_status(&mut self, status: &autonat::NatStatus, given_public: bool) {
+    pub(crate) fn on_nat_status(&mut self, status: &autonat::NatStatus) {
         let nat = match status {
-            _ if given_public => NatState::Public,
+            _ if self.given_public => NatState::Public,
             autonat::NatStatus::Public(_) => NatState::Public,
             autonat::NatStatus::Private => NatState::Private,
             autonat::NatStatus::Unknown => NatState::Unknown,
@@ -319,7 +321,7 @@ mod tests {
         reach.on_identify(natted, true, &[circuit]);
         // Unknown reachability: no relay used.
         assert_eq!(reach.plan(&config), (vec![], vec![]));
-        reach.on_nat_status(&autonat::NatStatus::Private, false);
+        reach.on_nat_status(&autonat::NatStatus::Private);
         let (start, stop) = reach.plan(&config);
         let want: Multiaddr =
             format!("/ip4/10.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit").parse().unwrap();
@@ -327,10 +329,7 @@ mod tests {
         let listener = ListenerId::next();
         reach.listening_through(relay, listener);
         assert_eq!(reach.plan(&config), (vec![], vec![]));
-        reach.on_nat_status(
-            &autonat::NatStatus::Public("/ip4/1.2.3.4/tcp/1".parse().unwrap()),
-            false,
-        );
+        reach.on_nat_status(&autonat::NatStatus::Public("/ip4/1.2.3.4/tcp/1".parse().unwrap()));
         assert_eq!(reach.plan(&config), (vec![], vec![listener]));
         reach.on_listener_closed(listener);
         assert_eq!(reach.plan(&config), (vec![], vec![]));
@@ -342,7 +341,7 @@ mod tests {
         config.public_addresses = vec!["/ip4/10.0.0.1/tcp/30333".parse().unwrap()];
         let mut reach = Reach::new(&config);
         assert_eq!(reach.snapshot(vec![]).nat, NatState::Public);
-        reach.on_nat_status(&autonat::NatStatus::Private, true);
+        reach.on_nat_status(&autonat::NatStatus::Private);
         assert_eq!(reach.snapshot(vec![]).nat, NatState::Public);
     }
 
