@@ -5,11 +5,17 @@
 set -euo pipefail
 VERSION=1.65.2
 DIR="${BITORCH_PLAYWRIGHT_DIR:-$HOME/.cache/bitorch/web-test}"
-if ! command -v chromium >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+# Only what is missing: a machine with NodeSource's nodejs (which carries npm) cannot also take
+# Debian's npm package (they conflict).
+PACKAGES=()
+command -v chromium >/dev/null 2>&1 || PACKAGES+=(chromium)
+command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
+if [ ${#PACKAGES[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium nodejs npm >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
 fi
 if [ ! -f "$DIR/node_modules/playwright-core/package.json" ] \
   || ! grep -q "\"version\": \"$VERSION\"" "$DIR/node_modules/playwright-core/package.json"; then
