@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::event::{Event, StageInbound};
 use crate::gossip::{GossipId, Topic, Verdict};
 use crate::handle::Command;
+use crate::liveness::{Liveness, PING_INTERVAL};
 use crate::peers::{Lifted, Misbehaviour, PeerBook};
 use crate::reach::Reach;
 use crate::request::{BadRequesters, Outbound, Pending, Proto, Refusal, Replies};
@@ -93,6 +94,8 @@ pub(crate) struct EventLoop {
     last_discovery: Option<Instant>,
     /// Reachability: AutoNAT's verdict, relays, relayed connections.
     reach: Reach,
+    /// When each connection last answered a ping; silent ones are closed.
+    liveness: Liveness,
 }
 
 impl EventLoop {
@@ -129,6 +132,7 @@ impl EventLoop {
             provided: HashSet::new(),
             chunk_lookups: HashMap::new(),
             reach: Reach::new(&config),
+            liveness: Liveness::new(config.liveness_timeout),
             config,
             commands,
             events,
@@ -150,6 +154,9 @@ impl EventLoop {
         let period = self.config.worker_refresh_interval.max(Duration::from_millis(100));
         let mut refresh = tokio::time::interval_at(Instant::now() + period, period);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut liveness = tokio::time::interval(PING_INTERVAL);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_check = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -173,6 +180,11 @@ impl EventLoop {
                 }
                 peer = self.bad.next_due() => self.penalise(peer, Misbehaviour::UndecodableMessage),
                 _ = maintenance.tick() => self.maintain(),
+                _ = liveness.tick() => {
+                    let now = std::time::Instant::now();
+                    self.close_dead_connections(now.saturating_duration_since(last_check), now);
+                    last_check = now;
+                }
             }
         }
         tracing::info!(target: TARGET, peer = %self.swarm.local_peer_id(), "network service stopped");
@@ -435,6 +447,22 @@ impl EventLoop {
         }
     }
 
+    /// Closes the connections that answered no ping for the liveness timeout. When this loop
+    /// itself was held up (`since_last` well past the ping interval: a starved process), the
+    /// answers may be waiting unread in its queue, so every connection gets a fresh start
+    /// instead.
+    fn close_dead_connections(&mut self, since_last: Duration, now: std::time::Instant) {
+        if since_last > PING_INTERVAL * 3 {
+            tracing::debug!(target: TARGET, ?since_last, "event loop held up; connections get a fresh start");
+            self.liveness.restart(now);
+            return;
+        }
+        for (id, peer) in self.liveness.dead(now) {
+            tracing::info!(target: TARGET, %peer, connection = ?id, timeout = ?self.liveness.deadline(), "closing a connection that answers no ping");
+            self.swarm.close_connection(id);
+        }
+    }
+
     fn maintain(&mut self) {
         self.use_relays();
         for lifted in self.peers.expire(std::time::Instant::now()) {
@@ -505,6 +533,7 @@ impl EventLoop {
             } => {
                 tracing::debug!(target: TARGET, peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
                 self.reach.on_connection_established(peer_id, connection_id, &endpoint);
+                self.liveness.opened(connection_id, peer_id, std::time::Instant::now());
                 if !endpoint.is_relayed() {
                     self.use_relays();
                 }
@@ -517,6 +546,7 @@ impl EventLoop {
             } => {
                 tracing::debug!(target: TARGET, peer = %peer_id, ?cause, "connection closed");
                 self.reach.on_connection_closed(&peer_id, connection_id);
+                self.liveness.closed(connection_id);
                 if num_established == 0 {
                     self.peers.forget(&peer_id);
                     self.emit(Event::PeerDisconnected(peer_id));
@@ -575,6 +605,9 @@ impl EventLoop {
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => {
                 self.reach
                     .on_hole_punch(remote_peer_id, result.map(|_| ()).map_err(|e| e.to_string()));
+            }
+            BehaviourEvent::Ping(libp2p::ping::Event { connection, result: Ok(_), .. }) => {
+                self.liveness.answered(connection, std::time::Instant::now());
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {

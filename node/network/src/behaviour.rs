@@ -161,7 +161,11 @@ impl Behaviour {
             blocked: Default::default(),
             limits: connection_limits::Behaviour::new(limits),
             identify,
-            ping: ping::Behaviour::default(),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(crate::liveness::PING_INTERVAL)
+                    .with_timeout(config.liveness_timeout),
+            ),
             kad,
             gossipsub,
             sync,

@@ -85,6 +85,10 @@ pub struct Config {
     pub ban_duration: Duration,
     /// A connection no protocol uses is closed after this long.
     pub idle_connection_timeout: Duration,
+    /// A connection that has answered no ping for this long is dead and closed (see
+    /// [`liveness`](crate::liveness)): a link that silently stopped carrying packets fails its
+    /// requests within seconds instead of at their own timeouts.
+    pub liveness_timeout: Duration,
     /// How often the service checks its connections, lifts expired bans and dials more peers.
     pub maintenance_interval: Duration,
     /// How often, while under `target_peers`, it walks the DHT for new peers.
@@ -181,6 +185,7 @@ impl Config {
             max_workers_per_model: 256,
             ban_duration: Duration::from_secs(600),
             idle_connection_timeout: Duration::from_secs(60),
+            liveness_timeout: Duration::from_secs(10),
             maintenance_interval: Duration::from_secs(5),
             discovery_interval: Duration::from_secs(30),
             command_capacity: 1024,

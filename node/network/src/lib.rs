@@ -58,6 +58,7 @@ pub mod event;
 pub mod gossip;
 pub mod handle;
 pub mod key;
+pub mod liveness;
 pub mod peers;
 pub mod pieces;
 pub mod reach;
