@@ -242,6 +242,32 @@ pub struct PurgeArgs {
     yes: bool,
 }
 
+/// Waits (at most `limit`) until a node that joins a network has caught up with its peers: it
+/// holds blocks past genesis and its sync is not fetching full batches, twice in a row half a
+/// second apart. A fresh node checks what it is about to do (register a model and pay its fee,
+/// find that another node registered it already) against the network's chain, not against
+/// the genesis it starts from. Returns whether it caught up; after `limit` it goes on anyway
+/// (with a warning) and the chain judges what it submits.
+async fn caught_up(
+    chain: &bitorch_service::Handle,
+    status: &bitorch_service::status::StatusReceiver,
+    limit: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut steady = 0;
+    while tokio::time::Instant::now() < deadline {
+        let best = chain.best().await.map(|h| h.number).unwrap_or(0);
+        steady = if best >= 1 && !status.borrow().syncing { steady + 1 } else { 0 };
+        if steady >= 2 {
+            tracing::info!(target: "node", best, "caught up with the network");
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tracing::warn!(target: "node", secs = limit.as_secs(), "not caught up with the network; going on");
+    false
+}
+
 fn db_path(base: &Path, spec: &ChainSpec) -> PathBuf {
     base.join("chains").join(&spec.id).join("db")
 }
@@ -475,6 +501,11 @@ pub fn run(args: NodeArgs) -> Result<()> {
         if let Some((source, worker_key, api_key)) = serving {
             let manifest = match source {
                 ModelSource::Imported(manifest) => {
+                    // Joining a running network: the chain it is about to check and pay on
+                    // is the network's, not the genesis this node starts from.
+                    if net_handle.is_some() && !args.boot_nodes.is_empty() {
+                        caught_up(&handle, &status_rx, Duration::from_secs(60)).await;
+                    }
                     bitorch_serve::register(&handle, &worker_key, &manifest).await?;
                     manifest
                 }

@@ -875,10 +875,17 @@ impl Inner {
         let positions = u32_of(prompt.len() + max_new);
         // No route within the price, no job: nothing is escrowed for a request that cannot
         // run.
-        let workers = self.workers().await;
+        let mut workers = self.workers().await;
         // The request's cap, else its token's, else this gateway's.
         let cap = req.max_price.or(token_cap).unwrap_or(self.payer.max_price);
-        let price = match self.price_for(&workers, cap) {
+        let mut price = self.price_for(&workers, cap);
+        if price.is_err() {
+            // The workers found a moment ago may predate one that just announced itself (or
+            // the lookup answered before its record came): no route, look once more.
+            workers = self.gateway.transport().workers(true).await;
+            price = self.price_for(&workers, cap);
+        }
+        let price = match price {
             Ok(price) => price,
             Err(e) => {
                 tracing::warn!(target: TARGET, error = %e, "no route for the request");
