@@ -17,12 +17,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 BITORCH_TEST_MODEL="${BITORCH_TEST_MODEL:-$(scripts/fetch-model.sh)}"
 export BITORCH_TEST_MODEL
-cargo test -q -p bitorch --test reachability --no-run
+cargo test -q --workspace --test reachability --no-run
 printf '%-4s %-8s %-14s %-14s %s\n' try direct "direct at (s)" "reserved (s)" "answer (s)"
 ok=0
 times=()
 for i in $(seq 1 "$N"); do
-  out="$(cargo test -q -p bitorch --test reachability -- --nocapture 2>&1 || true)"
+  out="$(cargo test -q --workspace --test reachability -- --nocapture 2>&1 || true)"
   direct="$(sed -n 's/.*NATed worker direct: \(true\|false\) at \([0-9.]*\) s.*/\1 \2/p' <<<"$out")"
   reserved="$(sed -n 's/^both NATed nodes reserved on the relay: \([0-9.]*\) s.*/\1/p' <<<"$out")"
   answer="$(sed -n 's/^answer in \([0-9.]*\) s.*/\1/p' <<<"$out")"

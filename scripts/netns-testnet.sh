@@ -2,10 +2,11 @@
 # A testnet on hosts made of network namespaces (root only): validators on public hosts joined
 # by a bridge (the "internet", 10.77.0.0/24), and workers each behind its own NAT router
 # (masquerading, dropping what comes from outside, like a home router), so that AutoNAT, the
-# relays and hole punching are exercised. Optional packet loss and bandwidth limits per host.
+# relays and hole punching are exercised. Optional packet loss, latency and bandwidth limits per
+# host.
 #
 #   scripts/netns-testnet.sh start [--validators N] [--nat-workers M] [--model PATH]
-#                                  [--split L] [--loss PCT] [--rate MBIT]
+#                                  [--split L] [--loss PCT] [--delay MS] [--rate MBIT]
 #   scripts/netns-testnet.sh status      # heights, reachability, peers of every host
 #   scripts/netns-testnet.sh exec HOST CMD...   # e.g. exec v0 curl -s 127.0.0.1:9944 ...
 #   scripts/netns-testnet.sh stop        # kills the nodes, removes every namespace and link
@@ -14,7 +15,9 @@
 # behind routers r0.. at 10.77.0.100+k). With --model, validator 0 serves layers 0..L (default
 # 15) and the OpenAI API on its port 8080, every worker serves L..30 (`--layers`), and each
 # node's RPC is on 127.0.0.1:9944 inside its host. Logs and data in $BITORCH_NETNS_DIR
-# (default /tmp/bitorch-netns). Latency cannot be added: this kernel has no netem.
+# (default /tmp/bitorch-netns). --delay MS holds every packet a host sends for MS milliseconds
+# (two hosts are then 2 x MS apart in round trip): the kernel here has no netem, so a small
+# program (test-support's `netdelay` example) holds them on netfilter's queue.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="${BITORCH_NETNS_DIR:-/tmp/bitorch-netns}"
@@ -24,6 +27,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitorch/target}"
 # Built as scripts/test.sh builds (no incremental caches), so that they share the artifacts.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 BIN="$CARGO_TARGET_DIR/debug/bitorch"
+NETDELAY="$CARGO_TARGET_DIR/debug/examples/netdelay"
 
 need_root() {
   if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! command -v iptables >/dev/null; then
@@ -70,7 +74,13 @@ natted() { # k
   in_ns "r$k" iptables -A INPUT -i "bt-r$k-i" -j DROP
 }
 
-shape() { # host dev loss rate
+shape() { # host dev loss rate delay
+  if [ -n "$5" ]; then
+    "$NETDELAY" "bt-$1" "$5" 2>>"$DIR/netdelay.log" &
+    echo $! >> "$DIR/pids"
+    sleep 0.2
+    in_ns "$1" iptables -A OUTPUT -o "$2" -j NFQUEUE --queue-num 0 --queue-bypass
+  fi
   if [ -n "$3" ]; then
     in_ns "$1" iptables -A INPUT -i "$2" -m statistic --mode random --probability "$(awk "BEGIN{print $3/100}")" -j DROP
   fi
@@ -98,7 +108,7 @@ stop() {
 }
 
 start() {
-  local validators=4 workers=1 model="" split=15 loss="" rate=""
+  local validators=4 workers=1 model="" split=15 loss="" rate="" delay=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --validators) validators="$2"; shift 2 ;;
@@ -107,6 +117,7 @@ start() {
       --split) split="$2"; shift 2 ;;
       --loss) loss="$2"; shift 2 ;;
       --rate) rate="$2"; shift 2 ;;
+      --delay) delay="$2"; shift 2 ;;
       *) echo "unknown option $1" >&2; exit 2 ;;
     esac
   done
@@ -115,6 +126,7 @@ start() {
   fi
   stop
   cargo build -q -p bitorch --bin bitorch
+  [ -n "$delay" ] && cargo build -q -p bitorch-test-support --example netdelay
   rm -rf "$DIR" && mkdir -p "$DIR"
   ip link add "$BR" type bridge
   ip addr add "$NET.1/24" dev "$BR"
@@ -128,7 +140,7 @@ start() {
   local common=(--chain "$DIR/spec.json" --listen-addr /ip4/0.0.0.0/tcp/30333 --block-time 500 --allow-private-ip)
   for i in $(seq 0 $((validators - 1))); do
     on_bridge "v$i" "$NET.$((10 + i))"
-    shape "v$i" "bt-v$i-i" "$loss" "$rate"
+    shape "v$i" "bt-v$i-i" "$loss" "$rate" "$delay"
     local extra=(--validator "//${names[$i]}" --public-addr "/ip4/$NET.$((10 + i))/tcp/30333")
     [ "$i" -gt 0 ] && extra+=(--boot-nodes "$boot")
     if [ "$i" -eq 0 ] && [ -n "$model" ]; then
@@ -139,7 +151,7 @@ start() {
   done
   for k in $(seq 0 $((workers - 1))); do
     natted "$k"
-    shape "w$k" "bt-w$k-i" "$loss" "$rate"
+    shape "w$k" "bt-w$k-i" "$loss" "$rate" "$delay"
     local key="//Worker$k"
     [ "$k" -lt 2 ] && key="//${names[$((4 + k))]}"
     ip netns exec "bt-w$k" "$BIN" node "${common[@]}" --base-path "$DIR/w$k" --boot-nodes "$boot" \
@@ -170,5 +182,5 @@ case "${1:-}" in
   stop) need_root; stop; echo "stopped" ;;
   status) need_root; status ;;
   exec) shift; need_root; h="$1"; shift; in_ns "$h" "$@" ;;
-  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -4,7 +4,12 @@
 //! outside), so neither can dial the other. AutoNAT finds both unreachable, both reserve a slot
 //! on the relay, the gateway reaches the worker through it (and hole punching may make the
 //! connection direct), and a chat completion through the gateway's API, half of whose layers
-//! the NATed worker computes, names Paris.
+//! the NATed worker computes, names Paris. Then it measures generation speed through that
+//! connection (tokens/s, best of 3).
+//!
+//! For `scripts/bench-relay.sh`: `BITORCH_NAT=symmetric` puts both behind symmetric NATs (hole
+//! punching cannot work: the connection stays relayed, which the test then checks), and
+//! `BITORCH_DELAY_MS=D` holds every host's packets D ms (round trips of 2D between hosts).
 //!
 //! Needs `BITORCH_TEST_MODEL` (the path `scripts/fetch-model.sh` prints).
 
@@ -29,7 +34,9 @@ fn a_worker_and_a_gateway_behind_nat_meet_through_a_relay_and_answer() {
             return;
         }
     };
-    let (a, b, c) = match (bed.add_public(), bed.add_natted(), bed.add_natted()) {
+    let symmetric = std::env::var("BITORCH_NAT").is_ok_and(|v| v == "symmetric");
+    let nat = |bed: &mut Bed| if symmetric { bed.add_natted_symmetric() } else { bed.add_natted() };
+    let (a, b, c) = match (bed.add_public(), nat(&mut bed), nat(&mut bed)) {
         (Ok(a), Ok(b), Ok(c)) => (a, b, c),
         (x, y, z) => {
             eprintln!(
@@ -39,6 +46,13 @@ fn a_worker_and_a_gateway_behind_nat_meet_through_a_relay_and_answer() {
             return;
         }
     };
+    let delay: u64 =
+        std::env::var("BITORCH_DELAY_MS").ok().and_then(|d| d.parse().ok()).unwrap_or(0);
+    if delay > 0 {
+        for i in [a, b, c] {
+            bed.delay(i, delay).unwrap();
+        }
+    }
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let (spec, relay_peer) = testnet_files(dir.path(), 1, a);
@@ -161,6 +175,30 @@ fn a_worker_and_a_gateway_behind_nat_meet_through_a_relay_and_answer() {
         link["connection"] == "relayed" || pb + pc >= 1,
         "a direct connection through two NATs without hole punching? {link}"
     );
+    if symmetric {
+        assert_eq!(link["connection"], "relayed", "symmetric NATs, yet direct: {link}");
+    }
+    // Generation speed through that connection: tokens/s of a longer answer, best of 3.
+    let story = json!({
+        "model": name,
+        "messages": [{"role": "user", "content": "Write a short story about a cat."}],
+        "max_tokens": 48,
+        "temperature": 0,
+    });
+    let mut best: f64 = 0.0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (status, body) = bed.post(c, API, "/v1/chat/completions", &story, 120);
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let tokens = v["usage"]["completion_tokens"].as_f64().unwrap();
+        best = best.max(tokens / t.elapsed().as_secs_f64());
+    }
+    let now = bed.rpc(c, RPC, "system_peers", json!([])).unwrap();
+    let now = now.as_array().unwrap().iter().find(|p| p["peerId"] == b_peer).cloned();
+    let kind = now.and_then(|p| p["connection"].as_str().map(str::to_string));
+    let kind = kind.unwrap_or_else(|| "not connected".into());
+    eprintln!("generation through the NATed worker ({kind}): {best:.1} tok/s");
     // The operator sees it in the metrics too.
     let metrics = Command::new("ip")
         .args([

@@ -5,12 +5,16 @@
 //! - [`tiny`]: tiny random Llama models, reproducible from a seed ([`tiny::seeded`] is the
 //!   seeded stand-in for candle's unseeded `Tensor::randn`), written as safetensors or GGUF;
 //! - [`http`]: a free loopback port, one blocking HTTP/1.1 POST, a JSON-RPC call over it, and
-//!   the chat completion request the end-to-end tests send.
+//!   the chat completion request the end-to-end tests send;
+//! - [`netdelay`] (Linux): latency for network-namespace test beds (netfilter's queue; the
+//!   kernel here has no `netem`).
 //!
 //! It depends on candle only (not on our crates), so that every crate of the workspace,
 //! `bitorch-inference` included, can use it in its tests.
 
 pub mod http;
+#[cfg(target_os = "linux")]
+pub mod netdelay;
 pub mod tiny;
 
 use std::path::{Path, PathBuf};

@@ -2,12 +2,15 @@
 //! "internet", `10.<s>.0.0/24`), and hosts behind NAT, each in a private network
 //! (`192.168.<k>.0/24`) behind a router namespace that masquerades its traffic and drops
 //! connections from outside (Debian's `iptables`). Limits with `tc` (token bucket), loss with
-//! `iptables -m statistic`. Everything is removed when the bed is dropped.
+//! `iptables -m statistic`, latency with a delaying thread on netfilter's queue (the kernel has
+//! no `netem`: `bitorch_test_support::netdelay`). Everything is removed when the bed is dropped.
 #![allow(dead_code)]
 
+use bitorch_test_support::netdelay::Delayer;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// One host: its namespace, the interface it talks through, its own address and the address
 /// the others see it at (its router's, behind NAT).
@@ -27,6 +30,7 @@ pub struct Bed {
     pub hosts: Vec<Host>,
     routers: Vec<String>,
     links: Vec<String>,
+    delayers: Vec<Delayer>,
 }
 
 fn run(args: &[&str]) -> Result<(), String> {
@@ -54,8 +58,15 @@ impl Bed {
         let subnet = format!("{}", id % 200 + 20);
         let bridge = format!("bt{tag}br");
         run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
-        let bed =
-            Self { tag, subnet, bridge, hosts: Vec::new(), routers: Vec::new(), links: Vec::new() };
+        let bed = Self {
+            tag,
+            subnet,
+            bridge,
+            hosts: Vec::new(),
+            routers: Vec::new(),
+            links: Vec::new(),
+            delayers: Vec::new(),
+        };
         run(&["ip", "addr", "add", &format!("10.{}.0.1/24", bed.subnet), "dev", &bed.bridge])?;
         run(&["ip", "link", "set", &bed.bridge, "up"])?;
         Ok(bed)
@@ -100,6 +111,17 @@ impl Bed {
     /// a private network `192.168.<k+1>.0/24` that holds the host (`.2`, the router `.1`).
     /// Connections from outside to the private network are dropped. Returns its index.
     pub fn add_natted(&mut self) -> Result<usize, String> {
+        self.add_behind_nat(false)
+    }
+
+    /// [`Bed::add_natted`] behind a symmetric NAT: each connection out gets a random port
+    /// (`--random-fully`), so the address a peer observes is not the one the next connection
+    /// uses, and hole punching fails; peers reach the host through relays only.
+    pub fn add_natted_symmetric(&mut self) -> Result<usize, String> {
+        self.add_behind_nat(true)
+    }
+
+    fn add_behind_nat(&mut self, symmetric: bool) -> Result<usize, String> {
         let i = self.hosts.len();
         let k = self.routers.len();
         let wan_ip = format!("10.{}.0.{}", self.subnet, 100 + k);
@@ -119,10 +141,10 @@ impl Bed {
         run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
         run(&["ip", "-n", &ns, "route", "add", "default", "via", &format!("{net}.1")])?;
         in_ns(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        in_ns(
-            &router,
-            &["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", &wan, "-j", "MASQUERADE"],
-        )?;
+        let masquerade =
+            ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", &wan, "-j", "MASQUERADE"];
+        let random = if symmetric { &["--random-fully"][..] } else { &[][..] };
+        in_ns(&router, &[&masquerade[..], random].concat())?;
         in_ns(
             &router,
             &[
@@ -213,6 +235,67 @@ impl Bed {
         .unwrap();
     }
 
+    /// Holds every packet host `i` sends for `ms` milliseconds (two such hosts are `2 ms`
+    /// apart in round trip): its outgoing packets go to netfilter's queue (`--queue-bypass`:
+    /// they pass should the delayer stop), where a thread of this test holds them.
+    pub fn delay(&mut self, i: usize, ms: u64) -> Result<(), String> {
+        let ns = self.hosts[i].ns.clone();
+        let delayer =
+            Delayer::start(&Path::new("/run/netns").join(&ns), 0, Duration::from_millis(ms))
+                .map_err(|e| format!("netfilter queue in {ns}: {e}"))?;
+        self.delayers.push(delayer);
+        let dev = self.hosts[i].dev.clone();
+        let rule = ["-o", &dev, "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"];
+        in_ns(&ns, &[&["iptables", "-A", "OUTPUT"][..], &rule[..]].concat())
+    }
+
+    /// The round trip from host `i` to host `j` in milliseconds (the median of 5 pings).
+    pub fn rtt_ms(&self, i: usize, j: usize) -> Option<f64> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.ns(i), "ping", "-q", "-c", "5", "-i", "0.2"])
+            .arg(&self.hosts[j].public_ip)
+            .output()
+            .ok()?;
+        // "rtt min/avg/max/mdev = 50.1/50.4/51.0/0.3 ms"
+        let text = String::from_utf8_lossy(&out.stdout);
+        let stats = text.lines().find(|l| l.contains("min/avg/max"))?;
+        stats.split('=').nth(1)?.trim().split('/').nth(1)?.parse().ok()
+    }
+
+    /// Pulls host `i`'s cable: it sends and receives nothing until [`Bed::reconnect`].
+    pub fn disconnect(&self, i: usize) {
+        self.cable_rule(i, "-I");
+    }
+
+    /// Undoes [`Bed::disconnect`].
+    pub fn reconnect(&self, i: usize) {
+        self.cable_rule(i, "-D");
+    }
+
+    fn cable_rule(&self, i: usize, op: &str) {
+        let h = &self.hosts[i];
+        in_ns(&h.ns, &["iptables", op, "INPUT", "-i", &h.dev, "-j", "DROP"]).unwrap();
+        in_ns(&h.ns, &["iptables", op, "OUTPUT", "-o", &h.dev, "-j", "DROP"]).unwrap();
+    }
+
+    /// Cuts every host of `a` from every host of `b`.
+    pub fn split(&self, a: &[usize], b: &[usize]) {
+        for &i in a {
+            for &j in b {
+                self.cut(i, j);
+            }
+        }
+    }
+
+    /// Undoes [`Bed::split`].
+    pub fn join(&self, a: &[usize], b: &[usize]) {
+        for &i in a {
+            for &j in b {
+                self.heal(i, j);
+            }
+        }
+    }
+
     /// Cuts hosts `i` and `j` apart: each drops what comes from the other.
     pub fn cut(&self, i: usize, j: usize) {
         self.partition_rule(i, j, "-A");
@@ -285,6 +368,8 @@ impl Bed {
 
 impl Drop for Bed {
     fn drop(&mut self) {
+        // The delayers release what they hold and leave the namespaces first.
+        self.delayers.clear();
         for h in &self.hosts {
             let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
         }
