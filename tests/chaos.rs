@@ -259,6 +259,16 @@ fn a_slow_lossy_network_with_nat_keeps_finality_and_fails_over_a_cut_worker() {
             .iter()
             .all(|p| ws.as_array().is_some_and(|ws| ws.iter().any(|w| w["peerId"] == *p)))
     });
+    // The NATed workers dial the public gateway directly (hole punching, or their direct dial
+    // once a relayed connection stayed relayed): tokens do not take the relay's detour.
+    wait("the gateway's connections to both NATed workers direct", 120, &|| {
+        let peers = bed.rpc(GATEWAY, RPC, "system_peers", json!([])).unwrap_or(json!([]));
+        nat_peers.iter().all(|p| {
+            peers.as_array().is_some_and(|ps| {
+                ps.iter().any(|x| x["peerId"] == *p && x["connection"] == "direct")
+            })
+        })
+    });
     let ask = |prompt: &str, max_tokens: u32| {
         let req = json!({
             "model": name,

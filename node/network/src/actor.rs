@@ -465,6 +465,16 @@ impl EventLoop {
 
     fn maintain(&mut self) {
         self.use_relays();
+        for (peer, addresses) in self.reach.retry_direct(std::time::Instant::now()) {
+            tracing::debug!(target: TARGET, %peer, ?addresses, "dialing a relayed-only peer directly");
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::NotDialing)
+                .addresses(addresses)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(target: TARGET, %peer, error = %e, "direct dial not started");
+            }
+        }
         for lifted in self.peers.expire(std::time::Instant::now()) {
             tracing::info!(target: TARGET, peer = %lifted.peer, "ban expired");
             self.lift(lifted);

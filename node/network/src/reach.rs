@@ -11,6 +11,11 @@
 //! connection closes it once a direct one exists and none of its requests to that peer is
 //! in flight (request-response spreads requests over every connection to a peer, and a request
 //! on a closed connection fails): from then on the traffic is direct.
+//!
+//! DCUtR tries once per relayed connection. When that try fails (the relay's link was busy,
+//! or lost packets), a peer reached only through a relay is dialed directly at the addresses it
+//! listens on, at most every [`DIRECT_RETRY`] ([`Reach::retry_direct`]): a node behind NAT
+//! reaches a public peer that way (it dials out), and two NATed peers simply fail the dial.
 
 use crate::config::Config;
 use libp2p::core::transport::ListenerId;
@@ -19,9 +24,13 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
 use libp2p::{autonat, Multiaddr, PeerId};
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const TARGET: &str = "network";
+
+/// How long a peer reached only through a relay is left to DCUtR before it is dialed directly,
+/// and how often the direct dial is tried again.
+pub const DIRECT_RETRY: Duration = Duration::from_secs(30);
 
 /// Whether peers can dial this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,9 +85,26 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
+/// Whether `addr` is an IP address the internet can route (not loopback, private, link-local
+/// or unspecified); names (DNS) count as global.
+fn is_global(addr: &Multiaddr) -> bool {
+    addr.iter().all(|p| match p {
+        Protocol::Ip4(ip) => {
+            !(ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_unspecified())
+        }
+        Protocol::Ip6(ip) => {
+            let unique_local = (ip.segments()[0] & 0xfe00) == 0xfc00;
+            let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+            !(ip.is_loopback() || ip.is_unspecified() || unique_local || link_local)
+        }
+        _ => true,
+    })
+}
+
 struct Conn {
     id: ConnectionId,
     relayed: bool,
+    since: Instant,
     /// We dialed it.
     dialer: bool,
     address: Multiaddr,
@@ -99,6 +125,12 @@ pub(crate) struct Reach {
     started: Instant,
     /// The node was given a public address (`--public-addr`).
     given_public: bool,
+    /// Each peer's listen addresses that are not relayed (and, unless private addresses
+    /// count as reachable, not private): where a relayed-only peer is dialed directly.
+    direct_addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    /// When each relayed-only peer was last dialed directly.
+    direct_tried: HashMap<PeerId, Instant>,
+    private_ips_reachable: bool,
 }
 
 impl Reach {
@@ -114,6 +146,9 @@ impl Reach {
             hole_punches: 0,
             hole_punch_failures: 0,
             started: Instant::now(),
+            direct_addresses: HashMap::new(),
+            direct_tried: HashMap::new(),
+            private_ips_reachable: config.private_ips_reachable,
         }
     }
 
@@ -132,7 +167,14 @@ impl Reach {
             tracing::info!(target: TARGET, %peer, %address, secs = self.started.elapsed().as_secs_f64(),
                 "direct connection to a peer reached through a relay");
         }
-        self.connections.entry(peer).or_default().push(Conn { id, relayed, dialer, address });
+        let since = Instant::now();
+        self.connections.entry(peer).or_default().push(Conn {
+            id,
+            relayed,
+            since,
+            dialer,
+            address,
+        });
     }
 
     pub(crate) fn on_connection_closed(&mut self, peer: &PeerId, id: ConnectionId) {
@@ -140,6 +182,8 @@ impl Reach {
             conns.retain(|c| c.id != id);
             if conns.is_empty() {
                 self.connections.remove(peer);
+                self.direct_addresses.remove(peer);
+                self.direct_tried.remove(peer);
             }
         }
     }
@@ -149,6 +193,17 @@ impl Reach {
     /// not itself relayed). A peer that listens through a relay itself is behind NAT: no use
     /// as a relay, whatever it advertises.
     pub(crate) fn on_identify(&mut self, peer: PeerId, relays: bool, listen: &[Multiaddr]) {
+        let private_ok = self.private_ips_reachable;
+        let direct: Vec<Multiaddr> = listen
+            .iter()
+            .filter(|a| !is_relayed(a) && (private_ok || is_global(a)))
+            .cloned()
+            .collect();
+        if direct.is_empty() {
+            self.direct_addresses.remove(&peer);
+        } else {
+            self.direct_addresses.insert(peer, direct);
+        }
         if !relays || listen.iter().any(is_relayed) {
             self.relays.remove(&peer);
             return;
@@ -239,6 +294,30 @@ impl Reach {
                 tracing::info!(target: TARGET, %peer, %error, "hole punching failed; staying relayed");
             }
         }
+    }
+
+    /// Peers reached only through relays for at least [`DIRECT_RETRY`] (DCUtR had its try),
+    /// not dialed directly in the last [`DIRECT_RETRY`], with the direct addresses they listen
+    /// on: to dial now (marked tried).
+    pub(crate) fn retry_direct(&mut self, now: Instant) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        let due: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .connections
+            .iter()
+            .filter(|(_, conns)| {
+                conns.iter().all(|c| c.relayed)
+                    && conns.iter().any(|c| now.saturating_duration_since(c.since) >= DIRECT_RETRY)
+            })
+            .filter(|(peer, _)| {
+                self.direct_tried
+                    .get(peer)
+                    .is_none_or(|t| now.saturating_duration_since(*t) >= DIRECT_RETRY)
+            })
+            .filter_map(|(peer, _)| Some((*peer, self.direct_addresses.get(peer)?.clone())))
+            .collect();
+        for (peer, _) in &due {
+            self.direct_tried.insert(*peer, now);
+        }
+        due
     }
 
     /// Relayed connections this node dialed to peers it now also has a direct connection to,
@@ -365,5 +444,39 @@ mod tests {
         assert_eq!(reach.redundant(|_| false), vec![ConnectionId::new_unchecked(1)]);
         reach.on_connection_closed(&peer, ConnectionId::new_unchecked(1));
         assert!(reach.redundant(|_| false).is_empty());
+    }
+
+    #[test]
+    fn a_peer_reached_only_through_a_relay_is_dialed_directly_after_dcutr_had_its_try() {
+        let config = Config::new(crate::NodeKey::Ephemeral);
+        let mut reach = Reach::new(&config);
+        let (peer, natted, relay) = (PeerId::random(), PeerId::random(), PeerId::random());
+        for (i, p) in [(1, peer), (2, natted)] {
+            let circuit = format!("/ip4/10.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{p}");
+            reach.on_connection_established(p, ConnectionId::new_unchecked(i), &dialed(&circuit));
+        }
+        let public: Multiaddr = "/ip4/203.0.113.7/tcp/30333".parse().unwrap();
+        let circuit: Multiaddr =
+            format!("/ip4/10.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit").parse().unwrap();
+        reach.on_identify(
+            peer,
+            false,
+            &[public.clone(), circuit.clone(), "/ip4/192.168.1.2/tcp/30333".parse().unwrap()],
+        );
+        // A peer behind NAT listens on a private address and through the relay: nothing to dial.
+        reach.on_identify(natted, false, &["/ip4/192.168.1.2/tcp/30333".parse().unwrap(), circuit]);
+        let t0 = Instant::now();
+        assert!(reach.retry_direct(t0).is_empty(), "DCUtR's turn first");
+        let later = t0 + DIRECT_RETRY + Duration::from_secs(1);
+        assert_eq!(reach.retry_direct(later), vec![(peer, vec![public])]);
+        assert!(reach.retry_direct(later + Duration::from_secs(1)).is_empty(), "tried just now");
+        assert_eq!(reach.retry_direct(later + DIRECT_RETRY).len(), 1, "tried again later");
+        // Once a direct connection exists, nothing more to try.
+        reach.on_connection_established(
+            peer,
+            ConnectionId::new_unchecked(3),
+            &dialed("/ip4/203.0.113.7/tcp/30333"),
+        );
+        assert!(reach.retry_direct(later + DIRECT_RETRY * 3).is_empty());
     }
 }
