@@ -235,7 +235,9 @@ fn a_soak_under_transfers_and_chats_loses_nothing_and_keeps_memory_flat() {
         let got = (free(&bed, i, FERDIE) - ferdie_before) / 1_000_000_000;
         assert_eq!(got as u64, included, "host {i}: Ferdie got {got} transfers of {included}");
     }
-    for n in 1..=top {
+    // One chain: each header names its parent, so the same block at the top height means the
+    // same blocks below it (a few heights are checked on the way too).
+    for n in (1..=top).step_by(((top / 16).max(1)) as usize).chain([top]) {
         let first = bed.rpc(0, RPC, "chain_getBlockHash", json!([n])).unwrap();
         for i in 1..4 {
             assert_eq!(bed.rpc(i, RPC, "chain_getBlockHash", json!([n])).unwrap(), first, "#{n}");

@@ -436,6 +436,15 @@ impl EventLoop {
                 }
             }
         }
+        self.close_redundant();
+    }
+
+    /// Closes relayed connections a direct one made redundant, to peers with no request of
+    /// ours in flight. Also run after each stage answer: a generation keeps a request in flight
+    /// almost all the time, and the moment between two tokens is when its relayed connection
+    /// can go (until then request-response spreads the tokens over both connections, and half
+    /// of them take the relay's detour).
+    fn close_redundant(&mut self) {
         let busy = |peer: &PeerId| {
             self.stage.outbound.has_pending_to(peer)
                 || self.pieces.outbound.has_pending_to(peer)
@@ -946,6 +955,7 @@ impl EventLoop {
                 };
                 debug_assert_eq!(pending.peer, peer);
                 let _ = pending.reply.send(result);
+                self.close_redundant();
             }
             E::OutboundFailure { peer, request_id, error, .. } => {
                 self.opaque_state(proto).outbound.fail(&request_id, peer, error.to_string())
