@@ -20,7 +20,7 @@ mod common;
 
 use common::model::{infer, model};
 use common::net::BIN;
-use common::netns::{host_dir, host_log, host_logs, testnet_files, Bed, Procs};
+use common::netns::{host_dir, host_log, host_logs, test_dir, testnet_files, Bed, Procs};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -35,19 +35,13 @@ const NAT_WORKERS: [usize; 2] = [5, 6];
 /// The third worker's key (six dev accounts are funded at genesis; it gets its funds from Alice).
 const SIXTH_WORKER_KEY: &str = "//Worker6";
 
-/// The best block's number at host `i` (`None` while it does not answer).
-fn height(bed: &Bed, i: usize) -> Option<u64> {
-    let h = bed.rpc(i, RPC, "chain_getHeader", json!([])).ok()?;
-    u64::from_str_radix(h["number"].as_str()?.trim_start_matches("0x"), 16).ok()
-}
-
 fn hash_at(bed: &Bed, i: usize, n: u64) -> Value {
     bed.rpc(i, RPC, "chain_getBlockHash", json!([n])).unwrap_or(Value::Null)
 }
 
 /// Every height up to the lowest best block among `hosts`: the same block at every one.
 fn agree(bed: &Bed, hosts: &[usize]) -> u64 {
-    let top = hosts.iter().map(|&i| height(bed, i).unwrap()).min().unwrap();
+    let top = hosts.iter().map(|&i| bed.height(i, RPC).unwrap()).min().unwrap();
     for n in 1..=top {
         let first = hash_at(bed, hosts[0], n);
         assert!(!first.is_null(), "no block #{n}");
@@ -100,12 +94,8 @@ fn a_slow_lossy_network_with_nat_keeps_finality_and_fails_over_a_cut_worker() {
         bed.loss(i, 1.0);
     }
     let t0 = Instant::now();
-    let mut dir = tempfile::tempdir().unwrap();
     // BITORCH_KEEP_LOGS=1 keeps the hosts' logs and stores (the folder is printed).
-    if std::env::var_os("BITORCH_KEEP_LOGS").is_some() {
-        dir.disable_cleanup(true);
-        eprintln!("logs kept in {}", dir.path().display());
-    }
+    let dir = test_dir();
     let all: Vec<usize> = (0..natted.len()).collect();
     let validators = [0, 1, 2, 3];
     let rtt = bed.rtt_ms(0, 1).unwrap();
@@ -151,7 +141,7 @@ fn a_slow_lossy_network_with_nat_keeps_finality_and_fails_over_a_cut_worker() {
         secs
     };
     wait("4 validators at #3", 120, &|| {
-        validators.iter().all(|&i| height(&bed, i).is_some_and(|h| h >= 3))
+        validators.iter().all(|&i| bed.height(i, RPC).is_some_and(|h| h >= 3))
     });
 
     // The workers. The sixth key gets its funds from Alice first.
@@ -191,12 +181,12 @@ fn a_slow_lossy_network_with_nat_keeps_finality_and_fails_over_a_cut_worker() {
     }
 
     // Finality at 50 ms round trips and 1% loss: the time between finalized blocks, over 20.
-    let mut last = (height(&bed, 0).unwrap(), Instant::now());
+    let mut last = (bed.height(0, RPC).unwrap(), Instant::now());
     let mut gaps = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while gaps.len() < 20 {
         assert!(Instant::now() < deadline, "finality too slow: {gaps:?}\n{}", logs());
-        let h = height(&bed, 0).unwrap();
+        let h = bed.height(0, RPC).unwrap();
         if h > last.0 {
             let secs = last.1.elapsed().as_secs_f64() / (h - last.0) as f64;
             gaps.extend(std::iter::repeat_n(secs, (h - last.0) as usize));
@@ -220,27 +210,27 @@ fn a_slow_lossy_network_with_nat_keeps_finality_and_fails_over_a_cut_worker() {
     });
     bed.disconnect(2);
     std::thread::sleep(Duration::from_secs(1));
-    let from = height(&bed, 0).unwrap();
+    let from = bed.height(0, RPC).unwrap();
     wait("3 blocks finalized with Charlie's cable pulled (Dave votes)", 60, &|| {
-        [0, 1, 3].iter().all(|&i| height(&bed, i).is_some_and(|h| h >= from + 3))
+        [0, 1, 3].iter().all(|&i| bed.height(i, RPC).is_some_and(|h| h >= from + 3))
     });
     bed.reconnect(2);
-    let top = height(&bed, 0).unwrap();
-    wait("Charlie back and caught up", 120, &|| height(&bed, 2).is_some_and(|h| h >= top));
+    let top = bed.height(0, RPC).unwrap();
+    wait("Charlie back and caught up", 120, &|| bed.height(2, RPC).is_some_and(|h| h >= top));
 
     // A 2+2 partition: no side has two thirds of the voting power.
     let (a, b) = ([0, 1, GATEWAY], [2, 3, 5, 6]);
     bed.split(&a, &b);
     std::thread::sleep(Duration::from_secs(2));
-    let cut_at: Vec<u64> = validators.iter().map(|&i| height(&bed, i).unwrap()).collect();
+    let cut_at: Vec<u64> = validators.iter().map(|&i| bed.height(i, RPC).unwrap()).collect();
     std::thread::sleep(Duration::from_secs(8));
-    let after: Vec<u64> = validators.iter().map(|&i| height(&bed, i).unwrap()).collect();
+    let after: Vec<u64> = validators.iter().map(|&i| bed.height(i, RPC).unwrap()).collect();
     eprintln!("partitioned: heights {cut_at:?} -> {after:?} in 8 s");
     assert_eq!(after, cut_at, "a side finalized without two thirds of the votes");
     bed.join(&a, &b);
     let target = after.iter().max().unwrap() + 3;
     wait("finality to resume after healing (every validator 3 blocks further)", 120, &|| {
-        validators.iter().all(|&i| height(&bed, i).is_some_and(|h| h >= target))
+        validators.iter().all(|&i| bed.height(i, RPC).is_some_and(|h| h >= target))
     });
 
     // The pipeline through a NATed worker.

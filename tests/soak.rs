@@ -13,7 +13,7 @@ mod common;
 
 use common::model::model;
 use common::net::BIN;
-use common::netns::{host_dir, host_log, host_logs, testnet_files, Bed, Procs};
+use common::netns::{host_dir, host_log, host_logs, test_dir, testnet_files, Bed, Procs};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,11 +50,6 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     }
 }
 
-fn height(bed: &Bed, i: usize) -> Option<u64> {
-    let h = bed.rpc(i, RPC, "chain_getHeader", json!([])).ok()?;
-    u64::from_str_radix(h["number"].as_str()?.trim_start_matches("0x"), 16).ok()
-}
-
 fn free(bed: &Bed, i: usize, who: &str) -> u128 {
     let a = bed.rpc(i, RPC, "bitorch_account", json!([who])).unwrap();
     a["free"].as_str().unwrap().parse().unwrap()
@@ -86,12 +81,8 @@ fn a_soak_under_transfers_and_chats_loses_nothing_and_keeps_memory_flat() {
     }
     let secs: u64 =
         std::env::var("BITORCH_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(90);
-    let mut dir = tempfile::tempdir().unwrap();
     // BITORCH_KEEP_LOGS=1 keeps the hosts' logs and stores (the folder is printed).
-    if std::env::var_os("BITORCH_KEEP_LOGS").is_some() {
-        dir.disable_cleanup(true);
-        eprintln!("logs kept in {}", dir.path().display());
-    }
+    let dir = test_dir();
     let (spec, boot_peer) = testnet_files(dir.path(), 4, 0);
     let boot = format!("/ip4/{}/tcp/30333/p2p/{boot_peer}", bed.ip(0));
     let logs = || host_logs(dir.path(), hosts.iter().copied(), 25);
@@ -146,7 +137,9 @@ fn a_soak_under_transfers_and_chats_loses_nothing_and_keeps_memory_flat() {
             std::thread::sleep(Duration::from_millis(300));
         }
     };
-    wait("the validators at #3", 120, &|| (0..4).all(|i| height(&bed, i).is_some_and(|h| h >= 3)));
+    wait("the validators at #3", 120, &|| {
+        (0..4).all(|i| bed.height(i, RPC).is_some_and(|h| h >= 3))
+    });
     let models = || bed.rpc(0, RPC, "bitorch_models", json!([]));
     wait("the gateway up with the model", 180, &|| {
         models().is_ok_and(|m| m[0]["name"].is_string())
@@ -227,9 +220,9 @@ fn a_soak_under_transfers_and_chats_loses_nothing_and_keeps_memory_flat() {
         start.elapsed().as_secs_f64()
     );
     // Nothing lost: every transfer is in Ferdie's balance, on every host.
-    let top = (0..4).map(|i| height(&bed, i).unwrap()).max().unwrap();
+    let top = (0..4).map(|i| bed.height(i, RPC).unwrap()).max().unwrap();
     wait("the validators at the head", 60, &|| {
-        (0..4).all(|i| height(&bed, i).is_some_and(|h| h >= top))
+        (0..4).all(|i| bed.height(i, RPC).is_some_and(|h| h >= top))
     });
     for i in 0..4 {
         let got = (free(&bed, i, FERDIE) - ferdie_before) / 1_000_000_000;

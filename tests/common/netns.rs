@@ -341,6 +341,13 @@ impl Bed {
         }
     }
 
+    /// The best block's number at the node of host `i` (RPC on its loopback port `port`);
+    /// `None` while it does not answer.
+    pub fn height(&self, i: usize, port: u16) -> Option<u64> {
+        let h = self.rpc(i, port, "chain_getHeader", json!([])).ok()?;
+        u64::from_str_radix(h["number"].as_str()?.trim_start_matches("0x"), 16).ok()
+    }
+
     /// A POST of `body` to `path` on host `i`'s loopback port `port`: (status, body).
     pub fn post(&self, i: usize, port: u16, path: &str, body: &Value, secs: u32) -> (u16, String) {
         let out = Command::new("ip")
@@ -405,6 +412,17 @@ pub fn testnet_files(dir: &Path, validators: usize, boot: usize) -> (std::path::
         .unwrap();
     assert!(out.status.success(), "generate-node-key: {}", String::from_utf8_lossy(&out.stderr));
     (spec, String::from_utf8_lossy(&out.stderr).trim().to_string())
+}
+
+/// A folder for the hosts' stores and logs, removed after the test unless `BITORCH_KEEP_LOGS`
+/// is set (then it is kept and printed).
+pub fn test_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("BITORCH_KEEP_LOGS").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("logs kept in {}", dir.path().display());
+    }
+    dir
 }
 
 /// Host `i`'s base path in a testnet's folder.
