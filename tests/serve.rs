@@ -506,4 +506,5 @@ fn the_prometheus_endpoint_shows_the_node_at_work() {
     assert!(after.contains_key("bitorch_open_audits"), "{after:?}");
     // No audit failed on this honest node (the pallet's tests count failed ones).
     assert_eq!(after["bitorch_slashes_total"], 0.0, "{after:?}");
+    assert_eq!(after["bitorch_panics_total"], 0.0, "{after:?}");
 }

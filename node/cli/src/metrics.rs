@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -44,9 +44,29 @@ fn counter(registry: &mut Registry, name: &str, help: &str, v: u64) {
     registry.register(name, help, c);
 }
 
+/// Panics in any of the node's threads since it started.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts every panic (for `bitorch_panics_total`) before the default hook reports it. A
+/// panic in a task (a connection's, a request's) ends that task only, and the node goes on
+/// in a state nobody designed: an operator should see it happened.
+pub fn count_panics() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+        report(info)
+    }));
+}
+
 /// The current figures, in the OpenMetrics text format.
 pub async fn render(s: &Sources) -> String {
     let mut r = Registry::with_prefix("bitorch");
+    counter(
+        &mut r,
+        "panics",
+        "Panics in the node's threads since it started",
+        PANICS.load(Ordering::Relaxed),
+    );
     let heights = Family::<Vec<(String, String)>, Gauge>::default();
     if let Ok(best) = s.chain.best().await {
         heights.get_or_create(&vec![("status".into(), "best".into())]).set(best.number as i64);

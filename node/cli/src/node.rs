@@ -282,6 +282,7 @@ fn init_logging() {
 /// Runs a node until Ctrl-C or SIGTERM.
 pub fn run(args: NodeArgs) -> Result<()> {
     init_logging();
+    crate::metrics::count_panics();
     let chain_name =
         args.chain.clone().unwrap_or_else(|| if args.dev { "dev".into() } else { "local".into() });
     let spec = ChainSpec::load(&chain_name)?;

@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::error::Error;
 use crate::gossip::Topic;
+use crate::relay_server::RelayServer;
 use crate::{pieces, stage, sync};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
@@ -42,7 +43,7 @@ pub(crate) struct Behaviour {
     /// Whether this node is reachable from outside (AutoNAT v1: peers dial it back).
     pub(crate) autonat: autonat::Behaviour,
     /// Relays circuits for peers behind NAT (circuit relay v2), once reachable, when enabled.
-    pub(crate) relay: Toggle<relay::Behaviour>,
+    pub(crate) relay: Toggle<RelayServer>,
     /// Reserves slots on relays and dials peers through them.
     pub(crate) relay_client: relay::client::Behaviour,
     /// Upgrades a relayed connection to a direct one (hole punching).
@@ -186,7 +187,7 @@ impl Behaviour {
             relay: config
                 .relay_server
                 .map(|l| {
-                    relay::Behaviour::new(
+                    RelayServer::new(relay::Behaviour::new(
                         peer_id,
                         relay::Config {
                             max_reservations: l.max_reservations,
@@ -196,7 +197,7 @@ impl Behaviour {
                             max_circuit_bytes: l.max_circuit_bytes,
                             ..Default::default()
                         },
-                    )
+                    ))
                 })
                 .into(),
             relay_client,

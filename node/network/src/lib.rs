@@ -62,6 +62,7 @@ pub mod liveness;
 pub mod peers;
 pub mod pieces;
 pub mod reach;
+mod relay_server;
 pub mod request;
 pub mod stage;
 pub mod sync;
