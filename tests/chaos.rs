@@ -57,18 +57,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// A counter or gauge from host `i`'s Prometheus endpoint (0 when absent).
-/// A figure from host `i`'s Prometheus endpoint; `None` if it does not answer or lacks it.
-fn metric(bed: &Bed, i: usize, name: &str) -> Option<f64> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", bed.ns(i), "curl", "-s", "-m", "5"])
-        .arg("http://127.0.0.1:9615/metrics")
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 #[test]
 fn a_slow_lossy_network_with_nat_keeps_finality_and_fails_over_a_cut_worker() {
     let mut bed = match Bed::new() {
@@ -283,7 +271,7 @@ fn a_slow_lossy_network_with_nat_keeps_finality_and_fails_over_a_cut_worker() {
     // Pull the serving NATed worker's cable mid-generation: the answer is the same.
     let (prompt, tokens) = ("Write a short story about a lighthouse keeper.", 96);
     let reference = infer(prompt, tokens);
-    let forwards = |i: usize| metric(&bed, i, "bitorch_stage_forwards_total").unwrap_or(0.0);
+    let forwards = |i: usize| bed.metric(i, "bitorch_stage_forwards_total").unwrap_or(0.0);
     let before: Vec<f64> = NAT_WORKERS.iter().map(|&i| forwards(i)).collect();
     let (answer, cut, cut_at) = std::thread::scope(|s| {
         let request = s.spawn(|| ask(prompt, tokens));
@@ -327,7 +315,7 @@ fn a_slow_lossy_network_with_nat_keeps_finality_and_fails_over_a_cut_worker() {
         assert_eq!(banned, json!([]), "host {i} banned peers");
         // No task died halfway (a relayed connection's once did, and its peer looked
         // connected ever after).
-        let panics = metric(&bed, i, "bitorch_panics_total");
+        let panics = bed.metric(i, "bitorch_panics_total");
         assert_eq!(panics, Some(0.0), "host {i}'s panics:\n{}", logs());
     }
     drop(procs);

@@ -507,4 +507,9 @@ fn the_prometheus_endpoint_shows_the_node_at_work() {
     // No audit failed on this honest node (the pallet's tests count failed ones).
     assert_eq!(after["bitorch_slashes_total"], 0.0, "{after:?}");
     assert_eq!(after["bitorch_panics_total"], 0.0, "{after:?}");
+    // The database's memory, within its budget, and the state's size.
+    let memtables = after["bitorch_db_memory_bytes{part=\"memtables\"}"];
+    assert!(memtables > 0.0 && memtables <= 24.0 * 1024.0 * 1024.0, "{after:?}");
+    assert!(after.contains_key("bitorch_db_memory_bytes{part=\"block_cache\"}"), "{after:?}");
+    assert!(after["bitorch_state_keys"] > 10.0, "{after:?}");
 }

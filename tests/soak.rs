@@ -158,6 +158,9 @@ fn a_soak_under_transfers_and_chats_loses_nothing_and_keeps_memory_flat() {
     let stop = AtomicBool::new(false);
     let (sent, included, chats) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); pids.len()];
+    // The database's memtables (in MB) at each sample: memory RocksDB holds up to its budget.
+    let mut memtables: Vec<Vec<f64>> = vec![Vec::new(); pids.len()];
+    const MEMTABLES: &str = "bitorch_db_memory_bytes{part=\"memtables\"}";
     let start = Instant::now();
     std::thread::scope(|s| {
         // Transfers through Bob's node, one after another.
@@ -209,6 +212,9 @@ fn a_soak_under_transfers_and_chats_loses_nothing_and_keeps_memory_flat() {
                 let mb =
                     rss_mb(pid).unwrap_or_else(|| panic!("host {k}'s node is gone:\n{}", logs()));
                 samples[k].push((t, mb));
+                if let Some(b) = bed.metric(k, MEMTABLES) {
+                    memtables[k].push(b / 1e6);
+                }
             }
             std::thread::sleep(Duration::from_secs(5));
         }
@@ -246,11 +252,18 @@ fn a_soak_under_transfers_and_chats_loses_nothing_and_keeps_memory_flat() {
         let window = warm.last().unwrap().0 - warm[0].0;
         let s = slope(&warm);
         let (first, last) = (warm[0].1, warm.last().unwrap().1);
+        let (m0, m1) = (memtables[k].first().copied(), memtables[k].last().copied());
         eprintln!(
-            "host {k} {}: {first:.0} -> {last:.0} MB resident after warm-up, slope {s:+.2} MB/min ({} samples)",
+            "host {k} {}: {first:.0} -> {last:.0} MB resident after warm-up, slope {s:+.2} MB/min ({} samples); database memtables {:.1} -> {:.1} MB (most {:.1})",
             roles[k],
-            warm.len()
+            warm.len(),
+            m0.unwrap_or(0.0),
+            m1.unwrap_or(0.0),
+            memtables[k].iter().fold(0f64, |a, b| a.max(*b)),
         );
+        assert!(m1.is_some(), "host {k}'s metrics never answered");
+        // No task died halfway.
+        assert_eq!(bed.metric(k, "bitorch_panics_total"), Some(0.0), "host {k} panicked");
         assert!(
             s * window < MAX_RISE_MB,
             "host {k}'s memory rises {:.0} MB in {window:.1} min",

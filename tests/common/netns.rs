@@ -362,6 +362,19 @@ impl Bed {
         (code.trim().parse().unwrap_or(0), body.to_string())
     }
 
+    /// A figure from the Prometheus endpoint of host `i`'s node (the default port, 9615):
+    /// `None` if it does not answer or lacks it.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.ns(i), "curl", "-s", "-m", "5"])
+            .arg("http://127.0.0.1:9615/metrics")
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// Whether host `i` can open a TCP connection to `ip:port` within 2 s.
     pub fn can_connect(&self, i: usize, ip: &str, port: u16) -> bool {
         Command::new("ip")

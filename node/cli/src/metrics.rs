@@ -120,6 +120,27 @@ pub async fn render(s: &Sources) -> String {
         secs.inc_by(im.seconds);
         r.register("block_import_seconds", "Seconds spent importing those blocks", secs);
     }
+    if let Ok((db, keys)) = s.chain.memory().await {
+        let by = Family::<Vec<(String, String)>, Gauge>::default();
+        for (what, bytes) in [
+            ("memtables", db.memtables),
+            ("block_cache", db.block_cache),
+            ("table_readers", db.table_readers),
+        ] {
+            by.get_or_create(&vec![("part".into(), what.into())]).set(bytes as i64);
+        }
+        r.register(
+            "db_memory_bytes",
+            "What the database holds in memory (memtables at most 16 MiB, block cache 8 MiB)",
+            by,
+        );
+        gauge(
+            &mut r,
+            "state_keys",
+            "Keys in the chain state, which is held in memory",
+            keys as i64,
+        );
+    }
     if let Some(net) = &s.net {
         if let Ok(peers) = net.connected_peers().await {
             gauge(&mut r, "peers", "Connected peers", peers.len() as i64);

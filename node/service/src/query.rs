@@ -312,6 +312,13 @@ impl Handle {
         self.with(|s| s.pool.len()).await
     }
 
+    /// What the database holds in memory, and the number of keys in the state (which lives
+    /// in memory whole).
+    pub async fn memory(&self) -> Result<(bitorch_storage::Memory, usize), Error> {
+        let (db, keys) = self.with(|s| (s.chain.db().memory(), s.chain.state().len())).await?;
+        Ok((db?, keys))
+    }
+
     /// Blocks imported since the node started, and the time their import took.
     pub async fn import_stats(&self) -> Result<crate::service::ImportStats, Error> {
         self.with(|s| s.imports).await
