@@ -15,7 +15,7 @@
 # behind routers r0.. at 10.77.0.100+k). With --model, validator 0 serves layers 0..L (default
 # 15) and the OpenAI API on its port 8080, every worker serves L..30 (`--layers`), and each
 # node's RPC is on 127.0.0.1:9944 inside its host. Logs and data in $BITORCH_NETNS_DIR
-# (default /tmp/bitorch-netns). --delay MS holds every packet a host sends for MS milliseconds
+# (default /tmp/bitorch-netns). --delay MS holds every packet a host receives for MS milliseconds
 # (two hosts are then 2 x MS apart in round trip): the kernel here has no netem, so a small
 # program (test-support's `netdelay` example) holds them on netfilter's queue.
 set -euo pipefail
@@ -79,7 +79,7 @@ shape() { # host dev loss rate delay
     "$NETDELAY" "bt-$1" "$5" 2>>"$DIR/netdelay.log" &
     echo $! >> "$DIR/pids"
     sleep 0.2
-    in_ns "$1" iptables -A OUTPUT -o "$2" -j NFQUEUE --queue-num 0 --queue-bypass
+    in_ns "$1" iptables -t mangle -A PREROUTING -i "$2" -j NFQUEUE --queue-num 0 --queue-bypass
   fi
   if [ -n "$3" ]; then
     in_ns "$1" iptables -A INPUT -i "$2" -m statistic --mode random --probability "$(awk "BEGIN{print $3/100}")" -j DROP

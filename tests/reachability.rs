@@ -54,7 +54,7 @@ fn a_worker_and_a_gateway_behind_nat_meet_through_a_relay_and_answer() {
         }
     }
     let t0 = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::netns::test_dir();
     let (spec, relay_peer) = testnet_files(dir.path(), 1, a);
     let base = |i: usize| host_dir(dir.path(), i);
     let relay_addr = format!("/ip4/{}/tcp/30333", bed.ip(a));

@@ -2,7 +2,7 @@
 //! until killed: latency for `scripts/netns-testnet.sh --delay` (the kernel has no `netem`).
 //!
 //! `netdelay NAMESPACE DELAY_MS [QUEUE]`, with a rule such as
-//! `ip netns exec NAMESPACE iptables -A OUTPUT -o DEV -j NFQUEUE --queue-num 0 --queue-bypass`.
+//! `ip netns exec NAMESPACE iptables -t mangle -A PREROUTING -i DEV -j NFQUEUE --queue-num 0 --queue-bypass`.
 
 #[cfg(target_os = "linux")]
 fn main() {

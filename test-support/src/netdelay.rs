@@ -1,8 +1,11 @@
 //! Latency for test beds made of network namespaces, where the kernel has no `netem`: a thread
 //! that enters a namespace, takes the packets `iptables … -j NFQUEUE` queues there (netfilter's
 //! queue, in the kernel as `CONFIG_NETFILTER_NETLINK_QUEUE`), holds each for a fixed delay and
-//! lets it go, in order. A host whose outgoing packets are held `d` adds `d` to every round trip
-//! through it; two such hosts are `2d` apart.
+//! lets it go, in order. A host whose incoming packets are held `d` adds `d` to every round trip
+//! through it; two such hosts are `2d` apart. Hold incoming packets (`-t mangle -A PREROUTING -i
+//! DEV`), not outgoing ones: a packet held in its sender's stack still counts against the
+//! socket's TCP Small Queues limit, so the sender's next small writes wait for it, which no wire
+//! does.
 //!
 //! The iptables rule should carry `--queue-bypass`: when no delayer is bound to the queue (it
 //! stopped, or the test died), packets pass instead of being dropped. The kernel's queue takes

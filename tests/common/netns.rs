@@ -235,9 +235,13 @@ impl Bed {
         .unwrap();
     }
 
-    /// Holds every packet host `i` sends for `ms` milliseconds (two such hosts are `2 ms`
-    /// apart in round trip): its outgoing packets go to netfilter's queue (`--queue-bypass`:
-    /// they pass should the delayer stop), where a thread of this test holds them.
+    /// Holds every packet host `i` receives for `ms` milliseconds (two such hosts are `2 ms`
+    /// apart in round trip): its incoming packets go to netfilter's queue (`--queue-bypass`:
+    /// they pass should the delayer stop), where a thread of this test holds them. Incoming,
+    /// not outgoing: a sender's packet held in its own stack counts against its socket's TCP
+    /// Small Queues limit (about two packets not yet sent), so its later small writes waited
+    /// for the hold to end, an extra delay no wire adds (a generated token seemed to cost 2.2
+    /// round trips to a remote stage).
     pub fn delay(&mut self, i: usize, ms: u64) -> Result<(), String> {
         let ns = self.hosts[i].ns.clone();
         let delayer =
@@ -245,14 +249,18 @@ impl Bed {
                 .map_err(|e| format!("netfilter queue in {ns}: {e}"))?;
         self.delayers.push(delayer);
         let dev = self.hosts[i].dev.clone();
-        let rule = ["-o", &dev, "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"];
-        in_ns(&ns, &[&["iptables", "-A", "OUTPUT"][..], &rule[..]].concat())
+        // Before the filter table's INPUT chain, whose rules (cut cables, partitions, loss) an
+        // accepted packet still meets.
+        let rule = ["-i", &dev, "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"];
+        in_ns(&ns, &[&["iptables", "-t", "mangle", "-A", "PREROUTING"][..], &rule[..]].concat())
     }
 
     /// The round trip from host `i` to host `j` in milliseconds (the median of 5 pings).
     pub fn rtt_ms(&self, i: usize, j: usize) -> Option<f64> {
         let out = Command::new("ip")
-            .args(["netns", "exec", self.ns(i), "ping", "-q", "-c", "5", "-i", "0.2"])
+            // -U: from the sending program to the receiving one. The kernel's receive time
+            // stamp is taken before the delayer holds an incoming packet.
+            .args(["netns", "exec", self.ns(i), "ping", "-U", "-q", "-c", "5", "-i", "0.2"])
             .arg(&self.hosts[j].public_ip)
             .output()
             .ok()?;
