@@ -42,6 +42,9 @@
 //! - A failed audit, any time before settlement, slashes the worker's stake by
 //!   `audit_slash_percent` (burned by staking), refunds the client's whole escrow and ends the
 //!   job (`Failed`); nobody is paid.
+//! - [`RETENTION`] blocks after it settled or was refunded, the job's record leaves the state
+//!   (its payments stay in the balances): the state is held in memory whole by every node, and
+//!   it grew by every job ever opened.
 //!
 //! Settlement never fails a block: each due job is processed in its own overlay, and a job whose
 //! processing fails is marked `Stuck` with the reason, its escrow left reserved (and counted in
@@ -74,6 +77,11 @@ pub use bitorch_primitives::receipt::{JobId, SignedVoucher, Voucher};
 pub const MAX_CLAIMS: u32 = 1_024;
 /// Most jobs scheduled at one block.
 pub const MAX_DUE_PER_BLOCK: u32 = 1_024;
+
+/// Blocks a settled or refunded job stays in the state before its record is removed: a day at
+/// the default 1 s block time, long enough for its client, workers and auditors (and the web
+/// app's and RPC's recent jobs) to see how it ended.
+pub const RETENTION: BlockNumber = 86_400;
 /// How many blocks past its intended settlement block a job may be pushed when that block's
 /// schedule is full.
 pub const MAX_SCHEDULE_SEARCH: u64 = 1_024;
@@ -482,6 +490,10 @@ fn job_key(id: JobId) -> Vec<u8> {
 
 fn due_key(block: BlockNumber) -> Vec<u8> {
     support::map_key(PALLET, "due", &block)
+}
+
+fn prune_key(block: BlockNumber) -> Vec<u8> {
+    support::map_key(PALLET, "prune", &block)
 }
 
 fn params_key() -> Vec<u8> {
@@ -1158,6 +1170,31 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
                 Self::mark_stuck(s, id, &e);
             }
         }
+        // Jobs that settled RETENTION blocks ago. Only a settled or refunded one is removed
+        // (a record that does not decode stays, as everywhere else).
+        let ended: Vec<JobId> = support::get_or_default(s, &prune_key(ctx.block_number))?;
+        support::remove(s, prune_key(ctx.block_number));
+        for id in ended {
+            if let Ok(Some(job)) = Self::job(s, id) {
+                if matches!(job.status, JobStatus::Settled { .. } | JobStatus::Refunded) {
+                    support::remove(s, job_key(id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Schedules the removal of job `id`, which ended at `now`, [`RETENTION`] blocks later. At
+    /// most [`MAX_DUE_PER_BLOCK`] jobs end in a block, so a block's list is bounded too.
+    fn schedule_prune<S: Storage + ?Sized>(
+        s: &mut S,
+        id: JobId,
+        now: BlockNumber,
+    ) -> Result<(), Error> {
+        let at = now.checked_add(RETENTION).ok_or(Error::Overflow)?;
+        let mut ended: Vec<JobId> = support::get_or_default(s, &prune_key(at))?;
+        ended.push(id);
+        support::put(s, prune_key(at), &ended);
         Ok(())
     }
 
@@ -1184,7 +1221,8 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
                 Self::start_claim_window(s, id, &mut job, now)
             }
             JobStatus::Challenge { settle_at } if settle_at <= now && job.claims.is_empty() => {
-                Self::refund(s, id, &mut job)
+                Self::refund(s, id, &mut job)?;
+                Self::schedule_prune(s, id, now)
             }
             JobStatus::Challenge { settle_at } if settle_at <= now && Self::auditing(&job) => {
                 // Settles once its audits are resolved.
@@ -1202,7 +1240,10 @@ impl<C: Currency, W: WorkerRegistry, M: ModelRegistry> Pallet<C, W, M> {
                 Self::put_job(s, id, &job);
                 Ok(())
             }
-            JobStatus::Challenge { settle_at } if settle_at <= now => Self::settle(s, id, job),
+            JobStatus::Challenge { settle_at } if settle_at <= now => {
+                Self::settle(s, id, job)?;
+                Self::schedule_prune(s, id, now)
+            }
             _ => Ok(()),
         }
     }

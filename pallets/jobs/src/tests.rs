@@ -137,7 +137,8 @@ fn setup_with(validators: &[(u8, Balance)], worker2_validates: bool) -> Env {
 fn escrow_held(s: &MemoryState) -> Balance {
     let mut held = 0;
     for id in 0..Jobs::next_job_id(s).unwrap() {
-        let job = Jobs::job(s, id).unwrap().expect("every id below next_job_id exists");
+        // Removed RETENTION blocks after it ended (holding no escrow).
+        let Some(job) = Jobs::job(s, id).unwrap() else { continue };
         assert!(job.claimed <= job.escrow);
         assert!(job.claims.len() <= Jobs::params(s).unwrap().max_claims as usize);
         let claimed: Balance = job
@@ -357,6 +358,45 @@ fn a_gateway_spends_only_what_the_client_allowed_and_strangers_nothing() {
         e.call(GATEWAY, open_for(CLIENT, 1)),
         Err(Error::AllowanceExpired { expired_at: at })
     );
+}
+
+#[test]
+fn an_ended_job_leaves_the_state_after_its_retention_and_its_payments_stay() {
+    let mut e = setup();
+    let paid = e.open(CLIENT, 10, 3);
+    let refunded = e.open(CLIENT2, 5, 2);
+    e.advance_to(2);
+    e.claim(0, paid, (0, 2), 10);
+    e.call(CLIENT, Call::CloseJob { job: paid }).unwrap();
+    e.call(CLIENT2, Call::CloseJob { job: refunded }).unwrap();
+    let mut ended = [None, None];
+    while ended.iter().any(Option::is_none) {
+        assert!(e.now < 100, "the jobs never ended");
+        e.advance_to(e.now + 1);
+        for (k, id) in [paid, refunded].into_iter().enumerate() {
+            let done = matches!(e.job(id).status, JobStatus::Settled { .. } | JobStatus::Refunded);
+            if done && ended[k].is_none() {
+                ended[k] = Some(e.now);
+            }
+        }
+    }
+    assert!(matches!(e.job(paid).status, JobStatus::Settled { paid: 60, .. }));
+    assert_eq!(e.job(refunded).status, JobStatus::Refunded);
+    let accounts = [acc(CLIENT), acc(CLIENT2), w(0)].map(|a| e.account(&a));
+    let [paid_at, refunded_at] = ended.map(Option::unwrap);
+    // A job opened later is not touched.
+    let later = e.open(CLIENT, 10, 3);
+    e.advance_to(paid_at + RETENTION - 1);
+    assert!(Jobs::job(&e.s, paid).unwrap().is_some(), "removed before its retention ended");
+    e.advance_to(paid_at + RETENTION);
+    assert_eq!(Jobs::job(&e.s, paid).unwrap(), None);
+    e.advance_to(refunded_at + RETENTION);
+    assert_eq!(Jobs::job(&e.s, refunded).unwrap(), None);
+    // What they paid and refunded stays; ids are not reused.
+    assert_eq!([acc(CLIENT), acc(CLIENT2), w(0)].map(|a| e.account(&a))[1..], accounts[1..]);
+    assert_eq!(e.account(&w(0)), accounts[2]);
+    assert!(Jobs::job(&e.s, later).unwrap().is_some_and(|j| j.status == JobStatus::Refunded));
+    assert_eq!(e.open(CLIENT, 10, 3), later + 1);
 }
 
 #[test]
