@@ -559,7 +559,7 @@ async function showJob(id) {
   if (id === null) { box.replaceChildren(); return; }
   try {
     const j = await rpc.call('bitorch_job', [Number(id)]);
-    if (!j) { box.replaceChildren(el('p', { class: 'error' }, `There is no job ${id}.`)); return; }
+    if (!j) { box.replaceChildren(el('p', { class: 'error' }, `There is no job ${id} (a job leaves the chain's state a day of blocks after it settled).`)); return; }
     box.replaceChildren(el('div', { class: 'card', id: `job-${j.id}` },
       el('h3', {}, `Job #${j.id}`),
       el('p', {}, `Client ${j.client}, model ${short(j.model, 8)}, ${j.layerCount} layers, up to ${j.maxTokens} tokens at ${btr(j.pricePerLayerToken)} per layer-token; escrow ${btr(j.escrow)}, claimed ${btr(j.claimed)}; opened at block ${j.openedAt}, deadline ${j.deadline}.`),
