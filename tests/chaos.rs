@@ -56,7 +56,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// A counter or gauge from host `i`'s Prometheus endpoint (0 when absent).
 #[test]
 fn a_slow_lossy_network_with_nat_keeps_finality_and_fails_over_a_cut_worker() {
     let mut bed = match Bed::new() {

@@ -19,7 +19,6 @@ use common::model::model;
 use common::net::BIN;
 use common::netns::{host_dir, host_log, host_logs, testnet_files, Bed, Procs};
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const RPC: u16 = 9944;
@@ -200,22 +199,9 @@ fn a_worker_and_a_gateway_behind_nat_meet_through_a_relay_and_answer() {
     let kind = kind.unwrap_or_else(|| "not connected".into());
     eprintln!("generation through the NATed worker ({kind}): {best:.1} tok/s");
     // The operator sees it in the metrics too.
-    let metrics = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            bed.ns(c),
-            "curl",
-            "-s",
-            "-m",
-            "10",
-            "http://127.0.0.1:9615/metrics",
-        ])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
-    assert!(metrics.contains("bitorch_reachability{status=\"private\"} 1"), "{metrics}");
-    assert!(metrics.contains("bitorch_relays 1"), "{metrics}");
-    assert!(metrics.contains("bitorch_peer_connections{connection=\"relayed\"}"), "{metrics}");
+    let m = |name: &str| bed.metric(c, name);
+    assert_eq!(m("bitorch_reachability{status=\"private\"}"), Some(1.0));
+    assert_eq!(m("bitorch_relays"), Some(1.0));
+    assert!(m("bitorch_peer_connections{connection=\"relayed\"}").is_some());
     drop(procs);
 }
